@@ -1,0 +1,333 @@
+using System.Globalization;
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Extensions.Configuration;
+using StorageNode.Bdevs;
+using StorageNode.Reactors;
+using StorageNode.Target;
+
+namespace StorageNode.Config;
+
+/// <summary>A configuration problem: <see cref="Key"/> is the full configuration path (e.g. Subsystems:0:Nqn).</summary>
+public sealed class ConfigException(string key, string problem) : Exception($"{key}: {problem}")
+{
+    public string Key { get; } = key;
+    public string Problem { get; } = problem;
+}
+
+public sealed record ListenerConfig(string Transport, IPAddress Address, int Port, string? AdvertiseAddress, ushort PortId);
+
+public sealed record BdevConfig(string Name, string Type, ulong SizeBytes, uint BlockSize, string? Path, DirectIoMode Direct);
+
+public sealed record NamespaceConfig(uint Nsid, string Bdev, byte[] Nguid, Guid Uuid, uint AnaGroup);
+
+public sealed record SubsystemConfig(
+    string Nqn, string SerialNumber, string ModelNumber, string FirmwareRevision,
+    ushort ControllerIdMin, ushort ControllerIdMax, uint MaxNamespaces, bool AllowAnyHost,
+    IReadOnlyList<string> Hosts, IReadOnlyList<NamespaceConfig> Namespaces);
+
+/// <summary>
+/// The node's whole configuration, read from Microsoft.Extensions.Configuration and validated: every key
+/// is known, every value in range. The reference is docs/configuration.md.
+/// </summary>
+public sealed record NodeConfig
+{
+    public string Name { get; init; } = "node";
+    public int ReactorCount { get; init; } = 1;
+    public PollMode PollMode { get; init; } = PollMode.Adaptive;
+    public TimeSpan AdaptiveSpin { get; init; } = TimeSpan.FromMicroseconds(200);
+    public PoolOptions Pools { get; init; } = new();
+    public TargetOptions Target { get; init; } = new();
+    public IReadOnlyList<ListenerConfig> Listeners { get; init; } = [];
+    public IReadOnlyList<BdevConfig> Bdevs { get; init; } = [];
+    public IReadOnlyList<SubsystemConfig> Subsystems { get; init; } = [];
+
+    private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Logging", "config"];
+    private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools"];
+    private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
+    private static readonly string[] TargetKeys = ["MaxQueueDepth", "AdminQueueDepth", "MaxIoQueues", "MaxIoSize", "InCapsuleDataSize",
+        "MaxH2CDataSize", "MaxR2TPerCommand", "MaxC2HDataSize", "C2HSuccess", "KeepAliveGranularityMs", "ReceiveBufferSize"];
+    private static readonly string[] ListenerKeys = ["Transport", "Address", "Port", "AdvertiseAddress", "PortId"];
+    private static readonly string[] BdevKeys = ["Name", "Type", "SizeMiB", "BlockSize", "Path", "Direct"];
+    private static readonly string[] SubsystemKeys = ["Nqn", "SerialNumber", "ModelNumber", "FirmwareRevision", "ControllerIdMin",
+        "ControllerIdMax", "MaxNamespaces", "AllowAnyHost", "Hosts", "Namespaces"];
+    private static readonly string[] NamespaceKeys = ["Nsid", "Bdev", "Nguid", "Uuid", "AnaGroup"];
+
+    /// <summary>Reads and validates; throws <see cref="ConfigException"/> naming the first bad key.</summary>
+    public static NodeConfig Load(IConfiguration root)
+    {
+        CheckKeys(root, "", TopKeys);
+        IConfigurationSection node = root.GetSection("Node");
+        CheckKeys(node, "Node", NodeKeys);
+        IConfigurationSection pools = node.GetSection("Pools");
+        CheckKeys(pools, "Node:Pools", PoolKeys);
+        IConfigurationSection target = root.GetSection("Target");
+        CheckKeys(target, "Target", TargetKeys);
+
+        var defaults = new PoolOptions();
+        var poolOptions = new PoolOptions
+        {
+            SmallBufferSize = Int(pools, "SmallBufferSize", defaults.SmallBufferSize, 4096, 1 << 20, multipleOf: 4096),
+            SmallBufferCount = Int(pools, "SmallBufferCount", defaults.SmallBufferCount, 16, 1 << 20),
+            MediumBufferSize = Int(pools, "MediumBufferSize", defaults.MediumBufferSize, 4096, 16 << 20, multipleOf: 4096),
+            MediumBufferCount = Int(pools, "MediumBufferCount", defaults.MediumBufferCount, 1, 1 << 16),
+            LargeBufferSize = Int(pools, "LargeBufferSize", defaults.LargeBufferSize, 4096, 64 << 20, multipleOf: 4096),
+            LargeBufferCount = Int(pools, "LargeBufferCount", defaults.LargeBufferCount, 1, 1 << 16),
+        };
+        if (poolOptions.MediumBufferSize < poolOptions.SmallBufferSize)
+            throw new ConfigException("Node:Pools:MediumBufferSize", "must not be smaller than SmallBufferSize");
+        if (poolOptions.LargeBufferSize < poolOptions.MediumBufferSize)
+            throw new ConfigException("Node:Pools:LargeBufferSize", "must not be smaller than MediumBufferSize");
+
+        var td = new TargetOptions();
+        var targetOptions = new TargetOptions
+        {
+            MaxQueueDepth = Int(target, "MaxQueueDepth", td.MaxQueueDepth, 2, 4096),
+            AdminQueueDepth = Int(target, "AdminQueueDepth", td.AdminQueueDepth, 32, 4096),
+            MaxIoQueues = Int(target, "MaxIoQueues", td.MaxIoQueues, 1, 1024),
+            MaxIoSize = (uint)Int(target, "MaxIoSize", (int)td.MaxIoSize, 4096, 64 << 20, powerOfTwo: true),
+            InCapsuleDataSize = (uint)Int(target, "InCapsuleDataSize", (int)td.InCapsuleDataSize, 0, 1 << 20, multipleOf: 16),
+            MaxH2CDataSize = (uint)Int(target, "MaxH2CDataSize", (int)td.MaxH2CDataSize, 4096, 16 << 20, multipleOf: 4),
+            MaxR2TPerCommand = Int(target, "MaxR2TPerCommand", td.MaxR2TPerCommand, 1, 64),
+            MaxC2HDataSize = (uint)Int(target, "MaxC2HDataSize", (int)td.MaxC2HDataSize, 4096, 16 << 20),
+            C2HSuccess = Bool(target, "C2HSuccess", td.C2HSuccess),
+            KeepAliveGranularityMs = (uint)Int(target, "KeepAliveGranularityMs", (int)td.KeepAliveGranularityMs, 100, 60000, multipleOf: 100),
+            ReceiveBufferSize = Int(target, "ReceiveBufferSize", td.ReceiveBufferSize, 16384, 64 << 20),
+        };
+        if (targetOptions.MaxIoSize > poolOptions.LargeBufferSize)
+            throw new ConfigException("Target:MaxIoSize", $"{targetOptions.MaxIoSize} exceeds Node:Pools:LargeBufferSize ({poolOptions.LargeBufferSize})");
+        uint icd = Math.Max(targetOptions.InCapsuleDataSize, targetOptions.AdminInCapsuleDataSize);
+        if (icd > (uint)poolOptions.SmallBufferSize)
+            throw new ConfigException("Target:InCapsuleDataSize", $"{icd} exceeds Node:Pools:SmallBufferSize ({poolOptions.SmallBufferSize})");
+
+        string name = Str(node, "Name", "node");
+        if (name.Length == 0 || name.Length > 64) throw new ConfigException("Node:Name", "must be 1 to 64 characters");
+
+        var cfg = new NodeConfig
+        {
+            Name = name,
+            ReactorCount = Int(node, "Reactors", 1, 1, 64),
+            PollMode = Enum<PollMode>(node, "PollMode", PollMode.Adaptive),
+            AdaptiveSpin = TimeSpan.FromMicroseconds(Int(node, "AdaptiveSpinMicroseconds", 200, 0, 1_000_000)),
+            Pools = poolOptions,
+            Target = targetOptions,
+            Listeners = LoadListeners(root.GetSection("Listeners")),
+            Bdevs = LoadBdevs(root.GetSection("Bdevs")),
+        };
+        return cfg with { Subsystems = LoadSubsystems(root.GetSection("Subsystems"), cfg.Bdevs) };
+    }
+
+    private static List<ListenerConfig> LoadListeners(IConfigurationSection section)
+    {
+        var list = new List<ListenerConfig>();
+        var seen = new HashSet<(string, int)>();
+        foreach (IConfigurationSection l in Items(section))
+        {
+            CheckKeys(l, l.Path, ListenerKeys);
+            string transport = Str(l, "Transport", "tcp").ToLowerInvariant();
+            if (transport != "tcp") throw new ConfigException($"{l.Path}:Transport", $"'{transport}' is not supported (supported: tcp)");
+            string addrText = Required(l, "Address");
+            if (!IPAddress.TryParse(addrText, out IPAddress? addr)) throw new ConfigException($"{l.Path}:Address", $"'{addrText}' is not an IP address");
+            int port = Int(l, "Port", 4420, 0, 65535);
+            if (!seen.Add((addr.ToString(), port))) throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is configured twice");
+            string? adv = l["AdvertiseAddress"];
+            ushort portId = (ushort)Int(l, "PortId", list.Count + 1, 0, 0xFFFE);
+            list.Add(new ListenerConfig(transport, addr, port, string.IsNullOrEmpty(adv) ? null : adv, portId));
+        }
+        return list;
+    }
+
+    private static List<BdevConfig> LoadBdevs(IConfigurationSection section)
+    {
+        var list = new List<BdevConfig>();
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (IConfigurationSection b in Items(section))
+        {
+            CheckKeys(b, b.Path, BdevKeys);
+            string name = Required(b, "Name");
+            if (!names.Add(name)) throw new ConfigException($"{b.Path}:Name", $"bdev '{name}' is defined twice");
+            string type = Required(b, "Type").ToLowerInvariant();
+            if (type is not ("malloc" or "null" or "file"))
+                throw new ConfigException($"{b.Path}:Type", $"'{type}' is not a bdev type (malloc, null, file)");
+            uint blockSize = (uint)Int(b, "BlockSize", 512, 512, 65536, powerOfTwo: true);
+            string? path = b["Path"];
+            long sizeMiB = Long(b, "SizeMiB", type == "file" ? 0 : -1, 0, 1L << 24);
+            if (type != "file" && sizeMiB <= 0) throw new ConfigException($"{b.Path}:SizeMiB", "is required (a size in MiB, at least 1)");
+            if (type == "file" && string.IsNullOrWhiteSpace(path)) throw new ConfigException($"{b.Path}:Path", "is required for a file bdev");
+            if (type != "file" && path != null) throw new ConfigException($"{b.Path}:Path", "is only valid for a file bdev");
+            DirectIoMode direct = Enum<DirectIoMode>(b, "Direct", DirectIoMode.Auto);
+            list.Add(new BdevConfig(name, type, (ulong)sizeMiB * 1024 * 1024, blockSize, path, direct));
+        }
+        return list;
+    }
+
+    private static List<SubsystemConfig> LoadSubsystems(IConfigurationSection section, IReadOnlyList<BdevConfig> bdevs)
+    {
+        var list = new List<SubsystemConfig>();
+        var nqns = new HashSet<string>(StringComparer.Ordinal);
+        var usedBdevs = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (IConfigurationSection s in Items(section))
+        {
+            CheckKeys(s, s.Path, SubsystemKeys);
+            string nqn = Required(s, "Nqn");
+            ValidateNqn($"{s.Path}:Nqn", nqn);
+            if (nqn == Nvme.Spec.WellKnownNqn.Discovery) throw new ConfigException($"{s.Path}:Nqn", "the discovery NQN is reserved");
+            if (!nqns.Add(nqn)) throw new ConfigException($"{s.Path}:Nqn", $"subsystem '{nqn}' is defined twice");
+            string serial = Str(s, "SerialNumber", DefaultSerial(nqn));
+            if (serial.Length is 0 or > 20 || !IsPrintableAscii(serial)) throw new ConfigException($"{s.Path}:SerialNumber", "must be 1 to 20 printable ASCII characters");
+            string model = Str(s, "ModelNumber", "StorageNode");
+            if (model.Length is 0 or > 40 || !IsPrintableAscii(model)) throw new ConfigException($"{s.Path}:ModelNumber", "must be 1 to 40 printable ASCII characters");
+            string fw = Str(s, "FirmwareRevision", ThisAssembly.FirmwareRevision);
+            if (fw.Length is 0 or > 8 || !IsPrintableAscii(fw)) throw new ConfigException($"{s.Path}:FirmwareRevision", "must be 1 to 8 printable ASCII characters");
+            int min = Int(s, "ControllerIdMin", 1, 1, 0xFFEF);
+            int max = Int(s, "ControllerIdMax", 0xFFEF, 1, 0xFFEF);
+            if (max < min) throw new ConfigException($"{s.Path}:ControllerIdMax", $"{max} is below ControllerIdMin ({min})");
+            uint maxNs = (uint)Int(s, "MaxNamespaces", 32, 1, 1024);
+            bool any = Bool(s, "AllowAnyHost", true);
+            var hosts = new List<string>();
+            foreach (IConfigurationSection h in Items(s.GetSection("Hosts")))
+            {
+                string hn = h.Value ?? "";
+                ValidateNqn(h.Path, hn);
+                hosts.Add(hn);
+            }
+            if (!any && hosts.Count == 0) throw new ConfigException($"{s.Path}:Hosts", "AllowAnyHost is false but no host is listed");
+
+            var namespaces = new List<NamespaceConfig>();
+            var nsids = new HashSet<uint>();
+            foreach (IConfigurationSection n in Items(s.GetSection("Namespaces")))
+            {
+                CheckKeys(n, n.Path, NamespaceKeys);
+                uint nsid = (uint)Long(n, "Nsid", namespaces.Count + 1, 1, maxNs);
+                if (!nsids.Add(nsid)) throw new ConfigException($"{n.Path}:Nsid", $"NSID {nsid} is used twice in {nqn}");
+                string bdev = Required(n, "Bdev");
+                if (!bdevs.Any(b => b.Name == bdev)) throw new ConfigException($"{n.Path}:Bdev", $"no bdev named '{bdev}' (see Bdevs)");
+                if (usedBdevs.TryGetValue(bdev, out string? other)) throw new ConfigException($"{n.Path}:Bdev", $"bdev '{bdev}' is already the namespace {other}");
+                usedBdevs[bdev] = $"{nqn} NSID {nsid}";
+                byte[] nguid = n["Nguid"] is { } ng ? ParseHex($"{n.Path}:Nguid", ng, 16) : DerivedId("nguid", nqn, nsid);
+                Guid uuid;
+                if (n["Uuid"] is { } us)
+                {
+                    if (!Guid.TryParse(us, out uuid)) throw new ConfigException($"{n.Path}:Uuid", $"'{us}' is not a UUID");
+                }
+                else
+                {
+                    byte[] u = DerivedId("uuid", nqn, nsid);
+                    u[6] = (byte)((u[6] & 0x0F) | 0x80); // version 8 (name-based, custom hash)
+                    u[8] = (byte)((u[8] & 0x3F) | 0x80); // RFC 4122 variant
+                    uuid = new Guid(u, bigEndian: true);
+                }
+                if (nguid.All(b => b == 0)) throw new ConfigException($"{n.Path}:Nguid", "must not be all zero");
+                uint group = (uint)Long(n, "AnaGroup", nsid, 1, maxNs);
+                namespaces.Add(new NamespaceConfig(nsid, bdev, nguid, uuid, group));
+            }
+            list.Add(new SubsystemConfig(nqn, serial, model, fw, (ushort)min, (ushort)max, maxNs, any, hosts, namespaces));
+        }
+        return list;
+    }
+
+    /// <summary>Identifiers derived from the NQN and NSID, so every node of a pair computes the same ones.</summary>
+    public static byte[] DerivedId(string kind, string nqn, uint nsid)
+        => SHA256.HashData(Encoding.UTF8.GetBytes($"storagenode:{kind}:{nqn}:{nsid}"))[..16];
+
+    private static string DefaultSerial(string nqn)
+        => "SN" + Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(nqn)))[..18];
+
+    private static void ValidateNqn(string key, string nqn)
+    {
+        if (nqn.Length is < 11 or > 223) throw new ConfigException(key, $"'{nqn}' must be 11 to 223 characters");
+        if (!nqn.StartsWith("nqn.", StringComparison.Ordinal)) throw new ConfigException(key, $"'{nqn}' must start with 'nqn.'");
+        if (!IsPrintableAscii(nqn)) throw new ConfigException(key, "must be printable ASCII");
+    }
+
+    private static bool IsPrintableAscii(string s)
+    {
+        foreach (char c in s) if (c < 0x20 || c > 0x7E) return false;
+        return true;
+    }
+
+    private static byte[] ParseHex(string key, string text, int bytes)
+    {
+        string hex = text.Replace("-", "", StringComparison.Ordinal).Replace(":", "", StringComparison.Ordinal);
+        if (hex.Length != bytes * 2) throw new ConfigException(key, $"'{text}' must be {bytes * 2} hex digits");
+        try { return Convert.FromHexString(hex); }
+        catch (FormatException) { throw new ConfigException(key, $"'{text}' is not hexadecimal"); }
+    }
+
+    private static IEnumerable<IConfigurationSection> Items(IConfigurationSection section)
+    {
+        var children = section.GetChildren().ToList();
+        foreach (IConfigurationSection c in children)
+            if (!int.TryParse(c.Key, NumberStyles.None, CultureInfo.InvariantCulture, out _))
+                throw new ConfigException(c.Path, "is not a list index: this setting is a list (JSON array)");
+        return children.OrderBy(c => int.Parse(c.Key, CultureInfo.InvariantCulture));
+    }
+
+    private static void CheckKeys(IConfiguration section, string path, string[] allowed)
+    {
+        foreach (IConfigurationSection c in section.GetChildren())
+        {
+            if (!allowed.Contains(c.Key, StringComparer.OrdinalIgnoreCase))
+            {
+                string full = path.Length == 0 ? c.Key : $"{path}:{c.Key}";
+                throw new ConfigException(full, $"unknown setting (allowed here: {string.Join(", ", allowed.Where(a => a != "config"))})");
+            }
+        }
+    }
+
+    private static string Required(IConfigurationSection s, string key)
+    {
+        string? v = s[key];
+        if (string.IsNullOrWhiteSpace(v)) throw new ConfigException($"{s.Path}:{key}", "is required");
+        return v;
+    }
+
+    private static string Str(IConfigurationSection s, string key, string dflt) => s[key] ?? dflt;
+
+    private static int Int(IConfigurationSection s, string key, int dflt, int min, int max, int multipleOf = 1, bool powerOfTwo = false)
+        => (int)Long(s, key, dflt, min, max, multipleOf, powerOfTwo);
+
+    private static long Long(IConfigurationSection s, string key, long dflt, long min, long max, int multipleOf = 1, bool powerOfTwo = false)
+    {
+        string? v = s[key];
+        long value = dflt;
+        string full = s.Path.Length == 0 ? key : $"{s.Path}:{key}";
+        if (v != null)
+        {
+            bool ok = v.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
+                ? long.TryParse(v.AsSpan(2), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out value)
+                : long.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out value);
+            if (!ok) throw new ConfigException(full, $"'{v}' is not an integer");
+        }
+        else if (dflt < min)
+        {
+            return dflt;
+        }
+        if (value < min || value > max) throw new ConfigException(full, $"{value} is outside {min}..{max}");
+        if (value % multipleOf != 0) throw new ConfigException(full, $"{value} is not a multiple of {multipleOf}");
+        if (powerOfTwo && (value & (value - 1)) != 0) throw new ConfigException(full, $"{value} is not a power of two");
+        return value;
+    }
+
+    private static bool Bool(IConfigurationSection s, string key, bool dflt)
+    {
+        string? v = s[key];
+        if (v == null) return dflt;
+        if (bool.TryParse(v, out bool b)) return b;
+        throw new ConfigException($"{s.Path}:{key}", $"'{v}' is not true or false");
+    }
+
+    private static T Enum<T>(IConfigurationSection s, string key, T dflt) where T : struct, System.Enum
+    {
+        string? v = s[key];
+        if (v == null) return dflt;
+        if (System.Enum.TryParse(v, ignoreCase: true, out T e) && System.Enum.IsDefined(e) && !int.TryParse(v, out _)) return e;
+        throw new ConfigException($"{s.Path}:{key}", $"'{v}' is not one of {string.Join(", ", System.Enum.GetNames<T>().Select(n => n.ToLowerInvariant()))}");
+    }
+}
+
+internal static class ThisAssembly
+{
+    public const string FirmwareRevision = "0.1";
+}

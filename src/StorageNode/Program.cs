@@ -1,0 +1,85 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using StorageNode;
+using StorageNode.Config;
+
+// storagenode [--config FILE] [--Section:Key=value ...]
+// Configuration sources, later ones win: the JSON file, SN_* environment variables, the command line.
+string? configFile = null;
+for (int i = 0; i < args.Length; i++)
+{
+    if (args[i] is "--config" or "-c" && i + 1 < args.Length) configFile = args[i + 1];
+    else if (args[i].StartsWith("--config=", StringComparison.Ordinal)) configFile = args[i]["--config=".Length..];
+    else if (args[i] is "--help" or "-h")
+    {
+        Console.WriteLine("usage: storagenode [--config FILE] [--Section:Key=value ...]");
+        Console.WriteLine("  Settings come from FILE (JSON), then SN_* environment variables (SN_Node__Name=A), then the command line.");
+        Console.WriteLine("  Reference: docs/configuration.md");
+        return 0;
+    }
+}
+
+NodeConfig config;
+try
+{
+    var builder = new ConfigurationBuilder();
+    if (configFile != null)
+    {
+        if (!File.Exists(configFile))
+        {
+            Console.Error.WriteLine($"storagenode: configuration file '{configFile}' does not exist");
+            return 2;
+        }
+        builder.AddJsonFile(Path.GetFullPath(configFile), optional: false, reloadOnChange: false);
+    }
+    builder.AddEnvironmentVariables("SN_");
+    builder.AddCommandLine(args.Where(a => a is not ("--config" or "-c") && !a.StartsWith("--config=", StringComparison.Ordinal) && a != configFile).ToArray());
+    config = NodeConfig.Load(builder.Build());
+}
+catch (ConfigException e)
+{
+    Console.Error.WriteLine($"storagenode: invalid configuration: {e.Message}");
+    return 2;
+}
+catch (Exception e) when (e is FormatException or InvalidDataException or IOException)
+{
+    Console.Error.WriteLine($"storagenode: cannot read configuration: {e.Message}");
+    return 2;
+}
+
+using ILoggerFactory loggerFactory = LoggerFactory.Create(b => b
+    .AddSimpleConsole(o =>
+    {
+        o.SingleLine = true;
+        o.TimestampFormat = "HH:mm:ss.fff ";
+        o.ColorBehavior = LoggerColorBehavior.Disabled;
+    })
+    .SetMinimumLevel(LogLevel.Information));
+
+Node node;
+try
+{
+    node = new Node(config, loggerFactory);
+    node.Start();
+}
+catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or ConfigException or InvalidOperationException)
+{
+    Console.Error.WriteLine($"storagenode {config.Name}: cannot start: {e.Message}");
+    return 1;
+}
+
+using var stop = new ManualResetEventSlim();
+Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Set(); };
+using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
+
+foreach (var ep in node.TcpEndpoints)
+    Console.WriteLine($"[{config.Name}] NVMe/TCP listening on {ep}");
+foreach (var s in config.Subsystems)
+    Console.WriteLine($"[{config.Name}] subsystem {s.Nqn}: {s.Namespaces.Count} namespace(s), CNTLID {s.ControllerIdMin}-{s.ControllerIdMax}");
+Console.WriteLine($"[{config.Name}] ready. Ctrl-C stops.");
+stop.Wait();
+Console.WriteLine($"[{config.Name}] stopping");
+node.Dispose();
+Console.WriteLine($"[{config.Name}] stopped");
+return 0;

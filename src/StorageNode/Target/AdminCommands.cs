@@ -1,0 +1,467 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Target;
+
+/// <summary>Admin command set of I/O and discovery controllers.</summary>
+internal static unsafe class AdminCommands
+{
+    public const byte Aerl = Controller.MaxOutstandingAers - 1;
+    public const byte ErrorLogPageEntries = 64;
+    private const uint SupportedAsyncEvents = AsyncEvent.ConfigNamespaceAttribute | AsyncEvent.ConfigAnaChange;
+
+    public static NvmeStatus Validate(NvmfRequest req, Controller ctrl)
+    {
+        byte op = req.Sqe.Opcode;
+        bool discovery = ctrl.Subsystem.IsDiscovery;
+        bool known = op switch
+        {
+            AdminOpcode.Identify or AdminOpcode.GetLogPage or AdminOpcode.SetFeatures or AdminOpcode.GetFeatures
+                or AdminOpcode.AsyncEventRequest or AdminOpcode.KeepAlive => true,
+            AdminOpcode.Abort => !discovery,
+            _ => false,
+        };
+        if (!known) return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
+        // Everything but Fabrics commands needs an enabled controller.
+        if (!ctrl.Enabled) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
+        return NvmeStatus.Success;
+    }
+
+    public static void Execute(NvmfRequest req, Controller ctrl)
+    {
+        switch (req.Sqe.Opcode)
+        {
+            case AdminOpcode.Identify: Identify(req, ctrl); break;
+            case AdminOpcode.GetLogPage: GetLogPage(req, ctrl); break;
+            case AdminOpcode.GetFeatures: GetFeatures(req, ctrl); break;
+            case AdminOpcode.SetFeatures: SetFeatures(req, ctrl); break;
+            case AdminOpcode.AsyncEventRequest:
+                if (!ctrl.TryQueueAer(req))
+                    req.Fail(NvmeStatus.CommandSpecific(CommandSpecificStatus.AsyncEventRequestLimitExceeded));
+                break;
+            case AdminOpcode.KeepAlive:
+                ctrl.TouchKeepAlive();
+                req.Complete();
+                break;
+            case AdminOpcode.Abort:
+                // Commands run to completion as soon as they arrive; report "not aborted" (DW0 bit 0).
+                req.Cqe.Dw0 = 1;
+                req.Complete();
+                break;
+            default:
+                req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode));
+                break;
+        }
+    }
+
+    // ---------------- Identify ----------------
+
+    private static void Identify(NvmfRequest req, Controller ctrl)
+    {
+        byte cns = (byte)req.Sqe.Cdw10;
+        byte csi = (byte)(req.Sqe.Cdw11 >> 24);
+        uint nsid = req.Sqe.Nsid;
+        Span<byte> page = stackalloc byte[4096];
+        page.Clear();
+        NvmeStatus status = NvmeStatus.Success;
+        Subsystem s = ctrl.Subsystem;
+        switch (cns)
+        {
+            case Cns.Controller:
+                BuildIdentifyController(ctrl, page);
+                break;
+            case Cns.Namespace when !s.IsDiscovery:
+                status = CheckNsid(s, nsid, allowInactive: true);
+                if (status.IsSuccess && s.GetNamespace(nsid) is { } ns) BuildIdentifyNamespace(ns, page);
+                break;
+            case Cns.ActiveNamespaceList when !s.IsDiscovery:
+                if (nsid >= 0xFFFFFFFE) { status = NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat); break; }
+                BuildActiveNamespaceList(s, nsid, page);
+                break;
+            case Cns.NamespaceDescriptorList when !s.IsDiscovery:
+                if (s.GetNamespace(nsid) is not { } dns) { status = NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat); break; }
+                BuildNamespaceDescriptors(dns, page);
+                break;
+            case Cns.IoCommandSetNamespace when !s.IsDiscovery && csi == 0:
+                // NVM command set specific namespace data: nothing beyond the defaults (all zero).
+                status = CheckNsid(s, nsid, allowInactive: true);
+                break;
+            case Cns.IoCommandSetController when !s.IsDiscovery && csi == 0:
+                // NVM command set specific controller data: no extra limits (all zero).
+                break;
+            case Cns.IoCommandSetActiveNamespaceList when !s.IsDiscovery && csi == 0:
+                if (nsid >= 0xFFFFFFFE) { status = NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat); break; }
+                BuildActiveNamespaceList(s, nsid, page);
+                break;
+            default:
+                status = NvmeStatus.Generic(GenericStatus.InvalidField);
+                break;
+        }
+        if (!status.IsSuccess)
+        {
+            req.Fail(status);
+            return;
+        }
+        CopyOut(req, page, 0);
+        req.Complete();
+    }
+
+    private static NvmeStatus CheckNsid(Subsystem s, uint nsid, bool allowInactive)
+    {
+        if (nsid == 0 || nsid > s.MaxNamespaces) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
+        if (!allowInactive && s.GetNamespace(nsid) == null) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
+        return NvmeStatus.Success;
+    }
+
+    /// <summary>Copies a built structure into the command's buffer from <paramref name="offset"/>, zero-filling the rest.</summary>
+    private static void CopyOut(NvmfRequest req, ReadOnlySpan<byte> content, long offset)
+    {
+        Span<byte> dest = req.DataSpan;
+        dest.Clear();
+        if (offset < content.Length)
+        {
+            ReadOnlySpan<byte> src = content[(int)offset..];
+            src[..Math.Min(src.Length, dest.Length)].CopyTo(dest);
+        }
+    }
+
+    internal static void BuildIdentifyController(Controller ctrl, Span<byte> page)
+    {
+        ref IdentifyController id = ref MemoryMarshal.AsRef<IdentifyController>(page);
+        Subsystem s = ctrl.Subsystem;
+        TargetOptions o = ctrl.Target.Options;
+        id.Vid = 0;
+        id.Ssvid = 0;
+        SpecText.WritePadded(new Span<byte>(Unsafe.AsPointer(ref id.Sn[0]), 20), s.SerialNumber);
+        SpecText.WritePadded(new Span<byte>(Unsafe.AsPointer(ref id.Mn[0]), 40), s.ModelNumber);
+        SpecText.WritePadded(new Span<byte>(Unsafe.AsPointer(ref id.Fr[0]), 8), s.FirmwareRevision);
+        id.Rab = 6;
+        id.Mdts = o.Mdts;
+        id.Cntlid = ctrl.Cntlid;
+        id.Ver = NvmeVersion.V1_4;
+        id.Ctratt = IdentifyControllerBits.CtrattHostId128;
+        id.Kas = (ushort)(o.KeepAliveGranularityMs / 100);
+        id.Lpa = IdentifyControllerBits.LpaExtendedData;
+        id.Sqes = (6 << 4) | 6;
+        id.Cqes = (4 << 4) | 4;
+        id.Maxcmd = (ushort)o.MaxQueueDepth;
+        id.Aerl = Aerl;
+        id.Elpe = ErrorLogPageEntries - 1;
+        id.Sgls = IdentifyControllerBits.SglsSupported | IdentifyControllerBits.SglsOffset;
+        SpecText.WriteNulPadded(new Span<byte>(Unsafe.AsPointer(ref id.Subnqn[0]), 256), s.Nqn);
+        id.Msdbd = 1;
+        id.Ioccsz = (64 + o.InCapsuleDataSize) / 16;
+        id.Iorcsz = 16 / 16;
+        id.Icdoff = 0;
+        id.Fcatt = IdentifyControllerBits.FcattDynamic;
+
+        if (s.IsDiscovery)
+        {
+            id.Cntrltype = IdentifyControllerBits.TypeDiscovery;
+            id.Oaes = IdentifyControllerBits.OaesDiscoveryLogChange;
+            id.Maxcmd = (ushort)o.AdminQueueDepth;
+            return;
+        }
+        id.Cntrltype = IdentifyControllerBits.TypeIo;
+        // Multi-controller and ANA reporting: every node exports the same subsystem (DESIGN.md section 5).
+        id.Cmic = IdentifyControllerBits.CmicMultiPort | IdentifyControllerBits.CmicMultiController | IdentifyControllerBits.CmicAnaReporting;
+        id.Oaes = IdentifyControllerBits.OaesNamespaceAttribute | IdentifyControllerBits.OaesAnaChange;
+        id.Lpa |= IdentifyControllerBits.LpaCommandEffects;
+        id.Acl = 3;
+        id.Frmw = (1 << 1) | 1; // one slot, read-only
+        id.Wctemp = 343;
+        id.Cctemp = 373;
+        id.Nn = s.MaxNamespaces;
+        id.Mnan = s.MaxNamespaces;
+        id.Oncs = IdentifyControllerBits.OncsDatasetManagement | IdentifyControllerBits.OncsWriteZeroes;
+        // Volatile write cache present; Flush with NSID FFFFFFFFh not supported (10b).
+        id.Vwc = 0x1 | (0x2 << 1);
+        id.Awun = 0;
+        id.Awupf = 0;
+        id.Anatt = 10;
+        id.Anacap = IdentifyControllerBits.AnacapOptimized | IdentifyControllerBits.AnacapNonOptimized
+            | IdentifyControllerBits.AnacapInaccessible | IdentifyControllerBits.AnacapChange
+            | IdentifyControllerBits.AnacapGroupIdNotChanged | IdentifyControllerBits.AnacapNonZeroGroupId;
+        id.Anagrpmax = s.MaxNamespaces;
+        id.Nanagrpid = s.MaxNamespaces;
+        // Power state 0: 25 W max power (units of 0.01 W) so tools print something sane.
+        BinaryPrimitives.WriteUInt16LittleEndian(new Span<byte>(Unsafe.AsPointer(ref id.Psd[0]), 2), 2500);
+    }
+
+    internal static void BuildIdentifyNamespace(Namespace ns, Span<byte> page)
+    {
+        ref IdentifyNamespace id = ref MemoryMarshal.AsRef<IdentifyNamespace>(page);
+        ulong blocks = ns.Bdev.BlockCount;
+        id.Nsze = blocks;
+        id.Ncap = blocks;
+        id.Nuse = blocks;
+        id.Nsfeat = IdentifyNamespaceBits.NsfeatThinProvisioning | IdentifyNamespaceBits.NsfeatOptPerf;
+        id.Nlbaf = 0;
+        id.Flbas = 0;
+        id.Nmic = IdentifyNamespaceBits.NmicShared;
+        id.Dlfeat = ns.Bdev.DeallocateReadsZeroes ? (byte)(IdentifyNamespaceBits.DlfeatReadZeroes | IdentifyNamespaceBits.DlfeatWriteZeroesDeallocate) : (byte)0;
+        // Preferred granularities (0-based, in blocks): 4 KiB.
+        ushort per4k = (ushort)Math.Max(1, 4096 / ns.Bdev.BlockSize);
+        id.Npwg = (ushort)(per4k - 1);
+        id.Npwa = (ushort)(per4k - 1);
+        id.Npdg = (ushort)(per4k - 1);
+        id.Npda = (ushort)(per4k - 1);
+        id.Nows = (ushort)(per4k - 1);
+        id.Anagrpid = ns.AnaGroupId;
+        ns.Nguid.CopyTo(new Span<byte>(Unsafe.AsPointer(ref id.Nguid[0]), 16));
+        id.Lbaf[0] = IdentifyNamespace.LbaFormat(ns.Bdev.BlockShift);
+        BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(Unsafe.AsPointer(ref id.Nvmcap[0]), 8), ns.Bdev.SizeBytes);
+    }
+
+    private static void BuildActiveNamespaceList(Subsystem s, uint after, Span<byte> page)
+    {
+        int n = 0;
+        foreach (Namespace ns in s.Namespaces)
+        {
+            if (ns.Nsid <= after) continue;
+            if (n == 1024) break;
+            BinaryPrimitives.WriteUInt32LittleEndian(page[(n * 4)..], ns.Nsid);
+            n++;
+        }
+    }
+
+    private static void BuildNamespaceDescriptors(Namespace ns, Span<byte> page)
+    {
+        int off = 0;
+        void Add(Span<byte> p, byte type, ReadOnlySpan<byte> value)
+        {
+            p[off] = type;
+            p[off + 1] = (byte)value.Length;
+            value.CopyTo(p[(off + 4)..]);
+            off += 4 + value.Length;
+        }
+        Add(page, NamespaceIdType.Nguid, ns.Nguid);
+        Span<byte> uuid = stackalloc byte[16];
+        ns.Uuid.TryWriteBytes(uuid, bigEndian: true, out _);
+        Add(page, NamespaceIdType.Uuid, uuid);
+        Add(page, NamespaceIdType.Csi, [0]);
+    }
+
+    // ---------------- Get Log Page ----------------
+
+    private static void GetLogPage(NvmfRequest req, Controller ctrl)
+    {
+        ref SubmissionQueueEntry sqe = ref req.Sqe;
+        byte lid = (byte)sqe.Cdw10;
+        byte lsp = (byte)((sqe.Cdw10 >> 8) & 0x7F);
+        bool rae = (sqe.Cdw10 & (1u << 15)) != 0;
+        ulong numd = ((sqe.Cdw10 >> 16) | ((ulong)(sqe.Cdw11 & 0xFFFF) << 16)) + 1;
+        ulong offset = sqe.Cdw12 | ((ulong)sqe.Cdw13 << 32);
+        if (numd * 4 != req.Length)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid));
+            return;
+        }
+        if ((offset & 3) != 0)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        Subsystem s = ctrl.Subsystem;
+        byte[]? log = (lid, s.IsDiscovery) switch
+        {
+            (LogPageId.Discovery, true) => DiscoveryLog.Build(ctrl),
+            (LogPageId.Error, _) => BuildErrorLog(ctrl),
+            (LogPageId.Smart, false) => BuildSmartLog(ctrl),
+            (LogPageId.FirmwareSlot, false) => BuildFirmwareLog(s),
+            (LogPageId.ChangedNamespaceList, false) => new byte[4096],
+            (LogPageId.CommandEffects, false) => BuildCommandEffects(),
+            (LogPageId.Ana, false) => BuildAnaLog(s, groupsOnly: (lsp & 1) != 0),
+            _ => null,
+        };
+        if (log == null)
+        {
+            req.Fail(NvmeStatus.CommandSpecific(CommandSpecificStatus.InvalidLogPage));
+            return;
+        }
+        if (offset >= (ulong)log.Length && offset != 0)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        CopyOut(req, log, (long)offset);
+        ctrl.LogPageRead(lid, rae);
+        req.Complete();
+    }
+
+    private static byte[] BuildErrorLog(Controller ctrl)
+    {
+        var entries = new ErrorLogEntry[ErrorLogPageEntries];
+        ctrl.CopyErrorLog(entries);
+        return MemoryMarshal.AsBytes(entries.AsSpan()).ToArray();
+    }
+
+    private static byte[] BuildSmartLog(Controller ctrl)
+    {
+        long reads = 0, writes = 0, bytesRead = 0, bytesWritten = 0;
+        foreach (QueuePair q in ctrl.IoQueues)
+        {
+            reads += Volatile.Read(ref q.ReadCommands);
+            writes += Volatile.Read(ref q.WriteCommands);
+            bytesRead += Volatile.Read(ref q.BytesRead);
+            bytesWritten += Volatile.Read(ref q.BytesWritten);
+        }
+        SmartLog log = default;
+        log.CompositeTemperature = 300;
+        log.AvailableSpare = 100;
+        log.AvailableSpareThreshold = 10;
+        // Data units are thousands of 512-byte units, rounded up.
+        log.DataUnitsRead = (ulong)((bytesRead / 512 + 999) / 1000);
+        log.DataUnitsWritten = (ulong)((bytesWritten / 512 + 999) / 1000);
+        log.HostReadCommands = (ulong)reads;
+        log.HostWriteCommands = (ulong)writes;
+        log.PowerCycles = 1;
+        log.PowerOnHours = (ulong)(DateTime.UtcNow - ctrl.Target.StartedUtc).TotalHours;
+        log.ErrorLogEntries = ctrl.ErrorCount;
+        return MemoryMarshal.AsBytes(new ReadOnlySpan<SmartLog>(in log)).ToArray();
+    }
+
+    private static byte[] BuildFirmwareLog(Subsystem s)
+    {
+        FirmwareSlotLog log = default;
+        log.Afi = 1;
+        SpecText.WritePadded(new Span<byte>(Unsafe.AsPointer(ref log.Frs[0]), 8), s.FirmwareRevision);
+        return MemoryMarshal.AsBytes(new ReadOnlySpan<FirmwareSlotLog>(in log)).ToArray();
+    }
+
+    private static byte[] BuildCommandEffects()
+    {
+        var log = new byte[4096];
+        const uint csupp = 1, lbcc = 1 << 1;
+        void Set(int offset, byte opcode, uint bits) => BinaryPrimitives.WriteUInt32LittleEndian(log.AsSpan(offset + opcode * 4), bits);
+        foreach (byte op in new[] { AdminOpcode.GetLogPage, AdminOpcode.Identify, AdminOpcode.Abort, AdminOpcode.SetFeatures,
+                     AdminOpcode.GetFeatures, AdminOpcode.AsyncEventRequest, AdminOpcode.KeepAlive })
+            Set(0, op, csupp);
+        Set(1024, IoOpcode.Flush, csupp | lbcc);
+        Set(1024, IoOpcode.Write, csupp | lbcc);
+        Set(1024, IoOpcode.Read, csupp);
+        Set(1024, IoOpcode.WriteZeroes, csupp | lbcc);
+        Set(1024, IoOpcode.DatasetManagement, csupp | lbcc);
+        return log;
+    }
+
+    internal static byte[] BuildAnaLog(Subsystem s, bool groupsOnly)
+    {
+        IReadOnlyList<(uint GroupId, AnaState State)> groups = s.AnaGroups;
+        IReadOnlyList<Namespace> namespaces = s.Namespaces;
+        int size = sizeof(AnaLogHeader) + groups.Count * sizeof(AnaGroupDescriptor) + (groupsOnly ? 0 : namespaces.Count * 4);
+        var log = new byte[size];
+        ref AnaLogHeader h = ref MemoryMarshal.AsRef<AnaLogHeader>(log.AsSpan());
+        h.ChangeCount = s.AnaChangeCount;
+        h.GroupCount = (ushort)groups.Count;
+        int off = sizeof(AnaLogHeader);
+        foreach ((uint gid, AnaState state) in groups)
+        {
+            ref AnaGroupDescriptor d = ref MemoryMarshal.AsRef<AnaGroupDescriptor>(log.AsSpan(off));
+            off += sizeof(AnaGroupDescriptor);
+            d.GroupId = gid;
+            d.ChangeCount = s.AnaChangeCount;
+            d.State = (byte)state;
+            uint count = 0;
+            foreach (Namespace ns in namespaces)
+            {
+                if (ns.AnaGroupId != gid) continue;
+                count++;
+                if (groupsOnly) continue;
+                BinaryPrimitives.WriteUInt32LittleEndian(log.AsSpan(off), ns.Nsid);
+                off += 4;
+            }
+            d.NamespaceCount = groupsOnly ? 0 : count;
+        }
+        return log;
+    }
+
+    // ---------------- Features ----------------
+
+    private static void GetFeatures(NvmfRequest req, Controller ctrl)
+    {
+        byte fid = (byte)req.Sqe.Cdw10;
+        int sel = (int)((req.Sqe.Cdw10 >> 8) & 0x7);
+        bool discovery = ctrl.Subsystem.IsDiscovery;
+        req.DataSpan.Clear();
+        if (sel == 3)
+        {
+            // Supported capabilities: changeable (bit 2), not saveable, not namespace specific.
+            bool supported = fid is FeatureId.AsyncEventConfiguration or FeatureId.KeepAliveTimer
+                || (!discovery && fid is FeatureId.NumberOfQueues or FeatureId.VolatileWriteCache or FeatureId.TemperatureThreshold);
+            if (!supported) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
+            req.Cqe.Dw0 = 1u << 2;
+            req.Complete();
+            return;
+        }
+        if (sel == 2)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        bool dflt = sel == 1;
+        uint? value = fid switch
+        {
+            FeatureId.AsyncEventConfiguration => dflt ? 0 : ctrl.AsyncEventConfig,
+            FeatureId.KeepAliveTimer => dflt ? 0 : ctrl.KatoMs,
+            FeatureId.NumberOfQueues when !discovery => QueueCountDw0(dflt ? ctrl.Target.Options.MaxIoQueues : ctrl.IoQueuesAllowed),
+            FeatureId.VolatileWriteCache when !discovery => dflt || ctrl.VolatileWriteCacheEnabled ? 1u : 0u,
+            FeatureId.TemperatureThreshold when !discovery => 343,
+            FeatureId.PowerManagement when !discovery => 0,
+            FeatureId.ErrorRecovery when !discovery => 0,
+            FeatureId.WriteAtomicityNormal when !discovery => 0,
+            _ => null,
+        };
+        if (value is not uint v)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        req.Cqe.Dw0 = v;
+        req.Complete();
+    }
+
+    private static uint QueueCountDw0(int n) => (uint)(n - 1) | ((uint)(n - 1) << 16);
+
+    private static void SetFeatures(NvmfRequest req, Controller ctrl)
+    {
+        byte fid = (byte)req.Sqe.Cdw10;
+        bool save = (req.Sqe.Cdw10 & (1u << 31)) != 0;
+        uint cdw11 = req.Sqe.Cdw11;
+        bool discovery = ctrl.Subsystem.IsDiscovery;
+        if (save)
+        {
+            req.Fail(NvmeStatus.CommandSpecific(CommandSpecificStatus.FeatureIdNotSaveable));
+            return;
+        }
+        switch (fid)
+        {
+            case FeatureId.NumberOfQueues when !discovery:
+            {
+                uint nsqr = cdw11 & 0xFFFF, ncqr = cdw11 >> 16;
+                if (nsqr == 0xFFFF || ncqr == 0xFFFF) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
+                if (ctrl.IoQueues.Count > 0) { req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError)); return; }
+                int granted = ctrl.SetIoQueueCount((int)Math.Min(nsqr, ncqr) + 1);
+                req.Cqe.Dw0 = QueueCountDw0(granted);
+                break;
+            }
+            case FeatureId.AsyncEventConfiguration:
+                ctrl.AsyncEventConfig = cdw11 & (discovery ? AsyncEvent.ConfigDiscoveryLogChange : SupportedAsyncEvents);
+                break;
+            case FeatureId.KeepAliveTimer:
+                ctrl.SetKato(cdw11);
+                break;
+            case FeatureId.VolatileWriteCache when !discovery:
+                ctrl.VolatileWriteCacheEnabled = (cdw11 & 1) != 0;
+                break;
+            case FeatureId.TemperatureThreshold when !discovery:
+                break;
+            default:
+                req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+                return;
+        }
+        req.Complete();
+    }
+}

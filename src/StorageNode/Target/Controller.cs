@@ -1,0 +1,275 @@
+using System.Diagnostics;
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Target;
+
+/// <summary>
+/// One host association (dynamic controller model): created by an admin-queue Connect, destroyed when the
+/// admin queue goes away, the host shuts it down, or keep-alive expires. Control state is guarded by a lock;
+/// the I/O path reads only immutable fields and <see cref="Enabled"/>.
+/// </summary>
+public sealed class Controller
+{
+    public const int MaxOutstandingAers = 4;
+    private const int ErrorLogEntries = 64;
+
+    private readonly object _lock = new();
+    private readonly QueuePair?[] _ioQueues;
+    private readonly Queue<NvmfRequest> _aers = new();
+    private readonly List<uint> _pendingEvents = [];
+    private readonly HashSet<byte> _maskedLogPages = [];
+    private readonly ErrorLogEntry[] _errors = new ErrorLogEntry[ErrorLogEntries];
+    private ulong _errorCount;
+    private long _lastKeepAlive;
+    private volatile bool _enabled;
+    private volatile bool _destroyed;
+
+    public NvmfTarget Target { get; }
+    public Subsystem Subsystem { get; }
+    public ushort Cntlid { get; }
+    public string HostNqn { get; }
+    public Guid HostId { get; }
+    public QueuePair AdminQueue { get; }
+
+    public uint Cc { get; private set; }
+    public uint Csts { get; private set; }
+    public uint KatoMs { get; private set; }
+    public int IoQueuesAllowed { get; private set; }
+    public uint AsyncEventConfig { get; set; }
+    public bool VolatileWriteCacheEnabled { get; set; } = true;
+
+    public bool Enabled => _enabled;
+    public bool Destroyed => _destroyed;
+    public DateTime CreatedUtc { get; } = DateTime.UtcNow;
+
+    internal Controller(NvmfTarget target, Subsystem subsystem, ushort cntlid, string hostNqn, Guid hostId, QueuePair adminQueue, uint katoMs)
+    {
+        Target = target;
+        Subsystem = subsystem;
+        Cntlid = cntlid;
+        HostNqn = hostNqn;
+        HostId = hostId;
+        AdminQueue = adminQueue;
+        KatoMs = katoMs;
+        IoQueuesAllowed = subsystem.IsDiscovery ? 0 : target.Options.MaxIoQueues;
+        _ioQueues = new QueuePair?[target.Options.MaxIoQueues + 1];
+        TouchKeepAlive();
+    }
+
+    public void TouchKeepAlive() => Volatile.Write(ref _lastKeepAlive, Stopwatch.GetTimestamp());
+
+    /// <summary>True when KATO is set and no Keep Alive arrived within it (plus one KAS unit of slack).</summary>
+    public bool KeepAliveExpired(long now)
+    {
+        uint kato = KatoMs;
+        if (kato == 0) return false;
+        long limit = (kato + Target.Options.KeepAliveGranularityMs) * Stopwatch.Frequency / 1000;
+        return now - Volatile.Read(ref _lastKeepAlive) > limit;
+    }
+
+    public void SetKato(uint ms)
+    {
+        KatoMs = ms;
+        TouchKeepAlive();
+    }
+
+    /// <summary>Handles a CC write; returns the new CSTS.</summary>
+    public void WriteCc(uint value)
+    {
+        lock (_lock)
+        {
+            uint old = Cc;
+            Cc = value;
+            bool en = (value & CcRegister.Enable) != 0;
+            bool wasEn = (old & CcRegister.Enable) != 0;
+            if (en && !wasEn)
+            {
+                // I/O queue entry sizes must be 64/16 bytes (6 and 4 as powers of two) for an I/O controller.
+                bool sizesOk = Subsystem.IsDiscovery || (CcRegister.Iosqes(value) == 6 && CcRegister.Iocqes(value) == 4);
+                if (!sizesOk || CcRegister.Mps(value) != 0 || CcRegister.Css(value) != 0)
+                {
+                    Csts |= CstsRegister.Fatal;
+                }
+                else
+                {
+                    Csts = (Csts & ~CstsRegister.ShutdownMask) | CstsRegister.Ready;
+                    _enabled = true;
+                }
+            }
+            else if (!en && wasEn)
+            {
+                // Controller reset: I/O queues are gone, the host must reconnect them.
+                _enabled = false;
+                Csts &= ~(CstsRegister.Ready | CstsRegister.Fatal);
+                DisconnectIoQueues("controller reset (CC.EN cleared)");
+            }
+            uint shn = CcRegister.Shn(value);
+            if (shn != 0 && CcRegister.Shn(old) == 0)
+            {
+                // Normal or abrupt shutdown: stop I/O, report completion at once (RAM state has nothing to flush).
+                _enabled = false;
+                Csts = (Csts & ~CstsRegister.ShutdownMask) | CstsRegister.ShutdownComplete;
+                DisconnectIoQueues("controller shutdown");
+            }
+            else if (shn == 0 && CcRegister.Shn(old) != 0)
+            {
+                Csts &= ~CstsRegister.ShutdownMask;
+            }
+        }
+    }
+
+    public bool TryAddIoQueue(ushort qid, QueuePair qp, out string? error)
+    {
+        lock (_lock)
+        {
+            error = null;
+            if (_destroyed) error = "controller is being destroyed";
+            else if (!_enabled) error = "controller is not enabled (CC.EN = 0)";
+            else if (qid == 0 || qid > IoQueuesAllowed) error = $"QID {qid} is outside 1..{IoQueuesAllowed}";
+            else if (_ioQueues[qid] != null) error = $"QID {qid} is already connected";
+            if (error != null) return false;
+            _ioQueues[qid] = qp;
+            return true;
+        }
+    }
+
+    public void RemoveIoQueue(QueuePair qp)
+    {
+        lock (_lock)
+        {
+            if (qp.Qid < _ioQueues.Length && _ioQueues[qp.Qid] == qp) _ioQueues[qp.Qid] = null;
+        }
+    }
+
+    public IReadOnlyList<QueuePair> IoQueues
+    {
+        get
+        {
+            lock (_lock)
+            {
+                var list = new List<QueuePair>();
+                foreach (QueuePair? q in _ioQueues) if (q != null) list.Add(q);
+                return list;
+            }
+        }
+    }
+
+    /// <summary>Number of queues feature: grants min(requested, configured) and fixes it for the association.</summary>
+    public int SetIoQueueCount(int requested)
+    {
+        lock (_lock)
+        {
+            IoQueuesAllowed = Math.Min(requested, Target.Options.MaxIoQueues);
+            return IoQueuesAllowed;
+        }
+    }
+
+    private void DisconnectIoQueues(string reason)
+    {
+        for (int i = 1; i < _ioQueues.Length; i++)
+        {
+            QueuePair? q = _ioQueues[i];
+            _ioQueues[i] = null;
+            q?.Disconnect(reason);
+        }
+    }
+
+    /// <summary>Ends the association: every queue pair is disconnected and the CNTLID is released.</summary>
+    public void Destroy(string reason)
+    {
+        lock (_lock)
+        {
+            if (_destroyed) return;
+            _destroyed = true;
+            _enabled = false;
+            DisconnectIoQueues(reason);
+        }
+        Subsystem.RemoveController(this);
+        AdminQueue.Disconnect(reason);
+        Target.OnControllerDestroyed(this, reason);
+    }
+
+    // ---- Asynchronous events (admin queue reactor only, except RaiseAsyncEvent) ----
+
+    internal bool TryQueueAer(NvmfRequest req)
+    {
+        if (_aers.Count >= MaxOutstandingAers) return false;
+        _aers.Enqueue(req);
+        DeliverEvents();
+        return true;
+    }
+
+    /// <summary>Queues an event for the host; delivered on the admin queue's reactor. Any thread.</summary>
+    public void RaiseAsyncEvent(byte type, byte info, byte logPage, uint configBit)
+    {
+        if ((AsyncEventConfig & configBit) == 0 && type == AsyncEvent.TypeNotice) return;
+        uint dw0 = AsyncEvent.Dw0(type, info, logPage);
+        AdminQueue.Reactor.Post(() =>
+        {
+            if (_destroyed) return;
+            if (!_pendingEvents.Contains(dw0)) _pendingEvents.Add(dw0);
+            DeliverEvents();
+        });
+    }
+
+    /// <summary>A Get Log Page without RAE clears the mask set when an event for that log was reported.</summary>
+    internal void LogPageRead(byte logPage, bool retainEvent)
+    {
+        if (retainEvent) return;
+        if (_maskedLogPages.Remove(logPage)) DeliverEvents();
+    }
+
+    private void DeliverEvents()
+    {
+        for (int i = 0; i < _pendingEvents.Count && _aers.Count > 0;)
+        {
+            uint dw0 = _pendingEvents[i];
+            byte logPage = (byte)(dw0 >> 16);
+            if (_maskedLogPages.Contains(logPage)) { i++; continue; }
+            _pendingEvents.RemoveAt(i);
+            _maskedLogPages.Add(logPage);
+            NvmfRequest aer = _aers.Dequeue();
+            aer.Cqe.Dw0 = dw0;
+            aer.Complete();
+        }
+    }
+
+    /// <summary>Drops outstanding AERs (their queue pair is going away).</summary>
+    internal void ClearAers() => _aers.Clear();
+
+    // ---- Error log ----
+
+    internal void RecordError(ushort sqid, ushort cid, NvmeStatus status, uint nsid, ulong lba)
+    {
+        lock (_errors)
+        {
+            _errorCount++;
+            ref ErrorLogEntry e = ref _errors[(int)(_errorCount % ErrorLogEntries)];
+            e = default;
+            e.ErrorCount = _errorCount;
+            e.SqId = sqid;
+            e.Cid = cid;
+            e.Status = status.ToCqeStatus();
+            e.ParameterErrorLocation = 0xFFFF;
+            e.Lba = lba;
+            e.Nsid = nsid;
+            e.TrType = Discovery.TrTypeTcp;
+        }
+    }
+
+    public ulong ErrorCount { get { lock (_errors) return _errorCount; } }
+
+    /// <summary>The error log, newest first.</summary>
+    internal int CopyErrorLog(Span<ErrorLogEntry> dest)
+    {
+        lock (_errors)
+        {
+            int n = 0;
+            for (ulong c = _errorCount; c > 0 && n < dest.Length && n < ErrorLogEntries; c--, n++)
+                dest[n] = _errors[(int)(c % ErrorLogEntries)];
+            return n;
+        }
+    }
+
+    public override string ToString() => $"{Subsystem.Nqn} cntlid {Cntlid} host {HostNqn}";
+}

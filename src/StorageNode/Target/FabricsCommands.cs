@@ -1,0 +1,202 @@
+using System.Runtime.CompilerServices;
+using Microsoft.Extensions.Logging;
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Target;
+
+/// <summary>Connect, Property Get/Set and Disconnect.</summary>
+internal static unsafe class FabricsCommands
+{
+    public static NvmeStatus Validate(NvmfRequest req)
+    {
+        QueuePair qp = req.Qpair;
+        byte fctype = req.Sqe.FabricsType;
+        switch (fctype)
+        {
+            case FabricsCommandType.Connect:
+                if (qp.Connected) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
+                if (req.Length != (uint)sizeof(ConnectData)) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
+                return NvmeStatus.Success;
+            case FabricsCommandType.PropertyGet:
+            case FabricsCommandType.PropertySet:
+                if (!qp.Connected) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
+                if (qp.Qid != 0) return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
+                return NvmeStatus.Success;
+            case FabricsCommandType.Disconnect:
+                if (!qp.Connected) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
+                if (qp.Qid == 0) return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
+                return NvmeStatus.Success;
+            default:
+                return qp.Connected ? NvmeStatus.Generic(GenericStatus.InvalidOpcode) : NvmeStatus.Generic(GenericStatus.CommandSequenceError);
+        }
+    }
+
+    public static void Execute(NvmfRequest req)
+    {
+        switch (req.Sqe.FabricsType)
+        {
+            case FabricsCommandType.Connect: Connect(req); break;
+            case FabricsCommandType.PropertyGet: PropertyGet(req); break;
+            case FabricsCommandType.PropertySet: PropertySet(req); break;
+            case FabricsCommandType.Disconnect:
+                req.Complete();
+                req.Qpair.Disconnect("host sent Disconnect");
+                break;
+            default: req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode)); break;
+        }
+    }
+
+    private static void FailInvalidParameter(NvmfRequest req, bool inData, ushort offset)
+    {
+        req.Cqe.Dw0 = offset | (inData ? 1u << 16 : 0);
+        req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidParameters));
+    }
+
+    private static void Connect(NvmfRequest req)
+    {
+        QueuePair qp = req.Qpair;
+        NvmfTarget target = qp.Target;
+        ref ConnectCommand cmd = ref Unsafe.As<SubmissionQueueEntry, ConnectCommand>(ref req.Sqe);
+        ref ConnectData data = ref Unsafe.AsRef<ConnectData>(req.Data);
+
+        if (cmd.RecordFormat != 0)
+        {
+            req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.IncompatibleFormat));
+            return;
+        }
+        string subNqn = SpecText.ReadNulTerminated(new ReadOnlySpan<byte>(Unsafe.AsPointer(ref data.SubNqn[0]), 256));
+        string hostNqn = SpecText.ReadNulTerminated(new ReadOnlySpan<byte>(Unsafe.AsPointer(ref data.HostNqn[0]), 256));
+        var hostId = new Guid(new ReadOnlySpan<byte>(Unsafe.AsPointer(ref data.HostId[0]), 16), bigEndian: true);
+
+        Subsystem? subsystem = target.FindSubsystem(subNqn);
+        if (subsystem == null)
+        {
+            target.Log.LogWarning("connect from {Peer}: unknown subsystem '{Nqn}'", qp.PeerAddress, subNqn);
+            FailInvalidParameter(req, inData: true, offset: 256);
+            return;
+        }
+        if (hostNqn.Length == 0)
+        {
+            FailInvalidParameter(req, inData: true, offset: 512);
+            return;
+        }
+        if (!subsystem.HostAllowed(hostNqn))
+        {
+            target.Log.LogWarning("connect from {Peer}: host '{Host}' is not allowed on {Nqn}", qp.PeerAddress, hostNqn, subNqn);
+            req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidHost));
+            return;
+        }
+
+        uint sqSize = (uint)cmd.SqSize + 1;
+        bool disableSqFlow = (cmd.Cattr & 0x4) != 0;
+        if (cmd.Qid == 0)
+        {
+            if (cmd.SqSize == 0 || sqSize > (uint)target.Options.AdminQueueDepth)
+            {
+                FailInvalidParameter(req, inData: false, offset: 44);
+                return;
+            }
+            if (data.Cntlid != 0xFFFF)
+            {
+                // Dynamic controller model only: the host must ask for "any controller".
+                FailInvalidParameter(req, inData: true, offset: 16);
+                return;
+            }
+            uint kato = cmd.Kato;
+            Controller? ctrl = subsystem.CreateController(id => new Controller(target, subsystem, id, hostNqn, hostId, qp, kato));
+            if (ctrl == null)
+            {
+                req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ControllerBusy));
+                return;
+            }
+            qp.Qid = 0;
+            qp.SqSize = (ushort)sqSize;
+            qp.SqFlowControlDisabled = disableSqFlow;
+            qp.Controller = ctrl;
+            req.Cqe.Dw0 = ctrl.Cntlid;
+            target.Log.LogInformation("{Peer}: admin queue connected: {Ctrl}, KATO {Kato} ms", qp.PeerAddress, ctrl, cmd.Kato);
+            req.Complete();
+            return;
+        }
+
+        Controller? owner = subsystem.FindController(data.Cntlid);
+        if (owner == null || owner.Destroyed)
+        {
+            FailInvalidParameter(req, inData: true, offset: 16);
+            return;
+        }
+        if (owner.HostNqn != hostNqn)
+        {
+            FailInvalidParameter(req, inData: true, offset: 512);
+            return;
+        }
+        if (owner.HostId != hostId)
+        {
+            FailInvalidParameter(req, inData: true, offset: 0);
+            return;
+        }
+        if (cmd.SqSize == 0 || sqSize > (uint)target.Options.MaxQueueDepth)
+        {
+            FailInvalidParameter(req, inData: false, offset: 44);
+            return;
+        }
+        qp.Qid = cmd.Qid;
+        qp.SqSize = (ushort)sqSize;
+        qp.SqFlowControlDisabled = disableSqFlow;
+        if (!owner.TryAddIoQueue(cmd.Qid, qp, out string? error))
+        {
+            target.Log.LogWarning("{Peer}: I/O queue connect to {Ctrl} refused: {Error}", qp.PeerAddress, owner, error);
+            if (!owner.Enabled) req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+            else FailInvalidParameter(req, inData: false, offset: 42);
+            qp.Qid = 0;
+            return;
+        }
+        qp.Controller = owner;
+        req.Cqe.Dw0 = owner.Cntlid;
+        req.Complete();
+    }
+
+    private static void PropertyGet(NvmfRequest req)
+    {
+        ref PropertyCommand cmd = ref Unsafe.As<SubmissionQueueEntry, PropertyCommand>(ref req.Sqe);
+        Controller ctrl = req.Qpair.Controller!;
+        int size = (cmd.Attributes & 0x7) == 1 ? 8 : 4;
+        uint offset = cmd.Offset;
+        if (Property.Size(offset) != size && !(offset == Property.Cap && size == 8))
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        TargetOptions o = req.Qpair.Target.Options;
+        ulong value = offset switch
+        {
+            Property.Cap => CapRegister.Make((ushort)(o.MaxQueueDepth - 1), 15),
+            Property.Vs => NvmeVersion.V1_4,
+            Property.Cc => ctrl.Cc,
+            Property.Csts => ctrl.Csts,
+            _ => 0,
+        };
+        if (offset == Property.Nssr)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        req.Cqe.Dw0 = (uint)value;
+        req.Cqe.Dw1 = (uint)(value >> 32);
+        req.Complete();
+    }
+
+    private static void PropertySet(NvmfRequest req)
+    {
+        ref PropertyCommand cmd = ref Unsafe.As<SubmissionQueueEntry, PropertyCommand>(ref req.Sqe);
+        Controller ctrl = req.Qpair.Controller!;
+        int size = (cmd.Attributes & 0x7) == 1 ? 8 : 4;
+        if (cmd.Offset != Property.Cc || size != 4)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        ctrl.WriteCc((uint)cmd.Value);
+        req.Complete();
+    }
+}

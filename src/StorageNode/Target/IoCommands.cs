@@ -1,0 +1,151 @@
+using System.Runtime.CompilerServices;
+using StorageNode.Bdevs;
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Target;
+
+/// <summary>NVM command set I/O commands. The hot path: no allocation, no locks.</summary>
+internal static unsafe class IoCommands
+{
+    private const int DsmRangeSize = 16;
+
+    public static NvmeStatus Validate(NvmfRequest req, Controller ctrl)
+    {
+        ref SubmissionQueueEntry sqe = ref req.Sqe;
+        byte op = sqe.Opcode;
+        if (op is not (IoOpcode.Read or IoOpcode.Write or IoOpcode.Flush or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement))
+            return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
+        if (!ctrl.Enabled) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
+
+        Namespace? ns = ctrl.Subsystem.GetNamespace(sqe.Nsid);
+        if (ns == null) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
+
+        AnaState ana = ctrl.Subsystem.GetAnaState(ns.AnaGroupId);
+        if (ana != AnaState.Optimized && ana != AnaState.NonOptimized)
+        {
+            return ana switch
+            {
+                AnaState.Inaccessible => NvmeStatus.Path(PathStatus.AnaInaccessible),
+                AnaState.PersistentLoss => NvmeStatus.Path(PathStatus.AnaPersistentLoss),
+                _ => NvmeStatus.Path(PathStatus.AnaTransition),
+            };
+        }
+
+        Bdev bdev = ns.Bdev;
+        switch (op)
+        {
+            case IoOpcode.Read:
+            case IoOpcode.Write:
+            case IoOpcode.WriteZeroes:
+            {
+                ulong slba = sqe.Slba;
+                ulong nlb = sqe.BlockCount;
+                if (slba > bdev.BlockCount || nlb > bdev.BlockCount - slba)
+                    return NvmeStatus.Generic(GenericStatus.LbaOutOfRange);
+                if (op != IoOpcode.WriteZeroes)
+                {
+                    ulong bytes = nlb << bdev.BlockShift;
+                    if (bytes > req.Qpair.Target.Options.MaxIoSize) return NvmeStatus.Generic(GenericStatus.InvalidField);
+                    if (bytes != req.Length) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
+                }
+                break;
+            }
+            case IoOpcode.DatasetManagement:
+            {
+                uint ranges = (sqe.Cdw10 & 0xFF) + 1;
+                if (req.Length < ranges * DsmRangeSize) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
+                break;
+            }
+        }
+        req.Namespace = ns;
+        req.Channel = ns.Channels[req.Qpair.Reactor.Id];
+        return NvmeStatus.Success;
+    }
+
+    public static void Execute(NvmfRequest req)
+    {
+        ref SubmissionQueueEntry sqe = ref req.Sqe;
+        Namespace ns = req.Namespace!;
+        BdevChannel ch = req.Channel!;
+        int shift = ns.Bdev.BlockShift;
+        req.PendingOps = 1;
+        switch (sqe.Opcode)
+        {
+            case IoOpcode.Read:
+                ch.Read(sqe.Slba << shift, req.Data, req.Length, req);
+                break;
+            case IoOpcode.Write:
+                ch.Write(sqe.Slba << shift, req.Data, req.Length, fua: (sqe.Cdw12 & (1u << 30)) != 0, req);
+                break;
+            case IoOpcode.Flush:
+                ch.Flush(req);
+                break;
+            case IoOpcode.WriteZeroes:
+            {
+                ulong bytes = (ulong)sqe.BlockCount << shift;
+                bool deallocate = (sqe.Cdw12 & (1u << 25)) != 0 && ns.Bdev.DeallocateReadsZeroes;
+                if (deallocate) ch.Deallocate(sqe.Slba << shift, bytes, req);
+                else ch.WriteZeroes(sqe.Slba << shift, bytes, req);
+                break;
+            }
+            case IoOpcode.DatasetManagement:
+                DatasetManagement(req, ns, ch);
+                break;
+        }
+    }
+
+    private static void DatasetManagement(NvmfRequest req, Namespace ns, BdevChannel ch)
+    {
+        uint ranges = (req.Sqe.Cdw10 & 0xFF) + 1;
+        bool deallocate = (req.Sqe.Cdw11 & DsmAttribute.Deallocate) != 0;
+        Bdev bdev = ns.Bdev;
+        byte* p = req.Data;
+        // Validate every range before touching any (all or nothing).
+        for (uint i = 0; i < ranges; i++)
+        {
+            uint nlb = Unsafe.ReadUnaligned<uint>(p + i * DsmRangeSize + 4);
+            ulong slba = Unsafe.ReadUnaligned<ulong>(p + i * DsmRangeSize + 8);
+            if (slba > bdev.BlockCount || nlb > bdev.BlockCount - slba)
+            {
+                req.PendingOps = 0;
+                req.Fail(NvmeStatus.Generic(GenericStatus.LbaOutOfRange));
+                return;
+            }
+        }
+        if (!deallocate)
+        {
+            // Attributes other than deallocate are hints; nothing to do.
+            req.PendingOps = 0;
+            req.Complete();
+            return;
+        }
+        // One extra reference so completions that arrive inline cannot finish the command early.
+        req.PendingOps = 1;
+        for (uint i = 0; i < ranges; i++)
+        {
+            uint nlb = Unsafe.ReadUnaligned<uint>(p + i * DsmRangeSize + 4);
+            ulong slba = Unsafe.ReadUnaligned<ulong>(p + i * DsmRangeSize + 8);
+            if (nlb == 0) continue;
+            req.PendingOps++;
+            ch.Deallocate(slba << bdev.BlockShift, (ulong)nlb << bdev.BlockShift, req);
+        }
+        req.OnBdevComplete(0);
+    }
+
+    /// <summary>Accounting after the bdev finished (SMART counters).</summary>
+    public static void Completed(NvmfRequest req)
+    {
+        QueuePair qp = req.Qpair;
+        switch (req.Sqe.Opcode)
+        {
+            case IoOpcode.Read:
+                qp.ReadCommands++;
+                qp.BytesRead += req.Length;
+                break;
+            case IoOpcode.Write:
+                qp.WriteCommands++;
+                qp.BytesWritten += req.Length;
+                break;
+        }
+    }
+}

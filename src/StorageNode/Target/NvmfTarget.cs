@@ -1,0 +1,153 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using StorageNode.Nvme.Spec;
+using StorageNode.Reactors;
+
+namespace StorageNode.Target;
+
+/// <summary>Protocol limits of the target, shared by every transport.</summary>
+public sealed record TargetOptions
+{
+    public int MaxQueueDepth { get; init; } = 128;
+    public int AdminQueueDepth { get; init; } = 32;
+    public int MaxIoQueues { get; init; } = 16;
+    /// <summary>Largest data transfer of one command (MDTS); a power of two, at least 4096.</summary>
+    public uint MaxIoSize { get; init; } = 1024 * 1024;
+    /// <summary>In-capsule data accepted on I/O queues (IOCCSZ = 4 + this / 16).</summary>
+    public uint InCapsuleDataSize { get; init; } = 8192;
+    /// <summary>In-capsule data accepted on the admin queue (Connect data is 1024 bytes).</summary>
+    public uint AdminInCapsuleDataSize { get; init; } = 8192;
+    public uint MaxH2CDataSize { get; init; } = 128 * 1024;
+    /// <summary>Upper bound on R2Ts outstanding per command (the host's MAXR2T may lower it).</summary>
+    public int MaxR2TPerCommand { get; init; } = 4;
+    /// <summary>Largest C2HData PDU sent; a read is split into PDUs of at most this size.</summary>
+    public uint MaxC2HDataSize { get; init; } = 128 * 1024;
+    /// <summary>Send the last C2HData PDU of a read with the SUCCESS flag instead of a response capsule.</summary>
+    public bool C2HSuccess { get; init; } = true;
+    /// <summary>Keep-alive granularity (KAS) in milliseconds; a multiple of 100.</summary>
+    public uint KeepAliveGranularityMs { get; init; } = 1000;
+    /// <summary>Receive buffer per connection.</summary>
+    public int ReceiveBufferSize { get; init; } = 128 * 1024;
+
+    public byte Mdts => (byte)System.Numerics.BitOperations.Log2(MaxIoSize / 4096);
+}
+
+/// <summary>A listener as the discovery log advertises it.</summary>
+public sealed record ListenerInfo(string Transport, string Address, int Port, ushort PortId)
+{
+    public byte TrType => Transport == "rdma" ? Nvme.Spec.Discovery.TrTypeRdma : Nvme.Spec.Discovery.TrTypeTcp;
+    public byte AdrFam => Address.Contains(':') ? Nvme.Spec.Discovery.AdrFamIpv6 : Nvme.Spec.Discovery.AdrFamIpv4;
+}
+
+/// <summary>
+/// The node's NVMe-oF target: its subsystems (the discovery subsystem included), reactors and listeners.
+/// Transports hand it queue pairs; the command handlers look subsystems up here.
+/// </summary>
+public sealed class NvmfTarget : IDisposable
+{
+    private readonly Dictionary<string, Subsystem> _subsystems = new(StringComparer.Ordinal);
+    private readonly List<ListenerInfo> _listeners = [];
+    private readonly object _lock = new();
+    private Timer? _watchdog;
+    private ulong _discoveryGeneration = 1;
+
+    public TargetOptions Options { get; }
+    public IReadOnlyList<Reactor> Reactors { get; }
+    public ILogger Log { get; }
+    public ILoggerFactory LoggerFactory { get; }
+    public string NodeName { get; }
+    public DateTime StartedUtc { get; } = DateTime.UtcNow;
+
+    public NvmfTarget(string nodeName, TargetOptions options, IReadOnlyList<Reactor> reactors, ILoggerFactory loggerFactory)
+    {
+        NodeName = nodeName;
+        Options = options;
+        Reactors = reactors;
+        LoggerFactory = loggerFactory;
+        Log = loggerFactory.CreateLogger("target");
+        AddSubsystem(new Subsystem(WellKnownNqn.Discovery, SubsystemKind.Discovery, "", "StorageNode discovery", "",
+            1, 0xFFEF, 0, allowAnyHost: true));
+    }
+
+    public void AddSubsystem(Subsystem s)
+    {
+        lock (_lock)
+        {
+            if (!_subsystems.TryAdd(s.Nqn, s)) throw new InvalidOperationException($"subsystem {s.Nqn} already exists");
+            _discoveryGeneration++;
+        }
+        foreach (Namespace ns in s.Namespaces) ns.OpenChannels(Reactors);
+    }
+
+    /// <summary>Adds a namespace to a running subsystem (opens its per-reactor channels first).</summary>
+    public void AddNamespace(Subsystem s, Namespace ns)
+    {
+        ns.OpenChannels(Reactors);
+        s.AddNamespace(ns);
+    }
+
+    public Subsystem? FindSubsystem(string nqn)
+    {
+        lock (_lock) return _subsystems.TryGetValue(nqn, out Subsystem? s) ? s : null;
+    }
+
+    public IReadOnlyList<Subsystem> Subsystems
+    {
+        get { lock (_lock) return [.. _subsystems.Values]; }
+    }
+
+    public void AddListener(ListenerInfo l)
+    {
+        lock (_lock)
+        {
+            _listeners.Add(l);
+            _discoveryGeneration++;
+        }
+    }
+
+    public IReadOnlyList<ListenerInfo> Listeners
+    {
+        get { lock (_lock) return [.. _listeners]; }
+    }
+
+    public ulong DiscoveryGeneration
+    {
+        get { lock (_lock) return _discoveryGeneration; }
+    }
+
+    /// <summary>Starts the keep-alive watchdog (control plane timer; tears down silent hosts' controllers).</summary>
+    public void Start()
+    {
+        _watchdog = new Timer(_ => CheckKeepAlive(), null, 200, 200);
+    }
+
+    private void CheckKeepAlive()
+    {
+        long now = Stopwatch.GetTimestamp();
+        foreach (Subsystem s in Subsystems)
+        {
+            foreach (Controller c in s.Controllers)
+            {
+                if (c.KeepAliveExpired(now))
+                {
+                    Log.LogWarning("{Ctrl}: keep-alive timeout ({Kato} ms) expired; tearing the controller down", c, c.KatoMs);
+                    c.Destroy("keep-alive timeout");
+                }
+            }
+        }
+    }
+
+    internal void OnControllerDestroyed(Controller c, string reason)
+    {
+        Log.LogInformation("{Ctrl}: controller destroyed ({Reason})", c, reason);
+    }
+
+    public void Dispose()
+    {
+        _watchdog?.Dispose();
+        foreach (Subsystem s in Subsystems)
+        {
+            foreach (Controller c in s.Controllers) c.Destroy("node stopping");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+using StorageNode.Bdevs;
+using StorageNode.Nvme.Spec;
+using StorageNode.Reactors;
+
+namespace StorageNode.Target;
+
+public enum RequestState : byte
+{
+    Free,
+    /// <summary>Capsule arrived; in-capsule data still being received.</summary>
+    ReceivingCapsuleData,
+    /// <summary>Waiting for a data buffer from the reactor's pool.</summary>
+    NeedBuffer,
+    /// <summary>Host-to-controller data being pulled (R2T / RDMA READ).</summary>
+    TransferringHostData,
+    /// <summary>Handed to the command handlers / bdev.</summary>
+    Executing,
+    /// <summary>Response (and controller-to-host data) queued to the transport.</summary>
+    Completing,
+}
+
+/// <summary>
+/// A command slot of one queue pair, preallocated with it. Carries the SQE, the CQE being built, and the
+/// command's data buffer. Implements the bdev completion callback so I/O needs no per-command delegate.
+/// </summary>
+public unsafe class NvmfRequest : IBdevCompletion
+{
+    public readonly QueuePair Qpair;
+    public readonly ushort Slot;
+
+    public SubmissionQueueEntry Sqe;
+    public CompletionQueueEntry Cqe;
+    public RequestState State;
+    public DataDirection Direction;
+    /// <summary>Transfer length from SGL1 (bytes).</summary>
+    public uint Length;
+    /// <summary>Data buffer (from the reactor's pools) or null when Length is 0.</summary>
+    public byte* Data;
+    /// <summary>Bytes of the buffer that hold valid controller-to-host data (≤ Length).</summary>
+    public uint DataLength;
+
+    // Set while executing.
+    public Namespace? Namespace;
+    public BdevChannel? Channel;
+    internal int PendingOps;
+    internal int FirstError;
+    internal long StartTimestamp;
+
+    public NvmfRequest(QueuePair qpair, ushort slot)
+    {
+        Qpair = qpair;
+        Slot = slot;
+    }
+
+    public NvmeStatus Status
+    {
+        get => Cqe.StatusField;
+        set => Cqe.Status = value.ToCqeStatus();
+    }
+
+    public Span<byte> DataSpan => Data == null ? Span<byte>.Empty : new Span<byte>(Data, (int)Length);
+
+    /// <summary>Resets per-command state when a capsule lands in this slot.</summary>
+    public void Reset()
+    {
+        Cqe = default;
+        Direction = DataDirection.None;
+        Length = 0;
+        DataLength = 0;
+        Namespace = null;
+        Channel = null;
+        PendingOps = 0;
+        FirstError = 0;
+    }
+
+    /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
+    public void Fail(NvmeStatus status)
+    {
+        Status = status;
+        Complete();
+    }
+
+    /// <summary>Hands the completed command back to its queue pair's transport.</summary>
+    public void Complete()
+    {
+        if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
+        Qpair.CompleteRequest(this);
+    }
+
+    public void OnBdevComplete(int result)
+    {
+        if (result < 0 && FirstError == 0) FirstError = result;
+        if (--PendingOps > 0) return;
+        if (FirstError != 0) Status = NvmeStatus.Generic(GenericStatus.InternalError, dnr: false);
+        else if (Direction == DataDirection.ControllerToHost) DataLength = Length;
+        IoCommands.Completed(this);
+        Complete();
+    }
+}
+
+/// <summary>
+/// Transport-independent half of a queue pair: which controller and queue it serves, submission queue
+/// head accounting, statistics. The transport subclass moves capsules and data.
+/// </summary>
+public abstract class QueuePair : ReactorSource
+{
+    public Reactor Reactor { get; }
+    public NvmfTarget Target { get; }
+    public Controller? Controller { get; internal set; }
+    public ushort Qid { get; internal set; }
+    /// <summary>Submission queue size (1-based) from Connect.</summary>
+    public ushort SqSize { get; internal set; }
+    public bool SqFlowControlDisabled { get; internal set; }
+    public bool Connected => Controller != null;
+    private ushort _sqHead;
+
+    // SMART counters, summed per controller on demand.
+    public long ReadCommands;
+    public long WriteCommands;
+    public long BytesRead;
+    public long BytesWritten;
+
+    protected QueuePair(Reactor reactor, NvmfTarget target)
+    {
+        Reactor = reactor;
+        Target = target;
+    }
+
+    /// <summary>The SQHD value to report after consuming one more submission queue entry.</summary>
+    public ushort AdvanceSqHead()
+    {
+        if (SqFlowControlDisabled) return 0xFFFF;
+        if (SqSize == 0) return 0;
+        _sqHead = (ushort)((_sqHead + 1) % SqSize);
+        return _sqHead;
+    }
+
+    /// <summary>Largest in-capsule data this queue accepts.</summary>
+    public abstract uint InCapsuleDataSize { get; }
+
+    /// <summary>Queues the response (and any controller-to-host data). Reactor thread only.</summary>
+    public abstract void CompleteRequest(NvmfRequest req);
+
+    /// <summary>Closes the connection. Any thread; the work happens on the owning reactor.</summary>
+    public abstract void Disconnect(string reason);
+
+    /// <summary>Peer's address, for logs and discovery.</summary>
+    public abstract string PeerAddress { get; }
+
+    internal void OnCommandFailed(NvmfRequest req)
+    {
+        Controller?.RecordError(Qid, req.Sqe.Cid, req.Status, req.Sqe.Nsid, req.Sqe.Slba);
+    }
+}

@@ -1,0 +1,152 @@
+using System.Diagnostics;
+using System.Net;
+using Microsoft.Extensions.Logging;
+using StorageNode.Interop;
+using StorageNode.Reactors;
+using StorageNode.Target;
+
+namespace StorageNode.Transport.Tcp;
+
+/// <summary>
+/// The NVMe/TCP transport: listeners (an accept thread each, control plane) and the queue pairs, which
+/// are handed to reactors round-robin and live there until they close.
+/// </summary>
+public sealed class TcpTransport : IDisposable
+{
+    private readonly NvmfTarget _target;
+    private readonly ILogger _log;
+    private readonly List<TcpListenerThread> _listeners = [];
+    private readonly List<TcpQueuePair>[] _perReactor;
+    private int _nextReactor;
+
+    /// <summary>A connection that has not completed Connect within this time is closed.</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    public TcpTransport(NvmfTarget target)
+    {
+        _target = target;
+        _log = target.LoggerFactory.CreateLogger("tcp");
+        _perReactor = new List<TcpQueuePair>[target.Reactors.Count];
+        for (int i = 0; i < _perReactor.Length; i++)
+        {
+            _perReactor[i] = [];
+            int id = i;
+            target.Reactors[i].AddTimer(TimeSpan.FromSeconds(1), () => CheckConnectTimeouts(id));
+        }
+    }
+
+    /// <summary>Binds and starts accepting; returns the bound endpoint (port 0 picks a free port).</summary>
+    public IPEndPoint Listen(IPEndPoint endpoint, ushort portId, string? advertiseAddress = null)
+    {
+        int fd = NativeSocket.CreateListener(endpoint);
+        IPEndPoint bound = NativeSocket.LocalEndPoint(fd) ?? endpoint;
+        var l = new TcpListenerThread(this, fd, bound);
+        _listeners.Add(l);
+        _target.AddListener(new ListenerInfo("tcp", advertiseAddress ?? bound.Address.ToString(), bound.Port, portId));
+        l.Start();
+        _log.LogInformation("listening on {Endpoint} (NVMe/TCP, port id {PortId})", bound, portId);
+        return bound;
+    }
+
+    /// <summary>Number of live connections (all reactors).</summary>
+    public int ConnectionCount
+    {
+        get
+        {
+            int n = 0;
+            foreach (List<TcpQueuePair> l in _perReactor) lock (l) n += l.Count;
+            return n;
+        }
+    }
+
+    private void Adopt(int fd, IPEndPoint? peer)
+    {
+        int idx = (int)((uint)Interlocked.Increment(ref _nextReactor) % (uint)_target.Reactors.Count);
+        Reactor reactor = _target.Reactors[idx];
+        string peerText = peer?.ToString() ?? "?";
+        reactor.Post(() =>
+        {
+            var qp = new TcpQueuePair(fd, peerText, reactor, _target, this, _log);
+            List<TcpQueuePair> list = _perReactor[reactor.Id];
+            lock (list) list.Add(qp);
+            try
+            {
+                reactor.Register(qp);
+            }
+            catch (Exception e)
+            {
+                _log.LogError("{Peer}: cannot register connection: {Error}", peerText, e.Message);
+                qp.Close("registration failed");
+            }
+        });
+    }
+
+    internal void OnQueueClosed(TcpQueuePair qp)
+    {
+        List<TcpQueuePair> list = _perReactor[qp.Reactor.Id];
+        lock (list) list.Remove(qp);
+    }
+
+    private void CheckConnectTimeouts(int reactorId)
+    {
+        List<TcpQueuePair> list = _perReactor[reactorId];
+        long now = Stopwatch.GetTimestamp();
+        long limit = (long)(ConnectTimeout.TotalSeconds * Stopwatch.Frequency);
+        TcpQueuePair[] snapshot;
+        lock (list) snapshot = [.. list];
+        foreach (TcpQueuePair qp in snapshot)
+        {
+            if (qp.ConnectOverdue(now, limit)) qp.Close($"no Connect within {ConnectTimeout.TotalSeconds:0} s");
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (TcpListenerThread l in _listeners) l.Stop();
+        for (int i = 0; i < _perReactor.Length; i++)
+        {
+            TcpQueuePair[] snapshot;
+            lock (_perReactor[i]) snapshot = [.. _perReactor[i]];
+            foreach (TcpQueuePair qp in snapshot) qp.Disconnect("node stopping");
+        }
+    }
+
+    private sealed class TcpListenerThread(TcpTransport owner, int fd, IPEndPoint endpoint)
+    {
+        private volatile bool _stop;
+        private Thread? _running;
+
+        public void Start()
+        {
+            _running = new Thread(Run) { IsBackground = true, Name = $"accept {endpoint}" };
+            _running.Start();
+        }
+
+        private unsafe void Run()
+        {
+            while (!_stop)
+            {
+                Libc.PollFd p = new() { Fd = fd, Events = Libc.POLLIN };
+                int n = Libc.Poll(&p, 1, 200);
+                if (n <= 0 || _stop) continue;
+                try
+                {
+                    int cfd = NativeSocket.Accept(fd, out IPEndPoint? peer);
+                    if (cfd >= 0) owner.Adopt(cfd, peer);
+                }
+                catch (Exception e)
+                {
+                    owner._log.LogWarning("accept on {Endpoint} failed: {Error}", endpoint, e.Message);
+                    Thread.Sleep(10);
+                }
+            }
+        }
+
+        public void Stop()
+        {
+            _stop = true;
+            _running?.Join(TimeSpan.FromSeconds(2));
+            Libc.Close(fd);
+        }
+    }
+}
