@@ -1,0 +1,79 @@
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Nvme.Host;
+
+/// <summary>An I/O queue of an <see cref="NvmeHost"/>: raw asynchronous access and synchronous helpers.</summary>
+public sealed unsafe class IoQueue
+{
+    internal readonly SyncWaiter Waiter = new();
+
+    public NvmeHost Host { get; }
+    public TcpHostQueue Queue { get; }
+    public ushort Qid { get; }
+
+    internal IoQueue(NvmeHost host, TcpHostQueue queue, ushort qid)
+    {
+        Host = host;
+        Queue = queue;
+        Qid = qid;
+    }
+
+    /// <summary>Runs one command synchronously; returns its completion (does not throw on an error status).</summary>
+    public CompletionQueueEntry Execute(in SubmissionQueueEntry sqe, Span<byte> data, DataDirection direction)
+    {
+        fixed (byte* p = data)
+            return Waiter.Execute(Queue, sqe, p, (uint)data.Length, direction, Host.Options.CommandTimeout);
+    }
+
+    public static SubmissionQueueEntry ReadWriteSqe(byte opcode, uint nsid, ulong lba, uint blocks)
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = opcode;
+        sqe.Nsid = nsid;
+        sqe.Cdw10 = (uint)lba;
+        sqe.Cdw11 = (uint)(lba >> 32);
+        sqe.Cdw12 = (blocks - 1) & 0xFFFF;
+        return sqe;
+    }
+
+    public NvmeStatus Read(uint nsid, ulong lba, uint blocks, Span<byte> buffer)
+        => Execute(ReadWriteSqe(IoOpcode.Read, nsid, lba, blocks), buffer, DataDirection.ControllerToHost).StatusField;
+
+    public NvmeStatus Write(uint nsid, ulong lba, uint blocks, ReadOnlySpan<byte> data)
+    {
+        fixed (byte* p = data)
+            return Execute(ReadWriteSqe(IoOpcode.Write, nsid, lba, blocks), new Span<byte>(p, data.Length), DataDirection.HostToController).StatusField;
+    }
+
+    public NvmeStatus Flush(uint nsid)
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = IoOpcode.Flush;
+        sqe.Nsid = nsid;
+        return Execute(sqe, default, DataDirection.None).StatusField;
+    }
+
+    public NvmeStatus WriteZeroes(uint nsid, ulong lba, uint blocks, bool deallocate = false)
+    {
+        SubmissionQueueEntry sqe = ReadWriteSqe(IoOpcode.WriteZeroes, nsid, lba, blocks);
+        if (deallocate) sqe.Cdw12 |= 1u << 25;
+        return Execute(sqe, default, DataDirection.None).StatusField;
+    }
+
+    /// <summary>Dataset Management with the deallocate attribute over the given (LBA, block count) ranges.</summary>
+    public NvmeStatus Deallocate(uint nsid, ReadOnlySpan<(ulong Lba, uint Blocks)> ranges)
+    {
+        var buf = new byte[ranges.Length * 16];
+        for (int i = 0; i < ranges.Length; i++)
+        {
+            BitConverter.TryWriteBytes(buf.AsSpan(i * 16 + 4), ranges[i].Blocks);
+            BitConverter.TryWriteBytes(buf.AsSpan(i * 16 + 8), ranges[i].Lba);
+        }
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = IoOpcode.DatasetManagement;
+        sqe.Nsid = nsid;
+        sqe.Cdw10 = (uint)(ranges.Length - 1);
+        sqe.Cdw11 = DsmAttribute.Deallocate;
+        return Execute(sqe, buf, DataDirection.HostToController).StatusField;
+    }
+}

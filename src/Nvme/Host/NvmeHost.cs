@@ -1,0 +1,440 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Nvme.Host;
+
+public sealed record NvmeHostOptions
+{
+    public Guid HostId { get; init; } = Guid.NewGuid();
+    public string? HostNqn { get; init; }
+    public bool HeaderDigest { get; init; }
+    public bool DataDigest { get; init; }
+    public int IoQueues { get; init; } = 1;
+    public int IoQueueDepth { get; init; } = 128;
+    public int AdminQueueDepth { get; init; } = 32;
+    public uint KatoMs { get; init; } = 30_000;
+    /// <summary>Send Keep Alive from a background timer (every KATO/3).</summary>
+    public bool SendKeepAlive { get; init; } = true;
+    /// <summary>Largest in-capsule write; further limited by the controller's IOCCSZ. 0: always R2T.</summary>
+    public uint InCapsuleDataSize { get; init; } = 8192;
+    public TimeSpan CommandTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>Ask the controller to disable SQ flow control (lets it use the C2HData SUCCESS flag).</summary>
+    public bool DisableSqFlowControl { get; init; } = true;
+    public int MaxR2T { get; init; } = 4;
+
+    public string EffectiveHostNqn => HostNqn ?? $"nqn.2014-08.org.nvmexpress:uuid:{HostId}";
+}
+
+/// <summary>A command that completed with an error status.</summary>
+public sealed class NvmeCommandException(string what, NvmeStatus status, uint dw0)
+    : Exception($"{what} failed: {status}")
+{
+    public NvmeStatus Status { get; } = status;
+    public uint Dw0 { get; } = dw0;
+}
+
+/// <summary>
+/// An NVMe-oF host controller association over TCP: the admin queue (thread-safe, synchronous commands,
+/// keep-alive in the background) and the I/O queues (each for one thread at a time).
+/// </summary>
+public sealed unsafe class NvmeHost : IDisposable
+{
+    private readonly object _adminLock = new();
+    private readonly TcpHostQueue _admin;
+    private readonly SyncWaiter _adminWaiter = new();
+    private readonly Timer? _keepAlive;
+    private readonly List<IoQueue> _ioQueues = [];
+    private readonly ConcurrentQueue<uint> _events = new();
+    private readonly AerCallback _aerCallback;
+    private bool _disposed;
+
+    public IPEndPoint Endpoint { get; }
+    public string SubsystemNqn { get; }
+    public NvmeHostOptions Options { get; }
+    public ushort Cntlid { get; private set; }
+    public byte[] IdentifyControllerData { get; private set; } = [];
+    public IReadOnlyList<IoQueue> IoQueues => _ioQueues;
+    public ulong Cap { get; private set; }
+
+    public string SerialNumber => ReadField(4, 20);
+    public string ModelNumber => ReadField(24, 40);
+    public string FirmwareRevision => ReadField(64, 8);
+    public uint MaxTransferSize
+    {
+        get
+        {
+            byte mdts = IdentifyControllerData[77];
+            return mdts == 0 ? 1u << 30 : 4096u << mdts;
+        }
+    }
+    public uint NamespaceCount => BitConverter.ToUInt32(IdentifyControllerData, 516);
+    public uint Ioccsz => BitConverter.ToUInt32(IdentifyControllerData, 1792);
+
+    private string ReadField(int offset, int length) => SpecText.ReadPadded(IdentifyControllerData.AsSpan(offset, length));
+
+    private NvmeHost(IPEndPoint ep, string subnqn, NvmeHostOptions options, TcpHostQueue admin)
+    {
+        Endpoint = ep;
+        SubsystemNqn = subnqn;
+        Options = options;
+        _admin = admin;
+        _aerCallback = new AerCallback(this);
+        if (options.SendKeepAlive && options.KatoMs > 0)
+        {
+            int period = (int)Math.Max(100, options.KatoMs / 3);
+            _keepAlive = new Timer(_ => SendKeepAliveSafe(), null, period, period);
+        }
+    }
+
+    /// <summary>Connects the admin queue, enables the controller, identifies it and connects the I/O queues.</summary>
+    public static NvmeHost Connect(IPEndPoint endpoint, string subsystemNqn, NvmeHostOptions? options = null)
+    {
+        options ??= new NvmeHostOptions();
+        bool discovery = subsystemNqn == WellKnownNqn.Discovery;
+        var admin = TcpHostQueue.Connect(endpoint, new HostQueueOptions
+        {
+            HeaderDigest = options.HeaderDigest,
+            DataDigest = options.DataDigest,
+            Depth = options.AdminQueueDepth,
+            InCapsuleDataSize = 8192,
+            ConnectTimeout = options.ConnectTimeout,
+            MaxR2T = options.MaxR2T,
+        });
+        var host = new NvmeHost(endpoint, subsystemNqn, options with { SendKeepAlive = options.SendKeepAlive }, admin);
+        try
+        {
+            host.Cntlid = host.FabricsConnect(admin, host._adminWaiter, 0, (ushort)(options.AdminQueueDepth - 1), 0xFFFF, discovery ? 0 : options.KatoMs);
+            host.Cap = host.PropertyGet(Property.Cap, 8);
+            host.PropertySet(Property.Cc, CcRegister.Make(true));
+            host.WaitReady(true);
+            host.IdentifyControllerData = host.Identify(Cns.Controller, 0);
+            if (!discovery && options.IoQueues > 0)
+            {
+                int granted = host.SetQueueCount(options.IoQueues);
+                uint icd = Math.Min(options.InCapsuleDataSize, host.Ioccsz >= 4 ? (host.Ioccsz * 16) - 64 : 0);
+                for (int q = 1; q <= Math.Min(granted, options.IoQueues); q++)
+                {
+                    var tq = TcpHostQueue.Connect(endpoint, new HostQueueOptions
+                    {
+                        HeaderDigest = options.HeaderDigest,
+                        DataDigest = options.DataDigest,
+                        Depth = options.IoQueueDepth,
+                        InCapsuleDataSize = icd,
+                        ConnectTimeout = options.ConnectTimeout,
+                        MaxR2T = options.MaxR2T,
+                    });
+                    var io = new IoQueue(host, tq, (ushort)q);
+                    host._ioQueues.Add(io);
+                    // Connect data (1024 bytes) always goes through R2T or in-capsule as the queue allows.
+                    tq.InCapsuleDataSize = Math.Max(icd, 1024);
+                    host.FabricsConnect(tq, io.Waiter, (ushort)q, (ushort)(options.IoQueueDepth - 1), host.Cntlid, 0);
+                    tq.InCapsuleDataSize = icd;
+                }
+            }
+            return host;
+        }
+        catch
+        {
+            host.Dispose();
+            throw;
+        }
+    }
+
+    private ushort FabricsConnect(TcpHostQueue q, SyncWaiter waiter, ushort qid, ushort sqsize, ushort cntlid, uint kato)
+    {
+        ConnectData data = default;
+        Options.HostId.TryWriteBytes(new Span<byte>(data.HostId, 16), bigEndian: true, out _);
+        data.Cntlid = cntlid;
+        SpecText.WriteNulPadded(new Span<byte>(data.SubNqn, 256), SubsystemNqn);
+        SpecText.WriteNulPadded(new Span<byte>(data.HostNqn, 256), Options.EffectiveHostNqn);
+        ConnectCommand cmd = default;
+        cmd.Opcode = AdminOpcode.FabricsCommand;
+        cmd.FabricsType = FabricsCommandType.Connect;
+        cmd.RecordFormat = 0;
+        cmd.Qid = qid;
+        cmd.SqSize = sqsize;
+        cmd.Cattr = (byte)(Options.DisableSqFlowControl ? 0x4 : 0);
+        cmd.Kato = kato;
+        SubmissionQueueEntry sqe = Unsafe.As<ConnectCommand, SubmissionQueueEntry>(ref cmd);
+        CompletionQueueEntry cqe = waiter.Execute(q, sqe, (byte*)&data, (uint)sizeof(ConnectData), DataDirection.HostToController, Options.CommandTimeout);
+        Check("Connect", cqe);
+        return (ushort)cqe.Dw0;
+    }
+
+    internal static void Check(string what, in CompletionQueueEntry cqe)
+    {
+        NvmeStatus st = cqe.StatusField;
+        if (!st.IsSuccess) throw new NvmeCommandException(what, st, cqe.Dw0);
+    }
+
+    /// <summary>Runs one admin command synchronously. Thread-safe. Does not throw on an error status.</summary>
+    public CompletionQueueEntry AdminCommand(in SubmissionQueueEntry sqe, Span<byte> data, DataDirection direction)
+    {
+        lock (_adminLock)
+        {
+            fixed (byte* p = data)
+                return _adminWaiter.Execute(_admin, sqe, p, (uint)data.Length, direction, Options.CommandTimeout);
+        }
+    }
+
+    public ulong PropertyGet(uint offset, int size)
+    {
+        PropertyCommand cmd = default;
+        cmd.Opcode = AdminOpcode.FabricsCommand;
+        cmd.FabricsType = FabricsCommandType.PropertyGet;
+        cmd.Attributes = (byte)(size == 8 ? 1 : 0);
+        cmd.Offset = offset;
+        CompletionQueueEntry cqe = AdminCommand(Unsafe.As<PropertyCommand, SubmissionQueueEntry>(ref cmd), default, DataDirection.None);
+        Check($"Property Get {offset:X}", cqe);
+        return cqe.Dw0 | ((ulong)cqe.Dw1 << 32);
+    }
+
+    public void PropertySet(uint offset, uint value)
+    {
+        PropertyCommand cmd = default;
+        cmd.Opcode = AdminOpcode.FabricsCommand;
+        cmd.FabricsType = FabricsCommandType.PropertySet;
+        cmd.Offset = offset;
+        cmd.Value = value;
+        Check($"Property Set {offset:X}", AdminCommand(Unsafe.As<PropertyCommand, SubmissionQueueEntry>(ref cmd), default, DataDirection.None));
+    }
+
+    private void WaitReady(bool ready)
+    {
+        long deadline = Stopwatch.GetTimestamp() + (long)(Math.Max(1, (int)CapRegister.Timeout(Cap)) * 0.5 * Stopwatch.Frequency);
+        while (true)
+        {
+            uint csts = (uint)PropertyGet(Property.Csts, 4);
+            if ((csts & CstsRegister.Fatal) != 0) throw new InvalidOperationException("controller reports fatal status (CSTS.CFS)");
+            if (((csts & CstsRegister.Ready) != 0) == ready) return;
+            if (Stopwatch.GetTimestamp() > deadline) throw new TimeoutException($"CSTS.RDY did not become {(ready ? 1 : 0)}");
+            Thread.Sleep(1);
+        }
+    }
+
+    public byte[] Identify(byte cns, uint nsid, byte csi = 0)
+    {
+        var buf = new byte[4096];
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = AdminOpcode.Identify;
+        sqe.Nsid = nsid;
+        sqe.Cdw10 = cns;
+        sqe.Cdw11 = (uint)csi << 24;
+        Check($"Identify CNS {cns:X2}", AdminCommand(sqe, buf, DataDirection.ControllerToHost));
+        return buf;
+    }
+
+    public byte[] GetLogPage(byte lid, int length, ulong offset = 0, byte lsp = 0, bool rae = false, uint nsid = 0xFFFFFFFF)
+    {
+        if (length % 4 != 0 || length == 0) throw new ArgumentException("length must be a non-zero multiple of 4", nameof(length));
+        var buf = new byte[length];
+        uint numd = (uint)(length / 4 - 1);
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = AdminOpcode.GetLogPage;
+        sqe.Nsid = nsid;
+        sqe.Cdw10 = lid | ((uint)lsp << 8) | (rae ? 1u << 15 : 0) | ((numd & 0xFFFF) << 16);
+        sqe.Cdw11 = numd >> 16;
+        sqe.Cdw12 = (uint)offset;
+        sqe.Cdw13 = (uint)(offset >> 32);
+        Check($"Get Log Page {lid:X2}", AdminCommand(sqe, buf, DataDirection.ControllerToHost));
+        return buf;
+    }
+
+    public uint GetFeature(byte fid, int sel = 0)
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = AdminOpcode.GetFeatures;
+        sqe.Cdw10 = fid | ((uint)sel << 8);
+        CompletionQueueEntry cqe = AdminCommand(sqe, default, DataDirection.None);
+        Check($"Get Features {fid:X2}", cqe);
+        return cqe.Dw0;
+    }
+
+    public uint SetFeature(byte fid, uint cdw11)
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = AdminOpcode.SetFeatures;
+        sqe.Cdw10 = fid;
+        sqe.Cdw11 = cdw11;
+        CompletionQueueEntry cqe = AdminCommand(sqe, default, DataDirection.None);
+        Check($"Set Features {fid:X2}", cqe);
+        return cqe.Dw0;
+    }
+
+    private int SetQueueCount(int n)
+    {
+        uint dw0 = SetFeature(FeatureId.NumberOfQueues, (uint)(n - 1) | ((uint)(n - 1) << 16));
+        return (int)Math.Min(dw0 & 0xFFFF, dw0 >> 16) + 1;
+    }
+
+    public void KeepAlive()
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = AdminOpcode.KeepAlive;
+        Check("Keep Alive", AdminCommand(sqe, default, DataDirection.None));
+    }
+
+    private void SendKeepAliveSafe()
+    {
+        try
+        {
+            if (!_disposed && !_admin.IsBroken) KeepAlive();
+        }
+        catch (Exception)
+        {
+            // The association is gone; the next explicit command reports it.
+        }
+    }
+
+    /// <summary>Identify Namespace (CNS 00h) parsed into the fields hosts use.</summary>
+    public NamespaceInfo IdentifyNamespace(uint nsid)
+    {
+        byte[] d = Identify(Cns.Namespace, nsid);
+        ulong nsze = BitConverter.ToUInt64(d, 0);
+        int flbas = d[26] & 0xF;
+        uint lbaf = BitConverter.ToUInt32(d, 128 + flbas * 4);
+        int lbads = (int)((lbaf >> 16) & 0xFF);
+        return new NamespaceInfo(nsid, nsze, lbads == 0 ? 0 : 1u << lbads, d[30], BitConverter.ToUInt32(d, 92), d.AsSpan(104, 16).ToArray());
+    }
+
+    public IReadOnlyList<uint> ActiveNamespaces()
+    {
+        byte[] d = Identify(Cns.ActiveNamespaceList, 0);
+        var list = new List<uint>();
+        for (int i = 0; i < 1024; i++)
+        {
+            uint n = BitConverter.ToUInt32(d, i * 4);
+            if (n == 0) break;
+            list.Add(n);
+        }
+        return list;
+    }
+
+    /// <summary>Reads the whole discovery log (header first, then all records), as nvme-cli does.</summary>
+    public IReadOnlyList<DiscoveryEntry> GetDiscoveryLog()
+    {
+        for (int attempt = 0; attempt < 5; attempt++)
+        {
+            byte[] hdr = GetLogPage(LogPageId.Discovery, 1024, nsid: 0);
+            ulong gen = BitConverter.ToUInt64(hdr, 0);
+            ulong count = BitConverter.ToUInt64(hdr, 8);
+            if (count == 0) return [];
+            byte[] all = GetLogPage(LogPageId.Discovery, (int)(1024 + count * 1024), nsid: 0);
+            if (BitConverter.ToUInt64(all, 0) != gen) continue;
+            var list = new List<DiscoveryEntry>();
+            for (ulong i = 0; i < count; i++)
+            {
+                ReadOnlySpan<byte> e = all.AsSpan((int)(1024 + i * 1024), 1024);
+                list.Add(new DiscoveryEntry(e[0], e[1], e[2], BitConverter.ToUInt16(e[4..]), BitConverter.ToUInt16(e[6..]),
+                    SpecText.ReadNulTerminated(e.Slice(32, 32)).Trim(), SpecText.ReadNulTerminated(e.Slice(256, 256)),
+                    SpecText.ReadNulTerminated(e.Slice(512, 256)).Trim()));
+            }
+            return list;
+        }
+        throw new InvalidOperationException("discovery log kept changing while being read");
+    }
+
+    /// <summary>Arms asynchronous event requests; completed events are queued for <see cref="TryGetEvent"/>.</summary>
+    public void EnableAsyncEvents(uint config, int count = 1)
+    {
+        SetFeature(FeatureId.AsyncEventConfiguration, config);
+        lock (_adminLock)
+        {
+            for (int i = 0; i < count; i++) SubmitAer();
+            _admin.Poll();
+        }
+    }
+
+    private void SubmitAer()
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = AdminOpcode.AsyncEventRequest;
+        _admin.TrySubmit(sqe, null, 0, DataDirection.None, _aerCallback, 0);
+    }
+
+    /// <summary>Polls the admin queue for completed asynchronous events (completion DW0).</summary>
+    public bool TryGetEvent(out uint dw0)
+    {
+        lock (_adminLock) _admin.Poll();
+        return _events.TryDequeue(out dw0);
+    }
+
+    private sealed class AerCallback(NvmeHost host) : IHostCompletion
+    {
+        public void OnHostComplete(long token, in CompletionQueueEntry cqe)
+        {
+            if (!cqe.StatusField.IsSuccess) return;
+            host._events.Enqueue(cqe.Dw0);
+            host.SubmitAer();
+        }
+    }
+
+    /// <summary>Normal shutdown (CC.SHN), then closes every queue.</summary>
+    public void Shutdown()
+    {
+        try
+        {
+            PropertySet(Property.Cc, CcRegister.Make(true, shn: 1));
+            long deadline = Stopwatch.GetTimestamp() + 2 * Stopwatch.Frequency;
+            while (((uint)PropertyGet(Property.Csts, 4) & CstsRegister.ShutdownMask) != CstsRegister.ShutdownComplete
+                   && Stopwatch.GetTimestamp() < deadline)
+                Thread.Sleep(1);
+        }
+        finally
+        {
+            Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _keepAlive?.Dispose();
+        foreach (IoQueue q in _ioQueues) q.Queue.Dispose();
+        lock (_adminLock) _admin.Dispose();
+    }
+}
+
+public sealed record NamespaceInfo(uint Nsid, ulong BlockCount, uint BlockSize, byte Nmic, uint AnaGroupId, byte[] Nguid)
+{
+    public ulong SizeBytes => BlockCount * BlockSize;
+}
+
+public sealed record DiscoveryEntry(byte TrType, byte AdrFam, byte SubType, ushort PortId, ushort Cntlid, string TrSvcId, string SubNqn, string TrAddr);
+
+/// <summary>Synchronous execution on a host queue: submit, then poll until the completion arrives.</summary>
+internal sealed unsafe class SyncWaiter : IHostCompletion
+{
+    private bool _done;
+    private CompletionQueueEntry _cqe;
+
+    public void OnHostComplete(long token, in CompletionQueueEntry cqe)
+    {
+        if (token != 1) return;
+        _cqe = cqe;
+        _done = true;
+    }
+
+    public CompletionQueueEntry Execute(TcpHostQueue q, in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection dir, TimeSpan timeout)
+    {
+        _done = false;
+        if (!q.TrySubmit(sqe, data, length, dir, this, 1)) throw new InvalidOperationException("queue full");
+        long deadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+        int idle = 0;
+        while (!_done)
+        {
+            if (q.Poll() == 0 && !_done)
+            {
+                if (Stopwatch.GetTimestamp() > deadline) throw new TimeoutException($"command opcode {sqe.Opcode:X2} timed out after {timeout.TotalSeconds:0.#} s");
+                if (++idle > 64) q.WaitReadable(1);
+            }
+        }
+        return _cqe;
+    }
+}

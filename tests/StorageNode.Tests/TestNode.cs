@@ -1,0 +1,88 @@
+using System.Net;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging;
+using StorageNode.Config;
+using StorageNode.Nvme.Host;
+
+namespace StorageNode.Tests;
+
+/// <summary>A node running in-process on 127.0.0.1 with an ephemeral port, for integration tests.</summary>
+public sealed class TestNode : IDisposable
+{
+    public const string Nqn = "nqn.2026-11.io.storagenode:test";
+
+    public Node Node { get; }
+    public IPEndPoint Endpoint => Node.TcpEndpoints[0];
+    public StringWriterLoggerProvider Logs { get; } = new();
+    private readonly ILoggerFactory _loggerFactory;
+
+    public TestNode(Dictionary<string, string?>? overrides = null, int reactors = 1)
+    {
+        var settings = new Dictionary<string, string?>
+        {
+            ["Node:Name"] = "test",
+            ["Node:Reactors"] = reactors.ToString(),
+            ["Node:PollMode"] = "adaptive",
+            ["Node:Pools:SmallBufferCount"] = "256",
+            ["Node:Pools:MediumBufferCount"] = "32",
+            ["Node:Pools:LargeBufferCount"] = "8",
+            ["Listeners:0:Address"] = "127.0.0.1",
+            ["Listeners:0:Port"] = "0",
+            ["Bdevs:0:Name"] = "Malloc0",
+            ["Bdevs:0:Type"] = "malloc",
+            ["Bdevs:0:SizeMiB"] = "64",
+            ["Bdevs:0:BlockSize"] = "512",
+            ["Bdevs:1:Name"] = "Malloc1",
+            ["Bdevs:1:Type"] = "malloc",
+            ["Bdevs:1:SizeMiB"] = "16",
+            ["Bdevs:1:BlockSize"] = "4096",
+            ["Subsystems:0:Nqn"] = Nqn,
+            ["Subsystems:0:SerialNumber"] = "SNTEST0001",
+            ["Subsystems:0:ModelNumber"] = "StorageNode test",
+            ["Subsystems:0:Namespaces:0:Nsid"] = "1",
+            ["Subsystems:0:Namespaces:0:Bdev"] = "Malloc0",
+            ["Subsystems:0:Namespaces:1:Nsid"] = "2",
+            ["Subsystems:0:Namespaces:1:Bdev"] = "Malloc1",
+        };
+        if (overrides != null)
+            foreach (var kv in overrides) settings[kv.Key] = kv.Value;
+        IConfiguration cfg = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
+        _loggerFactory = LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Information));
+        Node = new Node(NodeConfig.Load(cfg), _loggerFactory);
+        Node.Start();
+    }
+
+    public NvmeHost Connect(NvmeHostOptions? options = null, string nqn = Nqn)
+        => NvmeHost.Connect(Endpoint, nqn, options ?? new NvmeHostOptions());
+
+    public void Dispose()
+    {
+        Node.Dispose();
+        _loggerFactory.Dispose();
+    }
+}
+
+/// <summary>Collects log lines so tests can assert on them (and print them on failure).</summary>
+public sealed class StringWriterLoggerProvider : ILoggerProvider
+{
+    private readonly List<string> _lines = [];
+
+    public IReadOnlyList<string> Lines
+    {
+        get { lock (_lines) return [.. _lines]; }
+    }
+
+    public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
+
+    public void Dispose() { }
+
+    private sealed class Logger(StringWriterLoggerProvider owner, string category) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => true;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            lock (owner._lines) owner._lines.Add($"{logLevel} {category}: {formatter(state, exception)}");
+        }
+    }
+}
