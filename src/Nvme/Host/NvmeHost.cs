@@ -116,6 +116,7 @@ public sealed unsafe class NvmeHost : IDisposable
             if (!discovery && options.IoQueues > 0)
             {
                 int granted = host.SetQueueCount(options.IoQueues);
+                int depth = Math.Min(options.IoQueueDepth, CapRegister.Mqes(host.Cap) + 1);
                 uint icd = Math.Min(options.InCapsuleDataSize, host.Ioccsz >= 4 ? (host.Ioccsz * 16) - 64 : 0);
                 for (int q = 1; q <= Math.Min(granted, options.IoQueues); q++)
                 {
@@ -123,7 +124,7 @@ public sealed unsafe class NvmeHost : IDisposable
                     {
                         HeaderDigest = options.HeaderDigest,
                         DataDigest = options.DataDigest,
-                        Depth = options.IoQueueDepth,
+                        Depth = depth,
                         InCapsuleDataSize = icd,
                         ConnectTimeout = options.ConnectTimeout,
                         MaxR2T = options.MaxR2T,
@@ -132,7 +133,7 @@ public sealed unsafe class NvmeHost : IDisposable
                     host._ioQueues.Add(io);
                     // Connect data (1024 bytes) always goes through R2T or in-capsule as the queue allows.
                     tq.InCapsuleDataSize = Math.Max(icd, 1024);
-                    host.FabricsConnect(tq, io.Waiter, (ushort)q, (ushort)(options.IoQueueDepth - 1), host.Cntlid, 0);
+                    host.FabricsConnect(tq, io.Waiter, (ushort)q, (ushort)(depth - 1), host.Cntlid, 0);
                     tq.InCapsuleDataSize = icd;
                 }
             }

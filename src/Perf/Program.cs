@@ -1,0 +1,210 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
+using StorageNode.Perf;
+
+namespace StorageNode.Perf
+{
+    /// <summary>sn-perf: connects to an NVMe/TCP subsystem and runs a workload, fio-style.</summary>
+    public static class PerfTool
+    {
+        private const string Usage = """
+            usage: sn-perf [options]
+              -a, --address ADDR      target address (default 127.0.0.1)
+              -s, --port PORT         target port (default 4420)
+              -n, --nqn NQN           subsystem NQN (default: the first one the discovery log lists)
+                  --discover          list the discovery log of ADDR:PORT and exit
+                  --nsid N            namespace (default 1)
+              -w, --rw PATTERN        read | write | randread | randwrite | randrw | rw (default randread)
+                  --mix PCT           read percentage for randrw / rw (default 50)
+              -b, --bs SIZE           block size, e.g. 512, 4k, 128k, 1m (default 4k)
+              -q, --qd N              queue depth per queue (default 1)
+              -j, --queues N          I/O queues, one thread each (default 1)
+              -t, --time SECONDS      run time (default 5)
+                  --ios N             stop after N I/Os per queue instead of a time
+                  --size SIZE         working set from LBA 0 (default: whole namespace)
+                  --verify            write self-describing blocks, check every read of them
+                  --hdgst, --ddgst    enable header / data digests
+                  --poll busy|adaptive  host polling (default busy)
+                  --icd SIZE          largest in-capsule write (default 8k; 0 = always R2T)
+                  --hostnqn NQN       host NQN (default derived from a random host ID)
+                  --quiet             no progress lines
+            """;
+
+        public static int Main(string[] args) => Execute(args);
+
+        public static int Execute(string[] args)
+        {
+            try
+            {
+                return Run(args);
+            }
+            catch (ArgumentException e)
+            {
+                Console.Error.WriteLine($"sn-perf: {e.Message}");
+                Console.Error.WriteLine(Usage);
+                return 2;
+            }
+            catch (Exception e) when (e is NvmeTransportException or NvmeCommandException or TimeoutException or System.Net.Sockets.SocketException)
+            {
+                Console.Error.WriteLine($"sn-perf: {e.Message}");
+                return 1;
+            }
+        }
+
+        public static long ParseSize(string s)
+        {
+            s = s.Trim().ToLowerInvariant();
+            long mult = 1;
+            if (s.EndsWith('k')) { mult = 1024; s = s[..^1]; }
+            else if (s.EndsWith('m')) { mult = 1024 * 1024; s = s[..^1]; }
+            else if (s.EndsWith('g')) { mult = 1024L * 1024 * 1024; s = s[..^1]; }
+            if (!long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out long v) || v < 0)
+                throw new ArgumentException($"'{s}' is not a size");
+            return v * mult;
+        }
+
+        private static int Run(string[] args)
+        {
+            string address = "127.0.0.1";
+            int port = 4420, qd = 1, queues = 1, mix = 50;
+            string? nqn = null, hostNqn = null;
+            uint nsid = 1;
+            var pattern = AccessPattern.RandRead;
+            long bs = 4096, icd = 8192;
+            double seconds = 5;
+            long? ios = null, size = null;
+            bool verify = false, hdgst = false, ddgst = false, discoverOnly = false, quiet = false;
+            var poll = HostPollMode.Busy;
+            for (int i = 0; i < args.Length; i++)
+            {
+                string a = args[i];
+                string Val() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
+                int IntVal() => int.TryParse(Val(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) && v >= 0 ? v : throw new ArgumentException($"{a} needs a non-negative integer");
+                switch (a)
+                {
+                    case "-a": case "--address": address = Val(); break;
+                    case "-s": case "--port": port = IntVal(); break;
+                    case "-n": case "--nqn": nqn = Val(); break;
+                    case "--discover": discoverOnly = true; break;
+                    case "--nsid": nsid = (uint)IntVal(); break;
+                    case "-w": case "--rw":
+                        pattern = Val().ToLowerInvariant() switch
+                        {
+                            "read" => AccessPattern.Read, "write" => AccessPattern.Write, "randread" => AccessPattern.RandRead,
+                            "randwrite" => AccessPattern.RandWrite, "randrw" => AccessPattern.RandRw, "rw" => AccessPattern.Rw,
+                            var p => throw new ArgumentException($"unknown pattern '{p}'"),
+                        };
+                        break;
+                    case "--mix": mix = Math.Clamp(IntVal(), 0, 100); break;
+                    case "-b": case "--bs": bs = ParseSize(Val()); break;
+                    case "-q": case "--qd": qd = IntVal(); break;
+                    case "-j": case "--queues": queues = IntVal(); break;
+                    case "-t": case "--time": seconds = double.Parse(Val(), CultureInfo.InvariantCulture); break;
+                    case "--ios": ios = IntVal(); break;
+                    case "--size": size = ParseSize(Val()); break;
+                    case "--verify": verify = true; break;
+                    case "--hdgst": hdgst = true; break;
+                    case "--ddgst": ddgst = true; break;
+                    case "--poll": poll = Val() == "adaptive" ? HostPollMode.Adaptive : HostPollMode.Busy; break;
+                    case "--icd": icd = ParseSize(Val()); break;
+                    case "--hostnqn": hostNqn = Val(); break;
+                    case "--quiet": quiet = true; break;
+                    case "-h": case "--help": Console.WriteLine(Usage); return 0;
+                    default: throw new ArgumentException($"unknown option '{a}'");
+                }
+            }
+            if (qd < 1 || queues < 1) throw new ArgumentException("--qd and --queues must be at least 1");
+            if (bs < 512 || bs % 512 != 0) throw new ArgumentException("--bs must be a multiple of 512");
+
+            var ep = new IPEndPoint(IPAddress.Parse(address), port);
+            var baseOptions = new NvmeHostOptions { HostNqn = hostNqn, HeaderDigest = hdgst, DataDigest = ddgst };
+            if (discoverOnly || nqn == null)
+            {
+                using NvmeHost disc = NvmeHost.Connect(ep, WellKnownNqn.Discovery, baseOptions with { IoQueues = 0 });
+                IReadOnlyList<DiscoveryEntry> log = disc.GetDiscoveryLog();
+                if (discoverOnly)
+                {
+                    Console.WriteLine($"Discovery log of {ep}: {log.Count} record(s)");
+                    foreach (DiscoveryEntry e in log)
+                        Console.WriteLine($"  subtype {e.SubType} trtype {(e.TrType == 3 ? "tcp" : e.TrType.ToString())} traddr {e.TrAddr} trsvcid {e.TrSvcId} portid {e.PortId} subnqn {e.SubNqn}");
+                    return 0;
+                }
+                DiscoveryEntry? nvm = log.FirstOrDefault(e => e.SubType == Discovery.SubTypeNvm)
+                    ?? throw new ArgumentException($"the discovery log of {ep} lists no NVM subsystem");
+                nqn = nvm.SubNqn;
+                ep = new IPEndPoint(IPAddress.Parse(nvm.TrAddr), int.Parse(nvm.TrSvcId, CultureInfo.InvariantCulture));
+                Console.WriteLine($"discovered {nqn} at {ep}");
+            }
+
+            using NvmeHost host = NvmeHost.Connect(ep, nqn, baseOptions with
+            {
+                IoQueues = queues,
+                IoQueueDepth = qd,
+                InCapsuleDataSize = (uint)icd,
+            });
+            if (host.IoQueues.Count == 0) throw new ArgumentException("the controller granted no I/O queue");
+            if (host.IoQueues[0].Queue.Depth < qd) throw new ArgumentException($"--qd {qd} exceeds the controller's maximum queue size ({host.IoQueues[0].Queue.Depth})");
+            NamespaceInfo ns = host.IdentifyNamespace(nsid);
+            if (ns.BlockCount == 0) throw new ArgumentException($"namespace {nsid} is not active on {nqn}");
+            if (bs % ns.BlockSize != 0) throw new ArgumentException($"--bs {bs} is not a multiple of the namespace block size {ns.BlockSize}");
+            if (bs > host.MaxTransferSize) throw new ArgumentException($"--bs {bs} exceeds the controller's MDTS ({host.MaxTransferSize} B)");
+            ulong regionBlocks = size is long sz ? Math.Min((ulong)sz / ns.BlockSize, ns.BlockCount) : ns.BlockCount;
+            int nq = host.IoQueues.Count;
+            Console.WriteLine($"{host.ModelNumber} (SN {host.SerialNumber}, FR {host.FirmwareRevision}), cntlid {host.Cntlid}, nsid {nsid}: {ns.BlockCount} x {ns.BlockSize} B");
+            Console.WriteLine($"{pattern.ToString().ToLowerInvariant()} bs={bs} qd={qd} queues={nq}{(verify ? " verify" : "")}{(hdgst ? " hdgst" : "")}{(ddgst ? " ddgst" : "")} over {regionBlocks * ns.BlockSize >> 20} MiB");
+
+            ulong perQueue = regionBlocks / (ulong)nq;
+            var runners = new WorkloadRunner[nq];
+            var results = new WorkloadResult[nq];
+            var threads = new Thread[nq];
+            for (int i = 0; i < nq; i++)
+            {
+                runners[i] = new WorkloadRunner(host.IoQueues[i], new WorkloadOptions
+                {
+                    Pattern = pattern,
+                    BlockSize = (int)bs,
+                    QueueDepth = qd,
+                    Duration = TimeSpan.FromSeconds(seconds),
+                    IoCount = ios,
+                    ReadPercent = mix,
+                    Verify = verify,
+                    Nsid = nsid,
+                    RegionLba = perQueue * (ulong)i,
+                    RegionBlocks = perQueue,
+                    LbaSize = ns.BlockSize,
+                    Seed = i + 1,
+                    Poll = poll,
+                });
+                int idx = i;
+                threads[i] = new Thread(() => results[idx] = runners[idx].Run()) { IsBackground = true, Name = $"perf q{i + 1}" };
+            }
+            var sw = Stopwatch.StartNew();
+            foreach (Thread t in threads) t.Start();
+            long last = 0;
+            while (threads.Any(t => t.IsAlive))
+            {
+                threads[0].Join(1000);
+                if (quiet || !threads.Any(t => t.IsAlive)) continue;
+                long now = runners.Sum(r => Interlocked.Read(ref r.CompletedIos));
+                Console.WriteLine($"  {sw.Elapsed.TotalSeconds,5:0.0}s  {now - last,10:N0} IOPS  {(now - last) * bs / 1048576.0,9:0.0} MiB/s");
+                last = now;
+            }
+            var total = new WorkloadResult();
+            foreach (WorkloadResult r in results) total.Add(r);
+            foreach (WorkloadRunner r in runners) r.Dispose();
+            PrintReport(total);
+            return total.Errors == 0 && total.VerifyFailures == 0 ? 0 : 3;
+        }
+
+        public static void PrintReport(WorkloadResult r)
+        {
+            static string Us(long ns) => (ns / 1000.0).ToString("0.0", CultureInfo.InvariantCulture);
+            Console.WriteLine($"result: {r.Iops:N0} IOPS, {r.BytesPerSecond / 1048576.0:0.0} MiB/s over {r.Elapsed.TotalSeconds:0.00} s ({r.Reads:N0} reads, {r.Writes:N0} writes)");
+            Console.WriteLine($"latency (us): mean {Us((long)r.Latency.MeanNs)}  p50 {Us(r.Latency.Percentile(50))}  p99 {Us(r.Latency.Percentile(99))}  p99.9 {Us(r.Latency.Percentile(99.9))}  max {Us(r.Latency.MaxNs)}");
+            Console.WriteLine($"errors: {r.Errors}, verify failures: {r.VerifyFailures}{(r.FirstError != null ? $" (first: {r.FirstError})" : "")}");
+        }
+    }
+}
