@@ -133,7 +133,8 @@ public sealed unsafe class NvmeHost : IDisposable
                     host._ioQueues.Add(io);
                     // Connect data (1024 bytes) always goes through R2T or in-capsule as the queue allows.
                     tq.InCapsuleDataSize = Math.Max(icd, 1024);
-                    host.FabricsConnect(tq, io.Waiter, (ushort)q, (ushort)(depth - 1), host.Cntlid, 0);
+                    // A queue has at least two entries (SQSIZE is 0-based and must be at least 1).
+                    host.FabricsConnect(tq, io.Waiter, (ushort)q, (ushort)(Math.Max(depth, 2) - 1), host.Cntlid, 0);
                     tq.InCapsuleDataSize = icd;
                 }
             }
