@@ -445,9 +445,11 @@ internal sealed unsafe class TcpQueuePair : QueuePair
             skip = ch->Pdo - hlen - hd;
         }
 
-        if (_freeCount == 0)
+        // A host may have at most SQSIZE commands outstanding (Connect told us the size).
+        int limit = Connected && SqSize > 0 ? Math.Min(SqSize, _reqs.Length) : _reqs.Length;
+        if (_reqs.Length - _freeCount >= limit)
         {
-            Fatal(TermReqFes.PduSequenceError, 0, $"host exceeded the queue depth ({_reqs.Length} commands outstanding)", (byte*)pdu);
+            Fatal(TermReqFes.PduSequenceError, 0, $"host exceeded the submission queue size ({limit} commands outstanding)", (byte*)pdu);
             return;
         }
         TcpRequest req = _reqs[_freeSlots[--_freeCount]];
