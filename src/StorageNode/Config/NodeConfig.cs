@@ -43,7 +43,7 @@ public sealed record NodeConfig
     public IReadOnlyList<BdevConfig> Bdevs { get; init; } = [];
     public IReadOnlyList<SubsystemConfig> Subsystems { get; init; } = [];
 
-    private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Logging", "config"];
+    private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "config"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
     private static readonly string[] TargetKeys = ["MaxQueueDepth", "AdminQueueDepth", "MaxIoQueues", "MaxIoSize", "InCapsuleDataSize",

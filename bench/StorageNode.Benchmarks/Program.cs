@@ -1,0 +1,3 @@
+using BenchmarkDotNet.Running;
+
+BenchmarkSwitcher.FromAssembly(typeof(StorageNode.Benchmarks.Crc32CBenchmarks).Assembly).Run(args);

@@ -1,0 +1,151 @@
+#!/usr/bin/env pwsh
+# StorageNode build driver. Verbs:
+#   build   install build prerequisites (apt), build the native shim (CMake) and every .NET project
+#   test    build, then run the whole test suite (unit, integration, rig); ends with "N passed, N failed, N skipped"
+#   rig     build, then run only the rig tests (QEMU guests with the Linux NVMe/TCP host)
+#   run     build, then start the default pair: node A on 127.0.0.1:4420, node B on 127.0.0.1:4421 (Ctrl-C stops)
+#   bench   build, then run the BenchmarkDotNet suites and write a report under artifacts/bench/
+[CmdletBinding()]
+param(
+    [Parameter(Position = 0)]
+    [ValidateSet('build', 'test', 'rig', 'run', 'bench')]
+    [string]$Verb = 'build',
+    [string]$Configuration = 'Release',
+    # Extra arguments passed to the xunit runner (e.g. -class, -method, -trait).
+    [string[]]$TestArgs = @()
+)
+
+$ErrorActionPreference = 'Stop'
+Set-StrictMode -Version Latest
+$Root = $PSScriptRoot
+$Artifacts = Join-Path $Root 'artifacts'
+$NativeOut = Join-Path $Artifacts 'native'
+
+function Write-Step([string]$Text) { Write-Host "==> $Text" -ForegroundColor Cyan }
+
+function Invoke-Native([string]$File, [string[]]$Arguments) {
+    & $File @Arguments
+    if ($LASTEXITCODE -ne 0) { throw "$File $($Arguments -join ' ') failed with exit code $LASTEXITCODE" }
+}
+
+# Installs Debian packages that are missing (apt-get update only when something must be installed).
+function Install-AptPackages([string[]]$Packages) {
+    $missing = @()
+    foreach ($p in $Packages) {
+        $status = & dpkg-query -W -f='${Status}' $p 2>$null
+        if ($LASTEXITCODE -ne 0 -or $status -notmatch 'install ok installed') { $missing += $p }
+    }
+    if ($missing.Count -eq 0) { return }
+    Write-Step "installing Debian packages: $($missing -join ' ')"
+    $sudo = @()
+    if ((& id -u) -ne '0') {
+        if (-not (Get-Command sudo -ErrorAction SilentlyContinue)) { throw "need root (or sudo) to install: $($missing -join ' ')" }
+        $sudo = @('sudo')
+    }
+    $env:DEBIAN_FRONTEND = 'noninteractive'
+    if ($sudo) { Invoke-Native 'sudo' @('apt-get', 'update', '-q') } else { Invoke-Native 'apt-get' @('update', '-q') }
+    $args = @('install', '-y', '-q', '--no-install-recommends') + $missing
+    if ($sudo) { Invoke-Native 'sudo' (@('apt-get') + $args) } else { Invoke-Native 'apt-get' $args }
+}
+
+function Invoke-Build {
+    Install-AptPackages @('cmake', 'gcc', 'g++', 'make', 'pkg-config', 'liburing-dev')
+    Write-Step 'native shim (CMake)'
+    $buildDir = Join-Path $Artifacts 'obj/native'
+    Invoke-Native 'cmake' @('-S', $Root, '-B', $buildDir, "-DSN_OUTPUT_DIR=$NativeOut", '-DCMAKE_BUILD_TYPE=Release', '--log-level=WARNING')
+    Invoke-Native 'cmake' @('--build', $buildDir, '--parallel', '2')
+    Write-Step ".NET projects ($Configuration)"
+    Invoke-Native 'dotnet' @('build', (Join-Path $Root 'StorageNode.slnx'), '-c', $Configuration, '-nologo', '-clp:ErrorsOnly;Summary', '-p:TreatWarningsAsErrors=true')
+}
+
+function Get-TestAssemblies {
+    Get-ChildItem (Join-Path $Root 'tests') -Directory | ForEach-Object {
+        $dll = Join-Path $_.FullName "bin/$Configuration/net10.0/$($_.Name).dll"
+        if (Test-Path $dll) { $dll }
+    }
+}
+
+# Runs each xunit v3 test assembly, collects its XML results and prints the closing summary line.
+function Invoke-Tests([string[]]$RunnerArgs) {
+    $resultsDir = Join-Path $Artifacts 'test-results'
+    New-Item -ItemType Directory -Force $resultsDir | Out-Null
+    $passed = 0; $failed = 0; $skipped = 0; $crashed = @()
+    $sw = [Diagnostics.Stopwatch]::StartNew()
+    foreach ($dll in Get-TestAssemblies) {
+        $name = [IO.Path]::GetFileNameWithoutExtension($dll)
+        $xml = Join-Path $resultsDir "$name.xml"
+        Remove-Item $xml -ErrorAction SilentlyContinue
+        Write-Step "tests: $name"
+        & dotnet $dll -noColor -noLogo -result-xml $xml @RunnerArgs
+        $code = $LASTEXITCODE
+        if (-not (Test-Path $xml)) { $crashed += "$name (exit code $code, no results)"; continue }
+        [xml]$doc = Get-Content $xml
+        foreach ($a in $doc.assemblies.assembly) {
+            $passed += [int]$a.passed
+            $failed += [int]$a.failed + [int]$a.errors
+            $skipped += [int]$a.skipped
+        }
+    }
+    Write-Host ("test time: {0:0.0} s" -f $sw.Elapsed.TotalSeconds)
+    foreach ($c in $crashed) { Write-Host "test assembly crashed: $c"; $failed++ }
+    Write-Host "$passed passed, $failed failed, $skipped skipped"
+    if ($failed -gt 0) { exit 1 }
+}
+
+function Invoke-Run {
+    $dll = Join-Path $Root "src/StorageNode/bin/$Configuration/net10.0/storagenode.dll"
+    $nodes = @(
+        @{ Name = 'A'; Config = Join-Path $Root 'config/node-a.json'; Port = 4420; Nqn = 'nqn.2026-11.io.storagenode:node-a' },
+        @{ Name = 'B'; Config = Join-Path $Root 'config/node-b.json'; Port = 4421; Nqn = 'nqn.2026-11.io.storagenode:node-b' }
+    )
+    $procs = @()
+    try {
+        foreach ($n in $nodes) {
+            $procs += Start-Process -FilePath 'dotnet' -ArgumentList @($dll, '--config', $n.Config) -NoNewWindow -PassThru
+        }
+        Start-Sleep -Seconds 2
+        foreach ($p in $procs) { if ($p.HasExited) { throw "a node exited at start (exit code $($p.ExitCode)); see its message above" } }
+        $perf = Join-Path $Root "src/Perf/bin/$Configuration/net10.0/sn-perf.dll"
+        Write-Host ''
+        Write-Host 'StorageNode pair is up (RAM namespaces). Reach it with nvme-cli:'
+        foreach ($n in $nodes) {
+            Write-Host "  node $($n.Name): nvme discover -t tcp -a 127.0.0.1 -s $($n.Port)"
+            Write-Host "          nvme connect -t tcp -a 127.0.0.1 -s $($n.Port) -n $($n.Nqn)"
+        }
+        Write-Host "or with the managed perf tool:"
+        Write-Host "  dotnet $perf -a 127.0.0.1 -s 4420 -w randread -b 4k -q 32 -t 10"
+        Write-Host 'Ctrl-C stops both nodes.'
+        while ($true) {
+            foreach ($p in $procs) { if ($p.HasExited) { throw "node exited (exit code $($p.ExitCode))" } }
+            Start-Sleep -Milliseconds 500
+        }
+    }
+    finally {
+        # Ctrl-C reaches the nodes too (same process group); give them time to stop cleanly.
+        foreach ($p in $procs) {
+            if (-not $p.HasExited -and -not $p.WaitForExit(5000)) { $p.Kill($true) }
+        }
+    }
+}
+
+function Invoke-Bench {
+    $dll = Join-Path $Root "bench/StorageNode.Benchmarks/bin/$Configuration/net10.0/StorageNode.Benchmarks.dll"
+    $out = Join-Path $Artifacts 'bench'
+    New-Item -ItemType Directory -Force $out | Out-Null
+    Invoke-Native 'dotnet' @($dll, '--artifacts', $out, '--filter', '*')
+    Write-Host "reports: $out/results"
+}
+
+Push-Location $Root
+try {
+    switch ($Verb) {
+        'build' { Invoke-Build }
+        'test' { Invoke-Build; Invoke-Tests $TestArgs }
+        'rig' { Invoke-Build; Invoke-Tests (@('-trait', 'Category=Rig') + $TestArgs) }
+        'run' { Invoke-Build; Invoke-Run }
+        'bench' { Invoke-Build; Invoke-Bench }
+    }
+}
+finally {
+    Pop-Location
+}
