@@ -29,6 +29,12 @@ public abstract class ReactorSource
 
     /// <summary>Called once at the end of a loop iteration in which the source was marked dirty.</summary>
     public abstract int Flush();
+
+    /// <summary>
+    /// An exception escaped <see cref="OnReady"/> or <see cref="Flush"/>: a bug, contained to this source. The
+    /// default does nothing; connections close themselves so one bad connection cannot stop the reactor.
+    /// </summary>
+    public virtual void OnFault(Exception e) { }
 }
 
 /// <summary>Something polled every loop iteration regardless of descriptors (bdev completion queues).</summary>
@@ -230,7 +236,15 @@ public sealed unsafe class Reactor : IDisposable
                 continue;
             }
             ReactorSource? s = (int)token < _sources.Length ? _sources[(int)token] : null;
-            if (s != null) work += s.OnReady(_events[i].Events);
+            if (s == null) continue;
+            try
+            {
+                work += s.OnReady(_events[i].Events);
+            }
+            catch (Exception e)
+            {
+                Fault(s, e);
+            }
         }
 
         while (_messages.TryDequeue(out Action? msg))
@@ -253,7 +267,14 @@ public sealed unsafe class Reactor : IDisposable
                 ReactorSource s = _dirty[i]!;
                 _dirty[i] = null;
                 s.IsDirty = false;
-                work += s.Flush();
+                try
+                {
+                    work += s.Flush();
+                }
+                catch (Exception e)
+                {
+                    Fault(s, e);
+                }
             }
         }
 
@@ -267,6 +288,13 @@ public sealed unsafe class Reactor : IDisposable
             }
         }
         return work;
+    }
+
+    private void Fault(ReactorSource s, Exception e)
+    {
+        _log.LogError(e, "reactor {Name}: {Source} failed", Name, s.GetType().Name);
+        try { s.OnFault(e); }
+        catch (Exception again) { _log.LogError(again, "reactor {Name}: cleanup after a failure failed too", Name); }
     }
 
     public void Stop()

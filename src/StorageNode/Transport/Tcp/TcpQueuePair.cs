@@ -908,6 +908,8 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         if (!_closed) Close(_closeReason);
     }
 
+    public override void OnFault(Exception e) => Close($"internal error: {e.Message}");
+
     public override void Disconnect(string reason)
     {
         Reactor.Post(() => Close(reason));
