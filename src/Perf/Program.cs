@@ -16,6 +16,7 @@ namespace StorageNode.Perf
               -s, --port PORT         target port (default 4420)
               -n, --nqn NQN           subsystem NQN (default: the first one the discovery log lists)
                   --discover          list the discovery log of ADDR:PORT and exit
+                  --identify          print the controller's and namespaces' identify data and exit
                   --nsid N            namespace (default 1)
               -w, --rw PATTERN        read | write | randread | randwrite | randrw | rw (default randread)
                   --mix PCT           read percentage for randrw / rw (default 50)
@@ -76,7 +77,7 @@ namespace StorageNode.Perf
             long bs = 4096, icd = 8192;
             double seconds = 5;
             long? ios = null, size = null;
-            bool verify = false, hdgst = false, ddgst = false, discoverOnly = false, quiet = false;
+            bool verify = false, hdgst = false, ddgst = false, discoverOnly = false, quiet = false, identifyOnly = false;
             var poll = HostPollMode.Busy;
             for (int i = 0; i < args.Length; i++)
             {
@@ -89,6 +90,7 @@ namespace StorageNode.Perf
                     case "-s": case "--port": port = IntVal(); break;
                     case "-n": case "--nqn": nqn = Val(); break;
                     case "--discover": discoverOnly = true; break;
+                    case "--identify": identifyOnly = true; break;
                     case "--nsid": nsid = (uint)IntVal(); break;
                     case "-w": case "--rw":
                         pattern = Val().ToLowerInvariant() switch
@@ -137,6 +139,13 @@ namespace StorageNode.Perf
                 nqn = nvm.SubNqn;
                 ep = new IPEndPoint(IPAddress.Parse(nvm.TrAddr), int.Parse(nvm.TrSvcId, CultureInfo.InvariantCulture));
                 Console.WriteLine($"discovered {nqn} at {ep}");
+            }
+
+            if (identifyOnly)
+            {
+                using NvmeHost idHost = NvmeHost.Connect(ep, nqn, baseOptions with { IoQueues = 0 });
+                PrintIdentify(idHost);
+                return 0;
             }
 
             using NvmeHost host = NvmeHost.Connect(ep, nqn, baseOptions with
@@ -197,6 +206,21 @@ namespace StorageNode.Perf
             foreach (WorkloadRunner r in runners) r.Dispose();
             PrintReport(total);
             return total.Errors == 0 && total.VerifyFailures == 0 ? 0 : 3;
+        }
+
+        private static void PrintIdentify(NvmeHost h)
+        {
+            byte[] id = h.IdentifyControllerData;
+            Console.WriteLine($"subsystem  {h.SubsystemNqn}");
+            Console.WriteLine($"controller cntlid {h.Cntlid}  sn '{h.SerialNumber}'  mn '{h.ModelNumber}'  fr '{h.FirmwareRevision}'");
+            Console.WriteLine($"           ver {id[82]}.{id[81]}  cmic 0x{id[76]:X2}  mdts {id[77]} ({h.MaxTransferSize} B)  kas {BitConverter.ToUInt16(id, 320)}  maxcmd {BitConverter.ToUInt16(id, 514)}");
+            Console.WriteLine($"           nn {h.NamespaceCount}  mnan {BitConverter.ToUInt32(id, 540)}  oncs 0x{BitConverter.ToUInt16(id, 520):X}  vwc 0x{id[525]:X}  sgls 0x{BitConverter.ToUInt32(id, 536):X}");
+            Console.WriteLine($"           ioccsz {h.Ioccsz}  iorcsz {BitConverter.ToUInt32(id, 1796)}  anacap 0x{id[343]:X2}  anagrpmax {BitConverter.ToUInt32(id, 344)}  nanagrpid {BitConverter.ToUInt32(id, 348)}");
+            foreach (uint nsid in h.ActiveNamespaces())
+            {
+                NamespaceInfo ns = h.IdentifyNamespace(nsid);
+                Console.WriteLine($"namespace  {nsid}: {ns.BlockCount} x {ns.BlockSize} B ({ns.SizeBytes >> 20} MiB)  nmic {ns.Nmic}  anagrpid {ns.AnaGroupId}  nguid {Convert.ToHexString(ns.Nguid).ToLowerInvariant()}");
+            }
         }
 
         public static void PrintReport(WorkloadResult r)
