@@ -1,6 +1,7 @@
 using System.Net;
 using Microsoft.Extensions.Logging;
 using StorageNode.Bdevs;
+using StorageNode.Cluster;
 using StorageNode.Config;
 using StorageNode.Interop;
 using StorageNode.Reactors;
@@ -23,8 +24,11 @@ public sealed class Node : IDisposable
     public NodeConfig Config { get; }
     public NvmfTarget Target { get; }
     public TcpTransport Tcp { get; }
+    /// <summary>The HA pair's membership and interconnect (null on a standalone node).</summary>
+    public ClusterManager? Cluster { get; }
     public IReadOnlyList<Reactor> Reactors => _reactors;
     public IReadOnlyList<IPEndPoint> TcpEndpoints { get; private set; } = [];
+    public IPEndPoint? InterconnectEndpoint { get; private set; }
     public ILoggerFactory LoggerFactory { get; }
 
     public Node(NodeConfig config, ILoggerFactory loggerFactory)
@@ -40,12 +44,47 @@ public sealed class Node : IDisposable
             Tcp = new TcpTransport(Target);
 
             foreach (BdevConfig b in config.Bdevs) _bdevs[b.Name] = CreateBdev(b);
+            var subsystems = new List<(Subsystem S, SubsystemConfig C)>();
+            var owners = new Dictionary<Subsystem, IReadOnlyDictionary<uint, string>>();
             foreach (SubsystemConfig sc in config.Subsystems)
             {
                 var s = new Subsystem(sc.Nqn, SubsystemKind.Nvm, sc.SerialNumber, sc.ModelNumber, sc.FirmwareRevision,
                     sc.ControllerIdMin, sc.ControllerIdMax, sc.MaxNamespaces, sc.AllowAnyHost, sc.Hosts);
+                var groupOwners = new Dictionary<uint, string>();
+                foreach (AnaGroupConfig g in sc.AnaGroups)
+                {
+                    s.DefineAnaGroup(g.Id, g.Owner == config.Name);
+                    groupOwners[g.Id] = g.Owner;
+                }
                 foreach (NamespaceConfig nc in sc.Namespaces)
-                    s.AddNamespace(new Namespace(nc.Nsid, _bdevs[nc.Bdev], nc.Nguid, nc.Uuid, nc.AnaGroup));
+                    if (!groupOwners.ContainsKey(nc.AnaGroup)) groupOwners[nc.AnaGroup] = config.Name;
+                subsystems.Add((s, sc));
+                owners[s] = groupOwners;
+            }
+            if (config.Cluster != null)
+            {
+                Cluster = new ClusterManager(config.Cluster, Target, owners);
+                Target.CommandQuiesceTimeMs = (ushort)Math.Min(ushort.MaxValue, config.Cluster.RelayTimeout.TotalMilliseconds);
+            }
+            foreach ((Subsystem s, SubsystemConfig sc) in subsystems)
+            {
+                for (int i = 0; i < sc.Namespaces.Count; i++)
+                {
+                    NamespaceConfig nc = sc.Namespaces[i];
+                    Bdev bdev;
+                    if (nc.Bdev != null)
+                    {
+                        bdev = _bdevs[nc.Bdev];
+                        string key = $"Subsystems:{i}:Namespaces";
+                        if (nc.DeclaredBlockCount is ulong blocks && blocks * (nc.DeclaredBlockSize ?? bdev.BlockSize) != bdev.SizeBytes)
+                            throw new ConfigException(key, $"NSID {nc.Nsid}: SizeMiB differs from bdev '{nc.Bdev}' ({bdev.SizeBytes >> 20} MiB)");
+                    }
+                    else
+                    {
+                        bdev = new Proxy.PartnerBdev($"partner:{nc.Nsid}", nc.DeclaredBlockSize ?? 512, nc.DeclaredBlockCount ?? 0, Cluster!.LinkFor(s));
+                    }
+                    s.AddNamespace(new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup));
+                }
                 Target.AddSubsystem(s);
             }
         }
@@ -76,8 +115,13 @@ public sealed class Node : IDisposable
         Target.Start();
         var eps = new List<IPEndPoint>();
         foreach (ListenerConfig l in Config.Listeners)
-            eps.Add(Tcp.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress));
+            eps.Add(Tcp.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role));
         TcpEndpoints = eps;
+        if (Cluster != null)
+        {
+            InterconnectEndpoint = Tcp.Listen(Config.Cluster!.Interconnect, 0xFFFE, null, ListenerRole.Interconnect);
+            Cluster.Start();
+        }
         _log.LogInformation("node {Name} up: {Reactors} reactor(s), poll mode {Mode}, {Subsystems} subsystem(s), pools {Pools} MiB per reactor",
             Config.Name, _reactors.Count, Config.PollMode.ToString().ToLowerInvariant(), Config.Subsystems.Count,
             _reactors.Count > 0 ? _reactors[0].Pools.TotalBytes >> 20 : 0);
@@ -85,6 +129,7 @@ public sealed class Node : IDisposable
 
     public void Dispose()
     {
+        Cluster?.Dispose();
         Tcp?.Dispose();
         Target?.Dispose();
         // Give reactors a moment to run the posted disconnects before they stop.

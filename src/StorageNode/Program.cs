@@ -70,6 +70,16 @@ catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException
 }
 
 using var stop = new ManualResetEventSlim();
+int exitCode = 0;
+if (node.Cluster != null)
+{
+    node.Cluster.Refused += reason =>
+    {
+        Console.Error.WriteLine($"storagenode {config.Name}: invalid configuration: Cluster: partner {config.Cluster!.Partner} disagrees: {reason}");
+        exitCode = 2;
+        stop.Set();
+    };
+}
 Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Set(); };
 using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
 
@@ -82,4 +92,4 @@ stop.Wait();
 Console.WriteLine($"[{config.Name}] stopping");
 node.Dispose();
 Console.WriteLine($"[{config.Name}] stopped");
-return 0;
+return exitCode;

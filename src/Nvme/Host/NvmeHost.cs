@@ -168,7 +168,8 @@ public sealed unsafe class NvmeHost : IDisposable
         return (ushort)cqe.Dw0;
     }
 
-    internal static void Check(string what, in CompletionQueueEntry cqe)
+    /// <summary>Throws <see cref="NvmeCommandException"/> when the completion carries an error status.</summary>
+    public static void Check(string what, in CompletionQueueEntry cqe)
     {
         NvmeStatus st = cqe.StatusField;
         if (!st.IsSuccess) throw new NvmeCommandException(what, st, cqe.Dw0);
@@ -375,6 +376,20 @@ public sealed unsafe class NvmeHost : IDisposable
             host.SubmitAer();
         }
     }
+
+    /// <summary>
+    /// Gives up ownership of the I/O queues (another thread will drive and dispose them); <see cref="Dispose"/>
+    /// then closes only the admin queue.
+    /// </summary>
+    public IReadOnlyList<IoQueue> DetachIoQueues()
+    {
+        IoQueue[] list = [.. _ioQueues];
+        _ioQueues.Clear();
+        return list;
+    }
+
+    /// <summary>True once the admin queue's connection failed.</summary>
+    public bool AdminBroken => _admin.IsBroken;
 
     /// <summary>Normal shutdown (CC.SHN), then closes every queue.</summary>
     public void Shutdown()

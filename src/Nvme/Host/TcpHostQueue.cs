@@ -294,6 +294,21 @@ public sealed unsafe class TcpHostQueue : IDisposable
         return completed;
     }
 
+    /// <summary>The socket, for a poller that waits on readiness (a reactor's epoll set).</summary>
+    public int Fd => _fd;
+
+    /// <summary>True when PDUs are queued but not yet handed to the kernel.</summary>
+    public bool HasPendingSends => _sendHead != _sendTail;
+
+    /// <summary>Sends what is queued; never throws (a failure completes every command with an error).</summary>
+    public int SendPending() => _error != null ? 0 : Flush();
+
+    /// <summary>Receives and processes what arrived; never throws.</summary>
+    public int ReceiveAvailable() => _error != null ? 0 : Receive();
+
+    /// <summary>Number of free command slots.</summary>
+    public int FreeSlots => _freeCount;
+
     /// <summary>Blocks up to <paramref name="timeoutMs"/> until the socket is readable (for idle waits).</summary>
     public void WaitReadable(int timeoutMs)
     {

@@ -65,6 +65,8 @@ public unsafe struct IdentifyController
     [FieldOffset(344)] public uint Anagrpmax;
     [FieldOffset(348)] public uint Nanagrpid;
     [FieldOffset(352)] public uint Pels;
+    /// <summary>Command Quiesce Time (ms), NVMe 2.1 / TP4129.</summary>
+    [FieldOffset(386)] public ushort Cqt;
     [FieldOffset(512)] public byte Sqes;
     [FieldOffset(513)] public byte Cqes;
     [FieldOffset(514)] public ushort Maxcmd;

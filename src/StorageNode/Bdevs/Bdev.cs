@@ -2,10 +2,18 @@ using StorageNode.Reactors;
 
 namespace StorageNode.Bdevs;
 
-/// <summary>Result of a bdev operation: 0 on success, a negative errno on failure.</summary>
+/// <summary>
+/// Result of a bdev operation: 0 on success, a negative errno on failure, or a positive NVMe status (the
+/// 15-bit status field, see <see cref="BdevResult"/>) to return to the host as is (relayed commands).
+/// </summary>
 public interface IBdevCompletion
 {
     void OnBdevComplete(int result);
+}
+
+public static class BdevResult
+{
+    public static int FromStatus(Nvme.Spec.NvmeStatus status) => status.IsSuccess ? 0 : status.Value;
 }
 
 /// <summary>

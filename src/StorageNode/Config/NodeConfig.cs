@@ -16,16 +16,51 @@ public sealed class ConfigException(string key, string problem) : Exception($"{k
     public string Problem { get; } = problem;
 }
 
-public sealed record ListenerConfig(string Transport, IPAddress Address, int Port, string? AdvertiseAddress, ushort PortId);
+/// <summary>What a listener serves in a pair (docs/configuration.md, "Listeners").</summary>
+public enum ListenerRole
+{
+    /// <summary>Local ANA groups optimized, partner groups non-optimized through the proxy.</summary>
+    Combined,
+    /// <summary>Local ANA groups only; partner groups are inaccessible on this port.</summary>
+    Direct,
+    /// <summary>A proxy port: partner groups non-optimized through the proxy; local groups inaccessible here.</summary>
+    Proxy,
+    /// <summary>The cluster interconnect (internal; never in the discovery log).</summary>
+    Interconnect,
+}
+
+public sealed record ListenerConfig(string Transport, IPAddress Address, int Port, string? AdvertiseAddress, ushort PortId, ListenerRole Role = ListenerRole.Combined);
 
 public sealed record BdevConfig(string Name, string Type, ulong SizeBytes, uint BlockSize, string? Path, DirectIoMode Direct);
 
-public sealed record NamespaceConfig(uint Nsid, string Bdev, byte[] Nguid, Guid Uuid, uint AnaGroup);
+/// <summary>
+/// A namespace. <see cref="Bdev"/> backs it on the node that owns its ANA group; on the partner the namespace
+/// is relayed and its geometry comes from <see cref="DeclaredBlockSize"/> / <see cref="DeclaredBlockCount"/>.
+/// </summary>
+public sealed record NamespaceConfig(uint Nsid, string? Bdev, byte[] Nguid, Guid Uuid, uint AnaGroup, uint? DeclaredBlockSize = null, ulong? DeclaredBlockCount = null);
+
+public sealed record AnaGroupConfig(uint Id, string Owner);
+
+/// <summary>The HA pair this node belongs to (absent: a standalone node).</summary>
+public sealed record ClusterConfig
+{
+    public required string Name { get; init; }
+    public required string LocalNode { get; init; }
+    public required string Partner { get; init; }
+    public required IPEndPoint Interconnect { get; init; }
+    public required IPEndPoint PartnerInterconnect { get; init; }
+    public required IPEndPoint Heartbeat { get; init; }
+    public required IPEndPoint PartnerHeartbeat { get; init; }
+    public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromMilliseconds(100);
+    public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromMilliseconds(1000);
+    public TimeSpan RelayTimeout { get; init; } = TimeSpan.FromSeconds(5);
+    public TimeSpan ReconnectInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+}
 
 public sealed record SubsystemConfig(
     string Nqn, string SerialNumber, string ModelNumber, string FirmwareRevision,
     ushort ControllerIdMin, ushort ControllerIdMax, uint MaxNamespaces, bool AllowAnyHost,
-    IReadOnlyList<string> Hosts, IReadOnlyList<NamespaceConfig> Namespaces);
+    IReadOnlyList<string> Hosts, IReadOnlyList<NamespaceConfig> Namespaces, IReadOnlyList<AnaGroupConfig> AnaGroups);
 
 /// <summary>
 /// The node's whole configuration, read from Microsoft.Extensions.Configuration and validated: every key
@@ -42,17 +77,21 @@ public sealed record NodeConfig
     public IReadOnlyList<ListenerConfig> Listeners { get; init; } = [];
     public IReadOnlyList<BdevConfig> Bdevs { get; init; } = [];
     public IReadOnlyList<SubsystemConfig> Subsystems { get; init; } = [];
+    public ClusterConfig? Cluster { get; init; }
 
-    private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "config"];
+    private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "config"];
+    private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs"];
+    private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
     private static readonly string[] TargetKeys = ["MaxQueueDepth", "AdminQueueDepth", "MaxIoQueues", "MaxIoSize", "InCapsuleDataSize",
         "MaxH2CDataSize", "MaxR2TPerCommand", "MaxC2HDataSize", "C2HSuccess", "KeepAliveGranularityMs", "ReceiveBufferSize"];
-    private static readonly string[] ListenerKeys = ["Transport", "Address", "Port", "AdvertiseAddress", "PortId"];
+    private static readonly string[] ListenerKeys = ["Transport", "Address", "Port", "AdvertiseAddress", "PortId", "Role"];
     private static readonly string[] BdevKeys = ["Name", "Type", "SizeMiB", "BlockSize", "Path", "Direct"];
     private static readonly string[] SubsystemKeys = ["Nqn", "SerialNumber", "ModelNumber", "FirmwareRevision", "ControllerIdMin",
-        "ControllerIdMax", "MaxNamespaces", "AllowAnyHost", "Hosts", "Namespaces"];
-    private static readonly string[] NamespaceKeys = ["Nsid", "Bdev", "Nguid", "Uuid", "AnaGroup"];
+        "ControllerIdMax", "MaxNamespaces", "AllowAnyHost", "Hosts", "Namespaces", "AnaGroups"];
+    private static readonly string[] NamespaceKeys = ["Nsid", "Bdev", "Nguid", "Uuid", "AnaGroup", "SizeMiB", "BlockSize"];
 
     /// <summary>Reads and validates; throws <see cref="ConfigException"/> naming the first bad key.</summary>
     public static NodeConfig Load(IConfiguration root)
@@ -104,21 +143,63 @@ public sealed record NodeConfig
         string name = Str(node, "Name", "node");
         if (name.Length == 0 || name.Length > 64) throw new ConfigException("Node:Name", "must be 1 to 64 characters");
 
+        ClusterConfig? cluster = LoadCluster(root.GetSection("Cluster"), name);
         var cfg = new NodeConfig
         {
             Name = name,
+            Cluster = cluster,
             ReactorCount = Int(node, "Reactors", 1, 1, 64),
             PollMode = Enum<PollMode>(node, "PollMode", PollMode.Adaptive),
             AdaptiveSpin = TimeSpan.FromMicroseconds(Int(node, "AdaptiveSpinMicroseconds", 200, 0, 1_000_000)),
             Pools = poolOptions,
             Target = targetOptions,
-            Listeners = LoadListeners(root.GetSection("Listeners")),
+            Listeners = LoadListeners(root.GetSection("Listeners"), cluster),
             Bdevs = LoadBdevs(root.GetSection("Bdevs")),
         };
-        return cfg with { Subsystems = LoadSubsystems(root.GetSection("Subsystems"), cfg.Bdevs) };
+        return cfg with { Subsystems = LoadSubsystems(root.GetSection("Subsystems"), cfg.Bdevs, name, cluster) };
     }
 
-    private static List<ListenerConfig> LoadListeners(IConfigurationSection section)
+    private static ClusterConfig? LoadCluster(IConfigurationSection c, string localNode)
+    {
+        if (!c.Exists()) return null;
+        CheckKeys(c, "Cluster", ClusterKeys);
+        string name = Required(c, "Name");
+        string partner = Required(c, "Partner");
+        if (partner == localNode) throw new ConfigException("Cluster:Partner", $"'{partner}' is this node's own name (Node:Name)");
+        IPEndPoint ic = Endpoint(c, "Interconnect");
+        IPEndPoint pic = Endpoint(c, "PartnerInterconnect");
+        IPEndPoint hb = Endpoint(c, "Heartbeat");
+        IPEndPoint phb = Endpoint(c, "PartnerHeartbeat");
+        if (ic.Equals(pic)) throw new ConfigException("Cluster:PartnerInterconnect", "is the same endpoint as Cluster:Interconnect");
+        if (hb.Equals(phb)) throw new ConfigException("Cluster:PartnerHeartbeat", "is the same endpoint as Cluster:Heartbeat");
+        int interval = Int(c, "HeartbeatIntervalMs", 100, 10, 10_000);
+        int timeout = Int(c, "HeartbeatTimeoutMs", 1000, 50, 120_000);
+        if (timeout < 3 * interval) throw new ConfigException("Cluster:HeartbeatTimeoutMs", $"{timeout} must be at least three heartbeat intervals ({3 * interval})");
+        return new ClusterConfig
+        {
+            Name = name,
+            LocalNode = localNode,
+            Partner = partner,
+            Interconnect = ic,
+            PartnerInterconnect = pic,
+            Heartbeat = hb,
+            PartnerHeartbeat = phb,
+            HeartbeatInterval = TimeSpan.FromMilliseconds(interval),
+            HeartbeatTimeout = TimeSpan.FromMilliseconds(timeout),
+            RelayTimeout = TimeSpan.FromMilliseconds(Int(c, "RelayTimeoutMs", 5000, 100, 600_000)),
+            ReconnectInterval = TimeSpan.FromMilliseconds(Int(c, "ReconnectIntervalMs", 500, 50, 60_000)),
+        };
+    }
+
+    private static IPEndPoint Endpoint(IConfigurationSection s, string key)
+    {
+        string text = Required(s, key);
+        if (!IPEndPoint.TryParse(text, out IPEndPoint? ep) || ep.Port == 0)
+            throw new ConfigException($"{s.Path}:{key}", $"'{text}' is not ADDRESS:PORT (an IP address and a non-zero port)");
+        return ep;
+    }
+
+    private static List<ListenerConfig> LoadListeners(IConfigurationSection section, ClusterConfig? cluster)
     {
         var list = new List<ListenerConfig>();
         var seen = new HashSet<(string, int)>();
@@ -133,7 +214,14 @@ public sealed record NodeConfig
             if (!seen.Add((addr.ToString(), port))) throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is configured twice");
             string? adv = l["AdvertiseAddress"];
             ushort portId = (ushort)Int(l, "PortId", list.Count + 1, 0, 0xFFFE);
-            list.Add(new ListenerConfig(transport, addr, port, string.IsNullOrEmpty(adv) ? null : adv, portId));
+            ListenerRole role = Enum<ListenerRole>(l, "Role", ListenerRole.Combined);
+            if (role == ListenerRole.Interconnect)
+                throw new ConfigException($"{l.Path}:Role", "the interconnect listener is configured as Cluster:Interconnect");
+            if (role != ListenerRole.Combined && cluster == null)
+                throw new ConfigException($"{l.Path}:Role", $"'{role.ToString().ToLowerInvariant()}' needs a Cluster section (a standalone node has no partner)");
+            if (cluster != null && addr.Equals(cluster.Interconnect.Address) && port == cluster.Interconnect.Port)
+                throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is the interconnect endpoint");
+            list.Add(new ListenerConfig(transport, addr, port, string.IsNullOrEmpty(adv) ? null : adv, portId, role));
         }
         return list;
     }
@@ -162,7 +250,7 @@ public sealed record NodeConfig
         return list;
     }
 
-    private static List<SubsystemConfig> LoadSubsystems(IConfigurationSection section, IReadOnlyList<BdevConfig> bdevs)
+    private static List<SubsystemConfig> LoadSubsystems(IConfigurationSection section, IReadOnlyList<BdevConfig> bdevs, string localNode, ClusterConfig? cluster)
     {
         var list = new List<SubsystemConfig>();
         var nqns = new HashSet<string>(StringComparer.Ordinal);
@@ -194,6 +282,19 @@ public sealed record NodeConfig
             }
             if (!any && hosts.Count == 0) throw new ConfigException($"{s.Path}:Hosts", "AllowAnyHost is false but no host is listed");
 
+            var groups = new List<AnaGroupConfig>();
+            foreach (IConfigurationSection g in Items(s.GetSection("AnaGroups")))
+            {
+                CheckKeys(g, g.Path, AnaGroupKeys);
+                uint gid = (uint)Long(g, "Id", -1, 1, maxNs);
+                if (gid == uint.MaxValue) throw new ConfigException($"{g.Path}:Id", "is required");
+                if (groups.Any(x => x.Id == gid)) throw new ConfigException($"{g.Path}:Id", $"ANA group {gid} is listed twice");
+                string owner = Required(g, "Owner");
+                if (owner != localNode && owner != cluster?.Partner)
+                    throw new ConfigException($"{g.Path}:Owner", $"'{owner}' is neither this node ('{localNode}') nor its partner{(cluster == null ? " (no Cluster section)" : $" ('{cluster.Partner}')")}");
+                groups.Add(new AnaGroupConfig(gid, owner));
+            }
+
             var namespaces = new List<NamespaceConfig>();
             var nsids = new HashSet<uint>();
             foreach (IConfigurationSection n in Items(s.GetSection("Namespaces")))
@@ -201,10 +302,32 @@ public sealed record NodeConfig
                 CheckKeys(n, n.Path, NamespaceKeys);
                 uint nsid = (uint)Long(n, "Nsid", namespaces.Count + 1, 1, maxNs);
                 if (!nsids.Add(nsid)) throw new ConfigException($"{n.Path}:Nsid", $"NSID {nsid} is used twice in {nqn}");
-                string bdev = Required(n, "Bdev");
-                if (!bdevs.Any(b => b.Name == bdev)) throw new ConfigException($"{n.Path}:Bdev", $"no bdev named '{bdev}' (see Bdevs)");
-                if (usedBdevs.TryGetValue(bdev, out string? other)) throw new ConfigException($"{n.Path}:Bdev", $"bdev '{bdev}' is already the namespace {other}");
-                usedBdevs[bdev] = $"{nqn} NSID {nsid}";
+                uint group = (uint)Long(n, "AnaGroup", nsid, 1, maxNs);
+                AnaGroupConfig? gc = groups.FirstOrDefault(x => x.Id == group);
+                if (gc == null && cluster != null)
+                    throw new ConfigException($"{n.Path}:AnaGroup", $"ANA group {group} has no owner: list it under {s.Path}:AnaGroups");
+                bool local = gc == null || gc.Owner == localNode;
+                string? bdev = n["Bdev"];
+                uint? declaredBlockSize = n["BlockSize"] != null ? (uint)Int(n, "BlockSize", 512, 512, 65536, powerOfTwo: true) : null;
+                long declaredMiB = Long(n, "SizeMiB", -1, 1, 1L << 24);
+                if (local)
+                {
+                    if (string.IsNullOrWhiteSpace(bdev)) throw new ConfigException($"{n.Path}:Bdev", "is required (this node owns the namespace's ANA group)");
+                    BdevConfig? bc = bdevs.FirstOrDefault(b => b.Name == bdev);
+                    if (bc == null) throw new ConfigException($"{n.Path}:Bdev", $"no bdev named '{bdev}' (see Bdevs)");
+                    if (usedBdevs.TryGetValue(bdev, out string? other)) throw new ConfigException($"{n.Path}:Bdev", $"bdev '{bdev}' is already the namespace {other}");
+                    usedBdevs[bdev] = $"{nqn} NSID {nsid}";
+                    if (declaredBlockSize is uint dbs && dbs != bc.BlockSize)
+                        throw new ConfigException($"{n.Path}:BlockSize", $"{dbs} differs from bdev '{bdev}' ({bc.BlockSize})");
+                    if (declaredMiB > 0 && bc.SizeBytes != 0 && (ulong)declaredMiB * 1024 * 1024 != bc.SizeBytes)
+                        throw new ConfigException($"{n.Path}:SizeMiB", $"{declaredMiB} differs from bdev '{bdev}' ({bc.SizeBytes >> 20} MiB)");
+                }
+                else
+                {
+                    if (bdev != null) throw new ConfigException($"{n.Path}:Bdev", $"must not be set: ANA group {group} is owned by the partner '{gc!.Owner}', which holds the data");
+                    if (declaredMiB <= 0) throw new ConfigException($"{n.Path}:SizeMiB", "is required for a namespace the partner owns (both nodes present the same size)");
+                    declaredBlockSize ??= 512;
+                }
                 byte[] nguid = n["Nguid"] is { } ng ? ParseHex($"{n.Path}:Nguid", ng, 16) : DerivedId("nguid", nqn, nsid);
                 Guid uuid;
                 if (n["Uuid"] is { } us)
@@ -219,10 +342,10 @@ public sealed record NodeConfig
                     uuid = new Guid(u, bigEndian: true);
                 }
                 if (nguid.All(b => b == 0)) throw new ConfigException($"{n.Path}:Nguid", "must not be all zero");
-                uint group = (uint)Long(n, "AnaGroup", nsid, 1, maxNs);
-                namespaces.Add(new NamespaceConfig(nsid, bdev, nguid, uuid, group));
+                ulong? declaredBlocks = declaredMiB > 0 ? (ulong)declaredMiB * 1024 * 1024 / (declaredBlockSize ?? 512) : null;
+                namespaces.Add(new NamespaceConfig(nsid, local ? bdev : null, nguid, uuid, group, declaredBlockSize, declaredBlocks));
             }
-            list.Add(new SubsystemConfig(nqn, serial, model, fw, (ushort)min, (ushort)max, maxNs, any, hosts, namespaces));
+            list.Add(new SubsystemConfig(nqn, serial, model, fw, (ushort)min, (ushort)max, maxNs, any, hosts, namespaces, groups));
         }
         return list;
     }

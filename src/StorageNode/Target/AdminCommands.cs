@@ -21,7 +21,7 @@ internal static unsafe class AdminCommands
             AdminOpcode.Identify or AdminOpcode.GetLogPage or AdminOpcode.SetFeatures or AdminOpcode.GetFeatures
                 or AdminOpcode.AsyncEventRequest or AdminOpcode.KeepAlive => true,
             AdminOpcode.Abort => !discovery,
-            _ => false,
+            _ => ctrl.IsInterconnect && InterconnectCommands.IsInterconnectOpcode(op),
         };
         if (!known) return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
         // Everything but Fabrics commands needs an enabled controller.
@@ -44,6 +44,9 @@ internal static unsafe class AdminCommands
             case AdminOpcode.KeepAlive:
                 ctrl.TouchKeepAlive();
                 req.Complete();
+                break;
+            case >= 0xC0 when ctrl.IsInterconnect:
+                InterconnectCommands.Execute(req, ctrl);
                 break;
             case AdminOpcode.Abort:
                 // Commands run to completion as soon as they arrive; report "not aborted" (DW0 bit 0).
@@ -185,6 +188,7 @@ internal static unsafe class AdminCommands
             | IdentifyControllerBits.AnacapInaccessible | IdentifyControllerBits.AnacapChange
             | IdentifyControllerBits.AnacapGroupIdNotChanged | IdentifyControllerBits.AnacapNonZeroGroupId;
         id.Anagrpmax = s.MaxNamespaces;
+        id.Cqt = ctrl.Target.CommandQuiesceTimeMs;
         id.Nanagrpid = s.MaxNamespaces;
         // Power state 0: 25 W max power (units of 0.01 W) so tools print something sane.
         BinaryPrimitives.WriteUInt16LittleEndian(new Span<byte>(Unsafe.AsPointer(ref id.Psd[0]), 2), 2500);
@@ -273,7 +277,7 @@ internal static unsafe class AdminCommands
             (LogPageId.FirmwareSlot, false) => BuildFirmwareLog(s),
             (LogPageId.ChangedNamespaceList, false) => new byte[4096],
             (LogPageId.CommandEffects, false) => BuildCommandEffects(),
-            (LogPageId.Ana, false) => BuildAnaLog(s, groupsOnly: (lsp & 1) != 0),
+            (LogPageId.Ana, false) => BuildAnaLog(ctrl, groupsOnly: (lsp & 1) != 0),
             _ => null,
         };
         if (log == null)
@@ -347,9 +351,11 @@ internal static unsafe class AdminCommands
         return log;
     }
 
-    internal static byte[] BuildAnaLog(Subsystem s, bool groupsOnly)
+    internal static byte[] BuildAnaLog(Controller ctrl, bool groupsOnly)
     {
-        IReadOnlyList<(uint GroupId, AnaState State)> groups = s.AnaGroups;
+        Subsystem s = ctrl.Subsystem;
+        var groups = new List<(uint GroupId, AnaState State)>();
+        foreach (uint g in s.AnaGroupIds) groups.Add((g, ctrl.AnaState(g)));
         IReadOnlyList<Namespace> namespaces = s.Namespaces;
         int size = sizeof(AnaLogHeader) + groups.Count * sizeof(AnaGroupDescriptor) + (groupsOnly ? 0 : namespaces.Count * 4);
         var log = new byte[size];

@@ -30,6 +30,17 @@ public sealed class Controller
     public string HostNqn { get; }
     public Guid HostId { get; }
     public QueuePair AdminQueue { get; }
+    /// <summary>Role of the listener the association was made through.</summary>
+    public Config.ListenerRole Role => AdminQueue.Listener.Role;
+    /// <summary>True for the partner's proxy association on the interconnect listener.</summary>
+    public bool IsInterconnect => Role == Config.ListenerRole.Interconnect;
+
+    /// <summary>Owner side: this association as one path of its host (docs/ha.md).</summary>
+    public GatePath GatePath { get; }
+    /// <summary>Owner side: the host's gate state (shared by all its associations on this node).</summary>
+    public HostState GateHost { get; }
+    /// <summary>Proxy side: this host's registration with the partner, once made (null while the link is down).</summary>
+    public volatile Proxy.RelayRegistration? PartnerRegistration;
 
     public uint Cc { get; private set; }
     public uint Csts { get; private set; }
@@ -53,6 +64,9 @@ public sealed class Controller
         KatoMs = katoMs;
         IoQueuesAllowed = subsystem.IsDiscovery ? 0 : target.Options.MaxIoQueues;
         _ioQueues = new QueuePair?[target.Options.MaxIoQueues + 1];
+        GatePath = new GatePath(GatePath.NewId(), $"cntlid {cntlid} via port {adminQueue.Listener.Port}");
+        GateHost = target.Gate.Get(hostNqn, hostId);
+        target.Gate.RegisterPath(GatePath);
         TouchKeepAlive();
     }
 
@@ -270,6 +284,9 @@ public sealed class Controller
             return n;
         }
     }
+
+    /// <summary>This controller's view of an ANA group.</summary>
+    public AnaState AnaState(uint groupId) => Subsystem.GetAnaState(groupId, Role);
 
     public override string ToString() => $"{Subsystem.Nqn} cntlid {Cntlid} host {HostNqn}";
 }

@@ -10,7 +10,9 @@ internal static unsafe class DiscoveryLog
     public static byte[] Build(Controller ctrl)
     {
         NvmfTarget target = ctrl.Target;
-        IReadOnlyList<ListenerInfo> listeners = target.Listeners;
+        var listeners = new List<ListenerInfo>();
+        foreach (ListenerInfo l in target.Listeners)
+            if (l.Role != Config.ListenerRole.Interconnect) listeners.Add(l);
         var entries = new List<(Subsystem? Sub, ListenerInfo L)>();
         foreach (ListenerInfo l in listeners)
         {

@@ -80,7 +80,14 @@ internal static unsafe class FabricsCommands
             FailInvalidParameter(req, inData: true, offset: 512);
             return;
         }
-        if (!subsystem.HostAllowed(hostNqn))
+        bool interconnect = qp.Listener.Role == Config.ListenerRole.Interconnect;
+        if (interconnect && (subsystem.IsDiscovery || target.Interconnect?.IsPartnerIdentity(hostNqn) != true))
+        {
+            target.Log.LogWarning("interconnect connect from {Peer}: host '{Host}' is not this node's partner", qp.PeerAddress, hostNqn);
+            req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidHost));
+            return;
+        }
+        if (!interconnect && !subsystem.HostAllowed(hostNqn))
         {
             target.Log.LogWarning("connect from {Peer}: host '{Host}' is not allowed on {Nqn}", qp.PeerAddress, hostNqn, subNqn);
             req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidHost));
@@ -116,6 +123,7 @@ internal static unsafe class FabricsCommands
             req.Cqe.Dw0 = ctrl.Cntlid;
             target.Log.LogInformation("{Peer}: admin queue connected: {Ctrl}, KATO {Kato} ms", qp.PeerAddress, ctrl, cmd.Kato);
             req.Complete();
+            target.OnControllerCreated(ctrl);
             return;
         }
 
@@ -133,6 +141,13 @@ internal static unsafe class FabricsCommands
         if (owner.HostId != hostId)
         {
             FailInvalidParameter(req, inData: true, offset: 0);
+            return;
+        }
+        if (owner.AdminQueue.Listener != qp.Listener)
+        {
+            // All queues of a controller go through the port its admin queue used.
+            target.Log.LogWarning("{Peer}: I/O queue connect to {Ctrl} through another port ({Port})", qp.PeerAddress, owner, qp.Listener.Port);
+            FailInvalidParameter(req, inData: true, offset: 16);
             return;
         }
         if (cmd.SqSize == 0 || sqSize > (uint)target.Options.MaxQueueDepth)

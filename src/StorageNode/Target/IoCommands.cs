@@ -20,7 +20,7 @@ internal static unsafe class IoCommands
         Namespace? ns = ctrl.Subsystem.GetNamespace(sqe.Nsid);
         if (ns == null) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
 
-        AnaState ana = ctrl.Subsystem.GetAnaState(ns.AnaGroupId);
+        AnaState ana = ctrl.AnaState(ns.AnaGroupId);
         if (ana != AnaState.Optimized && ana != AnaState.NonOptimized)
         {
             return ana switch
@@ -59,11 +59,56 @@ internal static unsafe class IoCommands
         }
         req.Namespace = ns;
         req.Channel = ns.Channels[req.Qpair.Reactor.Id];
+        if (ns.IsRelayed) return NvmeStatus.Success;
+
+        // The owner gates every command to its namespaces by host and path (docs/ha.md).
+        if (ctrl.IsInterconnect)
+        {
+            RelayBinding? binding = ctrl.Target.RelayHosts.Find(sqe.Cdw2);
+            if (binding == null || binding.Association != ctrl) return NvmeStatus.Generic(GenericStatus.InvalidField);
+            req.RelayDeadline = ctrl.Target.RelayHosts.LocalDeadline(sqe.Cdw3);
+            Interlocked.Increment(ref binding.Received);
+            HostGate.Count(req, binding.Host, binding.Host.Relay);
+        }
+        else
+        {
+            HostGate.Count(req, ctrl.GateHost, ctrl.GatePath);
+        }
         return NvmeStatus.Success;
     }
 
     public static void Execute(NvmfRequest req)
     {
+        if (req.Namespace!.IsRelayed)
+        {
+            ((Proxy.IRelayChannel)req.Channel!).Relay(req);
+            return;
+        }
+        if (!req.Qpair.Target.Gate.Admit(req)) return; // held until the host's previous path drained
+        Run(req);
+    }
+
+    /// <summary>A command the gate held is released (on its reactor).</summary>
+    internal static void Resume(NvmfRequest req)
+    {
+        req.PendingOps = 0;
+        if (req.Qpair.IsClosed)
+        {
+            req.Complete(); // releases the slot; nothing executes
+            return;
+        }
+        HostGate.Count(req, req.GateHost!, req.GatePathRef!);
+        if (req.Qpair.Target.Gate.Admit(req)) Run(req);
+    }
+
+    private static void Run(NvmfRequest req)
+    {
+        if (req.RelayDeadline != 0 && System.Diagnostics.Stopwatch.GetTimestamp() > req.RelayDeadline)
+        {
+            // A relayed command past its deadline never starts: the host may already have retried it.
+            req.Fail(NvmeStatus.Path(PathStatus.AnaTransition));
+            return;
+        }
         ref SubmissionQueueEntry sqe = ref req.Sqe;
         Namespace ns = req.Namespace!;
         BdevChannel ch = req.Channel!;

@@ -33,7 +33,7 @@ public sealed record TargetOptions
 }
 
 /// <summary>A listener as the discovery log advertises it.</summary>
-public sealed record ListenerInfo(string Transport, string Address, int Port, ushort PortId)
+public sealed record ListenerInfo(string Transport, string Address, int Port, ushort PortId, Config.ListenerRole Role = Config.ListenerRole.Combined)
 {
     public byte TrType => Transport == "rdma" ? Nvme.Spec.Discovery.TrTypeRdma : Nvme.Spec.Discovery.TrTypeTcp;
     public byte AdrFam => Address.Contains(':') ? Nvme.Spec.Discovery.AdrFamIpv6 : Nvme.Spec.Discovery.AdrFamIpv4;
@@ -52,11 +52,19 @@ public sealed class NvmfTarget : IDisposable
     private ulong _discoveryGeneration = 1;
 
     public TargetOptions Options { get; }
+    /// <summary>Owner-side path gate against stale writes.</summary>
+    public HostGate Gate { get; }
+    /// <summary>The cluster's side of the interconnect (null on a standalone node).</summary>
+    public IInterconnectHandler? Interconnect { get; set; }
+    /// <summary>Hosts the partner registered for relayed commands (interconnect side).</summary>
+    public RelayHostRegistry RelayHosts { get; } = new();
     public IReadOnlyList<Reactor> Reactors { get; }
     public ILogger Log { get; }
     public ILoggerFactory LoggerFactory { get; }
     public string NodeName { get; }
     public DateTime StartedUtc { get; } = DateTime.UtcNow;
+    /// <summary>CQT advertised in Identify Controller (ms): how long a host should wait before retrying on another path.</summary>
+    public ushort CommandQuiesceTimeMs { get; set; }
 
     public NvmfTarget(string nodeName, TargetOptions options, IReadOnlyList<Reactor> reactors, ILoggerFactory loggerFactory)
     {
@@ -65,6 +73,7 @@ public sealed class NvmfTarget : IDisposable
         Reactors = reactors;
         LoggerFactory = loggerFactory;
         Log = loggerFactory.CreateLogger("target");
+        Gate = new HostGate(this);
         AddSubsystem(new Subsystem(WellKnownNqn.Discovery, SubsystemKind.Discovery, "", "StorageNode discovery", "",
             1, 0xFFEF, 0, allowAnyHost: true));
     }
@@ -137,9 +146,23 @@ public sealed class NvmfTarget : IDisposable
         }
     }
 
+    /// <summary>Raised (on a reactor thread; handlers must not block) when a host's admin queue connected.</summary>
+    public event Action<Controller>? ControllerCreated;
+
+    internal void OnControllerCreated(Controller c)
+    {
+        if (c.IsInterconnect) Interconnect?.OnPartnerAssociation(c);
+        else ControllerCreated?.Invoke(c);
+    }
+
     internal void OnControllerDestroyed(Controller c, string reason)
     {
         Log.LogInformation("{Ctrl}: controller destroyed ({Reason})", c, reason);
+        if (c.IsInterconnect)
+        {
+            RelayHosts.RemoveAssociation(c);
+            Interconnect?.OnPartnerAssociationEnded(c);
+        }
     }
 
     public void Dispose()

@@ -36,14 +36,18 @@ public unsafe class NvmfRequest : IBdevCompletion
     public uint Length;
     /// <summary>Data buffer (from the reactor's pools) or null when Length is 0.</summary>
     public byte* Data;
-    /// <summary>Bytes of the buffer that hold valid controller-to-host data (≤ Length).</summary>
-    public uint DataLength;
 
     // Set while executing.
     public Namespace? Namespace;
     public BdevChannel? Channel;
     internal int PendingOps;
     internal int FirstError;
+    // Host gate bookkeeping (owner side): which path this command counts against, and whether it is relayed.
+    internal HostState? GateHost;
+    internal GatePath? GatePathRef;
+    internal bool GateCounted;
+    /// <summary>Relayed commands: Stopwatch timestamp after which the command must not start (0: none).</summary>
+    internal long RelayDeadline;
     internal long StartTimestamp;
 
     public NvmfRequest(QueuePair qpair, ushort slot)
@@ -66,11 +70,14 @@ public unsafe class NvmfRequest : IBdevCompletion
         Cqe = default;
         Direction = DataDirection.None;
         Length = 0;
-        DataLength = 0;
         Namespace = null;
         Channel = null;
         PendingOps = 0;
         FirstError = 0;
+        GateHost = null;
+        GatePathRef = null;
+        GateCounted = false;
+        RelayDeadline = 0;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
@@ -83,16 +90,17 @@ public unsafe class NvmfRequest : IBdevCompletion
     /// <summary>Hands the completed command back to its queue pair's transport.</summary>
     public void Complete()
     {
+        if (GateCounted) HostGate.Done(this);
         if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
         Qpair.CompleteRequest(this);
     }
 
     public void OnBdevComplete(int result)
     {
-        if (result < 0 && FirstError == 0) FirstError = result;
+        if (result != 0 && FirstError == 0) FirstError = result;
         if (--PendingOps > 0) return;
-        if (FirstError != 0) Status = NvmeStatus.Generic(GenericStatus.InternalError, dnr: false);
-        else if (Direction == DataDirection.ControllerToHost) DataLength = Length;
+        if (FirstError > 0) Status = new NvmeStatus((ushort)FirstError);
+        else if (FirstError < 0) Status = NvmeStatus.Generic(GenericStatus.InternalError, dnr: false);
         IoCommands.Completed(this);
         Complete();
     }
@@ -106,6 +114,8 @@ public abstract class QueuePair : ReactorSource
 {
     public Reactor Reactor { get; }
     public NvmfTarget Target { get; }
+    /// <summary>The listener this connection arrived on (its role decides what the controller may reach).</summary>
+    public ListenerInfo Listener { get; }
     public Controller? Controller { get; internal set; }
     public ushort Qid { get; internal set; }
     /// <summary>Submission queue size (1-based) from Connect.</summary>
@@ -114,16 +124,20 @@ public abstract class QueuePair : ReactorSource
     public bool Connected => Controller != null;
     private ushort _sqHead;
 
+    /// <summary>Commands of this queue counted by the host gate (received, not yet completed).</summary>
+    internal int GateOutstanding;
+
     // SMART counters, summed per controller on demand.
     public long ReadCommands;
     public long WriteCommands;
     public long BytesRead;
     public long BytesWritten;
 
-    protected QueuePair(Reactor reactor, NvmfTarget target)
+    protected QueuePair(Reactor reactor, NvmfTarget target, ListenerInfo listener)
     {
         Reactor = reactor;
         Target = target;
+        Listener = listener;
     }
 
     /// <summary>The SQHD value to report after consuming one more submission queue entry.</summary>
@@ -146,6 +160,9 @@ public abstract class QueuePair : ReactorSource
 
     /// <summary>Peer's address, for logs and discovery.</summary>
     public abstract string PeerAddress { get; }
+
+    /// <summary>True once the connection is gone (commands still in a bdev complete into nothing).</summary>
+    public abstract bool IsClosed { get; }
 
     internal void OnCommandFailed(NvmfRequest req)
     {

@@ -1,10 +1,14 @@
 using StorageNode.Bdevs;
+using StorageNode.Config;
 using StorageNode.Nvme.Spec;
 using StorageNode.Reactors;
 
 namespace StorageNode.Target;
 
 public enum SubsystemKind { Nvm, Discovery }
+
+/// <summary>Whether the partner's ANA groups can be reached through the interconnect.</summary>
+public enum PartnerAccess { Unavailable, Transitioning, Available }
 
 /// <summary>A namespace: an NSID bound to a bdev, with the identifiers hosts use to recognise it.</summary>
 public sealed class Namespace
@@ -14,6 +18,9 @@ public sealed class Namespace
     public byte[] Nguid { get; }
     public Guid Uuid { get; }
     public uint AnaGroupId { get; }
+
+    /// <summary>True when the partner owns this namespace and this node relays its I/O.</summary>
+    public bool IsRelayed => Bdev is Proxy.PartnerBdev;
 
     /// <summary>One channel per reactor, indexed by reactor id.</summary>
     internal BdevChannel[] Channels { get; private set; } = [];
@@ -49,7 +56,10 @@ public sealed class Subsystem
     private readonly Dictionary<ushort, Controller> _controllers = [];
     private ushort _nextCntlid;
     private Namespace?[] _namespaces;
-    private readonly Dictionary<uint, AnaState> _anaStates = [];
+    // ANA groups: whether this node owns each (the owner holds the data), and administrative overrides.
+    private readonly Dictionary<uint, bool> _groupIsLocal = [];
+    private readonly Dictionary<uint, AnaState> _overrides = [];
+    private volatile PartnerAccess _partnerAccess = PartnerAccess.Unavailable;
 
     public string Nqn { get; }
     public SubsystemKind Kind { get; }
@@ -113,42 +123,93 @@ public sealed class Subsystem
             if (copy[ns.Nsid - 1] != null) throw new InvalidOperationException($"NSID {ns.Nsid} is already in use in {Nqn}");
             copy[ns.Nsid - 1] = ns;
             Volatile.Write(ref _namespaces, copy);
-            if (!_anaStates.ContainsKey(ns.AnaGroupId)) _anaStates[ns.AnaGroupId] = AnaState.Optimized;
+            _groupIsLocal.TryAdd(ns.AnaGroupId, !ns.IsRelayed);
         }
     }
 
-    /// <summary>ANA groups in use, in ascending order, with this node's state for each.</summary>
-    public IReadOnlyList<(uint GroupId, AnaState State)> AnaGroups
+    /// <summary>Declares an ANA group and whether this node owns it (before its namespaces are added).</summary>
+    public void DefineAnaGroup(uint groupId, bool local)
+    {
+        lock (_lock) _groupIsLocal[groupId] = local;
+    }
+
+    public bool IsLocalGroup(uint groupId)
+    {
+        lock (_lock) return _groupIsLocal.TryGetValue(groupId, out bool l) && l;
+    }
+
+    /// <summary>How the partner's groups can be reached from here (set by the cluster manager).</summary>
+    public PartnerAccess PartnerAccess => _partnerAccess;
+
+    public void SetPartnerAccess(PartnerAccess access)
+    {
+        if (_partnerAccess == access) return;
+        lock (_lock)
+        {
+            _partnerAccess = access;
+            AnaChangeCount++;
+        }
+        NotifyAnaChange();
+    }
+
+    /// <summary>ANA group IDs in use, ascending.</summary>
+    public IReadOnlyList<uint> AnaGroupIds
     {
         get
         {
             lock (_lock)
             {
-                var list = new List<(uint, AnaState)>();
-                foreach (var kv in _anaStates) list.Add((kv.Key, kv.Value));
-                list.Sort((a, b) => a.Item1.CompareTo(b.Item1));
+                var list = new List<uint>(_groupIsLocal.Keys);
+                list.Sort();
                 return list;
             }
         }
     }
 
-    public AnaState GetAnaState(uint groupId)
+    /// <summary>
+    /// The ANA state of a group as seen through a listener of the given role (DESIGN.md section 1): the owner's
+    /// ports are optimized, the partner's non-optimized through the proxy while the interconnect is up.
+    /// </summary>
+    public AnaState GetAnaState(uint groupId, ListenerRole role)
     {
-        lock (_lock) return _anaStates.TryGetValue(groupId, out AnaState s) ? s : AnaState.Inaccessible;
-    }
-
-    /// <summary>Changes a group's state and tells every controller (ANA change event).</summary>
-    public void SetAnaState(uint groupId, AnaState state)
-    {
-        List<Controller> notify;
+        bool local;
         lock (_lock)
         {
-            if (_anaStates.TryGetValue(groupId, out AnaState old) && old == state) return;
-            _anaStates[groupId] = state;
-            AnaChangeCount++;
-            notify = [.. _controllers.Values];
+            if (_overrides.TryGetValue(groupId, out AnaState forced)) return forced;
+            if (!_groupIsLocal.TryGetValue(groupId, out local)) return AnaState.Inaccessible;
         }
-        foreach (Controller c in notify)
+        if (local) return role == ListenerRole.Proxy ? AnaState.Inaccessible : AnaState.Optimized;
+        if (role is ListenerRole.Direct or ListenerRole.Interconnect) return AnaState.Inaccessible;
+        return _partnerAccess switch
+        {
+            PartnerAccess.Available => AnaState.NonOptimized,
+            PartnerAccess.Transitioning => AnaState.Change,
+            _ => AnaState.Inaccessible,
+        };
+    }
+
+    /// <summary>Forces a group's state on this node (administrative; null removes the override).</summary>
+    public void SetAnaState(uint groupId, AnaState? state)
+    {
+        lock (_lock)
+        {
+            if (state is AnaState st)
+            {
+                if (_overrides.TryGetValue(groupId, out AnaState old) && old == st) return;
+                _overrides[groupId] = st;
+            }
+            else if (!_overrides.Remove(groupId))
+            {
+                return;
+            }
+            AnaChangeCount++;
+        }
+        NotifyAnaChange();
+    }
+
+    private void NotifyAnaChange()
+    {
+        foreach (Controller c in Controllers)
             c.RaiseAsyncEvent(AsyncEvent.TypeNotice, AsyncEvent.NoticeAnaChange, LogPageId.Ana, AsyncEvent.ConfigAnaChange);
     }
 

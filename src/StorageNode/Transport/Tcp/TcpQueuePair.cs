@@ -113,7 +113,8 @@ internal sealed unsafe class TcpQueuePair : QueuePair
 
     private readonly TcpTransport _transport;
 
-    public TcpQueuePair(int fd, string peer, Reactor reactor, NvmfTarget target, TcpTransport transport, ILogger log) : base(reactor, target)
+    public TcpQueuePair(int fd, string peer, Reactor reactor, NvmfTarget target, ListenerInfo listener, TcpTransport transport, ILogger log)
+        : base(reactor, target, listener)
     {
         _transport = transport;
         _fd = fd;
@@ -155,7 +156,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
     public override int Fd => _fd;
     public override string PeerAddress => _peer;
     public override uint InCapsuleDataSize => Qid == 0 && Connected ? _opt.AdminInCapsuleDataSize : Math.Max(_opt.InCapsuleDataSize, _opt.AdminInCapsuleDataSize);
-    public bool IsClosed => _closed;
+    public override bool IsClosed => _closed;
     public int OutstandingRequests => _reqs.Length - _freeCount;
 
     /// <summary>True when the connection has not completed Connect within <paramref name="ticks"/>.</summary>
@@ -867,6 +868,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
 
     private void Release(TcpRequest req)
     {
+        HostGate.Done(req);
         if (req.Data != null)
         {
             Reactor.Pools.Return(req.Data);

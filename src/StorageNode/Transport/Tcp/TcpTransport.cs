@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using Microsoft.Extensions.Logging;
+using StorageNode.Config;
 using StorageNode.Interop;
 using StorageNode.Reactors;
 using StorageNode.Target;
@@ -36,16 +37,28 @@ public sealed class TcpTransport : IDisposable
     }
 
     /// <summary>Binds and starts accepting; returns the bound endpoint (port 0 picks a free port).</summary>
-    public IPEndPoint Listen(IPEndPoint endpoint, ushort portId, string? advertiseAddress = null)
+    public IPEndPoint Listen(IPEndPoint endpoint, ushort portId, string? advertiseAddress = null, ListenerRole role = ListenerRole.Combined)
     {
         int fd = NativeSocket.CreateListener(endpoint);
         IPEndPoint bound = NativeSocket.LocalEndPoint(fd) ?? endpoint;
-        var l = new TcpListenerThread(this, fd, bound);
+        var info = new ListenerInfo("tcp", advertiseAddress ?? bound.Address.ToString(), bound.Port, portId, role);
+        var l = new TcpListenerThread(this, fd, bound, info);
         _listeners.Add(l);
-        _target.AddListener(new ListenerInfo("tcp", advertiseAddress ?? bound.Address.ToString(), bound.Port, portId));
+        _target.AddListener(info);
         l.Start();
-        _log.LogInformation("listening on {Endpoint} (NVMe/TCP, port id {PortId})", bound, portId);
+        _log.LogInformation("listening on {Endpoint} (NVMe/TCP, port id {PortId}, {Role})", bound, portId, role.ToString().ToLowerInvariant());
         return bound;
+    }
+
+    /// <summary>Stops accepting on the listener bound to <paramref name="endpoint"/> (fault injection, shutdown).</summary>
+    public void StopListening(IPEndPoint endpoint)
+    {
+        foreach (TcpListenerThread l in _listeners.ToArray())
+        {
+            if (!l.Endpoint.Equals(endpoint)) continue;
+            l.Stop();
+            _listeners.Remove(l);
+        }
     }
 
     /// <summary>Number of live connections (all reactors).</summary>
@@ -59,14 +72,14 @@ public sealed class TcpTransport : IDisposable
         }
     }
 
-    private void Adopt(int fd, IPEndPoint? peer)
+    private void Adopt(int fd, IPEndPoint? peer, ListenerInfo listener)
     {
         int idx = (int)((uint)Interlocked.Increment(ref _nextReactor) % (uint)_target.Reactors.Count);
         Reactor reactor = _target.Reactors[idx];
         string peerText = peer?.ToString() ?? "?";
         reactor.Post(() =>
         {
-            var qp = new TcpQueuePair(fd, peerText, reactor, _target, this, _log);
+            var qp = new TcpQueuePair(fd, peerText, reactor, _target, listener, this, _log);
             List<TcpQueuePair> list = _perReactor[reactor.Id];
             lock (list) list.Add(qp);
             try
@@ -111,8 +124,10 @@ public sealed class TcpTransport : IDisposable
         }
     }
 
-    private sealed class TcpListenerThread(TcpTransport owner, int fd, IPEndPoint endpoint)
+    private sealed class TcpListenerThread(TcpTransport owner, int fd, IPEndPoint endpoint, ListenerInfo info)
     {
+        public IPEndPoint Endpoint => endpoint;
+
         private volatile bool _stop;
         private Thread? _running;
 
@@ -132,7 +147,7 @@ public sealed class TcpTransport : IDisposable
                 try
                 {
                     int cfd = NativeSocket.Accept(fd, out IPEndPoint? peer);
-                    if (cfd >= 0) owner.Adopt(cfd, peer);
+                    if (cfd >= 0) owner.Adopt(cfd, peer, info);
                 }
                 catch (Exception e)
                 {
