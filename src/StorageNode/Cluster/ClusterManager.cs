@@ -171,10 +171,13 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
 
     private byte[] HeartbeatDatagram() => Encoding.UTF8.GetBytes($"SNHB1 {_cfg.Name} {_cfg.LocalNode} {Incarnation}");
 
+    private volatile bool _silenced;
+
     private void SendUdpHeartbeat()
     {
+        if (_silenced) return;
         try { _udp.SendTo(HeartbeatDatagram(), _cfg.PartnerHeartbeat); }
-        catch (SocketException) { /* the partner's port may not exist yet */ }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { /* the partner's port may not exist yet */ }
     }
 
     private void ReceiveHeartbeats()
@@ -187,7 +190,7 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
             {
                 EndPoint from = new IPEndPoint(_cfg.Heartbeat.AddressFamily == AddressFamily.InterNetworkV6 ? IPAddress.IPv6Any : IPAddress.Any, 0);
                 int n = _udp.ReceiveFrom(buf, ref from);
-                if (n > 0 && Encoding.UTF8.GetString(buf, 0, n).StartsWith(expect, StringComparison.Ordinal))
+                if (n > 0 && !_silenced && Encoding.UTF8.GetString(buf, 0, n).StartsWith(expect, StringComparison.Ordinal))
                     Interlocked.Exchange(ref _lastUdpTicks, Stopwatch.GetTimestamp());
             }
             catch (SocketException) { }
@@ -196,10 +199,7 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
     }
 
     /// <summary>Test hook: stops answering and sending on the heartbeat channel (simulates a dead partner with the interconnect).</summary>
-    public void SilenceHeartbeatChannel()
-    {
-        _udp.Close();
-    }
+    public void SilenceHeartbeatChannel() => _silenced = true;
 
     // ------------------------------------------------------------------ partner clock
 
@@ -342,6 +342,29 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
         public override NvmeStatus UnavailableStatus => NvmeStatus.Path(PathStatus.AnaInaccessible);
         public override long RelayTimeoutTicks => (long)(_m._cfg.RelayTimeout.TotalSeconds * Stopwatch.Frequency);
         public override uint PartnerDeadlineCode(long localDeadline) => _m.PartnerCode(localDeadline);
+
+        public override void RequestOpen(RelayRegistration reg) => Task.Run(() =>
+        {
+            var data = new byte[InterconnectOpcode.HostIdentityLength];
+            InterconnectOpcode.WriteHostIdentity(data, reg.HostNqn, reg.HostId);
+            SubmissionQueueEntry sqe = default;
+            sqe.Opcode = InterconnectOpcode.RelayOpen;
+            try
+            {
+                NvmeHost? host = _host ?? throw new InvalidOperationException("interconnect down");
+                CompletionQueueEntry cqe;
+                lock (_adminLock) cqe = host.AdminCommand(sqe, data, DataDirection.HostToController);
+                NvmeHost.Check("relay open", cqe);
+                Interlocked.Exchange(ref reg.State, RelayRegistration.Active);
+            }
+            catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
+            {
+                _m._log.LogWarning("{Nqn}: relay open for {Host} failed: {Error}", Subsystem.Nqn, reg.HostNqn, e.Message);
+                Thread.Sleep(50); // waiting commands retry (and expire at their relay deadline)
+                Interlocked.Exchange(ref reg.State, RelayRegistration.Idle);
+            }
+            WakeQueues();
+        });
 
         internal void Tick(long now)
         {
@@ -491,7 +514,7 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
                     _m._log.LogWarning("{Nqn}: registering {Host} with the partner failed: {Error}", Subsystem.Nqn, c.HostNqn, e.Message);
                     return;
                 }
-                reg = new RelayRegistration(cqe.Dw0);
+                reg = new RelayRegistration(cqe.Dw0, c.HostNqn, c.HostId);
                 _registrations[key] = reg;
             }
             c.PartnerRegistration = reg;
@@ -525,6 +548,8 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
         /// <summary>As the proxy: drops orphaned relays of the host on every reactor, then reports what was sent.</summary>
         internal async Task<long> DrainAsync(string hostNqn, Guid hostId)
         {
+            // The owner fences this host's relay: a later relayed command needs a new relay open first.
+            if (_registrations.TryGetValue((hostNqn, hostId), out RelayRegistration? r)) Interlocked.Exchange(ref r.State, RelayRegistration.Idle);
             ProxyQueue?[] queues = Queues;
             var tasks = new List<Task>();
             foreach (ProxyQueue? q in queues)

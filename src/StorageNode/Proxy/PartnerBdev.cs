@@ -74,8 +74,32 @@ public abstract class RelayLink
     /// <summary>Encodes a local deadline as the partner's clock reading (10 µs units, modulo 2^32).</summary>
     public abstract uint PartnerDeadlineCode(long localDeadline);
 
+    /// <summary>Announces the host's relay to the owner; sets the registration Active (and wakes the queues) once acknowledged.</summary>
+    public abstract void RequestOpen(RelayRegistration reg);
+
+    /// <summary>Marks every proxy queue for a flush (after a relay open was acknowledged).</summary>
+    protected void WakeQueues()
+    {
+        foreach (ProxyQueue? q in _queues)
+        {
+            if (q == null) continue;
+            ProxyQueue pq = q;
+            pq.Reactor.Post(() => pq.Wake());
+        }
+    }
+
+    private volatile bool _stallSends;
+
     /// <summary>Test hook: while set, relayed commands queue up on this node instead of being sent.</summary>
-    public volatile bool StallSends;
+    public bool StallSends
+    {
+        get => _stallSends;
+        set
+        {
+            _stallSends = value;
+            if (!value) WakeQueues();
+        }
+    }
 
     /// <summary>Relayed commands submitted to the partner over this link (statistics).</summary>
     public long Relayed;
@@ -162,6 +186,12 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
             Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
             return true;
         }
+        if (Volatile.Read(ref reg.State) != RelayRegistration.Active)
+        {
+            if (Interlocked.CompareExchange(ref reg.State, RelayRegistration.Opening, RelayRegistration.Idle) == RelayRegistration.Idle)
+                _link.RequestOpen(reg);
+            return false;
+        }
         if (_freeCount == 0) return false;
         int token = _free[--_freeCount];
         SubmissionQueueEntry sqe = req.Sqe;
@@ -227,6 +257,11 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
         return work;
     }
 
+    internal void Wake()
+    {
+        if (!_closed) _reactor.MarkDirty(this);
+    }
+
     /// <summary>Completes queued commands whose host connection is gone, so they are never sent. Reactor thread.</summary>
     public int DropOrphans()
     {
@@ -275,9 +310,20 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
 }
 
 /// <summary>The proxy side's registration of one host with the partner (for one interconnect association).</summary>
-public sealed class RelayRegistration(uint handle)
+public sealed class RelayRegistration(uint handle, string hostNqn, Guid hostId)
 {
+    public const int Idle = 0;
+    public const int Opening = 1;
+    public const int Active = 2;
+
     public uint Handle { get; } = handle;
+    public string HostNqn { get; } = hostNqn;
+    public Guid HostId { get; } = hostId;
     /// <summary>Commands of this host handed to the partner on this association.</summary>
     public long Sent;
+    /// <summary>
+    /// Idle until the owner acknowledged a relay open; a drain from the owner makes it idle again. Commands are
+    /// only sent while Active, so the owner always knows of a relay before a relayed command can be in flight.
+    /// </summary>
+    public int State;
 }

@@ -28,6 +28,8 @@ public sealed class HostState
     internal readonly List<NvmfRequest> Held = [];
     internal long ActivePath;
     internal int Switching;
+    /// <summary>The partner opened the relay while a switch elsewhere was running: switch to it right after.</summary>
+    internal bool RelayOpenPending;
 
     public string HostNqn { get; }
     public Guid HostId { get; }
@@ -144,6 +146,31 @@ public sealed class HostGate(NvmfTarget target)
 
     private GatePath FindDirectPath(long id) => _directPaths.TryGetValue(id, out GatePath? p) ? p : new GatePath(id, "gone");
 
+    /// <summary>
+    /// The partner is about to relay this host's commands. From now on the relay is the host's active path, so a
+    /// direct command that arrives later first fences the relay (the drain query) before it runs.
+    /// </summary>
+    public void OpenRelay(HostState h)
+    {
+        lock (h.Lock)
+        {
+            if (h.Switching != 0)
+            {
+                h.RelayOpenPending = true;
+                return;
+            }
+            if (h.ActivePath == RelayPathId) return;
+            if (h.ActivePath == 0)
+            {
+                Volatile.Write(ref h.ActivePath, RelayPathId);
+                return;
+            }
+            Interlocked.Exchange(ref h.Switching, 1);
+            GatePath from = FindDirectPath(h.ActivePath);
+            _ = Task.Run(() => SwitchAsync(h, from, h.Relay));
+        }
+    }
+
     private async Task SwitchAsync(HostState h, GatePath from, GatePath to)
     {
         var sw = Stopwatch.StartNew();
@@ -157,13 +184,16 @@ public sealed class HostGate(NvmfTarget target)
             _log.LogError(e, "path switch for {Host}: barrier failed", h);
         }
         List<NvmfRequest> release;
+        bool chainToRelay;
         lock (h.Lock)
         {
             Volatile.Write(ref h.ActivePath, to.Id);
             release = [.. h.Held];
             h.Held.Clear();
             h.Switches++;
-            Interlocked.Exchange(ref h.Switching, 0);
+            chainToRelay = h.RelayOpenPending && to.Id != RelayPathId;
+            h.RelayOpenPending = false;
+            if (!chainToRelay) Interlocked.Exchange(ref h.Switching, 0);
         }
         _log.LogInformation("{Host}: commands now run through {To} (was {From}); barrier took {Ms:0.0} ms, {Held} command(s) held",
             h, to.Description, from.Description, sw.Elapsed.TotalMilliseconds, release.Count);
@@ -172,6 +202,8 @@ public sealed class HostGate(NvmfTarget target)
             NvmfRequest r = req;
             r.Qpair.Reactor.Post(() => IoCommands.Resume(r));
         }
+        // The partner opened the relay meanwhile: what just ran must drain before relayed commands run.
+        if (chainToRelay) await SwitchAsync(h, to, h.Relay);
     }
 
     private async Task DrainRelayAsync(HostState h, Stopwatch sw)

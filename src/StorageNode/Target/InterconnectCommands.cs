@@ -17,6 +17,12 @@ public static class InterconnectOpcode
     /// DW0/DW1 how many of the host's commands it relayed on its current association. Data: as RegisterHost.
     /// </summary>
     public const byte RelayDrain = 0xC5;
+    /// <summary>
+    /// Relay open: the proxy announces it is about to relay the host's commands; the owner stops running the
+    /// host's direct commands unfenced from then on. Sent before the first relayed command after a drain.
+    /// Data: as RegisterHost.
+    /// </summary>
+    public const byte RelayOpen = 0xC9;
 
     public const int HostIdentityLength = 512;
 
@@ -55,7 +61,8 @@ public interface IInterconnectHandler
 internal static unsafe class InterconnectCommands
 {
     public static bool IsInterconnectOpcode(byte op) =>
-        op is InterconnectOpcode.RegisterHost or InterconnectOpcode.GetDescriptor or InterconnectOpcode.Heartbeat or InterconnectOpcode.RelayDrain;
+        op is InterconnectOpcode.RegisterHost or InterconnectOpcode.GetDescriptor or InterconnectOpcode.Heartbeat
+            or InterconnectOpcode.RelayDrain or InterconnectOpcode.RelayOpen;
 
     public static void Execute(NvmfRequest req, Controller ctrl)
     {
@@ -94,6 +101,14 @@ internal static unsafe class InterconnectCommands
                 long now = InterconnectOpcode.Clock10Us(System.Diagnostics.Stopwatch.GetTimestamp());
                 req.Cqe.Dw0 = (uint)now;
                 req.Cqe.Dw1 = (uint)(now >> 32);
+                req.Complete();
+                return;
+            }
+            case InterconnectOpcode.RelayOpen:
+            {
+                if (req.Length < InterconnectOpcode.HostIdentityLength) { req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid)); return; }
+                (string nqn, Guid id) = InterconnectOpcode.ReadHostIdentity(req.DataSpan);
+                ctrl.Target.Gate.OpenRelay(ctrl.Target.Gate.Get(nqn, id));
                 req.Complete();
                 return;
             }

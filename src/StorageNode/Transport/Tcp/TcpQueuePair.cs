@@ -723,7 +723,8 @@ internal sealed unsafe class TcpQueuePair : QueuePair
 
         if (req.Status.IsSuccess && req.Direction == DataDirection.ControllerToHost && req.Length > 0)
         {
-            bool success = _opt.C2HSuccess && SqFlowControlDisabled;
+            // The SUCCESS flag replaces the response capsule, so only when the CQE carries nothing else.
+            bool success = _opt.C2HSuccess && SqFlowControlDisabled && cqe.Dw0 == 0 && cqe.Dw1 == 0;
             int dd = _ddgst ? PduSize.Digest : 0;
             int headerBytes = PduSize.C2HData + hd;
             int pdo = (headerBytes + _hostPduAlign - 1) / _hostPduAlign * _hostPduAlign;

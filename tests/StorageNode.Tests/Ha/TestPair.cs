@@ -1,0 +1,274 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging;
+using StorageNode.Cluster;
+using StorageNode.Config;
+using StorageNode.Nvme.Host;
+
+namespace StorageNode.Tests.Ha;
+
+/// <summary>
+/// Two nodes of an HA pair in one process, on loopback with real sockets. The interconnect runs through
+/// <see cref="TcpForwarder"/>s so a test can cut it from outside; ANA group 1 (NSID 1) belongs to A, group 2
+/// (NSID 2) to B.
+/// </summary>
+public sealed class TestPair : IDisposable
+{
+    public const string Nqn = "nqn.2026-11.io.storagenode:pair-test";
+
+    public Node A { get; private set; }
+    public Node B { get; private set; }
+    public TcpForwarder InterconnectAtoB { get; }
+    public TcpForwarder InterconnectBtoA { get; }
+    public StringWriterLoggerProvider LogsA { get; } = new();
+    public StringWriterLoggerProvider LogsB { get; } = new();
+    private readonly ILoggerFactory _lfA, _lfB;
+    private readonly Dictionary<string, string?> _cfgA, _cfgB;
+
+    public TestPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int reactors = 1, bool start = true)
+    {
+        int icA = FreeTcpPort(), icB = FreeTcpPort(), hbA = FreeUdpPort(), hbB = FreeUdpPort();
+        InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
+        InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
+        _cfgA = Settings("A", "B", icA, InterconnectAtoB.Endpoint.Port, hbA, hbB, reactors, ownerOf: 1, cntlMin: 1);
+        _cfgB = Settings("B", "A", icB, InterconnectBtoA.Endpoint.Port, hbB, hbA, reactors, ownerOf: 2, cntlMin: 1000);
+        foreach (var kv in overridesA ?? []) _cfgA[kv.Key] = kv.Value;
+        foreach (var kv in overridesB ?? []) _cfgB[kv.Key] = kv.Value;
+        _lfA = LoggerFactory.Create(b => b.AddProvider(LogsA));
+        _lfB = LoggerFactory.Create(b => b.AddProvider(LogsB));
+        A = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgA).Build()), _lfA);
+        B = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgB).Build()), _lfB);
+        if (start)
+        {
+            A.Start();
+            B.Start();
+        }
+    }
+
+    private static Dictionary<string, string?> Settings(string me, string partner, int ic, int partnerIc, int hb, int partnerHb, int reactors, uint ownerOf, int cntlMin)
+    {
+        uint other = ownerOf == 1 ? 2u : 1u;
+        return new Dictionary<string, string?>
+        {
+            ["Node:Name"] = me,
+            ["Node:Reactors"] = reactors.ToString(),
+            ["Node:Pools:SmallBufferCount"] = "256",
+            ["Node:Pools:MediumBufferCount"] = "32",
+            ["Node:Pools:LargeBufferCount"] = "8",
+            ["Listeners:0:Address"] = "127.0.0.1",
+            ["Listeners:0:Port"] = "0",
+            ["Cluster:Name"] = "test",
+            ["Cluster:Partner"] = partner,
+            ["Cluster:Interconnect"] = $"127.0.0.1:{ic}",
+            ["Cluster:PartnerInterconnect"] = $"127.0.0.1:{partnerIc}",
+            ["Cluster:Heartbeat"] = $"127.0.0.1:{hb}",
+            ["Cluster:PartnerHeartbeat"] = $"127.0.0.1:{partnerHb}",
+            ["Cluster:HeartbeatIntervalMs"] = "50",
+            ["Cluster:HeartbeatTimeoutMs"] = "600",
+            ["Cluster:RelayTimeoutMs"] = "3000",
+            ["Cluster:ReconnectIntervalMs"] = "100",
+            ["Bdevs:0:Name"] = "Local",
+            ["Bdevs:0:Type"] = "malloc",
+            ["Bdevs:0:SizeMiB"] = "32",
+            ["Subsystems:0:Nqn"] = Nqn,
+            ["Subsystems:0:ModelNumber"] = "StorageNode pair test",
+            ["Subsystems:0:ControllerIdMin"] = cntlMin.ToString(),
+            ["Subsystems:0:ControllerIdMax"] = (cntlMin + 499).ToString(),
+            ["Subsystems:0:AnaGroups:0:Id"] = "1",
+            ["Subsystems:0:AnaGroups:0:Owner"] = ownerOf == 1 ? me : partner,
+            ["Subsystems:0:AnaGroups:1:Id"] = "2",
+            ["Subsystems:0:AnaGroups:1:Owner"] = ownerOf == 2 ? me : partner,
+            [$"Subsystems:0:Namespaces:{ownerOf - 1}:Nsid"] = ownerOf.ToString(),
+            [$"Subsystems:0:Namespaces:{ownerOf - 1}:Bdev"] = "Local",
+            [$"Subsystems:0:Namespaces:{ownerOf - 1}:AnaGroup"] = ownerOf.ToString(),
+            [$"Subsystems:0:Namespaces:{other - 1}:Nsid"] = other.ToString(),
+            [$"Subsystems:0:Namespaces:{other - 1}:AnaGroup"] = other.ToString(),
+            [$"Subsystems:0:Namespaces:{other - 1}:SizeMiB"] = "32",
+        };
+    }
+
+    public IPEndPoint EndpointA => A.TcpEndpoints[0];
+    public IPEndPoint EndpointB => B.TcpEndpoints[0];
+
+    /// <summary>Waits until both nodes report the partner healthy (bounded).</summary>
+    public void WaitHealthy(TimeSpan? timeout = null)
+    {
+        var sw = Stopwatch.StartNew();
+        TimeSpan limit = timeout ?? TimeSpan.FromSeconds(15);
+        while (!(A.Cluster!.Status == PartnerStatus.Healthy && B.Cluster!.Status == PartnerStatus.Healthy))
+        {
+            if (sw.Elapsed > limit)
+                throw new TimeoutException($"pair not healthy after {limit.TotalSeconds} s: A {A.Cluster!.Status}, B {B.Cluster!.Status}\n{Problems()}");
+            Thread.Sleep(20);
+        }
+    }
+
+    /// <summary>Warnings and errors both nodes logged (for failure messages).</summary>
+    public string Problems()
+    {
+        static IEnumerable<string> Bad(IEnumerable<string> lines) => lines.Where(l => !l.StartsWith("Information", StringComparison.Ordinal)).TakeLast(20);
+        return $"A: {string.Join("\nA: ", Bad(LogsA.Lines))}\nB: {string.Join("\nB: ", Bad(LogsB.Lines))}";
+    }
+
+    public static void WaitUntil(Func<bool> condition, string what, TimeSpan? timeout = null)
+    {
+        var sw = Stopwatch.StartNew();
+        TimeSpan limit = timeout ?? TimeSpan.FromSeconds(15);
+        while (!condition())
+        {
+            if (sw.Elapsed > limit) throw new TimeoutException($"timed out after {limit.TotalSeconds} s waiting for {what}");
+            Thread.Sleep(10);
+        }
+    }
+
+    public NvmeHost Connect(IPEndPoint ep, Guid hostId, NvmeHostOptions? options = null)
+        => NvmeHost.Connect(ep, Nqn, (options ?? new NvmeHostOptions()) with { HostId = hostId });
+
+    /// <summary>Stops node B (as if it died) and builds a fresh one with the same configuration (not started).</summary>
+    public void DisposeB() => B.Dispose();
+
+    public static int FreeTcpPort()
+    {
+        using var l = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        l.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        return ((IPEndPoint)l.LocalEndPoint!).Port;
+    }
+
+    public static int FreeUdpPort()
+    {
+        using var u = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        u.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        return ((IPEndPoint)u.LocalEndPoint!).Port;
+    }
+
+    public void Dispose()
+    {
+        InterconnectAtoB.Dispose();
+        InterconnectBtoA.Dispose();
+        A.Dispose();
+        B.Dispose();
+        _lfA.Dispose();
+        _lfB.Dispose();
+    }
+}
+
+/// <summary>
+/// A TCP forwarder on loopback for fault injection: every accepted connection is piped to the target. Cut()
+/// resets every piped connection; Block() makes new connections fail at once.
+/// </summary>
+public sealed class TcpForwarder : IDisposable
+{
+    private readonly Socket _listener;
+    private readonly IPEndPoint _target;
+    private readonly List<(Socket A, Socket B)> _pairs = [];
+    private readonly CancellationTokenSource _cts = new();
+    private volatile bool _blocked;
+
+    public IPEndPoint Endpoint { get; }
+    public int Accepted;
+
+    public TcpForwarder(IPEndPoint target)
+    {
+        _target = target;
+        _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _listener.Listen(64);
+        Endpoint = (IPEndPoint)_listener.LocalEndPoint!;
+        _ = AcceptLoop();
+    }
+
+    public bool Blocked
+    {
+        get => _blocked;
+        set => _blocked = value;
+    }
+
+    private async Task AcceptLoop()
+    {
+        while (!_cts.IsCancellationRequested)
+        {
+            Socket client;
+            try { client = await _listener.AcceptAsync(_cts.Token); }
+            catch (Exception) { return; }
+            Interlocked.Increment(ref Accepted);
+            if (_blocked)
+            {
+                Reset(client);
+                continue;
+            }
+            var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            try
+            {
+                await upstream.ConnectAsync(_target, _cts.Token);
+            }
+            catch (Exception)
+            {
+                Reset(client);
+                upstream.Dispose();
+                continue;
+            }
+            client.NoDelay = true;
+            lock (_pairs) _pairs.Add((client, upstream));
+            _ = Pump(client, upstream);
+            _ = Pump(upstream, client);
+        }
+    }
+
+    private static async Task Pump(Socket from, Socket to)
+    {
+        var buf = new byte[256 * 1024];
+        try
+        {
+            while (true)
+            {
+                int n = await from.ReceiveAsync(buf, SocketFlags.None);
+                if (n == 0) break;
+                await to.SendAsync(buf.AsMemory(0, n), SocketFlags.None);
+            }
+            to.Shutdown(SocketShutdown.Send);
+        }
+        catch (Exception)
+        {
+            Reset(to);
+            Reset(from);
+        }
+    }
+
+    private static void Reset(Socket s)
+    {
+        try
+        {
+            s.LingerState = new LingerOption(true, 0);
+            s.Close();
+        }
+        catch (Exception)
+        {
+            // already closed
+        }
+    }
+
+    /// <summary>Resets every connection through the forwarder (both sides see a reset).</summary>
+    public void Cut()
+    {
+        List<(Socket A, Socket B)> pairs;
+        lock (_pairs)
+        {
+            pairs = [.. _pairs];
+            _pairs.Clear();
+        }
+        foreach ((Socket a, Socket b) in pairs)
+        {
+            Reset(a);
+            Reset(b);
+        }
+    }
+
+    public void Dispose()
+    {
+        _cts.Cancel();
+        _listener.Dispose();
+        Cut();
+    }
+}
