@@ -103,6 +103,17 @@ public abstract class RelayLink
 
     /// <summary>Relayed commands submitted to the partner over this link (statistics).</summary>
     public long Relayed;
+
+    /// <summary>Commands waiting in the proxy queues' backlogs (approximate; for tests and status).</summary>
+    public int QueuedRelays
+    {
+        get
+        {
+            int n = 0;
+            foreach (ProxyQueue? q in _queues) if (q != null) n += q.Backlog;
+            return n;
+        }
+    }
 }
 
 /// <summary>

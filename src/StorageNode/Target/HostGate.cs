@@ -28,6 +28,8 @@ public sealed class HostState
     internal readonly List<NvmfRequest> Held = [];
     internal long ActivePath;
     internal int Switching;
+    /// <summary>While switching: the path being drained.</summary>
+    internal long SwitchFrom;
     /// <summary>The partner opened the relay while a switch elsewhere was running: switch to it right after.</summary>
     internal bool RelayOpenPending;
 
@@ -126,11 +128,15 @@ public sealed class HostGate(NvmfTarget target)
                 Volatile.Write(ref h.ActivePath, path);
                 return true;
             }
+            // Relayed commands arriving while the relay is being drained are the old copies the drain waits
+            // for (the partner sends nothing new before a new relay open): they run now, before the new path.
+            if (h.Switching != 0 && path == RelayPathId && h.SwitchFrom == RelayPathId) return true;
             Done(req);
             req.PendingOps = 1; // the slot stays allocated even if its connection closes while held
             h.Held.Add(req);
             if (h.Switching == 0)
             {
+                h.SwitchFrom = h.ActivePath;
                 Interlocked.Exchange(ref h.Switching, 1);
                 GatePath from = h.ActivePath == RelayPathId ? h.Relay : FindDirectPath(h.ActivePath);
                 _ = Task.Run(() => SwitchAsync(h, from, req.GatePathRef));
@@ -165,6 +171,7 @@ public sealed class HostGate(NvmfTarget target)
                 Volatile.Write(ref h.ActivePath, RelayPathId);
                 return;
             }
+            h.SwitchFrom = h.ActivePath;
             Interlocked.Exchange(ref h.Switching, 1);
             GatePath from = FindDirectPath(h.ActivePath);
             _ = Task.Run(() => SwitchAsync(h, from, h.Relay));
@@ -193,7 +200,8 @@ public sealed class HostGate(NvmfTarget target)
             h.Switches++;
             chainToRelay = h.RelayOpenPending && to.Id != RelayPathId;
             h.RelayOpenPending = false;
-            if (!chainToRelay) Interlocked.Exchange(ref h.Switching, 0);
+            if (chainToRelay) h.SwitchFrom = to.Id;
+            else Interlocked.Exchange(ref h.Switching, 0);
         }
         _log.LogInformation("{Host}: commands now run through {To} (was {From}); barrier took {Ms:0.0} ms, {Held} command(s) held",
             h, to.Description, from.Description, sw.Elapsed.TotalMilliseconds, release.Count);

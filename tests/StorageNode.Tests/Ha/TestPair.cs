@@ -185,6 +185,9 @@ public sealed class TcpForwarder : IDisposable
         set => _blocked = value;
     }
 
+    /// <summary>While set, bytes from clients towards the target are held in the forwarder (a slow link).</summary>
+    public volatile bool PauseUpstream;
+
     private async Task AcceptLoop()
     {
         while (!_cts.IsCancellationRequested)
@@ -211,12 +214,12 @@ public sealed class TcpForwarder : IDisposable
             }
             client.NoDelay = true;
             lock (_pairs) _pairs.Add((client, upstream));
-            _ = Pump(client, upstream);
-            _ = Pump(upstream, client);
+            _ = Pump(client, upstream, upstreamDirection: true);
+            _ = Pump(upstream, client, upstreamDirection: false);
         }
     }
 
-    private static async Task Pump(Socket from, Socket to)
+    private async Task Pump(Socket from, Socket to, bool upstreamDirection)
     {
         var buf = new byte[256 * 1024];
         try
@@ -225,6 +228,7 @@ public sealed class TcpForwarder : IDisposable
             {
                 int n = await from.ReceiveAsync(buf, SocketFlags.None);
                 if (n == 0) break;
+                for (int i = 0; upstreamDirection && PauseUpstream && i < 6000; i++) await Task.Delay(5);
                 await to.SendAsync(buf.AsMemory(0, n), SocketFlags.None);
             }
             to.Shutdown(SocketShutdown.Send);
