@@ -518,6 +518,7 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
                 _registrations[key] = reg;
             }
             c.PartnerRegistration = reg;
+            WakeQueues();
         }
 
         private bool IsUpOrConnecting() => _host != null;

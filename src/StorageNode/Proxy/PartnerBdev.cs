@@ -191,12 +191,10 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
             Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
             return true;
         }
+        // The host's registration with the partner is made right after its admin queue connects; a command
+        // that races it waits here (bounded by its relay deadline).
         RelayRegistration? reg = req.Qpair.Controller.PartnerRegistration;
-        if (reg == null)
-        {
-            Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
-            return true;
-        }
+        if (reg == null) return false;
         if (Volatile.Read(ref reg.State) != RelayRegistration.Active)
         {
             if (Interlocked.CompareExchange(ref reg.State, RelayRegistration.Opening, RelayRegistration.Idle) == RelayRegistration.Idle)
