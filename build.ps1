@@ -94,26 +94,32 @@ function Invoke-Tests([string[]]$RunnerArgs) {
 
 function Invoke-Run {
     $dll = Join-Path $Root "src/StorageNode/bin/$Configuration/net10.0/storagenode.dll"
+    $nqn = 'nqn.2026-11.io.storagenode:pair'
     $nodes = @(
-        @{ Name = 'A'; Config = Join-Path $Root 'config/node-a.json'; Port = 4420; Nqn = 'nqn.2026-11.io.storagenode:node-a' },
-        @{ Name = 'B'; Config = Join-Path $Root 'config/node-b.json'; Port = 4421; Nqn = 'nqn.2026-11.io.storagenode:node-b' }
+        @{ Name = 'A'; Config = Join-Path $Root 'config/node-a.json'; Port = 4420 },
+        @{ Name = 'B'; Config = Join-Path $Root 'config/node-b.json'; Port = 4421 }
     )
     $procs = @()
     try {
         foreach ($n in $nodes) {
             $procs += Start-Process -FilePath 'dotnet' -ArgumentList @($dll, '--config', $n.Config) -NoNewWindow -PassThru
         }
-        Start-Sleep -Seconds 2
+        Start-Sleep -Seconds 3
         foreach ($p in $procs) { if ($p.HasExited) { throw "a node exited at start (exit code $($p.ExitCode)); see its message above" } }
         $perf = Join-Path $Root "src/Perf/bin/$Configuration/net10.0/sn-perf.dll"
         Write-Host ''
-        Write-Host 'StorageNode pair is up (RAM namespaces). Reach it with nvme-cli:'
+        Write-Host "StorageNode HA pair is up: subsystem $nqn on both nodes (RAM namespaces)."
+        Write-Host '  NSID 1 (ANA group 1) is owned by node A, NSID 2 (ANA group 2) by node B; each node serves the'
+        Write-Host "  other's namespace non-optimized through the proxy (interconnect 127.0.0.1:4430 <-> 4431)."
+        Write-Host 'Connect both paths with nvme-cli (native multipath picks the optimized one per namespace):'
+        Write-Host '  nvme discover -t tcp -a 127.0.0.1 -s 4420'
         foreach ($n in $nodes) {
-            Write-Host "  node $($n.Name): nvme discover -t tcp -a 127.0.0.1 -s $($n.Port)"
-            Write-Host "          nvme connect -t tcp -a 127.0.0.1 -s $($n.Port) -n $($n.Nqn)"
+            Write-Host "  nvme connect -t tcp -a 127.0.0.1 -s $($n.Port) -n $nqn      # node $($n.Name)"
         }
-        Write-Host "or with the managed perf tool:"
-        Write-Host "  dotnet $perf -a 127.0.0.1 -s 4420 -w randread -b 4k -q 32 -t 10"
+        Write-Host '  nvme list-subsys /dev/nvme0n1      # one subsystem, two paths: live optimized + live non-optimized'
+        Write-Host "or with the managed perf tool (direct and proxied):"
+        Write-Host "  dotnet $perf -a 127.0.0.1 -s 4420 -n $nqn --nsid 1 -w randread -b 4k -q 32 -t 10"
+        Write-Host "  dotnet $perf -a 127.0.0.1 -s 4420 -n $nqn --nsid 2 -w randread -b 4k -q 32 -t 10"
         Write-Host 'Ctrl-C stops both nodes.'
         while ($true) {
             foreach ($p in $procs) { if ($p.HasExited) { throw "node exited (exit code $($p.ExitCode))" } }

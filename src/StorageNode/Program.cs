@@ -87,6 +87,8 @@ foreach (var ep in node.TcpEndpoints)
     Console.WriteLine($"[{config.Name}] NVMe/TCP listening on {ep}");
 foreach (var s in config.Subsystems)
     Console.WriteLine($"[{config.Name}] subsystem {s.Nqn}: {s.Namespaces.Count} namespace(s), CNTLID {s.ControllerIdMin}-{s.ControllerIdMax}");
+if (config.Cluster is { } cl)
+    Console.WriteLine($"[{config.Name}] cluster {cl.Name}: partner {cl.Partner}, interconnect {node.InterconnectEndpoint} -> {cl.PartnerInterconnect}");
 Console.WriteLine($"[{config.Name}] ready. Ctrl-C stops.");
 stop.Wait();
 Console.WriteLine($"[{config.Name}] stopping");
