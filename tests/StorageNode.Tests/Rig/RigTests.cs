@@ -1,0 +1,126 @@
+using System.Diagnostics;
+using StorageNode.Tests.Ha;
+
+namespace StorageNode.Tests.Rig;
+
+/// <summary>
+/// The real Linux kernel NVMe/TCP host (Debian 12's 6.1 kernel under QEMU) with nvme-cli, fio and native
+/// multipath, against StorageNode nodes running in this process. See tests/rig/README.md.
+/// </summary>
+[Trait("Category", "Rig")]
+public class RigTests(ITestOutputHelper output)
+{
+    private const int GuestPort = 4420;
+    private const int GuestPortB = 4421;
+
+    private TestNode StandaloneNode() => new(new()
+    {
+        ["Subsystems:0:Nqn"] = "nqn.2026-11.io.storagenode:rig",
+        ["Subsystems:0:SerialNumber"] = "SNRIG0001",
+        ["Subsystems:0:ModelNumber"] = "StorageNode rig",
+        ["Bdevs:0:SizeMiB"] = "256",
+    });
+
+    private int Run(string name, string script, Dictionary<string, string> env, params (int, int)[] forwards)
+        => Run(name, script, env, TimeSpan.FromMinutes(6), null, forwards);
+
+    private int Run(string name, string script, Dictionary<string, string> env, TimeSpan timeout, Action<GuestRun>? during, params (int, int)[] forwards)
+    {
+        TimeSpan image = RigHarness.RequireImage();
+        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s ({RigHarness.Cache})");
+        using GuestRun g = RigHarness.Start(name, script, env, forwards, timeout);
+        during?.Invoke(g);
+        int rc = g.Wait();
+        output.WriteLine(g.Output);
+        output.WriteLine($"{name}: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall, guest boot {g.BootSeconds?.ToString("0.0") ?? "?"} s");
+        if (rc != 0 && Directory.Exists(g.RunFolder))
+        {
+            string serial = Path.Combine(g.RunFolder, "serial.log");
+            if (File.Exists(serial)) output.WriteLine("serial console:\n" + string.Join('\n', File.ReadLines(serial).TakeLast(60)));
+        }
+        return rc;
+    }
+
+    private static Dictionary<string, string> Env(TestNode n, int port) => new()
+    {
+        ["SUBNQN"] = "nqn.2026-11.io.storagenode:rig",
+        ["TARGET_PORT"] = port.ToString(),
+    };
+
+    [Fact]
+    public void NvmeCliSeesWhatTheNodeWasConfiguredWith()
+    {
+        using TestNode node = StandaloneNode();
+        var ns = node.Node.Target.FindSubsystem("nqn.2026-11.io.storagenode:rig")!.GetNamespace(1)!;
+        var env = Env(node, GuestPort);
+        env["EXPECT_SERIAL"] = "SNRIG0001";
+        env["EXPECT_MODEL"] = "StorageNode rig";
+        env["EXPECT_NSZE"] = ns.Bdev.BlockCount.ToString();
+        env["EXPECT_NGUID"] = Convert.ToHexString(ns.Nguid).ToLowerInvariant();
+        Assert.Equal(0, Run("nvme-cli", "nvme-cli.sh", env, (GuestPort, node.Endpoint.Port)));
+    }
+
+    [Fact]
+    public void FioVerifyThroughTheKernelHost()
+    {
+        using TestNode node = StandaloneNode();
+        var env = Env(node, GuestPort);
+        env["FIO_RUNTIME"] = Environment.GetEnvironmentVariable("RIG_FIO_RUNTIME") ?? "60";
+        Assert.Equal(0, Run("fio-verify", "fio-verify.sh", env, (GuestPort, node.Endpoint.Port)));
+    }
+
+    [Fact]
+    public void Ext4SurvivesDisconnectAndReconnect()
+    {
+        using TestNode node = StandaloneNode();
+        Assert.Equal(0, Run("filesystem", "filesystem.sh", Env(node, GuestPort), (GuestPort, node.Endpoint.Port)));
+    }
+
+    [Fact]
+    public void KernelKeepAliveKeepsAnIdleControllerUp()
+    {
+        using TestNode node = StandaloneNode();
+        Assert.Equal(0, Run("keepalive", "keepalive.sh", Env(node, GuestPort), (GuestPort, node.Endpoint.Port)));
+        Assert.DoesNotContain(node.Logs.Lines, l => l.Contains("keep-alive timeout"));
+    }
+
+    [Fact]
+    public void MultipathFailsOverToTheProxyPathWithoutErrors()
+    {
+        using var pair = new TestPair(
+            overridesA: new() { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:1:SizeMiB"] = "64" },
+            overridesB: new() { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:0:SizeMiB"] = "64" });
+        pair.WaitHealthy();
+        int portA = pair.EndpointA.Port, portB = pair.EndpointB.Port;
+        var env = new Dictionary<string, string>
+        {
+            ["SUBNQN"] = TestPair.Nqn,
+            ["TARGET_PORT"] = GuestPort.ToString(),
+            ["TARGET_PORT_B"] = GuestPortB.ToString(),
+            ["FIO_RUNTIME"] = "40",
+        };
+        int cuts = 0, killed = 0;
+        var cutWindow = new Stopwatch();
+        int rc = Run("multipath", "multipath.sh", env, TimeSpan.FromMinutes(6), g =>
+        {
+            // Once fio runs: wait a little, then keep the owner path cut for 8 s by killing its forwarders
+            // (the host reconnects through new ones; we kill those too), then let it come back.
+            var limit = Stopwatch.StartNew();
+            while (!g.Signalled("fio-started") && !g.HasExited && limit.Elapsed < TimeSpan.FromMinutes(3)) Thread.Sleep(200);
+            Thread.Sleep(4000);
+            cutWindow.Start();
+            while (cutWindow.Elapsed < TimeSpan.FromSeconds(8) && !g.HasExited)
+            {
+                int k = g.KillForwarders(portA);
+                if (k > 0) cuts++;
+                killed += k;
+                Thread.Sleep(100);
+            }
+            output.WriteLine($"owner path cut for {cutWindow.Elapsed.TotalSeconds:0.0} s: {killed} forwarder(s) killed in {cuts} round(s)");
+        }, (GuestPort, portA), (GuestPortB, portB));
+        Assert.True(killed > 0, "no forwarder of the owner path was found to kill");
+        output.WriteLine($"relayed through B: {pair.B.Cluster!.Links[0].Relayed} command(s)");
+        Assert.True(pair.B.Cluster!.Links[0].Relayed > 0, "nothing went through the proxy path");
+        Assert.Equal(0, rc);
+    }
+}
