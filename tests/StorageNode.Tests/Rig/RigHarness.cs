@@ -82,6 +82,21 @@ public static partial class RigHarness
         psi.Environment["RIG_FWD_TAG"] = forwarderTag ?? $"sn-{name}-{Environment.ProcessId}";
         return new GuestRun(Process.Start(psi)!, name, psi.Environment["RIG_FWD_TAG"]!, timeout);
     }
+
+    /// <summary>Starts two guests, a and b, joined by a private link (run-pair.sh), both running <paramref name="script"/>.</summary>
+    public static GuestRun StartPair(string script, IReadOnlyDictionary<string, string> env, TimeSpan timeout)
+    {
+        var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = RepoRoot };
+        psi.ArgumentList.Add(Path.Combine(RigDir, "run-pair.sh"));
+        psi.ArgumentList.Add(Path.Combine(GuestDir, script));
+        var lines = new StringBuilder();
+        lines.Append("RIG_LIB=").Append(LibPath).Append('\n');
+        foreach (var kv in env) lines.Append(kv.Key).Append('=').Append(kv.Value).Append('\n');
+        psi.Environment["RIG_ENV"] = lines.ToString();
+        psi.Environment["RIG_CACHE"] = Cache;
+        psi.Environment["RIG_TIMEOUT"] = ((int)timeout.TotalSeconds).ToString();
+        return new GuestRun(Process.Start(psi)!, "pair", "sn-pair", timeout);
+    }
 }
 
 /// <summary>A running guest: its output, its run folder, and the way to cut one of its paths.</summary>

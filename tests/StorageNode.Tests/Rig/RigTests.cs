@@ -85,6 +85,20 @@ public class RigTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void TwoGuestsTalkSoftRoceOverTheirPrivateLink()
+    {
+        TimeSpan image = RigHarness.RequireImage();
+        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
+        using GuestRun g = RigHarness.StartPair("rxe-pair.sh", new Dictionary<string, string>(), TimeSpan.FromMinutes(4));
+        int rc = g.Wait();
+        output.WriteLine(g.Output);
+        output.WriteLine($"pair: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
+        Assert.Equal(0, rc);
+        Assert.Contains("CHECK dotnet-in-guest: ok", g.Output);
+        Assert.Contains("b| CHECK rping: ok", g.Output);
+    }
+
+    [Fact]
     public void MultipathFailsOverToTheProxyPathWithoutErrors()
     {
         using var pair = new TestPair(
