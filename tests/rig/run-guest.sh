@@ -16,7 +16,8 @@
 # RIG_KEEP=1 (keep the run folder after a success too), RIG_FWD_TAG (the forwarders run as
 # "socat -lpTAG-HPORT - TCP:127.0.0.1:HPORT", default TAG rig-NAME: a test finds one path's
 # forwarders in /proc/*/cmdline and kills them by PID to cut that path from outside),
-# RIG_ENV (lines NAME=VALUE exported to SCRIPT inside the guest).
+# RIG_ENV (lines NAME=VALUE exported to SCRIPT inside the guest). A lib.sh beside SCRIPT is copied
+# into the run folder and named by RIG_LIB for the script to source.
 set -uo pipefail
 RIG_CACHE=${RIG_CACHE:-/var/tmp/storagenode-rig}
 ports=() net="user,id=n0,restrict=on" link="" name=guest extra=()
@@ -40,7 +41,12 @@ for p in "${ports[@]}"; do g=${p%%:*} h=${p#*:}
 done
 
 run=$RIG_CACHE/runs/$name-$$; rm -rf "$run"; mkdir -p "$run"
-{ printf '%s\n' "${RIG_ENV:-}" | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=\(.*\)$/export \1=\x27\2\x27/p'; cat "$script"; } > "$run/script.sh"
+# The script, its RIG_ENV settings, and the guest library beside it (if any) go into the run folder:
+# the guest sees that as /run/rig, whereas a caller's checkout under /tmp would be invisible to it.
+[ -f "$(dirname "$script")/lib.sh" ] && cp "$(dirname "$script")/lib.sh" "$run/lib.sh"
+{ echo "export RIG_LIB=/run/rig/lib.sh"
+  printf '%s\n' "${RIG_ENV:-}" | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=\(.*\)$/export \1=\x27\2\x27/p'
+  cat "$script"; } > "$run/script.sh"
 pwd > "$run/cwd"
 # -accel tcg: no usable KVM here. restrict=on: the guest reaches nothing but its guestfwd ports.
 timeout -k 10 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 -accel tcg -machine q35 -cpu max \

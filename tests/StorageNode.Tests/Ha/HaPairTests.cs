@@ -7,7 +7,7 @@ using StorageNode.Target;
 
 namespace StorageNode.Tests.Ha;
 
-public class HaPairTests
+public class HaPairTests(ITestOutputHelper output)
 {
     private static byte[] AnaStates(NvmeHost h)
     {
@@ -179,8 +179,12 @@ public class HaPairTests
         Assert.True(w.Errors == 0, w.FirstError);
         Assert.True(w.VerifyFailures == 0, w.FirstError);
         Assert.Equal(12_000, w.Completed);
-        Assert.Equal(0, w.VerifyAll(viaB.IoQueues[0]));
+        var problems = new List<string>();
+        long bad = w.VerifyAll(viaB.IoQueues[0], problems);
+        Assert.True(bad == 0, $"{bad} block(s) wrong after the workload: {string.Join("; ", problems)}\n{pair.Problems()}");
         Assert.True(pair.B.Cluster!.Links[0].Relayed > 0, "the workload should have gone on through the proxy");
+        output.WriteLine($"retries {w.Retries}, longest stall {w.MaxStallMs} ms, relayed {pair.B.Cluster!.Links[0].Relayed}");
+        output.WriteLine(pair.Problems());
     }
 
     [Fact]

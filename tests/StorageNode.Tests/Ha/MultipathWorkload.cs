@@ -28,6 +28,11 @@ public sealed unsafe class MultipathWorkload : IHostCompletion, IDisposable
     private readonly int[] _pathOf;
     private readonly long[] _start;
     private readonly Stack<int> _free = new();
+    // Commands waiting to be retried after a path error: (slot, when), like a host waiting out an ANA transition.
+    private readonly List<(int Slot, long At)> _retry = [];
+    private readonly long[] _firstFailure;
+    private static readonly long RetryDelay = Stopwatch.Frequency / 200;     // 5 ms
+    private static readonly long RetryBudget = Stopwatch.Frequency * 15;     // give up on a command after 15 s
     private ulong _rng = 88172645463325252UL;
 
     public long Completed;
@@ -53,6 +58,7 @@ public sealed unsafe class MultipathWorkload : IHostCompletion, IDisposable
         _attempts = new int[qd];
         _pathOf = new int[qd];
         _start = new long[qd];
+        _firstFailure = new long[qd];
         for (int i = 0; i < qd; i++)
         {
             _buf[i] = (byte*)NativeMemory.AlignedAlloc((nuint)blockSize, 4096);
@@ -86,10 +92,19 @@ public sealed unsafe class MultipathWorkload : IHostCompletion, IDisposable
                 // Reads only of blocks written before, so every read verifies something.
                 _read[slot] = _gen[u] != 0 && (Next() & 1) == 0;
                 _attempts[slot] = 0;
+                _firstFailure[slot] = 0;
                 if (!_read[slot]) Fill(_buf[slot], u, _gen[u] + 1);
                 _start[slot] = Stopwatch.GetTimestamp();
                 Submit(slot, 0);
                 issued++;
+            }
+            long now = Stopwatch.GetTimestamp();
+            for (int i = _retry.Count - 1; i >= 0; i--)
+            {
+                if (_retry[i].At > now) continue;
+                int slot = _retry[i].Slot;
+                _retry.RemoveAt(i);
+                Submit(slot, (_pathOf[slot] + 1) % _paths.Length);
             }
             int work = 0;
             foreach (IoQueue p in _paths)
@@ -126,11 +141,17 @@ public sealed unsafe class MultipathWorkload : IHostCompletion, IDisposable
         NvmeStatus st = cqe.StatusField;
         bool retryable = st.Type == StatusCodeType.PathRelated
             || (st.Type == StatusCodeType.Generic && st.Code == GenericStatus.TransientTransportError);
-        if (!st.IsSuccess && retryable && ++_attempts[slot] < 20)
+        if (!st.IsSuccess && retryable)
         {
-            Retries++;
-            Submit(slot, (_pathOf[slot] + 1) % _paths.Length);
-            return;
+            long now = Stopwatch.GetTimestamp();
+            if (_firstFailure[slot] == 0) _firstFailure[slot] = now;
+            if (now - _firstFailure[slot] < RetryBudget)
+            {
+                Retries++;
+                _attempts[slot]++;
+                _retry.Add((slot, now + RetryDelay));
+                return;
+            }
         }
         _lastCompletionTicks = Stopwatch.GetTimestamp();
         ulong u = _unit[slot];
@@ -192,7 +213,7 @@ public sealed unsafe class MultipathWorkload : IHostCompletion, IDisposable
     }
 
     /// <summary>Reads every written unit back through the given path and counts mismatches.</summary>
-    public long VerifyAll(IoQueue q)
+    public long VerifyAll(IoQueue q, List<string>? problems = null)
     {
         long bad = 0;
         var data = new byte[_bs];
@@ -202,7 +223,17 @@ public sealed unsafe class MultipathWorkload : IHostCompletion, IDisposable
             {
                 if (_gen[u] == 0) continue;
                 NvmeStatus st = q.Read(_nsid, u * (ulong)(_bs / 512), (uint)(_bs / 512), data);
-                if (!st.IsSuccess || !Check(d, u, _gen[u])) bad++;
+                // A path error (an ANA transition while the pair settles) is retried, as a host would.
+                for (var sw = Stopwatch.StartNew(); st.Type == StatusCodeType.PathRelated && sw.Elapsed < TimeSpan.FromSeconds(15);)
+                {
+                    Thread.Sleep(5);
+                    st = q.Read(_nsid, u * (ulong)(_bs / 512), (uint)(_bs / 512), data);
+                }
+                if (st.IsSuccess && Check(d, u, _gen[u])) continue;
+                bad++;
+                ulong* p = (ulong*)d;
+                if (problems != null && problems.Count < 10)
+                    problems.Add(st.IsSuccess ? $"unit {u}: expected gen {_gen[u]}, block holds magic {p[0]:X} unit {p[1]} gen {p[2]}" : $"unit {u}: read failed {st}");
             }
         }
         return bad;

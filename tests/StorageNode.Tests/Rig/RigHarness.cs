@@ -57,8 +57,6 @@ public static partial class RigHarness
         return took;
     }
 
-    public static string LibPath => Path.Combine(GuestDir, "lib.sh");
-
     /// <summary>Starts one guest running a script from tests/rig/guest.</summary>
     public static GuestRun Start(string name, string script, IReadOnlyDictionary<string, string> env,
         IEnumerable<(int GuestPort, int HostPort)> forwards, TimeSpan timeout, string? forwarderTag = null)
@@ -74,7 +72,6 @@ public static partial class RigHarness
         }
         psi.ArgumentList.Add(Path.Combine(GuestDir, script));
         var lines = new StringBuilder();
-        lines.Append("RIG_LIB=").Append(LibPath).Append('\n');
         foreach (var kv in env) lines.Append(kv.Key).Append('=').Append(kv.Value).Append('\n');
         psi.Environment["RIG_ENV"] = lines.ToString();
         psi.Environment["RIG_CACHE"] = Cache;
@@ -90,7 +87,6 @@ public static partial class RigHarness
         psi.ArgumentList.Add(Path.Combine(RigDir, "run-pair.sh"));
         psi.ArgumentList.Add(Path.Combine(GuestDir, script));
         var lines = new StringBuilder();
-        lines.Append("RIG_LIB=").Append(LibPath).Append('\n');
         foreach (var kv in env) lines.Append(kv.Key).Append('=').Append(kv.Value).Append('\n');
         psi.Environment["RIG_ENV"] = lines.ToString();
         psi.Environment["RIG_CACHE"] = Cache;
