@@ -143,14 +143,22 @@ public sealed unsafe class WorkloadRunner : IHostCompletion, IDisposable
                 break;
             }
             int c = _queue.Queue.Poll();
-            if (c == 0 && _o.Poll == HostPollMode.Adaptive && ++idle > 1000)
+            if (c > 0)
             {
-                _queue.Queue.WaitReadable(1);
                 idle = 0;
             }
-            else if (c > 0)
+            else if (_o.Poll == HostPollMode.Adaptive)
             {
-                idle = 0;
+                // Spin politely for a while (yielding the core), then block until the socket is readable.
+                if (++idle > 200)
+                {
+                    _queue.Queue.WaitReadable(1);
+                    idle = 0;
+                }
+                else
+                {
+                    Thread.Yield();
+                }
             }
         }
         _result.Elapsed = Stopwatch.GetElapsedTime(begin);

@@ -191,6 +191,9 @@ public sealed unsafe class Reactor : IDisposable
                     timeout = SleepTimeoutMs();
                 int work = RunOnce(timeout);
                 if (work > 0) lastWork = Now;
+                // An adaptive reactor spins politely: with more runnable threads than cores (a node, its
+                // partner and a client on two cores) a hard spin would hold the core the work needs.
+                else if (Mode == PollMode.Adaptive && timeout == 0) Thread.Yield();
             }
         }
         catch (Exception e)
