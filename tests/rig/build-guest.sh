@@ -7,58 +7,84 @@
 # usable KVM. So tests boot Debian's own kernel under QEMU (TCG), where all of those are modules.
 # The guest mounts the host's root read-only over 9p and runs a test script from it (run-guest.sh),
 # so every tool the host has (nvme-cli, fio, perftest, dotnet, ...) is usable inside the guest.
+#
+# Exit status: 0 when the guest is ready (vmlinuz, initrd.gz and kver in $RIG_CACHE), else non-zero
+# with the reason on stderr. Environment: RIG_CACHE; RIG_KERNEL_PKG (pin a kernel package, e.g.
+# linux-image-6.1.0-56-amd64); RIG_BUILD_WAIT (seconds to wait for a concurrent build, default 900).
 set -euo pipefail
 RIG_CACHE=${RIG_CACHE:-/var/tmp/storagenode-rig}
 here=$(cd "$(dirname "$0")" && pwd)
+die() { echo "build-guest: $*" >&2; exit 1; }
+sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
 
 # 1. Host packages: QEMU, the static busybox for the initramfs, and the user-space tools the guest
-#    runs from the shared host root.
-need="qemu-system-x86 busybox-static socat nvme-cli fio kmod cpio e2fsprogs iproute2 jq
+#    runs from the shared host root. Installed only when missing (apt-get update only then).
+need="qemu-system-x86 busybox-static socat nvme-cli fio kmod cpio e2fsprogs iproute2 jq util-linux
       rdma-core ibverbs-utils perftest rdmacm-utils"
-missing=$(for p in $need; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+missing=$(for p in $need; do
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || echo "$p"; done)
 if [ -n "$missing" ]; then
-  echo "build-guest: installing" $missing
-  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  echo "build-guest: installing" $missing >&2
+  [ -z "$sudo" ] || command -v sudo >/dev/null || die "need root (or sudo) to install:" $missing
+  $sudo apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null ||
+    die "could not install:" $missing
 fi
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found after installing qemu-system-x86"
 
 # 2. Modules the guest loads, in this order (modprobe resolves their dependencies below).
 #    configfs/nvmet*: Linux target; nvme-tcp/nvme-rdma: Linux host (native multipath is built into
-#    nvme-core); rdma_rxe: soft-RoCE, which needs crc32_generic at load time; null_blk and loop:
-#    RAM-backed namespaces; 9p/virtio: the host root and the rig's I/O share.
+#    nvme-core); crc32*/crc32c*: rdma_rxe asks for a crc32 driver at load time and NVMe/TCP digests
+#    for crc32c, which the initramfs (no modprobe) cannot load on demand; null_blk and loop:
+#    RAM-backed namespaces; ext4: file system tests; 9p/virtio: the host root and the run folder.
 mods="virtio_pci virtio_net 9pnet_virtio 9p configfs crc32_generic crc32-pclmul crc32c_generic
       crc32c-intel loop null_blk ext4 nvme-tcp nvme-rdma nvmet nvmet-tcp nvmet-rdma
       rdma_rxe ib_uverbs rdma_ucm"
 
-# The kernel: Debian's current 6.1 image unless RIG_KERNEL_PKG names one (e.g. linux-image-6.1.0-56-amd64).
-kpkg=${RIG_KERNEL_PKG:-$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')}
-[ -n "$kpkg" ] || { apt-get update -qq; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); }
-stamp="$kpkg $(cat "$here/build-guest.sh" "$here/guest-init" | md5sum | cut -c1-12)"
-[ -f "$RIG_CACHE/initrd.gz" ] && [ "$(cat "$RIG_CACHE/stamp" 2>/dev/null)" = "$stamp" ] && exit 0
+mkdir -p "$RIG_CACHE"; cd "$RIG_CACHE"
+# One build at a time per cache (two test processes may start at once); the lock waits, bounded.
+exec 9> "$RIG_CACHE/.build.lock"
+flock -w "${RIG_BUILD_WAIT:-900}" 9 || die "another build of $RIG_CACHE did not finish within ${RIG_BUILD_WAIT:-900} s"
+
+# The kernel: Debian's current 6.1 image unless RIG_KERNEL_PKG names one. Without package lists
+# (fresh machine) apt-get update runs; offline, the package of the image already built is kept.
+kdep() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+kpkg=${RIG_KERNEL_PKG:-$(kdep)}
+[ -n "$kpkg" ] || kpkg=$(cut -d' ' -f1 stamp 2>/dev/null || true)
+[ -n "$kpkg" ] || { $sudo apt-get update -qq || true; kpkg=$(kdep); }
+[ -n "$kpkg" ] || die "cannot tell which kernel package to use (apt-cache depends linux-image-amd64 is empty; set RIG_KERNEL_PKG)"
+# Inputs: the kernel package, these scripts, the busybox build. Any change rebuilds the image.
+stamp="$kpkg $(cat "$here/build-guest.sh" "$here/guest-init" | md5sum | cut -c1-12) $(dpkg-query -W -f='${Version}' busybox-static)"
+[ -f initrd.gz ] && [ -f vmlinuz ] && [ -f kver ] && [ "$(cat stamp 2>/dev/null)" = "$stamp" ] && exit 0
 
 # 3. The kernel package (about 70 MB, kept in the cache), unpacked for the build only (400 MB).
-mkdir -p "$RIG_CACHE"; cd "$RIG_CACHE"
 if ! ls "${kpkg}"_*.deb >/dev/null 2>&1; then
   rm -f ./*.deb   # (apt's package lists may be stale: update them and try again)
   apt-get download -qq -o APT::Sandbox::User=root "$kpkg" ||
-    { apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root "$kpkg"; }
+    { $sudo apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root "$kpkg"; } ||
+    die "could not download $kpkg"
 fi
-rm -rf kernel initrd; mkdir kernel; dpkg -x "${kpkg}"_*.deb kernel
-kver=$(ls kernel/lib/modules)
-depmod -b kernel "$kver"
-cp "kernel/boot/vmlinuz-$kver" vmlinuz
+work=$(mktemp -d "$RIG_CACHE/build.XXXXXX"); trap 'rm -rf "$work"' EXIT
+mkdir "$work/kernel"; dpkg -x "${kpkg}"_*.deb "$work/kernel"
+kver=$(ls "$work/kernel/lib/modules")
+depmod -b "$work/kernel" "$kver"
 
 # 4. The initramfs: busybox, the modules (dependencies first) and /init.
-mkdir -p initrd/{bin,dev,proc,sys,mnt/root,lib/modules}
+I=$work/initrd
+mkdir -p "$I"/{bin,dev,proc,sys,mnt/root,lib/modules}
 for m in $mods; do
-  modprobe -d kernel -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
-done | awk '!seen[$0]++' > modules.txt
-while read -r ko; do cp "$ko" initrd/lib/modules/; done < modules.txt
-xargs -n1 basename < modules.txt > initrd/lib/modules/order
-cp /bin/busybox initrd/bin/busybox
-cp "$here/guest-init" initrd/init; chmod 755 initrd/init
-(cd initrd && find . | cpio -o -H newc --quiet | gzip -1 > ../initrd.gz)
-rm -rf initrd kernel
-echo "$stamp" > stamp
+  modprobe -d "$work/kernel" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
+done | awk '!seen[$0]++' > "$work/modules.txt"
+[ -s "$work/modules.txt" ] || die "no modules found in $kpkg"
+while read -r ko; do cp "$ko" "$I/lib/modules/"; done < "$work/modules.txt"
+xargs -n1 basename < "$work/modules.txt" > "$I/lib/modules/order"
+cp /bin/busybox "$I/bin/busybox"
+cp "$here/guest-init" "$I/init"; chmod 755 "$I/init"
+(cd "$I" && find . | cpio -o -H newc --quiet | gzip -1 > "$work/initrd.gz")
+cp "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
+echo "$kver" > "$work/kver"
+# Replace the image atomically (a guest starting now reads either the old or the new one).
+sed -i "s|^$work/kernel||" "$work/modules.txt"
+for f in modules.txt vmlinuz initrd.gz kver; do mv -f "$work/$f" "$RIG_CACHE/$f"; done
+echo "$stamp" > stamp.new && mv -f stamp.new stamp
 echo "build-guest: kernel $kver ($kpkg), $(wc -l < modules.txt) modules, in $RIG_CACHE"

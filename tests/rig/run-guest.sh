@@ -1,26 +1,38 @@
 #!/bin/bash
 # run-guest.sh [-p GPORT[:HPORT]]... [-f HPORT[:GPORT]]... [-l LPORT:RPORT:IP/NN] [-n NAME] SCRIPT [PORT...]
 # Boots one rig guest (build it first with build-guest.sh) that runs SCRIPT with bash inside the
-# host's root, shared read-only, and exits with SCRIPT's exit status (124: timed out, 125: no status).
+# host's root, shared read-only, and exits with SCRIPT's exit status:
+#   124 the guest did not finish within RIG_TIMEOUT; 125 the guest died without a status (panic,
+#   bad image, QEMU failed); 2 bad arguments or no image. Anything else is SCRIPT's own status.
 #  -p GPORT[:HPORT]  a guest connection to 10.0.2.100:GPORT reaches the host's 127.0.0.1:HPORT
 #                    (HPORT defaults to GPORT), through its own socat, one per guest connection.
 #                    Each trailing PORT is the same as -p PORT.
 #  -f HPORT[:GPORT]  the other way: the host's 127.0.0.1:HPORT reaches the guest's eth0 GPORT.
 #  -l LPORT:RPORT:IP/NN  a second NIC, eth1 with address IP/NN, whose frames travel as UDP datagrams
 #                    from 127.0.0.1:LPORT to 127.0.0.1:RPORT: the private link run-pair.sh uses.
-#  -n NAME           prefix of the output lines and name of the run folder.
+#  -n NAME           prefix of the output lines and name of the run folder ([A-Za-z0-9._-]).
+# Output: SCRIPT's output, live, each line prefixed "NAME| " (kernel warnings appear among them).
+# On failure (or with RIG_KEEP=1) the run folder is kept and "NAME| run folder: PATH" and
+# "NAME| serial log: PATH" are printed on stderr; after a success it is removed.
 # Inside the guest: the host root is read-only; /tmp and /run are fresh tmpfs (so host /tmp is
-# hidden); the working folder is the caller's; $RIG_OUT (/run/rig) is writable and is, on the host,
-# the run folder $RIG_CACHE/runs/NAME-PID/ (with serial.log and the guest's dmesg.txt).
-# Environment: RIG_CACHE, RIG_TIMEOUT (seconds, default 600), RIG_MEM (MiB, 2048), RIG_CPUS (2),
-# RIG_KEEP=1 (keep the run folder after a success too), RIG_FWD_TAG (the forwarders run as
-# "socat -lpTAG-HPORT - TCP:127.0.0.1:HPORT", default TAG rig-NAME: a test finds one path's
-# forwarders in /proc/*/cmdline and kills them by PID to cut that path from outside),
-# RIG_ENV (lines NAME=VALUE exported to SCRIPT inside the guest). A lib.sh beside SCRIPT is copied
-# into the run folder and named by RIG_LIB for the script to source.
+# hidden); the working folder is the caller's (if visible); $RIG_OUT (/run/rig) is writable and is,
+# on the host, the run folder (with serial.log, the guest's dmesg.txt and the exit status).
+# If SCRIPT's folder holds a lib.sh (tests/rig/guest/), that folder's *.sh files are copied into the
+# run folder: the guest finds them in $RIG_GUEST, the library as $RIG_LIB.
+# Environment:
+#  RIG_CACHE    image and run folders (default /var/tmp/storagenode-rig)
+#  RIG_TIMEOUT  seconds the whole guest may take, boot included (default 600)
+#  RIG_MEM, RIG_CPUS   guest memory in MiB (2048) and vCPUs (2)
+#  RIG_ENV      lines NAME=VALUE, exported to SCRIPT inside the guest
+#  RIG_RUN_DIR  the run folder (default $RIG_CACHE/runs/NAME-PID, PID of this script)
+#  RIG_KEEP=1   keep the run folder after a success too
+#  RIG_FWD_TAG  the forwarders run as "socat -lpTAG-HPORT - TCP:127.0.0.1:HPORT" (default TAG
+#               rig-NAME-PID): a test finds one path's forwarders by that exact command line in
+#               /proc/*/cmdline and kills them by PID to cut that path from outside.
 set -uo pipefail
 RIG_CACHE=${RIG_CACHE:-/var/tmp/storagenode-rig}
 ports=() net="user,id=n0,restrict=on" link="" name=guest extra=()
+usage() { sed -n '2,6p' "$0" >&2; exit 2; }
 while getopts "p:f:l:n:" o; do case $o in
   p) ports+=("$OPTARG") ;;
   f) h=${OPTARG%%:*} g=${OPTARG#*:}; net+=",hostfwd=tcp:127.0.0.1:$h-:$g" ;;
@@ -28,30 +40,43 @@ while getopts "p:f:l:n:" o; do case $o in
      extra=(-netdev "socket,id=n1,udp=127.0.0.1:$rp,localaddr=127.0.0.1:$lp"
             -device "virtio-net-pci,netdev=n1,mac=52:54:00:00:01:$(printf %02x "$o")") ;;
   n) name=$OPTARG ;;
-  *) exit 2 ;;
+  *) usage ;;
 esac; done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { sed -n '2,3p' "$0"; exit 2; }
-[ -f "$RIG_CACHE/initrd.gz" ] || { echo "run-guest: no guest in $RIG_CACHE: run build-guest.sh" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+[[ $name =~ ^[A-Za-z0-9._-]+$ ]] || { echo "run-guest: bad name '$name'" >&2; exit 2; }
 script=$1; shift; ports+=("$@")
+[ -f "$script" ] || { echo "run-guest: no script $script" >&2; exit 2; }
+for f in vmlinuz initrd.gz; do
+  [ -f "$RIG_CACHE/$f" ] || { echo "run-guest: no guest image in $RIG_CACHE: run build-guest.sh" >&2; exit 2; }
+done
+command -v qemu-system-x86_64 >/dev/null || { echo "run-guest: qemu-system-x86_64 not found: run build-guest.sh" >&2; exit 2; }
+tag=${RIG_FWD_TAG:-rig-$name-$$}
 # guestfwd's cmd: form: QEMU starts this command for each guest connection (the tcp: form would
-# funnel all guest connections into one host connection).
+# funnel all guest connections into one host connection, unusable for NVMe/TCP's queues).
 for p in "${ports[@]}"; do g=${p%%:*} h=${p#*:}
-  net+=",guestfwd=tcp:10.0.2.100:$g-cmd:socat -lp${RIG_FWD_TAG:-rig-$name}-$h - TCP:127.0.0.1:$h"
+  [[ $g =~ ^[0-9]+$ && $h =~ ^[0-9]+$ ]] || { echo "run-guest: bad port mapping '$p'" >&2; exit 2; }
+  net+=",guestfwd=tcp:10.0.2.100:$g-cmd:socat -lp$tag-$h - TCP:127.0.0.1:$h"
 done
 
-run=$RIG_CACHE/runs/$name-$$; rm -rf "$run"; mkdir -p "$run"
-# The script, its RIG_ENV settings, and the guest library beside it (if any) go into the run folder:
+run=${RIG_RUN_DIR:-$RIG_CACHE/runs/$name-$$}; rm -rf "$run"; mkdir -p "$run" || exit 2
+# The script, its RIG_ENV settings, and the guest scripts beside it (if any) go into the run folder:
 # the guest sees that as /run/rig, whereas a caller's checkout under /tmp would be invisible to it.
-[ -f "$(dirname "$script")/lib.sh" ] && cp "$(dirname "$script")/lib.sh" "$run/lib.sh"
-{ echo "export RIG_LIB=/run/rig/lib.sh"
-  printf '%s\n' "${RIG_ENV:-}" | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=\(.*\)$/export \1=\x27\2\x27/p'
+if [ -f "$(dirname "$script")/lib.sh" ]; then
+  mkdir "$run/guest"; cp "$(dirname "$script")"/*.sh "$run/guest/"
+fi
+{ echo "export RIG_GUEST=/run/rig/guest RIG_LIB=/run/rig/guest/lib.sh"
+  while IFS= read -r line; do
+    [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] &&
+      printf 'export %s=%q\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+  done <<< "${RIG_ENV:-}"
   cat "$script"; } > "$run/script.sh"
 pwd > "$run/cwd"
-# -accel tcg: no usable KVM here. restrict=on: the guest reaches nothing but its guestfwd ports.
+# -accel tcg: no usable KVM here. restrict=on: the guest reaches nothing but its forwarded ports.
 timeout -k 10 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 -accel tcg -machine q35 -cpu max \
   -m "${RIG_MEM:-2048}" -smp "${RIG_CPUS:-2}" -display none -monitor none -no-reboot \
-  -serial file:"$run/serial.log" -kernel "$RIG_CACHE/vmlinuz" -initrd "$RIG_CACHE/initrd.gz" \
+  -pidfile "$run/qemu.pid" -serial file:"$run/serial.log" \
+  -kernel "$RIG_CACHE/vmlinuz" -initrd "$RIG_CACHE/initrd.gz" \
   -append "console=ttyS0 quiet panic=-1 rig.node=$name ${link:+rig.eth1=$link}" \
   -fsdev local,id=root,path=/,readonly=on,security_model=none,multidevs=remap \
   -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
@@ -59,14 +84,30 @@ timeout -k 10 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 -accel tcg -machine q35 -
   -device virtio-9p-pci,fsdev=io,mount_tag=rigio \
   -netdev "$net" -device virtio-net-pci,netdev=n0 "${extra[@]}" \
   < /dev/null & q=$!
-trap 'kill $q 2>/dev/null' EXIT; trap 'exit 143' INT TERM   # no QEMU outlives this script
+
+# No QEMU outlives this script: on any exit, stop timeout (it passes the signal on to QEMU), give
+# QEMU 5 s, then kill it by its PID file.
+stop_guest() {
+  kill -0 "$q" 2>/dev/null || return 0
+  kill "$q" 2>/dev/null
+  local qp; qp=$(cat "$run/qemu.pid" 2>/dev/null)
+  alive() { kill -0 "$q" 2>/dev/null || { [ -n "$qp" ] && kill -0 "$qp" 2>/dev/null; }; }
+  for _ in $(seq 50); do alive || break; sleep 0.1; done
+  [ -n "$qp" ] && kill -9 "$qp" 2>/dev/null
+  kill -9 "$q" 2>/dev/null
+}
+trap 'stop_guest; [ -n "${tailer:-}" ] && kill $tailer 2>/dev/null' EXIT
+trap 'echo "$name| run-guest: interrupted; run folder: $run" >&2; exit 143' INT TERM HUP
 # The script's output (between the markers /init prints), live, each line prefixed with NAME.
 tail -s 0.2 --pid=$q -F "$run/serial.log" 2>/dev/null |
-  sed -nu "/^RIG-START/,/^RIG-EXIT/{s/\r//;s/^/$name| /;p}" &
-wait $q; qrc=$?; wait
+  sed -nu "/^RIG-START/,/^RIG-EXIT/{s/\r//;s/^/$name| /;p}" & tailer=$!
+wait $q; qrc=$?; wait $tailer; tailer=
 if [ -f "$run/exit" ]; then rc=$(cat "$run/exit")
-else rc=125; [ "$qrc" = 124 ] && rc=124; echo "$name| run-guest: no exit status (qemu: $qrc)" >&2
+elif [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then rc=124; echo "$name| run-guest: timed out after ${RIG_TIMEOUT:-600} s" >&2
+else rc=125; echo "$name| run-guest: the guest died without an exit status (qemu: $qrc)" >&2
 fi
 # The run folder is removed after a success unless RIG_KEEP=1; otherwise its path is printed.
-[ "$rc" = 0 ] && [ -z "${RIG_KEEP:-}" ] && rm -rf "$run" || echo "$name| run folder: $run" >&2
+if [ "$rc" = 0 ] && [ -z "${RIG_KEEP:-}" ]; then rm -rf "$run"
+else echo "$name| run folder: $run" >&2; echo "$name| serial log: $run/serial.log" >&2
+fi
 exit "$rc"

@@ -117,10 +117,16 @@ public sealed class HostGate(NvmfTarget target)
     {
         HostState? h = req.GateHost;
         if (h == null) return true;
-        long path = req.GatePathRef!.Id;
         // The count taken at arrival (a full fence) precedes this read; a switch publishes Switching before it
         // reads the counts. So either this command sees the switch, or the switch sees this command.
-        if (Volatile.Read(ref h.Switching) == 0 && Volatile.Read(ref h.ActivePath) == path) return true;
+        if (Volatile.Read(ref h.Switching) == 0 && Volatile.Read(ref h.ActivePath) == req.GatePathRef!.Id) return true;
+        return AdmitSlow(req, h);
+    }
+
+    // Kept apart from Admit: a lambda here makes the compiler allocate its closure on every call.
+    private bool AdmitSlow(NvmfRequest req, HostState h)
+    {
+        long path = req.GatePathRef!.Id;
         lock (h.Lock)
         {
             if (h.Switching == 0 && (h.ActivePath == path || h.ActivePath == 0))
@@ -139,11 +145,13 @@ public sealed class HostGate(NvmfTarget target)
                 h.SwitchFrom = h.ActivePath;
                 Interlocked.Exchange(ref h.Switching, 1);
                 GatePath from = h.ActivePath == RelayPathId ? h.Relay : FindDirectPath(h.ActivePath);
-                _ = Task.Run(() => SwitchAsync(h, from, req.GatePathRef));
+                StartSwitch(h, from, req.GatePathRef);
             }
             return false;
         }
     }
+
+    private void StartSwitch(HostState h, GatePath from, GatePath to) => _ = Task.Run(() => SwitchAsync(h, from, to));
 
     private readonly ConcurrentDictionary<long, GatePath> _directPaths = new();
 
@@ -173,8 +181,7 @@ public sealed class HostGate(NvmfTarget target)
             }
             h.SwitchFrom = h.ActivePath;
             Interlocked.Exchange(ref h.Switching, 1);
-            GatePath from = FindDirectPath(h.ActivePath);
-            _ = Task.Run(() => SwitchAsync(h, from, h.Relay));
+            StartSwitch(h, FindDirectPath(h.ActivePath), h.Relay);
         }
     }
 

@@ -1,38 +1,96 @@
-# Helpers for the rig's guest scripts (sourced). The target is reached at $TARGET_ADDR:$TARGET_PORT
-# (10.0.2.100 is QEMU's guestfwd address: each guest connection gets its own host connection).
+# Helpers for the rig's guest scripts (sourced; run-guest.sh ships this folder to the guest and names
+# this file $RIG_LIB). Every script prints "CHECK name: ok [detail]" or "CHECK name: FAIL detail"
+# lines and ends with finish, which exits non-zero when any check failed.
+#
+# The target: $TARGET_ADDR:$TARGET_PORT, subsystem $SUBNQN. TARGET_ADDR defaults to 10.0.2.100, QEMU's
+# guestfwd address: with run-guest.sh -p 4420:HPORT a guest connection to 10.0.2.100:4420 reaches a
+# target listening on the host's 127.0.0.1:HPORT, each connection through its own socat. For Linux
+# nvmet inside the guest (nvmet-setup.sh) use TARGET_ADDR=127.0.0.1.
+# Bounds: CMD_TIMEOUT (seconds for one nvme/fio/mkfs command, default 120), TARGET_WAIT (seconds to
+# wait for the target to answer discovery, default 90).
 set -u
 A=${TARGET_ADDR:-10.0.2.100}
 P=${TARGET_PORT:-4420}
 N=${SUBNQN:?SUBNQN is required}
-FAILS=0
+T=${CMD_TIMEOUT:-120}
+FAILS=0 CHECKS=0
+MNT=/tmp/rig-mnt
 
-check() { # check NAME COMMAND...: runs COMMAND, prints CHECK NAME: ok|FAIL
+# run COMMAND...: COMMAND with a time limit (exit 124 when it is hit).
+run() { timeout -k 5 "$T" "$@"; }
+ok() { CHECKS=$((CHECKS + 1)); echo "CHECK $1: ok${2:+ ($2)}"; }
+fail() { CHECKS=$((CHECKS + 1)); FAILS=$((FAILS + 1)); echo "CHECK $1: FAIL ${2:-}"; }
+# check NAME COMMAND...: runs COMMAND (bounded); ok when it exits 0, else FAIL with its last output.
+check() {
   local name=$1; shift
-  if "$@" >/tmp/check.out 2>&1; then echo "CHECK $name: ok"
-  else echo "CHECK $name: FAIL ($(tail -n 3 /tmp/check.out | tr '\n' ' '))"; FAILS=$((FAILS + 1)); fi
+  if run "$@" > /tmp/check.out 2>&1; then ok "$name"
+  else local rc=$?; fail "$name" "(exit $rc: $(tail -n 3 /tmp/check.out | tr '\n' ' '))"; fi
 }
-expect_eq() { # expect_eq NAME ACTUAL EXPECTED
-  if [ "$2" = "$3" ]; then echo "CHECK $1: ok ($2)"; else echo "CHECK $1: FAIL (got '$2', expected '$3')"; FAILS=$((FAILS + 1)); fi
+# expect_eq NAME ACTUAL EXPECTED / expect_ge NAME ACTUAL MIN / expect_true NAME DETAIL TEST...
+expect_eq() { if [ "$2" = "$3" ]; then ok "$1" "$2"; else fail "$1" "(got '$2', expected '$3')"; fi; }
+expect_ge() {
+  if [[ $2 =~ ^[0-9]+$ ]] && [ "$2" -ge "$3" ]; then ok "$1" "$2"; else fail "$1" "(got '$2', expected >= $3)"; fi
 }
+expect_true() { local name=$1 detail=$2; shift 2; if "$@"; then ok "$name" "$detail"; else fail "$name" "($detail)"; fi; }
+# need NAME COMMAND...: like check, but the script cannot go on without it: finish at once on failure.
+need() { local before=$FAILS; check "$@"; [ "$FAILS" -eq "$before" ] || finish; }
 
-# Waits until the target answers discovery (a guest connect succeeds even before the host listens:
-# slirp accepts, then the forwarder fails and the guest sees EOF).
+# Waits until the target answers discovery; the log page is left in /tmp/disc.txt. (A guest connect
+# to 10.0.2.100 succeeds even when nothing listens on the host: slirp accepts, then the forwarder
+# fails and the guest sees EOF. So "up" means discovery answered.)
 wait_target() {
-  for i in $(seq 90); do nvme discover -t tcp -a "$A" -s "${1:-$P}" >/tmp/disc.txt 2>&1 && return 0; sleep 1; done
-  echo "target at $A:${1:-$P} never answered"; cat /tmp/disc.txt; return 1
+  local port=${1:-$P} end=$((SECONDS + ${TARGET_WAIT:-90}))
+  while [ $SECONDS -lt $end ]; do
+    timeout -k 5 30 nvme discover -t tcp -a "$A" -s "$port" > /tmp/disc.txt 2>&1 && return 0
+    sleep 1
+  done
+  echo "target at $A:$port did not answer discovery within ${TARGET_WAIT:-90} s:"; cat /tmp/disc.txt
+  return 1
 }
 
-# The controller (nvmeX) and the namespace head (nvmeXnY) of subsystem $N.
-ctrl_of() { for c in /sys/class/nvme/nvme*; do [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$N" ] && { basename "$c"; return 0; }; done; return 1; }
-ns_dev() { # ns_dev NSID -> /dev/nvmeXnNSID (the multipath head)
-  local s; for s in /sys/class/nvme-subsystem/nvme-subsys*; do
-    [ "$(cat "$s/subsysnqn")" = "$N" ] || continue
-    for d in "$s"/nvme*n"$1"; do [ -e "$d" ] && { echo "/dev/$(basename "$d")"; return 0; }; done
+# The controllers (nvmeX) of subsystem $N, the first one, and a namespace's block device (the
+# multipath head nvmeXnNSID).
+ctrls_of() { local c; for c in /sys/class/nvme/nvme*; do
+  [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$N" ] && basename "$c"; done; return 0; }
+ctrl_of() { local c; c=$(ctrls_of | head -n 1); [ -n "$c" ] && echo "$c"; }
+ns_dev() {
+  local s d; for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+    [ "$(cat "$s/subsysnqn" 2>/dev/null)" = "$N" ] || continue
+    for d in "$s"/nvme*n"$1"; do [ -e "$d" ] && [ -b "/dev/$(basename "$d")" ] && { echo "/dev/$(basename "$d")"; return 0; }; done
   done; return 1
 }
-wait_ns() { for i in $(seq 50); do ns_dev "$1" >/dev/null && return 0; sleep 0.2; done; return 1; }
+# wait_ns NSID [SECONDS]: until the namespace's block device exists.
+wait_ns() { local end=$((SECONDS + ${2:-20})); while [ $SECONDS -lt $end ]; do ns_dev "$1" > /dev/null && return 0; sleep 0.2; done; return 1; }
+# wait_no_ctrl [SECONDS]: until no controller of $N is left (after a disconnect).
+wait_no_ctrl() { local end=$((SECONDS + ${1:-20})); while [ $SECONDS -lt $end ]; do [ -z "$(ctrls_of)" ] && return 0; sleep 0.2; done; return 1; }
+# wait_live CTRL [SECONDS]: until /sys/class/nvme/CTRL/state is "live".
+wait_live() { local end=$((SECONDS + ${2:-20})); while [ $SECONDS -lt $end ]; do
+  [ "$(cat "/sys/class/nvme/$1/state" 2>/dev/null)" = live ] && return 0; sleep 0.2; done; return 1; }
+
+# connect NAME [nvme connect options...]: connects to $A:$P/$N (bounded), waits for namespace 1,
+# sets CTRL and DEV. Finishes the script when that fails: nothing else can be checked then.
+connect() {
+  local name=$1; shift
+  need "$name" nvme connect -t tcp -a "$A" -s "$P" -n "$N" "$@"
+  if wait_ns "${NSID:-1}"; then CTRL=$(ctrl_of); DEV=$(ns_dev "${NSID:-1}"); ok "$name-namespace" "$CTRL, $DEV"
+  else fail "$name-namespace" "(namespace ${NSID:-1} did not appear within 20 s)"; finish; fi
+}
+# disconnect NAME: disconnects $N and checks that its controllers are gone.
+disconnect() {
+  check "$1" nvme disconnect -n "$N"
+  expect_true "$1-gone" "controllers left: $(ctrls_of | tr '\n' ' ')" wait_no_ctrl 20
+}
+
+# On exit, whatever happened: unmount and disconnect, so the next script in the same guest starts clean.
+rig_cleanup() {
+  mountpoint -q "$MNT" 2>/dev/null && timeout 30 umount "$MNT"
+  [ -n "$(ctrls_of)" ] && timeout 30 nvme disconnect -n "$N" > /dev/null 2>&1
+  return 0
+}
+trap rig_cleanup EXIT
 
 finish() {
-  if [ "$FAILS" -eq 0 ]; then echo "ALL CHECKS PASSED"; exit 0; fi
-  echo "$FAILS CHECK(S) FAILED"; exit 1
+  if [ "$CHECKS" -eq 0 ]; then echo "NO CHECKS RAN"; exit 1; fi
+  if [ "$FAILS" -eq 0 ]; then echo "ALL $CHECKS CHECKS PASSED"; exit 0; fi
+  echo "$FAILS OF $CHECKS CHECKS FAILED"; exit 1
 }

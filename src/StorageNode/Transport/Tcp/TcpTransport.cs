@@ -102,15 +102,18 @@ public sealed class TcpTransport : IDisposable
 
     private void CheckConnectTimeouts(int reactorId)
     {
+        // Runs on the reactor every second: allocation-free unless a connection is overdue.
         List<TcpQueuePair> list = _perReactor[reactorId];
         long now = Stopwatch.GetTimestamp();
         long limit = (long)(ConnectTimeout.TotalSeconds * Stopwatch.Frequency);
-        TcpQueuePair[] snapshot;
-        lock (list) snapshot = [.. list];
-        foreach (TcpQueuePair qp in snapshot)
+        List<TcpQueuePair>? overdue = null;
+        lock (list)
         {
-            if (qp.ConnectOverdue(now, limit)) qp.Close($"no Connect within {ConnectTimeout.TotalSeconds:0} s");
+            foreach (TcpQueuePair qp in list)
+                if (qp.ConnectOverdue(now, limit)) (overdue ??= []).Add(qp);
         }
+        if (overdue == null) return;
+        foreach (TcpQueuePair qp in overdue) qp.Close($"no Connect within {ConnectTimeout.TotalSeconds:0} s");
     }
 
     public void Dispose()
