@@ -211,7 +211,7 @@ public sealed record NodeConfig
             string addrText = Required(l, "Address");
             if (!IPAddress.TryParse(addrText, out IPAddress? addr)) throw new ConfigException($"{l.Path}:Address", $"'{addrText}' is not an IP address");
             int port = Int(l, "Port", 4420, 0, 65535);
-            if (!seen.Add((addr.ToString(), port))) throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is configured twice");
+            if (port != 0 && !seen.Add((addr.ToString(), port))) throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is configured twice");
             string? adv = l["AdvertiseAddress"];
             ushort portId = (ushort)Int(l, "PortId", list.Count + 1, 0, 0xFFFE);
             ListenerRole role = Enum<ListenerRole>(l, "Role", ListenerRole.Combined);

@@ -255,6 +255,35 @@ public class HaPairTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ListenerRolesDecideWhatAPortServes()
+    {
+        // A's default listener is combined; add a direct port and a (virtual) proxy port on the same address.
+        using var pair = new TestPair(overridesA: new()
+        {
+            ["Listeners:1:Address"] = "127.0.0.1", ["Listeners:1:Port"] = "0", ["Listeners:1:Role"] = "direct",
+            ["Listeners:2:Address"] = "127.0.0.1", ["Listeners:2:Port"] = "0", ["Listeners:2:Role"] = "proxy",
+        });
+        pair.WaitHealthy();
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost direct = pair.Connect(pair.A.TcpEndpoints[1], hostId);
+        using NvmeHost proxy = pair.Connect(pair.A.TcpEndpoints[2], hostId);
+        Assert.Equal(new byte[] { 0, (byte)AnaState.Optimized, (byte)AnaState.Inaccessible }, AnaStates(direct));
+        Assert.Equal(new byte[] { 0, (byte)AnaState.Inaccessible, (byte)AnaState.NonOptimized }, AnaStates(proxy));
+        var buf = new byte[4096];
+        Assert.True(direct.IoQueues[0].Read(1, 0, 8, buf).IsSuccess);
+        NvmeStatus st = direct.IoQueues[0].Read(2, 0, 8, buf);
+        Assert.Equal((StatusCodeType.PathRelated, PathStatus.AnaInaccessible), (st.Type, st.Code));
+        Assert.True(proxy.IoQueues[0].Read(2, 0, 8, buf).IsSuccess);
+        st = proxy.IoQueues[0].Read(1, 0, 8, buf);
+        Assert.Equal((StatusCodeType.PathRelated, PathStatus.AnaInaccessible), (st.Type, st.Code));
+        // Discovery lists all three ports of A (never the interconnect).
+        using NvmeHost disc = NvmeHost.Connect(pair.EndpointA, WellKnownNqn.Discovery, new NvmeHostOptions { IoQueues = 0 });
+        var ports = disc.GetDiscoveryLog().Where(e => e.SubType == Discovery.SubTypeNvm).Select(e => int.Parse(e.TrSvcId)).Order().ToArray();
+        Assert.Equal(pair.A.TcpEndpoints.Select(e => e.Port).Order().ToArray(), ports);
+        Assert.DoesNotContain(pair.A.InterconnectEndpoint!.Port, ports);
+    }
+
+    [Fact]
     public void DisagreeingConfigurationIsRefused()
     {
         using var pair = new TestPair(overridesB: new() { ["Subsystems:0:Namespaces:0:Nguid"] = "0102030405060708090a0b0c0d0e0f10" });

@@ -1,46 +1,114 @@
-# nvme-cli against the target: discover, connect (plain, then with digests), identify, logs, disconnect.
-# Env: SUBNQN, TARGET_PORT, EXPECT_SERIAL, EXPECT_MODEL, EXPECT_NSZE (NSID 1 blocks), EXPECT_NGUID (32 hex).
+# nvme-cli against the target: discover, connect (plain, then with header + data digests), nvme list,
+# id-ctrl, id-ns, ns-descs, list-subsys, ana-log, get-log (smart, error, firmware, raw), get-feature,
+# data written and read back, disconnect. The identify checks include what the Linux host needs for
+# native multipath (docs: DESIGN section 5): CNTLID, CMIC, KAS, IOCCSZ/IORCSZ, ANA fields, NMIC, NGUID.
+# Env: SUBNQN, TARGET_ADDR, TARGET_PORT (see lib.sh); EXPECT_SERIAL, EXPECT_MODEL (required);
+#      EXPECT_NSZE (namespace 1 size in blocks), EXPECT_BLOCK_SIZE (bytes), EXPECT_NGUID (32 hex
+#      digits), EXPECT_ANA_STATE (this path's ANA state): optional; without them the values are
+#      checked against the kernel's view (sysfs) and against each other.
 . "${RIG_LIB:?RIG_LIB must name tests/rig/guest/lib.sh}"
-wait_target || exit 1
-check discover-lists-subsystem grep -q "subnqn: *$N" /tmp/disc.txt
-grep -E "trsvcid|subnqn|traddr" /tmp/disc.txt
+: "${EXPECT_SERIAL:?EXPECT_SERIAL is required}" "${EXPECT_MODEL:?EXPECT_MODEL is required}"
+# num VALUE: decimal from nvme-cli's JSON (numbers, or strings for 64-bit fields); "" when absent.
+num() { [[ ${1:-} =~ ^[0-9]+$ ]] && echo "$1"; }
 
-check connect nvme connect -t tcp -a "$A" -s "$P" -n "$N"
-wait_ns 1 || echo "namespace 1 did not appear"
-c=$(ctrl_of); dev=$(ns_dev 1)
-echo "controller $c, namespace head $dev"
-check nvme-list nvme list
-nvme list
-id=$(nvme id-ctrl "/dev/$c" -o json)
-expect_eq id-ctrl-sn "$(echo "$id" | jq -r .sn | sed 's/ *$//')" "$EXPECT_SERIAL"
-expect_eq id-ctrl-mn "$(echo "$id" | jq -r .mn | sed 's/ *$//')" "$EXPECT_MODEL"
-expect_eq id-ctrl-subnqn "$(echo "$id" | jq -r .subnqn)" "$N"
-expect_eq id-ctrl-cntlid-matches-sysfs "$(echo "$id" | jq -r .cntlid)" "$(cat /sys/class/nvme/$c/cntlid)"
-expect_eq id-ctrl-cmic "$(( $(echo "$id" | jq -r .cmic) & 0x0a ))" 10
-ns=$(nvme id-ns "$dev" -o json)
-expect_eq id-ns-nsze "$(echo "$ns" | jq -r .nsze)" "$EXPECT_NSZE"
-expect_eq id-ns-nmic "$(echo "$ns" | jq -r .nmic)" 1
-expect_eq id-ns-nguid "$(echo "$ns" | jq -r .nguid)" "$EXPECT_NGUID"
-check list-subsys nvme list-subsys "$dev"
-nvme list-subsys "$dev"
-check ana-log nvme ana-log "/dev/$c"
-nvme ana-log "/dev/$c" | head -20
-check smart-log nvme smart-log "/dev/$c"
-check error-log nvme error-log "/dev/$c" -e 4
-check get-log-firmware nvme fw-log "/dev/$c"
-check id-ns-descs nvme ns-descs "$dev"
-# Data through the kernel host.
+# --- discovery
+if wait_target; then ok discover "$A:$P"; else fail discover "($A:$P did not answer within ${TARGET_WAIT:-90} s)"; finish; fi
+grep -E "subtype|trsvcid|subnqn|traddr" /tmp/disc.txt | sed 's/^/  /'
+expect_true discover-lists-subsystem "$N" grep -q "subnqn: *$N\$" /tmp/disc.txt
+run nvme discover -t tcp -a "$A" -s "$P" -o json > /tmp/disc.json 2>/dev/null
+expect_eq discover-entry-trtype "$(jq -r --arg n "$N" '[.records[] | select(.subnqn == $n)][0].trtype' /tmp/disc.json 2>/dev/null)" tcp
+
+# --- connect, nvme list
+connect connect
+echo "  controller $CTRL, namespace head $DEV"
+run nvme list -o json > /tmp/list.json 2>/dev/null
+entry=$(jq -c --arg d "$DEV" '.Devices[] | select(.DevicePath == $d)' /tmp/list.json 2>/dev/null)
+expect_true nvme-list "$DEV listed" test -n "$entry"
+expect_eq nvme-list-serial "$(echo "$entry" | jq -r .SerialNumber 2>/dev/null)" "$EXPECT_SERIAL"
+expect_eq nvme-list-model "$(echo "$entry" | jq -r .ModelNumber 2>/dev/null)" "$EXPECT_MODEL"
+
+# --- id-ctrl
+run nvme id-ctrl "/dev/$CTRL" -o json > /tmp/id-ctrl.json 2>/tmp/id-ctrl.err
+expect_true id-ctrl "" jq -e .cntlid /tmp/id-ctrl.json > /dev/null
+ctrl_field() { jq -r ".$1" /tmp/id-ctrl.json 2>/dev/null; }
+expect_eq id-ctrl-sn "$(ctrl_field sn | sed 's/ *$//')" "$EXPECT_SERIAL"
+expect_eq id-ctrl-mn "$(ctrl_field mn | sed 's/ *$//')" "$EXPECT_MODEL"
+expect_eq id-ctrl-subnqn "$(ctrl_field subnqn)" "$N"
+cntlid=$(num "$(ctrl_field cntlid)")
+expect_eq id-ctrl-cntlid-is-connects "${cntlid:-?}" "$(cat "/sys/class/nvme/$CTRL/cntlid")"
+expect_true id-ctrl-cntlid-valid "cntlid ${cntlid:-?}, not 0 or 0xFFF0-0xFFFF" \
+  test -n "$cntlid" -a "${cntlid:-0}" -ge 1 -a "${cntlid:-0}" -le 65519
+cmic=$(num "$(ctrl_field cmic)")
+expect_eq id-ctrl-cmic-multi-controller-and-ana "$(( ${cmic:-0} & 0x0a ))" 10
+expect_ge id-ctrl-kas "$(num "$(ctrl_field kas)")" 1
+expect_ge id-ctrl-ioccsz "$(num "$(ctrl_field ioccsz)")" 4
+expect_ge id-ctrl-iorcsz "$(num "$(ctrl_field iorcsz)")" 1
+anagrpmax=$(num "$(ctrl_field anagrpmax)")
+expect_ge id-ctrl-anagrpmax "$anagrpmax" 1
+expect_ge id-ctrl-nanagrpid "$(num "$(ctrl_field nanagrpid)")" 1
+nn=$(num "$(ctrl_field nn)") mnan=$(num "$(ctrl_field mnan)")
+expect_true id-ctrl-mnan "mnan ${mnan:-?}, nn ${nn:-?}: 1 <= mnan <= nn" test -n "$mnan" -a -n "$nn" -a "${mnan:-0}" -ge 1 -a "${mnan:-0}" -le "${nn:-0}"
+
+# --- id-ns, ns-descs
+run nvme id-ns "$DEV" -o json > /tmp/id-ns.json 2>/tmp/id-ns.err
+expect_true id-ns "" jq -e .nsze /tmp/id-ns.json > /dev/null
+ns_field() { jq -r ".$1" /tmp/id-ns.json 2>/dev/null; }
+nsze=$(num "$(ns_field nsze)") flbas=$(num "$(ns_field flbas)")
+ds=$(num "$(jq -r ".lbafs[$(( ${flbas:-0} & 0x0f ))].ds" /tmp/id-ns.json 2>/dev/null)")
+bs=$(( 1 << ${ds:-0} ))
+sectors=$(cat "/sys/block/$(basename "$DEV")/size")   # 512-byte units, the kernel's view
+expect_eq id-ns-nsze "${nsze:-?}" "${EXPECT_NSZE:-$(( sectors * 512 / bs ))}"
+expect_true id-ns-ncap "ncap $(ns_field ncap) <= nsze ${nsze:-?}" test "$(num "$(ns_field ncap)")" -le "${nsze:-0}"
+expect_eq id-ns-lbaf-block-size "$bs" "${EXPECT_BLOCK_SIZE:-$(cat "/sys/block/$(basename "$DEV")/queue/logical_block_size")}"
+expect_eq id-ns-size-matches-kernel "$(( ${nsze:-0} * bs ))" "$(( sectors * 512 ))"
+expect_eq id-ns-nmic-shared "$(( $(num "$(ns_field nmic)" || echo 0) & 1 ))" 1
+nguid=$(ns_field nguid)
+if [ -n "${EXPECT_NGUID:-}" ]; then expect_eq id-ns-nguid "$nguid" "$(echo "$EXPECT_NGUID" | tr -d ':-' | tr A-F a-f)"
+else expect_true id-ns-nguid "$nguid, not zero" test -n "$nguid" -a "$nguid" != null -a "$nguid" != 00000000000000000000000000000000; fi
+anagrpid=$(num "$(ns_field anagrpid)")
+expect_true id-ns-anagrpid "anagrpid ${anagrpid:-?} in 1..${anagrpmax:-?}" test -n "$anagrpid" -a "${anagrpid:-0}" -ge 1 -a "${anagrpid:-0}" -le "${anagrpmax:-0}"
+run nvme ns-descs "$DEV" -o json > /tmp/ns-descs.json 2>/tmp/ns-descs.err
+expect_true ns-descs "" jq -e '."ns-descs"' /tmp/ns-descs.json > /dev/null
+d_nguid=$(jq -r '[."ns-descs"[] | select(.type == "nguid")][0].nguid // empty' /tmp/ns-descs.json 2>/dev/null)
+expect_true ns-descs-nguid-matches-id-ns "${d_nguid:-none}" test -z "$d_nguid" -o "$d_nguid" = "$nguid"
+
+# --- list-subsys, ana-log
+run nvme list-subsys "$DEV" > /tmp/list-subsys.txt 2>&1
+sed 's/^/  /' /tmp/list-subsys.txt
+expect_true list-subsys-nqn "$N" grep -q "NQN=$N\$" /tmp/list-subsys.txt
+path=$(grep -E "traddr=$A,trsvcid=$P(,| )" /tmp/list-subsys.txt)
+expect_true list-subsys-path-live "$(echo $path)" grep -qE "traddr=$A,trsvcid=$P(,| ).* live( |$)" /tmp/list-subsys.txt
+run nvme ana-log "/dev/$CTRL" -o json > /tmp/ana.json 2>/tmp/ana.err
+expect_true ana-log "" jq -e .ngrps /tmp/ana.json > /dev/null
+grp=$(jq -c '[."ANA DESC LIST "[] | select(any(.NSIDS[]; .nsid == 1))][0] // empty' /tmp/ana.json 2>/dev/null)
+expect_true ana-log-lists-nsid-1 "${grp:-not listed}" test -n "$grp"
+expect_eq ana-log-group-is-id-ns-anagrpid "$(echo "$grp" | jq -r .grpid 2>/dev/null)" "${anagrpid:-?}"
+state=$(echo "$grp" | jq -r .state 2>/dev/null)
+if [ -n "${EXPECT_ANA_STATE:-}" ]; then expect_eq ana-log-state "$state" "$EXPECT_ANA_STATE"
+else expect_true ana-log-state "$state: accessible" test "$state" = optimized -o "$state" = non-optimized; fi
+expect_true list-subsys-shows-ana-state "$state" grep -qE "trsvcid=$P(,| ).* live $state\$" /tmp/list-subsys.txt
+
+# --- get-log, get-feature
+check smart-log nvme smart-log "/dev/$CTRL"
+check error-log nvme error-log "/dev/$CTRL" -e 4
+check fw-log nvme fw-log "/dev/$CTRL"
+run nvme get-log "/dev/$CTRL" --log-id=2 --log-len=512 -b > /tmp/smart.bin 2>/dev/null
+expect_eq get-log-raw-smart-bytes "$(stat -c %s /tmp/smart.bin)" 512
+kato=$(run nvme get-feature "/dev/$CTRL" -f 0x0f -H 2>/dev/null | sed -n 's/.*Keep Alive Timeout (KATO) in milliseconds: *\([0-9]*\).*/\1/p')
+expect_eq get-feature-kato "${kato:-?}" "$(( $(cat "/sys/class/nvme/$CTRL/kato") * 1000 ))"
+
+# --- data through the kernel host
 dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 status=none
-check write dd if=/tmp/pattern of="$dev" bs=1M count=4 oflag=direct status=none
-check read-back-matches sh -c "dd if=$dev bs=1M count=4 iflag=direct status=none | cmp - /tmp/pattern"
-check disconnect nvme disconnect -n "$N"
-sleep 1
+check write-4MiB dd if=/tmp/pattern of="$DEV" bs=1M count=4 oflag=direct status=none
+check read-back-4MiB sh -c "dd if=$DEV bs=1M count=4 iflag=direct status=none | cmp - /tmp/pattern"
+disconnect disconnect
 
-check connect-digests nvme connect -t tcp -a "$A" -s "$P" -n "$N" --hdr-digest --data-digest
-wait_ns 1; dev=$(ns_dev 1)
-check digests-read-back sh -c "dd if=$dev bs=1M count=4 iflag=direct status=none | cmp - /tmp/pattern"
+# --- again with header and data digests (CRC32C on every PDU); the data written above must be there
+connect connect-digests --hdr-digest --data-digest
+check digests-read-earlier-data sh -c "dd if=$DEV bs=1M count=4 iflag=direct status=none | cmp - /tmp/pattern"
 dd if=/dev/urandom of=/tmp/pattern2 bs=128k count=8 status=none
-check digests-write dd if=/tmp/pattern2 of="$dev" bs=128k count=8 seek=64 oflag=direct status=none
-check digests-read sh -c "dd if=$dev bs=128k count=8 skip=64 iflag=direct status=none | cmp - /tmp/pattern2"
-check disconnect-digests nvme disconnect -n "$N"
+check digests-write dd if=/tmp/pattern2 of="$DEV" bs=128k count=8 seek=64 oflag=direct status=none
+check digests-read-back sh -c "dd if=$DEV bs=128k count=8 skip=64 iflag=direct status=none | cmp - /tmp/pattern2"
+check digests-id-ctrl nvme id-ctrl "/dev/$CTRL"
+disconnect disconnect-digests
 finish
