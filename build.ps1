@@ -49,7 +49,7 @@ function Install-AptPackages([string[]]$Packages) {
 }
 
 function Invoke-Build {
-    Install-AptPackages @('cmake', 'gcc', 'g++', 'make', 'pkg-config', 'liburing-dev')
+    Install-AptPackages @('cmake', 'gcc', 'g++', 'make', 'pkg-config', 'liburing-dev', 'libibverbs-dev', 'librdmacm-dev')
     Write-Step 'native shim (CMake)'
     $buildDir = Join-Path $Artifacts 'obj/native'
     Invoke-Native 'cmake' @('-S', $Root, '-B', $buildDir, "-DSN_OUTPUT_DIR=$NativeOut", '-DCMAKE_BUILD_TYPE=Release', '--log-level=WARNING')
@@ -59,7 +59,8 @@ function Invoke-Build {
 }
 
 function Get-TestAssemblies {
-    Get-ChildItem (Join-Path $Root 'tests') -Directory | ForEach-Object {
+    # Test projects are the folders under tests/ whose names end in "Tests" (RdmaProbe is a helper program).
+    Get-ChildItem (Join-Path $Root 'tests') -Directory -Filter '*Tests' | ForEach-Object {
         $dll = Join-Path $_.FullName "bin/$Configuration/net10.0/$($_.Name).dll"
         if (Test-Path $dll) { $dll }
     }

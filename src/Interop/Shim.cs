@@ -33,13 +33,14 @@ public static unsafe partial class Shim
 
     private static IntPtr Resolve(string name, Assembly assembly, DllImportSearchPath? path)
     {
-        if (name != Lib) return IntPtr.Zero;
+        if (name != Lib && name != Verbs.Lib) return IntPtr.Zero;
+        string file = $"lib{name}.so";
         foreach (string dir in new[] { AppContext.BaseDirectory, Path.GetDirectoryName(assembly.Location) ?? "" })
         {
-            string candidate = Path.Combine(dir, "libsnshim.so");
+            string candidate = Path.Combine(dir, file);
             if (File.Exists(candidate) && NativeLibrary.TryLoad(candidate, out IntPtr h)) return h;
         }
-        return NativeLibrary.TryLoad("libsnshim.so", assembly, path, out IntPtr handle) ? handle : IntPtr.Zero;
+        return NativeLibrary.TryLoad(file, assembly, path, out IntPtr handle) ? handle : IntPtr.Zero;
     }
 
     private static (bool, uint, string) Probe()

@@ -99,6 +99,35 @@ public class RigTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void RdmaApiBetweenTwoGuestsOverSoftRoce()
+    {
+        TimeSpan image = RigHarness.RequireImage();
+        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
+        // The probe is built with the solution; guests cannot see a checkout under /tmp, so it travels
+        // through the rig cache (on the host's /var/tmp, which guests see).
+        string config = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name; // bin/<Configuration>/net10.0
+        string built = Path.Combine(RigHarness.RepoRoot, "tests", "RdmaProbe", "bin", config, "net10.0");
+        Assert.True(File.Exists(Path.Combine(built, "RdmaProbe.dll")), $"RdmaProbe is not built in {built}");
+        string copy = Path.Combine(RigHarness.Cache, $"probe-{Environment.ProcessId}");
+        try
+        {
+            Directory.CreateDirectory(copy);
+            foreach (string f in Directory.GetFiles(built)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)), overwrite: true);
+            using GuestRun g = RigHarness.StartPair("rdma-probe.sh", new Dictionary<string, string> { ["PROBE"] = Path.Combine(copy, "RdmaProbe.dll") }, TimeSpan.FromMinutes(5));
+            int rc = g.Wait();
+            output.WriteLine(g.Output);
+            output.WriteLine($"rdma probe: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
+            Assert.Equal(0, rc);
+            foreach (string check in new[] { "rdma-write-landed", "rdma-read-matches", "send-recv-pingpong", "many-qps", "flush-errors-after-peer-left", "no-leaked-handles" })
+                Assert.Contains($"CHECK {check}: ok", g.Output);
+        }
+        finally
+        {
+            Directory.Delete(copy, recursive: true);
+        }
+    }
+
+    [Fact]
     public void MultipathFailsOverToTheProxyPathWithoutErrors()
     {
         using var pair = new TestPair(

@@ -1,0 +1,441 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text;
+using StorageNode.Interop;
+
+namespace StorageNode.Rdma;
+
+/// <summary>RDMA devices of this machine, and why RDMA is unavailable when it is.</summary>
+public static unsafe class RdmaDevices
+{
+    /// <summary>Null when RDMA can be used; otherwise a sentence saying why not.</summary>
+    public static string? UnavailableReason()
+    {
+        if (!Verbs.IsAvailable) return Verbs.UnavailableReason;
+        IReadOnlyList<string> d = List();
+        return d.Count == 0 ? "no RDMA device (for soft-RoCE: modprobe rdma_rxe; rdma link add rxe0 type rxe netdev IFACE)" : null;
+    }
+
+    public static IReadOnlyList<string> List()
+    {
+        if (!Verbs.IsAvailable) return [];
+        byte* buf = stackalloc byte[4096];
+        int n = Verbs.ListDevices(buf, 4096);
+        if (n <= 0) return [];
+        string s = Encoding.ASCII.GetString(buf, new ReadOnlySpan<byte>(buf, 4096).IndexOf((byte)0));
+        return s.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+    }
+}
+
+/// <summary>One rdma_cm event, copied out of the library (private data included) and acknowledged.</summary>
+public readonly record struct CmEvent(int Type, int Status, IntPtr Id, IntPtr ListenId, byte[] PrivateData)
+{
+    public string TypeName => Type switch
+    {
+        Verbs.CmAddrResolved => "ADDR_RESOLVED", Verbs.CmAddrError => "ADDR_ERROR", Verbs.CmRouteResolved => "ROUTE_RESOLVED",
+        Verbs.CmRouteError => "ROUTE_ERROR", Verbs.CmConnectRequest => "CONNECT_REQUEST", Verbs.CmConnectResponse => "CONNECT_RESPONSE",
+        Verbs.CmConnectError => "CONNECT_ERROR", Verbs.CmUnreachable => "UNREACHABLE", Verbs.CmRejected => "REJECTED",
+        Verbs.CmEstablished => "ESTABLISHED", Verbs.CmDisconnected => "DISCONNECTED", Verbs.CmDeviceRemoval => "DEVICE_REMOVAL",
+        Verbs.CmTimewaitExit => "TIMEWAIT_EXIT", _ => $"EVENT_{Type}",
+    };
+}
+
+/// <summary>An rdma_cm event channel (non-blocking; waits with poll on its descriptor).</summary>
+public sealed unsafe class CmEventChannel : IDisposable
+{
+    internal readonly CmChannelHandle Handle;
+
+    public CmEventChannel()
+    {
+        if (!Verbs.IsAvailable) throw new InvalidOperationException(Verbs.UnavailableReason);
+        IntPtr ch = Verbs.CmCreateChannel(out int err);
+        if (ch == IntPtr.Zero) throw new RdmaException("rdma_create_event_channel", -err);
+        Handle = new CmChannelHandle(ch);
+    }
+
+    public int Fd => Verbs.CmChannelFd(Handle.DangerousGetHandle());
+
+    /// <summary>The next event, or null when none arrives within <paramref name="timeout"/>.</summary>
+    public CmEvent? Next(TimeSpan timeout)
+    {
+        long deadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+        while (true)
+        {
+            SnCmEvent ev;
+            int rc = Verbs.CmGetEvent(Handle.DangerousGetHandle(), &ev);
+            if (rc < 0) throw new RdmaException("rdma_get_cm_event", -rc);
+            if (rc == 1)
+            {
+                var pd = new byte[ev.PrivateDataLength];
+                new ReadOnlySpan<byte>(ev.PrivateData, ev.PrivateDataLength).CopyTo(pd);
+                var e = new CmEvent(ev.Type, ev.Status, ev.Id, ev.ListenId, pd);
+                Verbs.CmAckEvent(ev.Event);
+                return e;
+            }
+            long left = (deadline - Stopwatch.GetTimestamp()) * 1000 / Stopwatch.Frequency;
+            if (left <= 0) return null;
+            Libc.PollFd p = new() { Fd = Fd, Events = Libc.POLLIN };
+            Libc.Poll(&p, 1, (int)Math.Min(left, 1000));
+        }
+    }
+
+    /// <summary>Waits for one event of <paramref name="type"/>; any other event is an error.</summary>
+    public CmEvent Expect(int type, TimeSpan timeout, string what)
+    {
+        CmEvent e = Next(timeout) ?? throw new TimeoutException($"{what}: no rdma_cm event within {timeout.TotalSeconds:0.#} s");
+        if (e.Type != type) throw new RdmaException($"{what}: expected {new CmEvent(type, 0, 0, 0, []).TypeName}, got {e.TypeName} (status {e.Status})", Math.Abs(e.Status));
+        return e;
+    }
+
+    public void Dispose() => Handle.Dispose();
+}
+
+/// <summary>Registered memory over a caller-owned, pinned buffer.</summary>
+public sealed unsafe class MemoryRegion : IDisposable
+{
+    internal readonly MrHandle Handle;
+    public byte* Address { get; }
+    public nuint Length { get; }
+    public uint Lkey { get; }
+    public uint Rkey { get; }
+
+    internal MemoryRegion(PdHandle pd, byte* address, nuint length, int access)
+    {
+        IntPtr mr = Verbs.RegMr(pd.DangerousGetHandle(), address, length, access, out int err);
+        if (mr == IntPtr.Zero) throw new RdmaException("ibv_reg_mr", -err);
+        Handle = new MrHandle(mr, pd);
+        Address = address;
+        Length = length;
+        Lkey = Verbs.MrLkey(mr);
+        Rkey = Verbs.MrRkey(mr);
+    }
+
+    public bool Contains(byte* p, nuint len) => p >= Address && p + len <= Address + Length;
+
+    public void Dispose() => Handle.Dispose();
+}
+
+/// <summary>A completion queue: polled, or armed to signal its completion channel's descriptor when idle.</summary>
+public sealed unsafe class CompletionQueue : IDisposable
+{
+    internal readonly CqHandle Handle;
+    private readonly CompChannelHandle? _channel;
+
+    internal CompletionQueue(SafeHandle parent, IntPtr context, int entries, bool eventMode)
+    {
+        IntPtr ch = IntPtr.Zero;
+        if (eventMode)
+        {
+            ch = Verbs.CreateCompChannel(context);
+            if (ch == IntPtr.Zero) throw new RdmaException("ibv_create_comp_channel", Marshal.GetLastPInvokeError());
+            _channel = new CompChannelHandle(ch, parent);
+        }
+        IntPtr cq = Verbs.CreateCq(context, entries, ch, out int err);
+        if (cq == IntPtr.Zero)
+        {
+            _channel?.Dispose();
+            throw new RdmaException("ibv_create_cq", -err);
+        }
+        Handle = new CqHandle(cq, (SafeHandle?)_channel ?? parent);
+    }
+
+    /// <summary>Reaps up to <paramref name="into"/>.Length completions; returns how many.</summary>
+    public int Poll(Span<SnWorkCompletion> into)
+    {
+        fixed (SnWorkCompletion* p = into)
+        {
+            int n = Verbs.PollCq(Handle.DangerousGetHandle(), p, Math.Min(into.Length, 32));
+            if (n < 0) throw new RdmaException("ibv_poll_cq", -n);
+            return n;
+        }
+    }
+
+    /// <summary>Descriptor that becomes readable after <see cref="Arm"/> when a completion arrives (event mode).</summary>
+    public int Fd => _channel != null ? Verbs.CompChannelFd(_channel.DangerousGetHandle()) : -1;
+
+    /// <summary>Requests a notification for the next completion (then poll again before sleeping).</summary>
+    public void Arm()
+    {
+        int rc = Verbs.ReqNotifyCq(Handle.DangerousGetHandle(), 0);
+        if (rc != 0) throw new RdmaException("ibv_req_notify_cq", rc);
+    }
+
+    /// <summary>Consumes pending notifications; true when there was one.</summary>
+    public bool AcknowledgeEvents()
+    {
+        if (_channel == null) return false;
+        bool any = false;
+        while (Verbs.GetCqEvent(_channel.DangerousGetHandle()) == 1) any = true;
+        return any;
+    }
+
+    /// <summary>Event mode: blocks (up to <paramref name="timeoutMs"/>) until the armed CQ signals.</summary>
+    public void WaitEvent(int timeoutMs)
+    {
+        Libc.PollFd p = new() { Fd = Fd, Events = Libc.POLLIN };
+        Libc.Poll(&p, 1, timeoutMs);
+        AcknowledgeEvents();
+    }
+
+    public void Dispose()
+    {
+        Handle.Dispose();
+        _channel?.Dispose();
+    }
+}
+
+public sealed record RdmaConnectionOptions
+{
+    public int SendQueueDepth { get; init; } = 128;
+    public int RecvQueueDepth { get; init; } = 128;
+    public int MaxInline { get; init; } = 64;
+    /// <summary>Outstanding RDMA READs this side serves / issues.</summary>
+    public int ReadDepth { get; init; } = 16;
+    public bool EventMode { get; init; }
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(10);
+}
+
+/// <summary>
+/// One reliable-connected queue pair with its connection manager id, protection domain and completion queue
+/// (shared by sends and receives). Made by <see cref="Connect"/> or <see cref="RdmaListener.Accept"/>.
+/// </summary>
+public sealed unsafe class RdmaConnection : IDisposable
+{
+    private readonly CmEventChannel _events;
+    private readonly CmIdHandle _id;
+    private readonly PdHandle _pd;
+    private readonly QpHandle _qp;
+    private bool _disposed;
+
+    public CompletionQueue Cq { get; }
+    public uint QpNum { get; }
+    /// <summary>Private data the peer sent with its connect request or accept.</summary>
+    public byte[] PeerPrivateData { get; private set; } = [];
+    public bool Disconnected { get; private set; }
+
+    private RdmaConnection(CmEventChannel events, CmIdHandle id, RdmaConnectionOptions o)
+    {
+        _events = events;
+        _id = id;
+        IntPtr idp = id.DangerousGetHandle();
+        IntPtr ctx = Verbs.CmVerbs(idp);
+        if (ctx == IntPtr.Zero) throw new RdmaException("rdma_cm id has no device", 19);
+        IntPtr pd = Verbs.AllocPd(ctx);
+        if (pd == IntPtr.Zero) throw new RdmaException("ibv_alloc_pd", Marshal.GetLastPInvokeError());
+        _pd = new PdHandle(pd, id);
+        Cq = new CompletionQueue(id, ctx, o.SendQueueDepth + o.RecvQueueDepth, o.EventMode);
+        int rc = Verbs.CmCreateQp(idp, pd, Cq.Handle.DangerousGetHandle(), Cq.Handle.DangerousGetHandle(),
+            o.SendQueueDepth, o.RecvQueueDepth, 1, 1, o.MaxInline);
+        if (rc != 0) throw new RdmaException("rdma_create_qp", -rc);
+        IntPtr qp = Verbs.CmQp(idp);
+        _qp = new QpHandle(qp, id, _pd, Cq.Handle, Cq.Handle);
+        QpNum = Verbs.QpNum(qp);
+    }
+
+    /// <summary>Client side: resolve, create the QP, connect (with private data), wait for ESTABLISHED.</summary>
+    public static RdmaConnection Connect(string address, int port, ReadOnlySpan<byte> privateData, RdmaConnectionOptions? options = null)
+    {
+        options ??= new RdmaConnectionOptions();
+        var events = new CmEventChannel();
+        CmIdHandle? id = null;
+        RdmaConnection? conn = null;
+        try
+        {
+            IntPtr idp = Verbs.CmCreateId(events.Handle.DangerousGetHandle(), IntPtr.Zero, out int err);
+            if (idp == IntPtr.Zero) throw new RdmaException("rdma_create_id", -err);
+            id = new CmIdHandle(idp, events.Handle);
+            Check(Verbs.CmResolveAddr(idp, address, port, (int)options.Timeout.TotalMilliseconds), $"rdma_resolve_addr {address}:{port}");
+            events.Expect(Verbs.CmAddrResolved, options.Timeout, "resolve address");
+            Check(Verbs.CmResolveRoute(idp, (int)options.Timeout.TotalMilliseconds), "rdma_resolve_route");
+            events.Expect(Verbs.CmRouteResolved, options.Timeout, "resolve route");
+            conn = new RdmaConnection(events, id, options);
+            fixed (byte* pd = privateData)
+                Check(Verbs.CmConnect(idp, pd, privateData.Length, options.ReadDepth, options.ReadDepth, 7, 7), "rdma_connect");
+            CmEvent e = events.Next(options.Timeout) ?? throw new TimeoutException($"connect to {address}:{port}: no answer");
+            if (e.Type == Verbs.CmRejected) throw new RdmaRejectedException(e.PrivateData, e.Status);
+            if (e.Type != Verbs.CmEstablished) throw new RdmaException($"connect to {address}:{port}: {e.TypeName}", Math.Abs(e.Status));
+            conn.PeerPrivateData = e.PrivateData;
+            return conn;
+        }
+        catch
+        {
+            if (conn != null) conn.Dispose();
+            else
+            {
+                id?.Dispose();
+                events.Dispose();
+            }
+            throw;
+        }
+    }
+
+    internal static RdmaConnection FromRequest(CmEventChannel listenerEvents, IntPtr childId, byte[] privateData,
+        ReadOnlySpan<byte> acceptData, RdmaConnectionOptions o)
+    {
+        var events = new CmEventChannel();
+        var id = new CmIdHandle(childId, events.Handle);
+        RdmaConnection? conn = null;
+        try
+        {
+            conn = new RdmaConnection(events, id, o) { PeerPrivateData = privateData };
+            fixed (byte* pd = acceptData)
+                Check(Verbs.CmAccept(childId, pd, acceptData.Length, o.ReadDepth, o.ReadDepth), "rdma_accept");
+            // ESTABLISHED arrives on the listener's channel; then the id moves to its own channel.
+            CmEvent e = listenerEvents.Next(o.Timeout) ?? throw new TimeoutException("accept: no ESTABLISHED");
+            if (e.Type != Verbs.CmEstablished || e.Id != childId) throw new RdmaException($"accept: {e.TypeName}", Math.Abs(e.Status));
+            Check(Verbs.CmMigrate(childId, events.Handle.DangerousGetHandle()), "rdma_migrate_id");
+            return conn;
+        }
+        catch
+        {
+            if (conn != null) conn.Dispose();
+            else
+            {
+                id.Dispose();
+                events.Dispose();
+            }
+            throw;
+        }
+    }
+
+    private static void Check(int rc, string what)
+    {
+        if (rc != 0) throw new RdmaException(what, -rc);
+    }
+
+    /// <summary>Registers <paramref name="length"/> bytes at <paramref name="address"/> (which must stay pinned) in this connection's PD.</summary>
+    public MemoryRegion Register(byte* address, nuint length, bool remoteRead = false, bool remoteWrite = false)
+        => new(_pd, address, length, Verbs.AccessLocalWrite | (remoteRead ? Verbs.AccessRemoteRead : 0) | (remoteWrite ? Verbs.AccessRemoteWrite : 0));
+
+    private IntPtr Qp => _qp.DangerousGetHandle();
+
+    public void PostRecv(ulong wrId, MemoryRegion mr, byte* addr, uint length)
+        => Check(Verbs.PostRecv(Qp, wrId, addr, length, mr.Lkey), "ibv_post_recv");
+
+    public void PostSend(ulong wrId, MemoryRegion? mr, byte* addr, uint length, bool signaled = true, bool inline = false)
+        => Check(Verbs.PostSend(Qp, wrId, Verbs.WrSend, (signaled ? Verbs.SendSignaled : 0) | (inline ? Verbs.SendInline : 0),
+            addr, length, mr?.Lkey ?? 0, 0, 0, 0), "ibv_post_send(SEND)");
+
+    public void PostSendWithInvalidate(ulong wrId, MemoryRegion? mr, byte* addr, uint length, uint rkeyToInvalidate)
+        => Check(Verbs.PostSend(Qp, wrId, Verbs.WrSendWithInvalidate, Verbs.SendSignaled, addr, length, mr?.Lkey ?? 0, 0, 0, rkeyToInvalidate),
+            "ibv_post_send(SEND_WITH_INV)");
+
+    public void PostWrite(ulong wrId, MemoryRegion mr, byte* addr, uint length, ulong remoteAddress, uint rkey, bool signaled = true)
+        => Check(Verbs.PostSend(Qp, wrId, Verbs.WrRdmaWrite, signaled ? Verbs.SendSignaled : 0, addr, length, mr.Lkey, remoteAddress, rkey, 0),
+            "ibv_post_send(RDMA_WRITE)");
+
+    public void PostRead(ulong wrId, MemoryRegion mr, byte* addr, uint length, ulong remoteAddress, uint rkey)
+        => Check(Verbs.PostSend(Qp, wrId, Verbs.WrRdmaRead, Verbs.SendSignaled, addr, length, mr.Lkey, remoteAddress, rkey, 0),
+            "ibv_post_send(RDMA_READ)");
+
+    /// <summary>Polls until <paramref name="count"/> completions arrived (bounded); returns them.</summary>
+    public SnWorkCompletion[] WaitCompletions(int count, TimeSpan timeout)
+    {
+        var all = new List<SnWorkCompletion>(count);
+        Span<SnWorkCompletion> buf = stackalloc SnWorkCompletion[32];
+        var sw = Stopwatch.StartNew();
+        while (all.Count < count)
+        {
+            int n = Cq.Poll(buf);
+            for (int i = 0; i < n; i++) all.Add(buf[i]);
+            if (n == 0)
+            {
+                if (sw.Elapsed > timeout) throw new TimeoutException($"{all.Count} of {count} completions within {timeout.TotalSeconds:0.#} s");
+                Thread.Yield();
+            }
+        }
+        return [.. all];
+    }
+
+    /// <summary>Reads a connection manager event for this connection without blocking (DISCONNECTED, ...).</summary>
+    public CmEvent? PollEvent(TimeSpan wait)
+    {
+        CmEvent? e = _events.Next(wait);
+        if (e?.Type == Verbs.CmDisconnected && !Disconnected)
+        {
+            // Answer the peer's disconnect: this moves our QP to the error state, flushing what is posted.
+            Verbs.CmDisconnect(_id.DangerousGetHandle());
+            Disconnected = true;
+        }
+        return e;
+    }
+
+    public void Disconnect()
+    {
+        if (Disconnected) return;
+        Verbs.CmDisconnect(_id.DangerousGetHandle());
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _qp.Dispose();
+        Cq.Dispose();
+        _pd.Dispose();
+        _id.Dispose();
+        _events.Dispose();
+    }
+}
+
+/// <summary>The peer rejected the connection; <see cref="PrivateData"/> is what it said why.</summary>
+public sealed class RdmaRejectedException(byte[] privateData, int status) : Exception($"connection rejected (status {status})")
+{
+    public byte[] PrivateData { get; } = privateData;
+}
+
+/// <summary>A listening rdma_cm id.</summary>
+public sealed unsafe class RdmaListener : IDisposable
+{
+    private readonly CmEventChannel _events = new();
+    private readonly CmIdHandle _id;
+
+    public int Port { get; }
+
+    public RdmaListener(string address, int port, int backlog = 64)
+    {
+        try
+        {
+            IntPtr idp = Verbs.CmCreateId(_events.Handle.DangerousGetHandle(), IntPtr.Zero, out int err);
+            if (idp == IntPtr.Zero) throw new RdmaException("rdma_create_id", -err);
+            _id = new CmIdHandle(idp, _events.Handle);
+            int rc = Verbs.CmBind(idp, address, port);
+            if (rc != 0) throw new RdmaException($"rdma_bind_addr {address}:{port}", -rc);
+            rc = Verbs.CmListen(idp, backlog);
+            if (rc != 0) throw new RdmaException("rdma_listen", -rc);
+            Port = Verbs.CmLocalPort(idp);
+        }
+        catch
+        {
+            _id?.Dispose();
+            _events.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Waits for a connect request; <paramref name="decide"/> sees its private data and returns the data to
+    /// accept with, or null to reject. Returns the connection, or null on rejection or timeout.
+    /// </summary>
+    public RdmaConnection? Accept(TimeSpan timeout, Func<byte[], byte[]?> decide, RdmaConnectionOptions? options = null)
+    {
+        options ??= new RdmaConnectionOptions();
+        CmEvent? e = _events.Next(timeout);
+        if (e == null) return null;
+        if (e.Value.Type != Verbs.CmConnectRequest) throw new RdmaException($"listener: unexpected {e.Value.TypeName}", Math.Abs(e.Value.Status));
+        byte[]? reply = decide(e.Value.PrivateData);
+        if (reply == null)
+        {
+            Verbs.CmReject(e.Value.Id, null, 0);
+            Verbs.CmDestroyId(e.Value.Id);
+            return null;
+        }
+        return RdmaConnection.FromRequest(_events, e.Value.Id, e.Value.PrivateData, reply, options);
+    }
+
+    public void Dispose()
+    {
+        _id.Dispose();
+        _events.Dispose();
+    }
+}
