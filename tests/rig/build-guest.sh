@@ -59,10 +59,17 @@ stamp="$kpkg $(cat "$here/build-guest.sh" "$here/guest-init" | md5sum | cut -c1-
 
 # 3. The kernel package (about 70 MB, kept in the cache), unpacked for the build only (400 MB).
 if ! ls "${kpkg}"_*.deb >/dev/null 2>&1; then
-  rm -f ./*.deb   # (apt's package lists may be stale: update them and try again)
-  apt-get download -qq -o APT::Sandbox::User=root "$kpkg" ||
-    { $sudo apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root "$kpkg"; } ||
+  # (apt's package lists may be stale: update them and try again)
+  if ! apt-get download -qq -o APT::Sandbox::User=root "$kpkg" &&
+     ! { $sudo apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root "$kpkg"; }; then
+    old=$(cat stamp 2>/dev/null || true)
+    # Offline with an image built from these same scripts: keep it (its kernel is older, not wrong).
+    if [ -f initrd.gz ] && [ -f vmlinuz ] && [ -f kver ] && [ -n "$old" ] && [ "${old#* }" = "${stamp#* }" ]; then
+      echo "build-guest: could not download $kpkg; keeping the image built from ${old%% *}" >&2; exit 0
+    fi
     die "could not download $kpkg"
+  fi
+  find . -maxdepth 1 -name '*.deb' ! -name "${kpkg}_*.deb" -delete   # the previous kernel's package
 fi
 work=$(mktemp -d "$RIG_CACHE/build.XXXXXX"); trap 'rm -rf "$work"' EXIT
 mkdir "$work/kernel"; dpkg -x "${kpkg}"_*.deb "$work/kernel"

@@ -17,13 +17,15 @@
 # Inside the guest: the host root is read-only; /tmp and /run are fresh tmpfs (so host /tmp is
 # hidden); the working folder is the caller's (if visible); $RIG_OUT (/run/rig) is writable and is,
 # on the host, the run folder (with serial.log, the guest's dmesg.txt and the exit status).
-# If SCRIPT's folder holds a lib.sh (tests/rig/guest/), that folder's *.sh files are copied into the
-# run folder: the guest finds them in $RIG_GUEST, the library as $RIG_LIB.
+# The guest scripts' folder (RIG_GUEST_DIR, or SCRIPT's own folder when it holds a lib.sh, as
+# tests/rig/guest/ does) is copied into the run folder: the guest finds those scripts in $RIG_GUEST,
+# the library as $RIG_LIB (so SCRIPT may be anywhere, even under the host's /tmp).
 # Environment:
 #  RIG_CACHE    image and run folders (default /var/tmp/storagenode-rig)
 #  RIG_TIMEOUT  seconds the whole guest may take, boot included (default 600)
 #  RIG_MEM, RIG_CPUS   guest memory in MiB (2048) and vCPUs (2)
 #  RIG_ENV      lines NAME=VALUE, exported to SCRIPT inside the guest
+#  RIG_GUEST_DIR  the guest scripts' folder to ship (see above)
 #  RIG_RUN_DIR  the run folder (default $RIG_CACHE/runs/NAME-PID, PID of this script)
 #  RIG_KEEP=1   keep the run folder after a success too
 #  RIG_FWD_TAG  the forwarders run as "socat -lpTAG-HPORT - TCP:127.0.0.1:HPORT" (default TAG
@@ -62,9 +64,8 @@ done
 run=${RIG_RUN_DIR:-$RIG_CACHE/runs/$name-$$}; rm -rf "$run"; mkdir -p "$run" || exit 2
 # The script, its RIG_ENV settings, and the guest scripts beside it (if any) go into the run folder:
 # the guest sees that as /run/rig, whereas a caller's checkout under /tmp would be invisible to it.
-if [ -f "$(dirname "$script")/lib.sh" ]; then
-  mkdir "$run/guest"; cp "$(dirname "$script")"/*.sh "$run/guest/"
-fi
+gdir=${RIG_GUEST_DIR:-}; [ -z "$gdir" ] && [ -f "$(dirname "$script")/lib.sh" ] && gdir=$(dirname "$script")
+if [ -n "$gdir" ]; then mkdir "$run/guest" && cp "$gdir"/*.sh "$run/guest/" || exit 2; fi
 { echo "export RIG_GUEST=/run/rig/guest RIG_LIB=/run/rig/guest/lib.sh"
   while IFS= read -r line; do
     [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] &&

@@ -16,8 +16,9 @@ T=${CMD_TIMEOUT:-120}
 FAILS=0 CHECKS=0
 MNT=/tmp/rig-mnt
 
-# run COMMAND...: COMMAND with a time limit (exit 124 when it is hit).
-run() { timeout -k 5 "$T" "$@"; }
+# run COMMAND...: COMMAND with a time limit (exit 124 when it is hit); a shell function runs as it is
+# (the commands in it are bounded themselves).
+run() { if [ "$(type -t "$1")" = function ]; then "$@"; else timeout -k 5 "$T" "$@"; fi; }
 ok() { CHECKS=$((CHECKS + 1)); echo "CHECK $1: ok${2:+ ($2)}"; }
 fail() { CHECKS=$((CHECKS + 1)); FAILS=$((FAILS + 1)); echo "CHECK $1: FAIL ${2:-}"; }
 # check NAME COMMAND...: runs COMMAND (bounded); ok when it exits 0, else FAIL with its last output.
@@ -49,14 +50,14 @@ wait_target() {
 }
 
 # The controllers (nvmeX) of subsystem $N, the first one, and a namespace's block device (the
-# multipath head nvmeXnNSID).
-ctrls_of() { local c; for c in /sys/class/nvme/nvme*; do
-  [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$N" ] && basename "$c"; done; return 0; }
-ctrl_of() { local c; c=$(ctrls_of | head -n 1); [ -n "$c" ] && echo "$c"; }
+# multipath head nvmeXnNSID). (Shell built-ins only: every process costs in the emulated guest.)
+ctrls_of() { local c q; for c in /sys/class/nvme/nvme*; do
+  [ -r "$c/subsysnqn" ] && q=$(< "$c/subsysnqn") && [ "$q" = "$N" ] && echo "${c##*/}"; done; return 0; }
+ctrl_of() { local c; for c in $(ctrls_of); do echo "$c"; return 0; done; return 1; }
 ns_dev() {
-  local s d; for s in /sys/class/nvme-subsystem/nvme-subsys*; do
-    [ "$(cat "$s/subsysnqn" 2>/dev/null)" = "$N" ] || continue
-    for d in "$s"/nvme*n"$1"; do [ -e "$d" ] && [ -b "/dev/$(basename "$d")" ] && { echo "/dev/$(basename "$d")"; return 0; }; done
+  local s d q; for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+    [ -r "$s/subsysnqn" ] && q=$(< "$s/subsysnqn") && [ "$q" = "$N" ] || continue
+    for d in "$s"/nvme*n"$1"; do [ -b "/dev/${d##*/}" ] && { echo "/dev/${d##*/}"; return 0; }; done
   done; return 1
 }
 # wait_ns NSID [SECONDS]: until the namespace's block device exists.
@@ -65,7 +66,7 @@ wait_ns() { local end=$((SECONDS + ${2:-20})); while [ $SECONDS -lt $end ]; do n
 wait_no_ctrl() { local end=$((SECONDS + ${1:-20})); while [ $SECONDS -lt $end ]; do [ -z "$(ctrls_of)" ] && return 0; sleep 0.2; done; return 1; }
 # wait_live CTRL [SECONDS]: until /sys/class/nvme/CTRL/state is "live".
 wait_live() { local end=$((SECONDS + ${2:-20})); while [ $SECONDS -lt $end ]; do
-  [ "$(cat "/sys/class/nvme/$1/state" 2>/dev/null)" = live ] && return 0; sleep 0.2; done; return 1; }
+  [ "$(< "/sys/class/nvme/$1/state")" = live ] 2>/dev/null && return 0; sleep 0.2; done; return 1; }
 
 # connect NAME [nvme connect options...]: connects to $A:$P/$N (bounded), waits for namespace 1,
 # sets CTRL and DEV. Finishes the script when that fails: nothing else can be checked then.
