@@ -32,6 +32,7 @@ namespace StorageNode.Perf
                   --icd SIZE          largest in-capsule write (default 8k; 0 = always R2T)
                   --hostnqn NQN       host NQN (default derived from a random host ID)
                   --quiet             no progress lines
+                  --json              print the result as one JSON line (for scripts)
             """;
 
         public static int Main(string[] args) => Execute(args);
@@ -77,7 +78,7 @@ namespace StorageNode.Perf
             long bs = 4096, icd = 8192;
             double seconds = 5;
             long? ios = null, size = null;
-            bool verify = false, hdgst = false, ddgst = false, discoverOnly = false, quiet = false, identifyOnly = false;
+            bool verify = false, hdgst = false, ddgst = false, discoverOnly = false, quiet = false, identifyOnly = false, json = false;
             var poll = HostPollMode.Busy;
             for (int i = 0; i < args.Length; i++)
             {
@@ -114,6 +115,7 @@ namespace StorageNode.Perf
                     case "--icd": icd = ParseSize(Val()); break;
                     case "--hostnqn": hostNqn = Val(); break;
                     case "--quiet": quiet = true; break;
+                    case "--json": json = true; quiet = true; break;
                     case "-h": case "--help": Console.WriteLine(Usage); return 0;
                     default: throw new ArgumentException($"unknown option '{a}'");
                 }
@@ -204,7 +206,8 @@ namespace StorageNode.Perf
             var total = new WorkloadResult();
             foreach (WorkloadResult r in results) total.Add(r);
             foreach (WorkloadRunner r in runners) r.Dispose();
-            PrintReport(total);
+            if (json) PrintJson(total, qd, bs);
+            else PrintReport(total);
             return total.Errors == 0 && total.VerifyFailures == 0 ? 0 : 3;
         }
 
@@ -221,6 +224,15 @@ namespace StorageNode.Perf
                 NamespaceInfo ns = h.IdentifyNamespace(nsid);
                 Console.WriteLine($"namespace  {nsid}: {ns.BlockCount} x {ns.BlockSize} B ({ns.SizeBytes >> 20} MiB)  nmic {ns.Nmic}  anagrpid {ns.AnaGroupId}  nguid {Convert.ToHexString(ns.Nguid).ToLowerInvariant()}");
             }
+        }
+
+        public static void PrintJson(WorkloadResult r, int qd, long bs)
+        {
+            static string Us(long ns) => (ns / 1000.0).ToString("0.00", CultureInfo.InvariantCulture);
+            string F(double v) => v.ToString("0", CultureInfo.InvariantCulture);
+            Console.WriteLine($"{{\"qd\": {qd}, \"bs\": {bs}, \"seconds\": {r.Elapsed.TotalSeconds.ToString("0.000", CultureInfo.InvariantCulture)}, \"ops\": {r.Ios}, " +
+                $"\"iops\": {F(r.Iops)}, \"bytes_per_s\": {F(r.BytesPerSecond)}, \"mean_us\": {Us((long)r.Latency.MeanNs)}, \"p50_us\": {Us(r.Latency.Percentile(50))}, " +
+                $"\"p99_us\": {Us(r.Latency.Percentile(99))}, \"p999_us\": {Us(r.Latency.Percentile(99.9))}, \"max_us\": {Us(r.Latency.MaxNs)}, \"errors\": {r.Errors}}}");
         }
 
         public static void PrintReport(WorkloadResult r)

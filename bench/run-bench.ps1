@@ -1,0 +1,184 @@
+#!/usr/bin/env pwsh
+# The perf comparison of build.ps1 bench: StorageNode against the machine's limit (bench/limit), as medians
+# of interleaved pairs (limit run, our run, limit run, ...), each run pinned: target on CPU 0, load on CPU 1.
+# Then the HA pair's proxied path against its direct path, interleaved the same way. Writes
+# artifacts/bench/report.md, results.json and latency.png (gnuplot).
+[CmdletBinding()]
+param(
+    [int]$Pairs = 5,
+    [double]$Seconds = 3,
+    [string]$Configuration = 'Release'
+)
+$ErrorActionPreference = 'Stop'
+Set-StrictMode -Version Latest
+$Root = Split-Path -Parent $PSScriptRoot
+$Out = Join-Path $Root 'artifacts/bench'
+New-Item -ItemType Directory -Force $Out | Out-Null
+$Limit = Join-Path $Root 'artifacts/native/limit'
+$NodeDll = Join-Path $Root "src/StorageNode/bin/$Configuration/net10.0/storagenode.dll"
+$PerfDll = Join-Path $Root "src/Perf/bin/$Configuration/net10.0/sn-perf.dll"
+$BenchNode = Join-Path $PSScriptRoot 'config/bench-node.json'
+$Nqn = 'nqn.2026-11.io.storagenode:bench'
+$Commit = (& git -C $Root rev-parse --short HEAD).Trim()
+$Cpus = [Environment]::ProcessorCount
+
+function Pin([int]$cpu) { if ($Cpus -ge 2 -and $cpu -ge 0) { @('taskset', '-c', "$cpu") } else { @() } }
+
+function Wait-Port([int]$port) {
+    for ($i = 0; $i -lt 100; $i++) {
+        $c = [Net.Sockets.TcpClient]::new()
+        try { $c.Connect('127.0.0.1', $port); return } catch { Start-Sleep -Milliseconds 100 } finally { $c.Dispose() }
+    }
+    throw "nothing listens on 127.0.0.1:$port"
+}
+
+function Start-Pinned([int]$cpu, [string[]]$cmd) {
+    $all = (Pin $cpu) + $cmd
+    $psi = [Diagnostics.ProcessStartInfo]::new($all[0])
+    foreach ($a in $all[1..($all.Count - 1)]) { $psi.ArgumentList.Add($a) }
+    $psi.RedirectStandardOutput = $true
+    $psi.RedirectStandardError = $true
+    return [Diagnostics.Process]::Start($psi)
+}
+
+function Stop-Proc($p) {
+    if (-not $p.HasExited) { $p.Kill($true); $p.WaitForExit() }
+}
+
+function Run-Json([int]$cpu, [string[]]$cmd) {
+    $all = (Pin $cpu) + $cmd
+    $text = & $all[0] @($all[1..($all.Count - 1)])
+    if ($LASTEXITCODE -ne 0) { throw "$($cmd -join ' ') failed ($LASTEXITCODE): $text" }
+    return ($text | Where-Object { $_ -like '{*' } | Select-Object -Last 1 | ConvertFrom-Json)
+}
+
+function Limit-Run([int]$qd) {
+    $srv = Start-Pinned 0 @($Limit, 'server', '5599')
+    try {
+        Wait-Port 5599
+        return Run-Json 1 @($Limit, 'client', '5599', "$qd", "$Seconds")
+    } finally { Stop-Proc $srv }
+}
+
+function Node-Run([string]$rw, [string]$bs, [int]$qd) {
+    $node = Start-Pinned 0 @('dotnet', $NodeDll, '--config', $BenchNode)
+    try {
+        Wait-Port 4460
+        # Warm-up (JIT tiering of a freshly started node and sn-perf), not measured.
+        $null = Run-Json 1 @('dotnet', $PerfDll, '-a', '127.0.0.1', '-s', '4460', '-n', $Nqn, '-w', $rw, '-b', $bs, '-q', "$qd", '-t', '1', '--poll', 'busy', '--json')
+        return Run-Json 1 @('dotnet', $PerfDll, '-a', '127.0.0.1', '-s', '4460', '-n', $Nqn, '-w', $rw, '-b', $bs, '-q', "$qd", '-t', "$Seconds", '--poll', 'busy', '--json')
+    } finally { Stop-Proc $node }
+}
+
+function Median([double[]]$v) {
+    $s = @($v | Sort-Object)
+    if ($s.Count -eq 0) { return 0 }
+    if ($s.Count % 2) { return $s[[int][Math]::Floor($s.Count / 2)] }
+    return ($s[$s.Count / 2 - 1] + $s[$s.Count / 2]) / 2
+}
+
+$results = [ordered]@{ commit = $Commit; pairs = $Pairs; seconds = $Seconds; cpus = $Cpus; scenarios = @() }
+$scenarios = @(
+    @{ Name = '4 KiB random read, QD1'; Rw = 'randread'; Bs = '4k'; Qd = 1; LimitQd = 1 },
+    @{ Name = '4 KiB random read, QD32'; Rw = 'randread'; Bs = '4k'; Qd = 32; LimitQd = 32 },
+    @{ Name = '4 KiB random read, QD128'; Rw = 'randread'; Bs = '4k'; Qd = 128; LimitQd = 128 },
+    @{ Name = '4 KiB random write, QD32'; Rw = 'randwrite'; Bs = '4k'; Qd = 32; LimitQd = 32 },
+    @{ Name = '128 KiB sequential read, QD8'; Rw = 'read'; Bs = '128k'; Qd = 8; LimitQd = 32 }
+)
+foreach ($sc in $scenarios) {
+    Write-Host "==> $($sc.Name): $Pairs interleaved pairs of $Seconds s"
+    $lim = @(); $ours = @()
+    for ($i = 0; $i -lt $Pairs; $i++) {
+        $l = Limit-Run $sc.LimitQd
+        $o = Node-Run $sc.Rw $sc.Bs $sc.Qd
+        $lim += $l; $ours += $o
+        Write-Host ("    pair {0}: limit {1:N0} ops/s {2:0.0} us | StorageNode {3:N0} IOPS {4:0.0} us" -f ($i + 1), $l.iops, $l.mean_us, $o.iops, $o.mean_us)
+    }
+    $bwRatios = @(for ($i = 0; $i -lt $Pairs; $i++) { $ours[$i].bytes_per_s / ($lim[$i].iops * 4096) })
+    $latRatios = @(for ($i = 0; $i -lt $Pairs; $i++) { $ours[$i].mean_us / $lim[$i].mean_us })
+    $results.scenarios += [ordered]@{
+        name = $sc.Name; qd = $sc.Qd
+        limit_iops = Median ($lim | ForEach-Object { $_.iops }); limit_mean_us = Median ($lim | ForEach-Object { $_.mean_us })
+        iops = Median ($ours | ForEach-Object { $_.iops }); mean_us = Median ($ours | ForEach-Object { $_.mean_us })
+        p50_us = Median ($ours | ForEach-Object { $_.p50_us }); p99_us = Median ($ours | ForEach-Object { $_.p99_us }); p999_us = Median ($ours | ForEach-Object { $_.p999_us })
+        limit_p50_us = Median ($lim | ForEach-Object { $_.p50_us }); limit_p99_us = Median ($lim | ForEach-Object { $_.p99_us }); limit_p999_us = Median ($lim | ForEach-Object { $_.p999_us })
+        ratio = Median $bwRatios; ratio_min = ($bwRatios | Measure-Object -Minimum).Minimum; ratio_max = ($bwRatios | Measure-Object -Maximum).Maximum
+        latency_ratio = Median $latRatios
+    }
+}
+
+# The HA pair: proxied (NSID 2 through node A, relayed to B) against direct (NSID 1 on A), adaptive polling.
+Write-Host "==> HA pair: proxied vs direct, $Pairs interleaved pairs"
+$pa = Start-Process -FilePath 'dotnet' -ArgumentList @($NodeDll, '--config', (Join-Path $Root 'config/node-a.json')) -PassThru -RedirectStandardOutput (Join-Path $Out 'node-a.log') -RedirectStandardError (Join-Path $Out 'node-a.err')
+$pb = Start-Process -FilePath 'dotnet' -ArgumentList @($NodeDll, '--config', (Join-Path $Root 'config/node-b.json')) -PassThru -RedirectStandardOutput (Join-Path $Out 'node-b.log') -RedirectStandardError (Join-Path $Out 'node-b.err')
+try {
+    Wait-Port 4420; Wait-Port 4421; Start-Sleep -Seconds 2
+    $pair = [ordered]@{}
+    foreach ($qd in 1, 32) {
+        $d = @(); $p = @()
+        for ($i = 0; $i -lt $Pairs; $i++) {
+            $d += Run-Json -1 @('dotnet', $PerfDll, '-a', '127.0.0.1', '-s', '4420', '-n', 'nqn.2026-11.io.storagenode:pair', '--nsid', '1', '-w', 'randread', '-b', '4k', '-q', "$qd", '-t', "$Seconds", '--poll', 'adaptive', '--json')
+            $p += Run-Json -1 @('dotnet', $PerfDll, '-a', '127.0.0.1', '-s', '4420', '-n', 'nqn.2026-11.io.storagenode:pair', '--nsid', '2', '-w', 'randread', '-b', '4k', '-q', "$qd", '-t', "$Seconds", '--poll', 'adaptive', '--json')
+            Write-Host ("    QD{0} pair {1}: direct {2:N0} IOPS {3:0.0} us | proxied {4:N0} IOPS {5:0.0} us" -f $qd, ($i + 1), $d[-1].iops, $d[-1].mean_us, $p[-1].iops, $p[-1].mean_us)
+        }
+        $pair["qd$qd"] = [ordered]@{
+            direct_iops = Median ($d | ForEach-Object { $_.iops }); proxied_iops = Median ($p | ForEach-Object { $_.iops })
+            direct_mean_us = Median ($d | ForEach-Object { $_.mean_us }); proxied_mean_us = Median ($p | ForEach-Object { $_.mean_us })
+            iops_ratio = Median (0..($Pairs - 1) | ForEach-Object { $p[$_].iops / $d[$_].iops })
+            added_us = Median (0..($Pairs - 1) | ForEach-Object { $p[$_].mean_us - $d[$_].mean_us })
+        }
+    }
+    $results.pair = $pair
+} finally {
+    Stop-Proc $pa; Stop-Proc $pb
+}
+
+$results | ConvertTo-Json -Depth 6 | Set-Content (Join-Path $Out 'results.json')
+
+# Report.
+$md = [Text.StringBuilder]::new()
+[void]$md.AppendLine("# StorageNode benchmark report")
+[void]$md.AppendLine("")
+[void]$md.AppendLine("Commit ``$Commit``, $(Get-Date -Format 'yyyy-MM-dd HH:mm'), $Cpus CPUs. Medians of $Pairs interleaved pairs of ${Seconds}-second runs;")
+[void]$md.AppendLine("target (limit server / StorageNode, busy polling) pinned to CPU 0, load (limit client / sn-perf, busy polling) to CPU 1.")
+[void]$md.AppendLine("The limit (bench/limit) moves NVMe/TCP-shaped traffic (72-byte requests, 24 + 4096-byte responses) in bulk.")
+[void]$md.AppendLine("")
+[void]$md.AppendLine("| workload | limit | StorageNode | ratio (median, range) | mean latency ratio | StorageNode p50 / p99 / p99.9 (us) |")
+[void]$md.AppendLine("|---|---|---|---|---|---|")
+foreach ($s in $results.scenarios) {
+    [void]$md.AppendLine(("| {0} | {1:N0} ops/s, {2:0.0} us | {3:N0} IOPS, {4:0.0} us | {5:0.00} ({6:0.00}-{7:0.00}) | {8:0.00} | {9:0.0} / {10:0.0} / {11:0.0} |" -f
+        $s.name, $s.limit_iops, $s.limit_mean_us, $s.iops, $s.mean_us, $s.ratio, $s.ratio_min, $s.ratio_max, $s.latency_ratio, $s.p50_us, $s.p99_us, $s.p999_us))
+}
+[void]$md.AppendLine("")
+[void]$md.AppendLine("Ratio: bytes per second against the limit's at the same depth (for 128 KiB reads: against the limit's QD32 4 KiB rate).")
+[void]$md.AppendLine("")
+[void]$md.AppendLine("## HA pair: proxied vs direct (default pair, adaptive polling, not pinned)")
+[void]$md.AppendLine("")
+[void]$md.AppendLine("| 4 KiB random read | direct | proxied | IOPS ratio | added mean latency |")
+[void]$md.AppendLine("|---|---|---|---|---|")
+foreach ($k in $results.pair.Keys) {
+    $x = $results.pair[$k]
+    [void]$md.AppendLine(("| {0} | {1:N0} IOPS, {2:0.0} us | {3:N0} IOPS, {4:0.0} us | {5:0.00} | {6:0.0} us |" -f $k.ToUpper(), $x.direct_iops, $x.direct_mean_us, $x.proxied_iops, $x.proxied_mean_us, $x.iops_ratio, $x.added_us))
+}
+
+# Latency plot (QD1 percentiles, limit vs StorageNode) when gnuplot is there.
+$qd1 = $results.scenarios | Where-Object { $_.qd -eq 1 } | Select-Object -First 1
+if ((Get-Command gnuplot -ErrorAction SilentlyContinue) -and $qd1) {
+    $dat = Join-Path $Out 'latency.dat'
+    @("p50 $($qd1.limit_p50_us) $($qd1.p50_us)", "p99 $($qd1.limit_p99_us) $($qd1.p99_us)", "p99.9 $($qd1.limit_p999_us) $($qd1.p999_us)") | Set-Content $dat
+    $gp = @"
+set terminal png size 800,480
+set output '$(Join-Path $Out 'latency.png')'
+set title '4 KiB random read, QD1: latency percentiles (us), commit $Commit'
+set style data histograms
+set style fill solid 0.8
+set ylabel 'microseconds'
+set logscale y
+plot '$dat' using 2:xtic(1) title 'limit', '' using 3 title 'StorageNode'
+"@
+    $gp | & gnuplot
+    [void]$md.AppendLine("")
+    [void]$md.AppendLine("![QD1 latency](latency.png)")
+}
+$md.ToString() | Set-Content (Join-Path $Out 'report.md')
+Write-Host $md.ToString()
