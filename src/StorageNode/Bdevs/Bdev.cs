@@ -59,6 +59,13 @@ public abstract class Bdev : IDisposable
 public abstract unsafe class BdevChannel : IDisposable
 {
     public abstract void Read(ulong offset, byte* buffer, uint length, IBdevCompletion completion);
+
+    /// <summary>
+    /// Zero-copy read (SPDK's zcopy): where the bdev's data already sits in memory, the address of
+    /// <paramref name="length"/> bytes at <paramref name="offset"/> for the transport to send from directly;
+    /// null when the bdev cannot (the transport then reads into a buffer of its own).
+    /// </summary>
+    public virtual byte* ZeroCopyRead(ulong offset, uint length) => null;
     public abstract void Write(ulong offset, byte* buffer, uint length, bool fua, IBdevCompletion completion);
     public abstract void Flush(IBdevCompletion completion);
     public abstract void WriteZeroes(ulong offset, ulong length, IBdevCompletion completion);

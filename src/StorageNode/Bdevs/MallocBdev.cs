@@ -27,6 +27,8 @@ public sealed unsafe class MallocBdev : Bdev
             completion.OnBdevComplete(0);
         }
 
+        public override byte* ZeroCopyRead(ulong offset, uint length) => bdev._data + offset;
+
         public override void Write(ulong offset, byte* buffer, uint length, bool fua, IBdevCompletion completion)
         {
             Buffer.MemoryCopy(buffer, bdev._data + offset, length, length);

@@ -77,6 +77,20 @@ internal static unsafe class IoCommands
         return NvmeStatus.Success;
     }
 
+    /// <summary>
+    /// For a validated Read on an I/O queue whose bdev holds the data in memory: points the command's data at
+    /// it (no buffer, no copy; the transport sends from there). False when the transport must get a buffer.
+    /// </summary>
+    public static bool TryZeroCopyRead(NvmfRequest req)
+    {
+        if (req.Qpair.Qid == 0 || req.Sqe.Opcode != IoOpcode.Read || req.Channel == null || req.Namespace!.IsRelayed) return false;
+        byte* p = req.Channel.ZeroCopyRead(req.Sqe.Slba << req.Namespace.Bdev.BlockShift, req.Length);
+        if (p == null) return false;
+        req.Data = p;
+        req.DataBorrowed = true;
+        return true;
+    }
+
     public static void Execute(NvmfRequest req)
     {
         if (req.Namespace!.IsRelayed)
@@ -117,7 +131,8 @@ internal static unsafe class IoCommands
         switch (sqe.Opcode)
         {
             case IoOpcode.Read:
-                ch.Read(sqe.Slba << shift, req.Data, req.Length, req);
+                if (req.DataBorrowed) req.OnBdevComplete(0); // zero-copy: the data is already where it is sent from
+                else ch.Read(sqe.Slba << shift, req.Data, req.Length, req);
                 break;
             case IoOpcode.Write:
                 ch.Write(sqe.Slba << shift, req.Data, req.Length, fua: (sqe.Cdw12 & (1u << 30)) != 0, req);

@@ -36,6 +36,8 @@ public unsafe class NvmfRequest : IBdevCompletion
     public uint Length;
     /// <summary>Data buffer (from the reactor's pools) or null when Length is 0.</summary>
     public byte* Data;
+    /// <summary>Data points into a bdev's own memory (zero-copy read): never returned to a pool.</summary>
+    public bool DataBorrowed;
 
     // Set while executing.
     public Namespace? Namespace;
@@ -70,6 +72,7 @@ public unsafe class NvmfRequest : IBdevCompletion
         Cqe = default;
         Direction = DataDirection.None;
         Length = 0;
+        DataBorrowed = false;
         Namespace = null;
         Channel = null;
         PendingOps = 0;

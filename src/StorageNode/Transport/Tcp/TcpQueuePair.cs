@@ -641,6 +641,12 @@ internal sealed unsafe class TcpQueuePair : QueuePair
 
     private void StartDataPhase(TcpRequest req)
     {
+        if (req.Direction == DataDirection.ControllerToHost && IoCommands.TryZeroCopyRead(req))
+        {
+            req.State = RequestState.Executing;
+            CommandDispatcher.Execute(req);
+            return;
+        }
         // Commands already waiting for a buffer go first, so large transfers are not starved.
         byte* buf = _waitCount == 0 ? Reactor.Pools.Get(req.Length) : null;
         if (buf == null)
@@ -872,8 +878,9 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         HostGate.Done(req);
         if (req.Data != null)
         {
-            Reactor.Pools.Return(req.Data);
+            if (!req.DataBorrowed) Reactor.Pools.Return(req.Data);
             req.Data = null;
+            req.DataBorrowed = false;
         }
         if (req.State == RequestState.Free) return;
         req.State = RequestState.Free;
