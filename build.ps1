@@ -67,7 +67,7 @@ function Get-TestAssemblies {
 }
 
 # Runs each xunit v3 test assembly, collects its XML results and prints the closing summary line.
-function Invoke-Tests([string[]]$RunnerArgs) {
+function Invoke-Tests([string[]]$RunnerArgs, [switch]$AllocationCheck) {
     $resultsDir = Join-Path $Artifacts 'test-results'
     New-Item -ItemType Directory -Force $resultsDir | Out-Null
     $passed = 0; $failed = 0; $skipped = 0; $crashed = @()
@@ -86,6 +86,23 @@ function Invoke-Tests([string[]]$RunnerArgs) {
             $failed += [int]$a.failed + [int]$a.errors
             $skipped += [int]$a.skipped
         }
+    }
+    if ($AllocationCheck) {
+        # The benchmark suites in a short in-process configuration: each hot-path benchmark that allocates
+        # counts as a failed test (bench/StorageNode.Benchmarks, --alloc-check).
+        Write-Step 'tests: allocation check (BenchmarkDotNet, MemoryDiagnoser)'
+        $bench = Join-Path $Root "bench/StorageNode.Benchmarks/bin/$Configuration/net10.0/StorageNode.Benchmarks.dll"
+        $lines = & dotnet $bench --alloc-check --artifacts (Join-Path $Artifacts 'bench/alloc-check') 2>&1 | ForEach-Object { "$_" }
+        $code = $LASTEXITCODE
+        $checks = @($lines | Where-Object { $_ -like 'ALLOC-CHECK*' })
+        $checks | ForEach-Object { Write-Host $_ }
+        $ok = @($checks | Where-Object { $_ -like 'ALLOC-CHECK ok *' }).Count
+        $bad = @($checks | Where-Object { $_ -like 'ALLOC-CHECK FAIL*' }).Count
+        if ($code -ne 0 -and $bad -eq 0) {
+            $lines | Select-Object -Last 40 | ForEach-Object { Write-Host $_ }
+            $bad = 1
+        }
+        $passed += $ok; $failed += $bad
     }
     Write-Host ("test time: {0:0.0} s" -f $sw.Elapsed.TotalSeconds)
     foreach ($c in $crashed) { Write-Host "test assembly crashed: $c"; $failed++ }
@@ -152,7 +169,7 @@ Push-Location $Root
 try {
     switch ($Verb) {
         'build' { Invoke-Build }
-        'test' { Invoke-Build; Invoke-Tests $TestArgs }
+        'test' { Invoke-Build; Invoke-Tests $TestArgs -AllocationCheck:($TestArgs.Count -eq 0) }
         'rig' { Invoke-Build; Invoke-Tests (@('-trait', 'Category=Rig') + $TestArgs) }
         'run' { Invoke-Build; Invoke-Run }
         'bench' { Invoke-Build; Invoke-Bench }

@@ -7,6 +7,7 @@
 param(
     [int]$Pairs = 5,
     [double]$Seconds = 3,
+    [double]$GcSeconds = 30,
     [string]$Configuration = 'Release'
 )
 $ErrorActionPreference = 'Stop'
@@ -20,6 +21,7 @@ $PerfDll = Join-Path $Root "src/Perf/bin/$Configuration/net10.0/sn-perf.dll"
 $BenchNode = Join-Path $PSScriptRoot 'config/bench-node.json'
 $Nqn = 'nqn.2026-11.io.storagenode:bench'
 $Commit = (& git -C $Root rev-parse --short HEAD).Trim()
+if (& git -C $Root status --porcelain --untracked-files=no) { $Commit += "+uncommitted" }
 $Cpus = [Environment]::ProcessorCount
 
 function Pin([int]$cpu) { if ($Cpus -ge 2 -and $cpu -ge 0) { @('taskset', '-c', "$cpu") } else { @() } }
@@ -68,6 +70,15 @@ function Node-Run([string]$rw, [string]$bs, [int]$qd) {
         $null = Run-Json 1 @('dotnet', $PerfDll, '-a', '127.0.0.1', '-s', '4460', '-n', $Nqn, '-w', $rw, '-b', $bs, '-q', "$qd", '-t', '1', '--poll', 'busy', '--json')
         return Run-Json 1 @('dotnet', $PerfDll, '-a', '127.0.0.1', '-s', '4460', '-n', $Nqn, '-w', $rw, '-b', $bs, '-q', "$qd", '-t', "$Seconds", '--poll', 'busy', '--json')
     } finally { Stop-Proc $node }
+}
+
+function Rss-KiB([int]$procId) {
+    $line = Get-Content "/proc/$procId/status" | Where-Object { $_ -like 'VmRSS:*' }
+    return [long](($line -split '\s+')[1])
+}
+
+function Perf-Args([string]$rw, [string]$bs, [int]$qd, [double]$t, [string[]]$extra) {
+    return @('dotnet', $PerfDll, '-a', '127.0.0.1', '-s', '4460', '-n', $Nqn, '-w', $rw, '-b', $bs, '-q', "$qd", '-t', "$t", '--poll', 'busy', '--json') + $extra
 }
 
 function Median([double[]]$v) {
@@ -133,6 +144,62 @@ try {
     Stop-Proc $pa; Stop-Proc $pb
 }
 
+# Scaling: IOPS and the node's resident memory with 1, 8 and 64 connections at queue depths 1 to 128
+# (4 KiB random read, one reactor, busy polling; one run each, sn-perf drives all connections from one thread).
+Write-Host "==> scaling: connections x queue depth"
+$scaling = @()
+foreach ($conns in 1, 8, 64) {
+    foreach ($qd in 1, 8, 32, 128) {
+        $node = Start-Pinned 0 @('dotnet', $NodeDll, '--config', $BenchNode)
+        try {
+            Wait-Port 4460
+            Start-Sleep -Milliseconds 500
+            $base = Rss-KiB $node.Id
+            $perf = Start-Pinned 1 (Perf-Args 'randread' '4k' $qd $Seconds @('-c', "$conns"))
+            # Sample the node's RSS in the middle of the run (connections are made in the first ~0.5 s).
+            Start-Sleep -Milliseconds ([int](500 + $Seconds * 500))
+            $during = Rss-KiB $node.Id
+            $text = $perf.StandardOutput.ReadToEnd()
+            $perf.WaitForExit()
+            if ($perf.ExitCode -ne 0) { throw "sn-perf -c $conns -q $qd failed ($($perf.ExitCode)): $text $($perf.StandardError.ReadToEnd())" }
+            $r = ($text -split "`n" | Where-Object { $_ -like '{*' } | Select-Object -Last 1 | ConvertFrom-Json)
+            $scaling += [ordered]@{ connections = $conns; qd = $qd; iops = $r.iops; mean_us = $r.mean_us; p99_us = $r.p99_us; rss_base_kib = $base; rss_kib = $during; rss_delta_kib = $during - $base }
+            Write-Host ("    {0,2} connections QD{1,-3}: {2,9:N0} IOPS {3,8:0.0} us  node RSS +{4:N0} KiB" -f $conns, $qd, $r.iops, $r.mean_us, ($during - $base))
+        } finally { Stop-Proc $node }
+    }
+}
+$results.scaling = $scaling
+$c64q1 = $scaling | Where-Object { $_.connections -eq 64 -and $_.qd -eq 1 }
+$c64q128 = $scaling | Where-Object { $_.connections -eq 64 -and $_.qd -eq 128 }
+$c1q1 = $scaling | Where-Object { $_.connections -eq 1 -and $_.qd -eq 1 }
+$results.memory = [ordered]@{
+    per_connection_kib = [Math]::Round(($c64q1.rss_kib - $c1q1.rss_kib) / 63.0, 1)
+    per_queue_slot_bytes = [Math]::Round(($c64q128.rss_kib - $c64q1.rss_kib) * 1024.0 / (64 * 127), 0)
+}
+
+# No GC in steady state: 30 s of 4 KiB random reads at QD32 against a warmed-up node; the node prints its
+# collection counts on SIGUSR1 before and after.
+Write-Host "==> GC check: $GcSeconds s run"
+$node = Start-Pinned 0 @('dotnet', $NodeDll, '--config', $BenchNode)
+try {
+    Wait-Port 4460
+    $null = Run-Json 1 (Perf-Args 'randread' '4k' 32 1 @())
+    & kill -USR1 $node.Id
+    Start-Sleep -Milliseconds 300
+    $gcRun = Run-Json 1 (Perf-Args 'randrw' '4k' 32 $GcSeconds @())
+    & kill -USR1 $node.Id
+    Start-Sleep -Milliseconds 300
+} finally { Stop-Proc $node }
+$stats = @($node.StandardOutput.ReadToEnd() -split "`n" | Where-Object { $_ -match 'stats: gc0=' })
+if ($stats.Count -lt 2) { throw "the node printed no stats lines on SIGUSR1" }
+function Stat([string]$line, [string]$key) { if ($line -match "$key=(\d+)") { return [long]$Matches[1] } else { return 0 } }
+$results.gc = [ordered]@{
+    seconds = $GcSeconds; ios = $gcRun.ops; iops = $gcRun.iops
+    gc0 = (Stat $stats[1] 'gc0') - (Stat $stats[0] 'gc0'); gc1 = (Stat $stats[1] 'gc1') - (Stat $stats[0] 'gc1'); gc2 = (Stat $stats[1] 'gc2') - (Stat $stats[0] 'gc2')
+    allocated_bytes = (Stat $stats[1] 'allocated') - (Stat $stats[0] 'allocated')
+}
+Write-Host ("    {0:N0} I/Os: collections gen0 {1}, gen1 {2}, gen2 {3}; {4:N0} B allocated by the node process" -f $results.gc.ios, $results.gc.gc0, $results.gc.gc1, $results.gc.gc2, $results.gc.allocated_bytes)
+
 $results | ConvertTo-Json -Depth 6 | Set-Content (Join-Path $Out 'results.json')
 
 # Report.
@@ -160,6 +227,23 @@ foreach ($k in $results.pair.Keys) {
     $x = $results.pair[$k]
     [void]$md.AppendLine(("| {0} | {1:N0} IOPS, {2:0.0} us | {3:N0} IOPS, {4:0.0} us | {5:0.00} | {6:0.0} us |" -f $k.ToUpper(), $x.direct_iops, $x.direct_mean_us, $x.proxied_iops, $x.proxied_mean_us, $x.iops_ratio, $x.added_us))
 }
+
+[void]$md.AppendLine("")
+[void]$md.AppendLine("## Scaling (4 KiB random read, one reactor; sn-perf drives every connection from one thread on CPU 1)")
+[void]$md.AppendLine("")
+[void]$md.AppendLine("| connections | QD | IOPS | mean (us) | p99 (us) | node RSS growth (KiB) |")
+[void]$md.AppendLine("|---|---|---|---|---|---|")
+foreach ($x in $results.scaling) {
+    [void]$md.AppendLine(("| {0} | {1} | {2:N0} | {3:0.0} | {4:0.0} | {5:N0} |" -f $x.connections, $x.qd, $x.iops, $x.mean_us, $x.p99_us, $x.rss_delta_kib))
+}
+[void]$md.AppendLine("")
+[void]$md.AppendLine(("Memory: **{0:0.0} KiB per connection** (RSS at 64 connections vs 1, QD1, per added connection: admin + I/O queue, socket, " -f $results.memory.per_connection_kib) +
+    ("request slots), **{0:N0} B per queue slot** (64 connections, QD128 vs QD1, per added slot; slots and buffers are preallocated, so this is what the run touched)." -f $results.memory.per_queue_slot_bytes))
+[void]$md.AppendLine("")
+[void]$md.AppendLine("## Garbage collection in steady state")
+[void]$md.AppendLine("")
+[void]$md.AppendLine(("{0} s of 4 KiB random read/write at QD32 ({1:N0} I/Os) against a warmed-up node: **{2} gen0, {3} gen1, {4} gen2 collections**, {5:N0} B allocated by the whole node process (timers, logging and the stats line included)." -f
+    $results.gc.seconds, $results.gc.ios, $results.gc.gc0, $results.gc.gc1, $results.gc.gc2, $results.gc.allocated_bytes))
 
 # Latency plot (QD1 percentiles, limit vs StorageNode) when gnuplot is there.
 $qd1 = $results.scenarios | Where-Object { $_.qd -eq 1 } | Select-Object -First 1

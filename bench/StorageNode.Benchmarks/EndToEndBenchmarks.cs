@@ -67,3 +67,123 @@ public unsafe class EndToEndBenchmarks : IHostCompletion
     [Benchmark]
     public void Write4KiBQd1() => RoundTrip(IoOpcode.Write, DataDirection.HostToController);
 }
+
+/// <summary>
+/// The HA pair in one process (real sockets on loopback, adaptive reactors): QD1 4 KiB reads and writes of the
+/// namespace A owns (direct) and of the one B owns, through A's proxy (relayed over the TCP interconnect).
+/// The difference is the proxy's added latency; MemoryDiagnoser covers the host side.
+/// </summary>
+[MemoryDiagnoser]
+public unsafe class PairEndToEndBenchmarks : IHostCompletion
+{
+    private const string Nqn = "nqn.2026-11.io.storagenode:bench-pair";
+    private Node? _a, _b;
+    private NvmeHost? _host;
+    private TcpHostQueue? _q;
+    private byte* _buf;
+    private bool _done;
+
+    private static int FreePort(System.Net.Sockets.ProtocolType proto)
+    {
+        if (proto == System.Net.Sockets.ProtocolType.Udp)
+        {
+            using var u = new System.Net.Sockets.UdpClient(new IPEndPoint(IPAddress.Loopback, 0));
+            return ((IPEndPoint)u.Client.LocalEndPoint!).Port;
+        }
+        var l = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    private static Dictionary<string, string?> Settings(string me, string partner, int ic, int partnerIc, int hb, int partnerHb, int owned, int cntlMin)
+    {
+        int other = 3 - owned;
+        return new Dictionary<string, string?>
+        {
+            ["Node:Name"] = me,
+            // Three pollers (A, B, the benchmark) share this machine's cores: adaptive reactors yield while idle.
+            ["Node:PollMode"] = "adaptive",
+            ["Listeners:0:Address"] = "127.0.0.1",
+            ["Listeners:0:Port"] = "0",
+            ["Cluster:Name"] = "bench",
+            ["Cluster:Partner"] = partner,
+            ["Cluster:Interconnect"] = $"127.0.0.1:{ic}",
+            ["Cluster:PartnerInterconnect"] = $"127.0.0.1:{partnerIc}",
+            ["Cluster:Heartbeat"] = $"127.0.0.1:{hb}",
+            ["Cluster:PartnerHeartbeat"] = $"127.0.0.1:{partnerHb}",
+            ["Bdevs:0:Name"] = "Local",
+            ["Bdevs:0:Type"] = "malloc",
+            ["Bdevs:0:SizeMiB"] = "64",
+            ["Subsystems:0:Nqn"] = Nqn,
+            ["Subsystems:0:ControllerIdMin"] = cntlMin.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["Subsystems:0:ControllerIdMax"] = (cntlMin + 999).ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["Subsystems:0:AnaGroups:0:Id"] = "1",
+            ["Subsystems:0:AnaGroups:0:Owner"] = owned == 1 ? me : partner,
+            ["Subsystems:0:AnaGroups:1:Id"] = "2",
+            ["Subsystems:0:AnaGroups:1:Owner"] = owned == 2 ? me : partner,
+            [$"Subsystems:0:Namespaces:{owned - 1}:Nsid"] = $"{owned}",
+            [$"Subsystems:0:Namespaces:{owned - 1}:Bdev"] = "Local",
+            [$"Subsystems:0:Namespaces:{owned - 1}:AnaGroup"] = $"{owned}",
+            [$"Subsystems:0:Namespaces:{other - 1}:Nsid"] = $"{other}",
+            [$"Subsystems:0:Namespaces:{other - 1}:AnaGroup"] = $"{other}",
+            [$"Subsystems:0:Namespaces:{other - 1}:SizeMiB"] = "64",
+        };
+    }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        int icA = FreePort(System.Net.Sockets.ProtocolType.Tcp), icB = FreePort(System.Net.Sockets.ProtocolType.Tcp);
+        int hbA = FreePort(System.Net.Sockets.ProtocolType.Udp), hbB = FreePort(System.Net.Sockets.ProtocolType.Udp);
+        _a = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(Settings("A", "B", icA, icB, hbA, hbB, 1, 1)).Build()), NullLoggerFactory.Instance);
+        _b = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(Settings("B", "A", icB, icA, hbB, hbA, 2, 2000)).Build()), NullLoggerFactory.Instance);
+        _a.Start();
+        _b.Start();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (!(_a.Cluster!.Status == StorageNode.Cluster.PartnerStatus.Healthy && _b.Cluster!.Status == StorageNode.Cluster.PartnerStatus.Healthy))
+        {
+            if (sw.Elapsed > TimeSpan.FromSeconds(20)) throw new TimeoutException("the benchmark pair did not become healthy");
+            Thread.Sleep(20);
+        }
+        _host = NvmeHost.Connect(_a.TcpEndpoints[0], Nqn, new NvmeHostOptions { IoQueueDepth = 4 });
+        _q = _host.IoQueues[0].Queue;
+        _buf = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4096, 4096);
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _host?.Dispose();
+        _a?.Dispose();
+        _b?.Dispose();
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_buf);
+    }
+
+    public void OnHostComplete(long token, in CompletionQueueEntry cqe)
+    {
+        if (!cqe.StatusField.IsSuccess) throw new InvalidOperationException($"I/O failed: {cqe.StatusField}");
+        _done = true;
+    }
+
+    private void RoundTrip(uint nsid, byte opcode, DataDirection dir)
+    {
+        SubmissionQueueEntry sqe = IoQueue.ReadWriteSqe(opcode, nsid, 64, 8);
+        _done = false;
+        _q!.TrySubmit(sqe, _buf, 4096, dir, this, 0);
+        while (!_done) _q.Poll();
+    }
+
+    [Benchmark(Baseline = true)]
+    public void DirectRead4KiBQd1() => RoundTrip(1, IoOpcode.Read, DataDirection.ControllerToHost);
+
+    [Benchmark]
+    public void ProxiedRead4KiBQd1() => RoundTrip(2, IoOpcode.Read, DataDirection.ControllerToHost);
+
+    [Benchmark]
+    public void DirectWrite4KiBQd1() => RoundTrip(1, IoOpcode.Write, DataDirection.HostToController);
+
+    [Benchmark]
+    public void ProxiedWrite4KiBQd1() => RoundTrip(2, IoOpcode.Write, DataDirection.HostToController);
+}

@@ -22,7 +22,11 @@ namespace StorageNode.Perf
                   --mix PCT           read percentage for randrw / rw (default 50)
               -b, --bs SIZE           block size, e.g. 512, 4k, 128k, 1m (default 4k)
               -q, --qd N              queue depth per queue (default 1)
-              -j, --queues N          I/O queues, one thread each (default 1)
+              -j, --queues N          I/O queues per connection (default 1)
+              -c, --conns N           connections (controllers), each with its own queues and its own
+                                      host ID (default 1)
+                  --threads N         threads driving the queues round robin (default: one per queue with
+                                      one connection, else 1)
               -t, --time SECONDS      run time (default 5)
                   --ios N             stop after N I/Os per queue instead of a time
                   --size SIZE         working set from LBA 0 (default: whole namespace)
@@ -71,7 +75,7 @@ namespace StorageNode.Perf
         private static int Run(string[] args)
         {
             string address = "127.0.0.1";
-            int port = 4420, qd = 1, queues = 1, mix = 50;
+            int port = 4420, qd = 1, queues = 1, mix = 50, conns = 1, threadCount = 0;
             string? nqn = null, hostNqn = null;
             uint nsid = 1;
             var pattern = AccessPattern.RandRead;
@@ -105,6 +109,8 @@ namespace StorageNode.Perf
                     case "-b": case "--bs": bs = ParseSize(Val()); break;
                     case "-q": case "--qd": qd = IntVal(); break;
                     case "-j": case "--queues": queues = IntVal(); break;
+                    case "-c": case "--conns": conns = IntVal(); break;
+                    case "--threads": threadCount = IntVal(); break;
                     case "-t": case "--time": seconds = double.Parse(Val(), CultureInfo.InvariantCulture); break;
                     case "--ios": ios = IntVal(); break;
                     case "--size": size = ParseSize(Val()); break;
@@ -120,7 +126,8 @@ namespace StorageNode.Perf
                     default: throw new ArgumentException($"unknown option '{a}'");
                 }
             }
-            if (qd < 1 || queues < 1) throw new ArgumentException("--qd and --queues must be at least 1");
+            if (qd < 1 || queues < 1 || conns < 1) throw new ArgumentException("--qd, --queues and --conns must be at least 1");
+            if (threadCount < 0) throw new ArgumentException("--threads must be at least 1");
             if (bs < 512 || bs % 512 != 0) throw new ArgumentException("--bs must be a multiple of 512");
 
             var ep = new IPEndPoint(IPAddress.Parse(address), port);
@@ -150,12 +157,33 @@ namespace StorageNode.Perf
                 return 0;
             }
 
-            using NvmeHost host = NvmeHost.Connect(ep, nqn, baseOptions with
+            var hosts = new List<NvmeHost>();
+            try
             {
-                IoQueues = queues,
-                IoQueueDepth = qd,
-                InCapsuleDataSize = (uint)icd,
-            });
+                for (int c = 0; c < conns; c++)
+                {
+                    // Each connection is a host of its own (host ID, and the NQN derived from it): connections of
+                    // one host would be paths of one host, which an owner runs one at a time (docs/ha.md).
+                    hosts.Add(NvmeHost.Connect(ep, nqn, baseOptions with
+                    {
+                        HostId = c == 0 ? baseOptions.HostId : Guid.NewGuid(),
+                        IoQueues = queues,
+                        IoQueueDepth = qd,
+                        InCapsuleDataSize = (uint)icd,
+                    }));
+                }
+                return RunWorkload(hosts, nqn, nsid, pattern, bs, qd, seconds, ios, size, mix, verify, hdgst, ddgst, poll, threadCount, quiet, json);
+            }
+            finally
+            {
+                foreach (NvmeHost h in hosts) h.Dispose();
+            }
+        }
+
+        private static int RunWorkload(List<NvmeHost> hosts, string nqn, uint nsid, AccessPattern pattern, long bs, int qd, double seconds,
+            long? ios, long? size, int mix, bool verify, bool hdgst, bool ddgst, HostPollMode poll, int threadCount, bool quiet, bool json)
+        {
+            NvmeHost host = hosts[0];
             if (host.IoQueues.Count == 0) throw new ArgumentException("the controller granted no I/O queue");
             if (host.IoQueues[0].Queue.Depth < qd) throw new ArgumentException($"--qd {qd} exceeds the controller's maximum queue size ({host.IoQueues[0].Queue.Depth})");
             NamespaceInfo ns = host.IdentifyNamespace(nsid);
@@ -163,17 +191,16 @@ namespace StorageNode.Perf
             if (bs % ns.BlockSize != 0) throw new ArgumentException($"--bs {bs} is not a multiple of the namespace block size {ns.BlockSize}");
             if (bs > host.MaxTransferSize) throw new ArgumentException($"--bs {bs} exceeds the controller's MDTS ({host.MaxTransferSize} B)");
             ulong regionBlocks = size is long sz ? Math.Min((ulong)sz / ns.BlockSize, ns.BlockCount) : ns.BlockCount;
-            int nq = host.IoQueues.Count;
+            List<IoQueue> queueList = hosts.SelectMany(h => h.IoQueues).ToList();
+            int nq = queueList.Count;
             Console.WriteLine($"{host.ModelNumber} (SN {host.SerialNumber}, FR {host.FirmwareRevision}), cntlid {host.Cntlid}, nsid {nsid}: {ns.BlockCount} x {ns.BlockSize} B");
-            Console.WriteLine($"{pattern.ToString().ToLowerInvariant()} bs={bs} qd={qd} queues={nq}{(verify ? " verify" : "")}{(hdgst ? " hdgst" : "")}{(ddgst ? " ddgst" : "")} over {regionBlocks * ns.BlockSize >> 20} MiB");
+            Console.WriteLine($"{pattern.ToString().ToLowerInvariant()} bs={bs} qd={qd} connections={hosts.Count} queues={nq}{(verify ? " verify" : "")}{(hdgst ? " hdgst" : "")}{(ddgst ? " ddgst" : "")} over {regionBlocks * ns.BlockSize >> 20} MiB");
 
             ulong perQueue = regionBlocks / (ulong)nq;
             var runners = new WorkloadRunner[nq];
-            var results = new WorkloadResult[nq];
-            var threads = new Thread[nq];
             for (int i = 0; i < nq; i++)
             {
-                runners[i] = new WorkloadRunner(host.IoQueues[i], new WorkloadOptions
+                runners[i] = new WorkloadRunner(queueList[i], new WorkloadOptions
                 {
                     Pattern = pattern,
                     BlockSize = (int)bs,
@@ -189,8 +216,20 @@ namespace StorageNode.Perf
                     Seed = i + 1,
                     Poll = poll,
                 });
-                int idx = i;
-                threads[i] = new Thread(() => results[idx] = runners[idx].Run()) { IsBackground = true, Name = $"perf q{i + 1}" };
+            }
+            int nt = Math.Min(nq, threadCount > 0 ? threadCount : hosts.Count == 1 ? nq : 1);
+            var results = new WorkloadResult[nq];
+            var threads = new Thread[nt];
+            for (int t = 0; t < nt; t++)
+            {
+                // Thread t drives queues t, t + nt, t + 2nt, ...
+                int[] mine = Enumerable.Range(0, nq).Where(i => i % nt == t).ToArray();
+                WorkloadRunner[] group = mine.Select(i => runners[i]).ToArray();
+                threads[t] = new Thread(() =>
+                {
+                    WorkloadResult[] r = WorkloadRunner.RunMany(group, poll);
+                    for (int k = 0; k < mine.Length; k++) results[mine[k]] = r[k];
+                }) { IsBackground = true, Name = $"perf t{t + 1}" };
             }
             var sw = Stopwatch.StartNew();
             foreach (Thread t in threads) t.Start();

@@ -125,34 +125,71 @@ public sealed unsafe class WorkloadRunner : IHostCompletion, IDisposable
         return _rng * 0x2545F4914F6CDD1DUL;
     }
 
-    public WorkloadResult Run()
+    private long _begin, _end;
+    private bool _started, _finished;
+
+    /// <summary>True once the run's time or I/O count is reached and every I/O has completed.</summary>
+    public bool Finished => _finished;
+
+    /// <summary>The queue this runner drives (for blocking waits in adaptive mode).</summary>
+    public IoQueue Queue => _queue;
+
+    /// <summary>One poll: submits what the queue depth allows, reaps completions. Returns completions reaped.</summary>
+    public int Step()
     {
-        long begin = Stopwatch.GetTimestamp();
-        long end = begin + (long)(_o.Duration.TotalSeconds * Stopwatch.Frequency);
+        if (_finished) return 0;
+        if (!_started)
+        {
+            _started = true;
+            _begin = Stopwatch.GetTimestamp();
+            _end = _begin + (long)(_o.Duration.TotalSeconds * Stopwatch.Frequency);
+        }
+        bool done = _stop || (_o.IoCount is long n ? _issued >= n : Stopwatch.GetTimestamp() >= _end)
+            || (_o.StopOnError && _result.Errors > 0);
+        if (!done)
+        {
+            while (_freeCount > 0 && !(_o.IoCount is long m && _issued >= m) && Submit()) { }
+        }
+        else if (_freeCount == _o.QueueDepth)
+        {
+            _finished = true;
+            _result.Elapsed = Stopwatch.GetElapsedTime(_begin);
+            return 0;
+        }
+        return _queue.Queue.Poll();
+    }
+
+    public WorkloadResult Run() => RunMany([this], _o.Poll)[0];
+
+    /// <summary>
+    /// Drives several runners (each its own queue, e.g. one per connection) from the calling thread, round
+    /// robin, until all have finished. Adaptive polling yields the core while idle and then blocks briefly on
+    /// one unfinished queue.
+    /// </summary>
+    public static WorkloadResult[] RunMany(WorkloadRunner[] runners, HostPollMode poll)
+    {
         int idle = 0;
         while (true)
         {
-            bool done = _stop || (_o.IoCount is long n ? _issued >= n : Stopwatch.GetTimestamp() >= end)
-                || (_o.StopOnError && _result.Errors > 0);
-            if (!done)
+            int completions = 0;
+            WorkloadRunner? open = null;
+            foreach (WorkloadRunner r in runners)
             {
-                while (_freeCount > 0 && !(_o.IoCount is long m && _issued >= m) && Submit()) { }
+                if (r._finished) continue;
+                completions += r.Step();
+                if (!r._finished) open ??= r;
             }
-            else if (_freeCount == _o.QueueDepth)
-            {
-                break;
-            }
-            int c = _queue.Queue.Poll();
-            if (c > 0)
+            if (open == null) break;
+            if (completions > 0)
             {
                 idle = 0;
             }
-            else if (_o.Poll == HostPollMode.Adaptive)
+            else if (poll == HostPollMode.Adaptive)
             {
-                // Spin politely for a while (yielding the core), then block until the socket is readable.
+                // Spin politely for a while (yielding the core), then block until a socket is readable.
                 if (++idle > 200)
                 {
-                    _queue.Queue.WaitReadable(1);
+                    open._queue.Queue.WaitReadable(1);
                     idle = 0;
                 }
                 else
@@ -161,8 +198,9 @@ public sealed unsafe class WorkloadRunner : IHostCompletion, IDisposable
                 }
             }
         }
-        _result.Elapsed = Stopwatch.GetElapsedTime(begin);
-        return _result;
+        var results = new WorkloadResult[runners.Length];
+        for (int i = 0; i < runners.Length; i++) results[i] = runners[i]._result;
+        return results;
     }
 
     private bool Submit()

@@ -82,6 +82,14 @@ if (node.Cluster != null)
 }
 Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Set(); };
 using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
+// SIGUSR1 prints one stats line (collections so far, bytes allocated by the process): `build.ps1 bench` uses it
+// to show that a perf run causes no GC.
+using var sigusr1 = System.Runtime.InteropServices.PosixSignalRegistration.Create((System.Runtime.InteropServices.PosixSignal)10, c =>
+{
+    c.Cancel = true;
+    Console.WriteLine(FormattableString.Invariant(
+        $"[{config.Name}] stats: gc0={GC.CollectionCount(0)} gc1={GC.CollectionCount(1)} gc2={GC.CollectionCount(2)} allocated={GC.GetTotalAllocatedBytes()} heap={GC.GetTotalMemory(false)}"));
+});
 
 foreach (var ep in node.TcpEndpoints)
     Console.WriteLine($"[{config.Name}] NVMe/TCP listening on {ep}");

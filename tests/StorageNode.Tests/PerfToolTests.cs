@@ -48,6 +48,19 @@ public class PerfToolTests
     }
 
     [Fact]
+    public void ManyConnectionsFromOneThreadVerifyAndReportJson()
+    {
+        using var node = new TestNode();
+        string port = node.Endpoint.Port.ToString();
+        // 6 connections x 2 queues driven round robin by 2 threads; every connection is a host of its own.
+        (int code, string output) = Run("-a", "127.0.0.1", "-s", port, "-n", TestNode.Nqn, "-w", "randrw", "-q", "4", "-c", "6", "-j", "2",
+            "--threads", "2", "--ios", "300", "--size", "8m", "--verify", "--json");
+        Assert.True(code == 0, output);
+        Assert.Contains("connections=6 queues=12", output);
+        Assert.Matches("\"ops\": 3600, .*\"errors\": 0", output);
+    }
+
+    [Fact]
     public void BadArgumentsAreReported()
     {
         Assert.Equal(2, PerfTool.Execute(["--rw", "sideways"]));
