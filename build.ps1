@@ -158,7 +158,7 @@ function Invoke-Bench {
     New-Item -ItemType Directory -Force $out | Out-Null
     # BenchmarkDotNet suites (short jobs): CRC32C, QD1 round trips in-process, with MemoryDiagnoser.
     $dll = Join-Path $Root "bench/StorageNode.Benchmarks/bin/$Configuration/net10.0/StorageNode.Benchmarks.dll"
-    Invoke-Native 'dotnet' @($dll, '--artifacts', (Join-Path $out 'bdn'), '--filter', '*', '--job', 'short')
+    Invoke-Native 'dotnet' @($dll, '--artifacts', (Join-Path $out 'bdn'), '--all', '--job', 'short')
     # The comparison with the machine's limit and the HA pair's proxied path: report.md, results.json, latency.png.
     & (Join-Path $Root 'bench/run-bench.ps1') -Configuration $Configuration
     if (-not $?) { throw 'bench/run-bench.ps1 failed' }

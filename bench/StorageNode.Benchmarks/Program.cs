@@ -54,5 +54,7 @@ if (args.Length > 0 && args[0] == "--alloc-check")
     return failed == 0 ? 0 : 1;
 }
 
-BenchmarkSwitcher.FromAssembly(typeof(StorageNode.Benchmarks.Crc32CBenchmarks).Assembly).Run(args);
+// `--all` is `--filter *` for callers whose shell would expand the `*` (PowerShell on Linux globs native arguments).
+BenchmarkSwitcher.FromAssembly(typeof(StorageNode.Benchmarks.Crc32CBenchmarks).Assembly)
+    .Run(args.SelectMany(a => a == "--all" ? new[] { "--filter", "*" } : [a]).ToArray());
 return 0;
