@@ -152,6 +152,20 @@ function Invoke-Run {
     }
 }
 
+# Appends BenchmarkDotNet's GitHub-markdown tables (artifacts/bench/bdn/results) to artifacts/bench/report.md.
+function Add-BdnToReport([string]$out) {
+    $tables = Get-ChildItem (Join-Path $out 'bdn/results') -Filter '*-report-github.md' -ErrorAction SilentlyContinue | Sort-Object Name
+    if (-not $tables) { return }
+    $lines = @('', '## BenchmarkDotNet suites (short job, MemoryDiagnoser; "-" in Allocated is 0 B)', '')
+    foreach ($t in $tables) {
+        $lines += "### $($t.Name -replace '^StorageNode\.Benchmarks\.' -replace '-report-github\.md$')"
+        $lines += ''
+        $lines += (Get-Content $t.FullName | Where-Object { $_ -like '|*' })
+        $lines += ''
+    }
+    Add-Content (Join-Path $out 'report.md') $lines
+}
+
 function Invoke-Bench {
     Install-AptPackages @('gnuplot-nox', 'util-linux')
     $out = Join-Path $Artifacts 'bench'
@@ -162,6 +176,7 @@ function Invoke-Bench {
     # The comparison with the machine's limit and the HA pair's proxied path: report.md, results.json, latency.png.
     & (Join-Path $Root 'bench/run-bench.ps1') -Configuration $Configuration
     if (-not $?) { throw 'bench/run-bench.ps1 failed' }
+    Add-BdnToReport $out
     Write-Host "report: $out/report.md"
 }
 

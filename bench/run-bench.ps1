@@ -262,6 +262,7 @@ set style data histograms
 set style fill solid 0.8
 set ylabel 'microseconds'
 set logscale y
+set key left top
 plot '$dat' using 2:xtic(1) title 'limit', '' using 3 title 'StorageNode'
 "@
     $gp | & gnuplot
