@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -38,12 +39,16 @@ struct sn_cm_event {
     int32_t type;
     int32_t status;
     uint8_t private_data_len;
-    uint8_t reserved[7];
+    uint8_t responder_resources; /* connect request / response: the peer's offer, as rdma_cm reports it */
+    uint8_t initiator_depth;
+    uint8_t reserved[5];
     uint8_t private_data[64];
 };
 _Static_assert(sizeof(struct sn_cm_event) == 104, "sn_cm_event size");
 _Static_assert(offsetof(struct sn_cm_event, type) == 24, "sn_cm_event.type");
 _Static_assert(offsetof(struct sn_cm_event, private_data_len) == 32, "sn_cm_event.private_data_len");
+_Static_assert(offsetof(struct sn_cm_event, responder_resources) == 33, "sn_cm_event.responder_resources");
+_Static_assert(offsetof(struct sn_cm_event, initiator_depth) == 34, "sn_cm_event.initiator_depth");
 _Static_assert(offsetof(struct sn_cm_event, private_data) == 40, "sn_cm_event.private_data");
 
 SN_EXPORT uint32_t sn_verbs_version(void) { return 1; }
@@ -133,6 +138,30 @@ SN_EXPORT int sn_cm_listen(struct rdma_cm_id *id, int backlog) { return rdma_lis
 
 SN_EXPORT int sn_cm_local_port(struct rdma_cm_id *id) { return ntohs(rdma_get_src_port(id)); }
 
+/* The peer's address as "ip:port" (IPv6: "[ip]:port") into buf; returns its length or -errno. */
+SN_EXPORT int sn_cm_peer_addr(struct rdma_cm_id *id, char *buf, int len)
+{
+    struct sockaddr *sa = rdma_get_peer_addr(id);
+    char ip[INET6_ADDRSTRLEN];
+    int n;
+    if (!sa || len <= 0)
+        return -EINVAL;
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)sa;
+        if (!inet_ntop(AF_INET, &in4->sin_addr, ip, sizeof(ip)))
+            return -errno;
+        n = snprintf(buf, (size_t)len, "%s:%u", ip, ntohs(in4->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+        if (!inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip)))
+            return -errno;
+        n = snprintf(buf, (size_t)len, "[%s]:%u", ip, ntohs(in6->sin6_port));
+    } else {
+        return -EAFNOSUPPORT;
+    }
+    return n < len ? n : len - 1;
+}
+
 SN_EXPORT int sn_cm_resolve_addr(struct rdma_cm_id *id, const char *ip, int port, int timeout_ms)
 {
     struct sockaddr_storage ss;
@@ -162,6 +191,8 @@ SN_EXPORT int sn_cm_get_event(struct rdma_event_channel *ch, struct sn_cm_event 
     if (ev->id && ev->id->ps == RDMA_PS_TCP) {
         pd = ev->param.conn.private_data;
         pdl = ev->param.conn.private_data_len;
+        out->responder_resources = ev->param.conn.responder_resources;
+        out->initiator_depth = ev->param.conn.initiator_depth;
     }
     if (pd && pdl) {
         if (pdl > sizeof(out->private_data))

@@ -79,6 +79,7 @@ public static unsafe partial class Verbs
     [LibraryImport(Lib, EntryPoint = "sn_cm_bind", StringMarshalling = StringMarshalling.Utf8)] public static partial int CmBind(IntPtr id, string ip, int port);
     [LibraryImport(Lib, EntryPoint = "sn_cm_listen")] public static partial int CmListen(IntPtr id, int backlog);
     [LibraryImport(Lib, EntryPoint = "sn_cm_local_port")] public static partial int CmLocalPort(IntPtr id);
+    [LibraryImport(Lib, EntryPoint = "sn_cm_peer_addr")] public static partial int CmPeerAddr(IntPtr id, byte* buf, int len);
     [LibraryImport(Lib, EntryPoint = "sn_cm_resolve_addr", StringMarshalling = StringMarshalling.Utf8)] public static partial int CmResolveAddr(IntPtr id, string ip, int port, int timeoutMs);
     [LibraryImport(Lib, EntryPoint = "sn_cm_resolve_route")] public static partial int CmResolveRoute(IntPtr id, int timeoutMs);
     [LibraryImport(Lib, EntryPoint = "sn_cm_get_event")] public static partial int CmGetEvent(IntPtr ch, SnCmEvent* ev);
@@ -139,6 +140,9 @@ public unsafe struct SnCmEvent
     public int Type;
     public int Status;
     public byte PrivateDataLength;
-    public fixed byte Reserved[7];
+    /// <summary>Connect request / response: the peer's offer as rdma_cm reports it (already seen from this side).</summary>
+    public byte ResponderResources;
+    public byte InitiatorDepth;
+    public fixed byte Reserved[5];
     public fixed byte PrivateData[64];
 }

@@ -30,6 +30,11 @@ public static unsafe class RdmaDevices
 /// <summary>One rdma_cm event, copied out of the library (private data included) and acknowledged.</summary>
 public readonly record struct CmEvent(int Type, int Status, IntPtr Id, IntPtr ListenId, byte[] PrivateData)
 {
+    /// <summary>Connect request: the RDMA READs the peer will serve for us (its responder resources), as rdma_cm reports it.</summary>
+    public byte InitiatorDepth { get; init; }
+    /// <summary>Connect request: the RDMA READs the peer wants to issue to us.</summary>
+    public byte ResponderResources { get; init; }
+
     public string TypeName => Type switch
     {
         Verbs.CmAddrResolved => "ADDR_RESOLVED", Verbs.CmAddrError => "ADDR_ERROR", Verbs.CmRouteResolved => "ROUTE_RESOLVED",
@@ -68,7 +73,7 @@ public sealed unsafe class CmEventChannel : IDisposable
             {
                 var pd = new byte[ev.PrivateDataLength];
                 new ReadOnlySpan<byte>(ev.PrivateData, ev.PrivateDataLength).CopyTo(pd);
-                var e = new CmEvent(ev.Type, ev.Status, ev.Id, ev.ListenId, pd);
+                var e = new CmEvent(ev.Type, ev.Status, ev.Id, ev.ListenId, pd) { InitiatorDepth = ev.InitiatorDepth, ResponderResources = ev.ResponderResources };
                 Verbs.CmAckEvent(ev.Event);
                 return e;
             }
@@ -86,6 +91,32 @@ public sealed unsafe class CmEventChannel : IDisposable
         if (e.Type != type) throw new RdmaException($"{what}: expected {new CmEvent(type, 0, 0, 0, []).TypeName}, got {e.TypeName} (status {e.Status})", Math.Abs(e.Status));
         return e;
     }
+
+    public void Dispose() => Handle.Dispose();
+}
+
+/// <summary>
+/// A protection domain shared by many connections on one device (a target registers its buffer pools once per
+/// device, not once per connection). Made by <see cref="RdmaListener.AllocatePd"/>; freed after its connections.
+/// </summary>
+public sealed unsafe class ProtectionDomain : IDisposable
+{
+    internal readonly PdHandle Handle;
+
+    /// <summary>The device context (ibv_context) this PD belongs to.</summary>
+    public IntPtr Context { get; }
+
+    internal ProtectionDomain(IntPtr context, SafeHandle parent)
+    {
+        IntPtr pd = Verbs.AllocPd(context);
+        if (pd == IntPtr.Zero) throw new RdmaException("ibv_alloc_pd", Marshal.GetLastPInvokeError());
+        Handle = new PdHandle(pd, parent);
+        Context = context;
+    }
+
+    /// <summary>Registers <paramref name="length"/> bytes at <paramref name="address"/> (which must stay pinned).</summary>
+    public MemoryRegion Register(byte* address, nuint length, bool remoteRead = false, bool remoteWrite = false)
+        => new(Handle, address, length, Verbs.AccessLocalWrite | (remoteRead ? Verbs.AccessRemoteRead : 0) | (remoteWrite ? Verbs.AccessRemoteWrite : 0));
 
     public void Dispose() => Handle.Dispose();
 }
@@ -201,9 +232,11 @@ public sealed record RdmaConnectionOptions
 /// </summary>
 public sealed unsafe class RdmaConnection : IDisposable
 {
-    private readonly CmEventChannel _events;
+    // Null when the id reports to its listener's event channel (a target's connections).
+    private readonly CmEventChannel? _events;
     private readonly CmIdHandle _id;
     private readonly PdHandle _pd;
+    private readonly bool _ownsPd;
     private readonly QpHandle _qp;
     private bool _disposed;
 
@@ -213,23 +246,58 @@ public sealed unsafe class RdmaConnection : IDisposable
     public byte[] PeerPrivateData { get; private set; } = [];
     public bool Disconnected { get; private set; }
 
-    private RdmaConnection(CmEventChannel events, CmIdHandle id, RdmaConnectionOptions o)
+    private RdmaConnection(CmEventChannel? events, CmIdHandle id, RdmaConnectionOptions o, ProtectionDomain? sharedPd = null)
     {
         _events = events;
         _id = id;
         IntPtr idp = id.DangerousGetHandle();
         IntPtr ctx = Verbs.CmVerbs(idp);
         if (ctx == IntPtr.Zero) throw new RdmaException("rdma_cm id has no device", 19);
-        IntPtr pd = Verbs.AllocPd(ctx);
-        if (pd == IntPtr.Zero) throw new RdmaException("ibv_alloc_pd", Marshal.GetLastPInvokeError());
-        _pd = new PdHandle(pd, id);
-        Cq = new CompletionQueue(id, ctx, o.SendQueueDepth + o.RecvQueueDepth, o.EventMode);
-        int rc = Verbs.CmCreateQp(idp, pd, Cq.Handle.DangerousGetHandle(), Cq.Handle.DangerousGetHandle(),
-            o.SendQueueDepth, o.RecvQueueDepth, 1, 1, o.MaxInline);
-        if (rc != 0) throw new RdmaException("rdma_create_qp", -rc);
+        if (sharedPd != null)
+        {
+            if (sharedPd.Context != ctx) throw new RdmaException("the protection domain belongs to another device", 22);
+            _pd = sharedPd.Handle;
+        }
+        else
+        {
+            IntPtr pd = Verbs.AllocPd(ctx);
+            if (pd == IntPtr.Zero) throw new RdmaException("ibv_alloc_pd", Marshal.GetLastPInvokeError());
+            _pd = new PdHandle(pd, id);
+            _ownsPd = true;
+        }
+        try
+        {
+            Cq = new CompletionQueue(id, ctx, o.SendQueueDepth + o.RecvQueueDepth, o.EventMode);
+            int rc = Verbs.CmCreateQp(idp, _pd.DangerousGetHandle(), Cq.Handle.DangerousGetHandle(), Cq.Handle.DangerousGetHandle(),
+                o.SendQueueDepth, o.RecvQueueDepth, 1, 1, o.MaxInline);
+            if (rc != 0)
+            {
+                Cq.Dispose();
+                throw new RdmaException("rdma_create_qp", -rc);
+            }
+        }
+        catch
+        {
+            if (_ownsPd) _pd.Dispose();
+            throw;
+        }
         IntPtr qp = Verbs.CmQp(idp);
         _qp = new QpHandle(qp, id, _pd, Cq.Handle, Cq.Handle);
         QpNum = Verbs.QpNum(qp);
+    }
+
+    /// <summary>The rdma_cm id (to match events read from a listener's channel).</summary>
+    public IntPtr CmId => _id.DangerousGetHandle();
+
+    /// <summary>The peer's address, "ip:port".</summary>
+    public string PeerAddress
+    {
+        get
+        {
+            byte* buf = stackalloc byte[64];
+            int n = Verbs.CmPeerAddr(CmId, buf, 64);
+            return n > 0 ? Encoding.ASCII.GetString(buf, n) : "?";
+        }
     }
 
     /// <summary>Client side: resolve, create the QP, connect (with private data), wait for ESTABLISHED.</summary>
@@ -298,6 +366,32 @@ public sealed unsafe class RdmaConnection : IDisposable
         }
     }
 
+    internal static RdmaConnection AcceptOnListenerChannel(CmEventChannel listenerEvents, IntPtr childId, byte[] privateData,
+        ReadOnlySpan<byte> acceptData, ReadOnlySpan<byte> rejectData, RdmaConnectionOptions o, ProtectionDomain? pd,
+        Action<RdmaConnection>? beforeAccept)
+    {
+        var id = new CmIdHandle(childId, listenerEvents.Handle);
+        RdmaConnection? conn = null;
+        bool accepted = false;
+        try
+        {
+            conn = new RdmaConnection(null, id, o, pd) { PeerPrivateData = privateData };
+            beforeAccept?.Invoke(conn);
+            fixed (byte* p = acceptData)
+                Check(Verbs.CmAccept(childId, p, acceptData.Length, o.ReadDepth, o.ReadDepth), "rdma_accept");
+            accepted = true;
+            return conn;
+        }
+        catch
+        {
+            if (!accepted)
+                fixed (byte* p = rejectData) Verbs.CmReject(childId, p, rejectData.Length);
+            if (conn != null) conn.Dispose();
+            else id.Dispose();
+            throw;
+        }
+    }
+
     private static void Check(int rc, string what)
     {
         if (rc != 0) throw new RdmaException(what, -rc);
@@ -316,9 +410,9 @@ public sealed unsafe class RdmaConnection : IDisposable
         => Check(Verbs.PostSend(Qp, wrId, Verbs.WrSend, (signaled ? Verbs.SendSignaled : 0) | (inline ? Verbs.SendInline : 0),
             addr, length, mr?.Lkey ?? 0, 0, 0, 0), "ibv_post_send(SEND)");
 
-    public void PostSendWithInvalidate(ulong wrId, MemoryRegion? mr, byte* addr, uint length, uint rkeyToInvalidate)
-        => Check(Verbs.PostSend(Qp, wrId, Verbs.WrSendWithInvalidate, Verbs.SendSignaled, addr, length, mr?.Lkey ?? 0, 0, 0, rkeyToInvalidate),
-            "ibv_post_send(SEND_WITH_INV)");
+    public void PostSendWithInvalidate(ulong wrId, MemoryRegion? mr, byte* addr, uint length, uint rkeyToInvalidate, bool inline = false)
+        => Check(Verbs.PostSend(Qp, wrId, Verbs.WrSendWithInvalidate, Verbs.SendSignaled | (inline ? Verbs.SendInline : 0), addr, length,
+            mr?.Lkey ?? 0, 0, 0, rkeyToInvalidate), "ibv_post_send(SEND_WITH_INV)");
 
     public void PostWrite(ulong wrId, MemoryRegion mr, byte* addr, uint length, ulong remoteAddress, uint rkey, bool signaled = true)
         => Check(Verbs.PostSend(Qp, wrId, Verbs.WrRdmaWrite, signaled ? Verbs.SendSignaled : 0, addr, length, mr.Lkey, remoteAddress, rkey, 0),
@@ -327,6 +421,23 @@ public sealed unsafe class RdmaConnection : IDisposable
     public void PostRead(ulong wrId, MemoryRegion mr, byte* addr, uint length, ulong remoteAddress, uint rkey)
         => Check(Verbs.PostSend(Qp, wrId, Verbs.WrRdmaRead, Verbs.SendSignaled, addr, length, mr.Lkey, remoteAddress, rkey, 0),
             "ibv_post_send(RDMA_READ)");
+
+    // Data-path posting without exceptions: each returns 0, or a negative errno (e.g. -ENOMEM: queue full).
+
+    public int TryPostRecv(ulong wrId, byte* addr, uint length, uint lkey) => Verbs.PostRecv(Qp, wrId, addr, length, lkey);
+
+    public int TryPostSend(ulong wrId, byte* addr, uint length, uint lkey, bool signaled, bool inline)
+        => Verbs.PostSend(Qp, wrId, Verbs.WrSend, (signaled ? Verbs.SendSignaled : 0) | (inline ? Verbs.SendInline : 0), addr, length, lkey, 0, 0, 0);
+
+    public int TryPostSendWithInvalidate(ulong wrId, byte* addr, uint length, uint lkey, uint rkeyToInvalidate, bool signaled, bool inline)
+        => Verbs.PostSend(Qp, wrId, Verbs.WrSendWithInvalidate, (signaled ? Verbs.SendSignaled : 0) | (inline ? Verbs.SendInline : 0),
+            addr, length, lkey, 0, 0, rkeyToInvalidate);
+
+    public int TryPostWrite(ulong wrId, byte* addr, uint length, uint lkey, ulong remoteAddress, uint rkey, bool signaled)
+        => Verbs.PostSend(Qp, wrId, Verbs.WrRdmaWrite, signaled ? Verbs.SendSignaled : 0, addr, length, lkey, remoteAddress, rkey, 0);
+
+    public int TryPostRead(ulong wrId, byte* addr, uint length, uint lkey, ulong remoteAddress, uint rkey)
+        => Verbs.PostSend(Qp, wrId, Verbs.WrRdmaRead, Verbs.SendSignaled, addr, length, lkey, remoteAddress, rkey, 0);
 
     /// <summary>Polls until <paramref name="count"/> completions arrived (bounded); returns them.</summary>
     public SnWorkCompletion[] WaitCompletions(int count, TimeSpan timeout)
@@ -350,6 +461,7 @@ public sealed unsafe class RdmaConnection : IDisposable
     /// <summary>Reads a connection manager event for this connection without blocking (DISCONNECTED, ...).</summary>
     public CmEvent? PollEvent(TimeSpan wait)
     {
+        if (_events == null) throw new InvalidOperationException("this connection's events arrive on its listener's channel");
         CmEvent? e = _events.Next(wait);
         if (e?.Type == Verbs.CmDisconnected && !Disconnected)
         {
@@ -372,9 +484,9 @@ public sealed unsafe class RdmaConnection : IDisposable
         _disposed = true;
         _qp.Dispose();
         Cq.Dispose();
-        _pd.Dispose();
+        if (_ownsPd) _pd.Dispose();
         _id.Dispose();
-        _events.Dispose();
+        _events?.Dispose();
     }
 }
 
@@ -411,6 +523,45 @@ public sealed unsafe class RdmaListener : IDisposable
             _events.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Descriptor of the listener's event channel: readable when an event is pending.</summary>
+    public int Fd => _events.Fd;
+
+    /// <summary>The device the listener is bound to, or zero when bound to a wildcard address.</summary>
+    public IntPtr DeviceContext => Verbs.CmVerbs(_id.DangerousGetHandle());
+
+    /// <summary>The device a connect request arrived on (its id's ibv_context).</summary>
+    public static IntPtr DeviceOf(in CmEvent request) => Verbs.CmVerbs(request.Id);
+
+    /// <summary>
+    /// The next event of this listener or of any connection accepted with <see cref="AcceptRequest"/> (their
+    /// events stay on the listener's channel), or null when none arrives within <paramref name="wait"/>.
+    /// </summary>
+    public CmEvent? NextEvent(TimeSpan wait) => _events.Next(wait);
+
+    /// <summary>A protection domain on <paramref name="context"/> (a device); it keeps the listener's id alive.</summary>
+    public ProtectionDomain AllocatePd(IntPtr context) => new(context, _id);
+
+    /// <summary>
+    /// Accepts a CONNECT_REQUEST read with <see cref="NextEvent"/>: creates the QP (in <paramref name="pd"/> when
+    /// given), runs <paramref name="beforeAccept"/> (post receives there), then rdma_accept with
+    /// <paramref name="acceptData"/>. Returns at once; ESTABLISHED and DISCONNECTED arrive through
+    /// <see cref="NextEvent"/>. On failure before the accept the request is rejected with <paramref name="rejectData"/>.
+    /// </summary>
+    public RdmaConnection AcceptRequest(in CmEvent request, ReadOnlySpan<byte> acceptData, ReadOnlySpan<byte> rejectData,
+        RdmaConnectionOptions options, ProtectionDomain? pd = null, Action<RdmaConnection>? beforeAccept = null)
+    {
+        if (request.Type != Verbs.CmConnectRequest) throw new ArgumentException($"{request.TypeName} is not a connect request", nameof(request));
+        return RdmaConnection.AcceptOnListenerChannel(_events, request.Id, request.PrivateData, acceptData, rejectData, options, pd, beforeAccept);
+    }
+
+    /// <summary>Rejects a CONNECT_REQUEST read with <see cref="NextEvent"/> (with private data saying why).</summary>
+    public void Reject(in CmEvent request, ReadOnlySpan<byte> privateData)
+    {
+        if (request.Type != Verbs.CmConnectRequest) throw new ArgumentException($"{request.TypeName} is not a connect request", nameof(request));
+        fixed (byte* p = privateData) Verbs.CmReject(request.Id, p, privateData.Length);
+        Verbs.CmDestroyId(request.Id);
     }
 
     /// <summary>

@@ -6,6 +6,8 @@ using StorageNode.Config;
 using StorageNode.Interop;
 using StorageNode.Reactors;
 using StorageNode.Target;
+using StorageNode.Rdma;
+using StorageNode.Transport.Rdma;
 using StorageNode.Transport.Tcp;
 
 namespace StorageNode;
@@ -24,10 +26,13 @@ public sealed class Node : IDisposable
     public NodeConfig Config { get; }
     public NvmfTarget Target { get; }
     public TcpTransport Tcp { get; }
+    /// <summary>The NVMe/RDMA transport (null unless a listener is configured with Transport "rdma").</summary>
+    public RdmaTransport? Rdma { get; }
     /// <summary>The HA pair's membership and interconnect (null on a standalone node).</summary>
     public ClusterManager? Cluster { get; }
     public IReadOnlyList<Reactor> Reactors => _reactors;
     public IReadOnlyList<IPEndPoint> TcpEndpoints { get; private set; } = [];
+    public IReadOnlyList<IPEndPoint> RdmaEndpoints { get; private set; } = [];
     public IPEndPoint? InterconnectEndpoint { get; private set; }
     public ILoggerFactory LoggerFactory { get; }
 
@@ -42,6 +47,7 @@ public sealed class Node : IDisposable
                 _reactors.Add(new Reactor(i, $"{config.Name}-reactor{i}", config.PollMode, config.AdaptiveSpin, config.Pools, loggerFactory.CreateLogger($"reactor{i}")));
             Target = new NvmfTarget(config.Name, config.Target, _reactors, loggerFactory);
             Tcp = new TcpTransport(Target);
+            if (config.Listeners.Any(l => l.Transport == "rdma")) Rdma = new RdmaTransport(Target);
 
             foreach (BdevConfig b in config.Bdevs) _bdevs[b.Name] = CreateBdev(b);
             var subsystems = new List<(Subsystem S, SubsystemConfig C)>();
@@ -111,12 +117,24 @@ public sealed class Node : IDisposable
         if (_started) throw new InvalidOperationException("node already started");
         _started = true;
         if (!Shim.IsAvailable) _log.LogWarning("native shim unavailable: {Reason}", Shim.UnavailableReason);
+        string? noRdma = RdmaDevices.UnavailableReason();
+        for (int i = 0; i < Config.Listeners.Count; i++)
+        {
+            if (Config.Listeners[i].Transport == "rdma" && noRdma != null)
+                throw new ConfigException($"Listeners:{i}:Transport", $"rdma, but RDMA is unavailable on this machine: {noRdma}");
+        }
+        if (noRdma != null) _log.LogInformation("RDMA unavailable: {Reason}", noRdma);
         foreach (Reactor r in _reactors) r.Start();
         Target.Start();
         var eps = new List<IPEndPoint>();
+        var rdmaEps = new List<IPEndPoint>();
         foreach (ListenerConfig l in Config.Listeners)
-            eps.Add(Tcp.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role));
+        {
+            if (l.Transport == "rdma") rdmaEps.Add(Rdma!.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role));
+            else eps.Add(Tcp.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role));
+        }
         TcpEndpoints = eps;
+        RdmaEndpoints = rdmaEps;
         if (Cluster != null)
         {
             InterconnectEndpoint = Tcp.Listen(Config.Cluster!.Interconnect, 0xFFFE, null, ListenerRole.Interconnect);
@@ -131,6 +149,7 @@ public sealed class Node : IDisposable
     {
         Cluster?.Dispose();
         Tcp?.Dispose();
+        Rdma?.Dispose();
         Target?.Dispose();
         // Give reactors a moment to run the posted disconnects before they stop.
         if (_started) Thread.Sleep(50);

@@ -48,6 +48,16 @@ catch (Exception e) when (e is FormatException or InvalidDataException or IOExce
     return 2;
 }
 
+// An rdma listener needs RDMA: say why it cannot be had, naming the setting, before anything starts.
+for (int i = 0; i < config.Listeners.Count; i++)
+{
+    if (config.Listeners[i].Transport != "rdma") continue;
+    string? noRdma = StorageNode.Rdma.RdmaDevices.UnavailableReason();
+    if (noRdma == null) break;
+    Console.Error.WriteLine($"storagenode: invalid configuration: Listeners:{i}:Transport: rdma, but RDMA is unavailable on this machine: {noRdma}");
+    return 2;
+}
+
 using ILoggerFactory loggerFactory = LoggerFactory.Create(b => b
     .AddSimpleConsole(o =>
     {
@@ -63,7 +73,7 @@ try
     node = new Node(config, loggerFactory);
     node.Start();
 }
-catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or ConfigException or InvalidOperationException)
+catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or ConfigException or InvalidOperationException or StorageNode.Rdma.RdmaException)
 {
     Console.Error.WriteLine($"storagenode {config.Name}: cannot start: {e.Message}");
     return 1;
@@ -93,6 +103,8 @@ using var sigusr1 = System.Runtime.InteropServices.PosixSignalRegistration.Creat
 
 foreach (var ep in node.TcpEndpoints)
     Console.WriteLine($"[{config.Name}] NVMe/TCP listening on {ep}");
+foreach (var ep in node.RdmaEndpoints)
+    Console.WriteLine($"[{config.Name}] NVMe/RDMA listening on {ep}");
 foreach (var s in config.Subsystems)
     Console.WriteLine($"[{config.Name}] subsystem {s.Nqn}: {s.Namespaces.Count} namespace(s), CNTLID {s.ControllerIdMin}-{s.ControllerIdMax}");
 if (config.Cluster is { } cl)

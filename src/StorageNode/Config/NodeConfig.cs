@@ -202,16 +202,16 @@ public sealed record NodeConfig
     private static List<ListenerConfig> LoadListeners(IConfigurationSection section, ClusterConfig? cluster)
     {
         var list = new List<ListenerConfig>();
-        var seen = new HashSet<(string, int)>();
+        var seen = new HashSet<(string, string, int)>(); // TCP and RDMA (rdma_cm) ports are separate spaces
         foreach (IConfigurationSection l in Items(section))
         {
             CheckKeys(l, l.Path, ListenerKeys);
             string transport = Str(l, "Transport", "tcp").ToLowerInvariant();
-            if (transport != "tcp") throw new ConfigException($"{l.Path}:Transport", $"'{transport}' is not supported (supported: tcp)");
+            if (transport is not ("tcp" or "rdma")) throw new ConfigException($"{l.Path}:Transport", $"'{transport}' is not supported (supported: tcp, rdma)");
             string addrText = Required(l, "Address");
             if (!IPAddress.TryParse(addrText, out IPAddress? addr)) throw new ConfigException($"{l.Path}:Address", $"'{addrText}' is not an IP address");
             int port = Int(l, "Port", 4420, 0, 65535);
-            if (port != 0 && !seen.Add((addr.ToString(), port))) throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is configured twice");
+            if (port != 0 && !seen.Add((transport, addr.ToString(), port))) throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is configured twice ({transport})");
             string? adv = l["AdvertiseAddress"];
             ushort portId = (ushort)Int(l, "PortId", list.Count + 1, 0, 0xFFFE);
             ListenerRole role = Enum<ListenerRole>(l, "Role", ListenerRole.Combined);

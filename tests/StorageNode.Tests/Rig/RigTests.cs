@@ -128,6 +128,59 @@ public class RigTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void KernelNvmeRdmaHostVerifiesDataAgainstTheNodeOverSoftRoce()
+    {
+        TimeSpan image = RigHarness.RequireImage();
+        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
+        // The node runs in guest a (the host kernel has no rdma_rxe), the kernel NVMe/RDMA host in guest b. Guests
+        // cannot see a checkout under /tmp, so the built node and its configuration travel through the rig cache.
+        string config = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name; // bin/<Configuration>/net10.0
+        string built = Path.Combine(RigHarness.RepoRoot, "src", "StorageNode", "bin", config, "net10.0");
+        Assert.True(File.Exists(Path.Combine(built, "storagenode.dll")), $"the node is not built in {built}");
+        Assert.True(File.Exists(Path.Combine(built, "libsnverbs.so")), $"libsnverbs.so is not next to the node in {built}");
+        string copy = Path.Combine(RigHarness.Cache, $"rdma-node-{Environment.ProcessId}");
+        const string nqn = "nqn.2026-11.io.storagenode:rdma";
+        try
+        {
+            Directory.CreateDirectory(copy);
+            foreach (string f in Directory.GetFiles(built)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)), overwrite: true);
+            string json = Path.Combine(copy, "node.json");
+            File.WriteAllText(json, $$"""
+                {
+                  "Node": { "Name": "rdma", "Reactors": 1, "PollMode": "adaptive",
+                            "Pools": { "SmallBufferCount": 256, "MediumBufferCount": 32, "LargeBufferCount": 8 } },
+                  "Listeners": [ { "Transport": "rdma", "Address": "192.168.100.1", "Port": {{GuestPort}} } ],
+                  "Bdevs": [ { "Name": "Malloc0", "Type": "malloc", "SizeMiB": 64, "BlockSize": 4096 } ],
+                  "Subsystems": [ { "Nqn": "{{nqn}}", "SerialNumber": "SNRDMA0001", "ModelNumber": "StorageNode rdma",
+                                    "Namespaces": [ { "Nsid": 1, "Bdev": "Malloc0" } ] } ]
+                }
+                """);
+            var env = new Dictionary<string, string>
+            {
+                ["SUBNQN"] = nqn,
+                ["TARGET_PORT"] = GuestPort.ToString(),
+                ["NODE_DLL"] = Path.Combine(copy, "storagenode.dll"),
+                ["NODE_CONFIG"] = json,
+                ["TARGET_WAIT"] = "150",
+                ["FIO_RUNTIME"] = Environment.GetEnvironmentVariable("RIG_FIO_RUNTIME") ?? "30",
+            };
+            using GuestRun g = RigHarness.StartPair("rdma-target.sh", env, TimeSpan.FromMinutes(5));
+            int rc = g.Wait();
+            output.WriteLine(g.Output);
+            output.WriteLine($"nvme-rdma pair: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
+            Assert.Equal(0, rc);
+            foreach (string check in new[] { "a| CHECK node-started: ok", "a| CHECK node-exit: ok", "a| CHECK node-log-errors: ok",
+                         "b| CHECK discovery-trtype-rdma: ok", "b| CHECK discovery-rdma-cms: ok", "b| CHECK randwrite-errors: ok",
+                         "b| CHECK verify-failures: ok", "b| CHECK fio-verify: ok" })
+                Assert.Contains(check, g.Output);
+        }
+        finally
+        {
+            Directory.Delete(copy, recursive: true);
+        }
+    }
+
+    [Fact]
     public void MultipathFailsOverToTheProxyPathWithoutErrors()
     {
         using var pair = new TestPair(

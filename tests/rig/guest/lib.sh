@@ -2,7 +2,7 @@
 # this file $RIG_LIB). Every script prints "CHECK name: ok [detail]" or "CHECK name: FAIL detail"
 # lines and ends with finish, which exits non-zero when any check failed.
 #
-# The target: $TARGET_ADDR:$TARGET_PORT, subsystem $SUBNQN. TARGET_ADDR defaults to 10.0.2.100, QEMU's
+# The target: $TARGET_ADDR:$TARGET_PORT, subsystem $SUBNQN, over $TRANSPORT (tcp, the default, or rdma). TARGET_ADDR defaults to 10.0.2.100, QEMU's
 # guestfwd address: with run-guest.sh -p 4420:HPORT a guest connection to 10.0.2.100:4420 reaches a
 # target listening on the host's 127.0.0.1:HPORT, each connection through its own socat. For Linux
 # nvmet inside the guest (nvmet-setup.sh) use TARGET_ADDR=127.0.0.1.
@@ -12,6 +12,7 @@ set -u
 A=${TARGET_ADDR:-10.0.2.100}
 P=${TARGET_PORT:-4420}
 N=${SUBNQN:?SUBNQN is required}
+TR=${TRANSPORT:-tcp}
 T=${CMD_TIMEOUT:-120}
 FAILS=0 CHECKS=0
 MNT=/tmp/rig-mnt
@@ -42,7 +43,7 @@ need() { local before=$FAILS; check "$@"; [ "$FAILS" -eq "$before" ] || finish; 
 wait_target() {
   local port=${1:-$P} end=$((SECONDS + ${TARGET_WAIT:-90}))
   while [ $SECONDS -lt $end ]; do
-    timeout -k 5 30 nvme discover -t tcp -a "$A" -s "$port" > /tmp/disc.txt 2>&1 && return 0
+    timeout -k 5 30 nvme discover -t "$TR" -a "$A" -s "$port" > /tmp/disc.txt 2>&1 && return 0
     sleep 1
   done
   echo "target at $A:$port did not answer discovery within ${TARGET_WAIT:-90} s:"; cat /tmp/disc.txt
@@ -72,7 +73,7 @@ wait_live() { local end=$((SECONDS + ${2:-20})); while [ $SECONDS -lt $end ]; do
 # sets CTRL and DEV. Finishes the script when that fails: nothing else can be checked then.
 connect() {
   local name=$1; shift
-  need "$name" nvme connect -t tcp -a "$A" -s "$P" -n "$N" "$@"
+  need "$name" nvme connect -t "$TR" -a "$A" -s "$P" -n "$N" "$@"
   if wait_ns "${NSID:-1}"; then CTRL=$(ctrl_of); DEV=$(ns_dev "${NSID:-1}"); ok "$name-namespace" "$CTRL, $DEV"
   else fail "$name-namespace" "(namespace ${NSID:-1} did not appear within 20 s)"; finish; fi
 }

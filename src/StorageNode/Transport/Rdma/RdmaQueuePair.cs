@@ -1,0 +1,558 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using StorageNode.Interop;
+using StorageNode.Nvme.Rdma;
+using StorageNode.Nvme.Spec;
+using StorageNode.Rdma;
+using StorageNode.Reactors;
+using StorageNode.Target;
+
+namespace StorageNode.Transport.Rdma;
+
+/// <summary>Per-command state of the NVMe/RDMA transport.</summary>
+internal sealed class RdmaRequest(QueuePair qpair, ushort slot) : NvmfRequest(qpair, slot)
+{
+    public RdmaDataKind Kind;
+    public ulong RemoteAddress;
+    public uint RemoteKey;
+    /// <summary>The host asked for the response to invalidate <see cref="RemoteKey"/> (SGL subtype Fh).</summary>
+    public bool Invalidate;
+    /// <summary>In-capsule data still in receive buffer <see cref="RecvIndex"/> (waiting for a data buffer); else -1.</summary>
+    public int RecvIndex = -1;
+    public uint InCapsuleOffset;
+}
+
+/// <summary>
+/// One NVMe/RDMA queue pair on the target side (RDMA transport binding): command capsules arrive as RDMA SENDs
+/// into preallocated, registered receive buffers (64-byte SQE + in-capsule data); the target pulls write data
+/// with RDMA READ, pushes read data with RDMA WRITE, and answers with the 16-byte CQE in a SEND (SEND with
+/// invalidate when the host asked). Lives on one reactor, which polls its completion queue every iteration (an
+/// <see cref="IReactorPoller"/>) and, when idle, sleeps on its completion channel (this source's descriptor).
+/// Nothing on the I/O path allocates.
+/// </summary>
+internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
+{
+    private const int CqeSize = 16;
+    private const int WcBatch = 32;
+    private const uint KindRecv = 1;
+    private const uint KindRead = 2;
+    private const uint KindWrite = 3;
+    private const uint KindSend = 4;
+
+    private readonly RdmaTransport _transport;
+    private readonly RdmaConnection _conn;
+    private readonly PoolRegistration _pools;
+    private readonly ILogger _log;
+    private readonly string _peer;
+    private readonly long _createdTimestamp;
+    private readonly bool _eventMode;
+    private readonly int _cmQid;
+
+    // Receive buffers: one per host submission queue entry, each 64 bytes of SQE + the in-capsule data size.
+    private readonly byte* _recvBase;
+    private readonly int _recvStride;
+    private readonly int _recvCount;
+    private readonly uint _icd;
+    private readonly MemoryRegion _recvMr;
+
+    // Requests: twice the receive depth (a response whose send completion has not been polled yet still holds
+    // its slot while the host may already reuse its submission queue entry).
+    private readonly RdmaRequest[] _reqs;
+    private readonly int[] _freeSlots;
+    private int _freeCount;
+    /// <summary>Commands received and not yet answered (bounded by the host's submission queue size).</summary>
+    private int _active;
+    private readonly int[] _bufferWaiters;
+    private int _waitHead;
+    private int _waitCount;
+    private readonly byte* _cqes; // one response per slot (sent inline)
+    private readonly SnWorkCompletion[] _wc = new SnWorkCompletion[WcBatch];
+
+    private bool _armed;
+    private bool _closed;
+    private bool _freed;
+    private ushort _sqHeadReport;
+
+    public long Receives;
+    public long RdmaReads;
+    public long RdmaWrites;
+
+    /// <summary>Allocates and registers the receive buffers and posts them (before the connection is accepted).</summary>
+    public RdmaQueuePair(RdmaConnection conn, Reactor reactor, NvmfTarget target, ListenerInfo listener, RdmaTransport transport,
+        PoolRegistration pools, int cmQid, int recvDepth, ILogger log)
+        : base(reactor, target, listener)
+    {
+        _conn = conn;
+        _transport = transport;
+        _pools = pools;
+        _log = log;
+        _cmQid = cmQid;
+        _peer = conn.PeerAddress;
+        _createdTimestamp = Stopwatch.GetTimestamp();
+        _eventMode = reactor.Mode != PollMode.Busy;
+        TargetOptions o = target.Options;
+        _icd = cmQid == 0 ? o.AdminInCapsuleDataSize : o.InCapsuleDataSize;
+        _recvCount = recvDepth;
+        _recvStride = (int)((64 + _icd + 63) & ~63u);
+        nuint recvBytes = (nuint)_recvStride * (nuint)_recvCount;
+        _recvBase = (byte*)NativeMemory.AlignedAlloc(recvBytes, 4096);
+        int slots = 2 * recvDepth;
+        _cqes = (byte*)NativeMemory.AlignedAlloc((nuint)(CqeSize * slots), 64);
+        NativeMemory.Clear(_cqes, (nuint)(CqeSize * slots));
+        try
+        {
+            _recvMr = pools.Pd.Register(_recvBase, recvBytes);
+        }
+        catch
+        {
+            NativeMemory.AlignedFree(_recvBase);
+            NativeMemory.AlignedFree(_cqes);
+            throw;
+        }
+        _reqs = new RdmaRequest[slots];
+        _freeSlots = new int[slots];
+        _bufferWaiters = new int[slots];
+        for (int i = 0; i < slots; i++)
+        {
+            _reqs[i] = new RdmaRequest(this, (ushort)i);
+            _freeSlots[i] = slots - 1 - i;
+        }
+        _freeCount = slots;
+        for (int i = 0; i < _recvCount; i++)
+        {
+            int rc = PostRecv(i);
+            if (rc != 0)
+            {
+                _recvMr.Dispose();
+                NativeMemory.AlignedFree(_recvBase);
+                NativeMemory.AlignedFree(_cqes);
+                throw new RdmaException("ibv_post_recv", -rc);
+            }
+        }
+    }
+
+    public RdmaConnection Connection => _conn;
+    public override int Fd => _conn.Cq.Fd;
+    public override string PeerAddress => _peer;
+    public override uint InCapsuleDataSize => _icd;
+    public override bool IsClosed => _closed;
+    public int OutstandingRequests => _reqs.Length - _freeCount;
+    public int ReceiveDepth => _recvCount;
+
+    /// <summary>True when the connection has not completed Connect within <paramref name="ticks"/>.</summary>
+    public bool ConnectOverdue(long now, long ticks) => !Connected && !_closed && now - _createdTimestamp > ticks;
+
+    private static ulong WrId(uint kind, int index) => ((ulong)kind << 32) | (uint)index;
+
+    private int PostRecv(int index)
+    {
+        byte* buf = _recvBase + (nint)index * _recvStride;
+        return _conn.TryPostRecv(WrId(KindRecv, index), buf, (uint)_recvStride, _recvMr.Lkey);
+    }
+
+    /// <summary>Gives a receive buffer back to the host; false when the connection is (now) closed.</summary>
+    private bool Repost(int index)
+    {
+        if (_closed) return false;
+        int rc = PostRecv(index);
+        if (rc == 0) return true;
+        Close($"cannot post a receive buffer: {Libc.StrError(-rc)}");
+        return false;
+    }
+
+    // ====================================================================== polling
+
+    /// <summary>Reactor poller: reaps completions; when there are none, arms the CQ so an idle reactor can sleep.</summary>
+    public int Poll()
+    {
+        if (_closed) return 0;
+        try
+        {
+            int n = Reap();
+            if (n == 0 && _eventMode && !_armed && !_closed)
+            {
+                _conn.Cq.Arm();
+                _armed = true;
+                n = Reap(); // a completion that landed before the arm raises no event
+            }
+            return n;
+        }
+        catch (Exception e)
+        {
+            Close($"internal error: {e.Message}");
+            return 1;
+        }
+    }
+
+    /// <summary>The completion channel fired (the CQ was armed): consume the event and reap.</summary>
+    public override int OnReady(uint events)
+    {
+        if (_closed) return 0;
+        _conn.Cq.AcknowledgeEvents();
+        _armed = false;
+        return Reap() + 1;
+    }
+
+    private int Reap()
+    {
+        int total = 0;
+        Span<SnWorkCompletion> wc = _wc;
+        for (int round = 0; round < 4 && !_closed; round++)
+        {
+            int n = _conn.Cq.Poll(wc);
+            for (int i = 0; i < n && !_closed; i++) OnCompletion(ref wc[i]);
+            total += n;
+            if (n < WcBatch) break;
+        }
+        return total;
+    }
+
+    private void OnCompletion(ref SnWorkCompletion wc)
+    {
+        uint kind = (uint)(wc.WrId >> 32);
+        int index = (int)(uint)wc.WrId;
+        if (wc.Status != 0)
+        {
+            CompletionError(ref wc, kind);
+            return;
+        }
+        switch (kind)
+        {
+            case KindRecv:
+                OnReceive(index, wc.ByteLen);
+                break;
+            case KindRead:
+                OnReadDone(_reqs[index]);
+                break;
+            case KindSend:
+                Release(_reqs[index]);
+                break;
+            default:
+                break; // RDMA WRITEs are unsignaled; their completions arrive only on error
+        }
+    }
+
+    private void CompletionError(ref SnWorkCompletion wc, uint kind)
+    {
+        const uint FlushError = 5; // IBV_WC_WR_FLUSH_ERR: the QP is already in the error state
+        string what = kind switch { KindRecv => "receive", KindRead => "RDMA READ", KindWrite => "RDMA WRITE", KindSend => "send", _ => "work request" };
+        if (wc.Status == FlushError) Close($"{what} flushed (connection lost)");
+        else if (kind == KindRecv && wc.Status == 1) Close("a command capsule overflowed its receive buffer (local length error)");
+        else Close($"{what} failed: completion status {wc.Status} (vendor error {wc.VendorErr})");
+    }
+
+    // ====================================================================== commands
+
+    private void OnReceive(int index, uint byteLen)
+    {
+        if ((uint)index >= (uint)_recvCount)
+        {
+            Close($"receive completion for unknown buffer {index}");
+            return;
+        }
+        Receives++;
+        byte* buf = _recvBase + (nint)index * _recvStride;
+        if (byteLen < 64)
+        {
+            Close($"command capsule of {byteLen} bytes (less than a 64-byte SQE)");
+            return;
+        }
+        // A host may have at most its submission queue size of commands outstanding.
+        int limit = Connected && SqSize > 0 ? Math.Min(SqSize, _recvCount) : _recvCount;
+        if (_active >= limit || _freeCount == 0)
+        {
+            Close($"host exceeded the submission queue size ({limit} commands outstanding)");
+            return;
+        }
+        RdmaRequest req = _reqs[_freeSlots[--_freeCount]];
+        _active++;
+        req.Reset();
+        req.Sqe = *(SubmissionQueueEntry*)buf;
+        req.Data = null;
+        req.Kind = RdmaDataKind.None;
+        req.Invalidate = false;
+        req.RecvIndex = -1;
+        req.StartTimestamp = Reactor.Now;
+        req.State = RequestState.Executing;
+        _sqHeadReport = AdvanceSqHead();
+
+        NvmeStatus st = RdmaSgl.Parse(req.Sqe.Dptr, byteLen - 64, out RdmaDataDescriptor d);
+        if (!st.IsSuccess)
+        {
+            if (!Repost(index)) return;
+            req.Status = st;
+            req.Complete();
+            return;
+        }
+        req.Kind = d.Kind;
+        req.RemoteAddress = d.Address;
+        req.RemoteKey = d.Key;
+        req.Invalidate = d.Invalidate;
+
+        if (req.Sqe.Opcode == AdminOpcode.FabricsCommand && req.Sqe.FabricsType == FabricsCommandType.Connect && !CheckConnect(req))
+        {
+            if (!Repost(index)) return;
+            req.Complete();
+            return;
+        }
+        if (!CommandDispatcher.Prepare(req, d.Length))
+        {
+            if (!Repost(index)) return;
+            req.Complete();
+            return;
+        }
+        switch (d.Kind)
+        {
+            case RdmaDataKind.None:
+                if (!Repost(index)) return;
+                CommandDispatcher.Execute(req);
+                return;
+            case RdmaDataKind.InCapsule:
+                if (req.Direction != DataDirection.HostToController)
+                {
+                    if (!Repost(index)) return;
+                    req.Fail(NvmeStatus.Generic(GenericStatus.SglDescriptorTypeInvalid));
+                    return;
+                }
+                // The receive buffer goes back to the host at once: copy the data into a pool buffer (the bdev
+                // may need it aligned, and the buffer's life would otherwise tie up a receive).
+                req.RecvIndex = index;
+                req.InCapsuleOffset = d.Offset;
+                StartDataPhase(req);
+                return;
+            default:
+                if (!Repost(index)) return;
+                StartDataPhase(req);
+                return;
+        }
+    }
+
+    /// <summary>The Connect command must name the queue the connection was made for (CM private data QID).</summary>
+    private bool CheckConnect(RdmaRequest req)
+    {
+        ref ConnectCommand cmd = ref Unsafe.As<SubmissionQueueEntry, ConnectCommand>(ref req.Sqe);
+        if (cmd.Qid != _cmQid)
+        {
+            _log.LogWarning("{Peer}: Connect for queue {Qid} on the RDMA connection made for queue {CmQid}", _peer, cmd.Qid, _cmQid);
+            req.Cqe.Dw0 = 42; // offset of QID in the SQE
+            req.Status = NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidParameters);
+            return false;
+        }
+        if (cmd.SqSize + 1 > _recvCount)
+        {
+            _log.LogWarning("{Peer}: Connect SQSIZE {SqSize} exceeds the {Depth} entries negotiated (HSQSIZE)", _peer, cmd.SqSize, _recvCount);
+            req.Cqe.Dw0 = 44; // offset of SQSIZE
+            req.Status = NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidParameters);
+            return false;
+        }
+        return true;
+    }
+
+    private void StartDataPhase(RdmaRequest req)
+    {
+        // Commands already waiting for a buffer go first, so large transfers are not starved.
+        byte* buf = _waitCount == 0 ? Reactor.Pools.Get(req.Length) : null;
+        if (buf == null)
+        {
+            req.State = RequestState.NeedBuffer;
+            _bufferWaiters[(_waitHead + _waitCount++) % _bufferWaiters.Length] = req.Slot;
+            Reactor.MarkDirty(this);
+            return;
+        }
+        BeginDataPhase(req, buf);
+    }
+
+    private void BeginDataPhase(RdmaRequest req, byte* buffer)
+    {
+        req.Data = buffer;
+        if (req.Kind == RdmaDataKind.InCapsule)
+        {
+            int index = req.RecvIndex;
+            byte* src = _recvBase + (nint)index * _recvStride + 64 + req.InCapsuleOffset;
+            Buffer.MemoryCopy(src, buffer, req.Length, req.Length);
+            req.RecvIndex = -1;
+            if (!Repost(index)) return;
+            req.State = RequestState.Executing;
+            CommandDispatcher.Execute(req);
+            return;
+        }
+        if (req.Direction == DataDirection.HostToController)
+        {
+            req.State = RequestState.TransferringHostData;
+            int rc = _conn.TryPostRead(WrId(KindRead, req.Slot), buffer, req.Length, _pools.Lkey(buffer), req.RemoteAddress, req.RemoteKey);
+            if (rc != 0)
+            {
+                Close($"cannot post an RDMA READ: {Libc.StrError(-rc)}");
+                return;
+            }
+            RdmaReads++;
+            return;
+        }
+        req.State = RequestState.Executing;
+        CommandDispatcher.Execute(req);
+    }
+
+    private void OnReadDone(RdmaRequest req)
+    {
+        if (req.State != RequestState.TransferringHostData)
+        {
+            Close($"RDMA READ completion for a command in state {req.State}");
+            return;
+        }
+        req.State = RequestState.Executing;
+        CommandDispatcher.Execute(req);
+    }
+
+    /// <summary>Gives buffers to commands that waited for one, oldest first.</summary>
+    private void ServeBufferWaiters()
+    {
+        while (_waitCount > 0 && !_closed)
+        {
+            RdmaRequest req = _reqs[_bufferWaiters[_waitHead]];
+            byte* buf = Reactor.Pools.Get(req.Length);
+            if (buf == null) return;
+            _waitHead = (_waitHead + 1) % _bufferWaiters.Length;
+            _waitCount--;
+            BeginDataPhase(req, buf);
+        }
+    }
+
+    public override int Flush()
+    {
+        if (_closed) return 0;
+        if (_waitCount == 0) return 0;
+        ServeBufferWaiters();
+        if (_waitCount > 0 && !_closed) Reactor.MarkDirty(this);
+        return 1;
+    }
+
+    // ====================================================================== completion
+
+    public override void CompleteRequest(NvmfRequest r)
+    {
+        var req = (RdmaRequest)r;
+        if (_closed)
+        {
+            Release(req);
+            return;
+        }
+        if (req.State == RequestState.Completing || req.State == RequestState.Free) return;
+        req.State = RequestState.Completing;
+        _active--;
+        if (req.RecvIndex >= 0)
+        {
+            // Failed before its in-capsule data was consumed.
+            int index = req.RecvIndex;
+            req.RecvIndex = -1;
+            if (!Repost(index)) return;
+        }
+        ref CompletionQueueEntry cqe = ref req.Cqe;
+        cqe.Cid = req.Sqe.Cid;
+        cqe.SqId = Qid;
+        cqe.SqHead = SqFlowControlDisabled ? (ushort)0xFFFF : _sqHeadReport;
+
+        if (req.Status.IsSuccess && req.Direction == DataDirection.ControllerToHost && req.Kind == RdmaDataKind.Keyed && req.Data != null)
+        {
+            // Unsignaled: the response SEND behind it completes only after it (same send queue, in order).
+            int wrc = _conn.TryPostWrite(WrId(KindWrite, req.Slot), req.Data, req.Length, _pools.Lkey(req.Data), req.RemoteAddress, req.RemoteKey, signaled: false);
+            if (wrc != 0)
+            {
+                Close($"cannot post an RDMA WRITE: {Libc.StrError(-wrc)}");
+                return;
+            }
+            RdmaWrites++;
+        }
+        byte* c = _cqes + CqeSize * req.Slot;
+        *(CompletionQueueEntry*)c = cqe;
+        int rc = req.Invalidate
+            ? _conn.TryPostSendWithInvalidate(WrId(KindSend, req.Slot), c, CqeSize, 0, req.RemoteKey, signaled: true, inline: true)
+            : _conn.TryPostSend(WrId(KindSend, req.Slot), c, CqeSize, 0, signaled: true, inline: true);
+        if (rc != 0) Close($"cannot post a response: {Libc.StrError(-rc)}");
+    }
+
+    private void Release(RdmaRequest req)
+    {
+        HostGate.Done(req);
+        if (req.Data != null)
+        {
+            Reactor.Pools.Return(req.Data);
+            req.Data = null;
+        }
+        req.RecvIndex = -1;
+        if (req.State == RequestState.Free) return;
+        if (req.State != RequestState.Completing) _active--;
+        req.State = RequestState.Free;
+        _freeSlots[_freeCount++] = req.Slot;
+        if (_closed && _freeCount == _reqs.Length) FreeNativeMemory();
+    }
+
+    // ====================================================================== teardown
+
+    public override void OnFault(Exception e) => Close($"internal error: {e.Message}");
+
+    public override void Disconnect(string reason) => Reactor.Post(() => Close(reason));
+
+    /// <summary>
+    /// Disconnects, destroys the QP (after which the device touches none of our buffers), and ends this queue's
+    /// part in its controller. Reactor thread only.
+    /// </summary>
+    public void Close(string reason)
+    {
+        if (_closed) return;
+        _closed = true;
+        _log.LogInformation("{Peer}: RDMA queue {Qid} closed: {Reason}", _peer, Connected ? Qid.ToString() : "-", reason);
+        Reactor.Unregister(this);
+        Reactor.RemovePoller(this);
+        _transport.OnQueueClosed(this);
+        try
+        {
+            _conn.Disconnect();
+        }
+        catch (Exception e)
+        {
+            _log.LogDebug("{Peer}: rdma_disconnect: {Error}", _peer, e.Message);
+        }
+        _conn.Dispose();
+        _recvMr.Dispose();
+
+        Controller? ctrl = Controller;
+        if (ctrl != null)
+        {
+            if (Qid == 0)
+            {
+                ctrl.ClearAers();
+                ctrl.Destroy($"admin queue closed ({reason})");
+            }
+            else
+            {
+                ctrl.RemoveIoQueue(this);
+            }
+        }
+        // Everything not inside a bdev is released now; bdev I/O releases its slot when it completes.
+        _waitCount = 0;
+        foreach (RdmaRequest req in _reqs)
+        {
+            if (req.State != RequestState.Free && req.PendingOps == 0) Release(req);
+        }
+        if (_freeCount == _reqs.Length) FreeNativeMemory();
+    }
+
+    /// <summary>The accept failed after this queue was built (its connection is already gone): free what it holds.</summary>
+    public void Abandon()
+    {
+        if (_closed) return;
+        _closed = true;
+        _recvMr.Dispose();
+        FreeNativeMemory();
+    }
+
+    private void FreeNativeMemory()
+    {
+        if (_freed) return;
+        _freed = true;
+        NativeMemory.AlignedFree(_recvBase);
+        NativeMemory.AlignedFree(_cqes);
+    }
+}

@@ -1,0 +1,356 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using Microsoft.Extensions.Logging;
+using StorageNode.Config;
+using StorageNode.Interop;
+using StorageNode.Nvme.Rdma;
+using StorageNode.Rdma;
+using StorageNode.Reactors;
+using StorageNode.Target;
+
+namespace StorageNode.Transport.Rdma;
+
+/// <summary>One reactor's buffer pools registered in one protection domain (once per device and reactor).</summary>
+internal sealed unsafe class PoolRegistration : IDisposable
+{
+    private readonly DataBufferPools _pools;
+    private readonly MemoryRegion _small;
+    private readonly MemoryRegion _medium;
+    private readonly MemoryRegion _large;
+
+    public ProtectionDomain Pd { get; }
+
+    public PoolRegistration(ProtectionDomain pd, DataBufferPools pools)
+    {
+        Pd = pd;
+        _pools = pools;
+        _small = pd.Register(pools.Small.Base, (nuint)pools.Small.TotalBytes);
+        try
+        {
+            _medium = pd.Register(pools.Medium.Base, (nuint)pools.Medium.TotalBytes);
+            try
+            {
+                _large = pd.Register(pools.Large.Base, (nuint)pools.Large.TotalBytes);
+            }
+            catch
+            {
+                _medium.Dispose();
+                throw;
+            }
+        }
+        catch
+        {
+            _small.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The local key of the pool that owns <paramref name="buffer"/>.</summary>
+    public uint Lkey(byte* buffer)
+        => _pools.Small.Owns(buffer) ? _small.Lkey : _pools.Medium.Owns(buffer) ? _medium.Lkey : _large.Lkey;
+
+    public void Dispose()
+    {
+        _small.Dispose();
+        _medium.Dispose();
+        _large.Dispose();
+    }
+}
+
+/// <summary>
+/// The NVMe/RDMA transport: rdma_cm listeners (a thread each, control plane: connect requests with the NVMe/RDMA
+/// private data, and every later event of the accepted connections, whose ids stay on the listener's channel)
+/// and the queue pairs, handed to reactors round-robin. One protection domain per device; each reactor's
+/// buffer pools are registered in it once.
+/// </summary>
+public sealed class RdmaTransport : IDisposable
+{
+    private readonly NvmfTarget _target;
+    private readonly ILogger _log;
+    private readonly List<RdmaListenerThread> _listeners = [];
+    private readonly List<RdmaQueuePair>[] _perReactor;
+    private readonly ConcurrentDictionary<IntPtr, RdmaQueuePair> _byId = new();
+    private readonly object _lock = new();
+    private readonly Dictionary<IntPtr, ProtectionDomain> _pds = [];
+    private readonly Dictionary<(IntPtr, int), PoolRegistration> _registrations = [];
+    private int _nextReactor;
+
+    /// <summary>A connection that has not completed Connect within this time is closed.</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Upper bound on RDMA READs outstanding per queue pair (the host's offer may lower it).</summary>
+    public int MaxReadDepth { get; init; } = 16;
+
+    public RdmaTransport(NvmfTarget target)
+    {
+        _target = target;
+        _log = target.LoggerFactory.CreateLogger("rdma");
+        _perReactor = new List<RdmaQueuePair>[target.Reactors.Count];
+        for (int i = 0; i < _perReactor.Length; i++)
+        {
+            _perReactor[i] = [];
+            int id = i;
+            target.Reactors[i].AddTimer(TimeSpan.FromSeconds(1), () => CheckConnectTimeouts(id));
+        }
+    }
+
+    /// <summary>Binds an rdma_cm listener and starts serving it; returns the bound endpoint (port 0 picks one).</summary>
+    public IPEndPoint Listen(IPEndPoint endpoint, ushort portId, string? advertiseAddress = null, ListenerRole role = ListenerRole.Combined)
+    {
+        string? why = RdmaDevices.UnavailableReason();
+        if (why != null) throw new InvalidOperationException($"NVMe/RDMA listener {endpoint}: RDMA is unavailable: {why}");
+        var listener = new RdmaListener(endpoint.Address.ToString(), endpoint.Port);
+        var bound = new IPEndPoint(endpoint.Address, listener.Port);
+        var info = new ListenerInfo("rdma", advertiseAddress ?? bound.Address.ToString(), bound.Port, portId, role);
+        var t = new RdmaListenerThread(this, listener, bound, info);
+        lock (_lock) _listeners.Add(t);
+        _target.AddListener(info);
+        t.Start();
+        _log.LogInformation("listening on {Endpoint} (NVMe/RDMA, devices {Devices}, port id {PortId}, {Role})",
+            bound, string.Join(",", RdmaDevices.List()), portId, role.ToString().ToLowerInvariant());
+        return bound;
+    }
+
+    /// <summary>Stops accepting on the listener bound to <paramref name="endpoint"/>.</summary>
+    public void StopListening(IPEndPoint endpoint)
+    {
+        RdmaListenerThread[] all;
+        lock (_lock) all = [.. _listeners];
+        foreach (RdmaListenerThread l in all)
+        {
+            if (!l.Endpoint.Equals(endpoint)) continue;
+            l.Stop();
+        }
+    }
+
+    /// <summary>Number of live connections (all reactors).</summary>
+    public int ConnectionCount
+    {
+        get
+        {
+            int n = 0;
+            foreach (List<RdmaQueuePair> l in _perReactor) lock (l) n += l.Count;
+            return n;
+        }
+    }
+
+    private void OnEvent(RdmaListener listener, ListenerInfo info, in CmEvent e)
+    {
+        RdmaQueuePair? qp;
+        switch (e.Type)
+        {
+            case Verbs.CmConnectRequest:
+                OnConnectRequest(listener, info, e);
+                break;
+            case Verbs.CmEstablished:
+                if (_byId.TryGetValue(e.Id, out qp)) _log.LogDebug("{Peer}: RDMA connection established", qp.PeerAddress);
+                break;
+            case Verbs.CmDisconnected:
+                if (_byId.TryGetValue(e.Id, out qp)) qp.Disconnect("host disconnected");
+                break;
+            case Verbs.CmRejected:
+            case Verbs.CmConnectError:
+            case Verbs.CmUnreachable:
+            case Verbs.CmDeviceRemoval:
+                if (_byId.TryGetValue(e.Id, out qp)) qp.Disconnect($"connection failed: {e.TypeName} (status {e.Status})");
+                else if (e.Type == Verbs.CmDeviceRemoval) _log.LogWarning("listener {Endpoint}: RDMA device removed", info.Address);
+                break;
+            default:
+                _log.LogDebug("listener {Address}:{Port}: {Event} (status {Status})", info.Address, info.Port, e.TypeName, e.Status);
+                break;
+        }
+    }
+
+    private void OnConnectRequest(RdmaListener listener, ListenerInfo info, in CmEvent e)
+    {
+        TargetOptions o = _target.Options;
+        RdmaCmDecision d = RdmaCm.Decide(e.PrivateData, o.MaxIoQueues, o.AdminQueueDepth, o.MaxQueueDepth, e.InitiatorDepth);
+        if (!d.Accepted)
+        {
+            _log.LogWarning("listener {Address}:{Port}: NVMe/RDMA connect request rejected ({Status}): {Reason}",
+                info.Address, info.Port, RdmaCm.Describe(d.Status), d.Reason);
+            TryReject(listener, e, d.Status);
+            return;
+        }
+        RdmaCm.TryParseRequest(e.PrivateData, out RdmaCmRequest request);
+        int idx = (int)((uint)Interlocked.Increment(ref _nextReactor) % (uint)_target.Reactors.Count);
+        Reactor reactor = _target.Reactors[idx];
+        RdmaQueuePair? qp = null;
+        RdmaConnection conn;
+        try
+        {
+            PoolRegistration reg = Registration(listener, RdmaListener.DeviceOf(e), reactor);
+            var options = new RdmaConnectionOptions
+            {
+                SendQueueDepth = d.SendDepth,
+                RecvQueueDepth = d.RecvDepth,
+                MaxInline = 64,
+                ReadDepth = Math.Min(e.InitiatorDepth, MaxReadDepth),
+                EventMode = true,
+            };
+            conn = listener.AcceptRequest(e, RdmaCm.BuildAccept((ushort)d.RecvDepth), RdmaCm.BuildReject(RdmaCmStatus.NoResources), options, reg.Pd,
+                c => qp = new RdmaQueuePair(c, reactor, _target, info, this, reg, request.Qid, d.RecvDepth, _log));
+        }
+        catch (Exception ex)
+        {
+            qp?.Abandon();
+            _log.LogWarning("listener {Address}:{Port}: cannot accept an NVMe/RDMA connection (queue {Qid}): {Error}", info.Address, info.Port, request.Qid, ex.Message);
+            return;
+        }
+        RdmaQueuePair q = qp!;
+        _byId[conn.CmId] = q;
+        List<RdmaQueuePair> list = _perReactor[reactor.Id];
+        lock (list) list.Add(q);
+        _log.LogDebug("{Peer}: NVMe/RDMA connection for queue {Qid} accepted (depth {Depth}, read depth {Reads})", q.PeerAddress, request.Qid, d.RecvDepth, Math.Min(e.InitiatorDepth, MaxReadDepth));
+        reactor.Post(() => Adopt(reactor, q));
+    }
+
+    private void TryReject(RdmaListener listener, in CmEvent e, RdmaCmStatus status)
+    {
+        try
+        {
+            listener.Reject(e, RdmaCm.BuildReject(status));
+        }
+        catch (Exception ex)
+        {
+            _log.LogWarning("rdma_reject failed: {Error}", ex.Message);
+        }
+    }
+
+    private void Adopt(Reactor reactor, RdmaQueuePair qp)
+    {
+        if (qp.IsClosed) return;
+        try
+        {
+            reactor.Register(qp);
+            reactor.AddPoller(qp);
+        }
+        catch (Exception e)
+        {
+            _log.LogError("{Peer}: cannot register the RDMA connection: {Error}", qp.PeerAddress, e.Message);
+            qp.Close("registration failed");
+        }
+    }
+
+    private PoolRegistration Registration(RdmaListener listener, IntPtr context, Reactor reactor)
+    {
+        lock (_lock)
+        {
+            if (!_pds.TryGetValue(context, out ProtectionDomain? pd))
+            {
+                pd = listener.AllocatePd(context);
+                _pds[context] = pd;
+            }
+            if (!_registrations.TryGetValue((context, reactor.Id), out PoolRegistration? reg))
+            {
+                var sw = Stopwatch.StartNew();
+                reg = new PoolRegistration(pd, reactor.Pools);
+                _registrations[(context, reactor.Id)] = reg;
+                _log.LogInformation("registered {Name}'s buffer pools ({MiB} MiB) for RDMA in {Ms} ms", reactor.Name, reactor.Pools.TotalBytes >> 20, sw.ElapsedMilliseconds);
+            }
+            return reg;
+        }
+    }
+
+    internal void OnQueueClosed(RdmaQueuePair qp)
+    {
+        _byId.TryRemove(qp.Connection.CmId, out _);
+        List<RdmaQueuePair> list = _perReactor[qp.Reactor.Id];
+        lock (list) list.Remove(qp);
+    }
+
+    private void CheckConnectTimeouts(int reactorId)
+    {
+        // Runs on the reactor every second: allocation-free unless a connection is overdue.
+        List<RdmaQueuePair> list = _perReactor[reactorId];
+        long now = Stopwatch.GetTimestamp();
+        long limit = (long)(ConnectTimeout.TotalSeconds * Stopwatch.Frequency);
+        List<RdmaQueuePair>? overdue = null;
+        lock (list)
+        {
+            foreach (RdmaQueuePair qp in list)
+                if (qp.ConnectOverdue(now, limit)) (overdue ??= []).Add(qp);
+        }
+        if (overdue == null) return;
+        foreach (RdmaQueuePair qp in overdue) qp.Close($"no Connect within {ConnectTimeout.TotalSeconds:0} s");
+    }
+
+    public void Dispose()
+    {
+        RdmaListenerThread[] listeners;
+        lock (_lock) listeners = [.. _listeners];
+        foreach (RdmaListenerThread l in listeners) l.Stop();
+        for (int i = 0; i < _perReactor.Length; i++)
+        {
+            RdmaQueuePair[] snapshot;
+            lock (_perReactor[i]) snapshot = [.. _perReactor[i]];
+            foreach (RdmaQueuePair qp in snapshot) qp.Disconnect("node stopping");
+        }
+        // The reactors close their queues (destroying the QPs); only then may the registrations go.
+        var sw = Stopwatch.StartNew();
+        while (ConnectionCount > 0 && sw.Elapsed < TimeSpan.FromSeconds(5)) Thread.Sleep(10);
+        if (ConnectionCount > 0)
+        {
+            _log.LogWarning("{Count} RDMA connection(s) did not close within 5 s; their registrations are left in place", ConnectionCount);
+            return;
+        }
+        lock (_lock)
+        {
+            foreach (PoolRegistration r in _registrations.Values) r.Dispose();
+            _registrations.Clear();
+            foreach (ProtectionDomain pd in _pds.Values) pd.Dispose();
+            _pds.Clear();
+        }
+        foreach (RdmaListenerThread l in listeners) l.DisposeListener();
+    }
+
+    private sealed class RdmaListenerThread(RdmaTransport owner, RdmaListener listener, IPEndPoint endpoint, ListenerInfo info)
+    {
+        public IPEndPoint Endpoint => endpoint;
+
+        private volatile bool _stop;
+        private Thread? _running;
+
+        public void Start()
+        {
+            _running = new Thread(Run) { IsBackground = true, Name = $"rdma-cm {endpoint}" };
+            _running.Start();
+        }
+
+        private void Run()
+        {
+            while (!_stop)
+            {
+                CmEvent? e;
+                try
+                {
+                    e = listener.NextEvent(TimeSpan.FromMilliseconds(200));
+                }
+                catch (Exception ex)
+                {
+                    owner._log.LogWarning("listener {Endpoint}: rdma_get_cm_event failed: {Error}", endpoint, ex.Message);
+                    Thread.Sleep(100);
+                    continue;
+                }
+                if (e == null) continue;
+                try
+                {
+                    owner.OnEvent(listener, info, e.Value);
+                }
+                catch (Exception ex)
+                {
+                    owner._log.LogError(ex, "listener {Endpoint}: handling {Event} failed", endpoint, e.Value.TypeName);
+                }
+            }
+        }
+
+        public void Stop()
+        {
+            _stop = true;
+            _running?.Join(TimeSpan.FromSeconds(2));
+        }
+
+        public void DisposeListener() => listener.Dispose();
+    }
+}
