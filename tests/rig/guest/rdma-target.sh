@@ -3,9 +3,11 @@
 #  a: starts the node (dotnet NODE_DLL --config NODE_CONFIG, an rdma listener on 192.168.100.1:TARGET_PORT),
 #     waits (bounded) until b reports its result on 192.168.100.1:DONE_PORT, stops the node with SIGTERM and
 #     checks that it started, stopped cleanly (exit 0) and logged no error. Its log lands in $RIG_OUT/node.log.
-#  b: discovery over RDMA (the log entry: trtype rdma, ipv4, RDMA QP type connected, CM rdma-cm), then
-#     fio-verify.sh through nvme-rdma (TRANSPORT=rdma); sends its status to a.
-# Env: SUBNQN, NODE_DLL, NODE_CONFIG (paths visible in the guests), TARGET_PORT (4420), DONE_PORT (7999),
+#  b: discovery over RDMA (the log entry: trtype rdma, ipv4, RDMA QP type connected, CM rdma-cm), then (with
+#     PROBE) tests/RdmaProbe's nvme mode (managed initiator, bad input), then fio-verify.sh through nvme-rdma
+#     (TRANSPORT=rdma), so fio also shows the node intact after the bad input; sends its status to a.
+# Env: SUBNQN, NODE_DLL, NODE_CONFIG, PROBE (paths visible in the guests; PROBE optional: RdmaProbe.dll),
+#      TARGET_PORT (4420), DONE_PORT (7999),
 #      WAIT_DONE (seconds a waits for b, default 420), the fio-verify.sh variables (b).
 export TARGET_ADDR=192.168.100.1 TRANSPORT=rdma
 . "${RIG_LIB:?RIG_LIB must name tests/rig/guest/lib.sh}"
@@ -52,6 +54,14 @@ check discovery-adrfam-ipv4 grep -qE "^adrfam: *ipv4" /tmp/disc.txt
 check discovery-rdma-qptype grep -qE "rdma_qptype: *connected" /tmp/disc.txt
 check discovery-rdma-cms grep -qE "rdma_cms: *rdma-cm" /tmp/disc.txt
 check discovery-traddr grep -qE "^traddr: *$A\$" /tmp/disc.txt
+if [ -n "${PROBE:-}" ]; then
+  # The managed initiator (tests/RdmaProbe nvme): keyed and in-capsule data, then bad input the node must
+  # answer with a status or a reject, or survive by closing that connection alone.
+  export DOTNET_CLI_HOME=/tmp HOME=/tmp
+  timeout -k 5 240 dotnet "$PROBE" nvme "$A" "$P" "$N" > /tmp/probe.txt 2>&1; rc=$?
+  sed 's/^/  /' /tmp/probe.txt; cp /tmp/probe.txt "$RIG_OUT/" 2>/dev/null
+  expect_eq nvme-rdma-probe "$rc" 0
+fi
 bash "$RIG_GUEST/fio-verify.sh"; rc=$?
 expect_eq fio-verify "$rc" 0
 dmesg | grep -iE 'nvme|rdma' | tail -n 15 | sed 's/^/  dmesg: /'

@@ -239,7 +239,8 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         const uint FlushError = 5; // IBV_WC_WR_FLUSH_ERR: the QP is already in the error state
         string what = kind switch { KindRecv => "receive", KindRead => "RDMA READ", KindWrite => "RDMA WRITE", KindSend => "send", _ => "work request" };
         if (wc.Status == FlushError) Close($"{what} flushed (connection lost)");
-        else if (kind == KindRecv && wc.Status == 1) Close("a command capsule overflowed its receive buffer (local length error)");
+        else if (kind == KindRecv && wc.Status is 1 or 2)
+            Close($"receive failed: completion status {wc.Status} (a capsule larger than the {_recvStride}-byte receive buffer?)");
         else Close($"{what} failed: completion status {wc.Status} (vendor error {wc.VendorErr})");
     }
 
