@@ -3,6 +3,8 @@
 #  a: starts the node (dotnet NODE_DLL --config NODE_CONFIG, an rdma listener on 192.168.100.1:TARGET_PORT),
 #     waits (bounded) until b reports its result on 192.168.100.1:DONE_PORT, stops the node with SIGTERM and
 #     checks that it started, stopped cleanly (exit 0) and logged no error. Its log lands in $RIG_OUT/node.log.
+#     With RDMA_TARGET=nvmet, a runs Linux nvmet-rdma instead (nvmet-setup.sh): the same checks from b
+#     against the kernel's own target, for comparison (run PROBE-less: the probe checks StorageNode's choices).
 #  b: discovery over RDMA (the log entry: trtype rdma, ipv4, RDMA QP type connected, CM rdma-cm), then (with
 #     PROBE) tests/RdmaProbe's nvme mode (managed initiator, bad input), then fio-verify.sh through nvme-rdma
 #     (TRANSPORT=rdma), so fio also shows the node intact after the bad input; sends its status to a.
@@ -15,6 +17,14 @@ D=${DONE_PORT:-7999}
 if rdma link add rxe0 type rxe netdev eth1; then ok rxe "rxe0 on eth1 $(ip -br -4 addr show eth1 | awk '{print $3}')"
 else fail rxe "(rdma link add failed)"; finish; fi
 
+if [ "$RIG_NODE" = a ] && [ "${RDMA_TARGET:-node}" = nvmet ]; then
+  timeout -k 5 "${WAIT_DONE:-420}" socat -u TCP-LISTEN:"$D",reuseaddr,bind="$A" - > /tmp/done.txt 2>/tmp/done.err & waiter=$!
+  NVMET_TRTYPE=rdma NVMET_ADDR=$A NVMET_SIZE_MIB=64 bash "$RIG_GUEST/nvmet-setup.sh"; rc=$?
+  expect_eq nvmet-rdma-started "$rc" 0
+  wait $waiter
+  expect_eq host-result "$(head -c 200 /tmp/done.txt | tr -d '\n')" "b 0"
+  finish
+fi
 if [ "$RIG_NODE" = a ]; then
   export DOTNET_CLI_HOME=/tmp HOME=/tmp
   # b's result arrives as one line on a TCP connection; listen from the start, bounded.
