@@ -84,6 +84,10 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     public long RdmaWrites;
     /// <summary>Batched posts of send work requests (each one doorbell).</summary>
     public long Doorbells;
+    // Steady-state allocation check: bytes allocated on the reactor thread from the 1024th command to the close
+    // (everything the reactor did meanwhile, other queues included), reported in the close log.
+    private const int AllocationMarkAt = 1024;
+    private long _allocationMark = -1;
 
     /// <summary>Allocates and registers the receive buffers and posts them (before the connection is accepted).</summary>
     public RdmaQueuePair(RdmaConnection conn, Reactor reactor, NvmfTarget target, ListenerInfo listener, RdmaTransport transport,
@@ -291,7 +295,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
             Close($"receive completion for unknown buffer {index}");
             return;
         }
-        Receives++;
+        if (++Receives == AllocationMarkAt) _allocationMark = GC.GetAllocatedBytesForCurrentThread();
         byte* buf = _recvBase + (nint)index * _recvStride;
         if (byteLen < 64)
         {
@@ -540,9 +544,11 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     public void Close(string reason)
     {
         if (_closed) return;
+        long allocated = _allocationMark >= 0 && Reactor.IsCurrentThread ? GC.GetAllocatedBytesForCurrentThread() - _allocationMark : -1;
         _closed = true;
-        _log.LogInformation("{Peer}: RDMA queue {Qid} closed: {Reason} ({Commands} commands, {Reads} RDMA READs, {Writes} RDMA WRITEs, {Doorbells} send doorbells)",
-            _peer, Connected ? Qid.ToString() : "-", reason, Receives, RdmaReads, RdmaWrites, Doorbells);
+        _log.LogInformation("{Peer}: RDMA queue {Qid} closed: {Reason} ({Commands} commands, {Reads} RDMA READs, {Writes} RDMA WRITEs, {Doorbells} send doorbells{Allocation}{InFlight})",
+            _peer, Connected ? Qid.ToString() : "-", reason, Receives, RdmaReads, RdmaWrites, Doorbells,
+            allocated >= 0 ? $"; reactor allocated {allocated} B over the last {Receives - AllocationMarkAt} commands" : "", InFlight());
         Reactor.Unregister(this);
         Reactor.RemovePoller(this);
         _transport.OnQueueClosed(this);
@@ -587,6 +593,26 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         _closed = true;
         _recvMr.Dispose();
         FreeNativeMemory();
+    }
+
+    /// <summary>What the queue's commands were doing (for the close log): empty when none was outstanding.</summary>
+    private string InFlight()
+    {
+        int reading = 0, waiting = 0, executing = 0, responding = 0;
+        foreach (RdmaRequest r in _reqs)
+        {
+            switch (r.State)
+            {
+                case RequestState.TransferringHostData: reading++; break;
+                case RequestState.NeedBuffer: waiting++; break;
+                case RequestState.Executing: executing++; break;
+                case RequestState.Completing: responding++; break;
+            }
+        }
+        if (reading + waiting + executing + responding == 0) return "";
+        DataBufferPools p = Reactor.Pools;
+        return $"; in flight: {reading} RDMA READ, {waiting} waiting for a buffer ({_waitCount} queued; pools free {p.Small.Available}/{p.Medium.Available}/{p.Large.Available}), " +
+            $"{executing} executing, {responding} responding, {_active} unanswered";
     }
 
     private void FreeNativeMemory()
