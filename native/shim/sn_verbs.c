@@ -31,6 +31,24 @@ _Static_assert(offsetof(struct sn_wc, status) == 8, "sn_wc.status");
 _Static_assert(offsetof(struct sn_wc, byte_len) == 16, "sn_wc.byte_len");
 _Static_assert(offsetof(struct sn_wc, qp_num) == 28, "sn_wc.qp_num");
 
+/* One send work request (one SGE) as the managed side queues it (SnSendWr), for sn_post_send_batch. */
+struct sn_send_wr {
+    uint64_t wr_id;
+    uint64_t addr;
+    uint64_t remote_addr;
+    uint32_t length;
+    uint32_t lkey;
+    uint32_t rkey;
+    uint32_t imm_or_invalidate;
+    int32_t opcode;
+    int32_t flags;
+};
+_Static_assert(sizeof(struct sn_send_wr) == 48, "sn_send_wr size");
+_Static_assert(offsetof(struct sn_send_wr, remote_addr) == 16, "sn_send_wr.remote_addr");
+_Static_assert(offsetof(struct sn_send_wr, length) == 24, "sn_send_wr.length");
+_Static_assert(offsetof(struct sn_send_wr, imm_or_invalidate) == 36, "sn_send_wr.imm_or_invalidate");
+_Static_assert(offsetof(struct sn_send_wr, opcode) == 40, "sn_send_wr.opcode");
+
 /* One connection manager event (SnCmEvent). The private data is copied (at most 64 bytes). */
 struct sn_cm_event {
     void *event;           /* to pass back to sn_cm_ack_event */
@@ -51,7 +69,7 @@ _Static_assert(offsetof(struct sn_cm_event, responder_resources) == 33, "sn_cm_e
 _Static_assert(offsetof(struct sn_cm_event, initiator_depth) == 34, "sn_cm_event.initiator_depth");
 _Static_assert(offsetof(struct sn_cm_event, private_data) == 40, "sn_cm_event.private_data");
 
-SN_EXPORT uint32_t sn_verbs_version(void) { return 1; }
+SN_EXPORT uint32_t sn_verbs_version(void) { return 2; }
 
 /* Device names separated by '\n' into buf; returns the number of devices or -errno. */
 SN_EXPORT int sn_list_devices(char *buf, int len)
@@ -359,6 +377,52 @@ SN_EXPORT int sn_post_send(struct ibv_qp *qp, uint64_t wr_id, int opcode, int fl
         wr.imm_data = htonl(imm_or_invalidate);
     int rc = ibv_post_send(qp, &wr, &bad);
     return rc ? -rc : 0;
+}
+
+static void fill_send_wr(struct ibv_send_wr *wr, struct ibv_sge *sge, const struct sn_send_wr *in)
+{
+    memset(wr, 0, sizeof(*wr));
+    sge->addr = in->addr;
+    sge->length = in->length;
+    sge->lkey = in->lkey;
+    wr->wr_id = in->wr_id;
+    wr->sg_list = in->length ? sge : NULL;
+    wr->num_sge = in->length ? 1 : 0;
+    wr->opcode = (enum ibv_wr_opcode)in->opcode;
+    wr->send_flags = (unsigned)in->flags;
+    if (in->opcode == IBV_WR_RDMA_WRITE || in->opcode == IBV_WR_RDMA_WRITE_WITH_IMM || in->opcode == IBV_WR_RDMA_READ) {
+        wr->wr.rdma.remote_addr = in->remote_addr;
+        wr->wr.rdma.rkey = in->rkey;
+    }
+    if (in->opcode == IBV_WR_SEND_WITH_INV)
+        wr->invalidate_rkey = in->imm_or_invalidate;
+    else if (in->opcode == IBV_WR_SEND_WITH_IMM || in->opcode == IBV_WR_RDMA_WRITE_WITH_IMM)
+        wr->imm_data = htonl(in->imm_or_invalidate);
+}
+
+/* Posts n work requests chained, up to 32 per ibv_post_send: one doorbell (on rxe, one system call) for
+ * many. Returns 0, or -errno with *posted = how many were posted before the one that failed. */
+SN_EXPORT int sn_post_send_batch(struct ibv_qp *qp, const struct sn_send_wr *in, int n, int *posted)
+{
+    struct ibv_send_wr wr[32];
+    struct ibv_sge sge[32];
+    int done = 0;
+    while (done < n) {
+        int k = n - done > 32 ? 32 : n - done;
+        for (int i = 0; i < k; i++) {
+            fill_send_wr(&wr[i], &sge[i], &in[done + i]);
+            wr[i].next = i + 1 < k ? &wr[i + 1] : NULL;
+        }
+        struct ibv_send_wr *bad = NULL;
+        int rc = ibv_post_send(qp, wr, &bad);
+        if (rc) {
+            *posted = done + (bad ? (int)(bad - wr) : 0);
+            return -rc;
+        }
+        done += k;
+    }
+    *posted = done;
+    return 0;
 }
 
 SN_EXPORT int sn_post_recv(struct ibv_qp *qp, uint64_t wr_id, void *addr, uint32_t len, uint32_t lkey)

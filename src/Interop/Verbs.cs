@@ -112,6 +112,7 @@ public static unsafe partial class Verbs
     [LibraryImport(Lib, EntryPoint = "sn_qp_num")] public static partial uint QpNum(IntPtr qp);
     [LibraryImport(Lib, EntryPoint = "sn_post_send")]
     public static partial int PostSend(IntPtr qp, ulong wrId, int opcode, int flags, void* addr, uint len, uint lkey, ulong remoteAddr, uint rkey, uint immOrInvalidate);
+    [LibraryImport(Lib, EntryPoint = "sn_post_send_batch")] public static partial int PostSendBatch(IntPtr qp, SnSendWr* wrs, int count, out int posted);
     [LibraryImport(Lib, EntryPoint = "sn_post_recv")] public static partial int PostRecv(IntPtr qp, ulong wrId, void* addr, uint len, uint lkey);
 }
 
@@ -128,6 +129,21 @@ public struct SnWorkCompletion
     public uint QpNum;
     public uint VendorErr;
     public uint Reserved;
+}
+
+/// <summary>Layout of struct sn_send_wr (native/shim/sn_verbs.c): one send work request with one SGE.</summary>
+[StructLayout(LayoutKind.Sequential, Size = 48)]
+public struct SnSendWr
+{
+    public ulong WrId;
+    public ulong Addr;
+    public ulong RemoteAddr;
+    public uint Length;
+    public uint Lkey;
+    public uint Rkey;
+    public uint ImmOrInvalidate;
+    public int Opcode;
+    public int Flags;
 }
 
 /// <summary>Layout of struct sn_cm_event (native/shim/sn_verbs.c).</summary>

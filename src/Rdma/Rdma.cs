@@ -426,6 +426,12 @@ public sealed unsafe class RdmaConnection : IDisposable
 
     public int TryPostRecv(ulong wrId, byte* addr, uint length, uint lkey) => Verbs.PostRecv(Qp, wrId, addr, length, lkey);
 
+    /// <summary>
+    /// Posts <paramref name="count"/> queued work requests chained (one doorbell per 32; on rxe a doorbell is a
+    /// system call). Returns 0, or a negative errno with <paramref name="posted"/> = how many went before it.
+    /// </summary>
+    public int TryPostSendBatch(SnSendWr* wrs, int count, out int posted) => Verbs.PostSendBatch(Qp, wrs, count, out posted);
+
     public int TryPostSend(ulong wrId, byte* addr, uint length, uint lkey, bool signaled, bool inline)
         => Verbs.PostSend(Qp, wrId, Verbs.WrSend, (signaled ? Verbs.SendSignaled : 0) | (inline ? Verbs.SendInline : 0), addr, length, lkey, 0, 0, 0);
 

@@ -4,10 +4,10 @@ using System.Runtime.InteropServices;
 using StorageNode.Interop;
 using StorageNode.Rdma;
 
-// RdmaProbe server|client ADDRESS PORT: exercises src/Rdma between two hosts (the rig's two guests, rxe):
+// RdmaProbe server|client ADDRESS PORT (and RdmaProbe nvme ADDRESS PORT SUBNQN: NvmeProbe.cs): exercises src/Rdma between two hosts (the rig's two guests, rxe):
 // send/receive, RDMA WRITE, RDMA READ, many queue pairs, completion errors after the peer disconnects, and
 // no leaked handles. Prints "CHECK name: ok|FAIL ..." lines; exits non-zero on any failure.
-return Probe.Run(args);
+return args.Length > 0 && args[0] == "nvme" ? NvmeProbe.Run(args) : Probe.Run(args);
 
 internal static unsafe class Probe
 {

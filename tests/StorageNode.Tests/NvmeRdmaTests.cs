@@ -139,6 +139,17 @@ public class NvmeRdmaTests
         Assert.Equal(40, (int)Marshal.OffsetOf<StorageNode.Interop.SnCmEvent>(nameof(StorageNode.Interop.SnCmEvent.PrivateData)));
     }
 
+    [Fact]
+    public unsafe void SendWorkRequestLayoutMatchesTheShim()
+    {
+        // native/shim/sn_verbs.c asserts the same for struct sn_send_wr (sn_post_send_batch).
+        Assert.Equal(48, sizeof(StorageNode.Interop.SnSendWr));
+        Assert.Equal(16, (int)Marshal.OffsetOf<StorageNode.Interop.SnSendWr>(nameof(StorageNode.Interop.SnSendWr.RemoteAddr)));
+        Assert.Equal(24, (int)Marshal.OffsetOf<StorageNode.Interop.SnSendWr>(nameof(StorageNode.Interop.SnSendWr.Length)));
+        Assert.Equal(36, (int)Marshal.OffsetOf<StorageNode.Interop.SnSendWr>(nameof(StorageNode.Interop.SnSendWr.ImmOrInvalidate)));
+        Assert.Equal(40, (int)Marshal.OffsetOf<StorageNode.Interop.SnSendWr>(nameof(StorageNode.Interop.SnSendWr.Opcode)));
+    }
+
     private static byte Code(NvmeStatus s) => s.Code;
 
     private static Dictionary<string, string?> Config(string transport) => new()

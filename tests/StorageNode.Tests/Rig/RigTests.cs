@@ -132,18 +132,23 @@ public class RigTests(ITestOutputHelper output)
     {
         TimeSpan image = RigHarness.RequireImage();
         output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
-        // The node runs in guest a (the host kernel has no rdma_rxe), the kernel NVMe/RDMA host in guest b. Guests
-        // cannot see a checkout under /tmp, so the built node and its configuration travel through the rig cache.
+        // The node runs in guest a (the host kernel has no rdma_rxe), the kernel NVMe/RDMA host in guest b, which
+        // first runs the managed initiator's bad-input probe (RdmaProbe nvme), then fio verify. Guests cannot see
+        // a checkout under /tmp, so the built node, the probe and the configuration travel through the rig cache.
         string config = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name; // bin/<Configuration>/net10.0
         string built = Path.Combine(RigHarness.RepoRoot, "src", "StorageNode", "bin", config, "net10.0");
         Assert.True(File.Exists(Path.Combine(built, "storagenode.dll")), $"the node is not built in {built}");
         Assert.True(File.Exists(Path.Combine(built, "libsnverbs.so")), $"libsnverbs.so is not next to the node in {built}");
+        string probe = Path.Combine(RigHarness.RepoRoot, "tests", "RdmaProbe", "bin", config, "net10.0");
+        Assert.True(File.Exists(Path.Combine(probe, "RdmaProbe.dll")), $"RdmaProbe is not built in {probe}");
         string copy = Path.Combine(RigHarness.Cache, $"rdma-node-{Environment.ProcessId}");
         const string nqn = "nqn.2026-11.io.storagenode:rdma";
         try
         {
             Directory.CreateDirectory(copy);
             foreach (string f in Directory.GetFiles(built)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)), overwrite: true);
+            Directory.CreateDirectory(Path.Combine(copy, "probe"));
+            foreach (string f in Directory.GetFiles(probe)) File.Copy(f, Path.Combine(copy, "probe", Path.GetFileName(f)), overwrite: true);
             string json = Path.Combine(copy, "node.json");
             File.WriteAllText(json, $$"""
                 {
@@ -161,6 +166,7 @@ public class RigTests(ITestOutputHelper output)
                 ["TARGET_PORT"] = GuestPort.ToString(),
                 ["NODE_DLL"] = Path.Combine(copy, "storagenode.dll"),
                 ["NODE_CONFIG"] = json,
+                ["PROBE"] = Path.Combine(copy, "probe", "RdmaProbe.dll"),
                 ["TARGET_WAIT"] = "150",
                 ["FIO_RUNTIME"] = Environment.GetEnvironmentVariable("RIG_FIO_RUNTIME") ?? "30",
             };
@@ -170,7 +176,8 @@ public class RigTests(ITestOutputHelper output)
             output.WriteLine($"nvme-rdma pair: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
             Assert.Equal(0, rc);
             foreach (string check in new[] { "a| CHECK node-started: ok", "a| CHECK node-exit: ok", "a| CHECK node-log-errors: ok",
-                         "b| CHECK discovery-trtype-rdma: ok", "b| CHECK discovery-rdma-cms: ok", "b| CHECK randwrite-errors: ok",
+                         "b| CHECK discovery-trtype-rdma: ok", "b| CHECK discovery-rdma-cms: ok", "b| CHECK nvme-rdma-probe: ok",
+                         "b|   CHECK receive-overflow-closes-connection: ok", "b|   CHECK node-still-serves: ok", "b| CHECK randwrite-errors: ok",
                          "b| CHECK verify-failures: ok", "b| CHECK fio-verify: ok" })
                 Assert.Contains(check, g.Output);
         }

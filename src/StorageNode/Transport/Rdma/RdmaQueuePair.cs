@@ -69,6 +69,10 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     private int _waitCount;
     private readonly byte* _cqes; // one response per slot (sent inline)
     private readonly SnWorkCompletion[] _wc = new SnWorkCompletion[WcBatch];
+    // Send work requests queued this iteration, posted together at flush (one doorbell instead of one each).
+    private readonly SnSendWr* _pending;
+    private readonly int _pendingCap;
+    private int _pendingCount;
 
     private bool _armed;
     private bool _closed;
@@ -78,6 +82,12 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     public long Receives;
     public long RdmaReads;
     public long RdmaWrites;
+    /// <summary>Batched posts of send work requests (each one doorbell).</summary>
+    public long Doorbells;
+    // Steady-state allocation check: bytes allocated on the reactor thread from the 1024th command to the close
+    // (everything the reactor did meanwhile, other queues included), reported in the close log.
+    private const int AllocationMarkAt = 1024;
+    private long _allocationMark = -1;
 
     /// <summary>Allocates and registers the receive buffers and posts them (before the connection is accepted).</summary>
     public RdmaQueuePair(RdmaConnection conn, Reactor reactor, NvmfTarget target, ListenerInfo listener, RdmaTransport transport,
@@ -101,6 +111,8 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         int slots = 2 * recvDepth;
         _cqes = (byte*)NativeMemory.AlignedAlloc((nuint)(CqeSize * slots), 64);
         NativeMemory.Clear(_cqes, (nuint)(CqeSize * slots));
+        _pendingCap = 2 * slots; // at most two send work requests per slot at a time (RDMA WRITE + response)
+        _pending = (SnSendWr*)NativeMemory.AlignedAlloc((nuint)(sizeof(SnSendWr) * _pendingCap), 64);
         try
         {
             _recvMr = pools.Pd.Register(_recvBase, recvBytes);
@@ -109,6 +121,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         {
             NativeMemory.AlignedFree(_recvBase);
             NativeMemory.AlignedFree(_cqes);
+            NativeMemory.AlignedFree(_pending);
             throw;
         }
         _reqs = new RdmaRequest[slots];
@@ -128,6 +141,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
                 _recvMr.Dispose();
                 NativeMemory.AlignedFree(_recvBase);
                 NativeMemory.AlignedFree(_cqes);
+                NativeMemory.AlignedFree(_pending);
                 throw new RdmaException("ibv_post_recv", -rc);
             }
         }
@@ -160,6 +174,34 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         if (rc == 0) return true;
         Close($"cannot post a receive buffer: {Libc.StrError(-rc)}");
         return false;
+    }
+
+    /// <summary>Queues one send work request; <see cref="Flush"/> posts everything queued in one call.</summary>
+    private void QueueSend(uint kind, int slot, int opcode, int flags, byte* addr, uint length, uint lkey, ulong remoteAddress, uint rkey, uint invalidate)
+    {
+        if (_pendingCount == _pendingCap) PostPending(); // sized so this cannot happen
+        if (_closed) return;
+        SnSendWr* w = _pending + _pendingCount++;
+        w->WrId = WrId(kind, slot);
+        w->Addr = (ulong)addr;
+        w->RemoteAddr = remoteAddress;
+        w->Length = length;
+        w->Lkey = lkey;
+        w->Rkey = rkey;
+        w->ImmOrInvalidate = invalidate;
+        w->Opcode = opcode;
+        w->Flags = flags;
+        if (_pendingCount == 1) Reactor.MarkDirty(this);
+    }
+
+    private void PostPending()
+    {
+        int n = _pendingCount;
+        if (n == 0 || _closed) return;
+        _pendingCount = 0;
+        Doorbells++;
+        int rc = _conn.TryPostSendBatch(_pending, n, out int posted);
+        if (rc != 0) Close($"cannot post {n - posted} of {n} send work request(s): {Libc.StrError(-rc)}");
     }
 
     // ====================================================================== polling
@@ -239,7 +281,8 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         const uint FlushError = 5; // IBV_WC_WR_FLUSH_ERR: the QP is already in the error state
         string what = kind switch { KindRecv => "receive", KindRead => "RDMA READ", KindWrite => "RDMA WRITE", KindSend => "send", _ => "work request" };
         if (wc.Status == FlushError) Close($"{what} flushed (connection lost)");
-        else if (kind == KindRecv && wc.Status == 1) Close("a command capsule overflowed its receive buffer (local length error)");
+        else if (kind == KindRecv && wc.Status is 1 or 2)
+            Close($"receive failed: completion status {wc.Status} (a capsule larger than the {_recvStride}-byte receive buffer?)");
         else Close($"{what} failed: completion status {wc.Status} (vendor error {wc.VendorErr})");
     }
 
@@ -252,7 +295,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
             Close($"receive completion for unknown buffer {index}");
             return;
         }
-        Receives++;
+        if (++Receives == AllocationMarkAt) _allocationMark = GC.GetAllocatedBytesForCurrentThread();
         byte* buf = _recvBase + (nint)index * _recvStride;
         if (byteLen < 64)
         {
@@ -381,12 +424,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         if (req.Direction == DataDirection.HostToController)
         {
             req.State = RequestState.TransferringHostData;
-            int rc = _conn.TryPostRead(WrId(KindRead, req.Slot), buffer, req.Length, _pools.Lkey(buffer), req.RemoteAddress, req.RemoteKey);
-            if (rc != 0)
-            {
-                Close($"cannot post an RDMA READ: {Libc.StrError(-rc)}");
-                return;
-            }
+            QueueSend(KindRead, req.Slot, Verbs.WrRdmaRead, Verbs.SendSignaled, buffer, req.Length, _pools.Lkey(buffer), req.RemoteAddress, req.RemoteKey, 0);
             RdmaReads++;
             return;
         }
@@ -422,10 +460,19 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     public override int Flush()
     {
         if (_closed) return 0;
-        if (_waitCount == 0) return 0;
-        ServeBufferWaiters();
-        if (_waitCount > 0 && !_closed) Reactor.MarkDirty(this);
-        return 1;
+        int work = 0;
+        if (_waitCount > 0)
+        {
+            ServeBufferWaiters();
+            if (_waitCount > 0 && !_closed) Reactor.MarkDirty(this);
+            work++;
+        }
+        if (_pendingCount > 0)
+        {
+            PostPending();
+            work++;
+        }
+        return work;
     }
 
     // ====================================================================== completion
@@ -456,20 +503,16 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         if (req.Status.IsSuccess && req.Direction == DataDirection.ControllerToHost && req.Kind == RdmaDataKind.Keyed && req.Data != null)
         {
             // Unsignaled: the response SEND behind it completes only after it (same send queue, in order).
-            int wrc = _conn.TryPostWrite(WrId(KindWrite, req.Slot), req.Data, req.Length, _pools.Lkey(req.Data), req.RemoteAddress, req.RemoteKey, signaled: false);
-            if (wrc != 0)
-            {
-                Close($"cannot post an RDMA WRITE: {Libc.StrError(-wrc)}");
-                return;
-            }
+            QueueSend(KindWrite, req.Slot, Verbs.WrRdmaWrite, 0, req.Data, req.Length, _pools.Lkey(req.Data), req.RemoteAddress, req.RemoteKey, 0);
             RdmaWrites++;
         }
         byte* c = _cqes + CqeSize * req.Slot;
         *(CompletionQueueEntry*)c = cqe;
-        int rc = req.Invalidate
-            ? _conn.TryPostSendWithInvalidate(WrId(KindSend, req.Slot), c, CqeSize, 0, req.RemoteKey, signaled: true, inline: true)
-            : _conn.TryPostSend(WrId(KindSend, req.Slot), c, CqeSize, 0, signaled: true, inline: true);
-        if (rc != 0) Close($"cannot post a response: {Libc.StrError(-rc)}");
+        // The response: the CQE, inline (copied at post time; this slot's CQE stays put until its send completes).
+        if (req.Invalidate)
+            QueueSend(KindSend, req.Slot, Verbs.WrSendWithInvalidate, Verbs.SendSignaled | Verbs.SendInline, c, CqeSize, 0, 0, 0, req.RemoteKey);
+        else
+            QueueSend(KindSend, req.Slot, Verbs.WrSend, Verbs.SendSignaled | Verbs.SendInline, c, CqeSize, 0, 0, 0, 0);
     }
 
     private void Release(RdmaRequest req)
@@ -501,8 +544,11 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     public void Close(string reason)
     {
         if (_closed) return;
+        long allocated = _allocationMark >= 0 && Reactor.IsCurrentThread ? GC.GetAllocatedBytesForCurrentThread() - _allocationMark : -1;
         _closed = true;
-        _log.LogInformation("{Peer}: RDMA queue {Qid} closed: {Reason}", _peer, Connected ? Qid.ToString() : "-", reason);
+        _log.LogInformation("{Peer}: RDMA queue {Qid} closed: {Reason} ({Commands} commands, {Reads} RDMA READs, {Writes} RDMA WRITEs, {Doorbells} send doorbells{Allocation}{InFlight})",
+            _peer, Connected ? Qid.ToString() : "-", reason, Receives, RdmaReads, RdmaWrites, Doorbells,
+            allocated >= 0 ? $"; reactor allocated {allocated} B over the last {Receives - AllocationMarkAt} commands" : "", InFlight());
         Reactor.Unregister(this);
         Reactor.RemovePoller(this);
         _transport.OnQueueClosed(this);
@@ -532,6 +578,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         }
         // Everything not inside a bdev is released now; bdev I/O releases its slot when it completes.
         _waitCount = 0;
+        _pendingCount = 0;
         foreach (RdmaRequest req in _reqs)
         {
             if (req.State != RequestState.Free && req.PendingOps == 0) Release(req);
@@ -548,11 +595,32 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         FreeNativeMemory();
     }
 
+    /// <summary>What the queue's commands were doing (for the close log): empty when none was outstanding.</summary>
+    private string InFlight()
+    {
+        int reading = 0, waiting = 0, executing = 0, responding = 0;
+        foreach (RdmaRequest r in _reqs)
+        {
+            switch (r.State)
+            {
+                case RequestState.TransferringHostData: reading++; break;
+                case RequestState.NeedBuffer: waiting++; break;
+                case RequestState.Executing: executing++; break;
+                case RequestState.Completing: responding++; break;
+            }
+        }
+        if (reading + waiting + executing + responding == 0) return "";
+        DataBufferPools p = Reactor.Pools;
+        return $"; in flight: {reading} RDMA READ, {waiting} waiting for a buffer ({_waitCount} queued; pools free {p.Small.Available}/{p.Medium.Available}/{p.Large.Available}), " +
+            $"{executing} executing, {responding} responding, {_active} unanswered";
+    }
+
     private void FreeNativeMemory()
     {
         if (_freed) return;
         _freed = true;
         NativeMemory.AlignedFree(_recvBase);
         NativeMemory.AlignedFree(_cqes);
+        NativeMemory.AlignedFree(_pending);
     }
 }
