@@ -224,6 +224,11 @@ public sealed record RdmaConnectionOptions
     public int ReadDepth { get; init; } = 16;
     public bool EventMode { get; init; }
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>
+    /// Client side: called with the device (ibv_context) the route resolved to; a PD returned here (made on that
+    /// device, outliving the connection) is used instead of a PD of the connection's own.
+    /// </summary>
+    public Func<IntPtr, ProtectionDomain?>? ProtectionDomainFor { get; init; }
 }
 
 /// <summary>
@@ -289,6 +294,9 @@ public sealed unsafe class RdmaConnection : IDisposable
     /// <summary>The rdma_cm id (to match events read from a listener's channel).</summary>
     public IntPtr CmId => _id.DangerousGetHandle();
 
+    /// <summary>The device (ibv_context) the connection runs on.</summary>
+    public IntPtr DeviceContext => Verbs.CmVerbs(CmId);
+
     /// <summary>The peer's address, "ip:port".</summary>
     public string PeerAddress
     {
@@ -316,7 +324,8 @@ public sealed unsafe class RdmaConnection : IDisposable
             events.Expect(Verbs.CmAddrResolved, options.Timeout, "resolve address");
             Check(Verbs.CmResolveRoute(idp, (int)options.Timeout.TotalMilliseconds), "rdma_resolve_route");
             events.Expect(Verbs.CmRouteResolved, options.Timeout, "resolve route");
-            conn = new RdmaConnection(events, id, options);
+            ProtectionDomain? shared = options.ProtectionDomainFor?.Invoke(Verbs.CmVerbs(idp));
+            conn = new RdmaConnection(events, id, options, shared);
             fixed (byte* pd = privateData)
                 Check(Verbs.CmConnect(idp, pd, privateData.Length, options.ReadDepth, options.ReadDepth, 7, 7), "rdma_connect");
             CmEvent e = events.Next(options.Timeout) ?? throw new TimeoutException($"connect to {address}:{port}: no answer");

@@ -34,6 +34,8 @@ public sealed class Node : IDisposable
     public IReadOnlyList<IPEndPoint> TcpEndpoints { get; private set; } = [];
     public IReadOnlyList<IPEndPoint> RdmaEndpoints { get; private set; } = [];
     public IPEndPoint? InterconnectEndpoint { get; private set; }
+    /// <summary>The NVMe/RDMA interconnect listener's endpoint (null: the interconnect is NVMe/TCP only).</summary>
+    public IPEndPoint? InterconnectRdmaEndpoint { get; private set; }
     public ILoggerFactory LoggerFactory { get; }
 
     public Node(NodeConfig config, ILoggerFactory loggerFactory)
@@ -47,7 +49,9 @@ public sealed class Node : IDisposable
                 _reactors.Add(new Reactor(i, $"{config.Name}-reactor{i}", config.PollMode, config.AdaptiveSpin, config.Pools, loggerFactory.CreateLogger($"reactor{i}")));
             Target = new NvmfTarget(config.Name, config.Target, _reactors, loggerFactory);
             Tcp = new TcpTransport(Target);
-            if (config.Listeners.Any(l => l.Transport == "rdma")) Rdma = new RdmaTransport(Target);
+            bool rdmaInterconnect = config.Cluster != null && config.Cluster.InterconnectTransport != InterconnectTransport.Tcp;
+            if (config.Listeners.Any(l => l.Transport == "rdma") || (rdmaInterconnect && RdmaDevices.UnavailableReason() == null))
+                Rdma = new RdmaTransport(Target);
 
             foreach (BdevConfig b in config.Bdevs) _bdevs[b.Name] = CreateBdev(b);
             var subsystems = new List<(Subsystem S, SubsystemConfig C)>();
@@ -123,6 +127,8 @@ public sealed class Node : IDisposable
             if (Config.Listeners[i].Transport == "rdma" && noRdma != null)
                 throw new ConfigException($"Listeners:{i}:Transport", $"rdma, but RDMA is unavailable on this machine: {noRdma}");
         }
+        if (Config.Cluster?.InterconnectTransport == InterconnectTransport.Rdma && noRdma != null)
+            throw new ConfigException("Cluster:InterconnectTransport", $"rdma, but RDMA is unavailable on this machine: {noRdma}");
         if (noRdma != null) _log.LogInformation("RDMA unavailable: {Reason}", noRdma);
         foreach (Reactor r in _reactors) r.Start();
         Target.Start();
@@ -137,7 +143,25 @@ public sealed class Node : IDisposable
         RdmaEndpoints = rdmaEps;
         if (Cluster != null)
         {
-            InterconnectEndpoint = Tcp.Listen(Config.Cluster!.Interconnect, 0xFFFE, null, ListenerRole.Interconnect);
+            ClusterConfig cc = Config.Cluster!;
+            // NVMe/TCP always listens: the fallback when this node or the partner has no RDMA.
+            InterconnectEndpoint = Tcp.Listen(cc.Interconnect, 0xFFFE, null, ListenerRole.Interconnect);
+            if (cc.InterconnectTransport != InterconnectTransport.Tcp && Rdma != null)
+            {
+                try
+                {
+                    InterconnectRdmaEndpoint = Rdma.Listen(cc.Interconnect, 0xFFFE, null, ListenerRole.Interconnect);
+                    Cluster.Rdma = Rdma;
+                }
+                catch (RdmaException e) when (cc.InterconnectTransport == InterconnectTransport.Auto)
+                {
+                    _log.LogWarning("no NVMe/RDMA interconnect listener on {Endpoint} ({Error}): the interconnect runs over NVMe/TCP", cc.Interconnect, e.Message);
+                }
+            }
+            else if (cc.InterconnectTransport == InterconnectTransport.Auto)
+            {
+                _log.LogInformation("interconnect over NVMe/TCP: {Reason}", noRdma ?? "RDMA transport not created");
+            }
             Cluster.Start();
         }
         _log.LogInformation("node {Name} up: {Reactors} reactor(s), poll mode {Mode}, {Subsystems} subsystem(s), pools {Pools} MiB per reactor",

@@ -99,6 +99,9 @@ using var sigusr1 = System.Runtime.InteropServices.PosixSignalRegistration.Creat
     c.Cancel = true;
     Console.WriteLine(FormattableString.Invariant(
         $"[{config.Name}] stats: gc0={GC.CollectionCount(0)} gc1={GC.CollectionCount(1)} gc2={GC.CollectionCount(2)} allocated={GC.GetTotalAllocatedBytes()} heap={GC.GetTotalMemory(false)}"));
+    // The interconnect: which transport each link runs on and, over RDMA, how relayed data moved on this node.
+    foreach (var link in node.Cluster?.Links ?? [])
+        Console.WriteLine($"[{config.Name}] interconnect {link.Subsystem.Nqn}: {link.Transport ?? "down"}; {link.Counters}");
 });
 
 foreach (var ep in node.TcpEndpoints)
@@ -108,7 +111,8 @@ foreach (var ep in node.RdmaEndpoints)
 foreach (var s in config.Subsystems)
     Console.WriteLine($"[{config.Name}] subsystem {s.Nqn}: {s.Namespaces.Count} namespace(s), CNTLID {s.ControllerIdMin}-{s.ControllerIdMax}");
 if (config.Cluster is { } cl)
-    Console.WriteLine($"[{config.Name}] cluster {cl.Name}: partner {cl.Partner}, interconnect {node.InterconnectEndpoint} -> {cl.PartnerInterconnect}");
+    Console.WriteLine($"[{config.Name}] cluster {cl.Name}: partner {cl.Partner}, interconnect {node.InterconnectEndpoint}" +
+        $"{(node.InterconnectRdmaEndpoint != null ? " (NVMe/TCP and NVMe/RDMA)" : " (NVMe/TCP)")} -> {cl.PartnerInterconnect}, transport {cl.InterconnectTransport.ToString().ToLowerInvariant()}");
 Console.WriteLine($"[{config.Name}] ready. Ctrl-C stops.");
 stop.Wait();
 Console.WriteLine($"[{config.Name}] stopping");

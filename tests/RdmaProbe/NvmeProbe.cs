@@ -233,7 +233,7 @@ internal static unsafe class NvmeProbe
         var sw = Stopwatch.StartNew();
         while (sw.Elapsed < T)
         {
-            q.Poll();
+            q.Progress();
             if (q.IsBroken) return true;
             CmEvent? e = q.Connection.PollEvent(TimeSpan.FromMilliseconds(50));
             if (e?.Type == Verbs.CmDisconnected) return true;

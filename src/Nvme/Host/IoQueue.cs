@@ -7,14 +7,22 @@ public sealed unsafe class IoQueue
 {
     internal readonly SyncWaiter Waiter = new();
 
+    private readonly TcpHostQueue? _tcp;
+
     public NvmeHost Host { get; }
-    public TcpHostQueue Queue { get; }
+    /// <summary>The queue, whatever its transport.</summary>
+    public IHostQueue Transport { get; }
+    /// <summary>The NVMe/TCP queue (throws for an NVMe/RDMA queue: use <see cref="Transport"/> or <see cref="Rdma"/>).</summary>
+    public TcpHostQueue Queue => _tcp ?? throw new InvalidOperationException("an NVMe/RDMA queue has no TcpHostQueue");
+    /// <summary>The NVMe/RDMA queue, or null for NVMe/TCP.</summary>
+    public RdmaHostQueue? Rdma => Transport as RdmaHostQueue;
     public ushort Qid { get; }
 
-    internal IoQueue(NvmeHost host, TcpHostQueue queue, ushort qid)
+    internal IoQueue(NvmeHost host, IHostQueue queue, ushort qid)
     {
         Host = host;
-        Queue = queue;
+        Transport = queue;
+        _tcp = queue as TcpHostQueue;
         Qid = qid;
     }
 
@@ -22,7 +30,7 @@ public sealed unsafe class IoQueue
     public CompletionQueueEntry Execute(in SubmissionQueueEntry sqe, Span<byte> data, DataDirection direction)
     {
         fixed (byte* p = data)
-            return Waiter.Execute(Queue, sqe, p, (uint)data.Length, direction, Host.Options.CommandTimeout);
+            return Waiter.Execute(Transport, sqe, p, (uint)data.Length, direction, Host.Options.CommandTimeout);
     }
 
     public static SubmissionQueueEntry ReadWriteSqe(byte opcode, uint nsid, ulong lba, uint blocks)

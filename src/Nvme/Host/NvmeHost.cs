@@ -7,8 +7,20 @@ using StorageNode.Nvme.Spec;
 
 namespace StorageNode.Nvme.Host;
 
+/// <summary>The NVMe-oF transport an <see cref="NvmeHost"/> connects with.</summary>
+public enum HostTransport
+{
+    Tcp,
+    Rdma,
+}
+
 public sealed record NvmeHostOptions
 {
+    public HostTransport Transport { get; init; } = HostTransport.Tcp;
+    /// <summary>NVMe/RDMA: the protection domain for the resolved device (see <see cref="RdmaHostQueueOptions.ProtectionDomainFor"/>).</summary>
+    public Func<IntPtr, StorageNode.Rdma.ProtectionDomain?>? RdmaProtectionDomainFor { get; init; }
+    /// <summary>NVMe/RDMA I/O queues: completion channel (for a reactor that sleeps) and batched sends.</summary>
+    public bool RdmaReactorQueues { get; init; }
     public Guid HostId { get; init; } = Guid.NewGuid();
     public string? HostNqn { get; init; }
     public bool HeaderDigest { get; init; }
@@ -39,13 +51,13 @@ public sealed class NvmeCommandException(string what, NvmeStatus status, uint dw
 }
 
 /// <summary>
-/// An NVMe-oF host controller association over TCP: the admin queue (thread-safe, synchronous commands,
+/// An NVMe-oF host controller association over TCP or RDMA: the admin queue (thread-safe, synchronous commands,
 /// keep-alive in the background) and the I/O queues (each for one thread at a time).
 /// </summary>
 public sealed unsafe class NvmeHost : IDisposable
 {
     private readonly object _adminLock = new();
-    private readonly TcpHostQueue _admin;
+    private readonly IHostQueue _admin;
     private readonly SyncWaiter _adminWaiter = new();
     private readonly Timer? _keepAlive;
     private readonly List<IoQueue> _ioQueues = [];
@@ -77,7 +89,7 @@ public sealed unsafe class NvmeHost : IDisposable
 
     private string ReadField(int offset, int length) => SpecText.ReadPadded(IdentifyControllerData.AsSpan(offset, length));
 
-    private NvmeHost(IPEndPoint ep, string subnqn, NvmeHostOptions options, TcpHostQueue admin)
+    private NvmeHost(IPEndPoint ep, string subnqn, NvmeHostOptions options, IHostQueue admin)
     {
         Endpoint = ep;
         SubsystemNqn = subnqn;
@@ -96,15 +108,22 @@ public sealed unsafe class NvmeHost : IDisposable
     {
         options ??= new NvmeHostOptions();
         bool discovery = subsystemNqn == WellKnownNqn.Discovery;
-        var admin = TcpHostQueue.Connect(endpoint, new HostQueueOptions
-        {
-            HeaderDigest = options.HeaderDigest,
-            DataDigest = options.DataDigest,
-            Depth = options.AdminQueueDepth,
-            InCapsuleDataSize = 8192,
-            ConnectTimeout = options.ConnectTimeout,
-            MaxR2T = options.MaxR2T,
-        });
+        bool rdma = options.Transport == HostTransport.Rdma;
+        IHostQueue admin = rdma
+            ? RdmaHostQueue.Connect(endpoint.Address.ToString(), endpoint.Port, 0, new RdmaHostQueueOptions
+            {
+                Depth = options.AdminQueueDepth,
+                ConnectTimeout = options.ConnectTimeout,
+            })
+            : TcpHostQueue.Connect(endpoint, new HostQueueOptions
+            {
+                HeaderDigest = options.HeaderDigest,
+                DataDigest = options.DataDigest,
+                Depth = options.AdminQueueDepth,
+                InCapsuleDataSize = 8192,
+                ConnectTimeout = options.ConnectTimeout,
+                MaxR2T = options.MaxR2T,
+            });
         var host = new NvmeHost(endpoint, subsystemNqn, options with { SendKeepAlive = options.SendKeepAlive }, admin);
         try
         {
@@ -120,6 +139,23 @@ public sealed unsafe class NvmeHost : IDisposable
                 uint icd = Math.Min(options.InCapsuleDataSize, host.Ioccsz >= 4 ? (host.Ioccsz * 16) - 64 : 0);
                 for (int q = 1; q <= Math.Min(granted, options.IoQueues); q++)
                 {
+                    if (rdma)
+                    {
+                        var rq = RdmaHostQueue.Connect(endpoint.Address.ToString(), endpoint.Port, (ushort)q, new RdmaHostQueueOptions
+                        {
+                            Depth = Math.Max(depth, 2),
+                            InCapsuleDataSize = icd,
+                            ConnectTimeout = options.ConnectTimeout,
+                            EventMode = options.RdmaReactorQueues,
+                            ProtectionDomainFor = options.RdmaProtectionDomainFor,
+                        });
+                        var rio = new IoQueue(host, rq, (ushort)q);
+                        host._ioQueues.Add(rio);
+                        host.FabricsConnect(rq, rio.Waiter, (ushort)q, (ushort)(Math.Max(depth, 2) - 1), host.Cntlid, 0);
+                        // Reactor-driven queues post their sends once per loop iteration (one doorbell for many).
+                        if (options.RdmaReactorQueues) rq.BatchSends = true;
+                        continue;
+                    }
                     var tq = TcpHostQueue.Connect(endpoint, new HostQueueOptions
                     {
                         HeaderDigest = options.HeaderDigest,
@@ -147,7 +183,7 @@ public sealed unsafe class NvmeHost : IDisposable
         }
     }
 
-    private ushort FabricsConnect(TcpHostQueue q, SyncWaiter waiter, ushort qid, ushort sqsize, ushort cntlid, uint kato)
+    private ushort FabricsConnect(IHostQueue q, SyncWaiter waiter, ushort qid, ushort sqsize, ushort cntlid, uint kato)
     {
         ConnectData data = default;
         Options.HostId.TryWriteBytes(new Span<byte>(data.HostId, 16), bigEndian: true, out _);
@@ -413,7 +449,7 @@ public sealed unsafe class NvmeHost : IDisposable
         if (_disposed) return;
         _disposed = true;
         _keepAlive?.Dispose();
-        foreach (IoQueue q in _ioQueues) q.Queue.Dispose();
+        foreach (IoQueue q in _ioQueues) q.Transport.Dispose();
         lock (_adminLock) _admin.Dispose();
     }
 }
@@ -438,7 +474,7 @@ internal sealed unsafe class SyncWaiter : IHostCompletion
         _done = true;
     }
 
-    public CompletionQueueEntry Execute(TcpHostQueue q, in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection dir, TimeSpan timeout)
+    public CompletionQueueEntry Execute(IHostQueue q, in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection dir, TimeSpan timeout)
     {
         _done = false;
         if (!q.TrySubmit(sqe, data, length, dir, this, 1)) throw new InvalidOperationException("queue full");

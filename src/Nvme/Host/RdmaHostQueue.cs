@@ -19,6 +19,15 @@ public sealed record RdmaHostQueueOptions
     /// <summary>RDMA READs the controller may have outstanding against this host (responder resources).</summary>
     public int ReadDepth { get; init; } = 16;
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>A completion channel: the queue arms its CQ when idle and <see cref="RdmaHostQueue.Fd"/> wakes a sleeper.</summary>
+    public bool EventMode { get; init; }
+    /// <summary>Capsule sends are queued and posted together by <see cref="RdmaHostQueue.SendPending"/> (one doorbell).</summary>
+    public bool BatchSends { get; init; }
+    /// <summary>
+    /// Picks the protection domain for the device the address resolved to (a caller's shared PD, whose
+    /// registrations commands may then name); null, or a null answer: the connection's own PD.
+    /// </summary>
+    public Func<IntPtr, ProtectionDomain?>? ProtectionDomainFor { get; init; }
 }
 
 /// <summary>The controller rejected the RDMA connection; <see cref="Status"/> is its NVMe/RDMA reject status.</summary>
@@ -34,8 +43,12 @@ public sealed class NvmeRdmaRejectedException(RdmaCmStatus? status, int cmStatus
 /// data with keyed SGL data blocks in memory registered here (the controller moves it with RDMA READ/WRITE),
 /// and receives 16-byte responses. Not thread-safe: one thread submits and polls. A command completes when its
 /// response arrived and its capsule's send completed.
+/// Data in a region added with <see cref="AddRegion"/> (or passed explicitly) moves with no copy here: the
+/// controller reads or writes it in place. Other data is copied through the command's own registered slot
+/// buffer when it fits (<see cref="BounceCopies"/>), else registered for the one command
+/// (<see cref="TemporaryRegistrations"/>); the counters show which path a caller's data took.
 /// </summary>
-public sealed unsafe class RdmaHostQueue : IDisposable
+public sealed unsafe class RdmaHostQueue : IHostQueue
 {
     private const int RecvStride = 64;
     private const int WcBatch = 32;
@@ -50,6 +63,11 @@ public sealed unsafe class RdmaHostQueue : IDisposable
         public long Token;
         public IHostCompletion? Callback;
         public CompletionQueueEntry Cqe;
+        /// <summary>Read data bounced through the slot buffer goes here on completion.</summary>
+        public byte* BounceTo;
+        public uint BounceLength;
+        /// <summary>The caller's memory registered for this command alone.</summary>
+        public MemoryRegion? TempMr;
     }
 
     private readonly RdmaConnection _conn;
@@ -65,11 +83,34 @@ public sealed unsafe class RdmaHostQueue : IDisposable
     private readonly MemoryRegion _recvMr;
     private readonly MemoryRegion _scratchMr;
     private readonly SnWorkCompletion[] _wc = new SnWorkCompletion[WcBatch];
+    private readonly SnSendWr* _pending;
+    private int _pendingCount;
+    private MemoryRegion[] _regions = [];
+    private bool _armed;
     private string? _error;
     private bool _disposed;
 
+    /// <summary>Bytes the controller moved straight in or out of caller memory (keyed SGLs on registered regions).</summary>
+    public long ZeroCopyBytes;
+    /// <summary>Bytes of writes sent in-capsule (copied into the capsule, as the binding does for small writes).</summary>
+    public long InCapsuleBytes;
+    /// <summary>Commands whose data was copied through the slot buffer (not in a registered region).</summary>
+    public long BounceCopies;
+    /// <summary>Commands whose data was registered for that command alone.</summary>
+    public long TemporaryRegistrations;
+    /// <summary>Posts of send work requests (each one doorbell).</summary>
+    public long Doorbells;
+
     public ushort Qid { get; }
+    public string Transport => "rdma";
     public int Depth => _slots.Length;
+    public bool EventMode { get; }
+    /// <summary>Sends wait for <see cref="SendPending"/> (one doorbell for many) instead of going at once.</summary>
+    public bool BatchSends { get; set; }
+    /// <summary>The completion channel (event mode), else -1.</summary>
+    public int Fd => _conn.Cq.Fd;
+    public bool NeedsPolling => true;
+    public bool HasPendingSends => _pendingCount > 0;
     public int Outstanding => _slots.Length - _freeCount;
     /// <summary>CRQSIZE from the controller's accept (null when it sent none).</summary>
     public ushort? ControllerReceiveQueueSize { get; }
@@ -87,6 +128,8 @@ public sealed unsafe class RdmaHostQueue : IDisposable
         _opt = o;
         Qid = qid;
         InCapsuleDataSize = o.InCapsuleDataSize;
+        EventMode = o.EventMode;
+        BatchSends = o.BatchSends;
         ControllerReceiveQueueSize = RdmaCm.TryParseAccept(conn.PeerPrivateData);
         int depth = o.Depth;
         _slots = new Slot[depth];
@@ -98,7 +141,9 @@ public sealed unsafe class RdmaHostQueue : IDisposable
         _recv = (byte*)NativeMemory.AlignedAlloc((nuint)(RecvStride * depth), 4096);
         _scratch = (byte*)NativeMemory.AlignedAlloc(ScratchSize, 4096);
         NativeMemory.Clear(_scratch, ScratchSize);
-        _sendMr = conn.Register(_send, (nuint)(_stride * depth));
+        // Remote access: a slot's buffer past its SQE also bounces data that is not in a registered region.
+        _sendMr = conn.Register(_send, (nuint)(_stride * depth), remoteRead: true, remoteWrite: true);
+        _pending = (SnSendWr*)NativeMemory.AllocZeroed((nuint)(sizeof(SnSendWr) * (depth + 1)));
         _recvMr = conn.Register(_recv, (nuint)(RecvStride * depth));
         _scratchMr = conn.Register(_scratch, ScratchSize, remoteRead: true, remoteWrite: true);
         for (int i = 0; i < depth; i++) PostRecv(i);
@@ -126,6 +171,8 @@ public sealed unsafe class RdmaHostQueue : IDisposable
                 MaxInline = 0,
                 ReadDepth = options.ReadDepth,
                 Timeout = options.ConnectTimeout,
+                EventMode = options.EventMode,
+                ProtectionDomainFor = options.ProtectionDomainFor,
             });
         }
         catch (RdmaRejectedException e)
@@ -153,30 +200,107 @@ public sealed unsafe class RdmaHostQueue : IDisposable
     }
 
     /// <summary>
+    /// Adds a region (registered in this queue's protection domain, owned by the caller, alive as long as the
+    /// queue) whose memory commands may name without a copy. Not thread-safe with submissions.
+    /// </summary>
+    public void AddRegion(MemoryRegion region) => _regions = [.. _regions, region];
+
+    private MemoryRegion? FindRegion(byte* data, uint length)
+    {
+        MemoryRegion[] r = _regions;
+        for (int i = 0; i < r.Length; i++)
+            if (r[i].Contains(data, length)) return r[i];
+        return null;
+    }
+
+    /// <summary>
     /// Queues a command (CID = its slot). Writes up to <see cref="InCapsuleDataSize"/> go in-capsule; other data
     /// must lie in <paramref name="region"/> and is described by a keyed SGL. False when every slot is busy.
     /// </summary>
     public bool TrySubmit(in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection direction, MemoryRegion? region,
         IHostCompletion callback, long token)
     {
-        SubmissionQueueEntry s = sqe;
+        if (region == null && length > 0 && !(direction == DataDirection.HostToController && length <= InCapsuleDataSize && 64 + length <= _stride))
+            throw new ArgumentException("the data must lie in a region registered with this queue", nameof(region));
+        if (region != null && length > 0 && !region.Contains(data, length))
+            throw new ArgumentException("the data must lie in a region registered with this queue", nameof(region));
+        return Submit(sqe, data, length, direction, region, callback, token);
+    }
+
+    /// <summary>
+    /// Queues a command whatever memory its data is in: a region added with <see cref="AddRegion"/> (no copy),
+    /// else the slot's bounce buffer, else a registration for this command. False when every slot is busy.
+    /// </summary>
+    public bool TrySubmit(in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection direction, IHostCompletion callback, long token)
+        => Submit(sqe, data, length, direction, null, callback, token);
+
+    private bool Submit(in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection direction, MemoryRegion? region,
+        IHostCompletion callback, long token)
+    {
+        if (_error != null) throw new NvmeTransportException(_error);
+        if (_freeCount == 0) return false;
+        int slot = _free[--_freeCount];
+        ref Slot s = ref _slots[slot];
+        s = new Slot { Busy = true, Token = token, Callback = callback };
+        byte* buf = _send + slot * _stride;
+        SubmissionQueueEntry e = sqe;
         uint inCapsule = 0;
-        if (direction == DataDirection.HostToController && length > 0 && length <= InCapsuleDataSize && 64 + length <= _stride)
+        if (length == 0 || direction == DataDirection.None)
         {
-            s.Dptr = SglDescriptor.InCapsule(length);
-            inCapsule = length;
+            e.Dptr = RdmaSgl.Keyed(0, 0, 0, invalidate: false);
         }
-        else if (length > 0)
+        else if (direction == DataDirection.HostToController && length <= InCapsuleDataSize && 64 + length <= _stride)
         {
-            if (region == null || !region.Contains(data, length)) throw new ArgumentException("the data must lie in a region registered with this queue", nameof(region));
-            s.Dptr = RdmaSgl.Keyed((ulong)data, length, region.Rkey, invalidate: false);
+            e.Dptr = SglDescriptor.InCapsule(length);
+            Buffer.MemoryCopy(data, buf + 64, length, length);
+            inCapsule = length;
+            InCapsuleBytes += length;
         }
         else
         {
-            s.Dptr = RdmaSgl.Keyed(0, 0, 0, invalidate: false);
+            region ??= FindRegion(data, length);
+            ulong address = (ulong)data;
+            uint rkey;
+            if (region != null)
+            {
+                rkey = region.Rkey;
+                ZeroCopyBytes += length;
+            }
+            else if (64 + length <= _stride)
+            {
+                byte* bounce = buf + 64;
+                if (direction == DataDirection.HostToController) Buffer.MemoryCopy(data, bounce, length, length);
+                else
+                {
+                    s.BounceTo = data;
+                    s.BounceLength = length;
+                }
+                address = (ulong)bounce;
+                rkey = _sendMr.Rkey;
+                BounceCopies++;
+            }
+            else
+            {
+                try
+                {
+                    s.TempMr = _conn.Register(data, length, remoteRead: true, remoteWrite: true);
+                }
+                catch
+                {
+                    s = default;
+                    _free[_freeCount++] = slot;
+                    throw;
+                }
+                rkey = s.TempMr.Rkey;
+                TemporaryRegistrations++;
+            }
+            e.Dptr = RdmaSgl.Keyed(address, length, rkey, invalidate: false);
         }
-        s.Flags = (byte)((s.Flags & 0x3F) | 0x40); // PSDT = SGL
-        return Post(s, inCapsule == 0 ? default : new ReadOnlySpan<byte>(data, (int)inCapsule), setCid: true, callback, token);
+        e.Flags = (byte)((e.Flags & 0x3F) | 0x40); // PSDT = SGL
+        e.Cid = (ushort)slot;
+        *(SubmissionQueueEntry*)buf = e;
+        QueueSend(slot, buf, 64 + inCapsule);
+        return true;
     }
 
     /// <summary>
@@ -186,7 +310,16 @@ public sealed unsafe class RdmaHostQueue : IDisposable
     public bool TrySubmitRaw(in SubmissionQueueEntry sqe, ReadOnlySpan<byte> capsuleData, IHostCompletion callback, long token)
     {
         if (64 + capsuleData.Length > _stride) throw new ArgumentException($"a capsule holds at most {_stride - 64} data bytes here", nameof(capsuleData));
-        return Post(sqe, capsuleData, setCid: true, callback, token);
+        if (_error != null) throw new NvmeTransportException(_error);
+        if (_freeCount == 0) return false;
+        int slot = _free[--_freeCount];
+        _slots[slot] = new Slot { Busy = true, Token = token, Callback = callback };
+        byte* buf = _send + slot * _stride;
+        *(SubmissionQueueEntry*)buf = sqe;
+        ((SubmissionQueueEntry*)buf)->Cid = (ushort)slot;
+        if (!capsuleData.IsEmpty) capsuleData.CopyTo(new Span<byte>(buf + 64, capsuleData.Length));
+        QueueSend(slot, buf, (uint)(64 + capsuleData.Length));
+        return true;
     }
 
     /// <summary>Sends <paramref name="length"/> raw bytes as one capsule (even shorter than an SQE); no response is expected.</summary>
@@ -198,28 +331,91 @@ public sealed unsafe class RdmaHostQueue : IDisposable
         _slots[slot] = new Slot { Busy = true, Responded = true };
         byte* buf = _send + slot * _stride;
         bytes.CopyTo(new Span<byte>(buf, bytes.Length));
-        int rc = _conn.TryPostSend((ulong)slot, buf, (uint)bytes.Length, _sendMr.Lkey, signaled: true, inline: false);
-        if (rc != 0) Fail($"ibv_post_send: {Libc.StrError(-rc)}");
+        QueueSend(slot, buf, (uint)bytes.Length);
     }
 
-    private bool Post(in SubmissionQueueEntry sqe, ReadOnlySpan<byte> capsuleData, bool setCid, IHostCompletion callback, long token)
+    private void QueueSend(int slot, byte* buf, uint length)
+    {
+        SnSendWr* w = _pending + _pendingCount++;
+        w->WrId = (ulong)slot;
+        w->Addr = (ulong)buf;
+        w->RemoteAddr = 0;
+        w->Length = length;
+        w->Lkey = _sendMr.Lkey;
+        w->Rkey = 0;
+        w->ImmOrInvalidate = 0;
+        w->Opcode = Verbs.WrSend;
+        w->Flags = Verbs.SendSignaled;
+        if (!BatchSends) SendPending();
+    }
+
+    /// <summary>Posts the queued capsule sends chained (one doorbell); never throws (a failure breaks the queue).</summary>
+    public int SendPending()
+    {
+        int n = _pendingCount;
+        if (n == 0 || _error != null) return 0;
+        _pendingCount = 0;
+        Doorbells++;
+        int rc = _conn.TryPostSendBatch(_pending, n, out int posted);
+        if (rc != 0) Fail($"ibv_post_send: {n - posted} of {n} capsule(s) not posted: {Libc.StrError(-rc)}");
+        return n;
+    }
+
+    /// <summary>Posts queued sends, reaps completions and delivers finished commands. Throws once broken.</summary>
+    public int Poll()
     {
         if (_error != null) throw new NvmeTransportException(_error);
-        if (_freeCount == 0) return false;
-        int slot = _free[--_freeCount];
-        ref Slot s = ref _slots[slot];
-        s = new Slot { Busy = true, Token = token, Callback = callback };
-        byte* buf = _send + slot * _stride;
-        *(SubmissionQueueEntry*)buf = sqe;
-        if (setCid) ((SubmissionQueueEntry*)buf)->Cid = (ushort)slot;
-        if (!capsuleData.IsEmpty) capsuleData.CopyTo(new Span<byte>(buf + 64, capsuleData.Length));
-        int rc = _conn.TryPostSend((ulong)slot, buf, (uint)(64 + capsuleData.Length), _sendMr.Lkey, signaled: true, inline: false);
-        if (rc != 0) Fail($"ibv_post_send: {Libc.StrError(-rc)}");
-        return true;
+        SendPending();
+        return Reap();
     }
 
-    /// <summary>Reaps completions and delivers finished commands. Returns how many completed.</summary>
-    public int Poll()
+    /// <summary>
+    /// Reaps completions (never throws); in event mode, when there were none, arms the CQ (and reaps once more:
+    /// a completion that landed before the arm raises no event) so a sleeper on <see cref="Fd"/> wakes for the next.
+    /// </summary>
+    public int Progress()
+    {
+        int n = Reap();
+        if (n == 0 && EventMode && !_armed && _error == null)
+        {
+            _conn.Cq.Arm();
+            _armed = true;
+            n = Reap();
+        }
+        return n;
+    }
+
+    /// <summary>The completion channel fired: consume the event and reap.</summary>
+    public int OnReadable()
+    {
+        if (_error != null) return 0;
+        _conn.Cq.AcknowledgeEvents();
+        _armed = false;
+        return Reap() + 1;
+    }
+
+    /// <summary>Waits up to <paramref name="timeoutMs"/> on the connection's rdma_cm events: a disconnect breaks the queue.</summary>
+    public void WaitReadable(int timeoutMs) => CheckConnection(TimeSpan.FromMilliseconds(timeoutMs));
+
+    /// <summary>Reads this connection's rdma_cm events (waiting up to <paramref name="wait"/>): a disconnect or error breaks the queue.</summary>
+    public void CheckConnection(TimeSpan wait)
+    {
+        if (_error != null) return;
+        CmEvent? e;
+        try
+        {
+            e = _conn.PollEvent(wait);
+        }
+        catch (RdmaException ex)
+        {
+            Fail($"rdma_cm: {ex.Message}");
+            return;
+        }
+        if (e is { } ev && ev.Type is Verbs.CmDisconnected or Verbs.CmDeviceRemoval or Verbs.CmConnectError or Verbs.CmUnreachable or Verbs.CmRejected)
+            Fail($"the controller's side went away ({ev.TypeName})");
+    }
+
+    private int Reap()
     {
         if (_error != null) return 0;
         int done = 0;
@@ -267,6 +463,8 @@ public sealed unsafe class RdmaHostQueue : IDisposable
         Slot s = _slots[slot];
         _slots[slot] = default;
         _free[_freeCount++] = slot;
+        if (s.BounceTo != null) Buffer.MemoryCopy(_send + slot * _stride + 64, s.BounceTo, s.BounceLength, s.BounceLength);
+        s.TempMr?.Dispose();
         if (s.Callback == null) return 0; // a raw send
         s.Callback.OnHostComplete(s.Token, s.Cqe);
         return 1;
@@ -276,6 +474,10 @@ public sealed unsafe class RdmaHostQueue : IDisposable
     {
         if (_error != null) return;
         _error = why;
+        _pendingCount = 0;
+        // The QP goes to the error state first: after that the controller can no longer touch caller memory,
+        // so the callers below may reuse their buffers at once.
+        try { _conn.Disconnect(); } catch (RdmaException) { }
         // Complete everything outstanding with a transport error so no caller waits forever.
         for (int i = 0; i < _slots.Length; i++)
         {
@@ -283,6 +485,7 @@ public sealed unsafe class RdmaHostQueue : IDisposable
             Slot s = _slots[i];
             _slots[i] = default;
             _free[_freeCount++] = i;
+            s.TempMr?.Dispose();
             if (s.Callback == null) continue;
             CompletionQueueEntry cqe = default;
             cqe.Cid = (ushort)i;
@@ -356,7 +559,7 @@ public sealed unsafe class RdmaHostQueue : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        try { _conn.Disconnect(); } catch (RdmaException) { }
+        Fail("queue closed"); // disconnects (QP to error), completes what is outstanding with a transport error
         _conn.Dispose();   // the QP goes first: after it nothing touches our buffers
         _sendMr.Dispose();
         _recvMr.Dispose();
@@ -364,5 +567,7 @@ public sealed unsafe class RdmaHostQueue : IDisposable
         NativeMemory.AlignedFree(_send);
         NativeMemory.AlignedFree(_recv);
         NativeMemory.AlignedFree(_scratch);
+        NativeMemory.Free(_pending);
+        for (int i = 0; i < _slots.Length; i++) _slots[i].TempMr?.Dispose();
     }
 }

@@ -35,7 +35,7 @@ public sealed class NvmeTransportException(string message) : Exception(message);
 /// queued and sent by the next <see cref="Poll"/> (so a burst goes out in one sendmsg); completions are
 /// delivered from <see cref="Poll"/>. Data buffers are caller-owned, pinned, and must live until completion.
 /// </summary>
-public sealed unsafe class TcpHostQueue : IDisposable
+public sealed unsafe class TcpHostQueue : IHostQueue
 {
     private const int MaxIov = 256;
     private const int SlotHeaderBytes = 128;      // capsule header + digest, in-capsule data digest
@@ -305,6 +305,10 @@ public sealed unsafe class TcpHostQueue : IDisposable
 
     /// <summary>Receives and processes what arrived; never throws.</summary>
     public int ReceiveAvailable() => _error != null ? 0 : Receive();
+
+    string IHostQueue.Transport => "tcp";
+    bool IHostQueue.NeedsPolling => false;
+    int IHostQueue.OnReadable() => ReceiveAvailable();
 
     /// <summary>Number of free command slots.</summary>
     public int FreeSlots => _freeCount;

@@ -10,6 +10,7 @@ using StorageNode.Nvme.Spec;
 using StorageNode.Proxy;
 using StorageNode.Reactors;
 using StorageNode.Target;
+using StorageNode.Transport.Rdma;
 
 namespace StorageNode.Cluster;
 
@@ -62,6 +63,12 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
     public TimeSpan RelayTimeout => _cfg.RelayTimeout;
     public long InboundRelayEpoch => Interlocked.Read(ref _inboundEpoch);
     public long Incarnation { get; } = Random.Shared.NextInt64(1, long.MaxValue);
+
+    /// <summary>
+    /// The node's NVMe/RDMA transport when the interconnect may use RDMA (set before <see cref="Start"/>): its
+    /// interconnect PD and pool registrations serve the outbound queues. Null: NVMe/TCP only.
+    /// </summary>
+    public RdmaTransport? Rdma { get; set; }
 
     /// <summary>Raised once when the partner's configuration disagrees; the node stops (docs/configuration.md).</summary>
     public event Action<string>? Refused;
@@ -403,7 +410,73 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
             _m.ClockSample(t0, cqe.Dw0 | ((long)cqe.Dw1 << 32), t1);
         }
 
+        /// <summary>"rdma" or "tcp" while up; null while down.</summary>
+        public string? Transport { get; private set; }
+
+        /// <summary>Why the last connect did not use RDMA (null when it did, or RDMA was not tried).</summary>
+        public string? RdmaFallbackReason { get; private set; }
+
+        /// <summary>Counters of the NVMe/RDMA proxy queues (zeros over NVMe/TCP): how relayed data moved on this node.</summary>
+        public InterconnectCounters Counters
+        {
+            get
+            {
+                var c = new InterconnectCounters();
+                foreach (ProxyQueue? q in Queues)
+                {
+                    if (q?.Queue is not RdmaHostQueue r) continue;
+                    c.ZeroCopyBytes += r.ZeroCopyBytes;
+                    c.InCapsuleBytes += r.InCapsuleBytes;
+                    c.BounceCopies += r.BounceCopies;
+                    c.TemporaryRegistrations += r.TemporaryRegistrations;
+                    c.Doorbells += r.Doorbells;
+                }
+                c.Relayed = Relayed;
+                return c;
+            }
+        }
+
         private void TryConnect()
+        {
+            ClusterConfig cfg = _m._cfg;
+            RdmaTransport? rdma = _m.Rdma;
+            if (rdma != null)
+            {
+                try
+                {
+                    if (Connect(HostTransport.Rdma, rdma)) RdmaFallbackReason = null;
+                    return;
+                }
+                catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or SocketException
+                                              or InvalidOperationException or System.Text.Json.JsonException or StorageNode.Rdma.RdmaException
+                                              or NvmeRdmaRejectedException)
+                {
+                    if (cfg.InterconnectTransport == InterconnectTransport.Rdma)
+                    {
+                        if (_lastConnectError != e.Message)
+                            _m._log.LogWarning("{Nqn}: cannot reach partner {Partner} at {Ep} over NVMe/RDMA: {Error}", Subsystem.Nqn, cfg.Partner, cfg.PartnerInterconnect, e.Message);
+                        _lastConnectError = e.Message;
+                        return;
+                    }
+                    RdmaFallbackReason = e.Message;
+                }
+            }
+            try
+            {
+                Connect(HostTransport.Tcp, null);
+            }
+            catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or SocketException
+                                          or InvalidOperationException or System.Text.Json.JsonException)
+            {
+                string why = RdmaFallbackReason != null ? $"{e.Message} (NVMe/RDMA: {RdmaFallbackReason})" : e.Message;
+                if (_lastConnectError != why)
+                    _m._log.LogWarning("{Nqn}: cannot reach partner {Partner} at {Ep}: {Error}", Subsystem.Nqn, cfg.Partner, cfg.PartnerInterconnect, why);
+                _lastConnectError = why;
+            }
+        }
+
+        /// <summary>Connects the association over one transport; false when the partner's configuration disagrees. Throws on failure.</summary>
+        private bool Connect(HostTransport transport, RdmaTransport? rdma)
         {
             ClusterConfig cfg = _m._cfg;
             NvmeHost? host = null;
@@ -411,6 +484,9 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
             {
                 host = NvmeHost.Connect(cfg.PartnerInterconnect, Subsystem.Nqn, new NvmeHostOptions
                 {
+                    Transport = transport,
+                    RdmaProtectionDomainFor = rdma == null ? null : rdma.InterconnectPd,
+                    RdmaReactorQueues = true,
                     HostNqn = IdentityNqn(cfg.Name, cfg.LocalNode),
                     HostId = IdentityId(cfg.Name, cfg.LocalNode),
                     IoQueues = _m._target.Reactors.Count,
@@ -439,35 +515,52 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
                     host.Dispose();
                     host = null;
                     _m.Refuse(problem);
-                    return;
+                    return false;
                 }
 
                 lock (_adminLock) _host = host;
                 Heartbeat();
-                InstallQueues(host.DetachIoQueues());
+                string zeroCopy = InstallQueues(host.DetachIoQueues(), rdma);
                 _registrations.Clear();
                 foreach (Controller c in Subsystem.Controllers)
                     if (!c.IsInterconnect) Register(c);
                 IsUp = true;
                 ConnectCount++;
                 _lastConnectError = null;
-                _m._log.LogInformation("{Nqn}: interconnect to {Partner} up ({Queues} proxy queue(s))", Subsystem.Nqn, cfg.Partner, Queues.Length);
+                Transport = transport == HostTransport.Rdma ? "rdma" : "tcp";
+                if (transport == HostTransport.Rdma)
+                    _m._log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/RDMA ({Queues} proxy queue(s); {ZeroCopy})", Subsystem.Nqn, cfg.Partner, Queues.Length, zeroCopy);
+                else
+                    _m._log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/TCP ({Queues} proxy queue(s); {Why})", Subsystem.Nqn, cfg.Partner, Queues.Length,
+                        RdmaFallbackReason != null ? $"NVMe/RDMA failed: {RdmaFallbackReason}" : cfg.InterconnectTransport == InterconnectTransport.Tcp ? "configured" : "no RDMA on this node");
                 Subsystem.SetPartnerAccess(PartnerAccess.Available);
+                return true;
             }
-            catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or SocketException
-                                          or InvalidOperationException or System.Text.Json.JsonException)
+            catch
             {
-                if (_lastConnectError != e.Message)
-                    _m._log.LogWarning("{Nqn}: cannot reach partner {Partner} at {Ep}: {Error}", Subsystem.Nqn, cfg.Partner, cfg.PartnerInterconnect, e.Message);
-                _lastConnectError = e.Message;
                 lock (_adminLock) _host = null;
                 host?.Dispose();
+                throw;
             }
         }
 
-        private void InstallQueues(IReadOnlyList<IoQueue> queues)
+        /// <summary>Hands one queue to each reactor; returns how relayed data will move (for the log).</summary>
+        private string InstallQueues(IReadOnlyList<IoQueue> queues, RdmaTransport? rdma)
         {
             IReadOnlyList<Reactor> reactors = _m._target.Reactors;
+            string how = "zero copy beyond the sockets";
+            for (int i = 0; i < queues.Count && i < reactors.Count; i++)
+            {
+                if (queues[i].Rdma is not RdmaHostQueue rq) continue;
+                IReadOnlyList<StorageNode.Rdma.MemoryRegion>? regions = rdma?.InterconnectRegions(rq.Connection.DeviceContext, reactors[i]);
+                if (regions == null)
+                {
+                    how = "NOT zero copy: no interconnect PD on the device (no RDMA interconnect listener there); data is copied or registered per command";
+                    continue;
+                }
+                foreach (StorageNode.Rdma.MemoryRegion r in regions) rq.AddRegion(r);
+                how = "zero copy: the reactors' pools are registered, the partner reads and writes them directly";
+            }
             var installed = new ProxyQueue?[reactors.Count];
             using var done = new CountdownEvent(reactors.Count);
             for (int i = 0; i < reactors.Count; i++)
@@ -478,8 +571,8 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
                 {
                     try
                     {
-                        var pq = new ProxyQueue(queues[idx].Queue, r, this);
-                        r.Register(pq);
+                        var pq = new ProxyQueue(queues[idx].Transport, r, this);
+                        pq.Attach();
                         installed[idx] = pq;
                     }
                     finally
@@ -490,6 +583,7 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
             }
             if (!done.Wait(TimeSpan.FromSeconds(10))) throw new InvalidOperationException("reactors did not take the proxy queues");
             SetQueues(installed);
+            return how;
         }
 
         /// <summary>Registers a host with the partner for relayed commands (control thread).</summary>
@@ -574,6 +668,9 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
         {
             bool wasUp = IsUp;
             IsUp = false;
+            if (wasUp && Transport == "rdma")
+                _m._log.LogInformation("{Nqn}: RDMA interconnect counters: {Counters}", Subsystem.Nqn, Counters);
+            Transport = null;
             NvmeHost? host;
             lock (_adminLock)
             {
@@ -600,4 +697,22 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
             }
         }
     }
+}
+
+/// <summary>How relayed data moved through a node's NVMe/RDMA proxy queues (sums over the reactors).</summary>
+public sealed record InterconnectCounters
+{
+    public long Relayed { get; set; }
+    /// <summary>Bytes the partner read or wrote in place in this node's registered pools.</summary>
+    public long ZeroCopyBytes { get; set; }
+    /// <summary>Bytes of small writes sent in-capsule.</summary>
+    public long InCapsuleBytes { get; set; }
+    /// <summary>Commands whose data had to be copied on this node (not in a registered pool).</summary>
+    public long BounceCopies { get; set; }
+    /// <summary>Commands whose data had to be registered for that command.</summary>
+    public long TemporaryRegistrations { get; set; }
+    public long Doorbells { get; set; }
+
+    public override string ToString() =>
+        $"relayed {Relayed}, zero-copy {ZeroCopyBytes} B, in-capsule {InCapsuleBytes} B, copied {BounceCopies}, registered per command {TemporaryRegistrations}, send doorbells {Doorbells}";
 }

@@ -29,6 +29,17 @@ public enum ListenerRole
     Interconnect,
 }
 
+/// <summary>How the HA pair's interconnect runs (<c>Cluster:InterconnectTransport</c>).</summary>
+public enum InterconnectTransport
+{
+    /// <summary>NVMe/RDMA when this node has an RDMA device and the partner answers over RDMA, else NVMe/TCP.</summary>
+    Auto,
+    /// <summary>NVMe/TCP only.</summary>
+    Tcp,
+    /// <summary>NVMe/RDMA only (the node refuses to start without an RDMA device).</summary>
+    Rdma,
+}
+
 public sealed record ListenerConfig(string Transport, IPAddress Address, int Port, string? AdvertiseAddress, ushort PortId, ListenerRole Role = ListenerRole.Combined);
 
 public sealed record BdevConfig(string Name, string Type, ulong SizeBytes, uint BlockSize, string? Path, DirectIoMode Direct);
@@ -55,6 +66,7 @@ public sealed record ClusterConfig
     public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromMilliseconds(1000);
     public TimeSpan RelayTimeout { get; init; } = TimeSpan.FromSeconds(5);
     public TimeSpan ReconnectInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+    public InterconnectTransport InterconnectTransport { get; init; } = InterconnectTransport.Auto;
 }
 
 public sealed record SubsystemConfig(
@@ -81,7 +93,7 @@ public sealed record NodeConfig
 
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "config"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
-        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs"];
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
@@ -188,6 +200,7 @@ public sealed record NodeConfig
             HeartbeatTimeout = TimeSpan.FromMilliseconds(timeout),
             RelayTimeout = TimeSpan.FromMilliseconds(Int(c, "RelayTimeoutMs", 5000, 100, 600_000)),
             ReconnectInterval = TimeSpan.FromMilliseconds(Int(c, "ReconnectIntervalMs", 500, 50, 60_000)),
+            InterconnectTransport = Enum<InterconnectTransport>(c, "InterconnectTransport", InterconnectTransport.Auto),
         };
     }
 

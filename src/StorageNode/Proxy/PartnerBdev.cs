@@ -117,13 +117,18 @@ public abstract class RelayLink
 }
 
 /// <summary>
-/// One reactor's NVMe/TCP host queue into the partner's interconnect listener (the local virtual adapter).
-/// Commands relay without allocation and without a copy beyond the TCP transport's own: the host's data
-/// buffer is sent from and received into directly.
+/// One reactor's host queue into the partner's interconnect listener (the local virtual adapter), over NVMe/TCP
+/// or NVMe/RDMA. Commands relay without allocation. The host's data buffer is used in place: over TCP it is
+/// sent from and received into directly (no copy beyond the socket's); over RDMA it lies in this reactor's
+/// registered pools, so the partner moves the data straight in and out of it with RDMA READ/WRITE (no copy at
+/// all on this node; <see cref="RdmaHostQueue.BounceCopies"/> stays 0).
 /// </summary>
-public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
+public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactorPoller
 {
-    private readonly TcpHostQueue _q;
+    private static readonly long EventCheckTicks = Stopwatch.Frequency / 100;
+    private readonly IHostQueue _q;
+    private readonly RdmaHostQueue? _rdma;
+    private long _nextEventCheck;
     private readonly Reactor _reactor;
     private readonly RelayLink _link;
     private readonly NvmfRequest?[] _inflight;
@@ -134,9 +139,10 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
     private int _backlogCount;
     private bool _closed;
 
-    public ProxyQueue(TcpHostQueue queue, Reactor reactor, RelayLink link)
+    public ProxyQueue(IHostQueue queue, Reactor reactor, RelayLink link)
     {
         _q = queue;
+        _rdma = queue as RdmaHostQueue;
         _reactor = reactor;
         _link = link;
         _inflight = new NvmfRequest?[queue.Depth];
@@ -150,6 +156,31 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
     public int InFlight => _inflight.Length - _freeCount;
     public int Backlog => _backlogCount;
     public Reactor Reactor => _reactor;
+    /// <summary>The interconnect queue (its transport and counters).</summary>
+    public IHostQueue Queue => _q;
+
+    /// <summary>Registers with the reactor (as a poller too when the transport needs polling). Reactor thread.</summary>
+    public void Attach()
+    {
+        _reactor.Register(this);
+        if (_q.NeedsPolling) _reactor.AddPoller(this);
+    }
+
+    /// <summary>Reactor poller (RDMA): reaps completions, arms the CQ when idle, and now and then reads rdma_cm events.</summary>
+    public int Poll()
+    {
+        if (_closed || _rdma == null) return 0;
+        int n = _rdma.Progress();
+        long now = Stopwatch.GetTimestamp();
+        if (now >= _nextEventCheck)
+        {
+            _nextEventCheck = now + EventCheckTicks;
+            _rdma.CheckConnection(TimeSpan.Zero);
+        }
+        if (_rdma.IsBroken) Close($"interconnect queue failed: {_rdma.Error}");
+        else if (n > 0) _reactor.MarkDirty(this);
+        return n;
+    }
 
     /// <summary>Relays one command. Reactor thread; completes through <see cref="NvmfRequest.OnBdevComplete"/>.</summary>
     public void Relay(NvmfRequest req)
@@ -234,7 +265,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
     public override int OnReady(uint events)
     {
         if (_closed) return 0;
-        int n = _q.ReceiveAvailable();
+        int n = _q.OnReadable();
         if (_q.IsBroken) Close($"interconnect queue failed: {_q.Error}");
         else _reactor.MarkDirty(this);
         return n;
@@ -303,6 +334,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion
         if (_closed) return;
         _closed = true;
         _reactor.Unregister(this);
+        if (_q.NeedsPolling) _reactor.RemovePoller(this);
         _q.Dispose(); // completes everything in flight with a transport error (mapped to a path status)
         while (_backlogCount > 0)
         {

@@ -188,6 +188,47 @@ public class RigTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void HaPairRelaysOverTheRdmaInterconnectWithoutCopiesAndFailsOver()
+    {
+        TimeSpan image = RigHarness.RequireImage();
+        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
+        // One node per guest, the interconnect over soft-RoCE (the host kernel has no rdma_rxe), the kernel
+        // NVMe/TCP host with native multipath in guest b next to node B: B relays NSID 1 (A's) over NVMe/RDMA.
+        string config = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name;
+        string built = Path.Combine(RigHarness.RepoRoot, "src", "StorageNode", "bin", config, "net10.0");
+        Assert.True(File.Exists(Path.Combine(built, "libsnverbs.so")), $"libsnverbs.so is not next to the node in {built}");
+        string copy = Path.Combine(RigHarness.Cache, $"ha-rdma-{Environment.ProcessId}");
+        try
+        {
+            Directory.CreateDirectory(copy);
+            foreach (string f in Directory.GetFiles(built)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)), overwrite: true);
+            var env = new Dictionary<string, string>
+            {
+                ["NODE_DLL"] = Path.Combine(copy, "storagenode.dll"),
+                ["HA_TRANSPORTS"] = "rdma",
+                ["FIO_RUNTIME"] = "40",
+                ["CUT_SECONDS"] = "8",
+            };
+            using GuestRun g = RigHarness.StartPair("ha-rdma.sh", env, TimeSpan.FromMinutes(9));
+            int rc = g.Wait();
+            output.WriteLine(g.Output);
+            output.WriteLine($"HA pair over RDMA: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
+            Assert.Equal(0, rc);
+            foreach (string check in new[] { "b| CHECK interconnect-rdma: ok", "b| CHECK proxy-path-non-optimized: ok",
+                         "b| CHECK relayed-128k-errors: ok", "b| CHECK relayed-128k-verified-kib: ok", "b| CHECK relayed-zero-copy-bytes: ok",
+                         "b| CHECK relayed-bounce-copies: ok", "b| CHECK relayed-temporary-registrations: ok",
+                         "b| CHECK two-paths: ok", "b| CHECK owner-path-optimized: ok", "b| CHECK failover-fio-errors: ok",
+                         "b| CHECK relayed-during-failover: ok", "b| CHECK owner-path-restored: ok",
+                         "a| CHECK node-A0-exit: ok", "a| CHECK node-A0-log-errors: ok", "b| CHECK node-B0-exit: ok", "b| CHECK node-B0-log-errors: ok" })
+                Assert.Contains(check, g.Output);
+        }
+        finally
+        {
+            Directory.Delete(copy, recursive: true);
+        }
+    }
+
+    [Fact]
     public void MultipathFailsOverToTheProxyPathWithoutErrors()
     {
         using var pair = new TestPair(

@@ -21,17 +21,21 @@ internal sealed unsafe class PoolRegistration : IDisposable
 
     public ProtectionDomain Pd { get; }
 
-    public PoolRegistration(ProtectionDomain pd, DataBufferPools pools)
+    /// <summary>The three pools' regions (small, medium, large).</summary>
+    public MemoryRegion[] Regions => [_small, _medium, _large];
+
+    /// <param name="remote">Let peers of this PD read and write the pools (the interconnect's own PD only).</param>
+    public PoolRegistration(ProtectionDomain pd, DataBufferPools pools, bool remote = false)
     {
         Pd = pd;
         _pools = pools;
-        _small = pd.Register(pools.Small.Base, (nuint)pools.Small.TotalBytes);
+        _small = pd.Register(pools.Small.Base, (nuint)pools.Small.TotalBytes, remote, remote);
         try
         {
-            _medium = pd.Register(pools.Medium.Base, (nuint)pools.Medium.TotalBytes);
+            _medium = pd.Register(pools.Medium.Base, (nuint)pools.Medium.TotalBytes, remote, remote);
             try
             {
-                _large = pd.Register(pools.Large.Base, (nuint)pools.Large.TotalBytes);
+                _large = pd.Register(pools.Large.Base, (nuint)pools.Large.TotalBytes, remote, remote);
             }
             catch
             {
@@ -74,6 +78,11 @@ public sealed class RdmaTransport : IDisposable
     private readonly object _lock = new();
     private readonly Dictionary<IntPtr, ProtectionDomain> _pds = [];
     private readonly Dictionary<(IntPtr, int), PoolRegistration> _registrations = [];
+    // The cluster interconnect's outbound queues: a PD of their own per device (hosts' connections never share
+    // it), in which each reactor's pools are registered with remote access so the partner moves relayed data
+    // straight in and out of them.
+    private readonly Dictionary<IntPtr, ProtectionDomain> _interconnectPds = [];
+    private readonly Dictionary<(IntPtr, int), PoolRegistration> _interconnectRegistrations = [];
     private int _nextReactor;
 
     /// <summary>A connection that has not completed Connect within this time is closed.</summary>
@@ -253,6 +262,47 @@ public sealed class RdmaTransport : IDisposable
         }
     }
 
+    /// <summary>
+    /// The interconnect's protection domain on <paramref name="context"/> (the device an outbound interconnect
+    /// connection resolved to), made through a listener bound to that device (the node's own RDMA interconnect
+    /// listener); null when no listener is on that device (the connection then uses a PD of its own, without
+    /// zero copy).
+    /// </summary>
+    public ProtectionDomain? InterconnectPd(IntPtr context)
+    {
+        if (context == IntPtr.Zero) return null;
+        lock (_lock)
+        {
+            if (_interconnectPds.TryGetValue(context, out ProtectionDomain? pd)) return pd;
+            RdmaListenerThread? anchor = _listeners.FirstOrDefault(l => l.DeviceContext == context);
+            if (anchor == null) return null;
+            pd = anchor.AllocatePd(context);
+            _interconnectPds[context] = pd;
+            return pd;
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="reactor"/>'s pools registered (remote read/write) in the interconnect's PD on
+    /// <paramref name="context"/>; null when there is no such PD.
+    /// </summary>
+    public IReadOnlyList<MemoryRegion>? InterconnectRegions(IntPtr context, Reactor reactor)
+    {
+        ProtectionDomain? pd = InterconnectPd(context);
+        if (pd == null) return null;
+        lock (_lock)
+        {
+            if (!_interconnectRegistrations.TryGetValue((context, reactor.Id), out PoolRegistration? reg))
+            {
+                var sw = Stopwatch.StartNew();
+                reg = new PoolRegistration(pd, reactor.Pools, remote: true);
+                _interconnectRegistrations[(context, reactor.Id)] = reg;
+                _log.LogInformation("registered {Name}'s buffer pools ({MiB} MiB) for the RDMA interconnect in {Ms} ms", reactor.Name, reactor.Pools.TotalBytes >> 20, sw.ElapsedMilliseconds);
+            }
+            return reg.Regions;
+        }
+    }
+
     internal void OnQueueClosed(RdmaQueuePair qp)
     {
         _byId.TryRemove(qp.Connection.CmId, out _);
@@ -301,6 +351,10 @@ public sealed class RdmaTransport : IDisposable
             _registrations.Clear();
             foreach (ProtectionDomain pd in _pds.Values) pd.Dispose();
             _pds.Clear();
+            foreach (PoolRegistration r in _interconnectRegistrations.Values) r.Dispose();
+            _interconnectRegistrations.Clear();
+            foreach (ProtectionDomain pd in _interconnectPds.Values) pd.Dispose();
+            _interconnectPds.Clear();
         }
         foreach (RdmaListenerThread l in listeners) l.DisposeListener();
     }
@@ -308,6 +362,8 @@ public sealed class RdmaTransport : IDisposable
     private sealed class RdmaListenerThread(RdmaTransport owner, RdmaListener listener, IPEndPoint endpoint, ListenerInfo info)
     {
         public IPEndPoint Endpoint => endpoint;
+        public IntPtr DeviceContext => listener.DeviceContext;
+        public ProtectionDomain AllocatePd(IntPtr context) => listener.AllocatePd(context);
 
         private volatile bool _stop;
         private Thread? _running;

@@ -1,0 +1,206 @@
+# Two-guest mode (run-pair.sh): the HA pair with one node per guest, the interconnect over soft-RoCE (rxe on
+# eth1), and the Linux kernel NVMe/TCP host (native multipath) in guest b.
+#  Node A (guest a, 192.168.100.1) owns NSID 1; node B (guest b, 192.168.100.2) owns NSID 2 and serves NSID 1
+#  through its proxy: B's proxy queues run NVMe/RDMA to A, so A moves relayed data with RDMA READ/WRITE straight
+#  in and out of B's registered buffer pools.
+#  For every transport in HA_TRANSPORTS (default "rdma"; "rdma tcp" for the comparison) one pair runs, pair k on
+#  ports 4420+k (hosts), 4430+k (interconnect), 4440+k (heartbeats), subsystem nqn.2026-11.io.storagenode:ha-T,
+#  with Cluster:InterconnectTransport = T.
+#  b: waits for each B's "interconnect ... up over NVMe/T" line, then on pair 0 (as a Linux host):
+#   1. only B's (non-optimized) path connected: 128 KiB sequential writes + read-back verify of 16 MiB, all
+#      relayed; then B's counters (SIGUSR1): zero-copy bytes >= 32 MiB, nothing copied, nothing registered per
+#      command (HA_COPY_CHECK=0 skips that for a TCP pair 0);
+#   2. with BENCH_ROUNDS=N: N interleaved rounds over the pairs of 4 KiB random reads through B's proxy path,
+#      QD1 and QD16 (BENCH_SECONDS each), one "BENCH transport qd iops mean_us" line per run;
+#   3. (unless FAILOVER=0) A's path through a local forwarder (socat on 127.0.0.1:5420 -> 192.168.100.1:4420):
+#      two paths (optimized + non-optimized); fio crc32c verify on NSID 1 while the owner path is cut (the
+#      forwarder killed, kept cut CUT_SECONDS), 0 errors, 0 verify failures, the path back afterwards.
+#  a: runs node(s) A until b reports (a TCP line on DONE_PORT), then both stop with SIGTERM: exit 0, no
+#     fail:/crit: in their logs ($RIG_OUT/node-*.log).
+# Env: NODE_DLL (a path visible in the guests), HA_TRANSPORTS, FIO_RUNTIME (40), CUT_SECONDS (8), BENCH_ROUNDS (0),
+#      BENCH_SECONDS (10), FAILOVER (1), DONE_PORT (7999), WAIT_DONE (600).
+export SUBNQN=${SUBNQN:-nqn.2026-11.io.storagenode:ha-rdma}
+. "${RIG_LIB:?RIG_LIB must name tests/rig/guest/lib.sh}"
+export DOTNET_CLI_HOME=/tmp HOME=/tmp
+D=${DONE_PORT:-7999}
+IPA=192.168.100.1 IPB=192.168.100.2
+read -r -a TRS <<< "${HA_TRANSPORTS:-rdma}"
+if rdma link add rxe0 type rxe netdev eth1; then ok rxe "rxe0 on eth1 $(ip -br -4 addr show eth1 | awk '{print $3}')"
+else fail rxe "(rdma link add failed)"; finish; fi
+
+# config NODE K TRANSPORT > file
+config() {
+  local me=$1 k=$2 t=$3 partner mine theirs ns1 ns2
+  if [ "$me" = A ]; then partner=B mine=$IPA theirs=$IPB; else partner=A mine=$IPB theirs=$IPA; fi
+  local local_ns='"Bdev": "Malloc0"' remote_ns='"SizeMiB": 64, "BlockSize": 4096'
+  if [ "$me" = A ]; then ns1=$local_ns ns2=$remote_ns; else ns1=$remote_ns ns2=$local_ns; fi
+  cat <<EOF
+{
+  "Node": { "Name": "$me", "Reactors": 1, "PollMode": "adaptive",
+            "Pools": { "SmallBufferCount": 256, "MediumBufferCount": 64, "LargeBufferCount": 8 } },
+  "Cluster": { "Name": "ha$k", "Partner": "$partner", "InterconnectTransport": "$t",
+               "Interconnect": "$mine:$((4430 + k))", "PartnerInterconnect": "$theirs:$((4430 + k))",
+               "Heartbeat": "$mine:$((4440 + k))", "PartnerHeartbeat": "$theirs:$((4440 + k))",
+               "HeartbeatIntervalMs": 250, "HeartbeatTimeoutMs": 3000 },
+  "Listeners": [ { "Transport": "tcp", "Address": "$mine", "Port": $((4420 + k)) } ],
+  "Bdevs": [ { "Name": "Malloc0", "Type": "malloc", "SizeMiB": 64, "BlockSize": 4096 } ],
+  "Subsystems": [ { "Nqn": "nqn.2026-11.io.storagenode:ha-$t", "SerialNumber": "SNHA000$k", "ModelNumber": "StorageNode HA",
+                    "AnaGroups": [ { "Id": 1, "Owner": "A" }, { "Id": 2, "Owner": "B" } ],
+                    "Namespaces": [ { "Nsid": 1, "AnaGroup": 1, $ns1 }, { "Nsid": 2, "AnaGroup": 2, $ns2 } ] } ]
+}
+EOF
+}
+
+ME=$(echo "$RIG_NODE" | tr ab AB)
+PIDS=()
+for k in "${!TRS[@]}"; do
+  config "$ME" "$k" "${TRS[$k]}" > "/tmp/node-$k.json"
+  dotnet "${NODE_DLL:?}" --config "/tmp/node-$k.json" > "/tmp/node-$k.log" 2>&1 & PIDS[$k]=$!
+done
+if [ "$RIG_NODE" = a ]; then
+  timeout -k 5 "${WAIT_DONE:-600}" socat -u TCP-LISTEN:"$D",reuseaddr,bind="$IPA" - > /tmp/done.txt 2>/tmp/done.err & waiter=$!
+fi
+for k in "${!TRS[@]}"; do
+  end=$((SECONDS + 150))
+  while [ $SECONDS -lt $end ] && kill -0 "${PIDS[$k]}" 2>/dev/null && ! grep -q 'ready\.' "/tmp/node-$k.log"; do sleep 0.5; done
+  if grep -q 'ready\.' "/tmp/node-$k.log"; then ok "node-$ME$k-started" "${TRS[$k]} interconnect"
+  else fail "node-$ME$k-started" "($(tail -n 5 "/tmp/node-$k.log" | tr '\n' ' '))"; fi
+done
+
+# stop_nodes: SIGTERM, bounded wait, exit status and log checks for every node of this guest.
+stop_nodes() {
+  local k rc end
+  for k in "${!TRS[@]}"; do kill -TERM "${PIDS[$k]}" 2>/dev/null; done
+  for k in "${!TRS[@]}"; do
+    end=$((SECONDS + 30)); while [ $SECONDS -lt $end ] && kill -0 "${PIDS[$k]}" 2>/dev/null; do sleep 0.2; done
+    kill -0 "${PIDS[$k]}" 2>/dev/null && { kill -9 "${PIDS[$k]}"; echo "node $ME$k did not stop within 30 s"; }
+    wait "${PIDS[$k]}"; rc=$?
+    expect_eq "node-$ME$k-exit" "$rc" 0
+    cp "/tmp/node-$k.log" "$RIG_OUT/node-$ME$k.log" 2>/dev/null
+    expect_eq "node-$ME$k-log-errors" "$(grep -cE ' (fail|crit): |Unhandled exception' "/tmp/node-$k.log")" 0
+    grep -A1 -E '^(info|warn): (cluster|rdma)' "/tmp/node-$k.log" | grep -vE '^(info|warn|--)' | tail -n 25 | sed "s/^ */  node $ME$k: /"
+    grep -E 'stats:|interconnect nqn' "/tmp/node-$k.log" | sed "s/^/  node $ME$k: /"
+    grep -m 10 -E ' (fail|crit): |Unhandled exception' -A 5 "/tmp/node-$k.log" | sed "s/^/  node $ME$k: /"
+  done
+}
+
+if [ "$RIG_NODE" = a ]; then
+  wait $waiter
+  expect_eq host-result "$(head -c 200 /tmp/done.txt | tr -d '\n')" "b 0"
+  for k in "${!TRS[@]}"; do kill -USR1 "${PIDS[$k]}" 2>/dev/null; done; sleep 1
+  stop_nodes
+  finish
+fi
+
+# ---- b: B's node(s) and the Linux host
+report() {
+  local rc=$1 i
+  for i in $(seq 30); do echo "b $rc" | timeout 5 socat -u - TCP:"$IPA":"$D" 2>/dev/null && return 0; sleep 1; done
+  echo "could not report to a"
+}
+for k in "${!TRS[@]}"; do
+  t=${TRS[$k]} want=TCP; [ "$t" = rdma ] && want=RDMA
+  end=$((SECONDS + 180))
+  while [ $SECONDS -lt $end ] && ! grep -q "interconnect to A up over NVMe/$want" "/tmp/node-$k.log"; do sleep 1; done
+  if grep -q "interconnect to A up over NVMe/$want" "/tmp/node-$k.log"; then
+    ok "interconnect-$t" "$(grep -m1 -o "up over NVMe/$want.*" "/tmp/node-$k.log")"
+  else fail "interconnect-$t" "($(grep -E 'interconnect|partner' "/tmp/node-$k.log" | tail -n 3 | tr '\n' ' '))"; fi
+done
+if [ "$FAILS" -gt 0 ]; then report 1; stop_nodes; finish; fi
+
+# counters K: B's interconnect counters line (SIGUSR1), e.g. "... rdma; relayed 9, zero-copy 16384 B, ..."
+counters() {
+  local before; before=$(grep -c 'interconnect nqn' "/tmp/node-$1.log")
+  kill -USR1 "${PIDS[$1]}"
+  local end=$((SECONDS + 20))
+  while [ $SECONDS -lt $end ] && [ "$(grep -c 'interconnect nqn' "/tmp/node-$1.log")" -le "$before" ]; do sleep 0.2; done
+  grep 'interconnect nqn' "/tmp/node-$1.log" | tail -n 1
+}
+field() { sed -nE "s/.*[ ,;]$1 ([0-9]+).*/\1/p" <<< "$2"; }
+
+# 1. Relayed only: B's path alone (non-optimized), 128 KiB writes and read-back verify, all through the proxy.
+for k in "${!TRS[@]}"; do
+  check "connect-proxy-path-${TRS[$k]}" nvme connect -t tcp -a "$IPB" -s $((4420 + k)) -n "nqn.2026-11.io.storagenode:ha-${TRS[$k]}"
+done
+N=nqn.2026-11.io.storagenode:ha-${TRS[0]}
+if ! wait_ns 1 30; then fail proxy-namespace "(NSID 1 did not appear)"; report 1; stop_nodes; finish; fi
+dev=$(ns_dev 1)
+nvme list-subsys "$dev" | sed 's/^/  /'
+check proxy-path-non-optimized sh -c "nvme list-subsys $dev | grep -q 'trsvcid=4420.* live non-optimized'"
+c0=$(counters 0)
+run fio --name=relayed128k --filename="$dev" --ioengine=libaio --direct=1 --rw=write --bs=128k --size=16M --iodepth=4 \
+    --verify=crc32c --do_verify=1 --verify_fatal=1 --eta=never --output-format=json --output=/tmp/fio128.json; rc=$?
+sed -n '/^{/,$p' /tmp/fio128.json > /tmp/fio.clean && mv /tmp/fio.clean /tmp/fio128.json; cp /tmp/fio128.json "$RIG_OUT/" 2>/dev/null
+expect_eq relayed-128k-fio "$rc" 0
+expect_eq relayed-128k-errors "$(jq -r '.jobs[0].error' /tmp/fio128.json)" 0
+expect_eq relayed-128k-verified-kib "$(jq -r '.jobs[0].read.io_kbytes' /tmp/fio128.json)" 16384
+c1=$(counters 0)
+echo "  B's counters before: ${c0#*: }"
+echo "  B's counters after:  ${c1#*: }"
+if [ "${TRS[0]}" = rdma ] && [ "${HA_COPY_CHECK:-1}" = 1 ]; then
+  expect_ge relayed-zero-copy-bytes "$(( $(field zero-copy "$c1") - $(field zero-copy "$c0") ))" $((32 * 1024 * 1024))
+  expect_eq relayed-bounce-copies "$(( $(field copied "$c1") - $(field copied "$c0") ))" 0
+  expect_eq relayed-temporary-registrations "$(( $(field command "$c1") - $(field command "$c0") ))" 0
+fi
+
+# 2. The comparison: interleaved rounds of 4 KiB random reads through each pair's proxy path.
+for r in $(seq "${BENCH_ROUNDS:-0}"); do
+  for qd in 1 16; do
+    for k in "${!TRS[@]}"; do
+      N=nqn.2026-11.io.storagenode:ha-${TRS[$k]}; d=$(ns_dev 1)
+      run fio --name=bench --filename="$d" --ioengine=libaio --direct=1 --rw=randread --bs=4k --size=32M --iodepth=$qd \
+          --time_based --runtime="${BENCH_SECONDS:-10}" --ramp_time=1 --eta=never --output-format=json --output=/tmp/b.json > /dev/null 2>&1
+      sed -n '/^{/,$p' /tmp/b.json > /tmp/b.clean
+      echo "BENCH round $r ${TRS[$k]} qd $qd $(jq -r '.jobs[0].read | "\(.iops|floor) \(.lat_ns.mean/1000|floor)"' /tmp/b.clean)"
+    done
+  done
+done
+for k in "${!TRS[@]}"; do [ "$k" -gt 0 ] && timeout 30 nvme disconnect -n "nqn.2026-11.io.storagenode:ha-${TRS[$k]}" > /dev/null 2>&1; done
+N=nqn.2026-11.io.storagenode:ha-${TRS[0]}
+
+# 3. Failover: A's path through a local forwarder, cut while fio verifies.
+if [ "${FAILOVER:-1}" = 1 ]; then
+  fwd() { socat TCP-LISTEN:5420,bind=127.0.0.1,reuseaddr,fork TCP:"$IPA":4420 2>/dev/null & FWD=$!; }
+  # cut: the listener and every connection it forked (children found by parent PID), never by name.
+  cut() { local c; for c in $(ps -o pid= --ppid "$FWD" 2>/dev/null); do kill -9 "$c" 2>/dev/null; done; kill -9 "$FWD" 2>/dev/null; wait "$FWD" 2>/dev/null; }
+  fwd; sleep 0.5
+  check connect-owner-path nvme connect -t tcp -a 127.0.0.1 -s 5420 -n "$N"
+  end=$((SECONDS + 30))
+  while [ $SECONDS -lt $end ] && [ "$(nvme list-subsys "$dev" 2>/dev/null | grep -c ' live ')" -lt 2 ]; do sleep 0.5; done
+  nvme list-subsys "$dev" | tee /tmp/ls.txt | sed 's/^/  /'
+  expect_eq two-paths "$(grep -c ' live ' /tmp/ls.txt)" 2
+  check owner-path-optimized grep -q "trsvcid=5420.* live optimized" /tmp/ls.txt
+  check partner-path-non-optimized grep -q "trsvcid=4420.* live non-optimized" /tmp/ls.txt
+  c2=$(counters 0)
+  fio --name=failover --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite --bs=4k \
+      --iodepth=16 --numjobs=2 --size=24M --offset_increment=24M --time_based --runtime="${FIO_RUNTIME:-40}" \
+      --verify=crc32c --verify_backlog=256 --verify_fatal=1 --group_reporting --eta=never \
+      --output-format=json --output=/tmp/fio.json & fio=$!
+  sleep 6
+  cut; echo "  owner path cut at $SECONDS s"
+  sleep "${CUT_SECONDS:-8}"
+  fwd; echo "  owner path back at $SECONDS s"
+  end=$((SECONDS + ${FIO_RUNTIME:-40} + 120))
+  while [ $SECONDS -lt $end ] && kill -0 $fio 2>/dev/null; do sleep 1; done
+  kill -0 $fio 2>/dev/null && { kill -9 $fio; echo "fio did not end in time"; }
+  wait $fio; rc=$?
+  sed -n '/^{/,$p' /tmp/fio.json > /tmp/fio.clean && mv /tmp/fio.clean /tmp/fio.json; cp /tmp/fio.json "$RIG_OUT/fio.json" 2>/dev/null
+  jq -r '.jobs[0] | "write: \(.write.io_kbytes) KiB, \(.write.iops|floor) IOPS, verified \(.read.io_kbytes) KiB, max write latency \(.write.lat_ns.max / 1000000 | floor) ms, errors \(.error)"' /tmp/fio.json
+  echo "MAX-STALL-MS $(jq -r '[.jobs[0].write.lat_ns.max, .jobs[0].read.lat_ns.max] | max / 1000000 | floor' /tmp/fio.json)"
+  expect_eq failover-fio-exit "$rc" 0
+  expect_eq failover-fio-errors "$(jq -r '.jobs[0].error' /tmp/fio.json)" 0
+  check failover-fio-verified-something sh -c "[ $(jq -r '.jobs[0].read.io_kbytes' /tmp/fio.json) -gt 0 ]"
+  c3=$(counters 0)
+  echo "  B's counters after the failover run: ${c3#*: }"
+  expect_ge relayed-during-failover "$(( $(field relayed "$c3") - $(field relayed "$c2") ))" 1
+  end=$((SECONDS + 40))
+  while [ $SECONDS -lt $end ] && ! nvme list-subsys "$dev" 2>/dev/null | grep -q "trsvcid=5420.* live optimized"; do sleep 1; done
+  nvme list-subsys "$dev" | tee /tmp/ls2.txt | sed 's/^/  /'
+  check owner-path-restored grep -q "trsvcid=5420.* live optimized" /tmp/ls2.txt
+  dmesg | grep -iE "nvme.*(reconnect|failover|ANA|error)" | tail -8 | sed 's/^/  dmesg: /'
+  timeout 30 nvme disconnect -n "$N" > /dev/null 2>&1
+  cut
+fi
+report $((FAILS > 0 ? 1 : 0))
+stop_nodes
+finish
