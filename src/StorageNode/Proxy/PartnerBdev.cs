@@ -65,6 +65,9 @@ public abstract class RelayLink
 
     protected ProxyQueue?[] Queues => _queues;
 
+    /// <summary>The installed proxy queues (a snapshot; for status and tests).</summary>
+    public IReadOnlyList<ProxyQueue> ProxyQueues => [.. _queues.OfType<ProxyQueue>()];
+
     /// <summary>Status for commands that cannot be relayed now (link down, or coming up).</summary>
     public abstract NvmeStatus UnavailableStatus { get; }
 

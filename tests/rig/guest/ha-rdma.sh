@@ -30,8 +30,9 @@ else fail rxe "(rdma link add failed)"; finish; fi
 
 # config NODE K TRANSPORT > file
 config() {
-  local me=$1 k=$2 t=$3 partner mine theirs ns1 ns2
-  if [ "$me" = A ]; then partner=B mine=$IPA theirs=$IPB; else partner=A mine=$IPB theirs=$IPA; fi
+  local me=$1 k=$2 t=$3 partner mine theirs ns1 ns2 ids
+  if [ "$me" = A ]; then partner=B mine=$IPA theirs=$IPB ids='"ControllerIdMin": 1, "ControllerIdMax": 32767'
+  else partner=A mine=$IPB theirs=$IPA ids='"ControllerIdMin": 32768, "ControllerIdMax": 65519'; fi
   local local_ns='"Bdev": "Malloc0"' remote_ns='"SizeMiB": 64, "BlockSize": 4096'
   if [ "$me" = A ]; then ns1=$local_ns ns2=$remote_ns; else ns1=$remote_ns ns2=$local_ns; fi
   cat <<EOF
@@ -44,7 +45,7 @@ config() {
                "HeartbeatIntervalMs": 250, "HeartbeatTimeoutMs": 3000 },
   "Listeners": [ { "Transport": "tcp", "Address": "$mine", "Port": $((4420 + k)) } ],
   "Bdevs": [ { "Name": "Malloc0", "Type": "malloc", "SizeMiB": 64, "BlockSize": 4096 } ],
-  "Subsystems": [ { "Nqn": "nqn.2026-11.io.storagenode:ha-$t", "SerialNumber": "SNHA000$k", "ModelNumber": "StorageNode HA",
+  "Subsystems": [ { "Nqn": "nqn.2026-11.io.storagenode:ha-$t", "SerialNumber": "SNHA000$k", "ModelNumber": "StorageNode HA", $ids,
                     "AnaGroups": [ { "Id": 1, "Owner": "A" }, { "Id": 2, "Owner": "B" } ],
                     "Namespaces": [ { "Nsid": 1, "AnaGroup": 1, $ns1 }, { "Nsid": 2, "AnaGroup": 2, $ns2 } ] } ]
 }

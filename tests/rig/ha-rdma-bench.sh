@@ -1,0 +1,42 @@
+#!/bin/bash
+# ha-rdma-bench.sh [ROUNDS [SECONDS]]
+# The HA pair's proxy path with the RDMA interconnect vs the TCP interconnect, measured in one rig run: two
+# pairs side by side in the two guests (guest a: both A nodes, guest b: both B nodes + the kernel NVMe/TCP
+# host), pair 0 with Cluster:InterconnectTransport=rdma, pair 1 with tcp. The host reads NSID 1 (owned by A)
+# through B's proxy path only, 4 KiB random reads at QD1 and QD16, ROUNDS (default 3) interleaved rounds of
+# SECONDS (default 10) per run; prints the medians and the RDMA/TCP ratios. Everything is emulated (TCG guests,
+# soft-RoCE), so only the ratios mean anything. Needs the node built (dotnet pwsh ./build.ps1 build).
+# Environment: as run-pair.sh (RIG_CACHE, ...); CONFIGURATION (Release).
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+rounds=${1:-3} secs=${2:-10}
+built=$root/src/StorageNode/bin/${CONFIGURATION:-Release}/net10.0
+[ -f "$built/storagenode.dll" ] || { echo "the node is not built in $built (dotnet pwsh ./build.ps1 build)"; exit 2; }
+cache=${RIG_CACHE:-/var/tmp/storagenode-rig}
+"$here/build-guest.sh" || exit 2
+copy=$cache/ha-bench-$$
+mkdir -p "$copy" && cp "$built"/* "$copy"/ 2>/dev/null
+trap 'rm -rf "$copy"' EXIT
+out=$(mktemp)
+RIG_TIMEOUT=${RIG_TIMEOUT:-1500} RIG_ENV="NODE_DLL=$copy/storagenode.dll
+HA_TRANSPORTS=rdma tcp
+BENCH_ROUNDS=$rounds
+BENCH_SECONDS=$secs
+FAILOVER=0
+WAIT_DONE=1400" "$here/run-pair.sh" "$here/guest/ha-rdma.sh" | tee "$out"
+rc=${PIPESTATUS[0]}
+echo
+echo "== proxied 4 KiB random read, median of $rounds interleaved rounds (IOPS, mean latency µs)"
+for qd in 1 16; do
+  for t in rdma tcp; do
+    iops=$(grep -E "BENCH round [0-9]+ $t qd $qd " "$out" | awk '{print $7}' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
+    lat=$(grep -E "BENCH round [0-9]+ $t qd $qd " "$out" | awk '{print $8}' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
+    echo "$t qd $qd: $iops IOPS, $lat µs"
+    eval "i_${t}_$qd=$iops l_${t}_$qd=$lat"
+  done
+  awk -v a="$(eval echo \$i_rdma_$qd)" -v b="$(eval echo \$i_tcp_$qd)" -v la="$(eval echo \$l_rdma_$qd)" -v lb="$(eval echo \$l_tcp_$qd)" -v q=$qd \
+    'BEGIN { if (b > 0 && lb > 0) printf "QD%d ratio RDMA/TCP: IOPS %.2f, mean latency %.2f\n", q, a / b, la / lb }'
+done
+rm -f "$out"
+exit $rc
