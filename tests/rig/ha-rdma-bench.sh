@@ -30,8 +30,9 @@ echo
 echo "== proxied 4 KiB random read, median of $rounds interleaved rounds (IOPS, mean latency µs)"
 for qd in 1 16; do
   for t in rdma tcp; do
-    iops=$(grep -E "BENCH round [0-9]+ $t qd $qd " "$out" | awk '{print $7}' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
-    lat=$(grep -E "BENCH round [0-9]+ $t qd $qd " "$out" | awk '{print $8}' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
+    # "BENCH round R T qd Q IOPS MEAN_US" (after run-pair.sh's "b| " prefix)
+    iops=$(grep -oE "BENCH round [0-9]+ $t qd $qd [0-9]+ [0-9]+" "$out" | awk '{print $7}' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
+    lat=$(grep -oE "BENCH round [0-9]+ $t qd $qd [0-9]+ [0-9]+" "$out" | awk '{print $8}' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
     echo "$t qd $qd: $iops IOPS, $lat µs"
     eval "i_${t}_$qd=$iops l_${t}_$qd=$lat"
   done

@@ -81,6 +81,24 @@ public static partial class RigHarness
     }
 
     /// <summary>Starts two guests, a and b, joined by a private link (run-pair.sh), both running <paramref name="script"/>.</summary>
+
+    /// <summary>The build output folder of a project (same configuration as these tests), e.g. "src/StorageNode".</summary>
+    public static string BuiltOutput(string project)
+    {
+        string config = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name; // bin/<Configuration>/net10.0
+        return Path.Combine(RepoRoot, project, "bin", config, "net10.0");
+    }
+
+    /// <summary>
+    /// Copies a build output folder into <paramref name="to"/> (created): guests cannot see a checkout under /tmp,
+    /// so what they run travels through the rig cache (on the host's /var/tmp, which guests see).
+    /// </summary>
+    public static void CopyFiles(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (string f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)), overwrite: true);
+    }
+
     public static GuestRun StartPair(string script, IReadOnlyDictionary<string, string> env, TimeSpan timeout)
     {
         var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = RepoRoot };

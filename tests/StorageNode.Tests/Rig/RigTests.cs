@@ -105,14 +105,12 @@ public class RigTests(ITestOutputHelper output)
         output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
         // The probe is built with the solution; guests cannot see a checkout under /tmp, so it travels
         // through the rig cache (on the host's /var/tmp, which guests see).
-        string config = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name; // bin/<Configuration>/net10.0
-        string built = Path.Combine(RigHarness.RepoRoot, "tests", "RdmaProbe", "bin", config, "net10.0");
+        string built = RigHarness.BuiltOutput("tests/RdmaProbe");
         Assert.True(File.Exists(Path.Combine(built, "RdmaProbe.dll")), $"RdmaProbe is not built in {built}");
         string copy = Path.Combine(RigHarness.Cache, $"probe-{Environment.ProcessId}");
         try
         {
-            Directory.CreateDirectory(copy);
-            foreach (string f in Directory.GetFiles(built)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)), overwrite: true);
+            RigHarness.CopyFiles(built, copy);
             using GuestRun g = RigHarness.StartPair("rdma-probe.sh", new Dictionary<string, string> { ["PROBE"] = Path.Combine(copy, "RdmaProbe.dll") }, TimeSpan.FromMinutes(5));
             int rc = g.Wait();
             output.WriteLine(g.Output);
@@ -135,20 +133,17 @@ public class RigTests(ITestOutputHelper output)
         // The node runs in guest a (the host kernel has no rdma_rxe), the kernel NVMe/RDMA host in guest b, which
         // first runs the managed initiator's bad-input probe (RdmaProbe nvme), then fio verify. Guests cannot see
         // a checkout under /tmp, so the built node, the probe and the configuration travel through the rig cache.
-        string config = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name; // bin/<Configuration>/net10.0
-        string built = Path.Combine(RigHarness.RepoRoot, "src", "StorageNode", "bin", config, "net10.0");
+        string built = RigHarness.BuiltOutput("src/StorageNode");
         Assert.True(File.Exists(Path.Combine(built, "storagenode.dll")), $"the node is not built in {built}");
         Assert.True(File.Exists(Path.Combine(built, "libsnverbs.so")), $"libsnverbs.so is not next to the node in {built}");
-        string probe = Path.Combine(RigHarness.RepoRoot, "tests", "RdmaProbe", "bin", config, "net10.0");
+        string probe = RigHarness.BuiltOutput("tests/RdmaProbe");
         Assert.True(File.Exists(Path.Combine(probe, "RdmaProbe.dll")), $"RdmaProbe is not built in {probe}");
         string copy = Path.Combine(RigHarness.Cache, $"rdma-node-{Environment.ProcessId}");
         const string nqn = "nqn.2026-11.io.storagenode:rdma";
         try
         {
-            Directory.CreateDirectory(copy);
-            foreach (string f in Directory.GetFiles(built)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)), overwrite: true);
-            Directory.CreateDirectory(Path.Combine(copy, "probe"));
-            foreach (string f in Directory.GetFiles(probe)) File.Copy(f, Path.Combine(copy, "probe", Path.GetFileName(f)), overwrite: true);
+            RigHarness.CopyFiles(built, copy);
+            RigHarness.CopyFiles(probe, Path.Combine(copy, "probe"));
             string json = Path.Combine(copy, "node.json");
             File.WriteAllText(json, $$"""
                 {
@@ -194,14 +189,12 @@ public class RigTests(ITestOutputHelper output)
         output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
         // One node per guest, the interconnect over soft-RoCE (the host kernel has no rdma_rxe), the kernel
         // NVMe/TCP host with native multipath in guest b next to node B: B relays NSID 1 (A's) over NVMe/RDMA.
-        string config = new DirectoryInfo(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Parent!.Name;
-        string built = Path.Combine(RigHarness.RepoRoot, "src", "StorageNode", "bin", config, "net10.0");
+        string built = RigHarness.BuiltOutput("src/StorageNode");
         Assert.True(File.Exists(Path.Combine(built, "libsnverbs.so")), $"libsnverbs.so is not next to the node in {built}");
         string copy = Path.Combine(RigHarness.Cache, $"ha-rdma-{Environment.ProcessId}");
         try
         {
-            Directory.CreateDirectory(copy);
-            foreach (string f in Directory.GetFiles(built)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)), overwrite: true);
+            RigHarness.CopyFiles(built, copy);
             var env = new Dictionary<string, string>
             {
                 ["NODE_DLL"] = Path.Combine(copy, "storagenode.dll"),

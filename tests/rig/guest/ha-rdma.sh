@@ -71,6 +71,8 @@ done
 # stop_nodes: SIGTERM, bounded wait, exit status and log checks for every node of this guest.
 stop_nodes() {
   local k rc end
+  # soft-RoCE's own counters (retransmissions, sequence errors, RNR): how the emulated link behaved.
+  echo "  rxe0 statistics: $(rdma statistic show link rxe0/1 2>/dev/null | tr -s ' \n' ' ')"
   for k in "${!TRS[@]}"; do kill -TERM "${PIDS[$k]}" 2>/dev/null; done
   for k in "${!TRS[@]}"; do
     end=$((SECONDS + 30)); while [ $SECONDS -lt $end ] && kill -0 "${PIDS[$k]}" 2>/dev/null; do sleep 0.2; done
