@@ -69,7 +69,7 @@ _Static_assert(offsetof(struct sn_cm_event, responder_resources) == 33, "sn_cm_e
 _Static_assert(offsetof(struct sn_cm_event, initiator_depth) == 34, "sn_cm_event.initiator_depth");
 _Static_assert(offsetof(struct sn_cm_event, private_data) == 40, "sn_cm_event.private_data");
 
-SN_EXPORT uint32_t sn_verbs_version(void) { return 2; }
+SN_EXPORT uint32_t sn_verbs_version(void) { return 3; }
 
 /* Device names separated by '\n' into buf; returns the number of devices or -errno. */
 SN_EXPORT int sn_list_devices(char *buf, int len)
@@ -278,6 +278,14 @@ SN_EXPORT int sn_cm_reject(struct rdma_cm_id *id, const void *pdata, int len)
     return rdma_reject(id, pdata, (uint8_t)len) ? -errno : 0;
 }
 
+/* The local ACK timeout (4.096 us * 2^timeout) the id's RC QP gets when rdma_cm moves it to RTS: set before
+ * rdma_connect / rdma_accept (SPDK's transport_ack_timeout). */
+SN_EXPORT int sn_cm_set_ack_timeout(struct rdma_cm_id *id, int timeout)
+{
+    uint8_t t = (uint8_t)timeout;
+    return rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &t, sizeof(t)) ? -errno : 0;
+}
+
 SN_EXPORT int sn_cm_disconnect(struct rdma_cm_id *id) { return rdma_disconnect(id) ? -errno : 0; }
 
 /* Moves an id (an accepted connection) to its own event channel. */
@@ -354,6 +362,20 @@ SN_EXPORT int sn_poll_cq(struct ibv_cq *cq, struct sn_wc *out, int max)
 }
 
 SN_EXPORT uint32_t sn_qp_num(struct ibv_qp *qp) { return qp->qp_num; }
+
+/* The QP's local ACK timeout exponent and transport retry count as the device reports them; -errno on failure. */
+SN_EXPORT int sn_qp_timeouts(struct ibv_qp *qp, int *timeout, int *retry_cnt, int *rnr_retry)
+{
+    struct ibv_qp_attr attr;
+    struct ibv_qp_init_attr init;
+    memset(&attr, 0, sizeof(attr));
+    int rc = ibv_query_qp(qp, &attr, IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY, &init);
+    if (rc) return -rc;
+    *timeout = attr.timeout;
+    *retry_cnt = attr.retry_cnt;
+    *rnr_retry = attr.rnr_retry;
+    return 0;
+}
 
 /* One work request with one scatter/gather element. opcode: IBV_WR_*; flags: IBV_SEND_*. */
 SN_EXPORT int sn_post_send(struct ibv_qp *qp, uint64_t wr_id, int opcode, int flags, void *addr, uint32_t len, uint32_t lkey,

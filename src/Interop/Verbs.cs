@@ -93,6 +93,7 @@ public static unsafe partial class Verbs
     [LibraryImport(Lib, EntryPoint = "sn_cm_accept")] public static partial int CmAccept(IntPtr id, void* pdata, int len, int responderResources, int initiatorDepth);
     [LibraryImport(Lib, EntryPoint = "sn_cm_reject")] public static partial int CmReject(IntPtr id, void* pdata, int len);
     [LibraryImport(Lib, EntryPoint = "sn_cm_disconnect")] public static partial int CmDisconnect(IntPtr id);
+    [LibraryImport(Lib, EntryPoint = "sn_cm_set_ack_timeout")] public static partial int CmSetAckTimeout(IntPtr id, int timeout);
     [LibraryImport(Lib, EntryPoint = "sn_cm_migrate")] public static partial int CmMigrate(IntPtr id, IntPtr channel);
 
     [LibraryImport(Lib, EntryPoint = "sn_alloc_pd")] public static partial IntPtr AllocPd(IntPtr ctx);
@@ -110,6 +111,7 @@ public static unsafe partial class Verbs
     [LibraryImport(Lib, EntryPoint = "sn_get_cq_event")] public static partial int GetCqEvent(IntPtr compChannel);
     [LibraryImport(Lib, EntryPoint = "sn_poll_cq")] public static partial int PollCq(IntPtr cq, SnWorkCompletion* wc, int max);
     [LibraryImport(Lib, EntryPoint = "sn_qp_num")] public static partial uint QpNum(IntPtr qp);
+    [LibraryImport(Lib, EntryPoint = "sn_qp_timeouts")] public static partial int QpTimeouts(IntPtr qp, out int timeout, out int retryCount, out int rnrRetry);
     [LibraryImport(Lib, EntryPoint = "sn_post_send")]
     public static partial int PostSend(IntPtr qp, ulong wrId, int opcode, int flags, void* addr, uint len, uint lkey, ulong remoteAddr, uint rkey, uint immOrInvalidate);
     [LibraryImport(Lib, EntryPoint = "sn_post_send_batch")] public static partial int PostSendBatch(IntPtr qp, SnSendWr* wrs, int count, out int posted);

@@ -225,6 +225,11 @@ public sealed record RdmaConnectionOptions
     public bool EventMode { get; init; }
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(10);
     /// <summary>
+    /// The QP's local ACK timeout, 4.096 µs × 2^value before an unacknowledged packet is sent again (1–31);
+    /// 0 keeps rdma_cm's default (on RoCE ≈ 0.5–2 s, by kernel). SPDK's <c>transport_ack_timeout</c>.
+    /// </summary>
+    public int AckTimeout { get; init; }
+    /// <summary>
     /// Client side: called with the device (ibv_context) the route resolved to; a PD returned here (made on that
     /// device, outliving the connection) is used instead of a PD of the connection's own.
     /// </summary>
@@ -258,6 +263,9 @@ public sealed unsafe class RdmaConnection : IDisposable
         IntPtr idp = id.DangerousGetHandle();
         IntPtr ctx = Verbs.CmVerbs(idp);
         if (ctx == IntPtr.Zero) throw new RdmaException("rdma_cm id has no device", 19);
+        if (o.AckTimeout is < 0 or > 31) throw new ArgumentOutOfRangeException(nameof(o), o.AckTimeout, "AckTimeout is 0 (the default) or 1..31");
+        // Before rdma_connect / rdma_accept: rdma_cm applies it when it moves the QP to RTS.
+        if (o.AckTimeout > 0) Check(Verbs.CmSetAckTimeout(idp, o.AckTimeout), "rdma_set_option(ACK_TIMEOUT)");
         if (sharedPd != null)
         {
             if (sharedPd.Context != ctx) throw new RdmaException("the protection domain belongs to another device", 22);
@@ -290,6 +298,23 @@ public sealed unsafe class RdmaConnection : IDisposable
         _qp = new QpHandle(qp, id, _pd, Cq.Handle, Cq.Handle);
         QpNum = Verbs.QpNum(qp);
     }
+
+    /// <summary>
+    /// The QP's local ACK timeout exponent (4.096 µs × 2^value), transport retry count and RNR retry count as
+    /// the device reports them (meaningful once connected).
+    /// </summary>
+    public (int AckTimeout, int RetryCount, int RnrRetry) Timeouts
+    {
+        get
+        {
+            Check(Verbs.QpTimeouts(_qp.DangerousGetHandle(), out int t, out int r, out int rnr), "ibv_query_qp");
+            return (t, r, rnr);
+        }
+    }
+
+    /// <summary>An ACK timeout exponent in words: "14 (67 ms)".</summary>
+    public static string DescribeAckTimeout(int exponent) =>
+        exponent == 0 ? "0 (none)" : FormattableString.Invariant($"{exponent} ({4.096e-3 * Math.Pow(2, exponent):0.###} ms)");
 
     /// <summary>The rdma_cm id (to match events read from a listener's channel).</summary>
     public IntPtr CmId => _id.DangerousGetHandle();

@@ -136,7 +136,7 @@ public sealed class Node : IDisposable
         var rdmaEps = new List<IPEndPoint>();
         foreach (ListenerConfig l in Config.Listeners)
         {
-            if (l.Transport == "rdma") rdmaEps.Add(Rdma!.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role));
+            if (l.Transport == "rdma") rdmaEps.Add(Rdma!.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role, l.RdmaAckTimeout));
             else eps.Add(Tcp.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role));
         }
         TcpEndpoints = eps;
@@ -150,7 +150,7 @@ public sealed class Node : IDisposable
             {
                 try
                 {
-                    InterconnectRdmaEndpoint = Rdma.Listen(cc.Interconnect, 0xFFFE, null, ListenerRole.Interconnect);
+                    InterconnectRdmaEndpoint = Rdma.Listen(cc.Interconnect, 0xFFFE, null, ListenerRole.Interconnect, cc.RdmaAckTimeout);
                     Cluster.Rdma = Rdma;
                 }
                 catch (RdmaException e) when (cc.InterconnectTransport == InterconnectTransport.Auto)

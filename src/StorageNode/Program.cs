@@ -99,6 +99,9 @@ using var sigusr1 = System.Runtime.InteropServices.PosixSignalRegistration.Creat
     c.Cancel = true;
     Console.WriteLine(FormattableString.Invariant(
         $"[{config.Name}] stats: gc0={GC.CollectionCount(0)} gc1={GC.CollectionCount(1)} gc2={GC.CollectionCount(2)} allocated={GC.GetTotalAllocatedBytes()} heap={GC.GetTotalMemory(false)}"));
+    // The reactors' loop counts: iterations and sleeps (each sleep ends in a wake-up; per I/O, what polling costs).
+    foreach (var r in node.Reactors)
+        Console.WriteLine(FormattableString.Invariant($"[{config.Name}] reactor {r.Name}: iterations={Volatile.Read(ref r.Iterations)} sleeps={Volatile.Read(ref r.Sleeps)}"));
     // The interconnect: which transport each link runs on and, over RDMA, how relayed data moved on this node.
     foreach (var link in node.Cluster?.Links ?? [])
         Console.WriteLine($"[{config.Name}] interconnect {link.Subsystem.Nqn}: {link.Transport ?? "down"}; {link.Counters}");

@@ -24,6 +24,8 @@ HA_TRANSPORTS=rdma tcp
 BENCH_ROUNDS=$rounds
 BENCH_SECONDS=$secs
 FAILOVER=0
+POLL_MODE=${POLL_MODE:-adaptive}
+RDMA_ACK_TIMEOUT=${RDMA_ACK_TIMEOUT:-0}
 WAIT_DONE=1400" "$here/run-pair.sh" "$here/guest/ha-rdma.sh" | tee "$out"
 rc=${PIPESTATUS[0]}
 echo

@@ -19,6 +19,8 @@ public sealed record NvmeHostOptions
     public HostTransport Transport { get; init; } = HostTransport.Tcp;
     /// <summary>NVMe/RDMA: the protection domain for the resolved device (see <see cref="RdmaHostQueueOptions.ProtectionDomainFor"/>).</summary>
     public Func<IntPtr, StorageNode.Rdma.ProtectionDomain?>? RdmaProtectionDomainFor { get; init; }
+    /// <summary>NVMe/RDMA: the queues' local ACK timeout exponent (0: rdma_cm's default; see <see cref="RdmaHostQueueOptions.AckTimeout"/>).</summary>
+    public int RdmaAckTimeout { get; init; }
     /// <summary>NVMe/RDMA I/O queues: completion channel (for a reactor that sleeps) and batched sends.</summary>
     public bool RdmaReactorQueues { get; init; }
     public Guid HostId { get; init; } = Guid.NewGuid();
@@ -114,6 +116,7 @@ public sealed unsafe class NvmeHost : IDisposable
             {
                 Depth = options.AdminQueueDepth,
                 ConnectTimeout = options.ConnectTimeout,
+                AckTimeout = options.RdmaAckTimeout,
             })
             : TcpHostQueue.Connect(endpoint, new HostQueueOptions
             {
@@ -148,6 +151,7 @@ public sealed unsafe class NvmeHost : IDisposable
                             ConnectTimeout = options.ConnectTimeout,
                             EventMode = options.RdmaReactorQueues,
                             ProtectionDomainFor = options.RdmaProtectionDomainFor,
+                            AckTimeout = options.RdmaAckTimeout,
                         });
                         var rio = new IoQueue(host, rq, (ushort)q);
                         host._ioQueues.Add(rio);

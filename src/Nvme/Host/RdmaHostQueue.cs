@@ -19,6 +19,8 @@ public sealed record RdmaHostQueueOptions
     /// <summary>RDMA READs the controller may have outstanding against this host (responder resources).</summary>
     public int ReadDepth { get; init; } = 16;
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>The QP's local ACK timeout exponent, 4.096 µs × 2^value (1–31); 0: rdma_cm's default.</summary>
+    public int AckTimeout { get; init; }
     /// <summary>A completion channel: the queue arms its CQ when idle and <see cref="RdmaHostQueue.Fd"/> wakes a sleeper.</summary>
     public bool EventMode { get; init; }
     /// <summary>Capsule sends are queued and posted together by <see cref="RdmaHostQueue.SendPending"/> (one doorbell).</summary>
@@ -173,6 +175,7 @@ public sealed unsafe class RdmaHostQueue : IHostQueue
                 Timeout = options.ConnectTimeout,
                 EventMode = options.EventMode,
                 ProtectionDomainFor = options.ProtectionDomainFor,
+                AckTimeout = options.AckTimeout,
             });
         }
         catch (RdmaRejectedException e)

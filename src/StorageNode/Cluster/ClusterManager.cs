@@ -487,6 +487,7 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
                     Transport = transport,
                     RdmaProtectionDomainFor = rdma == null ? null : rdma.InterconnectPd,
                     RdmaReactorQueues = true,
+                    RdmaAckTimeout = cfg.RdmaAckTimeout,
                     HostNqn = IdentityNqn(cfg.Name, cfg.LocalNode),
                     HostId = IdentityId(cfg.Name, cfg.LocalNode),
                     IoQueues = _m._target.Reactors.Count,
@@ -529,7 +530,8 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
                 _lastConnectError = null;
                 Transport = transport == HostTransport.Rdma ? "rdma" : "tcp";
                 if (transport == HostTransport.Rdma)
-                    _m._log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/RDMA ({Queues} proxy queue(s); {ZeroCopy})", Subsystem.Nqn, cfg.Partner, Queues.Length, zeroCopy);
+                    _m._log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/RDMA ({Queues} proxy queue(s); {ZeroCopy}; {Timeouts})", Subsystem.Nqn, cfg.Partner, Queues.Length, zeroCopy,
+                        DescribeTimeouts());
                 else
                     _m._log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/TCP ({Queues} proxy queue(s); {Why})", Subsystem.Nqn, cfg.Partner, Queues.Length,
                         RdmaFallbackReason != null ? $"NVMe/RDMA failed: {RdmaFallbackReason}" : cfg.InterconnectTransport == InterconnectTransport.Tcp ? "configured" : "no RDMA on this node");
@@ -542,6 +544,16 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
                 host?.Dispose();
                 throw;
             }
+        }
+
+        /// <summary>The first RDMA proxy queue's QP timeouts as the device reports them (for the log).</summary>
+        private string DescribeTimeouts()
+        {
+            foreach (ProxyQueue? pq in Queues)
+            {
+                if (pq?.Queue is RdmaHostQueue rq) return RdmaTransport.DescribeTimeouts(rq.Connection);
+            }
+            return "no RDMA proxy queue";
         }
 
         /// <summary>Hands one queue to each reactor; returns how relayed data will move (for the log).</summary>

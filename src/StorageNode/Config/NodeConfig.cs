@@ -40,7 +40,8 @@ public enum InterconnectTransport
     Rdma,
 }
 
-public sealed record ListenerConfig(string Transport, IPAddress Address, int Port, string? AdvertiseAddress, ushort PortId, ListenerRole Role = ListenerRole.Combined);
+public sealed record ListenerConfig(string Transport, IPAddress Address, int Port, string? AdvertiseAddress, ushort PortId, ListenerRole Role = ListenerRole.Combined,
+    int RdmaAckTimeout = 0);
 
 public sealed record BdevConfig(string Name, string Type, ulong SizeBytes, uint BlockSize, string? Path, DirectIoMode Direct);
 
@@ -67,6 +68,8 @@ public sealed record ClusterConfig
     public TimeSpan RelayTimeout { get; init; } = TimeSpan.FromSeconds(5);
     public TimeSpan ReconnectInterval { get; init; } = TimeSpan.FromMilliseconds(500);
     public InterconnectTransport InterconnectTransport { get; init; } = InterconnectTransport.Auto;
+    /// <summary>NVMe/RDMA interconnect: the QPs' local ACK timeout exponent, both directions (0: rdma_cm's default).</summary>
+    public int RdmaAckTimeout { get; init; }
 }
 
 public sealed record SubsystemConfig(
@@ -93,13 +96,13 @@ public sealed record NodeConfig
 
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "config"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
-        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport"];
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
     private static readonly string[] TargetKeys = ["MaxQueueDepth", "AdminQueueDepth", "MaxIoQueues", "MaxIoSize", "InCapsuleDataSize",
         "MaxH2CDataSize", "MaxR2TPerCommand", "MaxC2HDataSize", "C2HSuccess", "KeepAliveGranularityMs", "ReceiveBufferSize"];
-    private static readonly string[] ListenerKeys = ["Transport", "Address", "Port", "AdvertiseAddress", "PortId", "Role"];
+    private static readonly string[] ListenerKeys = ["Transport", "Address", "Port", "AdvertiseAddress", "PortId", "Role", "RdmaAckTimeout"];
     private static readonly string[] BdevKeys = ["Name", "Type", "SizeMiB", "BlockSize", "Path", "Direct"];
     private static readonly string[] SubsystemKeys = ["Nqn", "SerialNumber", "ModelNumber", "FirmwareRevision", "ControllerIdMin",
         "ControllerIdMax", "MaxNamespaces", "AllowAnyHost", "Hosts", "Namespaces", "AnaGroups"];
@@ -187,6 +190,10 @@ public sealed record NodeConfig
         int interval = Int(c, "HeartbeatIntervalMs", 100, 10, 10_000);
         int timeout = Int(c, "HeartbeatTimeoutMs", 1000, 50, 120_000);
         if (timeout < 3 * interval) throw new ConfigException("Cluster:HeartbeatTimeoutMs", $"{timeout} must be at least three heartbeat intervals ({3 * interval})");
+        InterconnectTransport transport = Enum<InterconnectTransport>(c, "InterconnectTransport", InterconnectTransport.Auto);
+        int ackTimeout = Int(c, "RdmaAckTimeout", 0, 0, 31);
+        if (ackTimeout != 0 && transport == InterconnectTransport.Tcp)
+            throw new ConfigException("Cluster:RdmaAckTimeout", "is for an NVMe/RDMA interconnect, and Cluster:InterconnectTransport is tcp");
         return new ClusterConfig
         {
             Name = name,
@@ -200,7 +207,8 @@ public sealed record NodeConfig
             HeartbeatTimeout = TimeSpan.FromMilliseconds(timeout),
             RelayTimeout = TimeSpan.FromMilliseconds(Int(c, "RelayTimeoutMs", 5000, 100, 600_000)),
             ReconnectInterval = TimeSpan.FromMilliseconds(Int(c, "ReconnectIntervalMs", 500, 50, 60_000)),
-            InterconnectTransport = Enum<InterconnectTransport>(c, "InterconnectTransport", InterconnectTransport.Auto),
+            InterconnectTransport = transport,
+            RdmaAckTimeout = ackTimeout,
         };
     }
 
@@ -234,7 +242,9 @@ public sealed record NodeConfig
                 throw new ConfigException($"{l.Path}:Role", $"'{role.ToString().ToLowerInvariant()}' needs a Cluster section (a standalone node has no partner)");
             if (cluster != null && addr.Equals(cluster.Interconnect.Address) && port == cluster.Interconnect.Port)
                 throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is the interconnect endpoint");
-            list.Add(new ListenerConfig(transport, addr, port, string.IsNullOrEmpty(adv) ? null : adv, portId, role));
+            int ackTimeout = Int(l, "RdmaAckTimeout", 0, 0, 31);
+            if (ackTimeout != 0 && transport != "rdma") throw new ConfigException($"{l.Path}:RdmaAckTimeout", $"is for rdma listeners (this one is {transport})");
+            list.Add(new ListenerConfig(transport, addr, port, string.IsNullOrEmpty(adv) ? null : adv, portId, role, ackTimeout));
         }
         return list;
     }

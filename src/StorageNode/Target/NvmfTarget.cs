@@ -33,7 +33,9 @@ public sealed record TargetOptions
 }
 
 /// <summary>A listener as the discovery log advertises it.</summary>
-public sealed record ListenerInfo(string Transport, string Address, int Port, ushort PortId, Config.ListenerRole Role = Config.ListenerRole.Combined)
+/// <remarks><see cref="RdmaAckTimeout"/>: NVMe/RDMA listeners, the local ACK timeout exponent of accepted QPs (0: rdma_cm's default).</remarks>
+public sealed record ListenerInfo(string Transport, string Address, int Port, ushort PortId, Config.ListenerRole Role = Config.ListenerRole.Combined,
+    int RdmaAckTimeout = 0)
 {
     public byte TrType => Transport == "rdma" ? Nvme.Spec.Discovery.TrTypeRdma : Nvme.Spec.Discovery.TrTypeTcp;
     public byte AdrFam => Address.Contains(':') ? Nvme.Spec.Discovery.AdrFamIpv6 : Nvme.Spec.Discovery.AdrFamIpv4;

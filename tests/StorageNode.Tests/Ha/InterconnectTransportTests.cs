@@ -43,6 +43,45 @@ public sealed class InterconnectTransportTests
     }
 
     [Fact]
+    public void RdmaAckTimeoutIsAnExponentForRdmaInterconnectsAndListeners()
+    {
+        Assert.Equal(0, Load(Cluster(null)).Cluster!.RdmaAckTimeout);
+        var d = Cluster("rdma");
+        d["Cluster:RdmaAckTimeout"] = "14";
+        Assert.Equal(14, Load(d).Cluster!.RdmaAckTimeout);
+        d["Cluster:InterconnectTransport"] = "auto";
+        Assert.Equal(14, Load(d).Cluster!.RdmaAckTimeout);
+        foreach (string bad in new[] { "32", "-1", "fast" })
+        {
+            d["Cluster:RdmaAckTimeout"] = bad;
+            Assert.Equal("Cluster:RdmaAckTimeout", Assert.Throws<ConfigException>(() => Load(d)).Key);
+        }
+        d["Cluster:RdmaAckTimeout"] = "14";
+        d["Cluster:InterconnectTransport"] = "tcp";
+        ConfigException e = Assert.Throws<ConfigException>(() => Load(d));
+        Assert.Equal("Cluster:RdmaAckTimeout", e.Key);
+        Assert.Contains("tcp", e.Problem);
+
+        var l = new Dictionary<string, string?> { ["Listeners:0:Transport"] = "rdma", ["Listeners:0:Address"] = "127.0.0.1", ["Listeners:0:RdmaAckTimeout"] = "12" };
+        Assert.Equal(12, Load(l).Listeners[0].RdmaAckTimeout);
+        l.Remove("Listeners:0:RdmaAckTimeout");
+        Assert.Equal(0, Load(l).Listeners[0].RdmaAckTimeout);
+        l["Listeners:0:Transport"] = "tcp";
+        l["Listeners:0:RdmaAckTimeout"] = "12";
+        e = Assert.Throws<ConfigException>(() => Load(l));
+        Assert.Equal("Listeners:0:RdmaAckTimeout", e.Key);
+        Assert.Contains("rdma listeners", e.Problem);
+    }
+
+    [Fact]
+    public void AckTimeoutsReadAsTime()
+    {
+        Assert.Equal("14 (67.109 ms)", RdmaConnection.DescribeAckTimeout(14));
+        Assert.Equal("17 (536.871 ms)", RdmaConnection.DescribeAckTimeout(17));
+        Assert.Equal("0 (none)", RdmaConnection.DescribeAckTimeout(0));
+    }
+
+    [Fact]
     public void AnRdmaOnlyInterconnectWithoutRdmaIsRefusedAtStart()
     {
         if (RdmaDevices.UnavailableReason() == null) return; // a machine with RDMA: nothing to refuse

@@ -201,13 +201,15 @@ public class RigTests(ITestOutputHelper output)
                 ["HA_TRANSPORTS"] = "rdma",
                 ["FIO_RUNTIME"] = "40",
                 ["CUT_SECONDS"] = "8",
+                // Cluster:RdmaAckTimeout end to end: both sides' QPs report it (268 ms; rdma_cm's RoCE default is longer).
+                ["RDMA_ACK_TIMEOUT"] = "16",
             };
             using GuestRun g = RigHarness.StartPair("ha-rdma.sh", env, TimeSpan.FromMinutes(9));
             int rc = g.Wait();
             output.WriteLine(g.Output);
             output.WriteLine($"HA pair over RDMA: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
             Assert.Equal(0, rc);
-            foreach (string check in new[] { "b| CHECK interconnect-rdma: ok", "b| CHECK proxy-path-non-optimized: ok",
+            foreach (string check in new[] { "b| CHECK interconnect-rdma: ok", "b| CHECK interconnect-rdma-ack-timeout: ok", "a| CHECK node-A0-interconnect-qps-ack-timeout: ok", "b| CHECK proxy-path-non-optimized: ok",
                          "b| CHECK relayed-128k-errors: ok", "b| CHECK relayed-128k-verified-kib: ok", "b| CHECK relayed-zero-copy-bytes: ok",
                          "b| CHECK relayed-bounce-copies: ok", "b| CHECK relayed-temporary-registrations: ok",
                          "b| CHECK two-paths: ok", "b| CHECK owner-path-optimized: ok", "b| CHECK failover-fio-errors: ok",

@@ -18,7 +18,8 @@
 #  a: runs node(s) A until b reports (a TCP line on DONE_PORT), then both stop with SIGTERM: exit 0, no
 #     fail:/crit: in their logs ($RIG_OUT/node-*.log).
 # Env: NODE_DLL (a path visible in the guests), HA_TRANSPORTS, FIO_RUNTIME (40), CUT_SECONDS (8), BENCH_ROUNDS (0),
-#      BENCH_SECONDS (10), FAILOVER (1), DONE_PORT (7999), WAIT_DONE (600).
+#      BENCH_SECONDS (10), FAILOVER (1), POLL_MODE (adaptive: the nodes' Node:PollMode),
+#      RDMA_ACK_TIMEOUT (0: rdma_cm's default; else Cluster:RdmaAckTimeout of the rdma pairs), DONE_PORT (7999), WAIT_DONE (600).
 export SUBNQN=${SUBNQN:-nqn.2026-11.io.storagenode:ha-rdma}
 . "${RIG_LIB:?RIG_LIB must name tests/rig/guest/lib.sh}"
 export DOTNET_CLI_HOME=/tmp HOME=/tmp
@@ -33,16 +34,17 @@ config() {
   local me=$1 k=$2 t=$3 partner mine theirs ns1 ns2 ids
   if [ "$me" = A ]; then partner=B mine=$IPA theirs=$IPB ids='"ControllerIdMin": 1, "ControllerIdMax": 32767'
   else partner=A mine=$IPB theirs=$IPA ids='"ControllerIdMin": 32768, "ControllerIdMax": 65519'; fi
-  local local_ns='"Bdev": "Malloc0"' remote_ns='"SizeMiB": 64, "BlockSize": 4096'
+  local local_ns='"Bdev": "Malloc0"' remote_ns='"SizeMiB": 64, "BlockSize": 4096' ack=
+  [ "$t" != tcp ] && [ "${RDMA_ACK_TIMEOUT:-0}" != 0 ] && ack=", \"RdmaAckTimeout\": $RDMA_ACK_TIMEOUT"
   if [ "$me" = A ]; then ns1=$local_ns ns2=$remote_ns; else ns1=$remote_ns ns2=$local_ns; fi
   cat <<EOF
 {
-  "Node": { "Name": "$me", "Reactors": 1, "PollMode": "adaptive",
+  "Node": { "Name": "$me", "Reactors": 1, "PollMode": "${POLL_MODE:-adaptive}",
             "Pools": { "SmallBufferCount": 256, "MediumBufferCount": 64, "LargeBufferCount": 8 } },
   "Cluster": { "Name": "ha$k", "Partner": "$partner", "InterconnectTransport": "$t",
                "Interconnect": "$mine:$((4430 + k))", "PartnerInterconnect": "$theirs:$((4430 + k))",
                "Heartbeat": "$mine:$((4440 + k))", "PartnerHeartbeat": "$theirs:$((4440 + k))",
-               "HeartbeatIntervalMs": 250, "HeartbeatTimeoutMs": 3000 },
+               "HeartbeatIntervalMs": 250, "HeartbeatTimeoutMs": 3000$ack },
   "Listeners": [ { "Transport": "tcp", "Address": "$mine", "Port": $((4420 + k)) } ],
   "Bdevs": [ { "Name": "Malloc0", "Type": "malloc", "SizeMiB": 64, "BlockSize": 4096 } ],
   "Subsystems": [ { "Nqn": "nqn.2026-11.io.storagenode:ha-$t", "SerialNumber": "SNHA000$k", "ModelNumber": "StorageNode HA", $ids,
@@ -52,6 +54,11 @@ config() {
 EOF
 }
 
+# cpu: this guest's CPU time so far ("user system softirq idle", in clock ticks), for a run's breakdown.
+cpu() { awk '/^cpu /{print $2+$3, $4+$7, $8, $5+$6}' /proc/stat; }
+# cpu_pct BEFORE AFTER: the shares of user, system, softirq and idle time between two cpu readings.
+cpu_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x); split(b, y); t = 0; for (i = 1; i <= 4; i++) { d[i] = y[i] - x[i]; t += d[i] }
+  if (t > 0) printf "user %d%% sys %d%% softirq %d%% idle %d%%", 100*d[1]/t, 100*d[2]/t, 100*d[3]/t, 100*d[4]/t }'; }
 ME=$(echo "$RIG_NODE" | tr ab AB)
 PIDS=()
 for k in "${!TRS[@]}"; do
@@ -88,7 +95,16 @@ stop_nodes() {
 }
 
 if [ "$RIG_NODE" = a ]; then
+  if [ "${BENCH_ROUNDS:-0}" -gt 0 ]; then   # a's CPU shares every 5 s (uptime-stamped, to set beside b's BENCH lines)
+    ( p=$(cpu); while kill -0 $waiter 2>/dev/null; do sleep 5; q=$(cpu); echo "  a cpu at $(cut -d' ' -f1 /proc/uptime)s: $(cpu_pct "$p" "$q")"; p=$q; done ) &
+  fi
   wait $waiter
+  # A's side of the interconnect: its accepted QPs run with the configured ACK timeout too.
+  for k in "${!TRS[@]}"; do
+    if [ "${TRS[$k]}" = rdma ] && [ "${RDMA_ACK_TIMEOUT:-0}" != 0 ]; then
+      expect_ge "node-A$k-interconnect-qps-ack-timeout" "$(grep -A1 'interconnect NVMe/RDMA queue' "/tmp/node-$k.log" | grep -c "QP ACK timeout $RDMA_ACK_TIMEOUT (")" 2
+    fi
+  done
   expect_eq host-result "$(head -c 200 /tmp/done.txt | tr -d '\n')" "b 0"
   for k in "${!TRS[@]}"; do kill -USR1 "${PIDS[$k]}" 2>/dev/null; done; sleep 1
   stop_nodes
@@ -107,6 +123,10 @@ for k in "${!TRS[@]}"; do
   while [ $SECONDS -lt $end ] && ! grep -q "interconnect to A up over NVMe/$want" "/tmp/node-$k.log"; do sleep 1; done
   if grep -q "interconnect to A up over NVMe/$want" "/tmp/node-$k.log"; then
     ok "interconnect-$t" "$(grep -m1 -o "up over NVMe/$want.*" "/tmp/node-$k.log")"
+    # The ACK timeout configured is the one the QPs run with (as the device reports it).
+    if [ "$t" = rdma ] && [ "${RDMA_ACK_TIMEOUT:-0}" != 0 ]; then
+      check "interconnect-$t-ack-timeout" grep -q "up over NVMe/RDMA.*QP ACK timeout $RDMA_ACK_TIMEOUT (" "/tmp/node-$k.log"
+    fi
   else fail "interconnect-$t" "($(grep -E 'interconnect|partner' "/tmp/node-$k.log" | tail -n 3 | tr '\n' ' '))"; fi
 done
 if [ "$FAILS" -gt 0 ]; then report 1; stop_nodes; finish; fi
@@ -119,6 +139,8 @@ counters() {
   while [ $SECONDS -lt $end ] && [ "$(grep -c 'interconnect nqn' "/tmp/node-$1.log")" -le "$before" ]; do sleep 0.2; done
   grep 'interconnect nqn' "/tmp/node-$1.log" | tail -n 1
 }
+# loops K: node K's reactor loop counts "iterations sleeps" (from its last stats; call counters first).
+loops() { grep 'reactor .*: iterations=' "/tmp/node-$1.log" | tail -n 1 | sed -E 's/.*iterations=([0-9]+) sleeps=([0-9]+).*/\1 \2/'; }
 field() { sed -nE "s/.*[ ,;]$1 ([0-9]+).*/\1/p" <<< "$2"; }
 
 # 1. Relayed only: B's path alone (non-optimized), 128 KiB writes and read-back verify, all through the proxy.
@@ -151,10 +173,15 @@ for r in $(seq "${BENCH_ROUNDS:-0}"); do
   for qd in 1 16; do
     for k in "${!TRS[@]}"; do
       N=nqn.2026-11.io.storagenode:ha-${TRS[$k]}; d=$(ns_dev 1)
+      counters "$k" > /dev/null; l0=$(loops "$k")
+      u0=$(cpu) t0=$(cut -d' ' -f1 /proc/uptime)
       run fio --name=bench --filename="$d" --ioengine=libaio --direct=1 --rw=randread --bs=4k --size=32M --iodepth=$qd \
           --time_based --runtime="${BENCH_SECONDS:-10}" --ramp_time=1 --eta=never --output-format=json --output=/tmp/b.json > /dev/null 2>&1
       sed -n '/^{/,$p' /tmp/b.json > /tmp/b.clean
-      echo "BENCH round $r ${TRS[$k]} qd $qd $(jq -r '.jobs[0].read | "\(.iops|floor) \(.lat_ns.mean/1000|floor)"' /tmp/b.clean)"
+      u1=$(cpu)
+      counters "$k" > /dev/null; l1=$(loops "$k")
+      per=$(awk -v a="$l0" -v b="$l1" -v n="$(jq -r '.jobs[0].read.total_ios' /tmp/b.clean)" 'BEGIN { split(a, x); split(b, y); if (n > 0) printf "%.1f iterations, %.2f sleeps", (y[1]-x[1])/n, (y[2]-x[2])/n }')
+      echo "BENCH round $r ${TRS[$k]} qd $qd $(jq -r '.jobs[0].read | "\(.iops|floor) \(.lat_ns.mean/1000|floor)"' /tmp/b.clean) (b at ${t0}s: $(cpu_pct "$u0" "$u1"); B's reactor per I/O: $per)"
     done
   done
 done

@@ -105,19 +105,21 @@ public sealed class RdmaTransport : IDisposable
     }
 
     /// <summary>Binds an rdma_cm listener and starts serving it; returns the bound endpoint (port 0 picks one).</summary>
-    public IPEndPoint Listen(IPEndPoint endpoint, ushort portId, string? advertiseAddress = null, ListenerRole role = ListenerRole.Combined)
+    public IPEndPoint Listen(IPEndPoint endpoint, ushort portId, string? advertiseAddress = null, ListenerRole role = ListenerRole.Combined,
+        int ackTimeout = 0)
     {
         string? why = RdmaDevices.UnavailableReason();
         if (why != null) throw new InvalidOperationException($"NVMe/RDMA listener {endpoint}: RDMA is unavailable: {why}");
         var listener = new RdmaListener(endpoint.Address.ToString(), endpoint.Port);
         var bound = new IPEndPoint(endpoint.Address, listener.Port);
-        var info = new ListenerInfo("rdma", advertiseAddress ?? bound.Address.ToString(), bound.Port, portId, role);
+        var info = new ListenerInfo("rdma", advertiseAddress ?? bound.Address.ToString(), bound.Port, portId, role, ackTimeout);
         var t = new RdmaListenerThread(this, listener, bound, info);
         lock (_lock) _listeners.Add(t);
         _target.AddListener(info);
         t.Start();
-        _log.LogInformation("listening on {Endpoint} (NVMe/RDMA, devices {Devices}, port id {PortId}, {Role})",
-            bound, string.Join(",", RdmaDevices.List()), portId, role.ToString().ToLowerInvariant());
+        _log.LogInformation("listening on {Endpoint} (NVMe/RDMA, devices {Devices}, port id {PortId}, {Role}, ACK timeout {AckTimeout})",
+            bound, string.Join(",", RdmaDevices.List()), portId, role.ToString().ToLowerInvariant(),
+            ackTimeout == 0 ? "rdma_cm's default" : RdmaConnection.DescribeAckTimeout(ackTimeout));
         return bound;
     }
 
@@ -171,6 +173,20 @@ public sealed class RdmaTransport : IDisposable
         }
     }
 
+    /// <summary>A connection's QP timeouts as the device reports them (for the log).</summary>
+    internal static string DescribeTimeouts(RdmaConnection conn)
+    {
+        try
+        {
+            var (ack, retry, rnr) = conn.Timeouts;
+            return $"QP ACK timeout {RdmaConnection.DescribeAckTimeout(ack)}, retry count {retry}, RNR retry {rnr}";
+        }
+        catch (RdmaException ex)
+        {
+            return $"QP timeouts unknown ({ex.Message})";
+        }
+    }
+
     private void OnConnectRequest(RdmaListener listener, ListenerInfo info, in CmEvent e)
     {
         TargetOptions o = _target.Options;
@@ -197,6 +213,7 @@ public sealed class RdmaTransport : IDisposable
                 MaxInline = 64,
                 ReadDepth = Math.Min(e.InitiatorDepth, MaxReadDepth),
                 EventMode = true,
+                AckTimeout = info.RdmaAckTimeout,
             };
             conn = listener.AcceptRequest(e, RdmaCm.BuildAccept((ushort)d.RecvDepth), RdmaCm.BuildReject(RdmaCmStatus.NoResources), options, reg.Pd,
                 c => qp = new RdmaQueuePair(c, reactor, _target, info, this, reg, request.Qid, d.RecvDepth, _log));
@@ -211,7 +228,12 @@ public sealed class RdmaTransport : IDisposable
         _byId[conn.CmId] = q;
         List<RdmaQueuePair> list = _perReactor[reactor.Id];
         lock (list) list.Add(q);
-        _log.LogDebug("{Peer}: NVMe/RDMA connection for queue {Qid} accepted (depth {Depth}, read depth {Reads})", q.PeerAddress, request.Qid, d.RecvDepth, Math.Min(e.InitiatorDepth, MaxReadDepth));
+        if (info.Role == ListenerRole.Interconnect)
+            _log.LogInformation("{Peer}: interconnect NVMe/RDMA queue {Qid} accepted (depth {Depth}, read depth {Reads}, {Timeouts})",
+                q.PeerAddress, request.Qid, d.RecvDepth, Math.Min(e.InitiatorDepth, MaxReadDepth), DescribeTimeouts(conn));
+        else
+            _log.LogDebug("{Peer}: NVMe/RDMA connection for queue {Qid} accepted (depth {Depth}, read depth {Reads}, {Timeouts})",
+                q.PeerAddress, request.Qid, d.RecvDepth, Math.Min(e.InitiatorDepth, MaxReadDepth), DescribeTimeouts(conn));
         reactor.Post(() => Adopt(reactor, q));
     }
 
