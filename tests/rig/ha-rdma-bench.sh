@@ -39,7 +39,15 @@ for qd in 1 16; do
     eval "i_${t}_$qd=$iops l_${t}_$qd=$lat"
   done
   awk -v a="$(eval echo \$i_rdma_$qd)" -v b="$(eval echo \$i_tcp_$qd)" -v la="$(eval echo \$l_rdma_$qd)" -v lb="$(eval echo \$l_tcp_$qd)" -v q=$qd \
-    'BEGIN { if (b > 0 && lb > 0) printf "QD%d ratio RDMA/TCP: IOPS %.2f, mean latency %.2f\n", q, a / b, la / lb }'
+    'BEGIN { if (b > 0 && lb > 0) printf "QD%d ratio of the medians RDMA/TCP: IOPS %.2f, mean latency %.2f\n", q, a / b, la / lb }'
+  # The median of the rounds' own ratios (each round's RDMA run beside its TCP run: the machine's drift cancels).
+  grep -oE "BENCH round [0-9]+ (rdma|tcp) qd $qd [0-9]+ [0-9]+" "$out" | awk -v q=$qd '
+    { r = $3; if ($4 == "rdma") { ri[r] = $7; rl[r] = $8 } else { ti[r] = $7; tl[r] = $8 } }
+    END { n = 0; for (r in ri) if ((r in ti) && ti[r] > 0 && tl[r] > 0) { n++; x[n] = ri[r] / ti[r]; y[n] = rl[r] / tl[r] }
+          if (n == 0) exit
+          for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) { if (x[j] < x[i]) { t = x[i]; x[i] = x[j]; x[j] = t } if (y[j] < y[i]) { t = y[i]; y[i] = y[j]; y[j] = t } }
+          m = int((n + 1) / 2); s = ""; for (i = 1; i <= n; i++) s = s sprintf(" %.2f", x[i])
+          printf "QD%d median of %d paired ratios RDMA/TCP: IOPS %.2f (sorted:%s), mean latency %.2f\n", q, n, x[m], s, y[m] }'
 done
 rm -f "$out"
 exit $rc

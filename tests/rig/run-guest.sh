@@ -1,5 +1,5 @@
 #!/bin/bash
-# run-guest.sh [-p GPORT[:HPORT]]... [-f HPORT[:GPORT]]... [-l LPORT:RPORT:IP/NN] [-n NAME] SCRIPT [PORT...]
+# run-guest.sh [-p GPORT[:HPORT]]... [-f HPORT[:GPORT]]... [-l LPORT:RPORT:IP/NN | -l listen|connect:SOCKET:IP/NN] [-n NAME] SCRIPT [PORT...]
 # Boots one rig guest (build it first with build-guest.sh) that runs SCRIPT with bash inside the
 # host's root, shared read-only, and exits with SCRIPT's exit status:
 #   124 the guest did not finish within RIG_TIMEOUT; 125 the guest died without a status (panic,
@@ -9,7 +9,11 @@
 #                    Each trailing PORT is the same as -p PORT.
 #  -f HPORT[:GPORT]  the other way: the host's 127.0.0.1:HPORT reaches the guest's eth0 GPORT.
 #  -l LPORT:RPORT:IP/NN  a second NIC, eth1 with address IP/NN, whose frames travel as UDP datagrams
-#                    from 127.0.0.1:LPORT to 127.0.0.1:RPORT: the private link run-pair.sh uses.
+#                    from 127.0.0.1:LPORT to 127.0.0.1:RPORT (lossy: a burst can overflow the host's
+#                    socket buffer); -l listen:SOCKET:IP/NN / -l connect:SOCKET:IP/NN: the frames travel
+#                    over one Unix stream socket at path SOCKET (lossless, like a RoCE fabric with PFC;
+#                    no Nagle delay as on TCP), the listening guest started first. The private link
+#                    run-pair.sh uses.
 #  -n NAME           prefix of the output lines and name of the run folder ([A-Za-z0-9._-]).
 # Output: SCRIPT's output, live, each line prefixed "NAME| " (kernel warnings appear among them).
 # On failure (or with RIG_KEEP=1) the run folder is kept and "NAME| run folder: PATH" and
@@ -39,7 +43,12 @@ while getopts "p:f:l:n:" o; do case $o in
   p) ports+=("$OPTARG") ;;
   f) h=${OPTARG%%:*} g=${OPTARG#*:}; net+=",hostfwd=tcp:127.0.0.1:$h-:$g" ;;
   l) IFS=: read -r lp rp link <<< "$OPTARG"; o=${link%/*}; o=${o##*.}   # MAC ends in IP's last byte
-     extra=(-netdev "socket,id=n1,udp=127.0.0.1:$rp,localaddr=127.0.0.1:$lp"
+     case $lp in
+       listen|connect) [ "$lp" = listen ] && srv=on || srv=off
+                       nd="stream,id=n1,server=$srv,addr.type=unix,addr.path=$rp" ;;
+       *) nd="socket,id=n1,udp=127.0.0.1:$rp,localaddr=127.0.0.1:$lp" ;;
+     esac
+     extra=(-netdev "$nd"
             -device "virtio-net-pci,netdev=n1,mac=52:54:00:00:01:$(printf %02x "$o")") ;;
   n) name=$OPTARG ;;
   *) usage ;;

@@ -59,6 +59,8 @@ cpu() { awk '/^cpu /{print $2+$3, $4+$7, $8, $5+$6}' /proc/stat; }
 # cpu_pct BEFORE AFTER: the shares of user, system, softirq and idle time between two cpu readings.
 cpu_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x); split(b, y); t = 0; for (i = 1; i <= 4; i++) { d[i] = y[i] - x[i]; t += d[i] }
   if (t > 0) printf "user %d%% sys %d%% softirq %d%% idle %d%%", 100*d[1]/t, 100*d[2]/t, 100*d[3]/t, 100*d[4]/t }'; }
+# rxe_counts: this guest's soft-RoCE "retransmission-timeouts duplicates-received" so far.
+rxe_counts() { rdma statistic show link rxe0/1 2>/dev/null | tr -s ' \n' ' ' | awk '{ for (i = 1; i < NF; i++) { if ($i == "completer_retry_err") r = $(i+1); if ($i == "duplicate_request") d = $(i+1) } } END { print r + 0, d + 0 }'; }
 ME=$(echo "$RIG_NODE" | tr ab AB)
 PIDS=()
 for k in "${!TRS[@]}"; do
@@ -96,7 +98,7 @@ stop_nodes() {
 
 if [ "$RIG_NODE" = a ]; then
   if [ "${BENCH_ROUNDS:-0}" -gt 0 ]; then   # a's CPU shares every 5 s (uptime-stamped, to set beside b's BENCH lines)
-    ( p=$(cpu); while kill -0 $waiter 2>/dev/null; do sleep 5; q=$(cpu); echo "  a cpu at $(cut -d' ' -f1 /proc/uptime)s: $(cpu_pct "$p" "$q")"; p=$q; done ) &
+    ( p=$(cpu); while kill -0 $waiter 2>/dev/null; do sleep 5; q=$(cpu); echo "  a cpu at $(cut -d' ' -f1 /proc/uptime)s: $(cpu_pct "$p" "$q"); rxe timeouts, duplicates so far: $(rxe_counts)"; p=$q; done ) &
   fi
   wait $waiter
   # A's side of the interconnect: its accepted QPs run with the configured ACK timeout too.
@@ -174,14 +176,14 @@ for r in $(seq "${BENCH_ROUNDS:-0}"); do
     for k in "${!TRS[@]}"; do
       N=nqn.2026-11.io.storagenode:ha-${TRS[$k]}; d=$(ns_dev 1)
       counters "$k" > /dev/null; l0=$(loops "$k")
-      u0=$(cpu) t0=$(cut -d' ' -f1 /proc/uptime)
+      u0=$(cpu) t0=$(cut -d' ' -f1 /proc/uptime) x0=$(rxe_counts)
       run fio --name=bench --filename="$d" --ioengine=libaio --direct=1 --rw=randread --bs=4k --size=32M --iodepth=$qd \
           --time_based --runtime="${BENCH_SECONDS:-10}" --ramp_time=1 --eta=never --output-format=json --output=/tmp/b.json > /dev/null 2>&1
       sed -n '/^{/,$p' /tmp/b.json > /tmp/b.clean
-      u1=$(cpu)
+      u1=$(cpu) x1=$(rxe_counts)
       counters "$k" > /dev/null; l1=$(loops "$k")
       per=$(awk -v a="$l0" -v b="$l1" -v n="$(jq -r '.jobs[0].read.total_ios' /tmp/b.clean)" 'BEGIN { split(a, x); split(b, y); if (n > 0) printf "%.1f iterations, %.2f sleeps", (y[1]-x[1])/n, (y[2]-x[2])/n }')
-      echo "BENCH round $r ${TRS[$k]} qd $qd $(jq -r '.jobs[0].read | "\(.iops|floor) \(.lat_ns.mean/1000|floor)"' /tmp/b.clean) (b at ${t0}s: $(cpu_pct "$u0" "$u1"); B's reactor per I/O: $per)"
+      echo "BENCH round $r ${TRS[$k]} qd $qd $(jq -r '.jobs[0].read | "\(.iops|floor) \(.lat_ns.mean/1000|floor)"' /tmp/b.clean) (b at ${t0}s: $(cpu_pct "$u0" "$u1"); B's reactor per I/O: $per; b's rxe: $(awk -v a="$x0" -v b="$x1" 'BEGIN { split(a, x); split(b, y); printf "%d timeouts, %d duplicates", y[1]-x[1], y[2]-x[2] }'))"
     done
   done
 done
