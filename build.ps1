@@ -138,6 +138,9 @@ function Invoke-Run {
         Write-Host "or with the managed perf tool (direct and proxied):"
         Write-Host "  dotnet $perf -a 127.0.0.1 -s 4420 -n $nqn --nsid 1 -w randread -b 4k -q 32 -t 10"
         Write-Host "  dotnet $perf -a 127.0.0.1 -s 4420 -n $nqn --nsid 2 -w randread -b 4k -q 32 -t 10"
+        Write-Host 'Management (JSON-RPC, docs/management.md):'
+        Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-A.sock nvmf_get_subsystems"
+        Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-B.sock cluster_get_status"
         Write-Host 'Ctrl-C stops both nodes.'
         while ($true) {
             foreach ($p in $procs) { if ($p.HasExited) { throw "node exited (exit code $($p.ExitCode))" } }

@@ -115,6 +115,22 @@ public sealed class Node : IDisposable
 
     public Bdev GetBdev(string name) => _bdevs[name];
 
+    /// <summary>Every bdev: the configured ones, then the partner bdevs of relayed namespaces.</summary>
+    public IReadOnlyList<Bdev> Bdevs
+    {
+        get
+        {
+            var list = new List<Bdev>(_bdevs.Values);
+            foreach (Subsystem s in Target.Subsystems)
+                foreach (Namespace ns in s.Namespaces)
+                    if (ns.IsRelayed && !list.Contains(ns.Bdev)) list.Add(ns.Bdev);
+            return list;
+        }
+    }
+
+    /// <summary>The management RPC server (null unless Control:RpcSocket is set).</summary>
+    public Control.RpcServer? Rpc { get; private set; }
+
     /// <summary>Starts reactors, then listeners. Returns the bound TCP endpoints.</summary>
     public void Start()
     {
@@ -130,6 +146,9 @@ public sealed class Node : IDisposable
         if (Config.Cluster?.InterconnectTransport == InterconnectTransport.Rdma && noRdma != null)
             throw new ConfigException("Cluster:InterconnectTransport", $"rdma, but RDMA is unavailable on this machine: {noRdma}");
         if (noRdma != null) _log.LogInformation("RDMA unavailable: {Reason}", noRdma);
+        // The management socket first: a path in use stops the node before anything else runs.
+        if (!string.IsNullOrEmpty(Config.RpcSocket))
+            Rpc = new Control.RpcServer(Config.RpcSocket, Control.NodeRpc.Methods(this), LoggerFactory.CreateLogger("rpc"));
         foreach (Reactor r in _reactors) r.Start();
         Target.Start();
         var eps = new List<IPEndPoint>();
@@ -171,6 +190,7 @@ public sealed class Node : IDisposable
 
     public void Dispose()
     {
+        Rpc?.Dispose();
         Cluster?.Dispose();
         Tcp?.Dispose();
         Rdma?.Dispose();

@@ -6,6 +6,8 @@ using StorageNode.Config;
 
 // storagenode [--config FILE] [--Section:Key=value ...]
 // Configuration sources, later ones win: the JSON file, SN_* environment variables, the command line.
+// storagenode rpc [-s SOCKET] METHOD [PARAMS]: a management call to a running node (docs/management.md).
+if (args.Length > 0 && args[0] == "rpc") return StorageNode.Control.RpcClient.Run(args[1..], Console.Out, Console.Error);
 string? configFile = null;
 for (int i = 0; i < args.Length; i++)
 {
@@ -14,6 +16,7 @@ for (int i = 0; i < args.Length; i++)
     else if (args[i] is "--help" or "-h")
     {
         Console.WriteLine("usage: storagenode [--config FILE] [--Section:Key=value ...]");
+        Console.WriteLine("       storagenode rpc [-s SOCKET] METHOD [PARAMS_JSON | NAME=VALUE ...]   (a running node's management RPC)");
         Console.WriteLine("  Settings come from FILE (JSON), then SN_* environment variables (SN_Node__Name=A), then the command line.");
         Console.WriteLine("  Reference: docs/configuration.md");
         return 0;
@@ -116,6 +119,8 @@ foreach (var s in config.Subsystems)
 if (config.Cluster is { } cl)
     Console.WriteLine($"[{config.Name}] cluster {cl.Name}: partner {cl.Partner}, interconnect {node.InterconnectEndpoint}" +
         $"{(node.InterconnectRdmaEndpoint != null ? " (NVMe/TCP and NVMe/RDMA)" : " (NVMe/TCP)")} -> {cl.PartnerInterconnect}, transport {cl.InterconnectTransport.ToString().ToLowerInvariant()}");
+if (node.Rpc != null)
+    Console.WriteLine($"[{config.Name}] management RPC on {node.Rpc.Path} (storagenode rpc -s {node.Rpc.Path} rpc_get_methods)");
 Console.WriteLine($"[{config.Name}] ready. Ctrl-C stops.");
 stop.Wait();
 Console.WriteLine($"[{config.Name}] stopping");

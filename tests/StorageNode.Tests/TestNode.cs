@@ -49,7 +49,16 @@ public sealed class TestNode : IDisposable
         IConfiguration cfg = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
         _loggerFactory = LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Information));
         Node = new Node(NodeConfig.Load(cfg), _loggerFactory);
-        Node.Start();
+        try
+        {
+            Node.Start();
+        }
+        catch
+        {
+            Node.Dispose();
+            _loggerFactory.Dispose();
+            throw;
+        }
     }
 
     public NvmeHost Connect(NvmeHostOptions? options = null, string nqn = Nqn)

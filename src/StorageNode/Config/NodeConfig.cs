@@ -93,8 +93,11 @@ public sealed record NodeConfig
     public IReadOnlyList<BdevConfig> Bdevs { get; init; } = [];
     public IReadOnlyList<SubsystemConfig> Subsystems { get; init; } = [];
     public ClusterConfig? Cluster { get; init; }
+    /// <summary>Path of the management RPC's Unix socket (<c>Control:RpcSocket</c>); null or empty: no RPC server.</summary>
+    public string? RpcSocket { get; init; }
 
-    private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "config"];
+    private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
+    private static readonly string[] ControlKeys = ["RpcSocket"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
         "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
@@ -159,10 +162,22 @@ public sealed record NodeConfig
         if (name.Length == 0 || name.Length > 64) throw new ConfigException("Node:Name", "must be 1 to 64 characters");
 
         ClusterConfig? cluster = LoadCluster(root.GetSection("Cluster"), name);
+        IConfigurationSection control = root.GetSection("Control");
+        CheckKeys(control, "Control", ControlKeys);
+        string? rpcSocket = control["RpcSocket"];
+        if (!string.IsNullOrEmpty(rpcSocket))
+        {
+            if (!Path.IsPathFullyQualified(rpcSocket)) throw new ConfigException("Control:RpcSocket", $"'{rpcSocket}' is not an absolute path");
+            // sockaddr_un holds 108 bytes with the terminating NUL.
+            if (System.Text.Encoding.UTF8.GetByteCount(rpcSocket) > 107) throw new ConfigException("Control:RpcSocket", "is longer than a Unix socket path may be (107 bytes)");
+            string? dir = Path.GetDirectoryName(rpcSocket);
+            if (dir != null && !Directory.Exists(dir)) throw new ConfigException("Control:RpcSocket", $"folder {dir} does not exist");
+        }
         var cfg = new NodeConfig
         {
             Name = name,
             Cluster = cluster,
+            RpcSocket = string.IsNullOrEmpty(rpcSocket) ? null : rpcSocket,
             ReactorCount = Int(node, "Reactors", 1, 1, 64),
             PollMode = Enum<PollMode>(node, "PollMode", PollMode.Adaptive),
             AdaptiveSpin = TimeSpan.FromMicroseconds(Int(node, "AdaptiveSpinMicroseconds", 200, 0, 1_000_000)),

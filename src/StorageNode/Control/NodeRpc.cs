@@ -1,0 +1,320 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using StorageNode.Bdevs;
+using StorageNode.Cluster;
+using StorageNode.Config;
+using StorageNode.Nvme.Spec;
+using StorageNode.Proxy;
+using StorageNode.Reactors;
+using StorageNode.Target;
+
+namespace StorageNode.Control;
+
+/// <summary>
+/// The management methods of a node, named and shaped as SPDK's JSON-RPC where SPDK has the same thing
+/// (<c>nvmf_get_subsystems</c>, <c>bdev_get_bdevs</c>, <c>framework_get_reactors</c>, ...), plus the pair's
+/// own (<c>cluster_get_status</c>). docs/management.md is the reference.
+/// </summary>
+public static class NodeRpc
+{
+    public static IReadOnlyDictionary<string, Func<JsonObject?, JsonNode?>> Methods(Node node)
+    {
+        var m = new SortedDictionary<string, Func<JsonObject?, JsonNode?>>(StringComparer.Ordinal);
+        m["rpc_get_methods"] = p =>
+        {
+            NoParams(p, "rpc_get_methods");
+            var a = new JsonArray();
+            foreach (string k in m.Keys) a.Add(k);
+            return a;
+        };
+        m["storagenode_get_version"] = p =>
+        {
+            NoParams(p, "storagenode_get_version");
+            return new JsonObject
+            {
+                ["version"] = $"StorageNode {ThisAssembly.FirmwareRevision}",
+                ["node"] = node.Config.Name,
+                ["runtime"] = System.Runtime.InteropServices.RuntimeInformation.FrameworkDescription,
+                ["uptime_s"] = (long)(DateTime.UtcNow - node.Target.StartedUtc).TotalSeconds,
+            };
+        };
+        m["framework_get_reactors"] = p => { NoParams(p, "framework_get_reactors"); return Reactors(node); };
+        m["bdev_get_bdevs"] = p =>
+        {
+            Allow(p, "name");
+            string? name = OptionalString(p, "name");
+            if (name != null && node.Bdevs.All(b => b.Name != name)) throw new RpcException(RpcException.NoSuchDevice, $"bdev '{name}' not found");
+            var a = new JsonArray();
+            foreach (Bdev b in node.Bdevs)
+                if (name == null || b.Name == name) a.Add(BdevJson(b, node));
+            return a;
+        };
+        m["nvmf_get_subsystems"] = p =>
+        {
+            Allow(p, "nqn");
+            string? nqn = OptionalString(p, "nqn");
+            var a = new JsonArray();
+            if (nqn != null) a.Add(SubsystemJson(node, FindSubsystem(node, nqn)));
+            else foreach (Subsystem s in node.Target.Subsystems) a.Add(SubsystemJson(node, s));
+            return a;
+        };
+        m["nvmf_subsystem_get_controllers"] = p =>
+        {
+            Allow(p, "nqn");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            var a = new JsonArray();
+            foreach (Controller c in s.Controllers)
+            {
+                if (c.IsInterconnect) continue;
+                a.Add(new JsonObject
+                {
+                    ["cntlid"] = c.Cntlid,
+                    ["hostnqn"] = c.HostNqn,
+                    ["hostid"] = c.HostId.ToString(),
+                    ["num_io_qpairs"] = c.IoQueues.Count,
+                    ["kato_ms"] = c.KatoMs,
+                    ["listen_address"] = AddressJson(c.AdminQueue.Listener),
+                    ["peer_address"] = c.AdminQueue.PeerAddress,
+                });
+            }
+            return a;
+        };
+        m["nvmf_subsystem_get_listeners"] = p =>
+        {
+            Allow(p, "nqn");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            var a = new JsonArray();
+            foreach (ListenerInfo l in node.Target.Listeners)
+            {
+                if (l.Role == ListenerRole.Interconnect) continue;
+                var states = new JsonArray();
+                if (!s.IsDiscovery)
+                    foreach (uint g in s.AnaGroupIds)
+                        states.Add(new JsonObject { ["ana_group"] = g, ["ana_state"] = AnaName(s.GetAnaState(g, l.Role)) });
+                a.Add(new JsonObject
+                {
+                    ["address"] = AddressJson(l),
+                    ["role"] = l.Role.ToString().ToLowerInvariant(),
+                    ["ana_states"] = states,
+                });
+            }
+            return a;
+        };
+        m["nvmf_subsystem_set_ana_state"] = p =>
+        {
+            Allow(p, "nqn", "anagrpid", "ana_state");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            if (s.IsDiscovery) throw new RpcException(RpcException.InvalidParams, "the discovery subsystem has no ANA groups");
+            uint group = RequiredUInt(p, "anagrpid");
+            if (!s.AnaGroupIds.Contains(group)) throw new RpcException(RpcException.NoSuchDevice, $"ANA group {group} not found in {s.Nqn}");
+            string state = RequiredString(p, "ana_state");
+            AnaState? forced = state switch
+            {
+                "optimized" => AnaState.Optimized,
+                "non_optimized" => AnaState.NonOptimized,
+                "inaccessible" => AnaState.Inaccessible,
+                "persistent_loss" => AnaState.PersistentLoss,
+                "change" => AnaState.Change,
+                "auto" => null,
+                _ => throw new RpcException(RpcException.InvalidParams,
+                    $"ana_state '{state}' is not one of optimized, non_optimized, inaccessible, persistent_loss, change, auto"),
+            };
+            s.SetAnaState(group, forced);
+            return JsonValue.Create(true);
+        };
+        m["cluster_get_status"] = p => { NoParams(p, "cluster_get_status"); return ClusterJson(node); };
+        return m;
+    }
+
+    // ------------------------------------------------------------------ shapes
+
+    private static JsonArray Reactors(Node node)
+    {
+        var a = new JsonArray();
+        foreach (Reactor r in node.Reactors)
+        {
+            a.Add(new JsonObject
+            {
+                ["id"] = r.Id,
+                ["name"] = r.Name,
+                ["poll_mode"] = r.Mode.ToString().ToLowerInvariant(),
+                ["iterations"] = Volatile.Read(ref r.Iterations),
+                ["sleeps"] = Volatile.Read(ref r.Sleeps),
+                ["pools_free"] = new JsonObject
+                {
+                    ["small"] = r.Pools.Small.Available,
+                    ["medium"] = r.Pools.Medium.Available,
+                    ["large"] = r.Pools.Large.Available,
+                },
+            });
+        }
+        return a;
+    }
+
+    private static JsonObject BdevJson(Bdev b, Node node)
+    {
+        var claims = new JsonArray();
+        foreach (Subsystem s in node.Target.Subsystems)
+            foreach (Namespace ns in s.Namespaces)
+                if (ns.Bdev == b) claims.Add($"{s.Nqn} nsid {ns.Nsid}");
+        return new JsonObject
+        {
+            ["name"] = b.Name,
+            ["product_name"] = b switch
+            {
+                MallocBdev => "Malloc disk",
+                FileBdev => "File disk",
+                NullBdev => "Null disk",
+                PartnerBdev => "Partner (relayed)",
+                _ => b.GetType().Name,
+            },
+            ["block_size"] = b.BlockSize,
+            ["num_blocks"] = b.BlockCount,
+            ["claimed"] = claims.Count > 0,
+            ["claimed_by"] = claims,
+        };
+    }
+
+    private static JsonObject AddressJson(ListenerInfo l) => new()
+    {
+        ["trtype"] = l.Transport == "rdma" ? "RDMA" : "TCP",
+        ["adrfam"] = l.AdrFam == Discovery.AdrFamIpv6 ? "IPv6" : "IPv4",
+        ["traddr"] = l.Address,
+        ["trsvcid"] = l.Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+    };
+
+    private static JsonObject SubsystemJson(Node node, Subsystem s)
+    {
+        var listen = new JsonArray();
+        foreach (ListenerInfo l in node.Target.Listeners)
+            if (l.Role != ListenerRole.Interconnect) listen.Add(AddressJson(l));
+        var hosts = new JsonArray();
+        foreach (string h in s.AllowedHosts.Order(StringComparer.Ordinal)) hosts.Add(new JsonObject { ["nqn"] = h });
+        var o = new JsonObject
+        {
+            ["nqn"] = s.Nqn,
+            ["subtype"] = s.IsDiscovery ? "Discovery" : "NVMe",
+            ["listen_addresses"] = listen,
+            ["allow_any_host"] = s.AllowAnyHost,
+            ["hosts"] = hosts,
+        };
+        if (s.IsDiscovery) return o;
+        o["serial_number"] = s.SerialNumber;
+        o["model_number"] = s.ModelNumber;
+        o["max_namespaces"] = s.MaxNamespaces;
+        o["min_cntlid"] = s.MinCntlid;
+        o["max_cntlid"] = s.MaxCntlid;
+        o["ana_reporting"] = true;
+        var nss = new JsonArray();
+        foreach (Namespace ns in s.Namespaces)
+        {
+            nss.Add(new JsonObject
+            {
+                ["nsid"] = ns.Nsid,
+                ["bdev_name"] = ns.Bdev.Name,
+                ["name"] = ns.Bdev.Name,
+                ["nguid"] = Convert.ToHexString(ns.Nguid),
+                ["uuid"] = ns.Uuid.ToString(),
+                ["anagrpid"] = ns.AnaGroupId,
+                ["relayed"] = ns.IsRelayed,
+            });
+        }
+        o["namespaces"] = nss;
+        return o;
+    }
+
+    private static JsonObject ClusterJson(Node node)
+    {
+        ClusterManager? c = node.Cluster;
+        if (c == null) return new JsonObject { ["clustered"] = false };
+        var links = new JsonArray();
+        foreach (ClusterManager.SubsystemLink l in c.Links)
+        {
+            InterconnectCounters k = l.Counters;
+            links.Add(new JsonObject
+            {
+                ["nqn"] = l.Subsystem.Nqn,
+                ["up"] = l.IsUp,
+                ["transport"] = l.Transport,
+                ["connects"] = l.ConnectCount,
+                ["rdma_fallback_reason"] = l.RdmaFallbackReason,
+                ["partner_access"] = l.Subsystem.PartnerAccess.ToString().ToLowerInvariant(),
+                ["relayed"] = k.Relayed,
+                ["queued_relays"] = l.QueuedRelays,
+                ["zero_copy_bytes"] = k.ZeroCopyBytes,
+                ["in_capsule_bytes"] = k.InCapsuleBytes,
+                ["bounce_copies"] = k.BounceCopies,
+                ["temporary_registrations"] = k.TemporaryRegistrations,
+                ["send_doorbells"] = k.Doorbells,
+            });
+        }
+        ClusterConfig cfg = c.Config;
+        return new JsonObject
+        {
+            ["clustered"] = true,
+            ["cluster"] = cfg.Name,
+            ["node"] = cfg.LocalNode,
+            ["partner"] = cfg.Partner,
+            ["partner_status"] = c.Status switch
+            {
+                PartnerStatus.Healthy => "healthy",
+                PartnerStatus.InterconnectDown => "interconnect_down",
+                PartnerStatus.PartnerDown => "partner_down",
+                PartnerStatus.Refused => "refused",
+                _ => "unknown",
+            },
+            ["refused_reason"] = c.RefusedReason,
+            ["interconnect"] = cfg.Interconnect.ToString(),
+            ["partner_interconnect"] = cfg.PartnerInterconnect.ToString(),
+            ["interconnect_transport"] = cfg.InterconnectTransport.ToString().ToLowerInvariant(),
+            ["links"] = links,
+        };
+    }
+
+    private static string AnaName(AnaState s) => s switch
+    {
+        AnaState.Optimized => "optimized",
+        AnaState.NonOptimized => "non_optimized",
+        AnaState.Inaccessible => "inaccessible",
+        AnaState.PersistentLoss => "persistent_loss",
+        AnaState.Change => "change",
+        _ => $"0x{(byte)s:x2}",
+    };
+
+    // ------------------------------------------------------------------ parameters
+
+    private static Subsystem FindSubsystem(Node node, string nqn)
+        => node.Target.FindSubsystem(nqn) ?? throw new RpcException(RpcException.NoSuchDevice, $"subsystem '{nqn}' not found");
+
+    private static void NoParams(JsonObject? p, string method)
+    {
+        if (p is { Count: > 0 }) throw new RpcException(RpcException.InvalidParams, $"{method} takes no parameters (got '{p.First().Key}')");
+    }
+
+    private static void Allow(JsonObject? p, params string[] names)
+    {
+        if (p == null) return;
+        foreach (var kv in p)
+            if (Array.IndexOf(names, kv.Key) < 0)
+                throw new RpcException(RpcException.InvalidParams, $"unknown parameter '{kv.Key}' (this method takes: {string.Join(", ", names)})");
+    }
+
+    private static string? OptionalString(JsonObject? p, string name)
+    {
+        if (p == null || !p.TryGetPropertyValue(name, out JsonNode? v) || v == null) return null;
+        if (v is JsonValue j && j.GetValueKind() == JsonValueKind.String) return j.GetValue<string>();
+        throw new RpcException(RpcException.InvalidParams, $"{name} must be a string");
+    }
+
+    private static string RequiredString(JsonObject? p, string name)
+        => OptionalString(p, name) ?? throw new RpcException(RpcException.InvalidParams, $"{name} is required");
+
+    private static uint RequiredUInt(JsonObject? p, string name)
+    {
+        if (p == null || !p.TryGetPropertyValue(name, out JsonNode? v) || v == null)
+            throw new RpcException(RpcException.InvalidParams, $"{name} is required");
+        if (v is JsonValue j && j.GetValueKind() == JsonValueKind.Number && j.TryGetValue(out long n) && n is >= 0 and <= uint.MaxValue)
+            return (uint)n;
+        throw new RpcException(RpcException.InvalidParams, $"{name} must be a non-negative integer");
+    }
+}
