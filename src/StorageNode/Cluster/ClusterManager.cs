@@ -52,9 +52,8 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
     private long _inboundEpoch;
     private PartnerStatus _status = PartnerStatus.Unknown;
 
-    // Partner clock estimate (10 µs units): partner = local + offset, within +/- uncertainty.
-    private long _clockOffset;
-    private long _clockUncertainty = long.MaxValue;
+    /// <summary>This node's clock as the partner sees it, and the estimate of the partner's.</summary>
+    public StorageNode.Pair.PairClock Clock { get; }
 
     public ClusterConfig Config => _cfg;
     public PartnerStatus Status => _status;
@@ -82,6 +81,7 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
     public ClusterManager(ClusterConfig cfg, NvmfTarget target, IReadOnlyDictionary<Subsystem, IReadOnlyDictionary<uint, string>> groupOwners)
     {
         _cfg = cfg;
+        Clock = new StorageNode.Pair.PairClock(cfg.ClockOffset);
         _target = target;
         _log = target.LoggerFactory.CreateLogger("cluster");
         _owners = groupOwners.ToDictionary(kv => kv.Key.Nqn, kv => kv.Value.ToDictionary(x => x.Key, x => x.Value));
@@ -210,41 +210,20 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
 
     // ------------------------------------------------------------------ partner clock
 
-    internal void ClockSample(long sent10us, long partner10us, long received10us)
-    {
-        long rtt = received10us - sent10us;
-        long offset = partner10us - (sent10us + received10us) / 2;
-        // Keep the sample with the smallest uncertainty, letting old ones age so drift is followed.
-        long aged = Interlocked.Read(ref _clockUncertainty);
-        if (aged != long.MaxValue) aged += 1;
-        if (rtt / 2 + 1 <= aged)
-        {
-            Interlocked.Exchange(ref _clockOffset, offset);
-            Interlocked.Exchange(ref _clockUncertainty, rtt / 2 + 1);
-        }
-        else
-        {
-            Interlocked.Exchange(ref _clockUncertainty, aged);
-        }
-    }
-
     /// <summary>Local deadline for a partner-clock code; earlier by the estimate's uncertainty (refuse rather than risk).</summary>
     public long LocalDeadline(uint partnerCode)
     {
-        long unc = Interlocked.Read(ref _clockUncertainty);
-        if (unc == long.MaxValue) return 0;
+        if (!Clock.HasPartnerEstimate) return 0;
+        (long offset, long unc) = Clock.PartnerEstimate;
         long now = Stopwatch.GetTimestamp();
-        long now10 = InterconnectOpcode.Clock10Us(now);
-        uint partnerNow = (uint)(now10 + Interlocked.Read(ref _clockOffset));
+        uint partnerNow = (uint)(Clock.Wire(now) + offset);
         long remaining10 = (int)(partnerCode - partnerNow) - unc;
         return now + (long)(remaining10 * (Stopwatch.Frequency / 100_000.0));
     }
 
-    internal uint PartnerCode(long localDeadline)
-    {
-        long offset = Interlocked.Read(ref _clockOffset);
-        return (uint)(InterconnectOpcode.Clock10Us(localDeadline) + offset);
-    }
+    internal uint PartnerCode(long localDeadline) => (uint)(Clock.Wire(localDeadline) + Clock.PartnerEstimate.Offset);
+
+    public long WireNow => Clock.WireNow;
 
     // ------------------------------------------------------------------ proxy-side registrations
 
@@ -402,12 +381,12 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
         {
             SubmissionQueueEntry sqe = default;
             sqe.Opcode = InterconnectOpcode.Heartbeat;
-            long t0 = InterconnectOpcode.Clock10Us(Stopwatch.GetTimestamp());
+            long t0 = _m.Clock.WireNow;
             CompletionQueueEntry cqe;
             lock (_adminLock) cqe = _host!.AdminCommand(sqe, default, DataDirection.None);
-            long t1 = InterconnectOpcode.Clock10Us(Stopwatch.GetTimestamp());
+            long t1 = _m.Clock.WireNow;
             NvmeHost.Check("interconnect heartbeat", cqe);
-            _m.ClockSample(t0, cqe.Dw0 | ((long)cqe.Dw1 << 32), t1);
+            _m.Clock.Sample(t0, cqe.Dw0 | ((long)cqe.Dw1 << 32), t1);
         }
 
         /// <summary>"rdma" or "tcp" while up; null while down.</summary>

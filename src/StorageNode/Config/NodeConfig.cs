@@ -70,6 +70,8 @@ public sealed record ClusterConfig
     public InterconnectTransport InterconnectTransport { get; init; } = InterconnectTransport.Auto;
     /// <summary>NVMe/RDMA interconnect: the QPs' local ACK timeout exponent, both directions (0: rdma_cm's default).</summary>
     public int RdmaAckTimeout { get; init; }
+    /// <summary>Added to the clock this node shows its partner (<c>Cluster:ClockOffsetSeconds</c>; tests: two machines' clocks on one).</summary>
+    public TimeSpan ClockOffset { get; init; }
 }
 
 public sealed record SubsystemConfig(
@@ -99,7 +101,7 @@ public sealed record NodeConfig
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
     private static readonly string[] ControlKeys = ["RpcSocket"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
-        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout"];
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
@@ -224,6 +226,7 @@ public sealed record NodeConfig
             ReconnectInterval = TimeSpan.FromMilliseconds(Int(c, "ReconnectIntervalMs", 500, 50, 60_000)),
             InterconnectTransport = transport,
             RdmaAckTimeout = ackTimeout,
+            ClockOffset = TimeSpan.FromSeconds(Int(c, "ClockOffsetSeconds", 0, -30 * 86400, 30 * 86400)),
         };
     }
 

@@ -35,9 +35,6 @@ public static class InterconnectOpcode
 
     public static (string HostNqn, Guid HostId) ReadHostIdentity(ReadOnlySpan<byte> data)
         => (SpecText.ReadNulTerminated(data[..256]), new Guid(data.Slice(256, 16), bigEndian: true));
-
-    /// <summary>A clock reading in 10 µs units (what heartbeats and relay deadlines carry).</summary>
-    public static long Clock10Us(long stopwatchTicks) => (long)(stopwatchTicks * (100_000.0 / System.Diagnostics.Stopwatch.Frequency));
 }
 
 /// <summary>What the target needs from the cluster manager to serve the partner's interconnect association.</summary>
@@ -53,6 +50,9 @@ public interface IInterconnectHandler
     void OnPartnerAssociationEnded(Controller association);
 
     byte[] Descriptor(Subsystem subsystem);
+
+    /// <summary>This node's clock as the partner sees it (10 µs units), for heartbeat answers.</summary>
+    long WireNow { get; }
 
     /// <summary>This node as the proxy: drop the host's orphaned relays, return how many it relayed on the current association.</summary>
     Task<long> DrainForPartnerAsync(Subsystem subsystem, string hostNqn, Guid hostId);
@@ -98,7 +98,7 @@ internal static unsafe class InterconnectCommands
             case InterconnectOpcode.Heartbeat:
             {
                 ctrl.TouchKeepAlive();
-                long now = InterconnectOpcode.Clock10Us(System.Diagnostics.Stopwatch.GetTimestamp());
+                long now = ic.WireNow;
                 req.Cqe.Dw0 = (uint)now;
                 req.Cqe.Dw1 = (uint)(now >> 32);
                 req.Complete();

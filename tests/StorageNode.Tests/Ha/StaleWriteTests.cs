@@ -125,12 +125,15 @@ public class StaleWriteTests
         Assert.Contains(pair.LogsA.Lines, l => l.Contains("commands now run through"));
     }
 
-    [Fact]
-    public void OldCopyPastItsDeadlineNeverStarts()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(3 * 3600)]  // B's clock hours ahead of A's, as on two machines
+    [InlineData(-3 * 3600)] // and hours behind
+    public void OldCopyPastItsDeadlineNeverStarts(int clockOffsetB)
     {
         using var pair = new TestPair(
             overridesA: new() { ["Cluster:HeartbeatTimeoutMs"] = "20000", ["Cluster:RelayTimeoutMs"] = "800" },
-            overridesB: new() { ["Cluster:HeartbeatTimeoutMs"] = "20000", ["Cluster:RelayTimeoutMs"] = "800" });
+            overridesB: new() { ["Cluster:HeartbeatTimeoutMs"] = "20000", ["Cluster:RelayTimeoutMs"] = "800", ["Cluster:ClockOffsetSeconds"] = clockOffsetB.ToString() });
         pair.WaitHealthy();
         using var toB = new TcpForwarder(pair.EndpointB);
         Guid hostId = Guid.NewGuid();
