@@ -89,7 +89,6 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
         target.Interconnect = this;
         target.Gate.Fence = this;
         target.RelayHosts.Clock = this;
-        target.RelayHosts.FallbackRelayTimeout = cfg.RelayTimeout;
         target.ControllerCreated += c => Enqueue(() => RegisterWithPartner(c));
         _udp = new Socket(cfg.Heartbeat.AddressFamily, SocketType.Dgram, ProtocolType.Udp) { ReceiveTimeout = 200 };
         _thread = new Thread(Run) { IsBackground = true, Name = $"cluster {cfg.LocalNode}" };
@@ -210,18 +209,12 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
 
     // ------------------------------------------------------------------ partner clock
 
-    /// <summary>Local deadline for a partner-clock code; earlier by the estimate's uncertainty (refuse rather than risk).</summary>
-    public long LocalDeadline(uint partnerCode)
-    {
-        if (!Clock.HasPartnerEstimate) return 0;
-        (long offset, long unc) = Clock.PartnerEstimate;
-        long now = Stopwatch.GetTimestamp();
-        uint partnerNow = (uint)(Clock.Wire(now) + offset);
-        long remaining10 = (int)(partnerCode - partnerNow) - unc;
-        return now + (long)(remaining10 * (Stopwatch.Frequency / 100_000.0));
-    }
-
-    internal uint PartnerCode(long localDeadline) => (uint)(Clock.Wire(localDeadline) + Clock.PartnerEstimate.Offset);
+    /// <summary>
+    /// On the owner: a relay deadline the partner wrote on this node's own clock (CDW3), as a local Stopwatch
+    /// timestamp. No clock conversion happens here: the proxy made the only one (<see cref="PairClock.TryToPartner"/>).
+    /// </summary>
+    public long LocalDeadline(uint ownerClockDeadline)
+        => Clock.OwnDeadlineTicks(new StorageNode.Pair.OwnerDeadline(ownerClockDeadline), Stopwatch.GetTimestamp());
 
     public long WireNow => Clock.WireNow;
 
@@ -327,7 +320,7 @@ public sealed class ClusterManager : IInterconnectHandler, IRelayFence, IPartner
 
         public override NvmeStatus UnavailableStatus => NvmeStatus.Path(PathStatus.AnaInaccessible);
         public override long RelayTimeoutTicks => (long)(_m._cfg.RelayTimeout.TotalSeconds * Stopwatch.Frequency);
-        public override uint PartnerDeadlineCode(long localDeadline) => _m.PartnerCode(localDeadline);
+        public override bool TryPartnerDeadline(long localDeadline, out StorageNode.Pair.OwnerDeadline deadline) => _m.Clock.TryToPartner(localDeadline, out deadline);
 
         public override void RequestOpen(RelayRegistration reg) => Task.Run(() =>
         {

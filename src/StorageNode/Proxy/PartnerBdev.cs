@@ -74,8 +74,8 @@ public abstract class RelayLink
     /// <summary>How long a relayed command may live, in Stopwatch ticks.</summary>
     public abstract long RelayTimeoutTicks { get; }
 
-    /// <summary>Encodes a local deadline as the partner's clock reading (10 µs units, modulo 2^32).</summary>
-    public abstract uint PartnerDeadlineCode(long localDeadline);
+    /// <summary>A local deadline on the partner's clock (the one conversion; false while the partner's clock is unknown).</summary>
+    public abstract bool TryPartnerDeadline(long localDeadline, out StorageNode.Pair.OwnerDeadline deadline);
 
     /// <summary>Announces the host's relay to the owner; sets the registration Active (and wakes the queues) once acknowledged.</summary>
     public abstract void RequestOpen(RelayRegistration reg);
@@ -236,10 +236,11 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             return false;
         }
         if (_freeCount == 0) return false;
+        if (!_link.TryPartnerDeadline(req.RelayDeadline, out StorageNode.Pair.OwnerDeadline deadline)) return false;
         int token = _free[--_freeCount];
         SubmissionQueueEntry sqe = req.Sqe;
         sqe.Cdw2 = reg.Handle;
-        sqe.Cdw3 = _link.PartnerDeadlineCode(req.RelayDeadline);
+        sqe.Cdw3 = deadline.Units10Us;
         if (!_q.TrySubmit(sqe, req.Data, req.Length, req.Direction, this, token))
         {
             _free[_freeCount++] = token;

@@ -14,11 +14,11 @@ public sealed class RelayBinding(uint handle, HostState host, Controller associa
     public long Received;
 }
 
-/// <summary>Converts relay deadlines between this node's clock and the partner's.</summary>
+/// <summary>Reads relay deadlines, which the partner wrote on this node's clock.</summary>
 public interface IPartnerClock
 {
-    /// <summary>A deadline the partner encoded in its clock, as a local Stopwatch timestamp (0: unknown).</summary>
-    long LocalDeadline(uint partnerCode);
+    /// <summary>A deadline on this node's own clock (CDW3 of a relayed command) as a local Stopwatch timestamp.</summary>
+    long LocalDeadline(uint ownerClockDeadline);
 }
 
 /// <summary>Handles the partner registered for the hosts whose commands it relays here.</summary>
@@ -28,9 +28,6 @@ public sealed class RelayHostRegistry
     private int _next;
 
     public IPartnerClock? Clock { get; set; }
-
-    /// <summary>Fallback relay lifetime when the partner's clock is not known yet.</summary>
-    public TimeSpan FallbackRelayTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
     public RelayBinding Register(Controller association, HostState host)
     {
@@ -50,9 +47,6 @@ public sealed class RelayHostRegistry
             if (kv.Value.Association == association) _bindings.TryRemove(kv.Key, out _);
     }
 
-    public long LocalDeadline(uint partnerCode)
-    {
-        long d = Clock?.LocalDeadline(partnerCode) ?? 0;
-        return d != 0 ? d : Stopwatch.GetTimestamp() + (long)(FallbackRelayTimeout.TotalSeconds * Stopwatch.Frequency);
-    }
+    /// <summary>A relayed command's deadline (0: no cluster, no deadline).</summary>
+    public long LocalDeadline(uint ownerClockDeadline) => Clock?.LocalDeadline(ownerClockDeadline) ?? 0;
 }
