@@ -61,6 +61,10 @@ public sealed unsafe class NvmeHost : IDisposable
     private readonly object _adminLock = new();
     private readonly IHostQueue _admin;
     private readonly SyncWaiter _adminWaiter = new();
+    private readonly Dictionary<long, AdminWaiter> _adminWaiting = [];
+    private readonly AdminCompletions _adminCompletions;
+    private long _lastAdminToken = 1;
+    private volatile string? _adminTimedOut;
     private readonly Timer? _keepAlive;
     private readonly List<IoQueue> _ioQueues = [];
     private readonly ConcurrentQueue<uint> _events = new();
@@ -98,6 +102,7 @@ public sealed unsafe class NvmeHost : IDisposable
         Options = options;
         _admin = admin;
         _aerCallback = new AerCallback(this);
+        _adminCompletions = new AdminCompletions(this);
         if (options.SendKeepAlive && options.KatoMs > 0)
         {
             int period = (int)Math.Max(100, options.KatoMs / 3);
@@ -215,13 +220,79 @@ public sealed unsafe class NvmeHost : IDisposable
         if (!st.IsSuccess) throw new NvmeCommandException(what, st, cqe.Dw0);
     }
 
-    /// <summary>Runs one admin command synchronously. Thread-safe. Does not throw on an error status.</summary>
-    public CompletionQueueEntry AdminCommand(in SubmissionQueueEntry sqe, Span<byte> data, DataDirection direction)
+    /// <summary>
+    /// Runs one admin command synchronously and returns its completion (does not throw on an error status).
+    /// Thread-safe: several threads may have commands outstanding at once, each matched to its own answer by a token
+    /// of its own. A command that gets no answer within <paramref name="timeout"/> (default
+    /// <see cref="NvmeHostOptions.CommandTimeout"/>) ends the association — the admin queue is closed, every other
+    /// outstanding command fails with a transport error — so a late answer can never be taken for another command's.
+    /// </summary>
+    public CompletionQueueEntry AdminCommand(in SubmissionQueueEntry sqe, Span<byte> data, DataDirection direction, TimeSpan? timeout = null)
     {
-        lock (_adminLock)
+        var w = new AdminWaiter();
+        TimeSpan limit = timeout ?? Options.CommandTimeout;
+        fixed (byte* p = data)
         {
-            fixed (byte* p = data)
-                return _adminWaiter.Execute(_admin, sqe, p, (uint)data.Length, direction, Options.CommandTimeout);
+            long token;
+            lock (_adminLock)
+            {
+                if (_disposed || _admin.IsBroken)
+                    throw new NvmeTransportException($"admin queue closed{(_admin.Error != null ? $": {_admin.Error}" : "")}");
+                token = ++_lastAdminToken;
+                _adminWaiting[token] = w;
+                if (!_admin.TrySubmit(sqe, p, (uint)data.Length, direction, _adminCompletions, token))
+                {
+                    _adminWaiting.Remove(token);
+                    throw new InvalidOperationException("admin queue full");
+                }
+            }
+            long deadline = Stopwatch.GetTimestamp() + (long)(limit.TotalSeconds * Stopwatch.Frequency);
+            int idle = 0;
+            while (!w.Done)
+            {
+                int n = 0;
+                lock (_adminLock)
+                {
+                    if (w.Done) break;
+                    if (_admin.IsBroken)
+                    {
+                        _adminWaiting.Remove(token);
+                        throw new NvmeTransportException($"admin queue failed: {_admin.Error}");
+                    }
+                    n = _admin.Poll();
+                    if (!w.Done && n == 0 && Stopwatch.GetTimestamp() > deadline)
+                    {
+                        _adminWaiting.Remove(token);
+                        // The command may still be answered later: end the association so the answer cannot land on
+                        // another command, and so nothing pointing at this caller's buffer stays in flight.
+                        _adminTimedOut = $"admin command opcode {sqe.Opcode:X2} got no answer within {limit.TotalSeconds:0.###} s";
+                        _admin.Dispose();
+                        throw new TimeoutException($"command opcode {sqe.Opcode:X2} timed out after {limit.TotalSeconds:0.###} s; association closed");
+                    }
+                }
+                if (!w.Done && n == 0 && ++idle > 64) _admin.WaitReadable(1);
+            }
+            return w.Cqe;
+        }
+    }
+
+    /// <summary>Why the admin queue was closed by a timeout (null if it was not).</summary>
+    public string? TimeoutReason => _adminTimedOut;
+
+    private sealed class AdminWaiter
+    {
+        public volatile bool Done;
+        public CompletionQueueEntry Cqe;
+    }
+
+    /// <summary>Routes admin completions to their waiters by token (called under the admin lock, from Poll).</summary>
+    private sealed class AdminCompletions(NvmeHost host) : IHostCompletion
+    {
+        public void OnHostComplete(long token, in CompletionQueueEntry cqe)
+        {
+            if (!host._adminWaiting.Remove(token, out AdminWaiter? w)) return; // its caller gave up: the queue is closing
+            w.Cqe = cqe;
+            w.Done = true;
         }
     }
 
@@ -465,15 +536,20 @@ public sealed record NamespaceInfo(uint Nsid, ulong BlockCount, uint BlockSize, 
 
 public sealed record DiscoveryEntry(byte TrType, byte AdrFam, byte SubType, ushort PortId, ushort Cntlid, string TrSvcId, string SubNqn, string TrAddr);
 
-/// <summary>Synchronous execution on a host queue: submit, then poll until the completion arrives.</summary>
+/// <summary>
+/// Synchronous execution on a host queue used by one thread: submit, then poll until the completion arrives. Each
+/// command has a token of its own; a command that times out closes the queue, so its late answer cannot be taken
+/// for a later command's.
+/// </summary>
 internal sealed unsafe class SyncWaiter : IHostCompletion
 {
     private bool _done;
+    private long _token = 1;
     private CompletionQueueEntry _cqe;
 
     public void OnHostComplete(long token, in CompletionQueueEntry cqe)
     {
-        if (token != 1) return;
+        if (token != _token) return;
         _cqe = cqe;
         _done = true;
     }
@@ -481,14 +557,19 @@ internal sealed unsafe class SyncWaiter : IHostCompletion
     public CompletionQueueEntry Execute(IHostQueue q, in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection dir, TimeSpan timeout)
     {
         _done = false;
-        if (!q.TrySubmit(sqe, data, length, dir, this, 1)) throw new InvalidOperationException("queue full");
+        long token = ++_token;
+        if (!q.TrySubmit(sqe, data, length, dir, this, token)) throw new InvalidOperationException("queue full");
         long deadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
         int idle = 0;
         while (!_done)
         {
             if (q.Poll() == 0 && !_done)
             {
-                if (Stopwatch.GetTimestamp() > deadline) throw new TimeoutException($"command opcode {sqe.Opcode:X2} timed out after {timeout.TotalSeconds:0.#} s");
+                if (Stopwatch.GetTimestamp() > deadline)
+                {
+                    q.Dispose();
+                    throw new TimeoutException($"command opcode {sqe.Opcode:X2} timed out after {timeout.TotalSeconds:0.###} s; queue closed");
+                }
                 if (++idle > 64) q.WaitReadable(1);
             }
         }

@@ -316,7 +316,7 @@ public sealed unsafe class TcpHostQueue : IHostQueue
     /// <summary>Blocks up to <paramref name="timeoutMs"/> until the socket is readable (for idle waits).</summary>
     public void WaitReadable(int timeoutMs)
     {
-        if (_rpos < _rend) return;
+        if (_disposed || _rpos < _rend) return;
         Libc.PollFd p = new() { Fd = _fd, Events = Libc.POLLIN };
         Libc.Poll(&p, 1, timeoutMs);
     }
@@ -655,8 +655,12 @@ public sealed unsafe class TcpHostQueue : IHostQueue
         _sendHead = _sendTail;
     }
 
+    private bool _disposed;
+
     public void Dispose()
     {
+        if (_disposed) return;
+        _disposed = true;
         if (_fd >= 0)
         {
             Libc.Close(_fd);
