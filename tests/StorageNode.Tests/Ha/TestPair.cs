@@ -17,6 +17,8 @@ namespace StorageNode.Tests.Ha;
 public sealed class TestPair : IDisposable
 {
     public const string Nqn = "nqn.2026-11.io.storagenode:pair-test";
+    /// <summary>The second subsystem (with <c>subsystems: 2</c>): the same layout, its own bdev.</summary>
+    public const string Nqn2 = "nqn.2026-11.io.storagenode:pair-test-2";
 
     public Node A { get; private set; }
     public Node B { get; private set; }
@@ -27,13 +29,13 @@ public sealed class TestPair : IDisposable
     private readonly ILoggerFactory _lfA, _lfB;
     private readonly Dictionary<string, string?> _cfgA, _cfgB;
 
-    public TestPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int reactors = 1, bool start = true)
+    public TestPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int reactors = 1, bool start = true, int subsystems = 1)
     {
         int icA = FreeTcpPort(), icB = FreeTcpPort(), hbA = FreeUdpPort(), hbB = FreeUdpPort();
         InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
         InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
-        _cfgA = Settings("A", "B", icA, InterconnectAtoB.Endpoint.Port, hbA, hbB, reactors, ownerOf: 1, cntlMin: 1);
-        _cfgB = Settings("B", "A", icB, InterconnectBtoA.Endpoint.Port, hbB, hbA, reactors, ownerOf: 2, cntlMin: 1000);
+        _cfgA = Settings("A", "B", icA, InterconnectAtoB.Endpoint.Port, hbA, hbB, reactors, ownerOf: 1, cntlMin: 1, subsystems);
+        _cfgB = Settings("B", "A", icB, InterconnectBtoA.Endpoint.Port, hbB, hbA, reactors, ownerOf: 2, cntlMin: 1000, subsystems);
         foreach (var kv in overridesA ?? []) _cfgA[kv.Key] = kv.Value;
         foreach (var kv in overridesB ?? []) _cfgB[kv.Key] = kv.Value;
         _lfA = LoggerFactory.Create(b => b.AddProvider(LogsA));
@@ -47,10 +49,11 @@ public sealed class TestPair : IDisposable
         }
     }
 
-    private static Dictionary<string, string?> Settings(string me, string partner, int ic, int partnerIc, int hb, int partnerHb, int reactors, uint ownerOf, int cntlMin)
+    private static Dictionary<string, string?> Settings(string me, string partner, int ic, int partnerIc, int hb, int partnerHb, int reactors, uint ownerOf, int cntlMin,
+        int subsystems)
     {
         uint other = ownerOf == 1 ? 2u : 1u;
-        return new Dictionary<string, string?>
+        var d = new Dictionary<string, string?>
         {
             ["Node:Name"] = me,
             ["Node:Reactors"] = reactors.ToString(),
@@ -87,6 +90,20 @@ public sealed class TestPair : IDisposable
             [$"Subsystems:0:Namespaces:{other - 1}:AnaGroup"] = other.ToString(),
             [$"Subsystems:0:Namespaces:{other - 1}:SizeMiB"] = "32",
         };
+        if (subsystems > 1)
+        {
+            // A second subsystem with the same layout on a bdev of its own.
+            d["Bdevs:1:Name"] = "Local2";
+            d["Bdevs:1:Type"] = "malloc";
+            d["Bdevs:1:SizeMiB"] = "32";
+            foreach (var kv in d.Where(kv => kv.Key.StartsWith("Subsystems:0:", StringComparison.Ordinal)).ToList())
+                d["Subsystems:1:" + kv.Key["Subsystems:0:".Length..]] = kv.Value;
+            d["Subsystems:1:Nqn"] = Nqn2;
+            d[$"Subsystems:1:Namespaces:{ownerOf - 1}:Bdev"] = "Local2";
+            d["Subsystems:1:ControllerIdMin"] = (cntlMin + 500).ToString();
+            d["Subsystems:1:ControllerIdMax"] = (cntlMin + 999).ToString();
+        }
+        return d;
     }
 
     public IPEndPoint EndpointA => A.TcpEndpoints[0];
@@ -123,8 +140,8 @@ public sealed class TestPair : IDisposable
         }
     }
 
-    public NvmeHost Connect(IPEndPoint ep, Guid hostId, NvmeHostOptions? options = null)
-        => NvmeHost.Connect(ep, Nqn, (options ?? new NvmeHostOptions()) with { HostId = hostId });
+    public NvmeHost Connect(IPEndPoint ep, Guid hostId, NvmeHostOptions? options = null, string nqn = Nqn)
+        => NvmeHost.Connect(ep, nqn, (options ?? new NvmeHostOptions()) with { HostId = hostId });
 
     /// <summary>Stops node B (as if it died) and builds a fresh one with the same configuration (not started).</summary>
     public void DisposeB() => B.Dispose();

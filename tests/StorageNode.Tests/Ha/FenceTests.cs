@@ -1,0 +1,173 @@
+using StorageNode.Nvme.Host;
+using static StorageNode.Tests.Ha.HostWrites;
+
+namespace StorageNode.Tests.Ha;
+
+/// <summary>
+/// The stale-write fence across the pair (docs/ha.md): a host writes through one path, abandons it while a copy may
+/// still be on its way, retries on the other and writes something newer; the old copy must never land afterwards.
+/// Each test names the defect of issue 12 it covers.
+/// </summary>
+public class FenceTests(ITestOutputHelper output)
+{
+    private static Dictionary<string, string?> Slow(string relayMs = "3000") => new()
+    {
+        ["Cluster:HeartbeatTimeoutMs"] = "10000", ["Cluster:RelayTimeoutMs"] = relayMs,
+    };
+
+    /// <summary>Defect 2: with two subsystems the owner must drain the relays of the subsystem the host switched in.</summary>
+    [Fact]
+    public void TheDrainWaitsForTheRelaysOfTheRightSubsystem()
+    {
+        using var pair = new TestPair(Slow(), Slow(), subsystems: 2);
+        pair.WaitHealthy();
+        using var toB = new TcpForwarder(pair.EndpointB);
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost a1 = pair.Connect(pair.EndpointA, hostId, nqn: TestPair.Nqn);
+        using NvmeHost a2 = pair.Connect(pair.EndpointA, hostId, nqn: TestPair.Nqn2);
+        using NvmeHost b2 = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { SendKeepAlive = false }, nqn: TestPair.Nqn2);
+        IoQueue a = a2.IoQueues[0], b = b2.IoQueues[0];
+        Assert.True(Write(a1.IoQueues[0], 0x01).IsSuccess); // the host is active on subsystem 1 too
+        Assert.True(Write(b, 0x20).IsSuccess);               // relay open on subsystem 2
+        pair.InterconnectBtoA.PauseUpstream = true;          // B's next relay sits on the interconnect
+        Pending old = Submit(b, 0x21);
+        PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(300));
+        Assert.False(old.Done);
+        toB.Cut();
+        PollUntil(b, () => old.Done, TimeSpan.FromSeconds(5));
+
+        Pending retry = Submit(a, 0x21);
+        PollUntil(a, () => retry.Done, TimeSpan.FromMilliseconds(700));
+        bool early = retry.Done;
+        pair.InterconnectBtoA.PauseUpstream = false;
+        PollUntil(a, () => retry.Done, TimeSpan.FromSeconds(10));
+        Assert.True(retry.Succeeded);
+        Assert.True(Write(a, 0x22).IsSuccess);
+        Thread.Sleep(300);
+        byte tag = ReadTag(a);
+        Assert.False(early, "the retry completed while the old copy was still on the interconnect");
+        Assert.Equal(0x22, tag);
+    }
+
+    /// <summary>Defect 4: a relay held on the proxy while the host's connection still looks alive (a half-open path).</summary>
+    [Fact]
+    public void ARelayHeldOnTheProxyWhileTheHostLooksAliveNeverLandsAfterTheRetry()
+    {
+        using var pair = new TestPair(Slow(), Slow());
+        pair.WaitHealthy();
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, hostId);
+        IoQueue a = viaA.IoQueues[0], b = viaB.IoQueues[0];
+        Assert.True(Write(b, 0x40).IsSuccess);
+        pair.B.Cluster!.Links[0].StallSends = true;         // the next relay waits on B
+        Pending old = Submit(b, 0x41);
+        PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(300));
+        Assert.False(old.Done);
+        // The host gives up on B without closing anything (B still sees a live connection) and retries on A.
+        Assert.True(Write(a, 0x41).IsSuccess);
+        Assert.True(Write(a, 0x42).IsSuccess);
+        pair.B.Cluster!.Links[0].StallSends = false;
+        PollUntil(b, () => old.Done, TimeSpan.FromSeconds(10));
+        Thread.Sleep(300);
+        output.WriteLine($"old copy completed: {old.Done} {old.Cqe.StatusField}");
+        Assert.Equal(0x42, ReadTag(a));
+    }
+
+    /// <summary>Defect 4: a command that waited in the proxy's socket while its reactor was stalled.</summary>
+    [Fact]
+    public void ACommandStuckBehindAStalledProxyReactorNeverLandsAfterTheRetry()
+    {
+        using var pair = new TestPair(Slow("800"), Slow("800"));
+        pair.WaitHealthy();
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, hostId, new NvmeHostOptions { SendKeepAlive = false });
+        IoQueue a = viaA.IoQueues[0], b = viaB.IoQueues[0];
+        Assert.True(Write(b, 0x50).IsSuccess);
+        pair.B.Reactors[0].Post(() => Thread.Sleep(6000));  // B's reactor stops (a long GC pause, a stuck disk call)
+        Thread.Sleep(100);
+        Pending old = Submit(b, 0x51);                        // waits in B's socket
+        PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(300));
+        Assert.True(Write(a, 0x51).IsSuccess);               // the retry on the owner
+        Assert.True(Write(a, 0x52).IsSuccess);
+        PollUntil(b, () => old.Done, TimeSpan.FromSeconds(15));
+        Thread.Sleep(2000);
+        output.WriteLine($"old copy completed: {old.Done} {old.Cqe.StatusField}");
+        Assert.Equal(0x52, ReadTag(a));
+    }
+
+    /// <summary>Defect 6: a direct path with no keep-alive (KATO 0) is partitioned with a write on it.</summary>
+    [Fact]
+    public void AnOldWriteHeldOnAPartitionedDirectPathNeverLandsAfterANewerOne()
+    {
+        using var pair = new TestPair(Slow(), Slow());
+        pair.WaitHealthy();
+        using var toA = new TcpForwarder(pair.EndpointA);
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost viaA = pair.Connect(toA.Endpoint, hostId, new NvmeHostOptions { KatoMs = 0, SendKeepAlive = false });
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, hostId);
+        IoQueue a = viaA.IoQueues[0], b = viaB.IoQueues[0];
+        Assert.True(Write(a, 0x60).IsSuccess);
+        toA.PauseUpstream = true;                             // the path to A stops delivering, nothing is closed
+        Pending old = Submit(a, 0x61);
+        PollUntil(a, () => old.Done, TimeSpan.FromMilliseconds(300));
+        Assert.False(old.Done);
+        Assert.True(Write(b, 0x61).IsSuccess);               // the retry through B (relayed)
+        Assert.True(Write(b, 0x62).IsSuccess);
+        toA.PauseUpstream = false;                            // the partition heals: the old copy reaches A
+        PollUntil(a, () => old.Done, TimeSpan.FromSeconds(5));
+        Thread.Sleep(300);
+        output.WriteLine($"old copy completed: {old.Done} {old.Cqe.StatusField}");
+        Assert.Equal(0x62, ReadTag(b));
+    }
+
+    /// <summary>Defect 7: a stalled reactor on the proxy must not fence other hosts or take the link down.</summary>
+    [Fact]
+    public void OneStalledProxyReactorDoesNotFenceOtherHostsOrTakeTheLinkDown()
+    {
+        var fast = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = "1000" };
+        using var pair = new TestPair(fast, fast, reactors: 2);
+        pair.WaitHealthy();
+        Guid h1 = Guid.NewGuid(), h2 = Guid.NewGuid();
+        using NvmeHost h1a = pair.Connect(pair.EndpointA, h1);
+        using NvmeHost h1b = pair.Connect(pair.EndpointB, h1);
+        using NvmeHost h2b = pair.Connect(pair.EndpointB, h2);
+        Assert.True(Write(h1b.IoQueues[0], 0x70).IsSuccess);
+        Assert.True(Write(h2b.IoQueues[0], 0x70, lba: 4096).IsSuccess);
+        // Stall the B reactor that does not serve host 2's I/O queue.
+        int h2Reactor = pair.B.Target.FindSubsystem(TestPair.Nqn)!.Controllers.Single(c => c.HostId == h2).IoQueues[0].Reactor.Id;
+        long connects = pair.A.Cluster!.Links[0].ConnectCount + pair.B.Cluster!.Links[0].ConnectCount;
+        pair.B.Reactors[1 - h2Reactor].Post(() => Thread.Sleep(3000));
+        // Host 1 moves to the owner (a drain); host 2 keeps relaying through B meanwhile.
+        var h1Write = new Thread(() => Write(h1a.IoQueues[0], 0x71));
+        h1Write.Start();
+        int errors = 0;
+        for (int i = 0; i < 60; i++)
+        {
+            if (!Write(h2b.IoQueues[0], (byte)i, lba: 4096).IsSuccess) errors++;
+            Thread.Sleep(50);
+        }
+        Assert.True(h1Write.Join(TimeSpan.FromSeconds(20)));
+        Assert.Equal(0, errors);
+        Assert.Equal(connects, pair.A.Cluster!.Links[0].ConnectCount + pair.B.Cluster!.Links[0].ConnectCount);
+        Assert.DoesNotContain(pair.LogsA.Lines, l => l.Contains("partner unreachable"));
+    }
+
+    /// <summary>Defect 9: two paths of one host to the same owner are one path for the gate (no barrier per switch).</summary>
+    [Fact]
+    public void TwoPathsToTheSameOwnerNeedNoBarrier()
+    {
+        using var pair = new TestPair(new() { ["Listeners:1:Address"] = "127.0.0.1", ["Listeners:1:Port"] = "0" });
+        pair.WaitHealthy();
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost p1 = pair.Connect(pair.A.TcpEndpoints[0], hostId);
+        using NvmeHost p2 = pair.Connect(pair.A.TcpEndpoints[1], hostId);
+        for (int i = 0; i < 100; i++)
+        {
+            Assert.True(Write(p1.IoQueues[0], (byte)(2 * i)).IsSuccess);
+            Assert.True(Write(p2.IoQueues[0], (byte)(2 * i + 1)).IsSuccess);
+        }
+        Assert.DoesNotContain(pair.LogsA.Lines, l => l.Contains("commands now run through"));
+    }
+}
