@@ -142,7 +142,7 @@ public unsafe class PairEndToEndBenchmarks : IHostCompletion
         _a.Start();
         _b.Start();
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        while (!(_a.Cluster!.Status == StorageNode.Cluster.PartnerStatus.Healthy && _b.Cluster!.Status == StorageNode.Cluster.PartnerStatus.Healthy))
+        while (!(_a.Pair!.Status == StorageNode.Pair.PartnerStatus.Healthy && _b.Pair!.Status == StorageNode.Pair.PartnerStatus.Healthy))
         {
             if (sw.Elapsed > TimeSpan.FromSeconds(20)) throw new TimeoutException("the benchmark pair did not become healthy");
             Thread.Sleep(20);

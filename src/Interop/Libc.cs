@@ -122,6 +122,12 @@ public static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "getsockopt", SetLastError = true)]
     public static partial int GetSockOpt(int fd, int level, int name, void* value, uint* len);
 
+    /// <summary>ioctl with an int argument (FIONREAD: bytes waiting in a socket's receive queue).</summary>
+    [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int Ioctl(int fd, nuint request, int* value);
+
+    public const nuint FIONREAD = 0x541B;
+
     [LibraryImport(Lib, EntryPoint = "recv", SetLastError = true)]
     public static partial nint Recv(int fd, void* buf, nuint len, int flags);
 

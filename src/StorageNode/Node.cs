@@ -1,7 +1,7 @@
 using System.Net;
 using Microsoft.Extensions.Logging;
 using StorageNode.Bdevs;
-using StorageNode.Cluster;
+using StorageNode.Pair;
 using StorageNode.Config;
 using StorageNode.Interop;
 using StorageNode.Reactors;
@@ -28,8 +28,8 @@ public sealed class Node : IDisposable
     public TcpTransport Tcp { get; }
     /// <summary>The NVMe/RDMA transport (null unless a listener is configured with Transport "rdma").</summary>
     public RdmaTransport? Rdma { get; }
-    /// <summary>The HA pair's membership and interconnect (null on a standalone node).</summary>
-    public ClusterManager? Cluster { get; }
+    /// <summary>This node's part of an HA pair (null on a standalone node).</summary>
+    public PairNode? Pair { get; }
     public IReadOnlyList<Reactor> Reactors => _reactors;
     public IReadOnlyList<IPEndPoint> TcpEndpoints { get; private set; } = [];
     public IReadOnlyList<IPEndPoint> RdmaEndpoints { get; private set; } = [];
@@ -73,7 +73,7 @@ public sealed class Node : IDisposable
             }
             if (config.Cluster != null)
             {
-                Cluster = new ClusterManager(config.Cluster, Target, owners);
+                Pair = new PairNode(config.Cluster, Target, owners);
                 Target.CommandQuiesceTimeMs = (ushort)Math.Min(ushort.MaxValue, config.Cluster.RelayTimeout.TotalMilliseconds);
             }
             foreach ((Subsystem s, SubsystemConfig sc) in subsystems)
@@ -91,7 +91,7 @@ public sealed class Node : IDisposable
                     }
                     else
                     {
-                        bdev = new Proxy.PartnerBdev($"partner:{nc.Nsid}", nc.DeclaredBlockSize ?? 512, nc.DeclaredBlockCount ?? 0, Cluster!.LinkFor(s));
+                        bdev = new PartnerBdev($"partner:{nc.Nsid}", nc.DeclaredBlockSize ?? 512, nc.DeclaredBlockCount ?? 0, Pair!.LinkFor(s)!);
                     }
                     s.AddNamespace(new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup));
                 }
@@ -123,7 +123,7 @@ public sealed class Node : IDisposable
             var list = new List<Bdev>(_bdevs.Values);
             foreach (Subsystem s in Target.Subsystems)
                 foreach (Namespace ns in s.Namespaces)
-                    if (ns.IsRelayed && !list.Contains(ns.Bdev)) list.Add(ns.Bdev);
+                    if (ns.IsRemote && !list.Contains(ns.Bdev)) list.Add(ns.Bdev);
             return list;
         }
     }
@@ -160,7 +160,7 @@ public sealed class Node : IDisposable
         }
         TcpEndpoints = eps;
         RdmaEndpoints = rdmaEps;
-        if (Cluster != null)
+        if (Pair != null)
         {
             ClusterConfig cc = Config.Cluster!;
             // NVMe/TCP always listens: the fallback when this node or the partner has no RDMA.
@@ -170,7 +170,7 @@ public sealed class Node : IDisposable
                 try
                 {
                     InterconnectRdmaEndpoint = Rdma.Listen(cc.Interconnect, 0xFFFE, null, ListenerRole.Interconnect, cc.RdmaAckTimeout);
-                    Cluster.Rdma = Rdma;
+                    Pair.Rdma = Rdma;
                 }
                 catch (RdmaException e) when (cc.InterconnectTransport == InterconnectTransport.Auto)
                 {
@@ -181,7 +181,7 @@ public sealed class Node : IDisposable
             {
                 _log.LogInformation("interconnect over NVMe/TCP: {Reason}", noRdma ?? "RDMA transport not created");
             }
-            Cluster.Start();
+            Pair.Start();
         }
         _log.LogInformation("node {Name} up: {Reactors} reactor(s), poll mode {Mode}, {Subsystems} subsystem(s), pools {Pools} MiB per reactor",
             Config.Name, _reactors.Count, Config.PollMode.ToString().ToLowerInvariant(), Config.Subsystems.Count,
@@ -191,7 +191,7 @@ public sealed class Node : IDisposable
     public void Dispose()
     {
         Rpc?.Dispose();
-        Cluster?.Dispose();
+        Pair?.Dispose();
         Tcp?.Dispose();
         Rdma?.Dispose();
         Target?.Dispose();

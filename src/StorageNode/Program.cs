@@ -84,9 +84,9 @@ catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException
 
 using var stop = new ManualResetEventSlim();
 int exitCode = 0;
-if (node.Cluster != null)
+if (node.Pair != null)
 {
-    node.Cluster.Refused += reason =>
+    node.Pair.Refused += reason =>
     {
         Console.Error.WriteLine($"storagenode {config.Name}: invalid configuration: Cluster: partner {config.Cluster!.Partner} disagrees: {reason}");
         exitCode = 2;
@@ -106,7 +106,7 @@ using var sigusr1 = System.Runtime.InteropServices.PosixSignalRegistration.Creat
     foreach (var r in node.Reactors)
         Console.WriteLine(FormattableString.Invariant($"[{config.Name}] reactor {r.Name}: iterations={Volatile.Read(ref r.Iterations)} sleeps={Volatile.Read(ref r.Sleeps)}"));
     // The interconnect: which transport each link runs on and, over RDMA, how relayed data moved on this node.
-    foreach (var link in node.Cluster?.Links ?? [])
+    foreach (var link in node.Pair?.Links ?? [])
         Console.WriteLine($"[{config.Name}] interconnect {link.Subsystem.Nqn}: {link.Transport ?? "down"}; {link.Counters}");
 });
 

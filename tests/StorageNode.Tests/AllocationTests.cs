@@ -65,7 +65,7 @@ public class AllocationTests(ITestOutputHelper output)
         long a1 = AllocatedOn(pair.A.Reactors[0]), b1 = AllocatedOn(pair.B.Reactors[0]);
         output.WriteLine($"{ios} relayed I/Os: proxy reactor allocated {a1 - a0} B, owner reactor {b1 - b0} B");
         Assert.True(a1 - a0 <= ProbeAllowance && b1 - b0 <= ProbeAllowance, $"proxy {a1 - a0} B, owner {b1 - b0} B; sampled types: {ticks}");
-        Assert.True(pair.A.Cluster!.Links[0].Relayed >= ios);
+        Assert.True(pair.A.Pair!.Links[0].Relayed >= ios);
     }
 
     /// <summary>Samples allocation types (GCAllocationTick, every ~100 KB) to say what allocated when a test fails.</summary>

@@ -33,6 +33,12 @@ public abstract class Bdev : IDisposable
     /// <summary>Has a volatile cache that Flush makes durable.</summary>
     public virtual bool HasVolatileCache => false;
 
+    /// <summary>
+    /// The data lives elsewhere (the HA partner): the channels take whole NVMe commands
+    /// (<see cref="Target.ICommandChannel"/>) instead of block operations, and the bdev gives only the geometry.
+    /// </summary>
+    public virtual bool TakesWholeCommands => false;
+
     protected Bdev(string name, uint blockSize, ulong blockCount)
     {
         if (blockSize is not (512 or 1024 or 2048 or 4096 or 8192 or 16384 or 32768 or 65536))

@@ -1,10 +1,9 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using StorageNode.Bdevs;
-using StorageNode.Cluster;
+using StorageNode.Pair;
 using StorageNode.Config;
 using StorageNode.Nvme.Spec;
-using StorageNode.Proxy;
 using StorageNode.Reactors;
 using StorageNode.Target;
 
@@ -216,7 +215,7 @@ public static class NodeRpc
                 ["nguid"] = Convert.ToHexString(ns.Nguid),
                 ["uuid"] = ns.Uuid.ToString(),
                 ["anagrpid"] = ns.AnaGroupId,
-                ["relayed"] = ns.IsRelayed,
+                ["relayed"] = ns.IsRemote,
             });
         }
         o["namespaces"] = nss;
@@ -225,10 +224,10 @@ public static class NodeRpc
 
     private static JsonObject ClusterJson(Node node)
     {
-        ClusterManager? c = node.Cluster;
+        PairNode? c = node.Pair;
         if (c == null) return new JsonObject { ["clustered"] = false };
         var links = new JsonArray();
-        foreach (ClusterManager.SubsystemLink l in c.Links)
+        foreach (InterconnectLink l in c.Links)
         {
             InterconnectCounters k = l.Counters;
             links.Add(new JsonObject

@@ -21,7 +21,7 @@ internal static unsafe class AdminCommands
             AdminOpcode.Identify or AdminOpcode.GetLogPage or AdminOpcode.SetFeatures or AdminOpcode.GetFeatures
                 or AdminOpcode.AsyncEventRequest or AdminOpcode.KeepAlive => true,
             AdminOpcode.Abort => !discovery,
-            _ => ctrl.IsInterconnect && InterconnectCommands.IsInterconnectOpcode(op),
+            _ => ctrl.IsInterconnect && ctrl.Target.Interconnect?.IsVendorCommand(op) == true,
         };
         if (!known) return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
         // Everything but Fabrics commands needs an enabled controller.
@@ -45,8 +45,8 @@ internal static unsafe class AdminCommands
                 ctrl.TouchKeepAlive();
                 req.Complete();
                 break;
-            case >= 0xC0 when ctrl.IsInterconnect:
-                InterconnectCommands.Execute(req, ctrl);
+            case >= 0xC0 when ctrl.IsInterconnect && ctrl.Target.Interconnect != null:
+                ctrl.Target.Interconnect.Execute(req, ctrl);
                 break;
             case AdminOpcode.Abort:
                 // Commands run to completion as soon as they arrive; report "not aborted" (DW0 bit 0).

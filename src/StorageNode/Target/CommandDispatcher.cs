@@ -58,6 +58,12 @@ public static class CommandDispatcher
         return false;
     }
 
+    /// <summary>
+    /// Runs an I/O command the <see cref="IIoGate"/> held, once the gate releases it (on the command's reactor): it
+    /// runs if the gate now admits it, and completes without running if its connection closed meanwhile.
+    /// </summary>
+    public static void Resume(NvmfRequest req) => IoCommands.Resume(req);
+
     /// <summary>Runs a prepared command whose host data (if any) is in <see cref="NvmfRequest.Data"/>.</summary>
     public static void Execute(NvmfRequest req)
     {

@@ -35,12 +35,10 @@ public sealed class Controller
     /// <summary>True for the partner's proxy association on the interconnect listener.</summary>
     public bool IsInterconnect => Role == Config.ListenerRole.Interconnect;
 
-    /// <summary>Owner side: this association as one path of its host (docs/ha.md).</summary>
-    public GatePath GatePath { get; }
-    /// <summary>Owner side: the host's gate state (shared by all its associations on this node).</summary>
-    public HostState GateHost { get; }
-    /// <summary>Proxy side: this host's registration with the partner, once made (null while the link is down).</summary>
-    public volatile Proxy.RelayRegistration? PartnerRegistration;
+    /// <summary>What the HA pair keeps for this association (opaque to the target; null on a standalone node).</summary>
+    public object? PairState { get; set; }
+    /// <summary>Stopwatch timestamp of the admin Connect that created the association.</summary>
+    public long CreatedTicks { get; } = Stopwatch.GetTimestamp();
 
     public uint Cc { get; private set; }
     public uint Csts { get; private set; }
@@ -64,9 +62,6 @@ public sealed class Controller
         KatoMs = katoMs;
         IoQueuesAllowed = subsystem.IsDiscovery ? 0 : target.Options.MaxIoQueues;
         _ioQueues = new QueuePair?[target.Options.MaxIoQueues + 1];
-        GatePath = new GatePath(GatePath.NewId(), $"cntlid {cntlid} via port {adminQueue.Listener.Port}");
-        GateHost = target.Gate.Get(hostNqn, hostId);
-        target.Gate.RegisterPath(GatePath);
         TouchKeepAlive();
     }
 
@@ -188,12 +183,31 @@ public sealed class Controller
         }
     }
 
-    /// <summary>Ends the association: every queue pair is disconnected and the CNTLID is released.</summary>
+    private QueuePair[] _queuesAtDestroy = [];
+
+    /// <summary>
+    /// True once the association was destroyed and every queue pair it had is closed: nothing more can arrive on
+    /// it (commands already received may still be executing).
+    /// </summary>
+    public bool QueuesClosed
+    {
+        get
+        {
+            if (!_destroyed) return false;
+            foreach (QueuePair q in Volatile.Read(ref _queuesAtDestroy)) if (!q.IsClosed) return false;
+            return AdminQueue.IsClosed;
+        }
+    }
+
+    /// <summary>Ends the association: every queue pair is disconnected and the CNTLID is released. Any thread.</summary>
     public void Destroy(string reason)
     {
         lock (_lock)
         {
             if (_destroyed) return;
+            var queues = new List<QueuePair>();
+            foreach (QueuePair? q in _ioQueues) if (q != null) queues.Add(q);
+            Volatile.Write(ref _queuesAtDestroy, [.. queues]);
             _destroyed = true;
             _enabled = false;
             DisconnectIoQueues(reason);

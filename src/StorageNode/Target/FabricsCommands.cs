@@ -81,11 +81,17 @@ internal static unsafe class FabricsCommands
             return;
         }
         bool interconnect = qp.Listener.Role == Config.ListenerRole.Interconnect;
-        if (interconnect && (subsystem.IsDiscovery || target.Interconnect?.IsPartnerIdentity(hostNqn) != true))
+        if (interconnect)
         {
-            target.Log.LogWarning("interconnect connect from {Peer}: host '{Host}' is not this node's partner", qp.PeerAddress, hostNqn);
-            req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidHost));
-            return;
+            string? why = subsystem.IsDiscovery ? "no discovery on the interconnect"
+                : target.Interconnect == null ? "this node is not in a pair"
+                : target.Interconnect.RefusePartner(hostNqn, hostId, qp.PeerAddress);
+            if (why != null)
+            {
+                target.Log.LogWarning("interconnect connect from {Peer} refused: {Why}", qp.PeerAddress, why);
+                req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidHost));
+                return;
+            }
         }
         if (!interconnect && !subsystem.HostAllowed(hostNqn))
         {
@@ -122,8 +128,9 @@ internal static unsafe class FabricsCommands
             qp.Controller = ctrl;
             req.Cqe.Dw0 = ctrl.Cntlid;
             target.Log.LogInformation("{Peer}: admin queue connected: {Ctrl}, KATO {Kato} ms", qp.PeerAddress, ctrl, cmd.Kato);
-            req.Complete();
+            // Before the Connect completes: the pair's state for the association exists before any of its I/O can.
             target.OnControllerCreated(ctrl);
+            req.Complete();
             return;
         }
 

@@ -59,22 +59,11 @@ internal static unsafe class IoCommands
         }
         req.Namespace = ns;
         req.Channel = ns.Channels[req.Qpair.Reactor.Id];
-        if (ns.IsRelayed) return NvmeStatus.Success;
+        if (ns.IsRemote) return NvmeStatus.Success;
 
-        // The owner gates every command to its namespaces by host and path (docs/ha.md).
-        if (ctrl.IsInterconnect)
-        {
-            RelayBinding? binding = ctrl.Target.RelayHosts.Find(sqe.Cdw2);
-            if (binding == null || binding.Association != ctrl) return NvmeStatus.Generic(GenericStatus.InvalidField);
-            req.RelayDeadline = ctrl.Target.RelayHosts.LocalDeadline(sqe.Cdw3);
-            Interlocked.Increment(ref binding.Received);
-            HostGate.Count(req, binding.Host, binding.Host.Relay);
-        }
-        else
-        {
-            HostGate.Count(req, ctrl.GateHost, ctrl.GatePath);
-        }
-        return NvmeStatus.Success;
+        // In a pair the owner fences stale writes on its namespaces (docs/ha.md): the command counts from now on.
+        IIoGate? gate = ctrl.Target.IoGate;
+        return gate == null ? NvmeStatus.Success : gate.Count(req, ctrl);
     }
 
     /// <summary>
@@ -83,7 +72,7 @@ internal static unsafe class IoCommands
     /// </summary>
     public static bool TryZeroCopyRead(NvmfRequest req)
     {
-        if (req.Qpair.Qid == 0 || req.Sqe.Opcode != IoOpcode.Read || req.Channel == null || req.Namespace!.IsRelayed) return false;
+        if (req.Qpair.Qid == 0 || req.Sqe.Opcode != IoOpcode.Read || req.Channel == null || req.Namespace!.IsRemote) return false;
         byte* p = req.Channel.ZeroCopyRead(req.Sqe.Slba << req.Namespace.Bdev.BlockShift, req.Length);
         if (p == null) return false;
         req.Data = p;
@@ -93,16 +82,17 @@ internal static unsafe class IoCommands
 
     public static void Execute(NvmfRequest req)
     {
-        if (req.Namespace!.IsRelayed)
+        if (req.Namespace!.IsRemote)
         {
-            ((Proxy.IRelayChannel)req.Channel!).Relay(req);
+            ((ICommandChannel)req.Channel!).Submit(req);
             return;
         }
-        if (!req.Qpair.Target.Gate.Admit(req)) return; // held until the host's previous path drained
+        IIoGate? gate = req.Qpair.Target.IoGate;
+        if (gate != null && !gate.Admit(req)) return; // held until the host's previous path drained, or failed
         Run(req);
     }
 
-    /// <summary>A command the gate held is released (on its reactor).</summary>
+    /// <summary>A command the gate held is released (on its reactor): it runs if the gate now admits it.</summary>
     internal static void Resume(NvmfRequest req)
     {
         req.PendingOps = 0;
@@ -111,18 +101,11 @@ internal static unsafe class IoCommands
             req.Complete(); // releases the slot; nothing executes
             return;
         }
-        HostGate.Count(req, req.GateHost!, req.GatePathRef!);
-        if (req.Qpair.Target.Gate.Admit(req)) Run(req);
+        if (req.Qpair.Target.IoGate!.Admit(req)) Run(req);
     }
 
     private static void Run(NvmfRequest req)
     {
-        if (req.RelayDeadline != 0 && System.Diagnostics.Stopwatch.GetTimestamp() > req.RelayDeadline)
-        {
-            // A relayed command past its deadline never starts: the host may already have retried it.
-            req.Fail(NvmeStatus.Path(PathStatus.AnaTransition));
-            return;
-        }
         ref SubmissionQueueEntry sqe = ref req.Sqe;
         Namespace ns = req.Namespace!;
         BdevChannel ch = req.Channel!;

@@ -54,12 +54,10 @@ public sealed class NvmfTarget : IDisposable
     private ulong _discoveryGeneration = 1;
 
     public TargetOptions Options { get; }
-    /// <summary>Owner-side path gate against stale writes.</summary>
-    public HostGate Gate { get; }
-    /// <summary>The cluster's side of the interconnect (null on a standalone node).</summary>
+    /// <summary>The HA pair's fence against stale writes on the namespaces this node owns (null on a standalone node).</summary>
+    public IIoGate? IoGate { get; set; }
+    /// <summary>The pair's side of the interconnect listener (null on a standalone node).</summary>
     public IInterconnectHandler? Interconnect { get; set; }
-    /// <summary>Hosts the partner registered for relayed commands (interconnect side).</summary>
-    public RelayHostRegistry RelayHosts { get; } = new();
     public IReadOnlyList<Reactor> Reactors { get; }
     public ILogger Log { get; }
     public ILoggerFactory LoggerFactory { get; }
@@ -75,7 +73,6 @@ public sealed class NvmfTarget : IDisposable
         Reactors = reactors;
         LoggerFactory = loggerFactory;
         Log = loggerFactory.CreateLogger("target");
-        Gate = new HostGate(this);
         AddSubsystem(new Subsystem(WellKnownNqn.Discovery, SubsystemKind.Discovery, "", "StorageNode discovery", "",
             1, 0xFFEF, 0, allowAnyHost: true));
     }
@@ -148,23 +145,26 @@ public sealed class NvmfTarget : IDisposable
         }
     }
 
-    /// <summary>Raised (on a reactor thread; handlers must not block) when a host's admin queue connected.</summary>
+    /// <summary>
+    /// Raised (on a reactor thread, before the Connect completes; handlers must not block) when a host's admin queue
+    /// connected. Not raised for the partner's interconnect associations.
+    /// </summary>
     public event Action<Controller>? ControllerCreated;
+
+    /// <summary>Raised (any thread; handlers must not block) when a host's association ended.</summary>
+    public event Action<Controller>? ControllerDestroyed;
 
     internal void OnControllerCreated(Controller c)
     {
-        if (c.IsInterconnect) Interconnect?.OnPartnerAssociation(c);
+        if (c.IsInterconnect) Interconnect?.OnAssociationCreated(c);
         else ControllerCreated?.Invoke(c);
     }
 
     internal void OnControllerDestroyed(Controller c, string reason)
     {
         Log.LogInformation("{Ctrl}: controller destroyed ({Reason})", c, reason);
-        if (c.IsInterconnect)
-        {
-            RelayHosts.RemoveAssociation(c);
-            Interconnect?.OnPartnerAssociationEnded(c);
-        }
+        if (c.IsInterconnect) Interconnect?.OnAssociationEnded(c);
+        else ControllerDestroyed?.Invoke(c);
     }
 
     public void Dispose()

@@ -44,13 +44,14 @@ public unsafe class NvmfRequest : IBdevCompletion
     public BdevChannel? Channel;
     internal int PendingOps;
     internal int FirstError;
-    // Host gate bookkeeping (owner side): which path this command counts against, and whether it is relayed.
-    internal HostState? GateHost;
-    internal GatePath? GatePathRef;
-    internal bool GateCounted;
-    /// <summary>Relayed commands: Stopwatch timestamp after which the command must not start (0: none).</summary>
-    internal long RelayDeadline;
-    internal long StartTimestamp;
+    /// <summary>The I/O gate's state for this command (<see cref="IIoGate"/>; opaque to the target).</summary>
+    public GateTicket Gate;
+    /// <summary>
+    /// The capsule reached this node no earlier than this Stopwatch timestamp: the transport's conservative bound,
+    /// from the last time it saw its connection's input drained. Time a command spent in a socket buffer or behind a
+    /// stalled reactor counts from here.
+    /// </summary>
+    public long ArrivedAfter;
 
     public NvmfRequest(QueuePair qpair, ushort slot)
     {
@@ -77,10 +78,7 @@ public unsafe class NvmfRequest : IBdevCompletion
         Channel = null;
         PendingOps = 0;
         FirstError = 0;
-        GateHost = null;
-        GatePathRef = null;
-        GateCounted = false;
-        RelayDeadline = 0;
+        Gate = default;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
@@ -93,7 +91,7 @@ public unsafe class NvmfRequest : IBdevCompletion
     /// <summary>Hands the completed command back to its queue pair's transport.</summary>
     public void Complete()
     {
-        if (GateCounted) HostGate.Done(this);
+        if (Gate.Path != null) Qpair.Target.IoGate!.Done(this);
         if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
         Qpair.CompleteRequest(this);
     }
@@ -126,9 +124,6 @@ public abstract class QueuePair : ReactorSource
     public bool SqFlowControlDisabled { get; internal set; }
     public bool Connected => Controller != null;
     private ushort _sqHead;
-
-    /// <summary>Commands of this queue counted by the host gate (received, not yet completed).</summary>
-    internal int GateOutstanding;
 
     // SMART counters, summed per controller on demand.
     public long ReadCommands;

@@ -19,8 +19,11 @@ public sealed class Namespace
     public Guid Uuid { get; }
     public uint AnaGroupId { get; }
 
-    /// <summary>True when the partner owns this namespace and this node relays its I/O.</summary>
-    public bool IsRelayed => Bdev is Proxy.PartnerBdev;
+    /// <summary>
+    /// True when the data lives elsewhere (the partner owns the namespace): I/O goes to the channel as whole
+    /// commands (<see cref="ICommandChannel"/>).
+    /// </summary>
+    public bool IsRemote { get; }
 
     /// <summary>One channel per reactor, indexed by reactor id.</summary>
     internal BdevChannel[] Channels { get; private set; } = [];
@@ -33,6 +36,7 @@ public sealed class Namespace
         Nguid = nguid;
         Uuid = uuid;
         AnaGroupId = anaGroupId;
+        IsRemote = bdev.TakesWholeCommands;
     }
 
     internal void OpenChannels(IReadOnlyList<Reactor> reactors)
@@ -123,7 +127,7 @@ public sealed class Subsystem
             if (copy[ns.Nsid - 1] != null) throw new InvalidOperationException($"NSID {ns.Nsid} is already in use in {Nqn}");
             copy[ns.Nsid - 1] = ns;
             Volatile.Write(ref _namespaces, copy);
-            _groupIsLocal.TryAdd(ns.AnaGroupId, !ns.IsRelayed);
+            _groupIsLocal.TryAdd(ns.AnaGroupId, !ns.IsRemote);
         }
     }
 

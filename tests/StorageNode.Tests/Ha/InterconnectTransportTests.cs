@@ -103,7 +103,7 @@ public sealed class InterconnectTransportTests
         pair.WaitHealthy();
         Assert.Null(pair.A.InterconnectRdmaEndpoint);
         Assert.Null(pair.A.Rdma);
-        StorageNode.Cluster.ClusterManager.SubsystemLink link = pair.B.Cluster!.Links[0];
+        StorageNode.Pair.InterconnectLink link = pair.B.Pair!.Links[0];
         Assert.Equal("tcp", link.Transport);
         Assert.All(link.ProxyQueues, q => Assert.Equal("tcp", q.Queue.Transport));
         Assert.Contains(pair.LogsB.Lines, l => l.Contains("interconnect to A up over NVMe/TCP") &&
@@ -117,7 +117,7 @@ public sealed class InterconnectTransportTests
         byte[] back = new byte[4096];
         Assert.True(host.IoQueues[0].Read(1, 0, 8, back).IsSuccess);
         Assert.Equal(data, back);
-        StorageNode.Cluster.InterconnectCounters c = link.Counters;
+        StorageNode.Pair.InterconnectCounters c = link.Counters;
         Assert.True(c.Relayed >= 2, $"relayed {c.Relayed}");
         Assert.Equal(0, c.ZeroCopyBytes);
         Assert.Equal(0, c.BounceCopies);

@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
-using StorageNode.Cluster;
+using StorageNode.Pair;
 using StorageNode.Config;
 using StorageNode.Nvme.Host;
 
@@ -114,10 +114,10 @@ public sealed class TestPair : IDisposable
     {
         var sw = Stopwatch.StartNew();
         TimeSpan limit = timeout ?? TimeSpan.FromSeconds(15);
-        while (!(A.Cluster!.Status == PartnerStatus.Healthy && B.Cluster!.Status == PartnerStatus.Healthy))
+        while (!(A.Pair!.Status == PartnerStatus.Healthy && B.Pair!.Status == PartnerStatus.Healthy))
         {
             if (sw.Elapsed > limit)
-                throw new TimeoutException($"pair not healthy after {limit.TotalSeconds} s: A {A.Cluster!.Status}, B {B.Cluster!.Status}\n{Problems()}");
+                throw new TimeoutException($"pair not healthy after {limit.TotalSeconds} s: A {A.Pair!.Status}, B {B.Pair!.Status}\n{Problems()}");
             Thread.Sleep(20);
         }
     }

@@ -258,8 +258,8 @@ public class RigTests(ITestOutputHelper output)
             output.WriteLine($"owner path cut for {cutWindow.Elapsed.TotalSeconds:0.0} s: {killed} forwarder(s) killed in {cuts} round(s)");
         }, (GuestPort, portA), (GuestPortB, portB));
         Assert.True(killed > 0, "no forwarder of the owner path was found to kill");
-        output.WriteLine($"relayed through B: {pair.B.Cluster!.Links[0].Relayed} command(s)");
-        Assert.True(pair.B.Cluster!.Links[0].Relayed > 0, "nothing went through the proxy path");
+        output.WriteLine($"relayed through B: {pair.B.Pair!.Links[0].Relayed} command(s)");
+        Assert.True(pair.B.Pair!.Links[0].Relayed > 0, "nothing went through the proxy path");
         Assert.Equal(0, rc);
     }
 }

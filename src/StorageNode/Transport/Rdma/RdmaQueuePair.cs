@@ -237,6 +237,9 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         return Reap() + 1;
     }
 
+    // Capsules reaped now reached this node no earlier than this (the last time the CQ was seen empty).
+    private long _arrivedAfter = System.Diagnostics.Stopwatch.GetTimestamp();
+
     private int Reap()
     {
         int total = 0;
@@ -246,7 +249,12 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
             int n = _conn.Cq.Poll(wc);
             for (int i = 0; i < n && !_closed; i++) OnCompletion(ref wc[i]);
             total += n;
-            if (n < WcBatch) break;
+            if (n < WcBatch)
+            {
+                // The CQ was empty after this iteration began: what arrives later arrived after it.
+                _arrivedAfter = Reactor.Now;
+                break;
+            }
         }
         return total;
     }
@@ -317,7 +325,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         req.Kind = RdmaDataKind.None;
         req.Invalidate = false;
         req.RecvIndex = -1;
-        req.StartTimestamp = Reactor.Now;
+        req.ArrivedAfter = _arrivedAfter;
         req.State = RequestState.Executing;
         _sqHeadReport = AdvanceSqHead();
 
@@ -517,7 +525,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
 
     private void Release(RdmaRequest req)
     {
-        HostGate.Done(req);
+        if (req.Gate.Path != null) Target.IoGate!.Done(req);
         if (req.Data != null)
         {
             Reactor.Pools.Return(req.Data);

@@ -59,6 +59,8 @@ internal sealed unsafe class TcpQueuePair : QueuePair
     private readonly TargetOptions _opt;
     private readonly string _peer;
     private readonly long _createdTimestamp;
+    // When each received byte arrived at the earliest (relay deadlines count from there).
+    private ArrivalClock _arrival;
     private int _fd;
     private RecvState _state = RecvState.AwaitICReq;
     private bool _closed;
@@ -122,6 +124,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         _log = log;
         _opt = target.Options;
         _createdTimestamp = Stopwatch.GetTimestamp();
+        _arrival = new ArrivalClock(_createdTimestamp);
         _rcap = _opt.ReceiveBufferSize;
         _rbuf = (byte*)NativeMemory.AlignedAlloc((nuint)_rcap, 64);
         _digestStage = (byte*)NativeMemory.Alloc(8);
@@ -185,6 +188,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
             nint d = Libc.Recv(_fd, _payloadDest, _payloadRemaining, Libc.MSG_DONTWAIT);
             if (d > 0)
             {
+                _arrival.OnReceived(d, drained: d < _payloadRemaining, _fd, Reactor.Now);
                 if (_ddgst) _payloadCrc = Crc32C.Update(_payloadCrc, _payloadDest, (int)d);
                 _payloadDest += d;
                 _payloadRemaining -= (uint)d;
@@ -210,6 +214,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         nint n = Libc.Recv(_fd, _rbuf + _rend, (nuint)space, Libc.MSG_DONTWAIT);
         if (n > 0)
         {
+            _arrival.OnReceived(n, drained: n < space, _fd, Reactor.Now);
             _rend += (int)n;
             ProcessInput();
             return 1;
@@ -225,7 +230,12 @@ internal sealed unsafe class TcpQueuePair : QueuePair
             return 1;
         }
         int e = Libc.Errno;
-        if (e == Libc.EAGAIN || e == Libc.EINTR) return 0;
+        if (e == Libc.EAGAIN)
+        {
+            _arrival.OnEmpty(Reactor.Now);
+            return 0;
+        }
+        if (e == Libc.EINTR) return 0;
         Close($"receive failed: {Libc.StrError(e)}");
         return 1;
     }
@@ -463,7 +473,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         req.DataDigestError = false;
         req.FailAfterData = false;
         req.Data = null;
-        req.StartTimestamp = Reactor.Now;
+        req.ArrivedAfter = _arrival.ArrivedAfter(_arrival.Received - (_rend - ((byte*)pdu - _rbuf)));
         _sqHeadReport = AdvanceSqHead();
 
         SglDescriptor sgl = req.Sqe.Dptr;
@@ -875,7 +885,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
 
     private void Release(TcpRequest req)
     {
-        HostGate.Done(req);
+        if (req.Gate.Path != null) Target.IoGate!.Done(req);
         if (req.Data != null)
         {
             if (!req.DataBorrowed) Reactor.Pools.Return(req.Data);

@@ -2,7 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using StorageNode.Target;
 
-namespace StorageNode.Cluster;
+namespace StorageNode.Pair;
 
 /// <summary>
 /// What one node says about a subsystem it exports as part of the pair. The two nodes exchange these over the
@@ -22,6 +22,15 @@ public sealed record ClusterDescriptor
     public required uint MaxNamespaces { get; init; }
     public required List<NamespaceDescriptor> Namespaces { get; init; }
     public required List<GroupDescriptor> Groups { get; init; }
+    /// <summary>The interconnect protocol's version (<see cref="InterconnectOpcode.ProtocolVersion"/>): both nodes must speak the same.</summary>
+    public int Protocol { get; init; }
+    /// <summary>
+    /// <c>Cluster:RelayTimeoutMs</c>: both nodes must agree, because an owner that cannot reach its partner bounds what
+    /// may still arrive by the partner's relay deadlines.
+    /// </summary>
+    public int RelayTimeoutMs { get; init; }
+    /// <summary>The node's incarnation (random at each start): a new one means the partner restarted. Not compared.</summary>
+    public long Incarnation { get; init; }
 
     public sealed record NamespaceDescriptor(uint Nsid, string Nguid, string Uuid, uint BlockSize, ulong BlockCount, uint AnaGroup);
 
@@ -34,7 +43,8 @@ public sealed record ClusterDescriptor
     public static ClusterDescriptor FromJson(ReadOnlySpan<byte> utf8)
         => JsonSerializer.Deserialize<ClusterDescriptor>(utf8, Json) ?? throw new JsonException("empty cluster descriptor");
 
-    public static ClusterDescriptor For(Subsystem s, string cluster, string node, string partner, IReadOnlyDictionary<uint, string> groupOwners)
+    public static ClusterDescriptor For(Subsystem s, string cluster, string node, string partner, IReadOnlyDictionary<uint, string> groupOwners,
+        int relayTimeoutMs, long incarnation)
     {
         var namespaces = new List<NamespaceDescriptor>();
         foreach (Namespace ns in s.Namespaces)
@@ -55,13 +65,18 @@ public sealed record ClusterDescriptor
             MaxNamespaces = s.MaxNamespaces,
             Namespaces = namespaces,
             Groups = groups,
+            Protocol = InterconnectOpcode.ProtocolVersion,
+            RelayTimeoutMs = relayTimeoutMs,
+            Incarnation = incarnation,
         };
     }
 
     /// <summary>The first disagreement between this node's descriptor and the partner's, or null.</summary>
     public string? Disagreement(ClusterDescriptor partner)
     {
+        if (partner.Protocol != Protocol) return $"interconnect protocol {partner.Protocol} (here {Protocol}): both nodes must run the same release";
         if (partner.Cluster != Cluster) return $"cluster name '{partner.Cluster}' (here '{Cluster}')";
+        if (partner.RelayTimeoutMs != RelayTimeoutMs) return $"Cluster:RelayTimeoutMs {partner.RelayTimeoutMs} (here {RelayTimeoutMs})";
         if (partner.Node != Partner) return $"partner calls itself '{partner.Node}', expected '{Partner}'";
         if (partner.Partner != Node) return $"partner expects its partner to be '{partner.Partner}', this node is '{Node}'";
         if (partner.Nqn != Nqn) return $"subsystem NQN '{partner.Nqn}' (here '{Nqn}')";

@@ -1,0 +1,451 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using StorageNode.Config;
+using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
+using StorageNode.Reactors;
+using StorageNode.Target;
+using StorageNode.Transport.Rdma;
+
+namespace StorageNode.Pair;
+
+/// <summary>
+/// This node's association into the partner's interconnect listener for one subsystem: an admin queue for control
+/// (heartbeats, registrations, relay opens, drains; several commands may be outstanding) on the pair's control thread,
+/// and one I/O queue per reactor (the proxy's <see cref="ProxyQueue"/>s), over NVMe/RDMA or NVMe/TCP.
+/// </summary>
+public sealed class InterconnectLink
+{
+    private readonly PairNode _pair;
+    private readonly ILogger _log;
+    private volatile NvmeHost? _host;
+    private volatile ProxyQueue?[] _queues = [];
+    private long _nextConnect;
+    private string? _lastConnectError;
+    private volatile bool _stallSends;
+
+    public Subsystem Subsystem { get; }
+    public bool IsUp { get; private set; }
+    public long ConnectCount { get; private set; }
+    /// <summary>The proxy side of relay control for this subsystem.</summary>
+    public RelayControl Relays { get; }
+    /// <summary>"rdma" or "tcp" while up; null while down.</summary>
+    public string? Transport { get; private set; }
+    /// <summary>Why the last connect did not use RDMA (null when it did, or RDMA was not tried).</summary>
+    public string? RdmaFallbackReason { get; private set; }
+    /// <summary>Relayed commands submitted to the partner over this link (statistics).</summary>
+    public long Relayed;
+    /// <summary>Commands not relayed because they reached this node no later than the owner's last drain of their host.</summary>
+    public long DroppedBeforeFence;
+
+    internal InterconnectLink(PairNode pair, Subsystem subsystem, ILogger log)
+    {
+        _pair = pair;
+        _log = log;
+        Subsystem = subsystem;
+        Relays = new RelayControl(this, log);
+    }
+
+    /// <summary>The CNTLID the partner gave this node's association (0: none).</summary>
+    public ushort AssociationCntlid => _host?.Cntlid ?? 0;
+
+    /// <summary>Status for commands that cannot be relayed now (link down, or coming up).</summary>
+    public NvmeStatus UnavailableStatus => NvmeStatus.Path(PathStatus.AnaInaccessible);
+
+    /// <summary>How long a relayed command may live after it reached this node, in Stopwatch ticks.</summary>
+    public long RelayTimeoutTicks => (long)(_pair.Config.RelayTimeout.TotalSeconds * Stopwatch.Frequency);
+
+    internal PairClock Clock => _pair.Clock;
+    internal long Incarnation => _pair.Incarnation;
+
+    public ProxyQueue? QueueFor(int reactorId)
+    {
+        ProxyQueue?[] q = _queues;
+        return (uint)reactorId < (uint)q.Length ? q[reactorId] : null;
+    }
+
+    /// <summary>The installed proxy queues (a snapshot; for status and tests).</summary>
+    public IReadOnlyList<ProxyQueue> ProxyQueues => [.. _queues.OfType<ProxyQueue>()];
+
+    /// <summary>Test hook: while set, relayed commands queue up on this node instead of being sent.</summary>
+    public bool StallSends
+    {
+        get => _stallSends;
+        set
+        {
+            _stallSends = value;
+            if (!value) WakeQueues();
+        }
+    }
+
+    /// <summary>Commands waiting in the proxy queues' backlogs (approximate; for tests and status).</summary>
+    public int QueuedRelays
+    {
+        get
+        {
+            int n = 0;
+            foreach (ProxyQueue? q in _queues) if (q != null) n += q.Backlog;
+            return n;
+        }
+    }
+
+    /// <summary>Marks every proxy queue for a flush (something they wait for changed).</summary>
+    internal void WakeQueues()
+    {
+        foreach (ProxyQueue? q in _queues)
+        {
+            if (q == null) continue;
+            ProxyQueue pq = q;
+            pq.Reactor.Post(() => pq.Wake());
+        }
+    }
+
+    /// <summary>Counters of the NVMe/RDMA proxy queues (zeros over NVMe/TCP): how relayed data moved on this node.</summary>
+    public InterconnectCounters Counters
+    {
+        get
+        {
+            var c = new InterconnectCounters();
+            foreach (ProxyQueue? q in _queues)
+            {
+                if (q?.Queue is not RdmaHostQueue r) continue;
+                c.ZeroCopyBytes += r.ZeroCopyBytes;
+                c.InCapsuleBytes += r.InCapsuleBytes;
+                c.BounceCopies += r.BounceCopies;
+                c.TemporaryRegistrations += r.TemporaryRegistrations;
+                c.Doorbells += r.Doorbells;
+            }
+            c.Relayed = Relayed;
+            return c;
+        }
+    }
+
+    // ------------------------------------------------------------------ life (control thread)
+
+    internal void Tick(long now)
+    {
+        if (IsUp)
+        {
+            NvmeHost? host = _host;
+            if (host == null || host.AdminBroken) { Down($"interconnect admin queue failed{(host?.TimeoutReason is { } t ? $" ({t})" : "")}"); return; }
+            foreach (ProxyQueue? q in _queues)
+            {
+                if (q == null || q.IsClosed) { Down($"interconnect I/O queue closed ({q?.LastCloseReason ?? "missing"})"); return; }
+            }
+            try
+            {
+                Heartbeat(host);
+            }
+            catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
+            {
+                Down($"interconnect heartbeat failed: {e.Message}");
+            }
+            return;
+        }
+        if (now < _nextConnect) return;
+        // A silent partner (dead on both channels) is tried less often.
+        int factor = _pair.Status == PartnerStatus.PartnerDown ? 10 : 1;
+        _nextConnect = now + (long)(_pair.Config.ReconnectInterval.TotalSeconds * Stopwatch.Frequency * factor);
+        TryConnect();
+    }
+
+    private void Heartbeat(NvmeHost host)
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = InterconnectOpcode.Heartbeat;
+        long t0 = _pair.Clock.WireNow;
+        CompletionQueueEntry cqe = host.AdminCommand(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout);
+        long t1 = _pair.Clock.WireNow;
+        NvmeHost.Check("interconnect heartbeat", cqe);
+        _pair.Clock.Sample(t0, cqe.Dw0 | ((long)cqe.Dw1 << 32), t1);
+    }
+
+    private void TryConnect()
+    {
+        ClusterConfig cfg = _pair.Config;
+        RdmaTransport? rdma = _pair.Rdma;
+        if (rdma != null)
+        {
+            try
+            {
+                if (Connect(HostTransport.Rdma, rdma)) RdmaFallbackReason = null;
+                return;
+            }
+            catch (Exception e) when (IsConnectFailure(e) || e is StorageNode.Rdma.RdmaException or NvmeRdmaRejectedException)
+            {
+                if (cfg.InterconnectTransport == InterconnectTransport.Rdma)
+                {
+                    if (_lastConnectError != e.Message)
+                        _log.LogWarning("{Nqn}: cannot reach partner {Partner} at {Ep} over NVMe/RDMA: {Error}", Subsystem.Nqn, cfg.Partner, cfg.PartnerInterconnect, e.Message);
+                    _lastConnectError = e.Message;
+                    return;
+                }
+                RdmaFallbackReason = e.Message;
+            }
+        }
+        try
+        {
+            Connect(HostTransport.Tcp, null);
+        }
+        catch (Exception e) when (IsConnectFailure(e))
+        {
+            string why = RdmaFallbackReason != null ? $"{e.Message} (NVMe/RDMA: {RdmaFallbackReason})" : e.Message;
+            if (_lastConnectError != why)
+                _log.LogWarning("{Nqn}: cannot reach partner {Partner} at {Ep}: {Error}", Subsystem.Nqn, cfg.Partner, cfg.PartnerInterconnect, why);
+            _lastConnectError = why;
+        }
+    }
+
+    private static bool IsConnectFailure(Exception e) => e is NvmeTransportException or TimeoutException or NvmeCommandException or SocketException
+        or InvalidOperationException or System.Text.Json.JsonException;
+
+    /// <summary>Connects the association over one transport; false when the partner's configuration disagrees. Throws on failure.</summary>
+    private bool Connect(HostTransport transport, RdmaTransport? rdma)
+    {
+        ClusterConfig cfg = _pair.Config;
+        IReadOnlyList<Reactor> reactors = _pair.Target.Reactors;
+        NvmeHost? host = null;
+        try
+        {
+            host = NvmeHost.Connect(cfg.PartnerInterconnect, Subsystem.Nqn, new NvmeHostOptions
+            {
+                Transport = transport,
+                RdmaProtectionDomainFor = rdma == null ? null : rdma.InterconnectPd,
+                RdmaReactorQueues = true,
+                RdmaAckTimeout = cfg.RdmaAckTimeout,
+                HostNqn = PairNode.IdentityNqn(cfg.Name, cfg.LocalNode),
+                HostId = PairNode.IdentityId(cfg.Name, cfg.LocalNode),
+                IoQueues = reactors.Count,
+                IoQueueDepth = _pair.Target.Options.MaxQueueDepth,
+                KatoMs = (uint)Math.Max(1000, cfg.HeartbeatTimeout.TotalMilliseconds * 4),
+                SendKeepAlive = true,
+                CommandTimeout = cfg.HeartbeatTimeout,
+                ConnectTimeout = cfg.HeartbeatTimeout,
+                InCapsuleDataSize = _pair.Target.Options.InCapsuleDataSize,
+            });
+            if (host.IoQueues.Count != reactors.Count)
+                throw new InvalidOperationException($"partner granted {host.IoQueues.Count} interconnect I/O queues, {reactors.Count} needed");
+
+            // Both nodes must present one subsystem image.
+            ClusterDescriptor mine = _pair.DescriptorFor(Subsystem);
+            var buf = new byte[65536];
+            SubmissionQueueEntry sqe = default;
+            sqe.Opcode = InterconnectOpcode.GetDescriptor;
+            sqe.Cdw10 = (uint)(buf.Length / 4 - 1) << 16;
+            CompletionQueueEntry cqe = host.AdminCommand(sqe, buf, DataDirection.ControllerToHost);
+            NvmeHost.Check("interconnect descriptor", cqe);
+            ClusterDescriptor theirs = ClusterDescriptor.FromJson(buf.AsSpan(0, (int)Math.Min(cqe.Dw0, (uint)buf.Length)));
+            string? problem = mine.Disagreement(theirs);
+            if (problem != null)
+            {
+                host.Dispose();
+                host = null;
+                _pair.Refuse(problem);
+                return false;
+            }
+            _pair.Membership.NoteIncarnation(theirs.Incarnation);
+
+            _host = host;
+            Heartbeat(host);
+            string zeroCopy = InstallQueues(host.DetachIoQueues(), rdma);
+            Relays.RegisterAll(host.Cntlid);
+            IsUp = true;
+            ConnectCount++;
+            _lastConnectError = null;
+            Transport = transport == HostTransport.Rdma ? "rdma" : "tcp";
+            if (transport == HostTransport.Rdma)
+                _log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/RDMA ({Queues} proxy queue(s); {ZeroCopy}; {Timeouts})", Subsystem.Nqn, cfg.Partner,
+                    reactors.Count, zeroCopy, DescribeTimeouts());
+            else
+                _log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/TCP ({Queues} proxy queue(s); {Why})", Subsystem.Nqn, cfg.Partner, reactors.Count,
+                    RdmaFallbackReason != null ? $"NVMe/RDMA failed: {RdmaFallbackReason}" : cfg.InterconnectTransport == InterconnectTransport.Tcp ? "configured" : "no RDMA on this node");
+            Subsystem.SetPartnerAccess(PartnerAccess.Available);
+            return true;
+        }
+        catch
+        {
+            _host = null;
+            foreach (ProxyQueue? q in _queues) q?.Reactor.Post(() => q.Close("connect failed"));
+            _queues = [];
+            host?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The first RDMA proxy queue's QP timeouts as the device reports them (for the log).</summary>
+    private string DescribeTimeouts()
+    {
+        foreach (ProxyQueue? pq in _queues)
+        {
+            if (pq?.Queue is RdmaHostQueue rq) return RdmaTransport.DescribeTimeouts(rq.Connection);
+        }
+        return "no RDMA proxy queue";
+    }
+
+    /// <summary>Hands one queue to each reactor; returns how relayed data will move (for the log).</summary>
+    private string InstallQueues(IReadOnlyList<IoQueue> queues, RdmaTransport? rdma)
+    {
+        IReadOnlyList<Reactor> reactors = _pair.Target.Reactors;
+        string how = "zero copy beyond the sockets";
+        for (int i = 0; i < queues.Count && i < reactors.Count; i++)
+        {
+            if (queues[i].Rdma is not RdmaHostQueue rq) continue;
+            IReadOnlyList<StorageNode.Rdma.MemoryRegion>? regions = rdma?.InterconnectRegions(rq.Connection.DeviceContext, reactors[i]);
+            if (regions == null)
+            {
+                how = "NOT zero copy: no interconnect PD on the device (no RDMA interconnect listener there); data is copied or registered per command";
+                continue;
+            }
+            foreach (StorageNode.Rdma.MemoryRegion r in regions) rq.AddRegion(r);
+            how = "zero copy: the reactors' pools are registered, the partner reads and writes them directly";
+        }
+        var installed = new ProxyQueue?[reactors.Count];
+        using var done = new CountdownEvent(reactors.Count);
+        for (int i = 0; i < reactors.Count; i++)
+        {
+            int idx = i;
+            Reactor r = reactors[i];
+            r.Post(() =>
+            {
+                try
+                {
+                    var pq = new ProxyQueue(queues[idx].Transport, r, this);
+                    pq.Attach();
+                    installed[idx] = pq;
+                }
+                finally
+                {
+                    done.Signal();
+                }
+            });
+        }
+        if (!done.Wait(TimeSpan.FromSeconds(10))) throw new InvalidOperationException("reactors did not take the proxy queues");
+        _queues = installed;
+        return how;
+    }
+
+    /// <summary>Takes the link down: proxy queues close (their commands fail with the ANA path status). Control thread.</summary>
+    internal void Down(string reason)
+    {
+        bool wasUp = IsUp;
+        IsUp = false;
+        if (wasUp && Transport == "rdma")
+            _log.LogInformation("{Nqn}: RDMA interconnect counters: {Counters}", Subsystem.Nqn, Counters);
+        Transport = null;
+        NvmeHost? host = _host;
+        _host = null;
+        ProxyQueue?[] queues = _queues;
+        _queues = [];
+        foreach (ProxyQueue? q in queues)
+        {
+            if (q == null) continue;
+            ProxyQueue pq = q;
+            pq.Reactor.Post(() => pq.Close(reason));
+        }
+        host?.Dispose();
+        Relays.Clear();
+        Subsystem.SetPartnerAccess(PartnerAccess.Unavailable);
+        if (wasUp) _log.LogWarning("{Nqn}: interconnect to {Partner} down: {Reason}", Subsystem.Nqn, _pair.Config.Partner, reason);
+    }
+
+    // ------------------------------------------------------------------ relay control over the admin queue
+
+    private CompletionQueueEntry Admin(SubmissionQueueEntry sqe, Span<byte> data, DataDirection direction, TimeSpan timeout)
+    {
+        NvmeHost host = _host ?? throw new NvmeTransportException("interconnect down");
+        return host.AdminCommand(sqe, data, direction, timeout);
+    }
+
+    /// <summary>Registers a host with the partner; its handle, or null when that failed (logged). Control thread.</summary>
+    internal uint? Register(HostRelay h)
+    {
+        var data = new byte[HostIdentity.Length];
+        HostIdentity.Write(data, h.HostNqn, h.HostId);
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = InterconnectOpcode.RegisterHost;
+        try
+        {
+            CompletionQueueEntry cqe = Admin(sqe, data, DataDirection.HostToController, _pair.Config.HeartbeatTimeout);
+            NvmeHost.Check("register host", cqe);
+            return cqe.Dw0;
+        }
+        catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
+        {
+            _log.LogWarning("{Nqn}: registering {Host} with the partner failed: {Error}", Subsystem.Nqn, h, e.Message);
+            return null;
+        }
+    }
+
+    internal void Unregister(ProxyRegistration reg)
+    {
+        _pair.Enqueue(() =>
+        {
+            if (_host == null || _host.Cntlid != reg.AssociationCntlid) return; // the association (and the handle) is gone anyway
+            SubmissionQueueEntry sqe = default;
+            sqe.Opcode = InterconnectOpcode.UnregisterHost;
+            sqe.Cdw10 = reg.Handle;
+            try { Admin(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout); }
+            catch (Exception e) when (e is NvmeTransportException or TimeoutException or InvalidOperationException)
+            {
+                _log.LogInformation("{Nqn}: unregistering {Host}: {Error}", Subsystem.Nqn, reg.Host, e.Message);
+            }
+        });
+    }
+
+    /// <summary>Asks the owner to open a host's relay (blocks up to the owner's drain limit; not on a reactor).</summary>
+    internal CompletionQueueEntry RelayOpen(uint handle, long fenceId)
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = InterconnectOpcode.RelayOpen;
+        sqe.Cdw10 = handle;
+        sqe.Cdw11 = (uint)fenceId;
+        sqe.Cdw12 = (uint)(fenceId >> 32);
+        sqe.Cdw13 = (uint)_pair.Incarnation;
+        sqe.Cdw14 = (uint)(_pair.Incarnation >> 32);
+        return Admin(sqe, default, DataDirection.None, _pair.Gate.DrainLimit + _pair.Config.HeartbeatTimeout);
+    }
+
+    /// <summary>
+    /// As the owner: asks the partner to close a host's relay and say what it relayed. Null when the partner cannot be
+    /// asked or did not answer within the relay timeout (the admin queue then closes: its answer cannot arrive late).
+    /// </summary>
+    internal Task<DrainAnswer?> QueryDrainAsync(HostKey key, long drainId) => Task.Run(() =>
+    {
+        var data = new byte[DrainAnswer.Size];
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = InterconnectOpcode.RelayDrain;
+        key.WriteTo(ref sqe);
+        sqe.Cdw14 = (uint)drainId;
+        sqe.Cdw15 = (uint)(drainId >> 32);
+        try
+        {
+            CompletionQueueEntry cqe = Admin(sqe, data, DataDirection.ControllerToHost, _pair.Config.RelayTimeout);
+            NvmeHost.Check("relay drain", cqe);
+            return (DrainAnswer?)System.Runtime.InteropServices.MemoryMarshal.Read<DrainAnswer>(data);
+        }
+        catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
+        {
+            _log.LogWarning("{Nqn}: relay drain for host {Key} failed: {Error}", Subsystem.Nqn, key, e.Message);
+            return null;
+        }
+    });
+}
+
+/// <summary>How relayed data moved through a node's NVMe/RDMA proxy queues (sums over the reactors).</summary>
+public sealed record InterconnectCounters
+{
+    public long Relayed { get; set; }
+    /// <summary>Bytes the partner read or wrote in place in this node's registered pools.</summary>
+    public long ZeroCopyBytes { get; set; }
+    /// <summary>Bytes of small writes sent in-capsule.</summary>
+    public long InCapsuleBytes { get; set; }
+    /// <summary>Commands whose data had to be copied on this node (not in a registered pool).</summary>
+    public long BounceCopies { get; set; }
+    /// <summary>Commands whose data had to be registered for that command.</summary>
+    public long TemporaryRegistrations { get; set; }
+    public long Doorbells { get; set; }
+
+    public override string ToString() =>
+        $"relayed {Relayed}, zero-copy {ZeroCopyBytes} B, in-capsule {InCapsuleBytes} B, copied {BounceCopies}, registered per command {TemporaryRegistrations}, send doorbells {Doorbells}";
+}

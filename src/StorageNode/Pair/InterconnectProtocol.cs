@@ -1,0 +1,138 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using System.Text;
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Pair;
+
+/// <summary>
+/// The vendor-specific admin commands of the interconnect (accepted only on interconnect associations). As for every
+/// NVMe opcode, the low two bits give the data direction: 01 host to controller, 10 controller to host, 00 none.
+/// </summary>
+public static class InterconnectOpcode
+{
+    /// <summary>The version both nodes must speak (compared in the cluster descriptors).</summary>
+    public const int ProtocolVersion = 2;
+
+    /// <summary>Register a host for relayed commands. Data: <see cref="HostIdentity"/>. DW0: its handle (the same one again for a host already registered on this association).</summary>
+    public const byte RegisterHost = 0xC1;
+    /// <summary>The node's cluster descriptor (JSON). Data (controller to host). DW0: its length.</summary>
+    public const byte GetDescriptor = 0xC2;
+    /// <summary>Heartbeat. DW0/DW1: the responder's <see cref="PairClock"/> wire clock (10 µs units).</summary>
+    public const byte Heartbeat = 0xC4;
+    /// <summary>
+    /// Relay drain, from the owner to the proxy: close the host's relay and say what was relayed. CDW10-13: the
+    /// <see cref="HostKey"/>; CDW14/15: the drain id. Data (controller to host): a <see cref="DrainAnswer"/>.
+    /// </summary>
+    public const byte RelayDrain = 0xC6;
+    /// <summary>
+    /// Relay open, from the proxy to the owner, before the first relayed command after a drain. CDW10: the handle;
+    /// CDW11/12: the last drain id the proxy installed for the host; CDW13/14: the proxy's incarnation. DW0/DW1: the
+    /// owner's last drain id. Status
+    /// <see cref="InterconnectStatus.FenceFirst"/> (DW0/DW1: the drain id to install) or <see cref="InterconnectStatus.NotNow"/>.
+    /// </summary>
+    public const byte RelayOpen = 0xC8;
+    /// <summary>Unregister a host (its last association on the proxy ended). CDW10: the handle.</summary>
+    public const byte UnregisterHost = 0xCC;
+
+    public static bool IsVendor(byte opcode) => opcode is RegisterHost or GetDescriptor or Heartbeat or RelayDrain or RelayOpen or UnregisterHost;
+}
+
+/// <summary>Vendor-specific statuses (SCT 7) of the interconnect's commands.</summary>
+public static class InterconnectStatus
+{
+    /// <summary>Relay open refused until the proxy installed the drain fence whose id is in DW0/DW1.</summary>
+    public static readonly NvmeStatus FenceFirst = NvmeStatus.Make(StatusCodeType.VendorSpecific, 0x01);
+    /// <summary>Relay open refused for now (the owner is switching the host back to a direct path); ask again.</summary>
+    public static readonly NvmeStatus NotNow = NvmeStatus.Make(StatusCodeType.VendorSpecific, 0x02);
+}
+
+/// <summary>A host's identity in the pair, sent with a registration: host NQN (256 bytes, NUL-padded) and host ID (16).</summary>
+public static class HostIdentity
+{
+    public const int Length = 512;
+
+    public static void Write(Span<byte> data, string hostNqn, Guid hostId)
+    {
+        data.Clear();
+        SpecText.WriteNulPadded(data[..256], hostNqn);
+        hostId.TryWriteBytes(data.Slice(256, 16), bigEndian: true, out _);
+    }
+
+    public static (string HostNqn, Guid HostId) Read(ReadOnlySpan<byte> data)
+        => (SpecText.ReadNulTerminated(data[..256]), new Guid(data.Slice(256, 16), bigEndian: true));
+}
+
+/// <summary>
+/// A host (host NQN + host ID) as a 128-bit key (the first half of SHA-256 over both) that fits in four command
+/// dwords, so the owner can name the host in a drain that moves data the other way.
+/// </summary>
+public readonly record struct HostKey(ulong High, ulong Low)
+{
+    public static HostKey For(string hostNqn, Guid hostId)
+    {
+        Span<byte> input = stackalloc byte[Encoding.UTF8.GetMaxByteCount(hostNqn.Length) + 17];
+        int n = Encoding.UTF8.GetBytes(hostNqn, input);
+        input[n++] = 0;
+        hostId.TryWriteBytes(input.Slice(n, 16), bigEndian: true, out _);
+        Span<byte> hash = stackalloc byte[32];
+        SHA256.HashData(input[..(n + 16)], hash);
+        return new HostKey(BinaryPrimitives.ReadUInt64BigEndian(hash), BinaryPrimitives.ReadUInt64BigEndian(hash[8..]));
+    }
+
+    public void WriteTo(ref SubmissionQueueEntry sqe)
+    {
+        sqe.Cdw10 = (uint)(High >> 32);
+        sqe.Cdw11 = (uint)High;
+        sqe.Cdw12 = (uint)(Low >> 32);
+        sqe.Cdw13 = (uint)Low;
+    }
+
+    public static HostKey ReadFrom(in SubmissionQueueEntry sqe)
+        => new(((ulong)sqe.Cdw10 << 32) | sqe.Cdw11, ((ulong)sqe.Cdw12 << 32) | sqe.Cdw13);
+
+    public override string ToString() => $"{High:x16}{Low:x16}";
+}
+
+/// <summary>
+/// The fields a relayed command carries beyond the host's SQE, in dwords the NVM command set leaves reserved for
+/// I/O commands: CDW2 the host's registration handle, CDW3 the deadline on the owner's clock.
+/// </summary>
+public static class RelayFields
+{
+    public static uint Handle(in SubmissionQueueEntry sqe) => sqe.Cdw2;
+    public static OwnerDeadline Deadline(in SubmissionQueueEntry sqe) => new(sqe.Cdw3);
+
+    public static void Set(ref SubmissionQueueEntry sqe, uint handle, OwnerDeadline deadline)
+    {
+        sqe.Cdw2 = handle;
+        sqe.Cdw3 = deadline.Units10Us;
+    }
+}
+
+/// <summary>The proxy's answer to a relay drain (32 bytes, controller to host).</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 1)]
+public struct DrainAnswer
+{
+    public const int Size = 32;
+    /// <summary>The proxy's outbound association for the subsystem is up: the other fields describe it.</summary>
+    public const byte KindKnown = 1;
+    /// <summary>The proxy has no outbound association for the subsystem: whatever the owner still has from it is stale.</summary>
+    public const byte KindNoAssociation = 2;
+
+    public byte Kind;
+    /// <summary>1 when <see cref="LastDeadline"/> is valid (something was relayed).</summary>
+    public byte HasDeadline;
+    /// <summary>The CNTLID the owner gave the proxy's current association.</summary>
+    public ushort Cntlid;
+    /// <summary>The host's handle on that association (0: not registered there, nothing relayed).</summary>
+    public uint Handle;
+    /// <summary>Relayed commands of the host counted on that handle since it was registered.</summary>
+    public ulong Sent;
+    /// <summary>The latest deadline (owner's clock) among them: after it none of them can start.</summary>
+    public uint LastDeadline;
+    private uint _reserved0;
+    /// <summary>The proxy's incarnation (<see cref="PairNode.Incarnation"/>): the fence belongs to this run of it.</summary>
+    public long Incarnation;
+}

@@ -1,0 +1,156 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+using StorageNode.Nvme.Spec;
+using StorageNode.Target;
+
+namespace StorageNode.Pair;
+
+/// <summary>
+/// The interconnect listener's side of the pair (<see cref="IInterconnectHandler"/>): only the partner may connect (its
+/// identity, from its configured address), the partner's associations are tracked per subsystem (a newer one replaces
+/// an older), and the vendor-specific admin commands run here — as the owner (registrations, relay opens) and as the
+/// proxy (drains of the relays this node sends).
+/// </summary>
+public sealed class InterconnectService : IInterconnectHandler
+{
+    private readonly PairNode _pair;
+    private readonly ILogger _log;
+    private readonly List<Controller> _inbound = [];
+
+    internal InterconnectService(PairNode pair, ILogger log)
+    {
+        _pair = pair;
+        _log = log;
+    }
+
+    /// <summary>The partner's associations into this node (a snapshot).</summary>
+    public IReadOnlyList<Controller> Inbound
+    {
+        get { lock (_inbound) return [.. _inbound]; }
+    }
+
+    public string? RefusePartner(string hostNqn, Guid hostId, string peerAddress)
+    {
+        var cfg = _pair.Config;
+        if (hostNqn != PairNode.IdentityNqn(cfg.Name, cfg.Partner) || hostId != PairNode.IdentityId(cfg.Name, cfg.Partner))
+            return $"host '{hostNqn}' is not this node's partner";
+        IPAddress? peer = PeerIp(peerAddress);
+        IPAddress expected = cfg.PartnerInterconnect.Address;
+        if (peer == null || !(peer.Equals(expected) || (peer.IsIPv4MappedToIPv6 && peer.MapToIPv4().Equals(expected))))
+            return $"the partner's identity from {peerAddress}, but the partner's interconnect address is {expected} (Cluster:PartnerInterconnect)";
+        return null;
+    }
+
+    private static IPAddress? PeerIp(string peer)
+    {
+        if (IPEndPoint.TryParse(peer, out IPEndPoint? ep)) return ep.Address;
+        return IPAddress.TryParse(peer, out IPAddress? ip) ? ip : null;
+    }
+
+    public bool IsVendorCommand(byte opcode) => InterconnectOpcode.IsVendor(opcode);
+
+    public void OnAssociationCreated(Controller association)
+    {
+        List<Controller> older;
+        lock (_inbound)
+        {
+            older = _inbound.FindAll(c => c.Subsystem == association.Subsystem);
+            _inbound.Add(association);
+        }
+        // A new association replaces the old: close the old one so nothing still in flight on it can arrive.
+        foreach (Controller c in older) c.Destroy("replaced by a newer association from the partner");
+    }
+
+    public void OnAssociationEnded(Controller association)
+    {
+        lock (_inbound) _inbound.Remove(association);
+        _pair.Gate.RemoveAssociation(association);
+    }
+
+    /// <summary>
+    /// Closes the partner's associations for a subsystem except the one with CNTLID <paramref name="keep"/> (0: all).
+    /// Returns them: once their queues are closed (<see cref="Controller.QueuesClosed"/>) nothing more arrives on them.
+    /// </summary>
+    public IReadOnlyList<Controller> CloseInbound(Subsystem s, ushort keep, string reason)
+    {
+        List<Controller> close;
+        lock (_inbound) close = _inbound.FindAll(c => c.Subsystem == s && c.Cntlid != keep);
+        foreach (Controller c in close)
+        {
+            _log.LogInformation("{Ctrl}: closing the partner's association: {Reason}", c, reason);
+            c.Destroy(reason);
+        }
+        return close;
+    }
+
+    /// <summary>Closes every association from the partner (it restarted: what it had in flight is gone).</summary>
+    public void CloseAllInbound(string reason)
+    {
+        foreach (Controller c in Inbound) c.Destroy(reason);
+    }
+
+    public void Execute(NvmfRequest req, Controller association)
+    {
+        switch (req.Sqe.Opcode)
+        {
+            case InterconnectOpcode.RegisterHost:
+            {
+                if (req.Length < HostIdentity.Length) { req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid)); return; }
+                (string nqn, Guid id) = HostIdentity.Read(req.DataSpan);
+                if (nqn.Length == 0) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
+                RelayBinding? b = _pair.Gate.Register(association, nqn, id);
+                if (b == null) { req.Fail(NvmeStatus.Generic(GenericStatus.InternalError, dnr: false)); return; }
+                req.Cqe.Dw0 = b.Handle;
+                req.Complete();
+                return;
+            }
+            case InterconnectOpcode.UnregisterHost:
+                _pair.Gate.Unregister(association, req.Sqe.Cdw10);
+                req.Complete();
+                return;
+            case InterconnectOpcode.GetDescriptor:
+            {
+                byte[] json = _pair.DescriptorFor(association.Subsystem).ToJson();
+                if (json.Length > req.Length) { req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid)); return; }
+                Span<byte> dest = req.DataSpan;
+                dest.Clear();
+                json.CopyTo(dest);
+                req.Cqe.Dw0 = (uint)json.Length;
+                req.Complete();
+                return;
+            }
+            case InterconnectOpcode.Heartbeat:
+            {
+                association.TouchKeepAlive();
+                long now = _pair.Clock.WireNow;
+                req.Cqe.Dw0 = (uint)now;
+                req.Cqe.Dw1 = (uint)(now >> 32);
+                req.Complete();
+                return;
+            }
+            case InterconnectOpcode.RelayOpen:
+            {
+                RelayBinding? b = _pair.Gate.FindBinding(req.Sqe.Cdw10);
+                if (b == null || b.Association != association) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
+                _pair.Gate.OnRelayOpen(req, b, req.Sqe.Cdw11 | ((long)req.Sqe.Cdw12 << 32), req.Sqe.Cdw13 | ((long)req.Sqe.Cdw14 << 32));
+                return;
+            }
+            case InterconnectOpcode.RelayDrain:
+            {
+                // This node as the proxy: the partner owns what it asks about.
+                if (req.Length < DrainAnswer.Size) { req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid)); return; }
+                InterconnectLink? link = _pair.LinkFor(association.Subsystem);
+                if (link == null) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
+                DrainAnswer a = link.Relays.Drain(HostKey.ReadFrom(req.Sqe), req.Sqe.Cdw14 | ((long)req.Sqe.Cdw15 << 32));
+                Span<byte> dest = req.DataSpan;
+                dest.Clear();
+                System.Runtime.InteropServices.MemoryMarshal.Write(dest, in a);
+                req.Complete();
+                return;
+            }
+            default:
+                req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode));
+                return;
+        }
+    }
+}

@@ -1,0 +1,249 @@
+using System.Diagnostics;
+using StorageNode.Bdevs;
+using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
+using StorageNode.Reactors;
+using StorageNode.Target;
+
+namespace StorageNode.Pair;
+
+/// <summary>
+/// One reactor's host queue into the partner's interconnect listener (the local virtual adapter), over NVMe/TCP
+/// or NVMe/RDMA. Commands relay without allocation. The host's data buffer is used in place: over TCP it is
+/// sent from and received into directly (no copy beyond the socket's); over RDMA it lies in this reactor's
+/// registered pools, so the partner moves the data straight in and out of it with RDMA READ/WRITE (no copy at
+/// all on this node; <see cref="RdmaHostQueue.BounceCopies"/> stays 0).
+/// </summary>
+public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactorPoller
+{
+    private static readonly long EventCheckTicks = Stopwatch.Frequency / 100;
+    private readonly IHostQueue _q;
+    private readonly RdmaHostQueue? _rdma;
+    private long _nextEventCheck;
+    private readonly Reactor _reactor;
+    private readonly InterconnectLink _link;
+    private readonly NvmfRequest?[] _inflight;
+    private readonly ProxyRegistration?[] _inflightReg;
+    private readonly int[] _free;
+    private int _freeCount;
+    private NvmfRequest?[] _backlog = new NvmfRequest?[256];
+    private int _backlogHead;
+    private int _backlogCount;
+    private bool _closed;
+
+    public ProxyQueue(IHostQueue queue, Reactor reactor, InterconnectLink link)
+    {
+        _q = queue;
+        _rdma = queue as RdmaHostQueue;
+        _reactor = reactor;
+        _link = link;
+        _inflight = new NvmfRequest?[queue.Depth];
+        _inflightReg = new ProxyRegistration?[queue.Depth];
+        _free = new int[queue.Depth];
+        for (int i = 0; i < _free.Length; i++) _free[i] = _free.Length - 1 - i;
+        _freeCount = _free.Length;
+    }
+
+    public override int Fd => _q.Fd;
+    public bool IsClosed => _closed;
+    public int InFlight => _inflight.Length - _freeCount;
+    public int Backlog => _backlogCount;
+    public Reactor Reactor => _reactor;
+    /// <summary>The interconnect queue (its transport and counters).</summary>
+    public IHostQueue Queue => _q;
+    public string? LastCloseReason { get; private set; }
+
+    /// <summary>Registers with the reactor (as a poller too when the transport needs polling). Reactor thread.</summary>
+    public void Attach()
+    {
+        _reactor.Register(this);
+        if (_q.NeedsPolling) _reactor.AddPoller(this);
+    }
+
+    /// <summary>Reactor poller (RDMA): reaps completions, arms the CQ when idle, and now and then reads rdma_cm events.</summary>
+    public int Poll()
+    {
+        if (_closed || _rdma == null) return 0;
+        int n = _rdma.Progress();
+        long now = Stopwatch.GetTimestamp();
+        if (now >= _nextEventCheck)
+        {
+            _nextEventCheck = now + EventCheckTicks;
+            _rdma.CheckConnection(TimeSpan.Zero);
+        }
+        if (_rdma.IsBroken) Close($"interconnect queue failed: {_rdma.Error}");
+        else if (n > 0) _reactor.MarkDirty(this);
+        return n;
+    }
+
+    /// <summary>
+    /// Relays one command. Its deadline runs from when it reached this node (<see cref="NvmfRequest.ArrivedAfter"/>:
+    /// time in a socket buffer or behind a stalled reactor counts). Reactor thread; completes through
+    /// <see cref="NvmfRequest.OnBdevComplete"/>.
+    /// </summary>
+    public void Relay(NvmfRequest req)
+    {
+        req.PendingOps = 1;
+        req.Gate.Deadline = req.ArrivedAfter + _link.RelayTimeoutTicks;
+        if (_closed)
+        {
+            Finish(req, _link.UnavailableStatus);
+            return;
+        }
+        if (_backlogCount > 0 || _link.StallSends || !TrySubmit(req)) Enqueue(req);
+        _reactor.MarkDirty(this);
+    }
+
+    private void Enqueue(NvmfRequest req)
+    {
+        if (_backlogCount == _backlog.Length)
+        {
+            var grown = new NvmfRequest?[_backlog.Length * 2];
+            for (int i = 0; i < _backlogCount; i++) grown[i] = _backlog[(_backlogHead + i) % _backlog.Length];
+            _backlog = grown;
+            _backlogHead = 0;
+        }
+        _backlog[(_backlogHead + _backlogCount++) % _backlog.Length] = req;
+    }
+
+    /// <summary>Hands the command to the host queue; false when it must wait (the caller keeps it).</summary>
+    private bool TrySubmit(NvmfRequest req)
+    {
+        Controller? ctrl = req.Qpair.Controller;
+        if (req.Qpair.IsClosed || ctrl == null || ctrl.Destroyed)
+        {
+            // The host's connection is gone: this copy must never reach the owner (docs/ha.md).
+            Finish(req, NvmeStatus.Path(PathStatus.CommandAbortedByHost));
+            return true;
+        }
+        if (Stopwatch.GetTimestamp() > req.Gate.Deadline)
+        {
+            Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
+            return true;
+        }
+        if (ctrl.PairState is not AssociationState { Relay: { } host })
+        {
+            Finish(req, _link.UnavailableStatus);
+            return true;
+        }
+        if (req.ArrivedAfter <= Volatile.Read(ref host.FencedAt))
+        {
+            // It may have reached this node before the owner's last drain (the bound is conservative): the host may
+            // already have retried it on the owner. Never relayed; a path status makes the host retry (docs/ha.md).
+            Interlocked.Increment(ref _link.DroppedBeforeFence);
+            Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
+            return true;
+        }
+        // The registration is made right after the host's admin queue connects (or the link comes up); a command
+        // that races it waits here, bounded by its deadline.
+        ProxyRegistration? reg = host.Registration;
+        if (reg == null) return false;
+        if (!reg.IsOpen)
+        {
+            _link.Relays.RequestOpen(reg);
+            return false;
+        }
+        if (_freeCount == 0) return false;
+        if (!_link.Clock.TryToPartner(req.Gate.Deadline, out OwnerDeadline deadline)) return false;
+        reg.NoteDeadline(deadline);
+        if (!reg.TryCount())
+        {
+            _link.Relays.RequestOpen(reg); // a drain closed the relay meanwhile
+            return false;
+        }
+        int token = _free[--_freeCount];
+        SubmissionQueueEntry sqe = req.Sqe;
+        RelayFields.Set(ref sqe, reg.Handle, deadline);
+        Interlocked.Increment(ref reg.InFlight);
+        if (!_q.TrySubmit(sqe, req.Data, req.Length, req.Direction, this, token))
+        {
+            // Counted but not sent: the owner's drain waits for it until its deadline (never sooner than safe).
+            _free[_freeCount++] = token;
+            Interlocked.Decrement(ref reg.InFlight);
+            Finish(req, _link.UnavailableStatus);
+            return true;
+        }
+        _inflight[token] = req;
+        _inflightReg[token] = reg;
+        _link.Relayed++;
+        return true;
+    }
+
+    public void OnHostComplete(long token, in CompletionQueueEntry cqe)
+    {
+        NvmfRequest req = _inflight[token]!;
+        ProxyRegistration reg = _inflightReg[token]!;
+        _inflight[token] = null;
+        _inflightReg[token] = null;
+        _free[_freeCount++] = (int)token;
+        if (Interlocked.Decrement(ref reg.InFlight) == 0 && Volatile.Read(ref reg.Host.Associations) == 0) _link.Relays.Settled(reg.Host);
+        NvmeStatus st = cqe.StatusField;
+        // A broken interconnect (or a digest error on it) is a path problem for the host: retry elsewhere.
+        if (st.Type == StatusCodeType.Generic && st.Code == GenericStatus.TransientTransportError)
+            st = _link.UnavailableStatus;
+        Finish(req, st);
+    }
+
+    private static void Finish(NvmfRequest req, NvmeStatus status) => req.OnBdevComplete(BdevResult.FromStatus(status));
+
+    public override int OnReady(uint events)
+    {
+        if (_closed) return 0;
+        int n = _q.OnReadable();
+        if (_q.IsBroken) Close($"interconnect queue failed: {_q.Error}");
+        else _reactor.MarkDirty(this);
+        return n;
+    }
+
+    public override int Flush()
+    {
+        if (_closed) return 0;
+        int work = 0;
+        if (!_link.StallSends)
+        {
+            while (_backlogCount > 0)
+            {
+                NvmfRequest req = _backlog[_backlogHead]!;
+                if (!TrySubmit(req)) break;
+                _backlog[_backlogHead] = null;
+                _backlogHead = (_backlogHead + 1) % _backlog.Length;
+                _backlogCount--;
+                work++;
+            }
+        }
+        work += _q.SendPending();
+        if (_q.IsBroken)
+        {
+            Close($"interconnect queue failed: {_q.Error}");
+            return work;
+        }
+        if (_q.HasPendingSends || (_backlogCount > 0 && !_link.StallSends)) _reactor.MarkDirty(this);
+        return work;
+    }
+
+    internal void Wake()
+    {
+        if (!_closed) _reactor.MarkDirty(this);
+    }
+
+    public override void OnFault(Exception e) => Close($"internal error: {e.Message}");
+
+    /// <summary>Closes the queue: in-flight and queued commands complete with the link's path status. Reactor thread.</summary>
+    public void Close(string reason)
+    {
+        if (_closed) return;
+        _closed = true;
+        _reactor.Unregister(this);
+        if (_q.NeedsPolling) _reactor.RemovePoller(this);
+        _q.Dispose(); // completes everything in flight with a transport error (mapped to a path status)
+        while (_backlogCount > 0)
+        {
+            NvmfRequest req = _backlog[_backlogHead]!;
+            _backlog[_backlogHead] = null;
+            _backlogHead = (_backlogHead + 1) % _backlog.Length;
+            _backlogCount--;
+            Finish(req, _link.UnavailableStatus);
+        }
+        LastCloseReason = reason;
+    }
+}

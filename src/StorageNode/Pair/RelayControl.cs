@@ -1,0 +1,254 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
+using StorageNode.Target;
+
+namespace StorageNode.Pair;
+
+/// <summary>
+/// The proxy's state of one host in one subsystem, across the link's associations: its current registration with the
+/// owner, and the fence the owner's last drain installed (a command that reached this node no later than it is never
+/// relayed).
+/// </summary>
+public sealed class HostRelay(HostKey key, string hostNqn, Guid hostId)
+{
+    public HostKey Key { get; } = key;
+    public string HostNqn { get; } = hostNqn;
+    public Guid HostId { get; } = hostId;
+    /// <summary>Stopwatch ticks of the last drain: commands that arrived no later (<see cref="NvmfRequest.ArrivedAfter"/>) are not relayed.</summary>
+    internal long FencedAt;
+    /// <summary>The id of the last drain the owner asked for (relay opens carry it).</summary>
+    internal long LastFenceId;
+    internal volatile ProxyRegistration? Registration;
+    internal int Associations;
+    internal bool Forgotten;
+
+    public override string ToString() => $"{HostNqn} ({HostId})";
+}
+
+/// <summary>
+/// A host's registration on the proxy's current association into the owner. One word holds the relay's open bit and
+/// the count of commands relayed under the handle, so a drain closes the relay and reads the count in one atomic step:
+/// a reactor either counted its command before (the owner waits for it) or sees the relay closed (it asks to open).
+/// </summary>
+public sealed class ProxyRegistration(uint handle, HostRelay host, ushort associationCntlid)
+{
+    private const long OpenBit = 1L << 62;
+    private long _word;
+    private uint _lastDeadline;
+    private int _hasDeadline;
+    internal int Opening;
+    /// <summary>Relayed commands sent under the handle and not yet answered: while any are, the host is not forgotten.</summary>
+    internal int InFlight;
+
+    public uint Handle { get; } = handle;
+    public HostRelay Host { get; } = host;
+    /// <summary>The CNTLID the owner gave the association this handle belongs to.</summary>
+    public ushort AssociationCntlid { get; } = associationCntlid;
+    public bool IsOpen => (Volatile.Read(ref _word) & OpenBit) != 0;
+    public long Sent => Volatile.Read(ref _word) & (OpenBit - 1);
+
+    /// <summary>Raises the latest deadline of what is relayed (before <see cref="TryCount"/>, so a drain never misses it).</summary>
+    internal void NoteDeadline(OwnerDeadline d)
+    {
+        if (Volatile.Read(ref _hasDeadline) == 0 || (int)(d.Units10Us - Volatile.Read(ref _lastDeadline)) > 0)
+            Volatile.Write(ref _lastDeadline, d.Units10Us);
+        Volatile.Write(ref _hasDeadline, 1);
+    }
+
+    /// <summary>Counts one relayed command if the relay is open (reactor thread).</summary>
+    internal bool TryCount()
+    {
+        while (true)
+        {
+            long w = Volatile.Read(ref _word);
+            if ((w & OpenBit) == 0) return false;
+            if (Interlocked.CompareExchange(ref _word, w + 1, w) == w) return true;
+        }
+    }
+
+    internal void Open()
+    {
+        while (true)
+        {
+            long w = Volatile.Read(ref _word);
+            if (Interlocked.CompareExchange(ref _word, w | OpenBit, w) == w) return;
+        }
+    }
+
+    /// <summary>Closes the relay; returns what was counted and the latest deadline among it.</summary>
+    internal (long Sent, bool HasDeadline, uint LastDeadline) Close()
+    {
+        while (true)
+        {
+            long w = Volatile.Read(ref _word);
+            if (Interlocked.CompareExchange(ref _word, w & ~OpenBit, w) == w)
+                return (w & (OpenBit - 1), Volatile.Read(ref _hasDeadline) != 0, Volatile.Read(ref _lastDeadline));
+        }
+    }
+}
+
+/// <summary>
+/// The proxy side of relay control for one subsystem (docs/ha.md): the hosts connected here, their registrations with
+/// the owner, relay opens, and the answers to the owner's drains. Drains are answered from atomics, never by waiting
+/// for a reactor, so a stalled reactor delays only its own commands.
+/// </summary>
+public sealed class RelayControl
+{
+    private readonly InterconnectLink _link;
+    private readonly ILogger _log;
+    private readonly ConcurrentDictionary<HostKey, HostRelay> _hosts = new();
+
+    internal RelayControl(InterconnectLink link, ILogger log)
+    {
+        _link = link;
+        _log = log;
+    }
+
+    public IReadOnlyCollection<HostRelay> Hosts => [.. _hosts.Values];
+
+    /// <summary>A host's association on this node was created (reactor thread).</summary>
+    internal HostRelay Attach(Controller c)
+    {
+        HostKey key = HostKey.For(c.HostNqn, c.HostId);
+        while (true)
+        {
+            HostRelay h = _hosts.GetOrAdd(key, k => new HostRelay(k, c.HostNqn, c.HostId));
+            lock (h)
+            {
+                if (h.Forgotten) continue;
+                h.Associations++;
+                return h;
+            }
+        }
+    }
+
+    /// <summary>A host's association ended (any thread).</summary>
+    internal void Detach(HostRelay h)
+    {
+        lock (h) h.Associations--;
+        MaybeForget(h);
+    }
+
+    /// <summary>The last relayed command of a registration was answered (reactor thread).</summary>
+    internal void Settled(HostRelay h) => MaybeForget(h);
+
+    /// <summary>
+    /// Forgets a host once it has no association here and nothing relayed in flight: until then the owner's drains
+    /// must still count what it sent (its connection may be gone while its commands are not). Unregisters it.
+    /// </summary>
+    private void MaybeForget(HostRelay h)
+    {
+        ProxyRegistration? reg;
+        lock (h)
+        {
+            reg = h.Registration;
+            if (h.Forgotten || h.Associations > 0 || (reg != null && Volatile.Read(ref reg.InFlight) > 0)) return;
+            h.Forgotten = true;
+            h.Registration = null;
+            _hosts.TryRemove(new KeyValuePair<HostKey, HostRelay>(h.Key, h));
+        }
+        if (reg != null) _link.Unregister(reg);
+    }
+
+    /// <summary>Registers every host that has no registration on the current association (control thread).</summary>
+    internal void RegisterAll(ushort cntlid)
+    {
+        foreach (HostRelay h in _hosts.Values)
+        {
+            if (h.Registration is { } r && r.AssociationCntlid == cntlid) continue;
+            uint? handle = _link.Register(h);
+            if (handle is not uint value) continue;
+            lock (h)
+            {
+                if (h.Associations > 0) h.Registration = new ProxyRegistration(value, h, cntlid);
+            }
+        }
+        _link.WakeQueues();
+    }
+
+    /// <summary>The link went down: registrations are gone with the association.</summary>
+    internal void Clear()
+    {
+        foreach (HostRelay h in _hosts.Values) h.Registration = null;
+    }
+
+    /// <summary>
+    /// The owner's drain (any thread, answered at once): fence the host's associations here, close its relay, and say
+    /// which association counted how many of its commands.
+    /// </summary>
+    internal DrainAnswer Drain(HostKey key, long drainId)
+    {
+        DrainAnswer a = default;
+        ushort cntlid = _link.AssociationCntlid;
+        a.Kind = cntlid == 0 ? DrainAnswer.KindNoAssociation : DrainAnswer.KindKnown;
+        a.Cntlid = cntlid;
+        a.Incarnation = _link.Incarnation;
+        if (!_hosts.TryGetValue(key, out HostRelay? h)) return a; // no association of the host here: nothing relayed, nothing to fence
+        lock (h)
+        {
+            InstallFence(h, drainId);
+            if (h.Registration is { } reg && reg.AssociationCntlid == cntlid && cntlid != 0)
+            {
+                (long sent, bool has, uint last) = reg.Close();
+                a.Handle = reg.Handle;
+                a.Sent = (ulong)sent;
+                a.HasDeadline = (byte)(has ? 1 : 0);
+                a.LastDeadline = last;
+            }
+        }
+        _log.LogInformation("{Host}: relay drained by the owner (drain {Id}): {Sent} relayed on handle {Handle} of association {Cntlid}", h, drainId, a.Sent, a.Handle, cntlid);
+        return a;
+    }
+
+    private static void InstallFence(HostRelay h, long drainId)
+    {
+        Volatile.Write(ref h.FencedAt, Stopwatch.GetTimestamp());
+        if (drainId > h.LastFenceId) h.LastFenceId = drainId;
+        h.Registration?.Close();
+    }
+
+    /// <summary>Asks the owner to open the host's relay (once at a time; reactor thread, returns at once).</summary>
+    internal void RequestOpen(ProxyRegistration reg)
+    {
+        if (Interlocked.CompareExchange(ref reg.Opening, 1, 0) != 0) return;
+        _ = Task.Run(() => OpenAsync(reg));
+    }
+
+    private async Task OpenAsync(ProxyRegistration reg)
+    {
+        HostRelay h = reg.Host;
+        try
+        {
+            long fenceId;
+            lock (h) fenceId = h.LastFenceId;
+            CompletionQueueEntry cqe = _link.RelayOpen(reg.Handle, fenceId);
+            NvmeStatus st = cqe.StatusField;
+            long ownerDrainId = cqe.Dw0 | ((long)cqe.Dw1 << 32);
+            lock (h)
+            {
+                if (st.IsSuccess)
+                {
+                    // A drain installed after the owner answered closes what this answer would open.
+                    if (ownerDrainId >= h.LastFenceId && h.Registration == reg) reg.Open();
+                }
+                else if (st == InterconnectStatus.FenceFirst)
+                {
+                    InstallFence(h, ownerDrainId);
+                    _log.LogInformation("{Host}: the owner asked for drain {Id}'s fence before the relay opens", h, ownerDrainId);
+                }
+            }
+            if (!st.IsSuccess && st != InterconnectStatus.FenceFirst)
+                await Task.Delay(20); // NotNow or an error: the commands wait (bounded by their deadlines) and ask again
+        }
+        catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
+        {
+            _log.LogWarning("{Host}: relay open failed: {Error}", h, e.Message);
+            await Task.Delay(50);
+        }
+        Volatile.Write(ref reg.Opening, 0);
+        _link.WakeQueues(); // waiting commands try again: relay, ask again, or meet the fence
+    }
+}
