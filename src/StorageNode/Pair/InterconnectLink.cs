@@ -260,6 +260,9 @@ public sealed class InterconnectLink
             else
                 _log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/TCP ({Queues} proxy queue(s); {Why})", Subsystem.Nqn, cfg.Partner, reactors.Count,
                     RdmaFallbackReason != null ? $"NVMe/RDMA failed: {RdmaFallbackReason}" : cfg.InterconnectTransport == InterconnectTransport.Tcp ? "configured" : "no RDMA on this node");
+            (long offset, long unc) = _pair.Clock.PartnerEstimate;
+            _log.LogInformation("{Nqn}: partner {Partner}'s clock reads {Offset:+0.000000;-0.000000} s from this node's (within {Uncertainty} us)",
+                Subsystem.Nqn, cfg.Partner, offset / 100_000.0, unc * 10);
             Subsystem.SetPartnerAccess(PartnerAccess.Available);
             return true;
         }
