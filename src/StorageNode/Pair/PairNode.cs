@@ -122,7 +122,7 @@ public sealed class PairNode : IDisposable
     {
         if (c.PairState is not AssociationState st) return;
         if (st.Owner != null) Gate.Detach(st.Owner);
-        if (st.Relay != null) LinkFor(c.Subsystem)?.Relays.Detach(st.Relay);
+        if (st.Relay != null) LinkFor(c.Subsystem)?.Relays.Detach(st.Relay, c);
     }
 
     // ------------------------------------------------------------------ control thread

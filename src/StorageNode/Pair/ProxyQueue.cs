@@ -176,7 +176,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         _inflight[token] = null;
         _inflightReg[token] = null;
         _free[_freeCount++] = (int)token;
-        if (Interlocked.Decrement(ref reg.InFlight) == 0 && Volatile.Read(ref reg.Host.Associations) == 0) _link.Relays.Settled(reg.Host);
+        if (Interlocked.Decrement(ref reg.InFlight) == 0 && reg.Host.Associations.Count == 0) _link.Relays.Settled(reg.Host);
         NvmeStatus st = cqe.StatusField;
         // A broken interconnect (or a digest error on it) is a path problem for the host: retry elsewhere.
         if (st.Type == StatusCodeType.Generic && st.Code == GenericStatus.TransientTransportError)

@@ -22,7 +22,8 @@ public sealed class HostRelay(HostKey key, string hostNqn, Guid hostId)
     /// <summary>The id of the last drain the owner asked for (relay opens carry it).</summary>
     internal long LastFenceId;
     internal volatile ProxyRegistration? Registration;
-    internal int Associations;
+    /// <summary>The host's associations on this node in the subsystem (under the lock).</summary>
+    internal readonly List<Controller> Associations = [];
     internal bool Forgotten;
 
     public override string ToString() => $"{HostNqn} ({HostId})";
@@ -119,16 +120,16 @@ public sealed class RelayControl
             lock (h)
             {
                 if (h.Forgotten) continue;
-                h.Associations++;
+                h.Associations.Add(c);
                 return h;
             }
         }
     }
 
     /// <summary>A host's association ended (any thread).</summary>
-    internal void Detach(HostRelay h)
+    internal void Detach(HostRelay h, Controller c)
     {
-        lock (h) h.Associations--;
+        lock (h) h.Associations.Remove(c);
         MaybeForget(h);
     }
 
@@ -145,7 +146,7 @@ public sealed class RelayControl
         lock (h)
         {
             reg = h.Registration;
-            if (h.Forgotten || h.Associations > 0 || (reg != null && Volatile.Read(ref reg.InFlight) > 0)) return;
+            if (h.Forgotten || h.Associations.Count > 0 || (reg != null && Volatile.Read(ref reg.InFlight) > 0)) return;
             h.Forgotten = true;
             h.Registration = null;
             _hosts.TryRemove(new KeyValuePair<HostKey, HostRelay>(h.Key, h));
@@ -163,7 +164,7 @@ public sealed class RelayControl
             if (handle is not uint value) continue;
             lock (h)
             {
-                if (h.Associations > 0) h.Registration = new ProxyRegistration(value, h, cntlid);
+                if (h.Associations.Count > 0) h.Registration = new ProxyRegistration(value, h, cntlid);
             }
         }
         _link.WakeQueues();
@@ -187,9 +188,16 @@ public sealed class RelayControl
         a.Cntlid = cntlid;
         a.Incarnation = _link.Incarnation;
         if (!_hosts.TryGetValue(key, out HostRelay? h)) return a; // no association of the host here: nothing relayed, nothing to fence
+        List<Controller>? quiet = null;
         lock (h)
         {
             InstallFence(h, drainId);
+            long now = Stopwatch.GetTimestamp();
+            foreach (Controller c in h.Associations)
+            {
+                if (!Quiet(c, now)) continue;
+                (quiet ??= []).Add(c);
+            }
             if (h.Registration is { } reg && reg.AssociationCntlid == cntlid && cntlid != 0)
             {
                 (long sent, bool has, uint last) = reg.Close();
@@ -200,8 +208,30 @@ public sealed class RelayControl
             }
         }
         _log.LogInformation("{Host}: relay drained by the owner (drain {Id}): {Sent} relayed on handle {Handle} of association {Cntlid}", h, drainId, a.Sent, a.Handle, cntlid);
+        foreach (Controller c in quiet ?? [])
+        {
+            _log.LogWarning("{Ctrl}: no Keep Alive for {Ms:0} ms (KATO {Kato} ms) when the owner drained the host's relay: the path may be partitioned with old commands on it; closing the association",
+                c, Stopwatch.GetElapsedTime(c.LastKeepAliveTicks).TotalMilliseconds, c.KatoMs);
+            c.Destroy("fenced: silent when the owner drained the host's relay");
+        }
         return a;
     }
+
+    /// <summary>
+    /// An association whose host has sent no Keep Alive for longer than half its KATO (plus slack), or never will
+    /// (KATO 0): a host on a working path sends one at least that often (Linux: every KATO / 2). Its connections may
+    /// hold commands the host has given up on and retried at the owner, which a healed partition could still deliver
+    /// here after this drain: it is closed, so they never are.
+    /// </summary>
+    private static bool Quiet(Controller c, long now)
+    {
+        uint kato = c.KatoMs;
+        if (kato == 0) return true;
+        long limit = (kato / 2 + QuietSlackMs) * Stopwatch.Frequency / 1000;
+        return now - c.LastKeepAliveTicks > limit;
+    }
+
+    private const long QuietSlackMs = 500;
 
     private static void InstallFence(HostRelay h, long drainId)
     {

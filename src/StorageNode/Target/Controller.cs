@@ -67,6 +67,9 @@ public sealed class Controller
 
     public void TouchKeepAlive() => Volatile.Write(ref _lastKeepAlive, Stopwatch.GetTimestamp());
 
+    /// <summary>Stopwatch timestamp of the last Keep Alive (or of the Connect, before the first).</summary>
+    public long LastKeepAliveTicks => Volatile.Read(ref _lastKeepAlive);
+
     /// <summary>True when KATO is set and no Keep Alive arrived within it (plus one KAS unit of slack).</summary>
     public bool KeepAliveExpired(long now)
     {

@@ -10,17 +10,18 @@ namespace StorageNode.Tests.Ha;
 public class ClockTests
 {
     [Theory]
-    [InlineData(3 * 3600)]
-    [InlineData(-3 * 3600)]
-    public void RelayedIoWorksBothWaysWithTheClocksHoursApart(int clockOffsetB)
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    [InlineData(PairRigs.OneProcess, 3 * 3600)]
+    [InlineData(PairRigs.OneProcess, -3 * 3600)]
+    public void RelayedIoWorksBothWaysWithTheClocksHoursApart(string kind, int clockOffsetB)
     {
-        using var pair = new TestPair(overridesB: new() { ["Cluster:ClockOffsetSeconds"] = clockOffsetB.ToString() });
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB);
         pair.WaitHealthy();
         Guid hostId = Guid.NewGuid();
         using NvmeHost a = pair.Connect(pair.EndpointA, hostId);
         using NvmeHost b = pair.Connect(pair.EndpointB, Guid.NewGuid());
         var data = new byte[8192];
-        new Random(clockOffsetB).NextBytes(data);
+        new Random(clockOffsetB + kind.Length).NextBytes(data);
         var back = new byte[8192];
         // B relays to A (NSID 1), A relays to B (NSID 2).
         var st = b.IoQueues[0].Write(1, 64, 16, data);

@@ -108,10 +108,11 @@ public class FenceTests(ITestOutputHelper output)
     }
 
     /// <summary>Defect 6: a direct path with no keep-alive (KATO 0) is partitioned with a write on it.</summary>
-    [Fact]
-    public void AnOldWriteHeldOnAPartitionedDirectPathNeverLandsAfterANewerOne()
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AnOldWriteHeldOnAPartitionedDirectPathNeverLandsAfterANewerOne(string kind, int clockOffsetB)
     {
-        using var pair = new TestPair(Slow(), Slow());
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB, Slow(), Slow());
         pair.WaitHealthy();
         using var toA = new TcpForwarder(pair.EndpointA);
         Guid hostId = Guid.NewGuid();

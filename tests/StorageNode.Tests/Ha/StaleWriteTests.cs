@@ -1,65 +1,16 @@
-using System.Diagnostics;
 using StorageNode.Nvme.Host;
-using StorageNode.Nvme.Spec;
+using static StorageNode.Tests.Ha.HostWrites;
 
 namespace StorageNode.Tests.Ha;
 
 /// <summary>
 /// No stale writes (docs/ha.md): a write relayed through the partner is held in flight, the host's path to the
 /// partner is killed, the host retries on the owner and writes again, then the old copy is released. The old
-/// copy must never land after the host holds a completion for the retry.
+/// copy must never land after the host holds a completion for the retry. The interconnect-only cases run with the
+/// nodes in one process and as two processes with node B's clock hours off.
 /// </summary>
 public class StaleWriteTests
 {
-    private const ulong Lba = 2048;
-    private const uint Blocks = 8;
-
-    private sealed class Pending : IHostCompletion
-    {
-        public volatile bool Done;
-        public CompletionQueueEntry Cqe;
-        public void OnHostComplete(long token, in CompletionQueueEntry cqe)
-        {
-            Cqe = cqe;
-            Done = true;
-        }
-    }
-
-    private static byte[] Pattern(byte tag)
-    {
-        var b = new byte[Blocks * 512];
-        Array.Fill(b, tag);
-        return b;
-    }
-
-    private static unsafe Pending SubmitWrite(IoQueue q, byte[] data, uint nsid = 1)
-    {
-        var p = new Pending();
-        // The buffer must stay put until completion: pin it for the test's lifetime.
-        var handle = System.Runtime.InteropServices.GCHandle.Alloc(data, System.Runtime.InteropServices.GCHandleType.Pinned);
-        Assert.True(q.Queue.TrySubmit(IoQueue.ReadWriteSqe(IoOpcode.Write, nsid, Lba, Blocks), (byte*)handle.AddrOfPinnedObject(),
-            (uint)data.Length, DataDirection.HostToController, p, 1));
-        return p;
-    }
-
-    private static void PollUntil(IoQueue q, Func<bool> done, TimeSpan limit)
-    {
-        var sw = Stopwatch.StartNew();
-        while (!done() && sw.Elapsed < limit)
-        {
-            if (!q.Queue.IsBroken) q.Queue.Poll();
-            Thread.Sleep(1);
-        }
-    }
-
-    private static byte ReadTag(IoQueue q)
-    {
-        var back = new byte[Blocks * 512];
-        Assert.True(q.Read(1, Lba, Blocks, back).IsSuccess);
-        Assert.All(back, b => Assert.Equal(back[0], b));
-        return back[0];
-    }
-
     [Fact]
     public void OldCopyHeldOnTheProxyIsDroppedWhenTheHostConnectionDies()
     {
@@ -70,97 +21,96 @@ public class StaleWriteTests
         using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
         using NvmeHost viaB = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { SendKeepAlive = false });
         IoQueue a = viaA.IoQueues[0], b = viaB.IoQueues[0];
-        Assert.True(a.Write(1, Lba, Blocks, Pattern(0x10)).IsSuccess);
+        Assert.True(Write(a, 0x10).IsSuccess);
 
         pair.B.Pair!.Links[0].StallSends = true;           // the relayed write sits on B
-        Pending old = SubmitWrite(b, Pattern(0x11));
+        Pending old = Submit(b, 0x11);
         PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(300));
         Assert.False(old.Done);
-        toB.Cut();                                             // the host's path to B dies
+        toB.Cut();                                          // the host's path to B dies
         PollUntil(b, () => old.Done, TimeSpan.FromSeconds(5));
         Assert.True(old.Done);
         Assert.False(old.Cqe.StatusField.IsSuccess);
 
-        Assert.True(a.Write(1, Lba, Blocks, Pattern(0x11)).IsSuccess); // the retry, on the owner
-        Assert.True(a.Write(1, Lba, Blocks, Pattern(0x12)).IsSuccess); // and a newer write
+        Assert.True(Write(a, 0x11).IsSuccess);             // the retry, on the owner
+        Assert.True(Write(a, 0x12).IsSuccess);             // and a newer write
         pair.B.Pair!.Links[0].StallSends = false;          // release the old copy
         TestPair.WaitUntil(() => pair.B.Pair!.Links[0].QueuedRelays == 0, "B's proxy to settle");
         Thread.Sleep(200);
         Assert.Equal(0x12, ReadTag(a));
     }
 
-    [Fact]
-    public void OldCopyInFlightOnTheInterconnectLandsBeforeTheRetryCompletes()
+    /// <summary>
+    /// The host relays once through B, then B's next relayed write is held on the interconnect while the host's path
+    /// to B dies; the host then retries on the owner through an association made after its relay opened (as after a
+    /// failover: one made before would be closed at its first I/O, since it could still carry old copies).
+    /// </summary>
+    private static (NvmeHost ViaB, NvmeHost ViaA, Pending Old) OldCopyOnTheInterconnect(IPairRig pair, TcpForwarder toB, byte tag)
     {
-        using var pair = new TestPair(
-            overridesA: new() { ["Cluster:HeartbeatTimeoutMs"] = "10000" },
-            overridesB: new() { ["Cluster:HeartbeatTimeoutMs"] = "10000" });
-        pair.WaitHealthy();
-        using var toB = new TcpForwarder(pair.EndpointB);
         Guid hostId = Guid.NewGuid();
-        using NvmeHost viaB = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { SendKeepAlive = false });
+        NvmeHost viaB = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { SendKeepAlive = false });
         IoQueue b = viaB.IoQueues[0];
-        // Relay once so the relay is open, then freeze the interconnect from B to A.
-        Assert.True(b.Write(1, Lba, Blocks, Pattern(0x20)).IsSuccess);
-        // The host reaches the owner on an association made after its relay opened (as after a failover): one made
-        // before would be closed at its first I/O, since it could still carry old copies (docs/ha.md).
-        using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
-        IoQueue a = viaA.IoQueues[0];
+        Assert.True(Write(b, tag).IsSuccess);
+        NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
         pair.InterconnectBtoA.PauseUpstream = true;
-        Pending old = SubmitWrite(b, Pattern(0x21));
+        Pending old = Submit(b, (byte)(tag + 1));
         PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(300));
         Assert.False(old.Done);
         toB.Cut();
         PollUntil(b, () => old.Done, TimeSpan.FromSeconds(5));
         Assert.False(old.Cqe.StatusField.IsSuccess);
-
-        // The retry on the owner waits for the old copy (it was sent: the drain counts it).
-        Pending retry = SubmitWrite(a, Pattern(0x21));
-        PollUntil(a, () => retry.Done, TimeSpan.FromMilliseconds(500));
-        Assert.False(retry.Done, "the retry completed while the old copy was still in flight");
-        pair.InterconnectBtoA.PauseUpstream = false;
-        PollUntil(a, () => retry.Done, TimeSpan.FromSeconds(10));
-        Assert.True(retry.Done);
-        Assert.True(retry.Cqe.StatusField.IsSuccess);
-        Assert.True(a.Write(1, Lba, Blocks, Pattern(0x22)).IsSuccess);
-        Thread.Sleep(200);
-        Assert.Equal(0x22, ReadTag(a));
-        Assert.Contains(pair.LogsA.Lines, l => l.Contains("commands now run through"));
+        return (viaB, viaA, old);
     }
 
     [Theory]
-    [InlineData(0)]
-    [InlineData(3 * 3600)]  // B's clock hours ahead of A's, as on two machines
-    [InlineData(-3 * 3600)] // and hours behind
-    public void OldCopyPastItsDeadlineNeverStarts(int clockOffsetB)
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void OldCopyInFlightOnTheInterconnectLandsBeforeTheRetryCompletes(string kind, int clockOffsetB)
     {
-        using var pair = new TestPair(
-            overridesA: new() { ["Cluster:HeartbeatTimeoutMs"] = "20000", ["Cluster:RelayTimeoutMs"] = "800" },
-            overridesB: new() { ["Cluster:HeartbeatTimeoutMs"] = "20000", ["Cluster:RelayTimeoutMs"] = "800", ["Cluster:ClockOffsetSeconds"] = clockOffsetB.ToString() });
+        var slow = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = "10000" };
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB, slow, slow);
         pair.WaitHealthy();
         using var toB = new TcpForwarder(pair.EndpointB);
-        Guid hostId = Guid.NewGuid();
-        using NvmeHost viaB = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { SendKeepAlive = false });
-        IoQueue b = viaB.IoQueues[0];
-        Assert.True(b.Write(1, Lba, Blocks, Pattern(0x30)).IsSuccess);
-        // The host reaches the owner on an association made after its relay opened (as after a failover): one made
-        // before would be closed at its first I/O, since it could still carry old copies (docs/ha.md).
-        using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
-        IoQueue a = viaA.IoQueues[0];
-        pair.InterconnectBtoA.PauseUpstream = true;
-        Pending old = SubmitWrite(b, Pattern(0x31));
-        PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(200));
-        toB.Cut();
-        PollUntil(b, () => old.Done, TimeSpan.FromSeconds(5));
+        (NvmeHost viaB, NvmeHost viaA, _) = OldCopyOnTheInterconnect(pair, toB, 0x20);
+        using (viaB)
+        using (viaA)
+        {
+            IoQueue a = viaA.IoQueues[0];
+            // The retry on the owner waits for the old copy (it was sent: the drain counts it).
+            Pending retry = Submit(a, 0x21);
+            PollUntil(a, () => retry.Done, TimeSpan.FromMilliseconds(500));
+            Assert.False(retry.Done, "the retry completed while the old copy was still in flight");
+            pair.InterconnectBtoA.PauseUpstream = false;
+            PollUntil(a, () => retry.Done, TimeSpan.FromSeconds(10));
+            Assert.True(retry.Succeeded);
+            Assert.True(Write(a, 0x22).IsSuccess);
+            Thread.Sleep(200);
+            Assert.Equal(0x22, ReadTag(a));
+            Assert.Contains("commands now run through", pair.Log('A'));
+        }
+    }
 
-        // The drain waits at most the relay timeout; then the retry and a newer write go ahead.
-        Pending retry = SubmitWrite(a, Pattern(0x31));
-        PollUntil(a, () => retry.Done, TimeSpan.FromSeconds(10));
-        Assert.True(retry.Cqe.StatusField.IsSuccess);
-        Assert.True(a.Write(1, Lba, Blocks, Pattern(0x32)).IsSuccess);
-        // Release the old copy long after its deadline: it must be refused, not executed.
-        pair.InterconnectBtoA.PauseUpstream = false;
-        Thread.Sleep(1000);
-        Assert.Equal(0x32, ReadTag(a));
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void OldCopyPastItsDeadlineNeverStarts(string kind, int clockOffsetB)
+    {
+        var shortRelay = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = "20000", ["Cluster:RelayTimeoutMs"] = "800" };
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB, shortRelay, new Dictionary<string, string?>(shortRelay));
+        pair.WaitHealthy();
+        using var toB = new TcpForwarder(pair.EndpointB);
+        (NvmeHost viaB, NvmeHost viaA, _) = OldCopyOnTheInterconnect(pair, toB, 0x30);
+        using (viaB)
+        using (viaA)
+        {
+            IoQueue a = viaA.IoQueues[0];
+            // The drain waits at most the relay timeout; then the retry and a newer write go ahead.
+            Pending retry = Submit(a, 0x31);
+            PollUntil(a, () => retry.Done, TimeSpan.FromSeconds(10));
+            Assert.True(retry.Succeeded);
+            Assert.True(Write(a, 0x32).IsSuccess);
+            // Release the old copy long after its deadline: it must be refused, not executed.
+            pair.InterconnectBtoA.PauseUpstream = false;
+            Thread.Sleep(1000);
+            Assert.Equal(0x32, ReadTag(a));
+        }
     }
 }

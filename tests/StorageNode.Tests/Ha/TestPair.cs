@@ -14,8 +14,10 @@ namespace StorageNode.Tests.Ha;
 /// <see cref="TcpForwarder"/>s so a test can cut it from outside; ANA group 1 (NSID 1) belongs to A, group 2
 /// (NSID 2) to B.
 /// </summary>
-public sealed class TestPair : IDisposable
+public sealed class TestPair : IPairRig
 {
+    public string Kind => "one process";
+
     public const string Nqn = "nqn.2026-11.io.storagenode:pair-test";
     /// <summary>The second subsystem (with <c>subsystems: 2</c>): the same layout, its own bdev.</summary>
     public const string Nqn2 = "nqn.2026-11.io.storagenode:pair-test-2";
@@ -34,8 +36,7 @@ public sealed class TestPair : IDisposable
         int icA = FreeTcpPort(), icB = FreeTcpPort(), hbA = FreeUdpPort(), hbB = FreeUdpPort();
         InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
         InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
-        _cfgA = Settings("A", "B", icA, InterconnectAtoB.Endpoint.Port, hbA, hbB, reactors, ownerOf: 1, cntlMin: 1, subsystems);
-        _cfgB = Settings("B", "A", icB, InterconnectBtoA.Endpoint.Port, hbB, hbA, reactors, ownerOf: 2, cntlMin: 1000, subsystems);
+        (_cfgA, _cfgB) = PairSettings(icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port, hbA, hbB, reactors, subsystems);
         foreach (var kv in overridesA ?? []) _cfgA[kv.Key] = kv.Value;
         foreach (var kv in overridesB ?? []) _cfgB[kv.Key] = kv.Value;
         _lfA = LoggerFactory.Create(b => b.AddProvider(LogsA));
@@ -49,7 +50,7 @@ public sealed class TestPair : IDisposable
         }
     }
 
-    private static Dictionary<string, string?> Settings(string me, string partner, int ic, int partnerIc, int hb, int partnerHb, int reactors, uint ownerOf, int cntlMin,
+    internal static Dictionary<string, string?> Settings(string me, string partner, int ic, int partnerIc, int hb, int partnerHb, int reactors, uint ownerOf, int cntlMin,
         int subsystems)
     {
         uint other = ownerOf == 1 ? 2u : 1u;
@@ -109,6 +110,11 @@ public sealed class TestPair : IDisposable
     public IPEndPoint EndpointA => A.TcpEndpoints[0];
     public IPEndPoint EndpointB => B.TcpEndpoints[0];
 
+    /// <summary>Both nodes' settings as the constructor builds them (for <see cref="ProcessPair"/>).</summary>
+    internal static (Dictionary<string, string?> A, Dictionary<string, string?> B) PairSettings(int icA, int icB, int icAtoB, int icBtoA, int hbA, int hbB, int reactors, int subsystems)
+        => (Settings("A", "B", icA, icAtoB, hbA, hbB, reactors, ownerOf: 1, cntlMin: 1, subsystems),
+            Settings("B", "A", icB, icBtoA, hbB, hbA, reactors, ownerOf: 2, cntlMin: 1000, subsystems));
+
     /// <summary>Waits until both nodes report the partner healthy (bounded).</summary>
     public void WaitHealthy(TimeSpan? timeout = null)
     {
@@ -121,6 +127,10 @@ public sealed class TestPair : IDisposable
             Thread.Sleep(20);
         }
     }
+
+    public long Relayed(char node) => (node == 'A' ? A : B).Pair!.Links[0].Relayed;
+
+    public string Log(char node) => string.Join("\n", node == 'A' ? LogsA.Lines : LogsB.Lines);
 
     /// <summary>Warnings and errors both nodes logged (for failure messages).</summary>
     public string Problems()

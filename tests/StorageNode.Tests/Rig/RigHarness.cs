@@ -80,8 +80,6 @@ public static partial class RigHarness
         return new GuestRun(Process.Start(psi)!, name, psi.Environment["RIG_FWD_TAG"]!, timeout);
     }
 
-    /// <summary>Starts two guests, a and b, joined by a private link (run-pair.sh), both running <paramref name="script"/>.</summary>
-
     /// <summary>The build output folder of a project (same configuration as these tests), e.g. "src/StorageNode".</summary>
     public static string BuiltOutput(string project)
     {
@@ -99,7 +97,13 @@ public static partial class RigHarness
         foreach (string f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)), overwrite: true);
     }
 
-    public static GuestRun StartPair(string script, IReadOnlyDictionary<string, string> env, TimeSpan timeout)
+    /// <summary>
+    /// Starts two guests, a and b, joined by a private link (run-pair.sh), both running <paramref name="script"/>.
+    /// <paramref name="timeout"/> is each guest's (RIG_TIMEOUT). With a <paramref name="stagger"/> (whole seconds; RIG_STAGGER)
+    /// b starts that long after a, so the guests' monotonic clocks differ by at least that much; a's timeout and the
+    /// whole run's are longer by it.
+    /// </summary>
+    public static GuestRun StartPair(string script, IReadOnlyDictionary<string, string> env, TimeSpan timeout, TimeSpan stagger = default)
     {
         var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = RepoRoot };
         psi.ArgumentList.Add(Path.Combine(RigDir, "run-pair.sh"));
@@ -109,7 +113,9 @@ public static partial class RigHarness
         psi.Environment["RIG_ENV"] = lines.ToString();
         psi.Environment["RIG_CACHE"] = Cache;
         psi.Environment["RIG_TIMEOUT"] = ((int)timeout.TotalSeconds).ToString();
-        return new GuestRun(Process.Start(psi)!, "pair", "sn-pair", timeout);
+        int staggerSeconds = (int)Math.Ceiling(stagger.TotalSeconds);
+        if (staggerSeconds > 0) psi.Environment["RIG_STAGGER"] = staggerSeconds.ToString();
+        return new GuestRun(Process.Start(psi)!, "pair", "sn-pair", timeout + TimeSpan.FromSeconds(Math.Max(staggerSeconds, 0)));
     }
 }
 

@@ -189,6 +189,10 @@ public class RigTests(ITestOutputHelper output)
         output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
         // One node per guest, the interconnect over soft-RoCE (the host kernel has no rdma_rxe), the kernel
         // NVMe/TCP host with native multipath in guest b next to node B: B relays NSID 1 (A's) over NVMe/RDMA.
+        // Guest b starts 30 s after guest a (RIG_STAGGER), so the nodes' monotonic clocks differ as two machines'
+        // do: both nodes must measure the partner's clock at least 25 s away (the margin: the guests' boot times
+        // differ), and relaying and the failover under fio verify work across the two clocks.
+        TimeSpan stagger = TimeSpan.FromSeconds(30);
         string built = RigHarness.BuiltOutput("src/StorageNode");
         Assert.True(File.Exists(Path.Combine(built, "libsnverbs.so")), $"libsnverbs.so is not next to the node in {built}");
         string copy = Path.Combine(RigHarness.Cache, $"ha-rdma-{Environment.ProcessId}");
@@ -203,13 +207,16 @@ public class RigTests(ITestOutputHelper output)
                 ["CUT_SECONDS"] = "8",
                 // Cluster:RdmaAckTimeout end to end: both sides' QPs report it (268 ms; rdma_cm's RoCE default is longer).
                 ["RDMA_ACK_TIMEOUT"] = "16",
+                ["STAGGER_EXPECT"] = "25",
             };
-            using GuestRun g = RigHarness.StartPair("ha-rdma.sh", env, TimeSpan.FromMinutes(9));
+            // Each guest's timeout; a's and the whole run's are longer by the stagger (StartPair).
+            using GuestRun g = RigHarness.StartPair("ha-rdma.sh", env, TimeSpan.FromMinutes(9), stagger);
             int rc = g.Wait();
             output.WriteLine(g.Output);
             output.WriteLine($"HA pair over RDMA: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
             Assert.Equal(0, rc);
-            foreach (string check in new[] { "b| CHECK interconnect-rdma: ok", "b| CHECK interconnect-rdma-ack-timeout: ok", "a| CHECK node-A0-interconnect-qps-ack-timeout: ok", "b| CHECK proxy-path-non-optimized: ok",
+            foreach (string check in new[] { "b| CHECK interconnect-rdma: ok", "b| CHECK interconnect-rdma-ack-timeout: ok", "a| CHECK node-A0-interconnect-qps-ack-timeout: ok",
+                         "b| CHECK partner-clock-offset-rdma: ok", "a| CHECK node-A0-partner-clock-offset: ok", "b| CHECK proxy-path-non-optimized: ok",
                          "b| CHECK relayed-128k-errors: ok", "b| CHECK relayed-128k-verified-kib: ok", "b| CHECK relayed-zero-copy-bytes: ok",
                          "b| CHECK relayed-bounce-copies: ok", "b| CHECK relayed-temporary-registrations: ok",
                          "b| CHECK two-paths: ok", "b| CHECK owner-path-optimized: ok", "b| CHECK failover-fio-errors: ok",

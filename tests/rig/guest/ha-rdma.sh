@@ -17,12 +17,20 @@
 #      forwarder killed, kept cut CUT_SECONDS), 0 errors, 0 verify failures, the path back afterwards.
 #  a: runs node(s) A until b reports (a TCP line on DONE_PORT), then both stop with SIGTERM: exit 0, no
 #     fail:/crit: in their logs ($RIG_OUT/node-*.log).
+#  Clocks: each guest prints its uptime (CLOCK_MONOTONIC since its boot) and wall clock at the start ("START ...");
+#  each node's "partner P's clock reads +X s from this node's" line (logged when its interconnect comes up) is
+#  printed; with STAGGER_EXPECT=S (run-pair.sh's RIG_STAGGER starts b later, so the guests' monotonic clocks
+#  differ) b checks that B sees A's clock at least S s away, and a that A sees B's (partner-clock-offset-T,
+#  node-AK-partner-clock-offset).
 # Env: NODE_DLL (a path visible in the guests), HA_TRANSPORTS, FIO_RUNTIME (40), CUT_SECONDS (8), BENCH_ROUNDS (0),
 #      BENCH_SECONDS (10), FAILOVER (1), POLL_MODE (adaptive: the nodes' Node:PollMode),
-#      RDMA_ACK_TIMEOUT (0: rdma_cm's default; else Cluster:RdmaAckTimeout of the rdma pairs), DONE_PORT (7999), WAIT_DONE (600).
+#      RDMA_ACK_TIMEOUT (0: rdma_cm's default; else Cluster:RdmaAckTimeout of the rdma pairs), DONE_PORT (7999),
+#      WAIT_DONE (600; a waits RIG_STAGGER s longer), STAGGER_EXPECT (0: no clock offset check; whole seconds).
 export SUBNQN=${SUBNQN:-nqn.2026-11.io.storagenode:ha-rdma}
 . "${RIG_LIB:?RIG_LIB must name tests/rig/guest/lib.sh}"
 export DOTNET_CLI_HOME=/tmp HOME=/tmp
+read -r UP0 _ < /proc/uptime
+echo "START $RIG_NODE uptime ${UP0} s, wall clock $(date +%s.%N) s (RIG_STAGGER ${RIG_STAGGER:-0} s, STAGGER_EXPECT ${STAGGER_EXPECT:-0} s)"
 D=${DONE_PORT:-7999}
 IPA=192.168.100.1 IPB=192.168.100.2
 read -r -a TRS <<< "${HA_TRANSPORTS:-rdma}"
@@ -54,6 +62,21 @@ config() {
 EOF
 }
 
+# clock_offset NAME PARTNER LOG: prints the node's last "partner PARTNER's clock reads +X s from this node's (within
+# U us)"; with STAGGER_EXPECT > 0, checks |X| >= STAGGER_EXPECT (the guests' monotonic clocks differ by the stagger).
+clock_offset() {
+  local line off unc whole end=$((SECONDS + 10))   # the logger writes it a moment after the "up" line: bounded wait
+  while [ $SECONDS -lt $end ] && ! grep -q "partner $2's clock reads " "$3"; do sleep 0.2; done
+  line=$(grep "partner $2's clock reads " "$3" | tail -n 1)
+  off=$(sed -nE 's/.*clock reads ([+-][0-9]+[.,][0-9]+) s from .*/\1/p' <<< "$line")
+  unc=$(sed -nE 's/.*\(within (-?[0-9]+) us\).*/\1/p' <<< "$line")
+  echo "  node $ME: partner $2's clock reads ${off:-?} s from this node's (within ${unc:-?} us); this guest's uptime: $(cut -d' ' -f1 /proc/uptime) s now, $UP0 s at the start"
+  [ "${STAGGER_EXPECT:-0}" -gt 0 ] || return 0
+  whole=${off#[+-]}; whole=${whole%%[.,]*}
+  if [[ $whole =~ ^[0-9]+$ ]] && [ "$whole" -ge "$STAGGER_EXPECT" ]; then ok "$1" "$off s, within $unc us; |offset| >= $STAGGER_EXPECT s"
+  elif [ -z "$line" ]; then fail "$1" "(no \"partner $2's clock reads\" line in the node's log)"
+  else fail "$1" "(got '${off}' in '$line', expected |offset| >= $STAGGER_EXPECT s)"; fi
+}
 # cpu: this guest's CPU time so far ("user system softirq idle", in clock ticks), for a run's breakdown.
 cpu() { awk '/^cpu /{print $2+$3, $4+$7, $8, $5+$6}' /proc/stat; }
 # cpu_pct BEFORE AFTER: the shares of user, system, softirq and idle time between two cpu readings.
@@ -68,7 +91,7 @@ for k in "${!TRS[@]}"; do
   dotnet "${NODE_DLL:?}" --config "/tmp/node-$k.json" > "/tmp/node-$k.log" 2>&1 & PIDS[$k]=$!
 done
 if [ "$RIG_NODE" = a ]; then
-  timeout -k 5 "${WAIT_DONE:-600}" socat -u TCP-LISTEN:"$D",reuseaddr,bind="$IPA" - > /tmp/done.txt 2>/tmp/done.err & waiter=$!
+  timeout -k 5 "$((${WAIT_DONE:-600} + ${RIG_STAGGER:-0}))" socat -u TCP-LISTEN:"$D",reuseaddr,bind="$IPA" - > /tmp/done.txt 2>/tmp/done.err & waiter=$!
 fi
 for k in "${!TRS[@]}"; do
   end=$((SECONDS + 150))
@@ -107,6 +130,8 @@ if [ "$RIG_NODE" = a ]; then
       expect_ge "node-A$k-interconnect-qps-ack-timeout" "$(grep -A1 'interconnect NVMe/RDMA queue' "/tmp/node-$k.log" | grep -c "QP ACK timeout $RDMA_ACK_TIMEOUT (")" 2
     fi
   done
+  # A's view of B's clock (its own interconnect to B came up once B started).
+  for k in "${!TRS[@]}"; do clock_offset "node-A$k-partner-clock-offset" B "/tmp/node-$k.log"; done
   expect_eq host-result "$(head -c 200 /tmp/done.txt | tr -d '\n')" "b 0"
   for k in "${!TRS[@]}"; do kill -USR1 "${PIDS[$k]}" 2>/dev/null; done; sleep 1
   stop_nodes
@@ -129,6 +154,8 @@ for k in "${!TRS[@]}"; do
     if [ "$t" = rdma ] && [ "${RDMA_ACK_TIMEOUT:-0}" != 0 ]; then
       check "interconnect-$t-ack-timeout" grep -q "up over NVMe/RDMA.*QP ACK timeout $RDMA_ACK_TIMEOUT (" "/tmp/node-$k.log"
     fi
+    # B's estimate of A's clock, logged right after the "up" line.
+    clock_offset "partner-clock-offset-$t" A "/tmp/node-$k.log"
   else fail "interconnect-$t" "($(grep -E 'interconnect|partner' "/tmp/node-$k.log" | tail -n 3 | tr '\n' ' '))"; fi
 done
 if [ "$FAILS" -gt 0 ]; then report 1; stop_nodes; finish; fi

@@ -1,0 +1,205 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using System.Text.Json.Nodes;
+using StorageNode.Control;
+using StorageNode.Nvme.Host;
+using StorageNode.Tests.Rig;
+
+namespace StorageNode.Tests.Ha;
+
+/// <summary>A pair of nodes under test, whatever runs them: one process (<see cref="TestPair"/>) or two (<see cref="ProcessPair"/>).</summary>
+public interface IPairRig : IDisposable
+{
+    string Kind { get; }
+    IPEndPoint EndpointA { get; }
+    IPEndPoint EndpointB { get; }
+    /// <summary>The interconnect association A makes into B runs through this forwarder (and B's into A through the other).</summary>
+    TcpForwarder InterconnectAtoB { get; }
+    TcpForwarder InterconnectBtoA { get; }
+    void WaitHealthy(TimeSpan? timeout = null);
+    NvmeHost Connect(IPEndPoint ep, Guid hostId, NvmeHostOptions? options = null, string nqn = TestPair.Nqn);
+    /// <summary>What went wrong, from both nodes' logs (for failure messages).</summary>
+    string Problems();
+    /// <summary>Everything node 'A' or 'B' logged so far.</summary>
+    string Log(char node);
+    /// <summary>Commands node 'A' or 'B' relayed to its partner (first subsystem).</summary>
+    long Relayed(char node);
+}
+
+/// <summary>
+/// The two nodes of a pair as two <c>storagenode</c> processes on loopback, configured as <see cref="TestPair"/> does,
+/// the interconnect through <see cref="TcpForwarder"/>s in the test process. Each node has its own clock offset
+/// (<c>Cluster:ClockOffsetSeconds</c>), as two machines would, and its own management socket, through which the test
+/// sees the pair's health.
+/// </summary>
+public sealed class ProcessPair : IPairRig
+{
+    private readonly Node _a, _b;
+
+    public string Kind => "two processes";
+    public IPEndPoint EndpointA => _a.Endpoint;
+    public IPEndPoint EndpointB => _b.Endpoint;
+    public TcpForwarder InterconnectAtoB { get; }
+    public TcpForwarder InterconnectBtoA { get; }
+    public int ProcessIdA => _a.Process.Id;
+    public int ProcessIdB => _b.Process.Id;
+
+    public ProcessPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int clockOffsetSecondsB = 0, int reactors = 1)
+    {
+        int icA = TestPair.FreeTcpPort(), icB = TestPair.FreeTcpPort(), hbA = TestPair.FreeUdpPort(), hbB = TestPair.FreeUdpPort();
+        InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
+        InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
+        (Dictionary<string, string?> a, Dictionary<string, string?> b) = TestPair.PairSettings(icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port, hbA, hbB, reactors, 1);
+        b["Cluster:ClockOffsetSeconds"] = clockOffsetSecondsB.ToString();
+        foreach (var kv in overridesA ?? []) a[kv.Key] = kv.Value;
+        foreach (var kv in overridesB ?? []) b[kv.Key] = kv.Value;
+        _a = new Node("A", a);
+        try
+        {
+            _b = new Node("B", b);
+        }
+        catch
+        {
+            _a.Dispose();
+            throw;
+        }
+    }
+
+    public void WaitHealthy(TimeSpan? timeout = null)
+    {
+        var sw = Stopwatch.StartNew();
+        TimeSpan limit = timeout ?? TimeSpan.FromSeconds(30);
+        while (!(_a.Healthy() && _b.Healthy()))
+        {
+            if (sw.Elapsed > limit) throw new TimeoutException($"pair not healthy after {limit.TotalSeconds} s\n{Problems()}");
+            Thread.Sleep(50);
+        }
+    }
+
+    public NvmeHost Connect(IPEndPoint ep, Guid hostId, NvmeHostOptions? options = null, string nqn = TestPair.Nqn)
+        => NvmeHost.Connect(ep, nqn, (options ?? new NvmeHostOptions()) with { HostId = hostId });
+
+    /// <summary>A management call on one node (e.g. <c>cluster_get_status</c>).</summary>
+    public JsonNode? Rpc(char node, string method) => (node == 'A' ? _a : _b).Call(method);
+
+    /// <summary>Stops or resumes a node's whole process (SIGSTOP / SIGCONT): a node that stalls, as under a long pause.</summary>
+    public void Freeze(char node, bool frozen) => Signal((node == 'A' ? _a : _b).Process.Id, frozen ? "STOP" : "CONT");
+
+    private static void Signal(int pid, string sig)
+    {
+        using var kill = Process.Start(new ProcessStartInfo("kill", $"-{sig} {pid}") { UseShellExecute = false })!;
+        kill.WaitForExit(5000);
+    }
+
+    public string Problems() => $"A:\n{_a.Tail()}\nB:\n{_b.Tail()}";
+
+    /// <summary>Everything a node printed so far.</summary>
+    public string Log(char node) => (node == 'A' ? _a : _b).Output;
+
+    public long Relayed(char node) => Rpc(node, "cluster_get_status")!["links"]![0]!["relayed"]!.GetValue<long>();
+
+    public void Dispose()
+    {
+        InterconnectAtoB.Dispose();
+        InterconnectBtoA.Dispose();
+        _a.Dispose();
+        _b.Dispose();
+    }
+
+    /// <summary>One storagenode process.</summary>
+    private sealed class Node : IDisposable
+    {
+        private readonly StringBuilder _out = new();
+        private readonly string _socket;
+
+        public Process Process { get; }
+        public IPEndPoint Endpoint { get; }
+
+        public Node(string name, Dictionary<string, string?> settings)
+        {
+            int port = TestPair.FreeTcpPort();
+            settings["Listeners:0:Port"] = port.ToString();
+            _socket = Path.Combine(Path.GetTempPath(), $"sn-pair-{Environment.ProcessId}-{Guid.NewGuid():N}-{name}.sock");
+            settings["Control:RpcSocket"] = _socket;
+            Endpoint = new IPEndPoint(IPAddress.Loopback, port);
+            var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+            psi.ArgumentList.Add(Path.Combine(RigHarness.BuiltOutput("src/StorageNode"), "storagenode.dll"));
+            foreach (var kv in settings) psi.ArgumentList.Add($"--{kv.Key}={kv.Value}");
+            Process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start storagenode");
+            Process.OutputDataReceived += (_, e) => { if (e.Data != null) lock (_out) _out.AppendLine(e.Data); };
+            Process.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (_out) _out.AppendLine(e.Data); };
+            Process.BeginOutputReadLine();
+            Process.BeginErrorReadLine();
+            var sw = Stopwatch.StartNew();
+            while (!File.Exists(_socket))
+            {
+                if (Process.HasExited || sw.Elapsed > TimeSpan.FromSeconds(30))
+                    throw new InvalidOperationException($"node {name} did not start (exit {(Process.HasExited ? Process.ExitCode : -1)}):\n{Output}");
+                Thread.Sleep(50);
+            }
+        }
+
+        public string Output
+        {
+            get { lock (_out) return _out.ToString(); }
+        }
+
+        public string Tail()
+        {
+            string[] lines = Output.Split('\n');
+            return string.Join("\n", lines.Where(l => l.Contains("warn") || l.Contains("fail") || l.Contains("crit")).TakeLast(30));
+        }
+
+        public JsonNode? Call(string method)
+        {
+            using var c = new RpcClient(_socket, TimeSpan.FromSeconds(5));
+            return c.Call(method);
+        }
+
+        public bool Healthy()
+        {
+            try { return Call("cluster_get_status")?["partner_status"]?.GetValue<string>() == "healthy"; }
+            catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or InvalidOperationException or TimeoutException) { return false; }
+        }
+
+        public void Dispose()
+        {
+            try
+            {
+                if (!Process.HasExited)
+                {
+                    Signal(Process.Id, "CONT");
+                    Signal(Process.Id, "TERM");
+                    if (!Process.WaitForExit(10_000)) Process.Kill(entireProcessTree: true);
+                }
+                Process.WaitForExit();
+            }
+            catch (InvalidOperationException) { }
+            Process.Dispose();
+            try { File.Delete(_socket); } catch (IOException) { }
+        }
+    }
+}
+
+/// <summary>Pairs for tests that must hold however the nodes run: in one process on one clock, or as two processes with node B's clock hours off.</summary>
+public static class PairRigs
+{
+    public const string OneProcess = "one process";
+    public const string TwoProcesses = "two processes";
+
+    /// <summary>(kind, node B's clock offset in seconds)</summary>
+    public static TheoryData<string, int> Kinds => new()
+    {
+        { OneProcess, 0 },
+        { TwoProcesses, 3 * 3600 },
+        { TwoProcesses, -3 * 3600 },
+    };
+
+    public static IPairRig Create(string kind, int clockOffsetSecondsB, Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null)
+    {
+        if (kind == TwoProcesses) return new ProcessPair(overridesA, overridesB, clockOffsetSecondsB);
+        var b = new Dictionary<string, string?>(overridesB ?? []) { ["Cluster:ClockOffsetSeconds"] = clockOffsetSecondsB.ToString() };
+        return new TestPair(overridesA, b);
+    }
+}
