@@ -21,6 +21,10 @@ public static unsafe partial class Libc
     public const int SO_KEEPALIVE = 9;
     public const int SO_LINGER = 13;
     public const int TCP_NODELAY = 1;
+    public const int TCP_KEEPIDLE = 4;
+    public const int TCP_KEEPINTVL = 5;
+    public const int TCP_KEEPCNT = 6;
+    public const int TCP_USER_TIMEOUT = 18;
     public const int MSG_DONTWAIT = 0x40;
     public const int MSG_NOSIGNAL = 0x4000;
     public const int SHUT_RDWR = 2;

@@ -47,14 +47,22 @@ public static unsafe class NativeSocket
         return fd;
     }
 
-    /// <summary>Connects a blocking-free socket within the timeout; the returned socket is non-blocking.</summary>
-    public static int Connect(IPEndPoint endpoint, TimeSpan timeout)
+    /// <summary>
+    /// Connects a blocking-free socket within the timeout; the returned socket is non-blocking. With
+    /// <paramref name="localAddress"/>, the connection leaves from that address (any port).
+    /// </summary>
+    public static int Connect(IPEndPoint endpoint, TimeSpan timeout, IPAddress? localAddress = null)
     {
         int family = endpoint.AddressFamily == AddressFamily.InterNetworkV6 ? Libc.AF_INET6 : Libc.AF_INET;
         int fd = Libc.Socket(family, Libc.SOCK_STREAM | Libc.SOCK_NONBLOCK | Libc.SOCK_CLOEXEC, 0);
         if (fd < 0) throw Error("socket");
         try
         {
+            if (localAddress != null)
+            {
+                var local = new IPEndPoint(localAddress, 0);
+                WithSockAddr(local, (addr, len) => Check(Libc.Bind(fd, addr, len), $"bind {local}"));
+            }
             int rc = 0, err = 0;
             WithSockAddr(endpoint, (addr, len) => { rc = Libc.Connect(fd, addr, len); err = rc < 0 ? Libc.Errno : 0; });
             if (rc < 0 && err != Libc.EINPROGRESS) throw new SocketException(err);
@@ -83,6 +91,24 @@ public static unsafe class NativeSocket
     {
         int one = 1;
         Libc.SetSockOpt(fd, Libc.IPPROTO_TCP, Libc.TCP_NODELAY, &one, sizeof(int));
+    }
+
+    /// <summary>
+    /// TCP keep-alive: probes after <paramref name="idleSeconds"/> idle, every <paramref name="intervalSeconds"/>,
+    /// <paramref name="probes"/> of them; TCP_USER_TIMEOUT <paramref name="userTimeoutMs"/>. Returns 0, or the errno of
+    /// the first option that failed.
+    /// </summary>
+    public static int SetKeepAlive(int fd, int idleSeconds, int intervalSeconds, int probes, int userTimeoutMs)
+    {
+        int one = 1;
+        // The timings first: SO_KEEPALIVE arms the timer with whatever idle time is set then.
+        if (Libc.SetSockOpt(fd, Libc.IPPROTO_TCP, Libc.TCP_KEEPIDLE, &idleSeconds, sizeof(int)) < 0
+            || Libc.SetSockOpt(fd, Libc.IPPROTO_TCP, Libc.TCP_KEEPINTVL, &intervalSeconds, sizeof(int)) < 0
+            || Libc.SetSockOpt(fd, Libc.IPPROTO_TCP, Libc.TCP_KEEPCNT, &probes, sizeof(int)) < 0
+            || Libc.SetSockOpt(fd, Libc.IPPROTO_TCP, Libc.TCP_USER_TIMEOUT, &userTimeoutMs, sizeof(int)) < 0
+            || Libc.SetSockOpt(fd, Libc.SOL_SOCKET, Libc.SO_KEEPALIVE, &one, sizeof(int)) < 0)
+            return Libc.Errno;
+        return 0;
     }
 
     public static void SetBufferSizes(int fd, int bytes)

@@ -22,6 +22,7 @@ public sealed class Node : IDisposable
     private readonly Dictionary<string, Bdev> _bdevs = new(StringComparer.Ordinal);
     private readonly ILogger _log;
     private bool _started;
+    private bool _disposed;
 
     public NodeConfig Config { get; }
     public NvmfTarget Target { get; }
@@ -188,8 +189,11 @@ public sealed class Node : IDisposable
             _reactors.Count > 0 ? _reactors[0].Pools.TotalBytes >> 20 : 0);
     }
 
+    /// <summary>Stops the node; a second call does nothing (native resources are freed once).</summary>
     public void Dispose()
     {
+        if (_disposed) return;
+        _disposed = true;
         Rpc?.Dispose();
         Pair?.Dispose();
         Tcp?.Dispose();

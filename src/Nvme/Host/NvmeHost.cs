@@ -40,6 +40,8 @@ public sealed record NvmeHostOptions
     /// <summary>Ask the controller to disable SQ flow control (lets it use the C2HData SUCCESS flag).</summary>
     public bool DisableSqFlowControl { get; init; } = true;
     public int MaxR2T { get; init; } = 4;
+    /// <summary>NVMe/TCP: the local address the connections leave from (null: the system chooses).</summary>
+    public IPAddress? LocalAddress { get; init; }
 
     public string EffectiveHostNqn => HostNqn ?? $"nqn.2014-08.org.nvmexpress:uuid:{HostId}";
 }
@@ -131,6 +133,7 @@ public sealed unsafe class NvmeHost : IDisposable
                 InCapsuleDataSize = 8192,
                 ConnectTimeout = options.ConnectTimeout,
                 MaxR2T = options.MaxR2T,
+                LocalAddress = options.LocalAddress,
             });
         var host = new NvmeHost(endpoint, subsystemNqn, options with { SendKeepAlive = options.SendKeepAlive }, admin);
         try
@@ -173,6 +176,7 @@ public sealed unsafe class NvmeHost : IDisposable
                         InCapsuleDataSize = icd,
                         ConnectTimeout = options.ConnectTimeout,
                         MaxR2T = options.MaxR2T,
+                        LocalAddress = options.LocalAddress,
                     });
                     var io = new IoQueue(host, tq, (ushort)q);
                     host._ioQueues.Add(io);
@@ -498,6 +502,9 @@ public sealed unsafe class NvmeHost : IDisposable
         _ioQueues.Clear();
         return list;
     }
+
+    /// <summary>Stops sending Keep Alive (a host that abandoned the association without closing it).</summary>
+    public void StopKeepAlive() => _keepAlive?.Dispose();
 
     /// <summary>True once the admin queue's connection failed.</summary>
     public bool AdminBroken => _admin.IsBroken;

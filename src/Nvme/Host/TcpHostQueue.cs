@@ -25,6 +25,8 @@ public sealed record HostQueueOptions
     public uint InCapsuleDataSize { get; init; } = 8192;
     public int ReceiveBufferSize { get; init; } = 256 * 1024;
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>The local address the connection leaves from (null: the system chooses).</summary>
+    public IPAddress? LocalAddress { get; init; }
 }
 
 /// <summary>A fatal transport error on a host queue (TermReq, malformed PDU, closed connection).</summary>
@@ -137,7 +139,7 @@ public sealed unsafe class TcpHostQueue : IHostQueue
     /// <summary>Opens the TCP connection and performs the ICReq/ICResp exchange.</summary>
     public static TcpHostQueue Connect(IPEndPoint endpoint, HostQueueOptions options)
     {
-        int fd = NativeSocket.Connect(endpoint, options.ConnectTimeout);
+        int fd = NativeSocket.Connect(endpoint, options.ConnectTimeout, options.LocalAddress);
         try
         {
             ICReqPdu req = default;

@@ -106,7 +106,8 @@ public sealed record NodeConfig
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
     private static readonly string[] TargetKeys = ["MaxQueueDepth", "AdminQueueDepth", "MaxIoQueues", "MaxIoSize", "InCapsuleDataSize",
-        "MaxH2CDataSize", "MaxR2TPerCommand", "MaxC2HDataSize", "C2HSuccess", "KeepAliveGranularityMs", "ReceiveBufferSize"];
+        "MaxH2CDataSize", "MaxR2TPerCommand", "MaxC2HDataSize", "C2HSuccess", "KeepAliveGranularityMs", "ReceiveBufferSize",
+        "MaxConnections", "TcpKeepAliveSeconds"];
     private static readonly string[] ListenerKeys = ["Transport", "Address", "Port", "AdvertiseAddress", "PortId", "Role", "RdmaAckTimeout"];
     private static readonly string[] BdevKeys = ["Name", "Type", "SizeMiB", "BlockSize", "Path", "Direct"];
     private static readonly string[] SubsystemKeys = ["Nqn", "SerialNumber", "ModelNumber", "FirmwareRevision", "ControllerIdMin",
@@ -153,6 +154,8 @@ public sealed record NodeConfig
             C2HSuccess = Bool(target, "C2HSuccess", td.C2HSuccess),
             KeepAliveGranularityMs = (uint)Int(target, "KeepAliveGranularityMs", (int)td.KeepAliveGranularityMs, 100, 60000, multipleOf: 100),
             ReceiveBufferSize = Int(target, "ReceiveBufferSize", td.ReceiveBufferSize, 16384, 64 << 20),
+            MaxConnections = Int(target, "MaxConnections", td.MaxConnections, 1, 65536),
+            TcpKeepAliveSeconds = Int(target, "TcpKeepAliveSeconds", td.TcpKeepAliveSeconds, 0, 7200),
         };
         if (targetOptions.MaxIoSize > poolOptions.LargeBufferSize)
             throw new ConfigException("Target:MaxIoSize", $"{targetOptions.MaxIoSize} exceeds Node:Pools:LargeBufferSize ({poolOptions.LargeBufferSize})");

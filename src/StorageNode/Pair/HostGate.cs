@@ -269,7 +269,10 @@ public sealed class HostGate : IIoGate
     {
         if (req.Gate.Path is not PathCounter p) return;
         req.Gate.Path = null;
-        Interlocked.Decrement(ref p.Outstanding);
+        // The last command of a host nothing refers to any more (its associations and bindings went while it ran or
+        // was held): the entry goes now, or never would.
+        if (Interlocked.Decrement(ref p.Outstanding) == 0 && Volatile.Read(ref p.Entry.Associations) == 0 && Volatile.Read(ref p.Entry.Bindings) == 0)
+            Prune(p.Entry);
     }
 
     /// <summary>A relayed command past its deadline never starts: the host may already have retried it elsewhere.</summary>

@@ -36,7 +36,7 @@ public sealed class InterconnectLink
     public string? RdmaFallbackReason { get; private set; }
     /// <summary>Relayed commands submitted to the partner over this link (statistics).</summary>
     public long Relayed;
-    /// <summary>Commands not relayed because they reached this node no later than the owner's last drain of their host.</summary>
+    /// <summary>Commands not relayed because they may have been sent before the owner's last drain of their host.</summary>
     public long DroppedBeforeFence;
 
     internal InterconnectLink(PairNode pair, Subsystem subsystem, ILogger log)
@@ -380,20 +380,20 @@ public sealed class InterconnectLink
         }
     }
 
-    internal void Unregister(ProxyRegistration reg)
+    internal void Unregister(ProxyRegistration reg) => _pair.Enqueue(() => UnregisterNow(reg.Handle, reg.AssociationCntlid, reg.Host));
+
+    /// <summary>Gives a host's handle back to the partner (control thread).</summary>
+    internal void UnregisterNow(uint handle, ushort associationCntlid, HostRelay h)
     {
-        _pair.Enqueue(() =>
+        if (_host == null || _host.Cntlid != associationCntlid) return; // the association (and the handle) is gone anyway
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = InterconnectOpcode.UnregisterHost;
+        sqe.Cdw10 = handle;
+        try { Admin(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout); }
+        catch (Exception e) when (e is NvmeTransportException or TimeoutException or InvalidOperationException)
         {
-            if (_host == null || _host.Cntlid != reg.AssociationCntlid) return; // the association (and the handle) is gone anyway
-            SubmissionQueueEntry sqe = default;
-            sqe.Opcode = InterconnectOpcode.UnregisterHost;
-            sqe.Cdw10 = reg.Handle;
-            try { Admin(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout); }
-            catch (Exception e) when (e is NvmeTransportException or TimeoutException or InvalidOperationException)
-            {
-                _log.LogInformation("{Nqn}: unregistering {Host}: {Error}", Subsystem.Nqn, reg.Host, e.Message);
-            }
-        });
+            _log.LogInformation("{Nqn}: unregistering {Host}: {Error}", Subsystem.Nqn, h, e.Message);
+        }
     }
 
     /// <summary>Asks the owner to open a host's relay (blocks up to the owner's drain limit; not on a reactor).</summary>

@@ -126,10 +126,10 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             Finish(req, _link.UnavailableStatus);
             return true;
         }
-        if (req.ArrivedAfter <= Volatile.Read(ref host.FencedAt))
+        if (RelayControl.Quarantined(ctrl, host, req.ArrivedAfter))
         {
-            // It may have reached this node before the owner's last drain (the bound is conservative): the host may
-            // already have retried it on the owner. Never relayed; a path status makes the host retry (docs/ha.md).
+            // It may be a copy the host sent before the owner's last drain and has retried there since: never relayed;
+            // a path status makes the host retry (docs/ha.md).
             Interlocked.Increment(ref _link.DroppedBeforeFence);
             Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
             return true;

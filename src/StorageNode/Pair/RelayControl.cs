@@ -9,15 +9,14 @@ namespace StorageNode.Pair;
 
 /// <summary>
 /// The proxy's state of one host in one subsystem, across the link's associations: its current registration with the
-/// owner, and the fence the owner's last drain installed (a command that reached this node no later than it is never
-/// relayed).
+/// owner, and the fence the owner's last drain installed (see <see cref="RelayControl.Quarantined"/>).
 /// </summary>
 public sealed class HostRelay(HostKey key, string hostNqn, Guid hostId)
 {
     public HostKey Key { get; } = key;
     public string HostNqn { get; } = hostNqn;
     public Guid HostId { get; } = hostId;
-    /// <summary>Stopwatch ticks of the last drain: commands that arrived no later (<see cref="NvmfRequest.ArrivedAfter"/>) are not relayed.</summary>
+    /// <summary>Stopwatch ticks of the last drain (0: none).</summary>
     internal long FencedAt;
     /// <summary>The id of the last drain the owner asked for (relay opens carry it).</summary>
     internal long LastFenceId;
@@ -162,10 +161,19 @@ public sealed class RelayControl
             if (h.Registration is { } r && r.AssociationCntlid == cntlid) continue;
             uint? handle = _link.Register(h);
             if (handle is not uint value) continue;
+            bool installed;
             lock (h)
             {
-                if (h.Associations.Count > 0) h.Registration = new ProxyRegistration(value, h, cntlid);
+                installed = h.Associations.Count > 0;
+                if (installed) h.Registration = new ProxyRegistration(value, h, cntlid);
             }
+            if (installed) continue;
+            // The host left while its registration was on its way: nobody will use or give back this handle, and the
+            // owner would keep it (and the host's gate entry) until this association ends. Given back now, before any
+            // later registration of the same host (the owner answers one host on one association with one handle).
+            _log.LogInformation("{Nqn}: {Host} left before its registration with the partner completed; giving handle {Handle} back",
+                _link.Subsystem.Nqn, h, value);
+            _link.UnregisterNow(value, cntlid, h);
         }
         _link.WakeQueues();
     }
@@ -218,10 +226,27 @@ public sealed class RelayControl
     }
 
     /// <summary>
+    /// The proxy's fence after a drain: a relayed command that arrives on one of the host's associations from before
+    /// the drain, no later than KATO + KAS + 1 s after it, is not relayed — it may be a copy the host sent before it
+    /// moved to the owner and has retried there since (held in a socket buffer, behind a stalled reactor, or in the
+    /// network). Later than that, such an association that was cut off from its host has been torn down by the
+    /// keep-alive timer (it cannot deliver anything), and one that lives carries only what the host sent since.
+    /// Associations made after the drain are not affected; a host coming back here within the quarantine on an old
+    /// association sees its commands fail with ANA Transition (it retries) until the quarantine ends.
+    /// </summary>
+    internal static bool Quarantined(Controller ctrl, HostRelay host, long arrivedAfter)
+    {
+        long fencedAt = Volatile.Read(ref host.FencedAt);
+        if (fencedAt == 0 || ctrl.CreatedTicks > fencedAt) return false;
+        long quarantine = ((long)ctrl.KatoMs + ctrl.Target.Options.KeepAliveGranularityMs + 1000) * Stopwatch.Frequency / 1000;
+        return arrivedAfter <= fencedAt + quarantine;
+    }
+
+    /// <summary>
     /// An association whose host has sent no Keep Alive for longer than half its KATO (plus slack), or never will
-    /// (KATO 0): a host on a working path sends one at least that often (Linux: every KATO / 2). Its connections may
-    /// hold commands the host has given up on and retried at the owner, which a healed partition could still deliver
-    /// here after this drain: it is closed, so they never are.
+    /// (KATO 0; no keep-alive timer will ever end it): a host on a working path sends one at least that often (Linux:
+    /// every KATO / 2). Its connections may hold commands the host has given up on and retried at the owner, which a
+    /// healed partition could deliver here later: it is closed now, so they never are.
     /// </summary>
     private static bool Quiet(Controller c, long now)
     {

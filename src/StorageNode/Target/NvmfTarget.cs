@@ -28,6 +28,16 @@ public sealed record TargetOptions
     public uint KeepAliveGranularityMs { get; init; } = 1000;
     /// <summary>Receive buffer per connection.</summary>
     public int ReceiveBufferSize { get; init; } = 128 * 1024;
+    /// <summary>
+    /// Connections (queue pairs) the node keeps open at once, over every transport and listener (the interconnect's
+    /// included); one more is closed (NVMe/RDMA: rejected) at once (<see cref="ConnectionLimit"/>).
+    /// </summary>
+    public int MaxConnections { get; init; } = 1024;
+    /// <summary>
+    /// NVMe/TCP: idle seconds before TCP keep-alive probes an accepted connection whose host went silent (0: off);
+    /// see <see cref="Transport.Tcp.TcpKeepAlive"/>.
+    /// </summary>
+    public int TcpKeepAliveSeconds { get; init; } = 30;
 
     public byte Mdts => (byte)System.Numerics.BitOperations.Log2(MaxIoSize / 4096);
 }
@@ -54,6 +64,8 @@ public sealed class NvmfTarget : IDisposable
     private ulong _discoveryGeneration = 1;
 
     public TargetOptions Options { get; }
+    /// <summary>The node's open connections against <see cref="TargetOptions.MaxConnections"/> (every transport).</summary>
+    public ConnectionLimit Connections { get; }
     /// <summary>The HA pair's fence against stale writes on the namespaces this node owns (null on a standalone node).</summary>
     public IIoGate? IoGate { get; set; }
     /// <summary>The pair's side of the interconnect listener (null on a standalone node).</summary>
@@ -73,6 +85,7 @@ public sealed class NvmfTarget : IDisposable
         Reactors = reactors;
         LoggerFactory = loggerFactory;
         Log = loggerFactory.CreateLogger("target");
+        Connections = new ConnectionLimit(options.MaxConnections, Log);
         AddSubsystem(new Subsystem(WellKnownNqn.Discovery, SubsystemKind.Discovery, "", "StorageNode discovery", "",
             1, 0xFFEF, 0, allowAnyHost: true));
     }

@@ -53,6 +53,37 @@ public class FenceTests(ITestOutputHelper output)
         Assert.Equal(0x22, tag);
     }
 
+    /// <summary>
+    /// Defect 3: the proxy's own link went down (its registrations with it) while a relayed write it already sent sits
+    /// on the interconnect; the owner still has the old association. The proxy must not answer "nothing in flight":
+    /// it says it has no association, and the owner closes what it still has of the partner before the retry runs.
+    /// </summary>
+    [Fact]
+    public void AProxyWhoseLinkIsDownNeverAnswersNothingInFlight()
+    {
+        var fastB = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = "500" };
+        using var pair = new TestPair(Slow(), fastB);
+        pair.WaitHealthy();
+        using var toB = new TcpForwarder(pair.EndpointB);
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost viaB = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { SendKeepAlive = false });
+        IoQueue b = viaB.IoQueues[0];
+        Assert.True(Write(b, 0x80).IsSuccess);
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
+        IoQueue a = viaA.IoQueues[0];
+        pair.InterconnectBtoA.PauseUpstream = true;         // B's capsules (the write, its heartbeats) stop on the way
+        Pending old = Submit(b, 0x81);
+        TestPair.WaitUntil(() => !pair.B.Pair!.Links[0].IsUp, "B's link to go down", TimeSpan.FromSeconds(10));
+        toB.Cut();
+        PollUntil(b, () => old.Done, TimeSpan.FromSeconds(5));
+        Assert.True(Write(a, 0x81).IsSuccess);              // the retry: B's drain answer closes A's old association
+        Assert.True(Write(a, 0x82).IsSuccess);
+        Assert.Contains("the partner's link is down", pair.Log('A'));
+        pair.InterconnectBtoA.PauseUpstream = false;         // the old copy is released: it has nowhere to land
+        Thread.Sleep(500);
+        Assert.Equal(0x82, ReadTag(a));
+    }
+
     /// <summary>Defect 4: a relay held on the proxy while the host's connection still looks alive (a half-open path).</summary>
     [Fact]
     public void ARelayHeldOnTheProxyWhileTheHostLooksAliveNeverLandsAfterTheRetry()

@@ -215,6 +215,18 @@ public sealed class TcpForwarder : IDisposable
     /// <summary>While set, bytes from clients towards the target are held in the forwarder (a slow link).</summary>
     public volatile bool PauseUpstream;
 
+    /// <summary>While set, bytes from the target towards clients are held in the forwarder.</summary>
+    public volatile bool PauseDownstream;
+
+    /// <summary>
+    /// A partition that leaves every connection open (no FIN, no reset): bytes in both directions are held until
+    /// <see cref="Heal"/> (then delivered in order, as TCP delivers after a partition) or <see cref="Cut"/>.
+    /// A partition ends by itself after 30 s.
+    /// </summary>
+    public void Partition() => PauseUpstream = PauseDownstream = true;
+
+    public void Heal() => PauseUpstream = PauseDownstream = false;
+
     private async Task AcceptLoop()
     {
         while (!_cts.IsCancellationRequested)
@@ -255,7 +267,7 @@ public sealed class TcpForwarder : IDisposable
             {
                 int n = await from.ReceiveAsync(buf, SocketFlags.None);
                 if (n == 0) break;
-                for (int i = 0; upstreamDirection && PauseUpstream && i < 6000; i++) await Task.Delay(5);
+                for (int i = 0; (upstreamDirection ? PauseUpstream : PauseDownstream) && i < 6000; i++) await Task.Delay(5);
                 await to.SendAsync(buf.AsMemory(0, n), SocketFlags.None);
             }
             to.Shutdown(SocketShutdown.Send);

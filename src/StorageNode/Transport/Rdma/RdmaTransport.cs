@@ -199,6 +199,12 @@ public sealed class RdmaTransport : IDisposable
             return;
         }
         RdmaCm.TryParseRequest(e.PrivateData, out RdmaCmRequest request);
+        // Node-wide connection limit (Target:MaxConnections): the slot is held until the queue pair closes.
+        if (!_target.Connections.TryAcquire("NVMe/RDMA", $"a host on listener {info.Address}:{info.Port} (queue {request.Qid})"))
+        {
+            TryReject(listener, e, RdmaCmStatus.NoResources);
+            return;
+        }
         int idx = (int)((uint)Interlocked.Increment(ref _nextReactor) % (uint)_target.Reactors.Count);
         Reactor reactor = _target.Reactors[idx];
         RdmaQueuePair? qp = null;
@@ -221,6 +227,7 @@ public sealed class RdmaTransport : IDisposable
         catch (Exception ex)
         {
             qp?.Abandon();
+            _target.Connections.Release();
             _log.LogWarning("listener {Address}:{Port}: cannot accept an NVMe/RDMA connection (queue {Qid}): {Error}", info.Address, info.Port, request.Qid, ex.Message);
             return;
         }
@@ -325,11 +332,14 @@ public sealed class RdmaTransport : IDisposable
         }
     }
 
+    /// <summary>A queue pair closed (its reactor, once): its connection slot is free again.</summary>
     internal void OnQueueClosed(RdmaQueuePair qp)
     {
         _byId.TryRemove(qp.Connection.CmId, out _);
         List<RdmaQueuePair> list = _perReactor[qp.Reactor.Id];
-        lock (list) list.Remove(qp);
+        bool removed;
+        lock (list) removed = list.Remove(qp);
+        if (removed) _target.Connections.Release();
     }
 
     private void CheckConnectTimeouts(int reactorId)

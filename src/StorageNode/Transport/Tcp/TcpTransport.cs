@@ -18,6 +18,8 @@ public sealed class TcpTransport : IDisposable
     private readonly ILogger _log;
     private readonly List<TcpListenerThread> _listeners = [];
     private readonly List<TcpQueuePair>[] _perReactor;
+    private readonly TcpKeepAlive? _keepAlive;
+    private int _keepAliveFailures;
     private int _nextReactor;
 
     /// <summary>A connection that has not completed Connect within this time is closed.</summary>
@@ -28,6 +30,7 @@ public sealed class TcpTransport : IDisposable
         _target = target;
         _log = target.LoggerFactory.CreateLogger("tcp");
         _perReactor = new List<TcpQueuePair>[target.Reactors.Count];
+        _keepAlive = TcpKeepAlive.For(target.Options.TcpKeepAliveSeconds);
         for (int i = 0; i < _perReactor.Length; i++)
         {
             _perReactor[i] = [];
@@ -46,7 +49,8 @@ public sealed class TcpTransport : IDisposable
         _listeners.Add(l);
         _target.AddListener(info);
         l.Start();
-        _log.LogInformation("listening on {Endpoint} (NVMe/TCP, port id {PortId}, {Role})", bound, portId, role.ToString().ToLowerInvariant());
+        _log.LogInformation("listening on {Endpoint} (NVMe/TCP, port id {PortId}, {Role}; {KeepAlive}; at most {Max} connections on the node)", bound, portId,
+            role.ToString().ToLowerInvariant(), _keepAlive?.ToString() ?? "no TCP keep-alive", _target.Connections.Max);
         return bound;
     }
 
@@ -72,14 +76,46 @@ public sealed class TcpTransport : IDisposable
         }
     }
 
-    private void Adopt(int fd, IPEndPoint? peer, ListenerInfo listener)
+    /// <summary>
+    /// A socket was accepted (listener thread): at the connection limit it is closed at once; otherwise it gets its
+    /// keep-alive and goes to a reactor, holding a slot until its queue pair closes (<see cref="OnQueueClosed"/>).
+    /// </summary>
+    private void OnAccepted(int fd, IPEndPoint? peer, ListenerInfo listener)
+    {
+        string peerText = peer?.ToString() ?? "?";
+        if (!_target.Connections.TryAcquire("NVMe/TCP", peerText))
+        {
+            Libc.Close(fd);
+            return;
+        }
+        if (_keepAlive is TcpKeepAlive ka)
+        {
+            int err = ka.ApplyTo(fd);
+            if (err != 0 && Interlocked.Exchange(ref _keepAliveFailures, 1) == 0)
+                _log.LogWarning("{Peer}: cannot set TCP keep-alive (Target:TcpKeepAliveSeconds): {Error}; the connection runs without it (logged once)", peerText,
+                    Libc.StrError(err));
+        }
+        Adopt(fd, peerText, listener);
+    }
+
+    private void Adopt(int fd, string peerText, ListenerInfo listener)
     {
         int idx = (int)((uint)Interlocked.Increment(ref _nextReactor) % (uint)_target.Reactors.Count);
         Reactor reactor = _target.Reactors[idx];
-        string peerText = peer?.ToString() ?? "?";
         reactor.Post(() =>
         {
-            var qp = new TcpQueuePair(fd, peerText, reactor, _target, listener, this, _log);
+            TcpQueuePair qp;
+            try
+            {
+                qp = new TcpQueuePair(fd, peerText, reactor, _target, listener, this, _log);
+            }
+            catch (Exception e)
+            {
+                _log.LogError("{Peer}: cannot set up the connection: {Error}", peerText, e.Message);
+                Libc.Close(fd);
+                _target.Connections.Release();
+                return;
+            }
             List<TcpQueuePair> list = _perReactor[reactor.Id];
             lock (list) list.Add(qp);
             try
@@ -94,10 +130,13 @@ public sealed class TcpTransport : IDisposable
         });
     }
 
+    /// <summary>A queue pair closed (its reactor, once): its connection slot is free again.</summary>
     internal void OnQueueClosed(TcpQueuePair qp)
     {
         List<TcpQueuePair> list = _perReactor[qp.Reactor.Id];
-        lock (list) list.Remove(qp);
+        bool removed;
+        lock (list) removed = list.Remove(qp);
+        if (removed) _target.Connections.Release();
     }
 
     private void CheckConnectTimeouts(int reactorId)
@@ -150,7 +189,7 @@ public sealed class TcpTransport : IDisposable
                 try
                 {
                     int cfd = NativeSocket.Accept(fd, out IPEndPoint? peer);
-                    if (cfd >= 0) owner.Adopt(cfd, peer, info);
+                    if (cfd >= 0) owner.OnAccepted(cfd, peer, info);
                 }
                 catch (Exception e)
                 {
