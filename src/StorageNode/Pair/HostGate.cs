@@ -46,6 +46,8 @@ public sealed class GateEntry
     internal long LastDrainId;
     /// <summary>The partner's incarnation that drain was for (0: unknown, which counts as any).</summary>
     internal long LastDrainIncarnation;
+    /// <summary>When the host's last command through its own associations arrived here (Stopwatch ticks; 0: never).</summary>
+    internal long LastLocalArrival;
     internal int Associations;
     internal int Bindings;
     internal bool Removed;
@@ -246,6 +248,7 @@ public sealed class HostGate : IIoGate
         {
             if (ctrl.PairState is not AssociationState { Owner: { } e }) return NvmeStatus.Success;
             if (ctrl.CreatedTicks <= Volatile.Read(ref e.LocalFencedAt) && !DisabledForTest) return FenceLocal(ctrl, e);
+            Volatile.Write(ref e.LastLocalArrival, Stopwatch.GetTimestamp());
             path = e.LocalPath;
         }
         req.Gate.Path = path;
@@ -427,8 +430,9 @@ public sealed class HostGate : IIoGate
 
     /// <summary>
     /// The partner asks to relay the host's commands (reactor thread of the partner's association). Completes
-    /// <paramref name="req"/> now or when the switch is done: success (DW0/DW1: this node's last drain id), FenceFirst
-    /// when the partner has not installed the last drain's fence, NotNow when the host is moving back here.
+    /// <paramref name="req"/> now or when the switch is done: success (DW0: this node's last drain id; DW1: when the
+    /// host's last command through its own associations arrived, on this node's wire clock, 0 for never), FenceFirst
+    /// (DW0: the drain id whose fence the partner must install first), NotNow (the host is moving back here).
     /// </summary>
     internal void OnRelayOpen(NvmfRequest req, RelayBinding b, long proxyFenceId, long proxyIncarnation)
     {
@@ -439,18 +443,18 @@ public sealed class HostGate : IIoGate
             bool sameRun = e.LastDrainIncarnation == 0 || e.LastDrainIncarnation == proxyIncarnation;
             if (sameRun && proxyFenceId < e.LastDrainId)
             {
-                AnswerOpen(req, InterconnectStatus.FenceFirst, e.LastDrainId);
+                AnswerOpen(req, InterconnectStatus.FenceFirst, e.LastDrainId, e);
                 return;
             }
             var switching = (GatePath)e.SwitchingTo;
             if (switching == GatePath.None && (GatePath)e.ActiveValue == GatePath.Relay)
             {
-                AnswerOpen(req, NvmeStatus.Success, e.LastDrainId);
+                AnswerOpen(req, NvmeStatus.Success, e.LastDrainId, e);
                 return;
             }
             if (switching == GatePath.Local)
             {
-                AnswerOpen(req, InterconnectStatus.NotNow, e.LastDrainId);
+                AnswerOpen(req, InterconnectStatus.NotNow, e.LastDrainId, e);
                 return;
             }
             req.PendingOps = 1;
@@ -485,7 +489,7 @@ public sealed class HostGate : IIoGate
         e.Generation++;
         Interlocked.Exchange(ref e.SwitchingTo, 0);
         _log.LogInformation("{Entry}: relay open refused: {Why}", e, why);
-        foreach (NvmfRequest open in e.PendingOpens) AnswerOpen(open, InterconnectStatus.NotNow, e.LastDrainId);
+        foreach (NvmfRequest open in e.PendingOpens) AnswerOpen(open, InterconnectStatus.NotNow, e.LastDrainId, e);
         e.PendingOpens.Clear();
     }
 
@@ -534,7 +538,7 @@ public sealed class HostGate : IIoGate
             opens = [.. e.PendingOpens];
             e.PendingOpens.Clear();
             e.Switches++;
-            foreach (NvmfRequest open in opens) AnswerOpen(open, NvmeStatus.Success, e.LastDrainId);
+            foreach (NvmfRequest open in opens) AnswerOpen(open, NvmeStatus.Success, e.LastDrainId, e);
         }
         _log.LogInformation("{Entry}: commands now run through {To}; barrier took {Ms:0.0} ms ({How}), {Held} command(s) held",
             e, to == GatePath.Relay ? "the partner's relay" : "the host's own associations", sw.Elapsed.TotalMilliseconds, how, release.Count);
@@ -542,13 +546,15 @@ public sealed class HostGate : IIoGate
         Prune(e);
     }
 
-    private static void AnswerOpen(NvmfRequest req, NvmeStatus status, long drainId)
+    private void AnswerOpen(NvmfRequest req, NvmeStatus status, long drainId, GateEntry e)
     {
+        long local = Volatile.Read(ref e.LastLocalArrival);
+        uint lastLocal = local == 0 ? 0 : Math.Max(1u, (uint)_pair.Clock.Wire(local));
         Post(req, r =>
         {
             r.PendingOps = 0;
             r.Cqe.Dw0 = (uint)drainId;
-            r.Cqe.Dw1 = (uint)(drainId >> 32);
+            r.Cqe.Dw1 = lastLocal;
             if (r.Qpair.IsClosed) r.Complete();
             else r.Fail(status);
         });

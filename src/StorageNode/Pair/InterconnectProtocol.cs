@@ -28,9 +28,10 @@ public static class InterconnectOpcode
     public const byte RelayDrain = 0xC6;
     /// <summary>
     /// Relay open, from the proxy to the owner, before the first relayed command after a drain. CDW10: the handle;
-    /// CDW11/12: the last drain id the proxy installed for the host; CDW13/14: the proxy's incarnation. DW0/DW1: the
-    /// owner's last drain id. Status
-    /// <see cref="InterconnectStatus.FenceFirst"/> (DW0/DW1: the drain id to install) or <see cref="InterconnectStatus.NotNow"/>.
+    /// CDW11/12: the last drain id the proxy installed for the host; CDW13/14: the proxy's incarnation. DW0: the
+    /// owner's last drain id; DW1: when the host's last command through its own associations arrived at the owner (the
+    /// owner's wire clock, 10 µs units modulo 2^32; 0: never) — the proxy relays nothing that may have arrived before
+    /// it. Status <see cref="InterconnectStatus.FenceFirst"/> (DW0: the drain id to install) or <see cref="InterconnectStatus.NotNow"/>.
     /// </summary>
     public const byte RelayOpen = 0xC8;
     /// <summary>Unregister a host (its last association on the proxy ended). CDW10: the handle.</summary>

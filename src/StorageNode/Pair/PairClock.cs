@@ -89,6 +89,20 @@ public sealed class PairClock
     }
 
     /// <summary>
+    /// The other conversion, for a time the partner reports (its wire clock, 10 µs units modulo 2^32, within ±5.9 h
+    /// of now): as a local Stopwatch timestamp, later by the estimate's uncertainty (never earlier than the true
+    /// time). Without an estimate: <paramref name="nowTicks"/> (the latest it can be).
+    /// </summary>
+    public long FromPartnerLatest(uint partnerWire, long nowTicks)
+    {
+        long unc = Interlocked.Read(ref _uncertainty);
+        if (unc == long.MaxValue) return nowTicks;
+        uint partnerNow = (uint)(Wire(nowTicks) + Interlocked.Read(ref _partnerOffset));
+        long ageUnits = (int)(partnerNow - partnerWire) - unc;
+        return ageUnits <= 0 ? nowTicks : nowTicks - (long)(ageUnits * TicksPerUnit);
+    }
+
+    /// <summary>
     /// On the owner: a deadline the partner wrote on this node's own clock, as a Stopwatch timestamp of this node (a
     /// change of unit, not of clock).
     /// </summary>

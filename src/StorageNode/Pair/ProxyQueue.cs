@@ -145,6 +145,14 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         }
         if (_freeCount == 0) return false;
         if (!_link.Clock.TryToPartner(req.Gate.Deadline, out OwnerDeadline deadline)) return false;
+        if (req.ArrivedAfter <= Volatile.Read(ref reg.LocalBoundTicks))
+        {
+            // It may have reached this node before the host's last command to the owner through its own path: the host
+            // may have retried it there. Never relayed; a path status makes the host retry (docs/ha.md).
+            Interlocked.Increment(ref _link.DroppedBeforeFence);
+            Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
+            return true;
+        }
         reg.NoteDeadline(deadline);
         if (!reg.TryCount())
         {

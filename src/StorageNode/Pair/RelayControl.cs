@@ -40,6 +40,12 @@ public sealed class ProxyRegistration(uint handle, HostRelay host, ushort associ
     private uint _lastDeadline;
     private int _hasDeadline;
     internal int Opening;
+    /// <summary>
+    /// From the owner's last open: when the host's last command through its own associations arrived there, at the
+    /// latest, as a local Stopwatch timestamp (0: never). A command that may have reached this node before that may be
+    /// an old copy the host has retried directly since: it is not relayed.
+    /// </summary>
+    internal long LocalBoundTicks;
     /// <summary>Relayed commands sent under the handle and not yet answered: while any are, the host is not forgotten.</summary>
     internal int InFlight;
 
@@ -281,13 +287,17 @@ public sealed class RelayControl
             lock (h) fenceId = h.LastFenceId;
             CompletionQueueEntry cqe = _link.RelayOpen(reg.Handle, fenceId);
             NvmeStatus st = cqe.StatusField;
-            long ownerDrainId = cqe.Dw0 | ((long)cqe.Dw1 << 32);
+            long ownerDrainId = cqe.Dw0;
             lock (h)
             {
                 if (st.IsSuccess)
                 {
                     // A drain installed after the owner answered closes what this answer would open.
-                    if (ownerDrainId >= h.LastFenceId && h.Registration == reg) reg.Open();
+                    if (ownerDrainId >= h.LastFenceId && h.Registration == reg)
+                    {
+                        Volatile.Write(ref reg.LocalBoundTicks, cqe.Dw1 == 0 ? 0 : _link.Clock.FromPartnerLatest(cqe.Dw1, Stopwatch.GetTimestamp()));
+                        reg.Open();
+                    }
                 }
                 else if (st == InterconnectStatus.FenceFirst)
                 {

@@ -54,5 +54,12 @@ public class ClockTests
         Assert.True(owner.IsPast(d, inOneSecond + System.Diagnostics.Stopwatch.Frequency / 100));
         // Without a measurement there is no conversion at all.
         Assert.False(new PairClock().TryToPartner(inOneSecond, out _));
+        // And back: a time the owner reports, as the latest local time it can be.
+        long oneSecondAgo = now - System.Diagnostics.Stopwatch.Frequency;
+        uint ownerThen = (uint)owner.Wire(oneSecondAgo);
+        long local = proxy.FromPartnerLatest(ownerThen, now);
+        double back = (now - local) / (double)System.Diagnostics.Stopwatch.Frequency;
+        Assert.InRange(back, 1.0 - 1e-3, 1.0);
+        Assert.Equal(now, new PairClock().FromPartnerLatest(ownerThen, now));
     }
 }

@@ -64,6 +64,22 @@ public static class HostWrites
 
     public static NvmeStatus Write(IoQueue q, byte tag, uint nsid = 1, ulong lba = Lba) => q.Write(nsid, lba, Blocks, Pattern(tag));
 
+    /// <summary>
+    /// A write as a multipath host sends it: retried (a bounded number of times) while it fails with a path status,
+    /// e.g. the ANA Transition a node answers for a command it cannot yet tell from an old copy (docs/ha.md).
+    /// </summary>
+    public static NvmeStatus WriteRetryingPathErrors(IoQueue q, byte tag, uint nsid = 1, ulong lba = Lba)
+    {
+        NvmeStatus st = default;
+        for (int i = 0; i < 20; i++)
+        {
+            st = Write(q, tag, nsid, lba);
+            if (st.IsSuccess || st.Type != StatusCodeType.PathRelated) return st;
+            Thread.Sleep(10);
+        }
+        return st;
+    }
+
     /// <summary>The tag the blocks hold (all blocks must agree).</summary>
     public static byte ReadTag(IoQueue q, uint nsid = 1, ulong lba = Lba)
     {

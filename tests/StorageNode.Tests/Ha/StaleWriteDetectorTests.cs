@@ -14,6 +14,23 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
         ["Cluster:ReconnectIntervalMs"] = "100",
     };
 
+    /// <summary>Runs the detector; on a violation, keeps what the host did and both nodes' logs in the test output folder.</summary>
+    private StaleWriteDetector.Report Run(StaleWriteDetector detector, IPairRig pair)
+    {
+        StaleWriteDetector.Report r = detector.Run();
+        output.WriteLine(r.ToString());
+        if (r.Violations.Count > 0)
+        {
+            string dir = Path.Combine(AppContext.BaseDirectory, "stale-write-detector");
+            Directory.CreateDirectory(dir);
+            File.WriteAllLines(Path.Combine(dir, "host-events.log"), r.Events);
+            File.WriteAllText(Path.Combine(dir, "node-A.log"), pair.Log('A'));
+            File.WriteAllText(Path.Combine(dir, "node-B.log"), pair.Log('B'));
+            output.WriteLine($"host events and node logs in {dir}");
+        }
+        return r;
+    }
+
     [Fact]
     public void NoBlockGoesBackToAnOlderVersionUnderRandomFaults()
     {
@@ -22,8 +39,7 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
         using var pair = new ProcessPair(Settings(), Settings(), clockOffsetSecondsB: 3 * 3600);
         pair.WaitHealthy();
         using var detector = new StaleWriteDetector(pair, new StaleWriteDetector.Options { Faults = 100, Seed = seed });
-        StaleWriteDetector.Report r = detector.Run();
-        output.WriteLine(r.ToString());
+        StaleWriteDetector.Report r = Run(detector, pair);
         Assert.True(r.Faults >= 100, $"only {r.Faults} faults were injected");
         Assert.True(r.Writes >= 500 && r.Reads >= 100, $"too little I/O got through: {r}");
         Assert.True(r.Violations.Count == 0, $"seed {seed}: {string.Join("\n", r.Violations.Take(10))}\n{pair.Problems()}");
@@ -36,14 +52,7 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
         using var pair = new ProcessPair(Settings(), Settings(), clockOffsetSecondsB: -3 * 3600);
         pair.WaitHealthy();
         using var detector = new StaleWriteDetector(pair, new StaleWriteDetector.Options { Faults = 12, Seed = 7, PathPartitionsOnly = true });
-        StaleWriteDetector.Report r = detector.Run();
-        output.WriteLine(r.ToString());
-        if (r.Violations.Count > 0)
-        {
-            File.WriteAllLines("/tmp/det-events.log", r.Events);
-            File.WriteAllText("/tmp/det-A.log", pair.Log('A'));
-            File.WriteAllText("/tmp/det-B.log", pair.Log('B'));
-        }
+        StaleWriteDetector.Report r = Run(detector, pair);
         Assert.True(r.Faults >= 12 && r.Abandoned >= 6, $"the partitions should have made the host give paths up: {r}");
         Assert.True(r.Violations.Count == 0, $"{string.Join("\n", r.Violations.Take(10))}\n{pair.Problems()}");
     }
