@@ -7,7 +7,7 @@ namespace StorageNode.Tests;
 
 public class ConfigTests
 {
-    private static Dictionary<string, string?> Valid() => new()
+    internal static Dictionary<string, string?> Valid() => new()
     {
         ["Node:Name"] = "A",
         ["Listeners:0:Address"] = "127.0.0.1",
@@ -19,7 +19,7 @@ public class ConfigTests
         ["Subsystems:0:Namespaces:0:Bdev"] = "Malloc0",
     };
 
-    private static NodeConfig Load(Dictionary<string, string?> d) => NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(d).Build());
+    internal static NodeConfig Load(Dictionary<string, string?> d) => NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(d).Build());
 
     private static ConfigException Bad(string key, string? value, Dictionary<string, string?>? start = null)
     {

@@ -148,9 +148,9 @@ public class LimitsTests(ITestOutputHelper output)
     [InlineData("Target:TcpKeepAliveSeconds", "soon")]
     public void BadLimitsNameTheirKey(string key, string value)
     {
-        var d = MinimalConfig();
+        var d = ConfigTests.Valid();
         d[key] = value;
-        ConfigException e = Assert.Throws<ConfigException>(() => Load(d));
+        ConfigException e = Assert.Throws<ConfigException>(() => ConfigTests.Load(d));
         Assert.Equal(key, e.Key);
         Assert.Contains(key, e.Message, StringComparison.Ordinal);
     }
@@ -158,37 +158,23 @@ public class LimitsTests(ITestOutputHelper output)
     [Fact]
     public void LimitsHaveDefaultsAndTheirRangeEnds()
     {
-        NodeConfig c = Load(MinimalConfig());
+        NodeConfig c = ConfigTests.Load(ConfigTests.Valid());
         Assert.Equal(1024, c.Target.MaxConnections);
         Assert.Equal(30, c.Target.TcpKeepAliveSeconds);
-        var d = MinimalConfig();
+        var d = ConfigTests.Valid();
         d["Target:MaxConnections"] = "1";
         d["Target:TcpKeepAliveSeconds"] = "0";
-        c = Load(d);
+        c = ConfigTests.Load(d);
         Assert.Equal(1, c.Target.MaxConnections);
         Assert.Equal(0, c.Target.TcpKeepAliveSeconds);
         d["Target:MaxConnections"] = "65536";
         d["Target:TcpKeepAliveSeconds"] = "7200";
-        c = Load(d);
+        c = ConfigTests.Load(d);
         Assert.Equal(65536, c.Target.MaxConnections);
         Assert.Equal(7200, c.Target.TcpKeepAliveSeconds);
     }
 
     // ------------------------------------------------------------------ helpers
-
-    private static Dictionary<string, string?> MinimalConfig() => new()
-    {
-        ["Node:Name"] = "A",
-        ["Listeners:0:Address"] = "127.0.0.1",
-        ["Listeners:0:Port"] = "4420",
-        ["Bdevs:0:Name"] = "Malloc0",
-        ["Bdevs:0:Type"] = "malloc",
-        ["Bdevs:0:SizeMiB"] = "8",
-        ["Subsystems:0:Nqn"] = "nqn.2026-11.io.storagenode:limits",
-        ["Subsystems:0:Namespaces:0:Bdev"] = "Malloc0",
-    };
-
-    private static NodeConfig Load(Dictionary<string, string?> d) => NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(d).Build());
 
     private static IEnumerable<string> LimitLines(TestNode node) => node.Logs.Lines.Where(l => l.Contains("Target:MaxConnections =", StringComparison.Ordinal));
 
