@@ -167,7 +167,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         {
             // Counted but not sent: the owner's drain waits for it until its deadline (never sooner than safe).
             _free[_freeCount++] = token;
-            Interlocked.Decrement(ref reg.InFlight);
+            Settle(reg);
             Finish(req, _link.UnavailableStatus);
             return true;
         }
@@ -184,7 +184,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         _inflight[token] = null;
         _inflightReg[token] = null;
         _free[_freeCount++] = (int)token;
-        if (Interlocked.Decrement(ref reg.InFlight) == 0 && reg.Host.Associations.Count == 0) _link.Relays.Settled(reg.Host);
+        Settle(reg);
         NvmeStatus st = cqe.StatusField;
         // A broken interconnect (or a digest error on it) is a path problem for the host: retry elsewhere.
         if (st.Type == StatusCodeType.Generic && st.Code == GenericStatus.TransientTransportError)
@@ -193,6 +193,12 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     }
 
     private static void Finish(NvmfRequest req, NvmeStatus status) => req.OnBdevComplete(BdevResult.FromStatus(status));
+
+    /// <summary>One relayed command of the registration is answered (or was never sent): a departed host may be forgotten now.</summary>
+    private void Settle(ProxyRegistration reg)
+    {
+        if (Interlocked.Decrement(ref reg.InFlight) == 0 && reg.Host.Associations.Count == 0) _link.Relays.Settled(reg.Host);
+    }
 
     public override int OnReady(uint events)
     {
