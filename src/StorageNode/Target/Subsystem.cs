@@ -1,3 +1,4 @@
+using System.Collections.Frozen;
 using StorageNode.Bdevs;
 using StorageNode.Config;
 using StorageNode.Nvme.Spec;
@@ -60,10 +61,37 @@ public sealed class Subsystem
     private readonly Dictionary<ushort, Controller> _controllers = [];
     private ushort _nextCntlid;
     private Namespace?[] _namespaces;
-    // ANA groups: whether this node owns each (the owner holds the data), and administrative overrides.
+    // ANA groups: whether this node owns each (the owner holds the data), and administrative overrides. Changed under
+    // the lock (control path); the I/O path reads the published snapshot, with no lock.
     private readonly Dictionary<uint, bool> _groupIsLocal = [];
     private readonly Dictionary<uint, AnaState> _overrides = [];
-    private volatile PartnerAccess _partnerAccess = PartnerAccess.Unavailable;
+    private PartnerAccess _partnerAccess = PartnerAccess.Unavailable;
+    private ulong _anaChangeCount = 1;
+    private volatile AnaSnapshot _ana = AnaSnapshot.Empty;
+
+    /// <summary>
+    /// The subsystem's ANA configuration at one moment: immutable, replaced whole (one reference swap) whenever it
+    /// changes, so that <see cref="GetAnaState"/> on the I/O path takes no lock.
+    /// </summary>
+    private sealed class AnaSnapshot(FrozenDictionary<uint, (bool Local, AnaState? Forced)> groups, uint[] ids, PartnerAccess partner, ulong changeCount)
+    {
+        public static readonly AnaSnapshot Empty = new(FrozenDictionary<uint, (bool, AnaState?)>.Empty, [], PartnerAccess.Unavailable, 1);
+        public readonly FrozenDictionary<uint, (bool Local, AnaState? Forced)> Groups = groups;
+        public readonly uint[] Ids = ids;
+        public readonly PartnerAccess Partner = partner;
+        public readonly ulong ChangeCount = changeCount;
+    }
+
+    /// <summary>Publishes a new snapshot from the mutable state (under the lock).</summary>
+    private void PublishAna()
+    {
+        var groups = new Dictionary<uint, (bool, AnaState?)>();
+        foreach (var kv in _groupIsLocal) groups[kv.Key] = (kv.Value, _overrides.TryGetValue(kv.Key, out AnaState f) ? f : null);
+        foreach (var kv in _overrides) groups.TryAdd(kv.Key, (false, kv.Value));
+        uint[] ids = [.. _groupIsLocal.Keys];
+        Array.Sort(ids);
+        _ana = new AnaSnapshot(groups.ToFrozenDictionary(), ids, _partnerAccess, _anaChangeCount);
+    }
 
     public string Nqn { get; }
     public SubsystemKind Kind { get; }
@@ -77,7 +105,7 @@ public sealed class Subsystem
     public IReadOnlySet<string> AllowedHosts { get; }
 
     /// <summary>Incremented on every ANA state change; reported in the ANA log page.</summary>
-    public ulong AnaChangeCount { get; private set; } = 1;
+    public ulong AnaChangeCount => _ana.ChangeCount;
 
     public Subsystem(string nqn, SubsystemKind kind, string serial, string model, string firmware,
         ushort minCntlid, ushort maxCntlid, uint maxNamespaces, bool allowAnyHost, IEnumerable<string>? allowedHosts = null)
@@ -127,48 +155,39 @@ public sealed class Subsystem
             if (copy[ns.Nsid - 1] != null) throw new InvalidOperationException($"NSID {ns.Nsid} is already in use in {Nqn}");
             copy[ns.Nsid - 1] = ns;
             Volatile.Write(ref _namespaces, copy);
-            _groupIsLocal.TryAdd(ns.AnaGroupId, !ns.IsRemote);
+            if (_groupIsLocal.TryAdd(ns.AnaGroupId, !ns.IsRemote)) PublishAna();
         }
     }
 
     /// <summary>Declares an ANA group and whether this node owns it (before its namespaces are added).</summary>
     public void DefineAnaGroup(uint groupId, bool local)
     {
-        lock (_lock) _groupIsLocal[groupId] = local;
+        lock (_lock)
+        {
+            _groupIsLocal[groupId] = local;
+            PublishAna();
+        }
     }
 
-    public bool IsLocalGroup(uint groupId)
-    {
-        lock (_lock) return _groupIsLocal.TryGetValue(groupId, out bool l) && l;
-    }
+    public bool IsLocalGroup(uint groupId) => _ana.Groups.TryGetValue(groupId, out var g) && g.Local;
 
-    /// <summary>How the partner's groups can be reached from here (set by the cluster manager).</summary>
-    public PartnerAccess PartnerAccess => _partnerAccess;
+    /// <summary>How the partner's groups can be reached from here (set by the pair).</summary>
+    public PartnerAccess PartnerAccess => _ana.Partner;
 
     public void SetPartnerAccess(PartnerAccess access)
     {
-        if (_partnerAccess == access) return;
         lock (_lock)
         {
+            if (_partnerAccess == access) return;
             _partnerAccess = access;
-            AnaChangeCount++;
+            _anaChangeCount++;
+            PublishAna();
         }
         NotifyAnaChange();
     }
 
     /// <summary>ANA group IDs in use, ascending.</summary>
-    public IReadOnlyList<uint> AnaGroupIds
-    {
-        get
-        {
-            lock (_lock)
-            {
-                var list = new List<uint>(_groupIsLocal.Keys);
-                list.Sort();
-                return list;
-            }
-        }
-    }
+    public IReadOnlyList<uint> AnaGroupIds => _ana.Ids;
 
     /// <summary>
     /// The ANA state of a group as seen through a listener of the given role (DESIGN.md section 1): the owner's
@@ -176,15 +195,12 @@ public sealed class Subsystem
     /// </summary>
     public AnaState GetAnaState(uint groupId, ListenerRole role)
     {
-        bool local;
-        lock (_lock)
-        {
-            if (_overrides.TryGetValue(groupId, out AnaState forced)) return forced;
-            if (!_groupIsLocal.TryGetValue(groupId, out local)) return AnaState.Inaccessible;
-        }
-        if (local) return role == ListenerRole.Proxy ? AnaState.Inaccessible : AnaState.Optimized;
+        AnaSnapshot ana = _ana;
+        if (!ana.Groups.TryGetValue(groupId, out var g)) return AnaState.Inaccessible;
+        if (g.Forced is AnaState forced) return forced;
+        if (g.Local) return role == ListenerRole.Proxy ? AnaState.Inaccessible : AnaState.Optimized;
         if (role is ListenerRole.Direct or ListenerRole.Interconnect) return AnaState.Inaccessible;
-        return _partnerAccess switch
+        return ana.Partner switch
         {
             PartnerAccess.Available => AnaState.NonOptimized,
             PartnerAccess.Transitioning => AnaState.Change,
@@ -206,7 +222,8 @@ public sealed class Subsystem
             {
                 return;
             }
-            AnaChangeCount++;
+            _anaChangeCount++;
+            PublishAna();
         }
         NotifyAnaChange();
     }
