@@ -4,7 +4,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using StorageNode.Control;
 using StorageNode.Nvme.Host;
-using StorageNode.Tests.Rig;
+using StorageNode.Testing;
 
 namespace StorageNode.Tests.Ha;
 
@@ -124,7 +124,7 @@ public sealed class ProcessPair : IPairRig
             settings["Control:RpcSocket"] = _socket;
             Endpoint = new IPEndPoint(IPAddress.Loopback, port);
             var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-            psi.ArgumentList.Add(Path.Combine(RigHarness.BuiltOutput("src/StorageNode"), "storagenode.dll"));
+            psi.ArgumentList.Add(Path.Combine(Repo.BuiltOutput("src/StorageNode"), "storagenode.dll"));
             foreach (var kv in settings) psi.ArgumentList.Add($"--{kv.Key}={kv.Value}");
             Process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start storagenode");
             Process.OutputDataReceived += (_, e) => { if (e.Data != null) lock (_out) _out.AppendLine(e.Data); };

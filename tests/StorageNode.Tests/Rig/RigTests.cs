@@ -3,15 +3,22 @@ using StorageNode.Tests.Ha;
 
 namespace StorageNode.Tests.Rig;
 
+// Inside the namespace: here the name Rig would otherwise be this folder's namespace (StorageNode.Tests.Rig), not the
+// harness type StorageNode.Testing.Rig (tests/StorageNode.Rig, shared with tests/StorageNode.RigTests).
+using StorageNode.Testing;
+
 /// <summary>
 /// The real Linux kernel NVMe/TCP host (Debian 12's 6.1 kernel under QEMU) with nvme-cli, fio and native
 /// multipath, against StorageNode nodes running in this process. See tests/rig/README.md.
 /// </summary>
 [Trait("Category", "Rig")]
-public class RigTests(ITestOutputHelper output)
+public sealed class RigTests(ITestOutputHelper output) : IDisposable
 {
     private const int GuestPort = 4420;
     private const int GuestPortB = 4421;
+    private readonly Rig _rig = new(output);
+
+    public void Dispose() => _rig.Dispose();
 
     private TestNode StandaloneNode() => new(new()
     {
@@ -24,21 +31,24 @@ public class RigTests(ITestOutputHelper output)
     private int Run(string name, string script, Dictionary<string, string> env, params (int, int)[] forwards)
         => Run(name, script, env, TimeSpan.FromMinutes(6), null, forwards);
 
-    private int Run(string name, string script, Dictionary<string, string> env, TimeSpan timeout, Action<GuestRun>? during, params (int, int)[] forwards)
+    private int Run(string name, string script, Dictionary<string, string> env, TimeSpan timeout, Action<RigGuest>? during, params (int, int)[] forwards)
     {
-        TimeSpan image = RigHarness.RequireImage();
-        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s ({RigHarness.Cache})");
-        using GuestRun g = RigHarness.Start(name, script, env, forwards, timeout);
+        _rig.Require();
+        using RigGuest g = _rig.Start(new GuestOptions(script) { Name = name, Env = env, Forwards = forwards, Timeout = timeout });
         during?.Invoke(g);
-        int rc = g.Wait();
-        output.WriteLine(g.Output);
-        output.WriteLine($"{name}: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall, guest boot {g.BootSeconds?.ToString("0.0") ?? "?"} s");
-        if (rc != 0 && Directory.Exists(g.RunFolder))
-        {
-            string serial = Path.Combine(g.RunFolder, "serial.log");
-            if (File.Exists(serial)) output.WriteLine("serial console:\n" + string.Join('\n', File.ReadLines(serial).TakeLast(60)));
-        }
-        return rc;
+        GuestResult r = g.WaitForExit();
+        _rig.Report(r);
+        return r.ExitCode;
+    }
+
+    /// <summary>Two guests joined by a private link (run-pair.sh), both running <paramref name="script"/>; their output
+    /// and how they ended go to the test output.</summary>
+    private GuestResult RunPair(string name, string script, Dictionary<string, string> env, TimeSpan timeout, TimeSpan stagger = default)
+    {
+        using RigGuest g = _rig.StartPair(new GuestOptions(script) { Name = name, Env = env, Timeout = timeout }, stagger);
+        GuestResult r = g.WaitForExit();
+        _rig.Report(r);
+        return r;
     }
 
     private static Dictionary<string, string> Env(TestNode n, int port) => new()
@@ -87,37 +97,29 @@ public class RigTests(ITestOutputHelper output)
     [Fact]
     public void TwoGuestsTalkSoftRoceOverTheirPrivateLink()
     {
-        TimeSpan image = RigHarness.RequireImage();
-        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
-        using GuestRun g = RigHarness.StartPair("rxe-pair.sh", new Dictionary<string, string>(), TimeSpan.FromMinutes(4));
-        int rc = g.Wait();
-        output.WriteLine(g.Output);
-        output.WriteLine($"pair: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
-        Assert.Equal(0, rc);
-        Assert.Contains("CHECK dotnet-in-guest: ok", g.Output);
-        Assert.Contains("b| CHECK rping: ok", g.Output);
+        _rig.Require();
+        GuestResult r = RunPair("pair", "rxe-pair.sh", [], TimeSpan.FromMinutes(4));
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("CHECK dotnet-in-guest: ok", r.Output);
+        Assert.Contains("b| CHECK rping: ok", r.Output);
     }
 
     [Fact]
     public void RdmaApiBetweenTwoGuestsOverSoftRoce()
     {
-        TimeSpan image = RigHarness.RequireImage();
-        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
+        _rig.Require();
         // The probe is built with the solution; guests cannot see a checkout under /tmp, so it travels
         // through the rig cache (on the host's /var/tmp, which guests see).
-        string built = RigHarness.BuiltOutput("tests/RdmaProbe");
+        string built = Repo.BuiltOutput("tests/RdmaProbe");
         Assert.True(File.Exists(Path.Combine(built, "RdmaProbe.dll")), $"RdmaProbe is not built in {built}");
-        string copy = Path.Combine(RigHarness.Cache, $"probe-{Environment.ProcessId}");
+        string copy = Path.Combine(Rig.Cache, $"probe-{Environment.ProcessId}");
         try
         {
-            RigHarness.CopyFiles(built, copy);
-            using GuestRun g = RigHarness.StartPair("rdma-probe.sh", new Dictionary<string, string> { ["PROBE"] = Path.Combine(copy, "RdmaProbe.dll") }, TimeSpan.FromMinutes(5));
-            int rc = g.Wait();
-            output.WriteLine(g.Output);
-            output.WriteLine($"rdma probe: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
-            Assert.Equal(0, rc);
+            Rig.CopyFiles(built, copy);
+            GuestResult r = RunPair("rdma-probe", "rdma-probe.sh", new() { ["PROBE"] = Path.Combine(copy, "RdmaProbe.dll") }, TimeSpan.FromMinutes(5));
+            Assert.Equal(0, r.ExitCode);
             foreach (string check in new[] { "rdma-write-landed", "rdma-read-matches", "send-recv-pingpong", "many-qps", "flush-errors-after-peer-left", "no-leaked-handles" })
-                Assert.Contains($"CHECK {check}: ok", g.Output);
+                Assert.Contains($"CHECK {check}: ok", r.Output);
         }
         finally
         {
@@ -128,22 +130,21 @@ public class RigTests(ITestOutputHelper output)
     [Fact]
     public void KernelNvmeRdmaHostVerifiesDataAgainstTheNodeOverSoftRoce()
     {
-        TimeSpan image = RigHarness.RequireImage();
-        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
+        _rig.Require();
         // The node runs in guest a (the host kernel has no rdma_rxe), the kernel NVMe/RDMA host in guest b, which
         // first runs the managed initiator's bad-input probe (RdmaProbe nvme), then fio verify. Guests cannot see
         // a checkout under /tmp, so the built node, the probe and the configuration travel through the rig cache.
-        string built = RigHarness.BuiltOutput("src/StorageNode");
+        string built = Repo.BuiltOutput("src/StorageNode");
         Assert.True(File.Exists(Path.Combine(built, "storagenode.dll")), $"the node is not built in {built}");
         Assert.True(File.Exists(Path.Combine(built, "libsnverbs.so")), $"libsnverbs.so is not next to the node in {built}");
-        string probe = RigHarness.BuiltOutput("tests/RdmaProbe");
+        string probe = Repo.BuiltOutput("tests/RdmaProbe");
         Assert.True(File.Exists(Path.Combine(probe, "RdmaProbe.dll")), $"RdmaProbe is not built in {probe}");
-        string copy = Path.Combine(RigHarness.Cache, $"rdma-node-{Environment.ProcessId}");
+        string copy = Path.Combine(Rig.Cache, $"rdma-node-{Environment.ProcessId}");
         const string nqn = "nqn.2026-11.io.storagenode:rdma";
         try
         {
-            RigHarness.CopyFiles(built, copy);
-            RigHarness.CopyFiles(probe, Path.Combine(copy, "probe"));
+            Rig.CopyFiles(built, copy);
+            Rig.CopyFiles(probe, Path.Combine(copy, "probe"));
             string json = Path.Combine(copy, "node.json");
             File.WriteAllText(json, $$"""
                 {
@@ -165,16 +166,13 @@ public class RigTests(ITestOutputHelper output)
                 ["TARGET_WAIT"] = "150",
                 ["FIO_RUNTIME"] = Environment.GetEnvironmentVariable("RIG_FIO_RUNTIME") ?? "30",
             };
-            using GuestRun g = RigHarness.StartPair("rdma-target.sh", env, TimeSpan.FromMinutes(5));
-            int rc = g.Wait();
-            output.WriteLine(g.Output);
-            output.WriteLine($"nvme-rdma pair: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
-            Assert.Equal(0, rc);
+            GuestResult r = RunPair("nvme-rdma", "rdma-target.sh", env, TimeSpan.FromMinutes(5));
+            Assert.Equal(0, r.ExitCode);
             foreach (string check in new[] { "a| CHECK node-started: ok", "a| CHECK node-exit: ok", "a| CHECK node-log-errors: ok",
                          "b| CHECK discovery-trtype-rdma: ok", "b| CHECK discovery-rdma-cms: ok", "b| CHECK nvme-rdma-probe: ok",
                          "b|   CHECK receive-overflow-closes-connection: ok", "b|   CHECK node-still-serves: ok", "b| CHECK randwrite-errors: ok",
                          "b| CHECK verify-failures: ok", "b| CHECK fio-verify: ok" })
-                Assert.Contains(check, g.Output);
+                Assert.Contains(check, r.Output);
         }
         finally
         {
@@ -185,20 +183,19 @@ public class RigTests(ITestOutputHelper output)
     [Fact]
     public void HaPairRelaysOverTheRdmaInterconnectWithoutCopiesAndFailsOver()
     {
-        TimeSpan image = RigHarness.RequireImage();
-        output.WriteLine($"guest image ready in {image.TotalSeconds:0.0} s");
+        _rig.Require();
         // One node per guest, the interconnect over soft-RoCE (the host kernel has no rdma_rxe), the kernel
         // NVMe/TCP host with native multipath in guest b next to node B: B relays NSID 1 (A's) over NVMe/RDMA.
         // Guest b starts 30 s after guest a (RIG_STAGGER), so the nodes' monotonic clocks differ as two machines'
         // do: both nodes must measure the partner's clock at least 25 s away (the margin: the guests' boot times
         // differ), and relaying and the failover under fio verify work across the two clocks.
         TimeSpan stagger = TimeSpan.FromSeconds(30);
-        string built = RigHarness.BuiltOutput("src/StorageNode");
+        string built = Repo.BuiltOutput("src/StorageNode");
         Assert.True(File.Exists(Path.Combine(built, "libsnverbs.so")), $"libsnverbs.so is not next to the node in {built}");
-        string copy = Path.Combine(RigHarness.Cache, $"ha-rdma-{Environment.ProcessId}");
+        string copy = Path.Combine(Rig.Cache, $"ha-rdma-{Environment.ProcessId}");
         try
         {
-            RigHarness.CopyFiles(built, copy);
+            Rig.CopyFiles(built, copy);
             var env = new Dictionary<string, string>
             {
                 ["NODE_DLL"] = Path.Combine(copy, "storagenode.dll"),
@@ -209,12 +206,9 @@ public class RigTests(ITestOutputHelper output)
                 ["RDMA_ACK_TIMEOUT"] = "16",
                 ["STAGGER_EXPECT"] = "25",
             };
-            // Each guest's timeout; a's and the whole run's are longer by the stagger (StartPair).
-            using GuestRun g = RigHarness.StartPair("ha-rdma.sh", env, TimeSpan.FromMinutes(9), stagger);
-            int rc = g.Wait();
-            output.WriteLine(g.Output);
-            output.WriteLine($"HA pair over RDMA: exit {rc}, {g.Elapsed.TotalSeconds:0.0} s wall");
-            Assert.Equal(0, rc);
+            // Each guest's timeout; a's and the whole run's are longer by the stagger (Rig.StartPair).
+            GuestResult r = RunPair("ha-rdma", "ha-rdma.sh", env, TimeSpan.FromMinutes(9), stagger);
+            Assert.Equal(0, r.ExitCode);
             foreach (string check in new[] { "b| CHECK interconnect-rdma: ok", "b| CHECK interconnect-rdma-ack-timeout: ok", "a| CHECK node-A0-interconnect-qps-ack-timeout: ok",
                          "b| CHECK partner-clock-offset-rdma: ok", "a| CHECK node-A0-partner-clock-offset: ok", "b| CHECK proxy-path-non-optimized: ok",
                          "b| CHECK relayed-128k-errors: ok", "b| CHECK relayed-128k-verified-kib: ok", "b| CHECK relayed-zero-copy-bytes: ok",
@@ -222,7 +216,7 @@ public class RigTests(ITestOutputHelper output)
                          "b| CHECK two-paths: ok", "b| CHECK owner-path-optimized: ok", "b| CHECK failover-fio-errors: ok",
                          "b| CHECK relayed-during-failover: ok", "b| CHECK owner-path-restored: ok",
                          "a| CHECK node-A0-exit: ok", "a| CHECK node-A0-log-errors: ok", "b| CHECK node-B0-exit: ok", "b| CHECK node-B0-log-errors: ok" })
-                Assert.Contains(check, g.Output);
+                Assert.Contains(check, r.Output);
         }
         finally
         {

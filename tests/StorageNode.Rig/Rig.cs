@@ -4,9 +4,10 @@ using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
 
-namespace StorageNode.RigTests;
+namespace StorageNode.Testing;
 
-/// <summary>What one guest runs, with what environment, connected how, for how long.</summary>
+/// <summary>What one guest (or each guest of a pair, <see cref="Rig.StartPair"/>) runs, with what environment,
+/// connected how, for how long.</summary>
 public sealed record GuestOptions
 {
     /// <param name="script">A script in tests/rig/guest (by file name, e.g. "steps.sh") or a path to one.</param>
@@ -18,7 +19,8 @@ public sealed record GuestOptions
     public string Script { get; }
     public string? InlineScript { get; init; }
 
-    /// <summary>Prefix of the guest's output lines and of its run folder ([A-Za-z0-9._-]).</summary>
+    /// <summary>Prefix of the guest's output lines and of its run folder ([A-Za-z0-9._-]); a pair's guests print as
+    /// "a| " and "b| ", and this names only the pair's run folder.</summary>
     public string Name { get; init; } = "guest";
 
     /// <summary>Exported to the script inside the guest (values may hold anything but a line break).</summary>
@@ -28,10 +30,12 @@ public sealed record GuestOptions
     /// 127.0.0.1:HostPort, each through its own forwarder process (see <see cref="RigGuest.KillForwarders"/>).</summary>
     public IReadOnlyList<(int GuestPort, int HostPort)> Forwards { get; init; } = [];
 
-    /// <summary>Host → guest (run-guest.sh -f): the host's 127.0.0.1:HostPort reaches the guest's eth0 (10.0.2.15) GuestPort.</summary>
+    /// <summary>Host → guest (run-guest.sh -f): the host's 127.0.0.1:HostPort reaches the guest's eth0 (10.0.2.15)
+    /// GuestPort. Single guests only.</summary>
     public IReadOnlyList<(int HostPort, int GuestPort)> HostForwards { get; init; } = [];
 
-    /// <summary>The whole guest, boot included: run-guest.sh stops it then (exit status 124).</summary>
+    /// <summary>The whole guest, boot included: run-guest.sh stops it then (exit status 124). For a pair, each guest's
+    /// (a's is longer by the stagger).</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(10);
 
     public int? Cpus { get; init; }
@@ -39,7 +43,11 @@ public sealed record GuestOptions
 }
 
 /// <summary>One "CHECK name: ok|FAIL detail" line of a guest script.</summary>
-public sealed record RigCheck(string Name, bool Ok, string Detail);
+public sealed record RigCheck(string Name, bool Ok, string Detail)
+{
+    /// <summary>The guest that printed it: the guest's name, or "a" / "b" in a pair.</summary>
+    public string Guest { get; init; } = "";
+}
 
 /// <summary>One "STEP name: ok|FAIL|not run" line of steps.sh.</summary>
 public sealed record RigStep(string Name, string Status, TimeSpan? Took)
@@ -54,7 +62,10 @@ public sealed class GuestResult
     public required int ExitCode { get; init; }
     public required string Output { get; init; }
     public required string RunFolder { get; init; }
+    /// <summary>The guest's serial console log (a pair: guest a's).</summary>
     public required string SerialLog { get; init; }
+    /// <summary>Every guest's serial console log (a pair: a's and b's).</summary>
+    public IReadOnlyList<string> SerialLogs { get; init; } = [];
     public required TimeSpan Elapsed { get; init; }
     /// <summary>Guest uptime when the script started (kernel boot + /init).</summary>
     public double? BootSeconds { get; init; }
@@ -72,10 +83,11 @@ public sealed class GuestResult
 public sealed record RigImage(bool Available, string Reason, TimeSpan BuildTime, string? KernelRelease, string BuildLog);
 
 /// <summary>
-/// Drives tests/rig: ensures the cached guest image (once per process), boots QEMU guests that run a guest
-/// script, and collects their exit status, output and checks. When QEMU or the image cannot be had,
-/// <see cref="Require"/> fails the test under CI=true and skips it, with the reason, elsewhere.
-/// Everything a guest started is killed when the guest (or this object) is disposed or times out.
+/// Drives tests/rig, for every rig test project: ensures the cached guest image (once per process), boots QEMU
+/// guests (one, or a pair joined by a private link) that run a guest script, and collects their exit status,
+/// output and checks. When QEMU or the image cannot be had, <see cref="Require"/> fails the test under CI=true
+/// and skips it, with the reason, elsewhere. Everything a guest started is killed when the guest (or this
+/// object) is disposed or times out.
 /// </summary>
 public sealed partial class Rig(ITestOutputHelper output) : IDisposable
 {
@@ -83,8 +95,7 @@ public sealed partial class Rig(ITestOutputHelper output) : IDisposable
     private static int s_guests;
     private readonly List<RigGuest> _guests = [];
 
-    public static string? RepoRoot { get; } = FindRepoRoot();
-    public static string RigDir => Path.Combine(RepoRoot ?? ".", "tests", "rig");
+    public static string RigDir => Path.Combine(Repo.Root ?? ".", "tests", "rig");
     public static string GuestDir => Path.Combine(RigDir, "guest");
     public static string Cache => Environment.GetEnvironmentVariable("RIG_CACHE") is { Length: > 0 } c ? c : "/var/tmp/storagenode-rig";
     public static bool IsCi => string.Equals(Environment.GetEnvironmentVariable("CI"), "true", StringComparison.OrdinalIgnoreCase);
@@ -113,14 +124,36 @@ public sealed partial class Rig(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>Boots a guest; it runs in the background until <see cref="RigGuest.WaitForExit"/>.</summary>
-    public RigGuest Start(GuestOptions options)
+    public RigGuest Start(GuestOptions options) => Launch(options, stagger: null);
+
+    /// <summary>Boots two guests, a (192.168.100.1) and b (192.168.100.2), joined by a private link (run-pair.sh),
+    /// both running <paramref name="options"/>' script ($RIG_NODE tells which); the result's exit status is a's when
+    /// not 0, else b's. With a <paramref name="stagger"/> (whole seconds; RIG_STAGGER) b starts that long after a, so
+    /// the guests' monotonic clocks differ by at least that much; a's timeout and the whole run's are longer by it.</summary>
+    public RigGuest StartPair(GuestOptions options, TimeSpan stagger = default)
+    {
+        if (options.HostForwards.Count > 0) throw new ArgumentException("run-pair.sh has no host → guest forwards", nameof(options));
+        return Launch(options, stagger);
+    }
+
+    private RigGuest Launch(GuestOptions options, TimeSpan? stagger)
     {
         if (!Regex.IsMatch(options.Name, "^[A-Za-z0-9._-]+$")) throw new ArgumentException($"bad guest name '{options.Name}'", nameof(options));
         int n = Interlocked.Increment(ref s_guests);
         string id = $"{options.Name}-{Environment.ProcessId}-{n}";
-        var guest = new RigGuest(options, Path.Combine(Cache, "runs", id), $"rig-{id}", output);
+        var guest = new RigGuest(options, Path.Combine(Cache, "runs", id), $"rig-{id}", stagger, output);
         lock (_guests) _guests.Add(guest);
         return guest;
+    }
+
+    /// <summary>
+    /// Copies a build output folder (files only) into <paramref name="to"/> (created): guests cannot see a checkout
+    /// under /tmp, so what they run travels through the rig cache (on the host's /var/tmp, which guests see).
+    /// </summary>
+    public static void CopyFiles(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (string f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)), overwrite: true);
     }
 
     /// <summary>Boots a guest, waits for it, reports it (<see cref="Report"/>) and disposes it (its run folder
@@ -145,13 +178,16 @@ public sealed partial class Rig(ITestOutputHelper output) : IDisposable
                          (steps.Length > 0 ? $"; steps: {steps}" : ""));
         if (r.ExitCode == 0) return;
         output.WriteLine($"run folder (kept): {r.RunFolder}");
-        if (File.Exists(r.SerialLog))
+        foreach (string serial in r.SerialLogs.Count > 0 ? r.SerialLogs : [r.SerialLog])
         {
-            string[] lines = File.ReadAllLines(r.SerialLog);
-            output.WriteLine($"serial console {r.SerialLog}, last {Math.Min(lines.Length, 120)} of {lines.Length} lines:");
-            foreach (string l in lines.TakeLast(120)) output.WriteLine("  " + l.TrimEnd('\r'));
+            if (File.Exists(serial))
+            {
+                string[] lines = File.ReadAllLines(serial);
+                output.WriteLine($"serial console {serial}, last {Math.Min(lines.Length, 120)} of {lines.Length} lines:");
+                foreach (string l in lines.TakeLast(120)) output.WriteLine("  " + l.TrimEnd('\r'));
+            }
+            else output.WriteLine($"no serial console log at {serial}");
         }
-        else output.WriteLine($"no serial console log at {r.SerialLog}");
     }
 
     public void Dispose()
@@ -163,20 +199,13 @@ public sealed partial class Rig(ITestOutputHelper output) : IDisposable
         }
     }
 
-    private static string? FindRepoRoot()
-    {
-        foreach (string start in new[] { AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
-            for (string? d = start; d != null; d = Path.GetDirectoryName(d))
-                if (File.Exists(Path.Combine(d, "tests", "rig", "run-guest.sh"))) return d;
-        return null;
-    }
-
     private static RigImage BuildImage()
     {
         var sw = Stopwatch.StartNew();
         RigImage Unavailable(string reason, string log = "") => new(false, reason, sw.Elapsed, null, log);
         if (!OperatingSystem.IsLinux()) return Unavailable("the rig needs Linux (QEMU, 9p, bash)");
-        if (RepoRoot is null) return Unavailable($"tests/rig/run-guest.sh not found above {AppContext.BaseDirectory}");
+        if (Repo.Root is null || !File.Exists(Path.Combine(RigDir, "run-guest.sh")))
+            return Unavailable($"tests/rig/run-guest.sh not found above {AppContext.BaseDirectory}");
         (int code, string log) = ProcessRunner.Run("bash", [Path.Combine(RigDir, "build-guest.sh")],
             new Dictionary<string, string> { ["RIG_CACHE"] = Cache }, TimeSpan.FromMinutes(20));
         string tail = string.Join('\n', log.Split('\n').TakeLast(15)).Trim();
@@ -189,7 +218,8 @@ public sealed partial class Rig(ITestOutputHelper output) : IDisposable
     }
 }
 
-/// <summary>A running (or finished) guest: its output, its run folder ($RIG_OUT inside), its forwarders.</summary>
+/// <summary>A running (or finished) guest, or pair of guests: its output, its run folder ($RIG_OUT inside; a pair's
+/// guests have a/ and b/ in it), its forwarders.</summary>
 public sealed partial class RigGuest : IDisposable
 {
     private readonly Process _process;
@@ -198,25 +228,32 @@ public sealed partial class RigGuest : IDisposable
     private readonly Stopwatch _sw = Stopwatch.StartNew();
     private readonly TimeSpan _timeout;
     private readonly string? _inlineScript;
+    /// <summary>Each guest's output prefix and run folder: this guest's own, or a pair's a and b.</summary>
+    private readonly (string Name, string Folder)[] _guests;
     private GuestResult? _result;
     private bool _disposed;
 
     public string Name { get; }
-    /// <summary>The run folder: the guest's $RIG_OUT, serial.log, dmesg.txt, the exit status.</summary>
+    /// <summary>The run folder: the guest's $RIG_OUT, serial.log, dmesg.txt, the exit status (a pair: a/ and b/, each
+    /// its guest's).</summary>
     public string RunFolder { get; }
-    public string SerialLog => Path.Combine(RunFolder, "serial.log");
+    /// <summary>The guest's serial console log (a pair: guest a's).</summary>
+    public string SerialLog => Path.Combine(_guests[0].Folder, "serial.log");
     /// <summary>The forwarders of host port P run as "socat -lp{ForwarderTag}-P - TCP:127.0.0.1:P".</summary>
     public string ForwarderTag { get; }
     public TimeSpan Elapsed => _sw.Elapsed;
     public bool HasExited => _process.HasExited;
     public GuestResult? Result => _result;
 
-    internal RigGuest(GuestOptions o, string runFolder, string tag, ITestOutputHelper? output)
+    /// <param name="stagger">Null: one guest (run-guest.sh); else a pair (run-pair.sh), b started that much after a.</param>
+    internal RigGuest(GuestOptions o, string runFolder, string tag, TimeSpan? stagger, ITestOutputHelper? output)
     {
         Name = o.Name;
         RunFolder = runFolder;
         ForwarderTag = tag;
-        _timeout = o.Timeout;
+        int staggerSeconds = stagger is { } st ? Math.Max(0, (int)Math.Ceiling(st.TotalSeconds)) : 0;
+        _timeout = o.Timeout + TimeSpan.FromSeconds(staggerSeconds);
+        _guests = stagger is null ? [(o.Name, runFolder)] : [("a", Path.Combine(runFolder, "a")), ("b", Path.Combine(runFolder, "b"))];
         string script = o.Script;
         if (o.InlineScript != null)
         {
@@ -232,11 +269,15 @@ public sealed partial class RigGuest : IDisposable
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
-            WorkingDirectory = Rig.RepoRoot ?? Directory.GetCurrentDirectory(),
+            WorkingDirectory = Repo.Root ?? Directory.GetCurrentDirectory(),
         };
-        psi.ArgumentList.Add(Path.Combine(Rig.RigDir, "run-guest.sh"));
-        psi.ArgumentList.Add("-n");
-        psi.ArgumentList.Add(o.Name);
+        string runner = stagger is null ? "run-guest.sh" : "run-pair.sh";
+        psi.ArgumentList.Add(Path.Combine(Rig.RigDir, runner));
+        if (stagger is null)
+        {
+            psi.ArgumentList.Add("-n");
+            psi.ArgumentList.Add(o.Name);
+        }
         foreach ((int g, int h) in o.Forwards)
         {
             psi.ArgumentList.Add("-p");
@@ -257,17 +298,18 @@ public sealed partial class RigGuest : IDisposable
         psi.Environment["RIG_ENV"] = env.ToString();
         psi.Environment["RIG_CACHE"] = Rig.Cache;
         psi.Environment["RIG_TIMEOUT"] = ((int)Math.Ceiling(o.Timeout.TotalSeconds)).ToString(CultureInfo.InvariantCulture);
-        psi.Environment["RIG_RUN_DIR"] = RunFolder;
+        psi.Environment["RIG_RUN_DIR"] = RunFolder;   // run-pair.sh: a's is RunFolder/a, b's RunFolder/b
         psi.Environment["RIG_KEEP"] = "1";   // this class removes the run folder after a success (Dispose)
         psi.Environment["RIG_FWD_TAG"] = tag;
         psi.Environment["RIG_GUEST_DIR"] = Rig.GuestDir;
         if (o.Cpus is { } cpus) psi.Environment["RIG_CPUS"] = cpus.ToString(CultureInfo.InvariantCulture);
         if (o.MemoryMiB is { } mem) psi.Environment["RIG_MEM"] = mem.ToString(CultureInfo.InvariantCulture);
+        if (staggerSeconds > 0) psi.Environment["RIG_STAGGER"] = staggerSeconds.ToString(CultureInfo.InvariantCulture);
 
-        output?.WriteLine($"rig: starting guest {Name}: {o.Script}{(o.InlineScript != null ? "(inline)" : "")}, " +
+        output?.WriteLine($"rig: starting {(stagger is null ? "guest" : "pair")} {Name}: {o.Script}{(o.InlineScript != null ? "(inline)" : "")}, " +
                           $"forwards [{string.Join(", ", o.Forwards.Select(f => $"10.0.2.100:{f.GuestPort}->127.0.0.1:{f.HostPort}"))}], " +
-                          $"timeout {o.Timeout.TotalSeconds:0} s, run folder {RunFolder}");
-        _process = Process.Start(psi) ?? throw new InvalidOperationException("could not start run-guest.sh");
+                          $"timeout {o.Timeout.TotalSeconds:0} s{(staggerSeconds > 0 ? $", b {staggerSeconds} s after a" : "")}, run folder {RunFolder}");
+        _process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {runner}");
         _process.OutputDataReceived += (_, e) => Append(e.Data, _stdoutClosed);
         _process.ErrorDataReceived += (_, e) => Append(e.Data, _stderrClosed);
         _process.BeginOutputReadLine();
@@ -280,14 +322,15 @@ public sealed partial class RigGuest : IDisposable
         else lock (_log) _log.AppendLine(line);
     }
 
-    /// <summary>Everything run-guest.sh printed so far (the guest's lines are prefixed "NAME| ").</summary>
+    /// <summary>Everything run-guest.sh (run-pair.sh) printed so far (the guest's lines are prefixed "NAME| ", a pair's
+    /// "a| " and "b| ").</summary>
     public string Output
     {
         get { lock (_log) return _log.ToString(); }
     }
 
-    /// <summary>True once the guest script created <paramref name="file"/> in $RIG_OUT.</summary>
-    public bool Signalled(string file) => File.Exists(Path.Combine(RunFolder, file));
+    /// <summary>True once the guest script (a pair: either guest's) created <paramref name="file"/> in $RIG_OUT.</summary>
+    public bool Signalled(string file) => _guests.Any(g => File.Exists(Path.Combine(g.Folder, file)));
 
     /// <summary>Waits (bounded) until the guest script creates <paramref name="file"/> in $RIG_OUT; false when
     /// the guest ended or the time ran out first.</summary>
@@ -303,8 +346,11 @@ public sealed partial class RigGuest : IDisposable
         return false;
     }
 
-    /// <summary>Creates <paramref name="file"/> in the run folder: the guest sees it as $RIG_OUT/file.</summary>
-    public void Signal(string file, string content = "") => File.WriteAllText(Path.Combine(RunFolder, file), content);
+    /// <summary>Creates <paramref name="file"/> in the run folder: the guest (a pair: each guest) sees it as $RIG_OUT/file.</summary>
+    public void Signal(string file, string content = "")
+    {
+        foreach ((_, string folder) in _guests) File.WriteAllText(Path.Combine(folder, file), content);
+    }
 
     /// <summary>PIDs of the forwarders of host port <paramref name="hostPort"/> (all ports when null): one per open
     /// guest connection.</summary>
@@ -402,15 +448,16 @@ public sealed partial class RigGuest : IDisposable
         var steps = new List<RigStep>();
         double? boot = null;
         string? kernel = null;
-        string prefix = Name + "| ";
         string output = Output;
         foreach (string raw in output.Split('\n'))
         {
             string line = raw.TrimEnd('\r');
-            if (!line.StartsWith(prefix, StringComparison.Ordinal)) continue;
-            line = line[prefix.Length..];
+            string? guest = _guests.Select(g => g.Name).FirstOrDefault(g => line.StartsWith(g + "| ", StringComparison.Ordinal));
+            if (guest is null) continue;
+            line = line[(guest.Length + 2)..];
             Match m;
-            if ((m = CheckLine().Match(line)).Success) checks.Add(new RigCheck(m.Groups[1].Value, m.Groups[2].Value == "ok", m.Groups[3].Value));
+            if ((m = CheckLine().Match(line)).Success)
+                checks.Add(new RigCheck(m.Groups[1].Value, m.Groups[2].Value == "ok", m.Groups[3].Value) { Guest = guest });
             else if ((m = StepLine().Match(line)).Success)
                 steps.Add(new RigStep(m.Groups[1].Value, m.Groups[2].Value,
                     m.Groups[3].Success ? TimeSpan.FromMilliseconds(int.Parse(m.Groups[3].Value, CultureInfo.InvariantCulture)) : null));
@@ -426,6 +473,7 @@ public sealed partial class RigGuest : IDisposable
             Output = output,
             RunFolder = RunFolder,
             SerialLog = SerialLog,
+            SerialLogs = [.. _guests.Select(g => Path.Combine(g.Folder, "serial.log"))],
             Elapsed = _sw.Elapsed,
             BootSeconds = boot,
             KernelRelease = kernel,
