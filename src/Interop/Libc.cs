@@ -7,6 +7,7 @@ public static unsafe partial class Libc
 {
     private const string Lib = "libc";
 
+    public const int AF_UNIX = 1;
     public const int AF_INET = 2;
     public const int AF_INET6 = 10;
     public const int SOCK_STREAM = 1;
@@ -131,6 +132,10 @@ public static unsafe partial class Libc
     public static partial int Ioctl(int fd, nuint request, int* value);
 
     public const nuint FIONREAD = 0x541B;
+
+    /// <summary>A connected pair of sockets (<c>sv[0]</c>, <c>sv[1]</c>): for tests of a protocol over a stream, with no network.</summary>
+    [LibraryImport(Lib, EntryPoint = "socketpair", SetLastError = true)]
+    public static partial int SocketPair(int domain, int type, int protocol, int* sv);
 
     [LibraryImport(Lib, EntryPoint = "recv", SetLastError = true)]
     public static partial nint Recv(int fd, void* buf, nuint len, int flags);

@@ -64,7 +64,7 @@ public sealed unsafe class IoQueue
     public NvmeStatus WriteZeroes(uint nsid, ulong lba, uint blocks, bool deallocate = false)
     {
         SubmissionQueueEntry sqe = ReadWriteSqe(IoOpcode.WriteZeroes, nsid, lba, blocks);
-        if (deallocate) sqe.Cdw12 |= 1u << 25;
+        if (deallocate) sqe.Cdw12 |= IoCdw12.Deallocate;
         return Execute(sqe, default, DataDirection.None).StatusField;
     }
 

@@ -138,7 +138,7 @@ public sealed unsafe class NvmeHost : IDisposable
         var host = new NvmeHost(endpoint, subsystemNqn, options with { SendKeepAlive = options.SendKeepAlive }, admin);
         try
         {
-            host.Cntlid = host.FabricsConnect(admin, host._adminWaiter, 0, (ushort)(options.AdminQueueDepth - 1), 0xFFFF, discovery ? 0 : options.KatoMs);
+            host.Cntlid = host.FabricsConnect(admin, host._adminWaiter, 0, (ushort)(options.AdminQueueDepth - 1), ConnectField.AnyController, discovery ? 0 : options.KatoMs);
             host.Cap = host.PropertyGet(Property.Cap, 8);
             host.PropertySet(Property.Cc, CcRegister.Make(true));
             host.WaitReady(true);
@@ -351,14 +351,10 @@ public sealed unsafe class NvmeHost : IDisposable
     {
         if (length % 4 != 0 || length == 0) throw new ArgumentException("length must be a non-zero multiple of 4", nameof(length));
         var buf = new byte[length];
-        uint numd = (uint)(length / 4 - 1);
         SubmissionQueueEntry sqe = default;
         sqe.Opcode = AdminOpcode.GetLogPage;
         sqe.Nsid = nsid;
-        sqe.Cdw10 = lid | ((uint)lsp << 8) | (rae ? 1u << 15 : 0) | ((numd & 0xFFFF) << 16);
-        sqe.Cdw11 = numd >> 16;
-        sqe.Cdw12 = (uint)offset;
-        sqe.Cdw13 = (uint)(offset >> 32);
+        sqe.SetLogPage(lid, (uint)(length / 4), offset, lsp, rae);
         Check($"Get Log Page {lid:X2}", AdminCommand(sqe, buf, DataDirection.ControllerToHost));
         return buf;
     }

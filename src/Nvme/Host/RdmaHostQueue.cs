@@ -299,7 +299,7 @@ public sealed unsafe class RdmaHostQueue : IHostQueue
             }
             e.Dptr = RdmaSgl.Keyed(address, length, rkey, invalidate: false);
         }
-        e.Flags = (byte)((e.Flags & 0x3F) | 0x40); // PSDT = SGL
+        e.Flags = (byte)((e.Flags & ~CommandFlags.PsdtMask) | CommandFlags.PsdtSgl);
         e.Cid = (ushort)slot;
         *(SubmissionQueueEntry*)buf = e;
         QueueSend(slot, buf, 64 + inCapsule);

@@ -37,12 +37,13 @@ public sealed class NvmeTransportException(string message) : Exception(message);
 /// queued and sent by the next <see cref="Poll"/> (so a burst goes out in one sendmsg); completions are
 /// delivered from <see cref="Poll"/>. Data buffers are caller-owned, pinned, and must live until completion.
 /// </summary>
-public sealed unsafe class TcpHostQueue : IHostQueue
+public sealed unsafe class TcpHostQueue : IHostQueue, ITcpConnectionOwner
 {
-    private const int MaxIov = 256;
     private const int SlotHeaderBytes = 128;      // capsule header + digest, in-capsule data digest
+    private const int CapsuleDataDigestOffset = 96;
     private const int H2CHeaderSlots = 16;
-    private const int H2CHeaderBytes = 32;
+    private const int H2CHeaderBytes = 32;        // header 24 + header digest 4 + data digest 4
+    private const int H2CDataDigestOffset = 28;
 
     private struct Slot
     {
@@ -52,47 +53,26 @@ public sealed unsafe class TcpHostQueue : IHostQueue
         public uint Length;
         public DataDirection Direction;
         public uint Received;
+        /// <summary>PDUs of this command queued and not yet handed to the kernel whole.</summary>
         public int PendingSends;
         public int H2CSequence;
+        public bool DataDigestError;
         public long Token;
         public IHostCompletion? Callback;
         public CompletionQueueEntry Cqe;
     }
 
-    private struct SendEntry
-    {
-        public byte* Ptr;
-        public int Length;
-        public short Slot;
-    }
-
-    private enum RecvState : byte { Header, Payload }
-
-    private int _fd;
+    private readonly TcpConnection _conn;
     private readonly HostQueueOptions _opt;
     private readonly Slot[] _slots;
     private readonly int[] _free;
     private int _freeCount;
     private readonly byte* _hdrArea;
     private readonly byte* _h2cArea;
-    private readonly byte* _zeroes;
-    private readonly byte* _rbuf;
-    private readonly int _rcap;
-    private int _rpos, _rend;
-    private RecvState _state;
+    // The C2HData PDU whose payload is being received.
     private int _payloadSlot;
-    private byte* _payloadDest;
-    private uint _payloadRemaining;
-    private int _payloadSkip;
-    private int _payloadDigestRemaining;
-    private uint _payloadCrc;
     private bool _payloadSuccess;
     private bool _payloadLast;
-    private uint _payloadDigestValue;
-    private readonly SendEntry[] _ring;
-    private readonly int _ringMask;
-    private int _sendHead, _sendTail, _headSent;
-    private readonly Libc.IoVec* _iov;
     private string? _error;
 
     public bool HeaderDigest { get; }
@@ -112,7 +92,6 @@ public sealed unsafe class TcpHostQueue : IHostQueue
 
     private TcpHostQueue(int fd, IPEndPoint ep, HostQueueOptions opt, int depth, bool hdgst, bool ddgst, uint maxH2C, int cpda)
     {
-        _fd = fd;
         Endpoint = ep;
         _opt = opt;
         HeaderDigest = hdgst;
@@ -126,14 +105,12 @@ public sealed unsafe class TcpHostQueue : IHostQueue
         _freeCount = depth;
         _hdrArea = (byte*)NativeMemory.AlignedAlloc((nuint)(depth * SlotHeaderBytes), 64);
         _h2cArea = (byte*)NativeMemory.AlignedAlloc((nuint)(depth * H2CHeaderSlots * H2CHeaderBytes), 64);
-        _zeroes = (byte*)NativeMemory.AllocZeroed(256);
-        _rcap = opt.ReceiveBufferSize;
-        _rbuf = (byte*)NativeMemory.AlignedAlloc((nuint)_rcap, 64);
-        int cap = 1;
-        while (cap < depth * (H2CHeaderSlots * 4 + 4) + 16) cap <<= 1;
-        _ring = new SendEntry[cap];
-        _ringMask = cap - 1;
-        _iov = (Libc.IoVec*)NativeMemory.Alloc((nuint)(MaxIov * sizeof(Libc.IoVec)));
+        // Each PDU is at most four entries (header, padding, data, data digest).
+        _conn = new TcpConnection(fd, this, opt.ReceiveBufferSize, depth * (H2CHeaderSlots * 4 + 4) + 16)
+        {
+            HeaderDigest = hdgst,
+            DataDigest = ddgst,
+        };
     }
 
     /// <summary>Opens the TCP connection and performs the ICReq/ICResp exchange.</summary>
@@ -146,7 +123,7 @@ public sealed unsafe class TcpHostQueue : IHostQueue
             req.Common = new CommonHeader(PduType.ICReq, 0, PduSize.ICReq, 0, PduSize.ICReq);
             req.Pfv = 0;
             req.Hpda = 0;
-            req.Digest = (byte)((options.HeaderDigest ? 1 : 0) | (options.DataDigest ? 2 : 0));
+            req.Digest = (byte)((options.HeaderDigest ? DigestBits.Header : 0) | (options.DataDigest ? DigestBits.Data : 0));
             req.MaxR2T = (uint)Math.Max(0, options.MaxR2T - 1);
             SendAllBlocking(fd, (byte*)&req, PduSize.ICReq, options.ConnectTimeout);
             ICRespPdu resp;
@@ -159,7 +136,7 @@ public sealed unsafe class TcpHostQueue : IHostQueue
             if (resp.MaxH2CData < 4096 || resp.MaxH2CData % 4 != 0) throw new NvmeTransportException($"ICResp MAXH2CDATA {resp.MaxH2CData} invalid");
             if (resp.Cpda > 31) throw new NvmeTransportException($"ICResp CPDA {resp.Cpda} invalid");
             return new TcpHostQueue(fd, endpoint, options, options.Depth,
-                (resp.Digest & 1) != 0, (resp.Digest & 2) != 0, resp.MaxH2CData, resp.Cpda);
+                (resp.Digest & DigestBits.Header) != 0, (resp.Digest & DigestBits.Data) != 0, resp.MaxH2CData, resp.Cpda);
         }
         catch
         {
@@ -228,6 +205,7 @@ public sealed unsafe class TcpHostQueue : IHostQueue
         s.Received = 0;
         s.PendingSends = 0;
         s.H2CSequence = 0;
+        s.DataDigestError = false;
         s.Token = token;
         s.Callback = callback;
         s.Cqe = default;
@@ -236,54 +214,13 @@ public sealed unsafe class TcpHostQueue : IHostQueue
         CapsuleCmdPdu* pdu = (CapsuleCmdPdu*)h;
         pdu->Sqe = sqe;
         pdu->Sqe.Cid = (ushort)slot;
-        pdu->Sqe.Flags = (byte)((sqe.Flags & 0x3F) | 0x40); // PSDT = SGL
-        int hd = HeaderDigest ? PduSize.Digest : 0;
+        pdu->Sqe.Flags = (byte)((sqe.Flags & ~CommandFlags.PsdtMask) | CommandFlags.PsdtSgl);
         bool inCapsule = direction == DataDirection.HostToController && length > 0 && length <= InCapsuleDataSize;
-        if (inCapsule)
-        {
-            int hdrBytes = PduSize.CapsuleCmd + hd;
-            int pdo = Align(hdrBytes, ControllerPduAlign);
-            int dd = DataDigest ? PduSize.Digest : 0;
-            pdu->Sqe.Dptr = SglDescriptor.InCapsule(length);
-            pdu->Common = new CommonHeader(PduType.CapsuleCmd, Flags(true), PduSize.CapsuleCmd, (byte)pdo, (uint)(pdo + length + dd));
-            WriteHeaderDigest(h, PduSize.CapsuleCmd);
-            Enqueue(h, hdrBytes, slot);
-            if (pdo > hdrBytes) Enqueue(_zeroes, pdo - hdrBytes, slot);
-            Enqueue(data, (int)length, slot);
-            if (dd != 0)
-            {
-                Unsafe.WriteUnaligned(h + 96, Crc32C.Compute(new ReadOnlySpan<byte>(data, (int)length)));
-                Enqueue(h + 96, dd, slot);
-            }
-        }
-        else
-        {
-            pdu->Sqe.Dptr = SglDescriptor.Transport(length);
-            pdu->Common = new CommonHeader(PduType.CapsuleCmd, Flags(false), PduSize.CapsuleCmd, 0, (uint)(PduSize.CapsuleCmd + hd));
-            WriteHeaderDigest(h, PduSize.CapsuleCmd);
-            Enqueue(h, PduSize.CapsuleCmd + hd, slot);
-        }
+        pdu->Sqe.Dptr = inCapsule ? SglDescriptor.InCapsule(length) : SglDescriptor.Transport(length);
+        s.PendingSends++;
+        _conn.EnqueuePdu(h, PduType.CapsuleCmd, 0, ControllerPduAlign, data, inCapsule ? length : 0, h + CapsuleDataDigestOffset,
+            TcpConnection.NoTag, slot);
         return true;
-    }
-
-    private static int Align(int v, int a) => (v + a - 1) / a * a;
-
-    private byte Flags(bool hasData) => (byte)((HeaderDigest ? PduFlags.HeaderDigest : 0) | (hasData && DataDigest ? PduFlags.DataDigest : 0));
-
-    private void WriteHeaderDigest(byte* h, int hlen)
-    {
-        if (HeaderDigest) Unsafe.WriteUnaligned(h + hlen, Crc32C.Compute(new ReadOnlySpan<byte>(h, hlen)));
-    }
-
-    private void Enqueue(byte* p, int len, int slot)
-    {
-        if (_sendTail - _sendHead > _ringMask) throw new InvalidOperationException("host send ring overflow");
-        ref SendEntry e = ref _ring[_sendTail & _ringMask];
-        e.Ptr = p;
-        e.Length = len;
-        e.Slot = (short)slot;
-        _sendTail++;
-        if (slot >= 0) _slots[slot].PendingSends++;
     }
 
     /// <summary>Sends what is queued, receives and processes what arrived. Returns the number of completions.</summary>
@@ -292,15 +229,15 @@ public sealed unsafe class TcpHostQueue : IHostQueue
         if (_error != null) throw new NvmeTransportException(_error);
         int completed = Flush();
         completed += Receive();
-        if (_sendHead != _sendTail) completed += Flush();
+        if (_conn.HasPendingSends) completed += Flush();
         return completed;
     }
 
     /// <summary>The socket, for a poller that waits on readiness (a reactor's epoll set).</summary>
-    public int Fd => _fd;
+    public int Fd => _conn.Fd;
 
     /// <summary>True when PDUs are queued but not yet handed to the kernel.</summary>
-    public bool HasPendingSends => _sendHead != _sendTail;
+    public bool HasPendingSends => _conn.HasPendingSends;
 
     /// <summary>Sends what is queued; never throws (a failure completes every command with an error).</summary>
     public int SendPending() => _error != null ? 0 : Flush();
@@ -318,183 +255,44 @@ public sealed unsafe class TcpHostQueue : IHostQueue
     /// <summary>Blocks up to <paramref name="timeoutMs"/> until the socket is readable (for idle waits).</summary>
     public void WaitReadable(int timeoutMs)
     {
-        if (_disposed || _rpos < _rend) return;
-        Libc.PollFd p = new() { Fd = _fd, Events = Libc.POLLIN };
+        if (_disposed || !_conn.InputEmpty) return;
+        Libc.PollFd p = new() { Fd = _conn.Fd, Events = Libc.POLLIN };
         Libc.Poll(&p, 1, timeoutMs);
     }
 
-    private int Flush()
-    {
-        int completed = 0;
-        while (_sendHead != _sendTail)
-        {
-            int count = 0;
-            nuint total = 0;
-            for (int i = _sendHead; i != _sendTail && count < MaxIov; i++, count++)
-            {
-                ref SendEntry e = ref _ring[i & _ringMask];
-                int skip = i == _sendHead ? _headSent : 0;
-                _iov[count].Base = e.Ptr + skip;
-                _iov[count].Length = (nuint)(e.Length - skip);
-                total += _iov[count].Length;
-            }
-            Libc.MsgHdr msg = default;
-            msg.Iov = _iov;
-            msg.IovLen = (nuint)count;
-            nint sent = Libc.SendMsg(_fd, &msg, Libc.MSG_DONTWAIT | Libc.MSG_NOSIGNAL);
-            if (sent < 0)
-            {
-                int err = Libc.Errno;
-                if (err == Libc.EAGAIN || err == Libc.EINTR) return completed;
-                Fail($"send failed: {Libc.StrError(err)}");
-                return completed;
-            }
-            long left = sent;
-            while (left > 0)
-            {
-                ref SendEntry e = ref _ring[_sendHead & _ringMask];
-                int remaining = e.Length - _headSent;
-                if (left < remaining)
-                {
-                    _headSent += (int)left;
-                    break;
-                }
-                left -= remaining;
-                _headSent = 0;
-                _sendHead++;
-                if (e.Slot >= 0)
-                {
-                    ref Slot s = ref _slots[e.Slot];
-                    if (--s.PendingSends == 0 && s.Responded) { Deliver(e.Slot); completed++; }
-                }
-            }
-            if ((nuint)sent < total) return completed;
-        }
-        return completed;
-    }
+    private int Flush() => _conn.Flush(out _);
 
     private int Receive()
     {
         int completed = 0;
-        for (int round = 0; round < 4; round++)
+        for (int round = 0; round < 4 && _error == null; round++)
         {
-            if (_state == RecvState.Payload && _rpos == _rend && _payloadSkip == 0 && _payloadDest != null && _payloadRemaining >= 16384)
-            {
-                nint d = Libc.Recv(_fd, _payloadDest, _payloadRemaining, Libc.MSG_DONTWAIT);
-                if (d <= 0) return completed + RecvError(d);
-                if (DataDigest) _payloadCrc = Crc32C.Update(_payloadCrc, _payloadDest, (int)d);
-                _payloadDest += d;
-                _payloadRemaining -= (uint)d;
-                completed += Parse();
-                continue;
-            }
-            if (_rpos == _rend) _rpos = _rend = 0;
-            else if (_rcap - _rend < 256 && _rpos > 0)
-            {
-                Buffer.MemoryCopy(_rbuf + _rpos, _rbuf, _rcap, _rend - _rpos);
-                _rend -= _rpos;
-                _rpos = 0;
-            }
-            nint n = Libc.Recv(_fd, _rbuf + _rend, (nuint)(_rcap - _rend), Libc.MSG_DONTWAIT);
-            if (n <= 0) return completed + RecvError(n);
-            _rend += (int)n;
-            completed += Parse();
-            if (_error != null || n < _rcap - _rend) break;
+            completed += _conn.Receive(out ReceiveOutcome outcome);
+            if (outcome != ReceiveOutcome.Filled) break;
         }
         return completed;
     }
 
-    private int RecvError(nint n)
+    // ====================================================================== ITcpConnectionOwner
+
+    bool ITcpConnectionOwner.AcceptPduType(CommonHeader* ch)
     {
-        if (n == 0)
-        {
-            Fail("connection closed by the controller");
-            return 0;
-        }
-        int e = Libc.Errno;
-        if (e != Libc.EAGAIN && e != Libc.EINTR) Fail($"recv failed: {Libc.StrError(e)}");
-        return 0;
+        if (ch->Type is PduType.CapsuleResp or PduType.C2HData or PduType.R2T or PduType.C2HTermReq) return true;
+        Fail($"unexpected PDU type {(byte)ch->Type:X2} from the controller");
+        return false;
     }
 
-    private int Parse()
+    int ITcpConnectionOwner.OnHeader(byte* header, int hd)
     {
-        int completed = 0;
-        while (_error == null)
-        {
-            int avail = _rend - _rpos;
-            if (_state == RecvState.Header)
-            {
-                if (avail < PduSize.Common) return completed;
-                CommonHeader* ch = (CommonHeader*)(_rbuf + _rpos);
-                int hlen = PduSize.HeaderLength(ch->Type);
-                if (hlen == 0 || ch->Hlen != hlen)
-                {
-                    Fail($"controller sent PDU type {(byte)ch->Type:X2} with HLEN {ch->Hlen}");
-                    return completed;
-                }
-                int hd = HeaderDigest && PduSize.HasHeaderDigest(ch->Type) ? PduSize.Digest : 0;
-                if (ch->Type == PduType.C2HTermReq)
-                {
-                    TermReqPdu* t = (TermReqPdu*)ch;
-                    if (avail < PduSize.TermReqHeader) return completed;
-                    Fail($"controller sent C2HTermReq: FES {t->Fes:X2}, FEI {t->Fei}");
-                    return completed;
-                }
-                if (avail < hlen + hd) return completed;
-                if (hd != 0 && Crc32C.Compute(new ReadOnlySpan<byte>(ch, hlen)) != Unsafe.ReadUnaligned<uint>((byte*)ch + hlen))
-                {
-                    Fail($"header digest mismatch on PDU type {ch->Type}");
-                    return completed;
-                }
-                _rpos += hlen + hd;
-                completed += HandleHeader(ch, hd);
-            }
-            else
-            {
-                if (_payloadSkip > 0)
-                {
-                    int skip = Math.Min(avail, _payloadSkip);
-                    _payloadSkip -= skip;
-                    _rpos += skip;
-                    avail -= skip;
-                }
-                if (_payloadSkip == 0 && _payloadRemaining > 0 && avail > 0)
-                {
-                    int n = (int)Math.Min((uint)avail, _payloadRemaining);
-                    Buffer.MemoryCopy(_rbuf + _rpos, _payloadDest, n, n);
-                    if (DataDigest) _payloadCrc = Crc32C.Update(_payloadCrc, _payloadDest, n);
-                    _payloadDest += n;
-                    _payloadRemaining -= (uint)n;
-                    _rpos += n;
-                    avail -= n;
-                }
-                if (_payloadRemaining == 0 && _payloadDigestRemaining > 0 && avail > 0)
-                {
-                    int n = Math.Min(avail, _payloadDigestRemaining);
-                    uint v = _payloadDigestValue;
-                    Buffer.MemoryCopy(_rbuf + _rpos, (byte*)&v + (PduSize.Digest - _payloadDigestRemaining), n, n);
-                    _payloadDigestValue = v;
-                    _payloadDigestRemaining -= n;
-                    _rpos += n;
-                }
-                if (_payloadSkip == 0 && _payloadRemaining == 0 && _payloadDigestRemaining == 0)
-                {
-                    _state = RecvState.Header;
-                    completed += C2HDataDone();
-                }
-                else if (_rend - _rpos == 0)
-                {
-                    return completed;
-                }
-            }
-        }
-        return completed;
-    }
-
-    private int HandleHeader(CommonHeader* ch, int hd)
-    {
+        CommonHeader* ch = (CommonHeader*)header;
         switch (ch->Type)
         {
+            case PduType.C2HTermReq:
+            {
+                TermReqPdu* t = (TermReqPdu*)ch;
+                Fail($"controller sent C2HTermReq: FES {t->Fes:X2}, FEI {t->Fei}");
+                return 0;
+            }
             case PduType.CapsuleResp:
             {
                 CapsuleRespPdu* r = (CapsuleRespPdu*)ch;
@@ -521,23 +319,17 @@ public sealed unsafe class TcpHostQueue : IHostQueue
                     return 0;
                 }
                 ref Slot s = ref _slots[slot];
-                int dd = DataDigest ? PduSize.Digest : 0;
-                if (d->Datao != s.Received || (ulong)d->Datao + d->Datal > s.Length || d->Common.Plen != d->Common.Pdo + d->Datal + (uint)dd
+                if (d->Datao != s.Received || (ulong)d->Datao + d->Datal > s.Length || d->Common.Plen != d->Common.Pdo + d->Datal + (uint)_conn.DataDigestBytes
                     || d->Common.Pdo < PduSize.C2HData + hd)
                 {
                     Fail($"C2HData out of range: DATAO {d->Datao} DATAL {d->Datal} PDO {d->Common.Pdo} PLEN {d->Common.Plen} (expected offset {s.Received}, length {s.Length})");
                     return 0;
                 }
                 _payloadSlot = slot;
-                _payloadDest = s.Data + d->Datao;
-                _payloadRemaining = d->Datal;
-                _payloadSkip = d->Common.Pdo - PduSize.C2HData - hd;
-                _payloadDigestRemaining = dd;
-                _payloadCrc = Crc32C.Seed;
                 _payloadLast = (d->Common.Flags & PduFlags.LastPdu) != 0;
                 _payloadSuccess = (d->Common.Flags & PduFlags.Success) != 0;
                 s.Received += d->Datal;
-                _state = RecvState.Payload;
+                _conn.ReceivePayload(s.Data + d->Datao, d->Datal, d->Common.Pdo - PduSize.C2HData - hd);
                 return 0;
             }
             case PduType.R2T:
@@ -554,44 +346,53 @@ public sealed unsafe class TcpHostQueue : IHostQueue
                 return 0;
             }
             default:
-                Fail($"unexpected PDU type {ch->Type} from the controller");
-                return 0;
+                return 0; // AcceptPduType let no other type through
         }
     }
 
-    private int C2HDataDone()
+    int ITcpConnectionOwner.OnPayloadDone(bool dataDigestError)
     {
         ref Slot s = ref _slots[_payloadSlot];
-        if (DataDigest && Crc32C.Finish(_payloadCrc) != _payloadDigestValue)
+        if (dataDigestError)
         {
             DataDigestErrors++;
-            // Remember the error; the completion is turned into a transport error.
-            s.Cqe.Dw1 = 0xDD;
+            s.DataDigestError = true; // the completion is turned into a transport error
         }
-        if (_payloadSuccess)
+        if (!_payloadSuccess) return 0;
+        if (!_payloadLast)
         {
-            if (!_payloadLast)
-            {
-                Fail("C2HData SUCCESS flag without LAST_PDU");
-                return 0;
-            }
-            s.Cqe = default;
-            s.Cqe.Cid = (ushort)_payloadSlot;
-            s.Responded = true;
-            if (s.PendingSends > 0) return 0;
-            Deliver(_payloadSlot);
-            return 1;
+            Fail("C2HData SUCCESS flag without LAST_PDU");
+            return 0;
         }
-        return 0;
+        s.Cqe = default;
+        s.Cqe.Cid = (ushort)_payloadSlot;
+        s.Responded = true;
+        if (s.PendingSends > 0) return 0;
+        Deliver(_payloadSlot);
+        return 1;
     }
+
+    byte* ITcpConnectionOwner.AcquirePayloadBuffer(uint length) => null; // every C2HData lands in its command's buffer
+
+    void ITcpConnectionOwner.OnProtocolError(ushort fes, uint fei, string why, byte* header) => Fail($"malformed PDU from the controller: {why}");
+
+    void ITcpConnectionOwner.OnConnectionError(string why) => Fail(why);
+
+    int ITcpConnectionOwner.OnSent(int slot)
+    {
+        ref Slot s = ref _slots[slot];
+        if (--s.PendingSends != 0 || !s.Responded) return 0;
+        Deliver(slot);
+        return 1;
+    }
+
+    void ITcpConnectionOwner.OnReceived(nint bytes, bool drained) { }
+
+    void ITcpConnectionOwner.OnReceiveEmpty() { }
 
     private void SendH2CData(int slot, ushort ttag, uint offset, uint length)
     {
         ref Slot s = ref _slots[slot];
-        int hd = HeaderDigest ? PduSize.Digest : 0;
-        int dd = DataDigest ? PduSize.Digest : 0;
-        int hdrBytes = PduSize.H2CData + hd;
-        int pdo = Align(hdrBytes, ControllerPduAlign);
         uint end = offset + length;
         while (offset < end)
         {
@@ -601,22 +402,13 @@ public sealed unsafe class TcpHostQueue : IHostQueue
             byte* h = _h2cArea + (slot * H2CHeaderSlots + idx) * H2CHeaderBytes;
             H2CDataPdu* p = (H2CDataPdu*)h;
             *p = default;
-            p->Common = new CommonHeader(PduType.H2CData, (byte)(Flags(true) | (last ? PduFlags.LastPdu : 0)), PduSize.H2CData, (byte)pdo, (uint)(pdo + len + dd));
             p->Cccid = (ushort)slot;
             p->Ttag = ttag;
             p->Datao = offset;
             p->Datal = len;
-            WriteHeaderDigest(h, PduSize.H2CData);
-            Enqueue(h, hdrBytes, slot);
-            if (pdo > hdrBytes) Enqueue(_zeroes, pdo - hdrBytes, slot);
-            Enqueue(s.Data + offset, (int)len, slot);
-            if (dd != 0)
-            {
-                // The digest lives after the header in the same 32-byte cell (header 24 + hdgst 4 leaves 4).
-                byte* dg = h + 28;
-                Unsafe.WriteUnaligned(dg, Crc32C.Compute(new ReadOnlySpan<byte>(s.Data + offset, (int)len)));
-                Enqueue(dg, dd, slot);
-            }
+            s.PendingSends++;
+            _conn.EnqueuePdu(h, PduType.H2CData, last ? PduFlags.LastPdu : (byte)0, ControllerPduAlign, s.Data + offset, len,
+                h + H2CDataDigestOffset, TcpConnection.NoTag, slot);
             offset += len;
         }
     }
@@ -625,9 +417,8 @@ public sealed unsafe class TcpHostQueue : IHostQueue
     {
         ref Slot s = ref _slots[slot];
         CompletionQueueEntry cqe = s.Cqe;
-        if (cqe.Dw1 == 0xDD && s.Direction == DataDirection.ControllerToHost)
+        if (s.DataDigestError)
         {
-            cqe.Dw1 = 0;
             cqe.Status = NvmeStatus.Generic(GenericStatus.TransientTransportError, dnr: false).ToCqeStatus();
         }
         IHostCompletion cb = s.Callback!;
@@ -654,7 +445,7 @@ public sealed unsafe class TcpHostQueue : IHostQueue
             s.PendingSends = 0;
             Deliver(i);
         }
-        _sendHead = _sendTail;
+        _conn.DropSends();
     }
 
     private bool _disposed;
@@ -663,24 +454,17 @@ public sealed unsafe class TcpHostQueue : IHostQueue
     {
         if (_disposed) return;
         _disposed = true;
-        if (_fd >= 0)
-        {
-            Libc.Close(_fd);
-            _fd = -1;
-        }
+        _conn.CloseSocket();
         if (_error == null) Fail("queue closed");
         NativeMemory.AlignedFree(_hdrArea);
         NativeMemory.AlignedFree(_h2cArea);
-        NativeMemory.Free(_zeroes);
-        NativeMemory.AlignedFree(_rbuf);
-        NativeMemory.Free(_iov);
+        _conn.Free();
     }
 
     /// <summary>Aborts the connection with a TCP reset (fault injection in tests).</summary>
     public void Reset()
     {
-        if (_fd >= 0) NativeSocket.Abort(_fd);
-        _fd = -1;
+        _conn.CloseSocket(abort: true);
         Fail("connection reset by host");
     }
 }

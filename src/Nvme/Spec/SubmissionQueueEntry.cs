@@ -25,15 +25,42 @@ public struct SubmissionQueueEntry
     public readonly byte FabricsType => (byte)Nsid;
 
     /// <summary>PSDT: 00 = PRP, 01/10 = SGL. Fabrics requires SGL.</summary>
-    public readonly int Psdt => Flags >> 6;
+    public readonly int Psdt => Flags >> CommandFlags.PsdtShift;
 
-    public readonly int Fuse => Flags & 0x3;
+    public readonly int Fuse => Flags & CommandFlags.FuseMask;
+
+    /// <summary>Force Unit Access (CDW12 bit 30) of Read, Write, Compare and Write Zeroes.</summary>
+    public readonly bool ForceUnitAccess => (Cdw12 & IoCdw12.ForceUnitAccess) != 0;
+
+    /// <summary>Deallocate (CDW12 bit 25) of Write Zeroes.</summary>
+    public readonly bool DeallocateZeroes => (Cdw12 & IoCdw12.Deallocate) != 0;
 
     /// <summary>Starting LBA of NVM read/write/write zeroes (CDW10-11).</summary>
     public readonly ulong Slba => Cdw10 | ((ulong)Cdw11 << 32);
 
     /// <summary>Number of logical blocks (0-based in the SQE, returned 1-based).</summary>
-    public readonly uint BlockCount => (Cdw12 & 0xFFFF) + 1;
+    public readonly uint BlockCount => (Cdw12 & IoCdw12.BlockCountMask) + 1;
+}
+
+/// <summary>The command's flags byte (SQE byte 1): FUSE in bits 1:0, PSDT in bits 7:6.</summary>
+public static class CommandFlags
+{
+    public const byte FuseMask = 0x03;
+    public const int PsdtShift = 6;
+    public const byte PsdtMask = 0xC0;
+    /// <summary>PSDT 01b: SGLs for the data (all that NVMe over Fabrics uses).</summary>
+    public const byte PsdtSgl = 0x40;
+}
+
+/// <summary>Bits of CDW12 of the NVM I/O commands (Read, Write, Compare, Write Zeroes).</summary>
+public static class IoCdw12
+{
+    /// <summary>NLB, 0-based, bits 15:0.</summary>
+    public const uint BlockCountMask = 0xFFFF;
+    /// <summary>Write Zeroes: deallocate the blocks (bit 25).</summary>
+    public const uint Deallocate = 1u << 25;
+    /// <summary>Force Unit Access (bit 30).</summary>
+    public const uint ForceUnitAccess = 1u << 30;
 }
 
 /// <summary>Fabrics Connect command view of an SQE.</summary>

@@ -37,6 +37,33 @@ public static class TermReqFes
     public const ushort UnsupportedParameter = 0x06;
 }
 
+/// <summary>
+/// Byte offsets of PDU header fields, as a TermReq's Fatal Error Information (FEI) names the field at fault.
+/// </summary>
+public static class PduField
+{
+    // The common header (every PDU).
+    public const uint Type = 0;
+    public const uint Flags = 1;
+    public const uint Hlen = 2;
+    public const uint Pdo = 3;
+    public const uint Plen = 4;
+    // ICReq.
+    public const uint ICReqPfv = 8;
+    public const uint ICReqHpda = 10;
+    // H2CData.
+    public const uint H2CDataTtag = 10;
+    public const uint H2CDataDatao = 12;
+    public const uint H2CDataDatal = 16;
+}
+
+/// <summary>The DGST field of ICReq and ICResp.</summary>
+public static class DigestBits
+{
+    public const byte Header = 1 << 0;
+    public const byte Data = 1 << 1;
+}
+
 /// <summary>Sizes fixed by the NVMe/TCP transport specification.</summary>
 public static class PduSize
 {

@@ -255,11 +255,11 @@ internal static unsafe class AdminCommands
     private static void GetLogPage(NvmfRequest req, Controller ctrl)
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
-        byte lid = (byte)sqe.Cdw10;
-        byte lsp = (byte)((sqe.Cdw10 >> 8) & 0x7F);
-        bool rae = (sqe.Cdw10 & (1u << 15)) != 0;
-        ulong numd = ((sqe.Cdw10 >> 16) | ((ulong)(sqe.Cdw11 & 0xFFFF) << 16)) + 1;
-        ulong offset = sqe.Cdw12 | ((ulong)sqe.Cdw13 << 32);
+        byte lid = sqe.LogPageId();
+        byte lsp = sqe.LogSpecificField();
+        bool rae = sqe.RetainAsyncEvent();
+        ulong numd = sqe.LogPageDwords();
+        ulong offset = sqe.LogPageOffset();
         if (numd * 4 != req.Length)
         {
             req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid));
@@ -390,26 +390,26 @@ internal static unsafe class AdminCommands
 
     private static void GetFeatures(NvmfRequest req, Controller ctrl)
     {
-        byte fid = (byte)req.Sqe.Cdw10;
-        int sel = (int)((req.Sqe.Cdw10 >> 8) & 0x7);
+        byte fid = req.Sqe.FeatureIdentifier();
+        FeatureSelect sel = req.Sqe.FeatureSelect();
         bool discovery = ctrl.Subsystem.IsDiscovery;
         req.DataSpan.Clear();
-        if (sel == 3)
+        if (sel == FeatureSelect.SupportedCapabilities)
         {
-            // Supported capabilities: changeable (bit 2), not saveable, not namespace specific.
+            // Changeable, not saveable, not namespace specific.
             bool supported = fid is FeatureId.AsyncEventConfiguration or FeatureId.KeepAliveTimer
                 || (!discovery && fid is FeatureId.NumberOfQueues or FeatureId.VolatileWriteCache or FeatureId.TemperatureThreshold);
             if (!supported) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
-            req.Cqe.Dw0 = 1u << 2;
+            req.Cqe.Dw0 = FeatureCapabilities.Changeable;
             req.Complete();
             return;
         }
-        if (sel == 2)
+        if (sel == FeatureSelect.Saved)
         {
             req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
             return;
         }
-        bool dflt = sel == 1;
+        bool dflt = sel == FeatureSelect.Default;
         uint? value = fid switch
         {
             FeatureId.AsyncEventConfiguration => dflt ? 0 : ctrl.AsyncEventConfig,
@@ -435,8 +435,8 @@ internal static unsafe class AdminCommands
 
     private static void SetFeatures(NvmfRequest req, Controller ctrl)
     {
-        byte fid = (byte)req.Sqe.Cdw10;
-        bool save = (req.Sqe.Cdw10 & (1u << 31)) != 0;
+        byte fid = req.Sqe.FeatureIdentifier();
+        bool save = req.Sqe.FeatureSave();
         uint cdw11 = req.Sqe.Cdw11;
         bool discovery = ctrl.Subsystem.IsDiscovery;
         if (save)

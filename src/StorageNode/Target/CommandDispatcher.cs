@@ -64,6 +64,14 @@ public static class CommandDispatcher
     /// </summary>
     public static void Resume(NvmfRequest req) => IoCommands.Resume(req);
 
+    /// <summary>
+    /// For a prepared command that sends data to the host: lends the memory that already holds the data (a read from a
+    /// RAM namespace), so that the transport sends from it with no copy and no pool buffer. True when it did
+    /// (<see cref="NvmfRequest.Data"/> points at it, <see cref="NvmfRequest.DataBorrowed"/> is set); the transport then
+    /// runs the command as usual.
+    /// </summary>
+    public static bool TryLendReadData(NvmfRequest req) => req.Qpair.Qid != 0 && IoCommands.TryZeroCopyRead(req);
+
     /// <summary>Runs a prepared command whose host data (if any) is in <see cref="NvmfRequest.Data"/>.</summary>
     public static void Execute(NvmfRequest req)
     {

@@ -48,7 +48,7 @@ internal static unsafe class FabricsCommands
 
     private static void FailInvalidParameter(NvmfRequest req, bool inData, ushort offset)
     {
-        req.Cqe.Dw0 = offset | (inData ? 1u << 16 : 0);
+        req.Cqe.Dw0 = offset | (inData ? ConnectField.InData : 0);
         req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidParameters));
     }
 
@@ -72,12 +72,12 @@ internal static unsafe class FabricsCommands
         if (subsystem == null)
         {
             target.Log.LogWarning("connect from {Peer}: unknown subsystem '{Nqn}'", qp.PeerAddress, subNqn);
-            FailInvalidParameter(req, inData: true, offset: 256);
+            FailInvalidParameter(req, inData: true, offset: ConnectField.SubNqn);
             return;
         }
         if (hostNqn.Length == 0)
         {
-            FailInvalidParameter(req, inData: true, offset: 512);
+            FailInvalidParameter(req, inData: true, offset: ConnectField.HostNqn);
             return;
         }
         bool interconnect = qp.Listener.Role == Config.ListenerRole.Interconnect;
@@ -106,13 +106,13 @@ internal static unsafe class FabricsCommands
         {
             if (cmd.SqSize == 0 || sqSize > (uint)target.Options.AdminQueueDepth)
             {
-                FailInvalidParameter(req, inData: false, offset: 44);
+                FailInvalidParameter(req, inData: false, offset: ConnectField.SqSize);
                 return;
             }
-            if (data.Cntlid != 0xFFFF)
+            if (data.Cntlid != ConnectField.AnyController)
             {
                 // Dynamic controller model only: the host must ask for "any controller".
-                FailInvalidParameter(req, inData: true, offset: 16);
+                FailInvalidParameter(req, inData: true, offset: ConnectField.Cntlid);
                 return;
             }
             uint kato = cmd.Kato;
@@ -137,29 +137,29 @@ internal static unsafe class FabricsCommands
         Controller? owner = subsystem.FindController(data.Cntlid);
         if (owner == null || owner.Destroyed)
         {
-            FailInvalidParameter(req, inData: true, offset: 16);
+            FailInvalidParameter(req, inData: true, offset: ConnectField.Cntlid);
             return;
         }
         if (owner.HostNqn != hostNqn)
         {
-            FailInvalidParameter(req, inData: true, offset: 512);
+            FailInvalidParameter(req, inData: true, offset: ConnectField.HostNqn);
             return;
         }
         if (owner.HostId != hostId)
         {
-            FailInvalidParameter(req, inData: true, offset: 0);
+            FailInvalidParameter(req, inData: true, offset: ConnectField.HostId);
             return;
         }
         if (owner.AdminQueue.Listener != qp.Listener)
         {
             // All queues of a controller go through the port its admin queue used.
             target.Log.LogWarning("{Peer}: I/O queue connect to {Ctrl} through another port ({Port})", qp.PeerAddress, owner, qp.Listener.Port);
-            FailInvalidParameter(req, inData: true, offset: 16);
+            FailInvalidParameter(req, inData: true, offset: ConnectField.Cntlid);
             return;
         }
         if (cmd.SqSize == 0 || sqSize > (uint)target.Options.MaxQueueDepth)
         {
-            FailInvalidParameter(req, inData: false, offset: 44);
+            FailInvalidParameter(req, inData: false, offset: ConnectField.SqSize);
             return;
         }
         qp.Qid = cmd.Qid;
@@ -169,7 +169,7 @@ internal static unsafe class FabricsCommands
         {
             target.Log.LogWarning("{Peer}: I/O queue connect to {Ctrl} refused: {Error}", qp.PeerAddress, owner, error);
             if (!owner.Enabled) req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
-            else FailInvalidParameter(req, inData: false, offset: 42);
+            else FailInvalidParameter(req, inData: false, offset: ConnectField.Qid);
             qp.Qid = 0;
             return;
         }

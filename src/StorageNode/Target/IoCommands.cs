@@ -70,7 +70,7 @@ internal static unsafe class IoCommands
     /// For a validated Read on an I/O queue whose bdev holds the data in memory: points the command's data at
     /// it (no buffer, no copy; the transport sends from there). False when the transport must get a buffer.
     /// </summary>
-    public static bool TryZeroCopyRead(NvmfRequest req)
+    internal static bool TryZeroCopyRead(NvmfRequest req)
     {
         if (req.Qpair.Qid == 0 || req.Sqe.Opcode != IoOpcode.Read || req.Channel == null || req.Namespace!.IsRemote) return false;
         byte* p = req.Channel.ZeroCopyRead(req.Sqe.Slba << req.Namespace.Bdev.BlockShift, req.Length);
@@ -118,7 +118,7 @@ internal static unsafe class IoCommands
                 else ch.Read(sqe.Slba << shift, req.Data, req.Length, req);
                 break;
             case IoOpcode.Write:
-                ch.Write(sqe.Slba << shift, req.Data, req.Length, fua: (sqe.Cdw12 & (1u << 30)) != 0, req);
+                ch.Write(sqe.Slba << shift, req.Data, req.Length, fua: sqe.ForceUnitAccess, req);
                 break;
             case IoOpcode.Flush:
                 ch.Flush(req);
@@ -126,7 +126,7 @@ internal static unsafe class IoCommands
             case IoOpcode.WriteZeroes:
             {
                 ulong bytes = (ulong)sqe.BlockCount << shift;
-                bool deallocate = (sqe.Cdw12 & (1u << 25)) != 0 && ns.Bdev.DeallocateReadsZeroes;
+                bool deallocate = sqe.DeallocateZeroes && ns.Bdev.DeallocateReadsZeroes;
                 if (deallocate) ch.Deallocate(sqe.Slba << shift, bytes, req);
                 else ch.WriteZeroes(sqe.Slba << shift, bytes, req);
                 break;

@@ -32,7 +32,7 @@ internal sealed class RdmaRequest(QueuePair qpair, ushort slot) : NvmfRequest(qp
 /// <see cref="IReactorPoller"/>) and, when idle, sleeps on its completion channel (this source's descriptor).
 /// Nothing on the I/O path allocates.
 /// </summary>
-internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
+internal sealed unsafe class RdmaQueuePair : QueuePair<RdmaRequest>, IReactorPoller
 {
     private const int CqeSize = 16;
     private const int WcBatch = 32;
@@ -46,7 +46,6 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     private readonly PoolRegistration _pools;
     private readonly ILogger _log;
     private readonly string _peer;
-    private readonly long _createdTimestamp;
     private readonly bool _eventMode;
     private readonly int _cmQid;
 
@@ -59,14 +58,8 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
 
     // Requests: twice the receive depth (a response whose send completion has not been polled yet still holds
     // its slot while the host may already reuse its submission queue entry).
-    private readonly RdmaRequest[] _reqs;
-    private readonly int[] _freeSlots;
-    private int _freeCount;
     /// <summary>Commands received and not yet answered (bounded by the host's submission queue size).</summary>
     private int _active;
-    private readonly int[] _bufferWaiters;
-    private int _waitHead;
-    private int _waitCount;
     private readonly byte* _cqes; // one response per slot (sent inline)
     private readonly SnWorkCompletion[] _wc = new SnWorkCompletion[WcBatch];
     // Send work requests queued this iteration, posted together at flush (one doorbell instead of one each).
@@ -75,8 +68,6 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     private int _pendingCount;
 
     private bool _armed;
-    private bool _closed;
-    private bool _freed;
     private ushort _sqHeadReport;
 
     public long Receives;
@@ -92,7 +83,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     /// <summary>Allocates and registers the receive buffers and posts them (before the connection is accepted).</summary>
     public RdmaQueuePair(RdmaConnection conn, Reactor reactor, NvmfTarget target, ListenerInfo listener, RdmaTransport transport,
         PoolRegistration pools, int cmQid, int recvDepth, ILogger log)
-        : base(reactor, target, listener)
+        : base(reactor, target, listener, 2 * recvDepth, static (q, i) => new RdmaRequest(q, i))
     {
         _conn = conn;
         _transport = transport;
@@ -100,7 +91,6 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         _log = log;
         _cmQid = cmQid;
         _peer = conn.PeerAddress;
-        _createdTimestamp = Stopwatch.GetTimestamp();
         _eventMode = reactor.Mode != PollMode.Busy;
         TargetOptions o = target.Options;
         _icd = cmQid == 0 ? o.AdminInCapsuleDataSize : o.InCapsuleDataSize;
@@ -124,15 +114,6 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
             NativeMemory.AlignedFree(_pending);
             throw;
         }
-        _reqs = new RdmaRequest[slots];
-        _freeSlots = new int[slots];
-        _bufferWaiters = new int[slots];
-        for (int i = 0; i < slots; i++)
-        {
-            _reqs[i] = new RdmaRequest(this, (ushort)i);
-            _freeSlots[i] = slots - 1 - i;
-        }
-        _freeCount = slots;
         for (int i = 0; i < _recvCount; i++)
         {
             int rc = PostRecv(i);
@@ -151,12 +132,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     public override int Fd => _conn.Cq.Fd;
     public override string PeerAddress => _peer;
     public override uint InCapsuleDataSize => _icd;
-    public override bool IsClosed => _closed;
-    public int OutstandingRequests => _reqs.Length - _freeCount;
     public int ReceiveDepth => _recvCount;
-
-    /// <summary>True when the connection has not completed Connect within <paramref name="ticks"/>.</summary>
-    public bool ConnectOverdue(long now, long ticks) => !Connected && !_closed && now - _createdTimestamp > ticks;
 
     private static ulong WrId(uint kind, int index) => ((ulong)kind << 32) | (uint)index;
 
@@ -169,7 +145,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     /// <summary>Gives a receive buffer back to the host; false when the connection is (now) closed.</summary>
     private bool Repost(int index)
     {
-        if (_closed) return false;
+        if (IsClosed) return false;
         int rc = PostRecv(index);
         if (rc == 0) return true;
         Close($"cannot post a receive buffer: {Libc.StrError(-rc)}");
@@ -180,7 +156,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     private void QueueSend(uint kind, int slot, int opcode, int flags, byte* addr, uint length, uint lkey, ulong remoteAddress, uint rkey, uint invalidate)
     {
         if (_pendingCount == _pendingCap) PostPending(); // sized so this cannot happen
-        if (_closed) return;
+        if (IsClosed) return;
         SnSendWr* w = _pending + _pendingCount++;
         w->WrId = WrId(kind, slot);
         w->Addr = (ulong)addr;
@@ -197,7 +173,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     private void PostPending()
     {
         int n = _pendingCount;
-        if (n == 0 || _closed) return;
+        if (n == 0 || IsClosed) return;
         _pendingCount = 0;
         Doorbells++;
         int rc = _conn.TryPostSendBatch(_pending, n, out int posted);
@@ -209,11 +185,11 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     /// <summary>Reactor poller: reaps completions; when there are none, arms the CQ so an idle reactor can sleep.</summary>
     public int Poll()
     {
-        if (_closed) return 0;
+        if (IsClosed) return 0;
         try
         {
             int n = Reap();
-            if (n == 0 && _eventMode && !_armed && !_closed)
+            if (n == 0 && _eventMode && !_armed && !IsClosed)
             {
                 _conn.Cq.Arm();
                 _armed = true;
@@ -231,7 +207,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     /// <summary>The completion channel fired (the CQ was armed): consume the event and reap.</summary>
     public override int OnReady(uint events)
     {
-        if (_closed) return 0;
+        if (IsClosed) return 0;
         _conn.Cq.AcknowledgeEvents();
         _armed = false;
         return Reap() + 1;
@@ -244,10 +220,10 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     {
         int total = 0;
         Span<SnWorkCompletion> wc = _wc;
-        for (int round = 0; round < 4 && !_closed; round++)
+        for (int round = 0; round < 4 && !IsClosed; round++)
         {
             int n = _conn.Cq.Poll(wc);
-            for (int i = 0; i < n && !_closed; i++) OnCompletion(ref wc[i]);
+            for (int i = 0; i < n && !IsClosed; i++) OnCompletion(ref wc[i]);
             total += n;
             if (n < WcBatch)
             {
@@ -274,10 +250,10 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
                 OnReceive(index, wc.ByteLen);
                 break;
             case KindRead:
-                OnReadDone(_reqs[index]);
+                OnReadDone(Requests[index]);
                 break;
             case KindSend:
-                Release(_reqs[index]);
+                Release(Requests[index]);
                 break;
             default:
                 break; // RDMA WRITEs are unsignaled; their completions arrive only on error
@@ -311,15 +287,13 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
             return;
         }
         // A host may have at most its submission queue size of commands outstanding.
-        int limit = Connected && SqSize > 0 ? Math.Min(SqSize, _recvCount) : _recvCount;
-        if (_active >= limit || _freeCount == 0)
+        int limit = CommandLimit(_recvCount);
+        if (_active >= limit || TakeRequest() is not { } req)
         {
             Close($"host exceeded the submission queue size ({limit} commands outstanding)");
             return;
         }
-        RdmaRequest req = _reqs[_freeSlots[--_freeCount]];
         _active++;
-        req.Reset();
         req.Sqe = *(SubmissionQueueEntry*)buf;
         req.Data = null;
         req.Kind = RdmaDataKind.None;
@@ -371,11 +345,11 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
                 // may need it aligned, and the buffer's life would otherwise tie up a receive).
                 req.RecvIndex = index;
                 req.InCapsuleOffset = d.Offset;
-                StartDataPhase(req);
+                StartDataPhase(req, canSendLentData: false);
                 return;
             default:
                 if (!Repost(index)) return;
-                StartDataPhase(req);
+                StartDataPhase(req, canSendLentData: false);
                 return;
         }
     }
@@ -387,35 +361,21 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         if (cmd.Qid != _cmQid)
         {
             _log.LogWarning("{Peer}: Connect for queue {Qid} on the RDMA connection made for queue {CmQid}", _peer, cmd.Qid, _cmQid);
-            req.Cqe.Dw0 = 42; // offset of QID in the SQE
+            req.Cqe.Dw0 = ConnectField.Qid;
             req.Status = NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidParameters);
             return false;
         }
         if (cmd.SqSize + 1 > _recvCount)
         {
             _log.LogWarning("{Peer}: Connect SQSIZE {SqSize} exceeds the {Depth} entries negotiated (HSQSIZE)", _peer, cmd.SqSize, _recvCount);
-            req.Cqe.Dw0 = 44; // offset of SQSIZE
+            req.Cqe.Dw0 = ConnectField.SqSize;
             req.Status = NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidParameters);
             return false;
         }
         return true;
     }
 
-    private void StartDataPhase(RdmaRequest req)
-    {
-        // Commands already waiting for a buffer go first, so large transfers are not starved.
-        byte* buf = _waitCount == 0 ? Reactor.Pools.Get(req.Length) : null;
-        if (buf == null)
-        {
-            req.State = RequestState.NeedBuffer;
-            _bufferWaiters[(_waitHead + _waitCount++) % _bufferWaiters.Length] = req.Slot;
-            Reactor.MarkDirty(this);
-            return;
-        }
-        BeginDataPhase(req, buf);
-    }
-
-    private void BeginDataPhase(RdmaRequest req, byte* buffer)
+    protected override void BeginDataPhase(RdmaRequest req, byte* buffer)
     {
         req.Data = buffer;
         if (req.Kind == RdmaDataKind.InCapsule)
@@ -451,28 +411,14 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         CommandDispatcher.Execute(req);
     }
 
-    /// <summary>Gives buffers to commands that waited for one, oldest first.</summary>
-    private void ServeBufferWaiters()
-    {
-        while (_waitCount > 0 && !_closed)
-        {
-            RdmaRequest req = _reqs[_bufferWaiters[_waitHead]];
-            byte* buf = Reactor.Pools.Get(req.Length);
-            if (buf == null) return;
-            _waitHead = (_waitHead + 1) % _bufferWaiters.Length;
-            _waitCount--;
-            BeginDataPhase(req, buf);
-        }
-    }
-
     public override int Flush()
     {
-        if (_closed) return 0;
+        if (IsClosed) return 0;
         int work = 0;
-        if (_waitCount > 0)
+        if (BufferWaiters > 0)
         {
             ServeBufferWaiters();
-            if (_waitCount > 0 && !_closed) Reactor.MarkDirty(this);
+            if (BufferWaiters > 0 && !IsClosed) Reactor.MarkDirty(this);
             work++;
         }
         if (_pendingCount > 0)
@@ -488,7 +434,7 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
     public override void CompleteRequest(NvmfRequest r)
     {
         var req = (RdmaRequest)r;
-        if (_closed)
+        if (IsClosed)
         {
             Release(req);
             return;
@@ -523,37 +469,22 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
             QueueSend(KindSend, req.Slot, Verbs.WrSend, Verbs.SendSignaled | Verbs.SendInline, c, CqeSize, 0, 0, 0, 0);
     }
 
-    private void Release(RdmaRequest req)
+    protected override void OnReleasing(RdmaRequest req)
     {
-        if (req.Gate.Path != null) Target.IoGate!.Done(req);
-        if (req.Data != null)
-        {
-            Reactor.Pools.Return(req.Data);
-            req.Data = null;
-        }
         req.RecvIndex = -1;
-        if (req.State == RequestState.Free) return;
         if (req.State != RequestState.Completing) _active--;
-        req.State = RequestState.Free;
-        _freeSlots[_freeCount++] = req.Slot;
-        if (_closed && _freeCount == _reqs.Length) FreeNativeMemory();
     }
 
     // ====================================================================== teardown
-
-    public override void OnFault(Exception e) => Close($"internal error: {e.Message}");
-
-    public override void Disconnect(string reason) => Reactor.Post(() => Close(reason));
 
     /// <summary>
     /// Disconnects, destroys the QP (after which the device touches none of our buffers), and ends this queue's
     /// part in its controller. Reactor thread only.
     /// </summary>
-    public void Close(string reason)
+    public override void Close(string reason)
     {
-        if (_closed) return;
         long allocated = _allocationMark >= 0 && Reactor.IsCurrentThread ? GC.GetAllocatedBytesForCurrentThread() - _allocationMark : -1;
-        _closed = true;
+        if (!MarkClosed()) return;
         _log.LogInformation("{Peer}: RDMA queue {Qid} closed: {Reason} ({Commands} commands, {Reads} RDMA READs, {Writes} RDMA WRITEs, {Doorbells} send doorbells{Allocation}{InFlight})",
             _peer, Connected ? Qid.ToString() : "-", reason, Receives, RdmaReads, RdmaWrites, Doorbells,
             allocated >= 0 ? $"; reactor allocated {allocated} B over the last {Receives - AllocationMarkAt} commands" : "", InFlight());
@@ -571,43 +502,23 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         _conn.Dispose();
         _recvMr.Dispose();
 
-        Controller? ctrl = Controller;
-        if (ctrl != null)
-        {
-            if (Qid == 0)
-            {
-                ctrl.ClearAers();
-                ctrl.Destroy($"admin queue closed ({reason})");
-            }
-            else
-            {
-                ctrl.RemoveIoQueue(this);
-            }
-        }
-        // Everything not inside a bdev is released now; bdev I/O releases its slot when it completes.
-        _waitCount = 0;
         _pendingCount = 0;
-        foreach (RdmaRequest req in _reqs)
-        {
-            if (req.State != RequestState.Free && req.PendingOps == 0) Release(req);
-        }
-        if (_freeCount == _reqs.Length) FreeNativeMemory();
+        DetachAndRelease(reason);
     }
 
     /// <summary>The accept failed after this queue was built (its connection is already gone): free what it holds.</summary>
     public void Abandon()
     {
-        if (_closed) return;
-        _closed = true;
+        if (!MarkClosed()) return;
         _recvMr.Dispose();
-        FreeNativeMemory();
+        FreeOnce();
     }
 
     /// <summary>What the queue's commands were doing (for the close log): empty when none was outstanding.</summary>
     private string InFlight()
     {
         int reading = 0, waiting = 0, executing = 0, responding = 0;
-        foreach (RdmaRequest r in _reqs)
+        foreach (RdmaRequest r in Requests)
         {
             switch (r.State)
             {
@@ -619,14 +530,12 @@ internal sealed unsafe class RdmaQueuePair : QueuePair, IReactorPoller
         }
         if (reading + waiting + executing + responding == 0) return "";
         DataBufferPools p = Reactor.Pools;
-        return $"; in flight: {reading} RDMA READ, {waiting} waiting for a buffer ({_waitCount} queued; pools free {p.Small.Available}/{p.Medium.Available}/{p.Large.Available}), " +
+        return $"; in flight: {reading} RDMA READ, {waiting} waiting for a buffer ({BufferWaiters} queued; pools free {p.Small.Available}/{p.Medium.Available}/{p.Large.Available}), " +
             $"{executing} executing, {responding} responding, {_active} unanswered";
     }
 
-    private void FreeNativeMemory()
+    protected override void FreeNativeMemory()
     {
-        if (_freed) return;
-        _freed = true;
         NativeMemory.AlignedFree(_recvBase);
         NativeMemory.AlignedFree(_cqes);
         NativeMemory.AlignedFree(_pending);

@@ -73,7 +73,7 @@ public sealed class RdmaTransport : IDisposable
     private readonly NvmfTarget _target;
     private readonly ILogger _log;
     private readonly List<RdmaListenerThread> _listeners = [];
-    private readonly List<RdmaQueuePair>[] _perReactor;
+    private readonly QueuePairRegistry<RdmaQueuePair> _queues;
     private readonly ConcurrentDictionary<IntPtr, RdmaQueuePair> _byId = new();
     private readonly object _lock = new();
     private readonly Dictionary<IntPtr, ProtectionDomain> _pds = [];
@@ -86,7 +86,7 @@ public sealed class RdmaTransport : IDisposable
     private int _nextReactor;
 
     /// <summary>A connection that has not completed Connect within this time is closed.</summary>
-    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan ConnectTimeout { get => _queues.ConnectTimeout; init => _queues.ConnectTimeout = value; }
 
     /// <summary>Upper bound on RDMA READs outstanding per queue pair (the host's offer may lower it).</summary>
     public int MaxReadDepth { get; init; } = 16;
@@ -95,13 +95,7 @@ public sealed class RdmaTransport : IDisposable
     {
         _target = target;
         _log = target.LoggerFactory.CreateLogger("rdma");
-        _perReactor = new List<RdmaQueuePair>[target.Reactors.Count];
-        for (int i = 0; i < _perReactor.Length; i++)
-        {
-            _perReactor[i] = [];
-            int id = i;
-            target.Reactors[i].AddTimer(TimeSpan.FromSeconds(1), () => CheckConnectTimeouts(id));
-        }
+        _queues = new QueuePairRegistry<RdmaQueuePair>(target, TimeSpan.FromSeconds(10));
     }
 
     /// <summary>Binds an rdma_cm listener and starts serving it; returns the bound endpoint (port 0 picks one).</summary>
@@ -136,15 +130,7 @@ public sealed class RdmaTransport : IDisposable
     }
 
     /// <summary>Number of live connections (all reactors).</summary>
-    public int ConnectionCount
-    {
-        get
-        {
-            int n = 0;
-            foreach (List<RdmaQueuePair> l in _perReactor) lock (l) n += l.Count;
-            return n;
-        }
-    }
+    public int ConnectionCount => _queues.Count;
 
     private void OnEvent(RdmaListener listener, ListenerInfo info, in CmEvent e)
     {
@@ -233,8 +219,7 @@ public sealed class RdmaTransport : IDisposable
         }
         RdmaQueuePair q = qp!;
         _byId[conn.CmId] = q;
-        List<RdmaQueuePair> list = _perReactor[reactor.Id];
-        lock (list) list.Add(q);
+        _queues.Add(q);
         if (info.Role == ListenerRole.Interconnect)
             _log.LogInformation("{Peer}: interconnect NVMe/RDMA queue {Qid} accepted (depth {Depth}, read depth {Reads}, {Timeouts})",
                 q.PeerAddress, request.Qid, d.RecvDepth, Math.Min(e.InitiatorDepth, MaxReadDepth), DescribeTimeouts(conn));
@@ -336,26 +321,7 @@ public sealed class RdmaTransport : IDisposable
     internal void OnQueueClosed(RdmaQueuePair qp)
     {
         _byId.TryRemove(qp.Connection.CmId, out _);
-        List<RdmaQueuePair> list = _perReactor[qp.Reactor.Id];
-        bool removed;
-        lock (list) removed = list.Remove(qp);
-        if (removed) _target.Connections.Release();
-    }
-
-    private void CheckConnectTimeouts(int reactorId)
-    {
-        // Runs on the reactor every second: allocation-free unless a connection is overdue.
-        List<RdmaQueuePair> list = _perReactor[reactorId];
-        long now = Stopwatch.GetTimestamp();
-        long limit = (long)(ConnectTimeout.TotalSeconds * Stopwatch.Frequency);
-        List<RdmaQueuePair>? overdue = null;
-        lock (list)
-        {
-            foreach (RdmaQueuePair qp in list)
-                if (qp.ConnectOverdue(now, limit)) (overdue ??= []).Add(qp);
-        }
-        if (overdue == null) return;
-        foreach (RdmaQueuePair qp in overdue) qp.Close($"no Connect within {ConnectTimeout.TotalSeconds:0} s");
+        _queues.Remove(qp);
     }
 
     public void Dispose()
@@ -363,12 +329,7 @@ public sealed class RdmaTransport : IDisposable
         RdmaListenerThread[] listeners;
         lock (_lock) listeners = [.. _listeners];
         foreach (RdmaListenerThread l in listeners) l.Stop();
-        for (int i = 0; i < _perReactor.Length; i++)
-        {
-            RdmaQueuePair[] snapshot;
-            lock (_perReactor[i]) snapshot = [.. _perReactor[i]];
-            foreach (RdmaQueuePair qp in snapshot) qp.Disconnect("node stopping");
-        }
+        _queues.DisconnectAll("node stopping");
         // The reactors close their queues (destroying the QPs); only then may the registrations go.
         var sw = Stopwatch.StartNew();
         while (ConnectionCount > 0 && sw.Elapsed < TimeSpan.FromSeconds(5)) Thread.Sleep(10);

@@ -12,10 +12,10 @@ using StorageNode.Target;
 namespace StorageNode.Transport.Tcp;
 
 /// <summary>Per-command state of the NVMe/TCP transport.</summary>
-internal sealed unsafe class TcpRequest(QueuePair qpair, ushort slot, byte* headers) : NvmfRequest(qpair, slot)
+internal sealed unsafe class TcpRequest(QueuePair qpair, ushort slot) : NvmfRequest(qpair, slot)
 {
     /// <summary>This slot's pinned PDU header area (response, R2Ts, C2H headers and digests).</summary>
-    public readonly byte* Headers = headers;
+    public byte* Headers;
     public uint H2CReceived;
     public uint R2TOffset;
     public int R2TOutstanding;
@@ -24,333 +24,150 @@ internal sealed unsafe class TcpRequest(QueuePair qpair, ushort slot, byte* head
     public bool DataDigestError;
     /// <summary>Status decided while the capsule arrived (bad SGL): consume the data, then fail.</summary>
     public bool FailAfterData;
+
+    /// <summary>A capsule landed in this (reset) slot: the command and when it arrived at the earliest.</summary>
+    public void Begin(in SubmissionQueueEntry sqe, long arrivedAfter)
+    {
+        Sqe = sqe;
+        ArrivedAfter = arrivedAfter;
+        Data = null;
+        H2CReceived = R2TOffset = 0;
+        R2TOutstanding = R2TSequence = 0;
+        DataDigestError = FailAfterData = false;
+    }
 }
 
 /// <summary>
-/// One NVMe/TCP connection on the target side. Lives on one reactor. Receives in bulk into a pinned buffer
-/// and parses every PDU it holds; queues outgoing PDUs as iovecs that one sendmsg per iteration flushes.
+/// One NVMe/TCP connection on the target side: what the target does with the PDUs a <see cref="TcpConnection"/>
+/// frames (ICReq, command capsules, R2T and H2CData, C2HData and responses, TermReq). Lives on one reactor.
 /// </summary>
-internal sealed unsafe class TcpQueuePair : QueuePair
+internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectionOwner
 {
-    private enum RecvState : byte { AwaitICReq, AwaitHeader, Payload, WaitCapsuleBuffer, Fatal, Closed }
-
-    private const int SendFlagRelease = 1;
-    private const int SendFlagClose = 2;
-    private const int MaxIov = 256;
+    private const int TagClose = 1 << 20;
     private const int RespOffset = 0;
     private const int R2TOffsetInBlock = 32;
-    private const int DirectReceiveThreshold = 16 * 1024;
-    // Static area: ICResp at 0, C2HTermReq (header + up to 128 bytes of the offending PDU) at 128,
-    // zero bytes for C2HData padding (PDO alignment) at 384.
-    private const int StaticICResp = 0;
-    private const int StaticTermReq = 128;
-    private const int StaticZeroes = 384;
-    private const int StaticAreaSize = 640;
-
-    private struct SendEntry
-    {
-        public byte* Ptr;
-        public int Length;
-        public short Slot;
-        public byte Flags;
-    }
+    private const int ICRespArea = PduSize.ICResp;
 
     private readonly ILogger _log;
     private readonly TargetOptions _opt;
     private readonly string _peer;
-    private readonly long _createdTimestamp;
+    private readonly TcpConnection _conn;
     // When each received byte arrived at the earliest (relay deadlines count from there).
     private ArrivalClock _arrival;
-    private int _fd;
-    private RecvState _state = RecvState.AwaitICReq;
-    private bool _closed;
+    private bool _icDone;
     private string _closeReason = "";
 
     // Negotiated at ICReq/ICResp.
-    private bool _hdgst;
-    private bool _ddgst;
     private int _hostPduAlign = 4;
     private int _maxR2T = 1;
 
-    // Receive buffer.
-    private readonly byte* _rbuf;
-    private readonly int _rcap;
-    private int _rpos;
-    private int _rend;
-
     // The PDU whose payload is being received.
     private TcpRequest? _payloadReq;
-    private byte* _payloadDest;
-    private uint _payloadRemaining;
-    private int _payloadSkip;
-    private int _payloadDigestRemaining;
-    private uint _payloadCrc;
     private uint _payloadDatal;
     private bool _payloadIsCapsule;
-    private readonly byte* _digestStage;
 
-    // Requests.
-    private readonly TcpRequest[] _reqs;
-    private readonly int[] _freeSlots;
-    private int _freeCount;
-    private readonly int[] _bufferWaiters;
-    private int _waitHead;
-    private int _waitCount;
+    // Each slot's PDU headers.
     private readonly byte* _headerArea;
     private readonly int _headerBlock;
     private readonly int _c2hOffset;
     private readonly int _c2hDigestOffset;
-    private readonly int _maxC2HPdus;
-    private readonly byte* _staticArea; // ICResp, TermReq, zero padding
+    private readonly byte* _icResp;
 
-    // Send ring.
-    private readonly SendEntry[] _sendRing;
-    private readonly int _sendMask;
-    private int _sendHead;
-    private int _sendTail;
-    private int _headSent;
-    private readonly Libc.IoVec* _iov;
     private bool _wantWrite;
     private ushort _sqHeadReport;
 
     private readonly TcpTransport _transport;
 
     public TcpQueuePair(int fd, string peer, Reactor reactor, NvmfTarget target, ListenerInfo listener, TcpTransport transport, ILogger log)
-        : base(reactor, target, listener)
+        : base(reactor, target, listener, Slots(target.Options), static (q, i) => new TcpRequest(q, i))
     {
         _transport = transport;
-        _fd = fd;
         _peer = peer;
         _log = log;
         _opt = target.Options;
-        _createdTimestamp = Stopwatch.GetTimestamp();
-        _arrival = new ArrivalClock(_createdTimestamp);
-        _rcap = _opt.ReceiveBufferSize;
-        _rbuf = (byte*)NativeMemory.AlignedAlloc((nuint)_rcap, 64);
-        _digestStage = (byte*)NativeMemory.Alloc(8);
+        _arrival = new ArrivalClock(Stopwatch.GetTimestamp());
 
-        int slots = Math.Max(_opt.MaxQueueDepth, _opt.AdminQueueDepth);
-        _maxC2HPdus = (int)((_opt.MaxIoSize + _opt.MaxC2HDataSize - 1) / _opt.MaxC2HDataSize);
+        int slots = Requests.Length;
+        int maxC2HPdus = (int)((_opt.MaxIoSize + _opt.MaxC2HDataSize - 1) / _opt.MaxC2HDataSize);
         _c2hOffset = R2TOffsetInBlock + 32 * _opt.MaxR2TPerCommand;
-        _c2hDigestOffset = _c2hOffset + 32 * _maxC2HPdus;
-        _headerBlock = (_c2hDigestOffset + 4 * _maxC2HPdus + 63) & ~63;
+        _c2hDigestOffset = _c2hOffset + 32 * maxC2HPdus;
+        _headerBlock = (_c2hDigestOffset + 4 * maxC2HPdus + 63) & ~63;
         _headerArea = (byte*)NativeMemory.AlignedAlloc((nuint)(_headerBlock * slots), 64);
-        _staticArea = (byte*)NativeMemory.AlignedAlloc(StaticAreaSize, 64);
-        NativeMemory.Clear(_staticArea, StaticAreaSize);
-
-        _reqs = new TcpRequest[slots];
-        _freeSlots = new int[slots];
-        _bufferWaiters = new int[slots];
-        for (int i = 0; i < slots; i++)
-        {
-            _reqs[i] = new TcpRequest(this, (ushort)i, _headerArea + i * _headerBlock);
-            _freeSlots[i] = slots - 1 - i;
-        }
-        _freeCount = slots;
-
-        int entries = slots * (3 * _maxC2HPdus + 2 + _opt.MaxR2TPerCommand) + 16;
-        int cap = 1;
-        while (cap < entries) cap <<= 1;
-        _sendRing = new SendEntry[cap];
-        _sendMask = cap - 1;
-        _iov = (Libc.IoVec*)NativeMemory.Alloc((nuint)(MaxIov * sizeof(Libc.IoVec)));
+        _icResp = (byte*)NativeMemory.AlignedAlloc(ICRespArea, 64);
+        for (int i = 0; i < slots; i++) Requests[i].Headers = _headerArea + i * _headerBlock;
+        // Per command at most: its C2HData PDUs (header, padding, data, digest each), its R2Ts and its response.
+        _conn = new TcpConnection(fd, this, _opt.ReceiveBufferSize, slots * (4 * maxC2HPdus + 2 + _opt.MaxR2TPerCommand) + 16);
     }
 
-    public override int Fd => _fd;
+    private static int Slots(TargetOptions o) => Math.Max(o.MaxQueueDepth, o.AdminQueueDepth);
+
+    public override int Fd => _conn.Fd;
     public override string PeerAddress => _peer;
     public override uint InCapsuleDataSize => Qid == 0 && Connected ? _opt.AdminInCapsuleDataSize : Math.Max(_opt.InCapsuleDataSize, _opt.AdminInCapsuleDataSize);
-    public override bool IsClosed => _closed;
-    public int OutstandingRequests => _reqs.Length - _freeCount;
-
-    /// <summary>True when the connection has not completed Connect within <paramref name="ticks"/>.</summary>
-    public bool ConnectOverdue(long now, long ticks) => !Connected && !_closed && now - _createdTimestamp > ticks;
 
     // ====================================================================== receive
 
     public override int OnReady(uint events)
     {
-        if (_closed) return 0;
+        if (IsClosed) return 0;
         int work = 0;
         if ((events & Libc.EPOLLOUT) != 0) work += Flush();
-        if ((events & (Libc.EPOLLIN | Libc.EPOLLRDHUP | Libc.EPOLLHUP | Libc.EPOLLERR)) != 0) work += Receive();
-        if (!_closed) Reactor.MarkDirty(this);
+        if ((events & (Libc.EPOLLIN | Libc.EPOLLRDHUP | Libc.EPOLLHUP | Libc.EPOLLERR)) != 0)
+        {
+            work += _conn.Receive(out ReceiveOutcome outcome);
+            if (outcome != ReceiveOutcome.Nothing) work++;
+        }
+        if (!IsClosed) Reactor.MarkDirty(this);
         return work;
     }
 
-    private int Receive()
+    // ====================================================================== ITcpConnectionOwner
+
+    bool ITcpConnectionOwner.AcceptPduType(CommonHeader* ch)
     {
-        if (_state is RecvState.Fatal or RecvState.Closed) return 0;
-
-        // Large payloads go straight from the socket into the command's buffer.
-        if (_state == RecvState.Payload && _rpos == _rend && _payloadSkip == 0 && _payloadDest != null
-            && _payloadRemaining >= DirectReceiveThreshold)
+        if (!_icDone && ch->Type != PduType.ICReq)
         {
-            nint d = Libc.Recv(_fd, _payloadDest, _payloadRemaining, Libc.MSG_DONTWAIT);
-            if (d > 0)
-            {
-                _arrival.OnReceived(d, drained: d < _payloadRemaining, _fd, Reactor.Now);
-                if (_ddgst) _payloadCrc = Crc32C.Update(_payloadCrc, _payloadDest, (int)d);
-                _payloadDest += d;
-                _payloadRemaining -= (uint)d;
-                ProcessInput();
-                return 1;
-            }
-            return HandleRecvError(d);
+            Close($"first PDU is type {(byte)ch->Type:X2}, not ICReq");
+            return false;
         }
-
-        if (_rpos == _rend) _rpos = _rend = 0;
-        else if (_rcap - _rend < PduSize.MaxHeader + PduSize.Digest && _rpos > 0)
-        {
-            Buffer.MemoryCopy(_rbuf + _rpos, _rbuf, _rcap, _rend - _rpos);
-            _rend -= _rpos;
-            _rpos = 0;
-        }
-        int space = _rcap - _rend;
-        if (space == 0)
-        {
-            // Buffer full of unparsed input (stalled on a data buffer); parse before reading more.
-            return ProcessInput();
-        }
-        nint n = Libc.Recv(_fd, _rbuf + _rend, (nuint)space, Libc.MSG_DONTWAIT);
-        if (n > 0)
-        {
-            _arrival.OnReceived(n, drained: n < space, _fd, Reactor.Now);
-            _rend += (int)n;
-            ProcessInput();
-            return 1;
-        }
-        return HandleRecvError(n);
+        if (ch->Type is PduType.ICReq or PduType.H2CTermReq or PduType.CapsuleCmd or PduType.H2CData) return true;
+        Fatal(TermReqFes.InvalidHeaderField, PduField.Type, "PDU type " + ((byte)ch->Type).ToString("X2") + " is not valid from a host", (byte*)ch);
+        return false;
     }
 
-    private int HandleRecvError(nint n)
+    int ITcpConnectionOwner.OnHeader(byte* header, int hd)
     {
-        if (n == 0)
-        {
-            Close("connection closed by host");
-            return 1;
-        }
-        int e = Libc.Errno;
-        if (e == Libc.EAGAIN)
-        {
-            _arrival.OnEmpty(Reactor.Now);
-            return 0;
-        }
-        if (e == Libc.EINTR) return 0;
-        Close($"receive failed: {Libc.StrError(e)}");
+        HandleHeader(header, hd);
         return 1;
     }
 
-    /// <summary>Parses every complete PDU (and payload bytes) held in the receive buffer.</summary>
-    private int ProcessInput()
+    int ITcpConnectionOwner.OnPayloadDone(bool dataDigestError)
     {
-        int work = 0;
-        while (!_closed)
-        {
-            int avail = _rend - _rpos;
-            switch (_state)
-            {
-                case RecvState.AwaitICReq:
-                case RecvState.AwaitHeader:
-                {
-                    if (avail < PduSize.Common) return work;
-                    CommonHeader* ch = (CommonHeader*)(_rbuf + _rpos);
-                    int expected = PduSize.HeaderLength(ch->Type);
-                    if (_state == RecvState.AwaitICReq && ch->Type != PduType.ICReq)
-                    {
-                        Close($"first PDU is type {(byte)ch->Type:X2}, not ICReq");
-                        return work;
-                    }
-                    if (expected == 0 || !IsHostPdu(ch->Type))
-                    {
-                        Fatal(TermReqFes.InvalidHeaderField, 0, "PDU type " + ((byte)ch->Type).ToString("X2") + " is not valid from a host");
-                        return work;
-                    }
-                    if (ch->Hlen != expected)
-                    {
-                        Fatal(TermReqFes.InvalidHeaderField, 2, $"HLEN {ch->Hlen} for PDU type {ch->Type} (expected {expected})");
-                        return work;
-                    }
-                    int hd = _hdgst && PduSize.HasHeaderDigest(ch->Type) ? PduSize.Digest : 0;
-                    int need = expected + hd;
-                    if (ch->Plen < (uint)need)
-                    {
-                        Fatal(TermReqFes.InvalidHeaderField, 4, $"PLEN {ch->Plen} shorter than the header ({need})");
-                        return work;
-                    }
-                    if (avail < need) return work;
-                    if (hd != 0)
-                    {
-                        uint want = Unsafe.ReadUnaligned<uint>(_rbuf + _rpos + expected);
-                        if (Crc32C.Compute(new ReadOnlySpan<byte>(_rbuf + _rpos, expected)) != want)
-                        {
-                            Fatal(TermReqFes.HeaderDigestError, 0, "header digest mismatch");
-                            return work;
-                        }
-                    }
-                    byte* hdr = _rbuf + _rpos;
-                    _rpos += need;
-                    work++;
-                    HandleHeader(hdr, hd);
-                    break;
-                }
-                case RecvState.WaitCapsuleBuffer:
-                {
-                    TcpRequest req = _payloadReq!;
-                    req.Data = Reactor.Pools.Get(_payloadRemaining);
-                    if (req.Data == null) return work; // retried when the connection is flushed
-                    _payloadDest = req.Data;
-                    _state = RecvState.Payload;
-                    break;
-                }
-                case RecvState.Payload:
-                {
-                    if (avail == 0)
-                    {
-                        if (_payloadSkip == 0 && _payloadRemaining == 0 && _payloadDigestRemaining == 0) PayloadDone();
-                        return work;
-                    }
-                    if (_payloadSkip > 0)
-                    {
-                        int skip = Math.Min(avail, _payloadSkip);
-                        _payloadSkip -= skip;
-                        _rpos += skip;
-                        avail -= skip;
-                    }
-                    if (_payloadSkip == 0 && _payloadRemaining > 0 && avail > 0)
-                    {
-                        int n = (int)Math.Min((uint)avail, _payloadRemaining);
-                        if (_payloadDest != null)
-                        {
-                            Buffer.MemoryCopy(_rbuf + _rpos, _payloadDest, n, n);
-                            if (_ddgst) _payloadCrc = Crc32C.Update(_payloadCrc, _payloadDest, n);
-                            _payloadDest += n;
-                        }
-                        _rpos += n;
-                        avail -= n;
-                        _payloadRemaining -= (uint)n;
-                    }
-                    if (_payloadRemaining == 0 && _payloadDigestRemaining > 0 && avail > 0)
-                    {
-                        int n = Math.Min(avail, _payloadDigestRemaining);
-                        Buffer.MemoryCopy(_rbuf + _rpos, _digestStage + (PduSize.Digest - _payloadDigestRemaining), n, n);
-                        _payloadDigestRemaining -= n;
-                        _rpos += n;
-                    }
-                    if (_payloadSkip == 0 && _payloadRemaining == 0 && _payloadDigestRemaining == 0)
-                    {
-                        work++;
-                        PayloadDone();
-                    }
-                    break;
-                }
-                default:
-                    return work;
-            }
-        }
-        return work;
+        PayloadDone(dataDigestError);
+        return 1;
     }
 
-    private static bool IsHostPdu(PduType t) => t is PduType.ICReq or PduType.H2CTermReq or PduType.CapsuleCmd or PduType.H2CData;
+    byte* ITcpConnectionOwner.AcquirePayloadBuffer(uint length)
+    {
+        TcpRequest req = _payloadReq!;
+        req.Data = Reactor.Pools.Get(length);
+        return req.Data;
+    }
+
+    void ITcpConnectionOwner.OnProtocolError(ushort fes, uint fei, string why, byte* header) => Fatal(fes, fei, why, header);
+
+    void ITcpConnectionOwner.OnConnectionError(string why) => Close(why);
+
+    int ITcpConnectionOwner.OnSent(int tag)
+    {
+        if (tag == TagClose) Close(_closeReason);
+        else Release(Requests[tag]);
+        return 1;
+    }
+
+    void ITcpConnectionOwner.OnReceived(nint bytes, bool drained) => _arrival.OnReceived(bytes, drained, _conn.Fd, Reactor.Now);
+
+    void ITcpConnectionOwner.OnReceiveEmpty() => _arrival.OnEmpty(Reactor.Now);
 
     private void HandleHeader(byte* hdr, int hd)
     {
@@ -358,9 +175,9 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         switch (ch->Type)
         {
             case PduType.ICReq:
-                if (_state != RecvState.AwaitICReq)
+                if (_icDone)
                 {
-                    Fatal(TermReqFes.PduSequenceError, 0, "second ICReq", hdr);
+                    Fatal(TermReqFes.PduSequenceError, PduField.Type, "second ICReq", hdr);
                     return;
                 }
                 HandleICReq((ICReqPdu*)hdr);
@@ -384,9 +201,9 @@ internal sealed unsafe class TcpQueuePair : QueuePair
     {
         bool hflag = (ch->Flags & PduFlags.HeaderDigest) != 0;
         bool dflag = (ch->Flags & PduFlags.DataDigest) != 0;
-        if (hflag != _hdgst || (hasData && dflag != _ddgst) || (!hasData && dflag))
+        if (hflag != _conn.HeaderDigest || (hasData && dflag != _conn.DataDigest) || (!hasData && dflag))
         {
-            Fatal(TermReqFes.InvalidHeaderField, 1, $"digest flags {ch->Flags:X2} do not match the negotiated digests", (byte*)ch);
+            Fatal(TermReqFes.InvalidHeaderField, PduField.Flags, $"digest flags {ch->Flags:X2} do not match the negotiated digests", (byte*)ch);
             return false;
         }
         return true;
@@ -396,33 +213,32 @@ internal sealed unsafe class TcpQueuePair : QueuePair
     {
         if (ic->Common.Plen != PduSize.ICReq)
         {
-            Fatal(TermReqFes.InvalidHeaderField, 4, $"ICReq PLEN {ic->Common.Plen}", (byte*)ic);
+            Fatal(TermReqFes.InvalidHeaderField, PduField.Plen, $"ICReq PLEN {ic->Common.Plen}", (byte*)ic);
             return;
         }
         if (ic->Pfv != 0)
         {
-            Fatal(TermReqFes.UnsupportedParameter, 8, $"ICReq PFV {ic->Pfv} not supported", (byte*)ic);
+            Fatal(TermReqFes.UnsupportedParameter, PduField.ICReqPfv, $"ICReq PFV {ic->Pfv} not supported", (byte*)ic);
             return;
         }
         if (ic->Hpda > 31)
         {
-            Fatal(TermReqFes.UnsupportedParameter, 10, $"ICReq HPDA {ic->Hpda} out of range", (byte*)ic);
+            Fatal(TermReqFes.UnsupportedParameter, PduField.ICReqHpda, $"ICReq HPDA {ic->Hpda} out of range", (byte*)ic);
             return;
         }
-        _hdgst = (ic->Digest & 1) != 0;
-        _ddgst = (ic->Digest & 2) != 0;
+        _conn.HeaderDigest = (ic->Digest & DigestBits.Header) != 0;
+        _conn.DataDigest = (ic->Digest & DigestBits.Data) != 0;
         _hostPduAlign = (ic->Hpda + 1) * 4;
         _maxR2T = (int)Math.Min((ulong)ic->MaxR2T + 1, (ulong)_opt.MaxR2TPerCommand);
 
-        ICRespPdu* resp = (ICRespPdu*)(_staticArea + StaticICResp);
+        ICRespPdu* resp = (ICRespPdu*)_icResp;
         *resp = default;
-        resp->Common = new CommonHeader(PduType.ICResp, 0, PduSize.ICResp, 0, PduSize.ICResp);
         resp->Pfv = 0;
         resp->Cpda = 0;
         resp->Digest = ic->Digest;
         resp->MaxH2CData = _opt.MaxH2CDataSize;
-        Enqueue((byte*)resp, PduSize.ICResp, -1, 0);
-        _state = RecvState.AwaitHeader;
+        _conn.EnqueuePdu(_icResp, PduType.ICResp, 0, 1, null, 0, null, TcpConnection.NoTag, TcpConnection.NoTag);
+        _icDone = true;
     }
 
     private void HandleCapsule(CapsuleCmdPdu* pdu, int hd)
@@ -436,44 +252,34 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         int skip = 0;
         if (hasData)
         {
-            int dd = _ddgst ? PduSize.Digest : 0;
+            int dd = _conn.DataDigestBytes;
             if (ch->Pdo < hlen + hd || ch->Pdo > plen)
             {
-                Fatal(TermReqFes.InvalidHeaderField, 3, $"capsule PDO {ch->Pdo}", (byte*)pdu);
+                Fatal(TermReqFes.InvalidHeaderField, PduField.Pdo, $"capsule PDO {ch->Pdo}", (byte*)pdu);
                 return;
             }
             if (plen < (uint)(ch->Pdo + dd + 1))
             {
-                Fatal(TermReqFes.InvalidHeaderField, 4, $"capsule PLEN {plen} leaves no room for data", (byte*)pdu);
+                Fatal(TermReqFes.InvalidHeaderField, PduField.Plen, $"capsule PLEN {plen} leaves no room for data", (byte*)pdu);
                 return;
             }
             dataLen = plen - ch->Pdo - (uint)dd;
             if (dataLen > InCapsuleDataSize)
             {
-                Fatal(TermReqFes.DataTransferLimitExceeded, 4, $"in-capsule data {dataLen} B exceeds {InCapsuleDataSize} B", (byte*)pdu);
+                Fatal(TermReqFes.DataTransferLimitExceeded, PduField.Plen, $"in-capsule data {dataLen} B exceeds {InCapsuleDataSize} B", (byte*)pdu);
                 return;
             }
             skip = ch->Pdo - hlen - hd;
         }
 
         // A host may have at most SQSIZE commands outstanding (Connect told us the size).
-        int limit = Connected && SqSize > 0 ? Math.Min(SqSize, _reqs.Length) : _reqs.Length;
-        if (_reqs.Length - _freeCount >= limit)
+        int limit = CommandLimit(Requests.Length);
+        if (OutstandingRequests >= limit || TakeRequest() is not { } req)
         {
-            Fatal(TermReqFes.PduSequenceError, 0, $"host exceeded the submission queue size ({limit} commands outstanding)", (byte*)pdu);
+            Fatal(TermReqFes.PduSequenceError, PduField.Type, $"host exceeded the submission queue size ({limit} commands outstanding)", (byte*)pdu);
             return;
         }
-        TcpRequest req = _reqs[_freeSlots[--_freeCount]];
-        req.Reset();
-        req.Sqe = pdu->Sqe;
-        req.H2CReceived = 0;
-        req.R2TOffset = 0;
-        req.R2TOutstanding = 0;
-        req.R2TSequence = 0;
-        req.DataDigestError = false;
-        req.FailAfterData = false;
-        req.Data = null;
-        req.ArrivedAfter = _arrival.ArrivedAfter(_arrival.Received - (_rend - ((byte*)pdu - _rbuf)));
+        req.Begin(pdu->Sqe, _arrival.ArrivedAfter(_arrival.Received - _conn.BufferedAfter((byte*)pdu)));
         _sqHeadReport = AdvanceSqHead();
 
         SglDescriptor sgl = req.Sqe.Dptr;
@@ -522,51 +328,24 @@ internal sealed unsafe class TcpQueuePair : QueuePair
             CommandDispatcher.Execute(req);
             return;
         }
-        StartDataPhase(req);
+        StartDataPhase(req, canSendLentData: true);
     }
 
     private void BeginPayload(TcpRequest req, bool isCapsule, uint length, int skip, bool discard)
     {
         _payloadReq = req;
         _payloadIsCapsule = isCapsule;
-        _payloadRemaining = length;
         _payloadDatal = length;
-        _payloadSkip = skip;
-        _payloadDigestRemaining = _ddgst ? PduSize.Digest : 0;
-        _payloadCrc = Crc32C.Seed;
-        if (discard)
-        {
-            _payloadDest = null;
-            _state = RecvState.Payload;
-            return;
-        }
-        if (isCapsule)
-        {
-            req.Data = Reactor.Pools.Get(length);
-            if (req.Data == null)
-            {
-                _state = RecvState.WaitCapsuleBuffer;
-                return;
-            }
-            _payloadDest = req.Data;
-        }
-        else
-        {
-            _payloadDest = req.Data + req.H2CReceived;
-        }
-        _state = RecvState.Payload;
+        if (discard) _conn.ReceivePayload(null, length, skip);
+        else if (isCapsule) _conn.ReceivePayloadIntoBuffer(length, skip);
+        else _conn.ReceivePayload(req.Data + req.H2CReceived, length, skip);
     }
 
-    private void PayloadDone()
+    private void PayloadDone(bool dataDigestError)
     {
         TcpRequest req = _payloadReq!;
         _payloadReq = null;
-        _state = RecvState.AwaitHeader;
-        if (_ddgst && _payloadDest != null)
-        {
-            uint got = Unsafe.ReadUnaligned<uint>(_digestStage);
-            if (Crc32C.Finish(_payloadCrc) != got) req.DataDigestError = true;
-        }
+        if (dataDigestError) req.DataDigestError = true;
 
         if (_payloadIsCapsule)
         {
@@ -575,13 +354,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
                 req.Complete();
                 return;
             }
-            if (req.DataDigestError)
-            {
-                req.Fail(NvmeStatus.Generic(GenericStatus.TransientTransportError, dnr: false));
-                return;
-            }
-            req.State = RequestState.Executing;
-            CommandDispatcher.Execute(req);
+            ExecuteWithData(req);
             return;
         }
 
@@ -594,16 +367,22 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         }
         if (req.H2CReceived == req.Length)
         {
-            if (req.DataDigestError)
-            {
-                req.Fail(NvmeStatus.Generic(GenericStatus.TransientTransportError, dnr: false));
-                return;
-            }
-            req.State = RequestState.Executing;
-            CommandDispatcher.Execute(req);
+            ExecuteWithData(req);
             return;
         }
         SendR2Ts(req);
+    }
+
+    /// <summary>All of a write's data arrived: it runs, unless a data digest did not match (then it fails, retryable).</summary>
+    private static void ExecuteWithData(TcpRequest req)
+    {
+        if (req.DataDigestError)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.TransientTransportError, dnr: false));
+            return;
+        }
+        req.State = RequestState.Executing;
+        CommandDispatcher.Execute(req);
     }
 
     private void HandleH2CData(H2CDataPdu* pdu, int hd)
@@ -612,36 +391,36 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         int hlen = PduSize.H2CData;
         uint plen = ch->Plen;
         if (!CheckDigestFlags(ch, hasData: plen > (uint)(hlen + hd))) return;
-        int dd = _ddgst ? PduSize.Digest : 0;
+        int dd = _conn.DataDigestBytes;
         if (ch->Pdo < hlen + hd || ch->Pdo > plen)
         {
-            Fatal(TermReqFes.InvalidHeaderField, 3, $"H2CData PDO {ch->Pdo}", (byte*)pdu);
+            Fatal(TermReqFes.InvalidHeaderField, PduField.Pdo, $"H2CData PDO {ch->Pdo}", (byte*)pdu);
             return;
         }
         if (plen != ch->Pdo + pdu->Datal + (uint)dd || pdu->Datal == 0)
         {
-            Fatal(TermReqFes.InvalidHeaderField, 16, $"H2CData DATAL {pdu->Datal} does not match PLEN {plen}", (byte*)pdu);
+            Fatal(TermReqFes.InvalidHeaderField, PduField.H2CDataDatal, $"H2CData DATAL {pdu->Datal} does not match PLEN {plen}", (byte*)pdu);
             return;
         }
-        if (pdu->Ttag >= _reqs.Length || _reqs[pdu->Ttag].State != RequestState.TransferringHostData || _reqs[pdu->Ttag].Sqe.Cid != pdu->Cccid)
+        if (pdu->Ttag >= Requests.Length || Requests[pdu->Ttag].State != RequestState.TransferringHostData || Requests[pdu->Ttag].Sqe.Cid != pdu->Cccid)
         {
-            Fatal(TermReqFes.InvalidHeaderField, 10, $"H2CData for unknown transfer (TTAG {pdu->Ttag}, CCCID {pdu->Cccid})", (byte*)pdu);
+            Fatal(TermReqFes.InvalidHeaderField, PduField.H2CDataTtag, $"H2CData for unknown transfer (TTAG {pdu->Ttag}, CCCID {pdu->Cccid})", (byte*)pdu);
             return;
         }
-        TcpRequest req = _reqs[pdu->Ttag];
+        TcpRequest req = Requests[pdu->Ttag];
         if (pdu->Datal > _opt.MaxH2CDataSize)
         {
-            Fatal(TermReqFes.DataTransferLimitExceeded, 16, $"H2CData DATAL {pdu->Datal} exceeds MAXH2CDATA {_opt.MaxH2CDataSize}", (byte*)pdu);
+            Fatal(TermReqFes.DataTransferLimitExceeded, PduField.H2CDataDatal, $"H2CData DATAL {pdu->Datal} exceeds MAXH2CDATA {_opt.MaxH2CDataSize}", (byte*)pdu);
             return;
         }
         if (pdu->Datao != req.H2CReceived)
         {
-            Fatal(TermReqFes.DataTransferOutOfRange, 12, $"H2CData DATAO {pdu->Datao}, expected {req.H2CReceived}", (byte*)pdu);
+            Fatal(TermReqFes.DataTransferOutOfRange, PduField.H2CDataDatao, $"H2CData DATAO {pdu->Datao}, expected {req.H2CReceived}", (byte*)pdu);
             return;
         }
         if ((ulong)pdu->Datao + pdu->Datal > req.R2TOffset)
         {
-            Fatal(TermReqFes.DataTransferOutOfRange, 16, $"H2CData {pdu->Datao}+{pdu->Datal} beyond the requested window (end {req.R2TOffset})", (byte*)pdu);
+            Fatal(TermReqFes.DataTransferOutOfRange, PduField.H2CDataDatal, $"H2CData {pdu->Datao}+{pdu->Datal} beyond the requested window (end {req.R2TOffset})", (byte*)pdu);
             return;
         }
         BeginPayload(req, isCapsule: false, pdu->Datal, ch->Pdo - hlen - hd, discard: false);
@@ -649,26 +428,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
 
     // ====================================================================== data phase
 
-    private void StartDataPhase(TcpRequest req)
-    {
-        if (req.Direction == DataDirection.ControllerToHost && IoCommands.TryZeroCopyRead(req))
-        {
-            req.State = RequestState.Executing;
-            CommandDispatcher.Execute(req);
-            return;
-        }
-        // Commands already waiting for a buffer go first, so large transfers are not starved.
-        byte* buf = _waitCount == 0 ? Reactor.Pools.Get(req.Length) : null;
-        if (buf == null)
-        {
-            req.State = RequestState.NeedBuffer;
-            _bufferWaiters[(_waitHead + _waitCount++) % _bufferWaiters.Length] = req.Slot;
-            return;
-        }
-        BeginDataPhase(req, buf);
-    }
-
-    private void BeginDataPhase(TcpRequest req, byte* buffer)
+    protected override void BeginDataPhase(TcpRequest req, byte* buffer)
     {
         req.Data = buffer;
         if (req.Direction == DataDirection.HostToController)
@@ -691,32 +451,15 @@ internal sealed unsafe class TcpQueuePair : QueuePair
             uint len = Math.Min(req.Length - req.R2TOffset, _opt.MaxH2CDataSize);
             byte* h = req.Headers + R2TOffsetInBlock + 32 * (req.R2TSequence % _opt.MaxR2TPerCommand);
             R2TPdu* r2t = (R2TPdu*)h;
-            int hd = _hdgst ? PduSize.Digest : 0;
             *r2t = default;
-            r2t->Common = new CommonHeader(PduType.R2T, _hdgst ? PduFlags.HeaderDigest : (byte)0, PduSize.R2T, 0, (uint)(PduSize.R2T + hd));
             r2t->Cccid = req.Sqe.Cid;
             r2t->Ttag = req.Slot;
             r2t->R2To = req.R2TOffset;
             r2t->R2Tl = len;
-            if (hd != 0) Unsafe.WriteUnaligned(h + PduSize.R2T, Crc32C.Compute(new ReadOnlySpan<byte>(h, PduSize.R2T)));
-            Enqueue(h, PduSize.R2T + hd, -1, 0);
+            _conn.EnqueuePdu(h, PduType.R2T, 0, 1, null, 0, null, TcpConnection.NoTag, TcpConnection.NoTag);
             req.R2TOffset += len;
             req.R2TOutstanding++;
             req.R2TSequence++;
-        }
-    }
-
-    /// <summary>Gives buffers to commands that waited for one, oldest first.</summary>
-    private void ServeBufferWaiters()
-    {
-        while (_waitCount > 0)
-        {
-            TcpRequest req = _reqs[_bufferWaiters[_waitHead]];
-            byte* buf = Reactor.Pools.Get(req.Length);
-            if (buf == null) return;
-            _waitHead = (_waitHead + 1) % _bufferWaiters.Length;
-            _waitCount--;
-            BeginDataPhase(req, buf);
         }
     }
 
@@ -725,7 +468,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair
     public override void CompleteRequest(NvmfRequest r)
     {
         var req = (TcpRequest)r;
-        if (_closed)
+        if (IsClosed)
         {
             Release(req);
             return;
@@ -735,15 +478,10 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         cqe.Cid = req.Sqe.Cid;
         cqe.SqId = Qid;
         cqe.SqHead = SqFlowControlDisabled ? (ushort)0xFFFF : _sqHeadReport;
-        int hd = _hdgst ? PduSize.Digest : 0;
-
         if (req.Status.IsSuccess && req.Direction == DataDirection.ControllerToHost && req.Length > 0)
         {
             // The SUCCESS flag replaces the response capsule, so only when the CQE carries nothing else.
             bool success = _opt.C2HSuccess && SqFlowControlDisabled && cqe.Dw0 == 0 && cqe.Dw1 == 0;
-            int dd = _ddgst ? PduSize.Digest : 0;
-            int headerBytes = PduSize.C2HData + hd;
-            int pdo = (headerBytes + _hostPduAlign - 1) / _hostPduAlign * _hostPduAlign;
             uint offset = 0;
             for (int i = 0; offset < req.Length; i++)
             {
@@ -751,28 +489,13 @@ internal sealed unsafe class TcpQueuePair : QueuePair
                 bool last = offset + len == req.Length;
                 byte* h = req.Headers + _c2hOffset + 32 * i;
                 C2HDataPdu* c2h = (C2HDataPdu*)h;
-                byte flags = (byte)((_hdgst ? PduFlags.HeaderDigest : 0) | (_ddgst ? PduFlags.DataDigest : 0)
-                    | (last ? PduFlags.LastPdu : 0) | (last && success ? PduFlags.Success : 0));
                 *c2h = default;
-                c2h->Common = new CommonHeader(PduType.C2HData, flags, PduSize.C2HData, (byte)pdo, (uint)(pdo + len + dd));
                 c2h->Cccid = req.Sqe.Cid;
                 c2h->Datao = offset;
                 c2h->Datal = len;
-                if (hd != 0) Unsafe.WriteUnaligned(h + PduSize.C2HData, Crc32C.Compute(new ReadOnlySpan<byte>(h, PduSize.C2HData)));
-                Enqueue(h, headerBytes, -1, 0);
-                if (pdo > headerBytes) Enqueue(_staticArea + StaticZeroes, pdo - headerBytes, -1, 0);
-                bool releaseHere = last && success;
-                if (dd != 0)
-                {
-                    byte* dg = req.Headers + _c2hDigestOffset + 4 * i;
-                    Unsafe.WriteUnaligned(dg, Crc32C.Compute(new ReadOnlySpan<byte>(req.Data + offset, (int)len)));
-                    Enqueue(req.Data + offset, (int)len, -1, 0);
-                    Enqueue(dg, dd, releaseHere ? req.Slot : -1, releaseHere ? SendFlagRelease : 0);
-                }
-                else
-                {
-                    Enqueue(req.Data + offset, (int)len, releaseHere ? req.Slot : -1, releaseHere ? SendFlagRelease : 0);
-                }
+                byte flags = (byte)((last ? PduFlags.LastPdu : 0) | (last && success ? PduFlags.Success : 0));
+                _conn.EnqueuePdu(h, PduType.C2HData, flags, _hostPduAlign, req.Data + offset, len, req.Headers + _c2hDigestOffset + 4 * i,
+                    TcpConnection.NoTag, last && success ? req.Slot : TcpConnection.NoTag);
                 offset += len;
             }
             if (success)
@@ -783,119 +506,27 @@ internal sealed unsafe class TcpQueuePair : QueuePair
         }
 
         byte* rh = req.Headers + RespOffset;
-        CapsuleRespPdu* resp = (CapsuleRespPdu*)rh;
-        resp->Common = new CommonHeader(PduType.CapsuleResp, _hdgst ? PduFlags.HeaderDigest : (byte)0, PduSize.CapsuleResp, 0, (uint)(PduSize.CapsuleResp + hd));
-        resp->Cqe = cqe;
-        if (hd != 0) Unsafe.WriteUnaligned(rh + PduSize.CapsuleResp, Crc32C.Compute(new ReadOnlySpan<byte>(rh, PduSize.CapsuleResp)));
-        Enqueue(rh, PduSize.CapsuleResp + hd, req.Slot, SendFlagRelease);
+        ((CapsuleRespPdu*)rh)->Cqe = cqe;
+        _conn.EnqueuePdu(rh, PduType.CapsuleResp, 0, 1, null, 0, null, TcpConnection.NoTag, req.Slot);
         Reactor.MarkDirty(this);
-    }
-
-    private void Enqueue(byte* ptr, int length, int slot, int flags)
-    {
-        if (_sendTail - _sendHead > _sendMask)
-            throw new InvalidOperationException("send ring overflow"); // sized so this cannot happen
-        ref SendEntry e = ref _sendRing[_sendTail & _sendMask];
-        e.Ptr = ptr;
-        e.Length = length;
-        e.Slot = (short)slot;
-        e.Flags = (byte)flags;
-        _sendTail++;
     }
 
     public override int Flush()
     {
-        if (_closed) return 0;
+        if (IsClosed) return 0;
         int work = 0;
-        if (_waitCount > 0) ServeBufferWaiters();
-        if (_state == RecvState.WaitCapsuleBuffer || (_state == RecvState.Payload && _rpos < _rend) || (_state == RecvState.AwaitHeader && _rend - _rpos >= PduSize.Common))
-            work += ProcessInput();
-
-        while (_sendHead != _sendTail && !_closed)
+        if (BufferWaiters > 0) ServeBufferWaiters();
+        if (_conn.HasInputToParse) work += _conn.Parse();
+        if (IsClosed) return work;
+        work += _conn.Flush(out bool blocked);
+        if (IsClosed) return work;
+        if (blocked != _wantWrite)
         {
-            int count = 0;
-            nuint total = 0;
-            for (int i = _sendHead; i != _sendTail && count < MaxIov; i++, count++)
-            {
-                ref SendEntry e = ref _sendRing[i & _sendMask];
-                int skip = i == _sendHead ? _headSent : 0;
-                _iov[count].Base = e.Ptr + skip;
-                _iov[count].Length = (nuint)(e.Length - skip);
-                total += _iov[count].Length;
-            }
-            Libc.MsgHdr msg = default;
-            msg.Iov = _iov;
-            msg.IovLen = (nuint)count;
-            nint sent = Libc.SendMsg(_fd, &msg, Libc.MSG_DONTWAIT | Libc.MSG_NOSIGNAL);
-            if (sent < 0)
-            {
-                int err = Libc.Errno;
-                if (err == Libc.EAGAIN || err == Libc.EINTR)
-                {
-                    SetWantWrite(true);
-                    return work;
-                }
-                Close($"send failed: {Libc.StrError(err)}");
-                return work + 1;
-            }
-            work++;
-            long left = sent;
-            while (left > 0)
-            {
-                ref SendEntry e = ref _sendRing[_sendHead & _sendMask];
-                int remaining = e.Length - _headSent;
-                if (left >= remaining)
-                {
-                    left -= remaining;
-                    _headSent = 0;
-                    _sendHead++;
-                    OnSent(ref e);
-                    if (_closed) return work;
-                }
-                else
-                {
-                    _headSent += (int)left;
-                    left = 0;
-                }
-            }
-            if ((nuint)sent < total)
-            {
-                SetWantWrite(true);
-                return work;
-            }
+            _wantWrite = blocked;
+            Reactor.SetWritable(this, blocked);
         }
-        if (_wantWrite) SetWantWrite(false);
-        if (_waitCount > 0 || _state == RecvState.WaitCapsuleBuffer) Reactor.MarkDirty(this);
+        if (BufferWaiters > 0 || _conn.HasInputToParse) Reactor.MarkDirty(this);
         return work;
-    }
-
-    private void OnSent(ref SendEntry e)
-    {
-        if ((e.Flags & SendFlagRelease) != 0) Release(_reqs[e.Slot]);
-        if ((e.Flags & SendFlagClose) != 0) Close(_closeReason);
-        e = default;
-    }
-
-    private void SetWantWrite(bool want)
-    {
-        if (_wantWrite == want) return;
-        _wantWrite = want;
-        Reactor.SetWritable(this, want);
-    }
-
-    private void Release(TcpRequest req)
-    {
-        if (req.Gate.Path != null) Target.IoGate!.Done(req);
-        if (req.Data != null)
-        {
-            if (!req.DataBorrowed) Reactor.Pools.Return(req.Data);
-            req.Data = null;
-            req.DataBorrowed = false;
-        }
-        if (req.State == RequestState.Free) return;
-        req.State = RequestState.Free;
-        _freeSlots[_freeCount++] = req.Slot;
-        if (_closed && _freeCount == _reqs.Length) FreeNativeMemory();
     }
 
     // ====================================================================== errors and teardown
@@ -907,80 +538,28 @@ internal sealed unsafe class TcpQueuePair : QueuePair
     private void Fatal(ushort fes, uint fei, string why, byte* hdr = null)
     {
         _log.LogWarning("{Peer}: fatal transport error (FES {Fes:X2}, FEI {Fei}): {Why}; closing the connection", _peer, fes, fei, why);
-        int copy = 0;
-        if (hdr == null && _rend - _rpos >= PduSize.Common) hdr = _rbuf + _rpos;
-        if (hdr != null)
-        {
-            int available = (int)(_rbuf + _rend - hdr);
-            copy = Math.Min(Math.Min(Math.Max((int)((CommonHeader*)hdr)->Hlen, PduSize.Common), PduSize.TermReqMaxData), available);
-        }
-        byte* t = _staticArea + StaticTermReq;
-        TermReqPdu* term = (TermReqPdu*)t;
-        *term = default;
-        term->Common = new CommonHeader(PduType.C2HTermReq, 0, PduSize.TermReqHeader, 0, (uint)(PduSize.TermReqHeader + copy));
-        term->Fes = fes;
-        term->Fei = fei;
-        if (copy > 0) Buffer.MemoryCopy(hdr, t + PduSize.TermReqHeader, copy, copy);
-        _state = RecvState.Fatal;
+        _conn.StopReceiving();
         _closeReason = $"fatal transport error: {why}";
-        Enqueue(t, PduSize.TermReqHeader + copy, -1, SendFlagClose);
-        Flush();
-        if (!_closed) Close(_closeReason);
-    }
-
-    public override void OnFault(Exception e) => Close($"internal error: {e.Message}");
-
-    public override void Disconnect(string reason)
-    {
-        Reactor.Post(() => Close(reason));
+        _conn.EnqueueTermReq(PduType.C2HTermReq, fes, fei, hdr != null ? hdr : _conn.UnparsedHeader, TagClose);
+        _conn.Flush(out _);
+        if (!IsClosed) Close(_closeReason);
     }
 
     /// <summary>Closes the socket and ends this queue's part in its controller. Reactor thread only.</summary>
-    public void Close(string reason)
+    public override void Close(string reason)
     {
-        if (_closed) return;
-        _closed = true;
-        _state = RecvState.Closed;
+        if (!MarkClosed()) return;
         _log.LogInformation("{Peer}: queue {Qid} closed: {Reason}", _peer, Connected ? Qid.ToString() : "-", reason);
         Reactor.Unregister(this);
-        Libc.Shutdown(_fd, Libc.SHUT_RDWR);
-        Libc.Close(_fd);
-        _fd = -1;
+        _conn.CloseSocket();
         _transport.OnQueueClosed(this);
-
-        Controller? ctrl = Controller;
-        if (ctrl != null)
-        {
-            if (Qid == 0)
-            {
-                ctrl.ClearAers();
-                ctrl.Destroy($"admin queue closed ({reason})");
-            }
-            else
-            {
-                ctrl.RemoveIoQueue(this);
-            }
-        }
-        // Everything not inside a bdev is released now; bdev I/O releases its slot when it completes.
-        _sendHead = _sendTail = 0;
-        _waitCount = 0;
-        foreach (TcpRequest req in _reqs)
-        {
-            if (req.State != RequestState.Free && req.PendingOps == 0) Release(req);
-        }
-        if (_freeCount == _reqs.Length) FreeNativeMemory();
+        DetachAndRelease(reason);
     }
 
-    private bool _freed;
-
-    private void FreeNativeMemory()
+    protected override void FreeNativeMemory()
     {
-        if (_freed) return;
-        _freed = true;
-        NativeMemory.AlignedFree(_rbuf);
+        _conn.Free();
         NativeMemory.AlignedFree(_headerArea);
-        NativeMemory.AlignedFree(_staticArea);
-        NativeMemory.Free(_digestStage);
-        NativeMemory.Free(_iov);
+        NativeMemory.AlignedFree(_icResp);
     }
 }

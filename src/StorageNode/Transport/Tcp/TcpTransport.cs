@@ -17,26 +17,20 @@ public sealed class TcpTransport : IDisposable
     private readonly NvmfTarget _target;
     private readonly ILogger _log;
     private readonly List<TcpListenerThread> _listeners = [];
-    private readonly List<TcpQueuePair>[] _perReactor;
+    private readonly QueuePairRegistry<TcpQueuePair> _queues;
     private readonly TcpKeepAlive? _keepAlive;
     private int _keepAliveFailures;
     private int _nextReactor;
 
     /// <summary>A connection that has not completed Connect within this time is closed.</summary>
-    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan ConnectTimeout { get => _queues.ConnectTimeout; init => _queues.ConnectTimeout = value; }
 
     public TcpTransport(NvmfTarget target)
     {
         _target = target;
         _log = target.LoggerFactory.CreateLogger("tcp");
-        _perReactor = new List<TcpQueuePair>[target.Reactors.Count];
+        _queues = new QueuePairRegistry<TcpQueuePair>(target, TimeSpan.FromSeconds(10));
         _keepAlive = TcpKeepAlive.For(target.Options.TcpKeepAliveSeconds);
-        for (int i = 0; i < _perReactor.Length; i++)
-        {
-            _perReactor[i] = [];
-            int id = i;
-            target.Reactors[i].AddTimer(TimeSpan.FromSeconds(1), () => CheckConnectTimeouts(id));
-        }
     }
 
     /// <summary>Binds and starts accepting; returns the bound endpoint (port 0 picks a free port).</summary>
@@ -66,15 +60,7 @@ public sealed class TcpTransport : IDisposable
     }
 
     /// <summary>Number of live connections (all reactors).</summary>
-    public int ConnectionCount
-    {
-        get
-        {
-            int n = 0;
-            foreach (List<TcpQueuePair> l in _perReactor) lock (l) n += l.Count;
-            return n;
-        }
-    }
+    public int ConnectionCount => _queues.Count;
 
     /// <summary>
     /// A socket was accepted (listener thread): at the connection limit it is closed at once; otherwise it gets its
@@ -116,8 +102,7 @@ public sealed class TcpTransport : IDisposable
                 _target.Connections.Release();
                 return;
             }
-            List<TcpQueuePair> list = _perReactor[reactor.Id];
-            lock (list) list.Add(qp);
+            _queues.Add(qp);
             try
             {
                 reactor.Register(qp);
@@ -133,37 +118,13 @@ public sealed class TcpTransport : IDisposable
     /// <summary>A queue pair closed (its reactor, once): its connection slot is free again.</summary>
     internal void OnQueueClosed(TcpQueuePair qp)
     {
-        List<TcpQueuePair> list = _perReactor[qp.Reactor.Id];
-        bool removed;
-        lock (list) removed = list.Remove(qp);
-        if (removed) _target.Connections.Release();
-    }
-
-    private void CheckConnectTimeouts(int reactorId)
-    {
-        // Runs on the reactor every second: allocation-free unless a connection is overdue.
-        List<TcpQueuePair> list = _perReactor[reactorId];
-        long now = Stopwatch.GetTimestamp();
-        long limit = (long)(ConnectTimeout.TotalSeconds * Stopwatch.Frequency);
-        List<TcpQueuePair>? overdue = null;
-        lock (list)
-        {
-            foreach (TcpQueuePair qp in list)
-                if (qp.ConnectOverdue(now, limit)) (overdue ??= []).Add(qp);
-        }
-        if (overdue == null) return;
-        foreach (TcpQueuePair qp in overdue) qp.Close($"no Connect within {ConnectTimeout.TotalSeconds:0} s");
+        _queues.Remove(qp);
     }
 
     public void Dispose()
     {
         foreach (TcpListenerThread l in _listeners) l.Stop();
-        for (int i = 0; i < _perReactor.Length; i++)
-        {
-            TcpQueuePair[] snapshot;
-            lock (_perReactor[i]) snapshot = [.. _perReactor[i]];
-            foreach (TcpQueuePair qp in snapshot) qp.Disconnect("node stopping");
-        }
+        _queues.DisconnectAll("node stopping");
     }
 
     private sealed class TcpListenerThread(TcpTransport owner, int fd, IPEndPoint endpoint, ListenerInfo info)

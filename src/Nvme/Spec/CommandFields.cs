@@ -1,0 +1,78 @@
+namespace StorageNode.Nvme.Spec;
+
+/// <summary>
+/// The fields of the admin commands' dwords, by the names the specification gives them, so no handler (or host) reads
+/// or writes a bare shift and mask.
+/// </summary>
+public static class AdminFields
+{
+    // Get Log Page: CDW10 LID 7:0, LSP 14:8, RAE 15, NUMDL 31:16; CDW11 NUMDU 15:0; CDW12/13 the offset (LPOL/LPOU).
+    private const uint LspMask = 0x7F;
+    private const int LspShift = 8;
+    private const uint RaeBit = 1u << 15;
+    private const int NumdlShift = 16;
+    private const uint NumduMask = 0xFFFF;
+
+    public static byte LogPageId(this in SubmissionQueueEntry sqe) => (byte)sqe.Cdw10;
+    public static byte LogSpecificField(this in SubmissionQueueEntry sqe) => (byte)((sqe.Cdw10 >> LspShift) & LspMask);
+    /// <summary>Retain Asynchronous Event: reading the page does not clear its event.</summary>
+    public static bool RetainAsyncEvent(this in SubmissionQueueEntry sqe) => (sqe.Cdw10 & RaeBit) != 0;
+    /// <summary>NUMD, 1-based: how many dwords to return.</summary>
+    public static ulong LogPageDwords(this in SubmissionQueueEntry sqe) => ((sqe.Cdw10 >> NumdlShift) | ((ulong)(sqe.Cdw11 & NumduMask) << 16)) + 1;
+    public static ulong LogPageOffset(this in SubmissionQueueEntry sqe) => sqe.Cdw12 | ((ulong)sqe.Cdw13 << 32);
+
+    /// <summary>Writes the Get Log Page fields (<paramref name="dwords"/> 1-based).</summary>
+    public static void SetLogPage(this ref SubmissionQueueEntry sqe, byte lid, uint dwords, ulong offset, byte lsp = 0, bool rae = false)
+    {
+        uint numd = dwords - 1;
+        sqe.Cdw10 = lid | ((lsp & LspMask) << LspShift) | (rae ? RaeBit : 0) | ((numd & NumduMask) << NumdlShift);
+        sqe.Cdw11 = numd >> 16;
+        sqe.Cdw12 = (uint)offset;
+        sqe.Cdw13 = (uint)(offset >> 32);
+    }
+
+    // Get / Set Features: CDW10 FID 7:0, SEL 10:8 (Get), SV 31 (Set).
+    private const int SelShift = 8;
+    private const uint SelMask = 0x7;
+    private const uint SaveBit = 1u << 31;
+
+    public static byte FeatureIdentifier(this in SubmissionQueueEntry sqe) => (byte)sqe.Cdw10;
+    public static FeatureSelect FeatureSelect(this in SubmissionQueueEntry sqe) => (FeatureSelect)((sqe.Cdw10 >> SelShift) & SelMask);
+    /// <summary>Set Features: save the value across a reset (SV).</summary>
+    public static bool FeatureSave(this in SubmissionQueueEntry sqe) => (sqe.Cdw10 & SaveBit) != 0;
+}
+
+/// <summary>The Select field of Get Features.</summary>
+public enum FeatureSelect : byte
+{
+    Current = 0,
+    Default = 1,
+    Saved = 2,
+    SupportedCapabilities = 3,
+}
+
+/// <summary>Dword 0 of Get Features with Select = supported capabilities.</summary>
+public static class FeatureCapabilities
+{
+    public const uint Saveable = 1u << 0;
+    public const uint NamespaceSpecific = 1u << 1;
+    public const uint Changeable = 1u << 2;
+}
+
+/// <summary>
+/// Offsets that a Connect Invalid Parameters completion reports (Dword 0: the offset, bit 16 set when it is in the
+/// Connect data rather than the SQE).
+/// </summary>
+public static class ConnectField
+{
+    public const ushort Qid = 42;
+    public const ushort SqSize = 44;
+    public const ushort HostId = 0;
+    public const ushort Cntlid = 16;
+    public const ushort SubNqn = 256;
+    public const ushort HostNqn = 512;
+    /// <summary>Dword 0 bit 16: the offset is in the Connect data.</summary>
+    public const uint InData = 1u << 16;
+    /// <summary>The Connect data's CNTLID of the dynamic controller model: "any controller".</summary>
+    public const ushort AnyController = 0xFFFF;
+}

@@ -1,0 +1,92 @@
+using StorageNode.Bdevs;
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Target;
+
+/// <summary>
+/// A command slot of one queue pair, preallocated with it. Carries the SQE, the CQE being built, and the
+/// command's data buffer. Implements the bdev completion callback so I/O needs no per-command delegate.
+/// </summary>
+public unsafe class NvmfRequest : IBdevCompletion
+{
+    public readonly QueuePair Qpair;
+    public readonly ushort Slot;
+
+    public SubmissionQueueEntry Sqe;
+    public CompletionQueueEntry Cqe;
+    public RequestState State;
+    public DataDirection Direction;
+    /// <summary>Transfer length from SGL1 (bytes).</summary>
+    public uint Length;
+    /// <summary>Data buffer (from the reactor's pools) or null when Length is 0.</summary>
+    public byte* Data;
+    /// <summary>Data points into a bdev's own memory (zero-copy read): never returned to a pool.</summary>
+    public bool DataBorrowed;
+
+    // Set while executing.
+    public Namespace? Namespace;
+    public BdevChannel? Channel;
+    internal int PendingOps;
+    internal int FirstError;
+    /// <summary>The I/O gate's state for this command (<see cref="IIoGate"/>; opaque to the target).</summary>
+    public GateTicket Gate;
+    /// <summary>
+    /// The capsule reached this node no earlier than this Stopwatch timestamp: the transport's conservative bound,
+    /// from the last time it saw its connection's input drained. Time a command spent in a socket buffer or behind a
+    /// stalled reactor counts from here.
+    /// </summary>
+    public long ArrivedAfter;
+
+    public NvmfRequest(QueuePair qpair, ushort slot)
+    {
+        Qpair = qpair;
+        Slot = slot;
+    }
+
+    public NvmeStatus Status
+    {
+        get => Cqe.StatusField;
+        set => Cqe.Status = value.ToCqeStatus();
+    }
+
+    public Span<byte> DataSpan => Data == null ? Span<byte>.Empty : new Span<byte>(Data, (int)Length);
+
+    /// <summary>Resets per-command state when a capsule lands in this slot.</summary>
+    public void Reset()
+    {
+        Cqe = default;
+        Direction = DataDirection.None;
+        Length = 0;
+        DataBorrowed = false;
+        Namespace = null;
+        Channel = null;
+        PendingOps = 0;
+        FirstError = 0;
+        Gate = default;
+    }
+
+    /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
+    public void Fail(NvmeStatus status)
+    {
+        Status = status;
+        Complete();
+    }
+
+    /// <summary>Hands the completed command back to its queue pair's transport.</summary>
+    public void Complete()
+    {
+        if (Gate.Path != null) Qpair.Target.IoGate!.Done(this);
+        if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
+        Qpair.CompleteRequest(this);
+    }
+
+    public void OnBdevComplete(int result)
+    {
+        if (result != 0 && FirstError == 0) FirstError = result;
+        if (--PendingOps > 0) return;
+        if (FirstError > 0) Status = new NvmeStatus((ushort)FirstError);
+        else if (FirstError < 0) Status = NvmeStatus.Generic(GenericStatus.InternalError, dnr: false);
+        IoCommands.Completed(this);
+        Complete();
+    }
+}
