@@ -3,7 +3,6 @@ using System.Diagnostics.Tracing;
 using StorageNode.Nvme.Host;
 using StorageNode.Perf;
 using StorageNode.Reactors;
-using StorageNode.Tests.Ha;
 
 namespace StorageNode.Tests;
 

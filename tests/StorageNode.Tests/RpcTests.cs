@@ -5,7 +5,6 @@ using Microsoft.Extensions.Configuration;
 using StorageNode.Config;
 using StorageNode.Control;
 using StorageNode.Nvme.Host;
-using StorageNode.Tests.Ha;
 
 namespace StorageNode.Tests;
 

@@ -1,7 +1,7 @@
 using System.Text;
 using StorageNode.Nvme;
 
-namespace StorageNode.Tests;
+namespace StorageNode.Nvme.Tests;
 
 public class Crc32CTests
 {

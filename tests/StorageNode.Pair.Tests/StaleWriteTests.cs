@@ -1,7 +1,7 @@
 using StorageNode.Nvme.Host;
-using static StorageNode.Tests.Ha.HostWrites;
+using static StorageNode.Testing.HostWrites;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// No stale writes (docs/ha.md): a write relayed through the partner is held in flight, the host's path to the

@@ -5,7 +5,7 @@ using StorageNode.Nvme.Spec;
 using StorageNode.Perf;
 using StorageNode.Target;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Pair.Tests;
 
 public class HaPairTests(ITestOutputHelper output)
 {

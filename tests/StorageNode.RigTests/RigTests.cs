@@ -1,11 +1,8 @@
 using System.Diagnostics;
-using StorageNode.Tests.Ha;
 
-namespace StorageNode.Tests.Rig;
-
-// Inside the namespace: here the name Rig would otherwise be this folder's namespace (StorageNode.Tests.Rig), not the
-// harness type StorageNode.Testing.Rig (tests/StorageNode.Rig, shared with tests/StorageNode.RigTests).
 using StorageNode.Testing;
+
+namespace StorageNode.RigTests;
 
 /// <summary>
 /// The real Linux kernel NVMe/TCP host (Debian 12's 6.1 kernel under QEMU) with nvme-cli, fio and native

@@ -1,7 +1,7 @@
 using StorageNode.Nvme.Host;
 using StorageNode.Pair;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// Two machines' monotonic clocks share nothing. These run the pair with node B's clock offset by hours

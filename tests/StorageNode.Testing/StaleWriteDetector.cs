@@ -4,7 +4,7 @@ using StorageNode.Nvme;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Testing;
 
 /// <summary>
 /// A stale-write detector. One host with a path to each node of a pair writes versioned, self-describing blocks (each

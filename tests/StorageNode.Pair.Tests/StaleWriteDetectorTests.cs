@@ -1,4 +1,4 @@
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// The stale-write detector (<see cref="StaleWriteDetector"/>) against the pair: with the fence, no block ever goes

@@ -2,7 +2,7 @@ using System.Runtime.CompilerServices;
 using StorageNode.Nvme.Spec;
 using StorageNode.Nvme.Tcp;
 
-namespace StorageNode.Tests;
+namespace StorageNode.Nvme.Tests;
 
 /// <summary>Sizes of every wire structure and offsets of the fields the specifications name.</summary>
 public unsafe class LayoutTests

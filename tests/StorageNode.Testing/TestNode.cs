@@ -4,7 +4,7 @@ using Microsoft.Extensions.Logging;
 using StorageNode.Config;
 using StorageNode.Nvme.Host;
 
-namespace StorageNode.Tests;
+namespace StorageNode.Testing;
 
 /// <summary>A node running in-process on 127.0.0.1 with an ephemeral port, for integration tests.</summary>
 public sealed class TestNode : IDisposable

@@ -1,7 +1,7 @@
 using StorageNode.Nvme.Host;
-using static StorageNode.Tests.Ha.HostWrites;
+using static StorageNode.Testing.HostWrites;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// The stale-write fence across the pair (docs/ha.md): a host writes through one path, abandons it while a copy may

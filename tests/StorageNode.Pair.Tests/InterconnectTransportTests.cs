@@ -4,7 +4,7 @@ using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 using StorageNode.Rdma;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// Cluster:InterconnectTransport on this machine (no RDMA device: the NVMe/RDMA interconnect itself is tested in

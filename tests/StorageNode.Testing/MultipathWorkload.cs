@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Testing;
 
 /// <summary>
 /// A multipath host in miniature: a bounded random write + read-verify workload on one namespace over several

@@ -4,9 +4,8 @@ using System.Text;
 using System.Text.Json.Nodes;
 using StorageNode.Control;
 using StorageNode.Nvme.Host;
-using StorageNode.Testing;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Testing;
 
 /// <summary>A pair of nodes under test, whatever runs them: one process (<see cref="TestPair"/>) or two (<see cref="ProcessPair"/>).</summary>
 public interface IPairRig : IDisposable

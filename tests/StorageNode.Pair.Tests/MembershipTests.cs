@@ -5,9 +5,9 @@ using Microsoft.Extensions.Logging;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 using StorageNode.Pair;
-using static StorageNode.Tests.Ha.HostWrites;
+using static StorageNode.Testing.HostWrites;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// Who counts as the partner (docs/ha.md): heartbeat datagrams only from the partner's configured endpoint, interconnect

@@ -1,8 +1,8 @@
 using StorageNode.Nvme.Host;
 using StorageNode.Pair;
-using static StorageNode.Tests.Ha.HostWrites;
+using static StorageNode.Testing.HostWrites;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// The pair's tables stay bounded: what the owner keeps per host (<see cref="HostGate"/>: a gate entry per subsystem

@@ -7,7 +7,7 @@ using StorageNode.Pair;
 using StorageNode.Config;
 using StorageNode.Nvme.Host;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Testing;
 
 /// <summary>
 /// Two nodes of an HA pair in one process, on loopback with real sockets. The interconnect runs through

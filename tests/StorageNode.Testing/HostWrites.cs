@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 
-namespace StorageNode.Tests.Ha;
+namespace StorageNode.Testing;
 
 /// <summary>
 /// What the stale-write tests do as a host: tagged writes of a few blocks, submitted without waiting (so a test can
