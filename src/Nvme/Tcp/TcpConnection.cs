@@ -143,6 +143,8 @@ public sealed unsafe class TcpConnection
     /// <summary>True when input is buffered that parsing could make progress on (it stopped for a buffer).</summary>
     public bool HasInputToParse => _state == RecvState.PayloadWaitBuffer
         || (_state == RecvState.Payload && _rpos < _rend) || (_state == RecvState.Header && _rend - _rpos >= PduSize.Common);
+    /// <summary>True while a payload waits for the owner to have a buffer for it (<see cref="ReceivePayloadIntoBuffer"/>).</summary>
+    public bool WaitingForBuffer => _state == RecvState.PayloadWaitBuffer;
     /// <summary>True when the bytes received so far end in the middle of nothing: no partial PDU is buffered.</summary>
     public bool InputEmpty => _rpos == _rend;
 

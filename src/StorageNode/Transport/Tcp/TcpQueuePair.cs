@@ -525,7 +525,8 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
             _wantWrite = blocked;
             Reactor.SetWritable(this, blocked);
         }
-        if (BufferWaiters > 0 || _conn.HasInputToParse) Reactor.MarkDirty(this);
+        // Waiting for a pool buffer: try again next iteration (input that is only incomplete waits for the socket).
+        if (BufferWaiters > 0 || _conn.WaitingForBuffer) Reactor.MarkDirty(this);
         return work;
     }
 
