@@ -1,7 +1,7 @@
 #!/usr/bin/env pwsh
 # A/B comparison of two builds of StorageNode on this machine: the tree this script is in ("after") against another
 # built checkout ("before", e.g. a git worktree of an earlier commit built with build.ps1 build). Each scenario runs as
-# interleaved pairs (before, after, before, after, ...), each run a fresh node with its own sn-perf, pinned as
+# interleaved pairs (before-after, after-before, ...), each run a fresh node with its own sn-perf, pinned as
 # run-bench.ps1 pins them (target on CPU 0, load on CPU 1); the report is the median of the per-pair ratios
 # after / before, so that the machine's drift between pairs cancels out. Also the HA pair's proxied path (adaptive
 # polling, two nodes, as run-bench.ps1 measures it). Writes artifacts/bench/ab.md.
@@ -9,6 +9,8 @@
 [CmdletBinding()]
 param(
     [Parameter(Mandatory)][string]$Before,
+    # Only the scenarios whose name contains this (default: all).
+    [string]$Only = '',
     [int]$Pairs = 5,
     [double]$Seconds = 3,
     [string]$Configuration = 'Release'
@@ -72,12 +74,14 @@ $scenarios = @(
 )
 
 $rows = @()
-foreach ($sc in $scenarios) {
+foreach ($sc in @($scenarios | Where-Object { $_.Name -like "*$Only*" })) {
     Write-Host "==> $($sc.Name): $Pairs interleaved pairs of $Seconds s"
     $iopsRatios = @(); $latRatios = @(); $b = @(); $a = @()
     for ($i = 0; $i -lt $Pairs; $i++) {
-        $rb = & $sc.Run $trees.before
-        $ra = & $sc.Run $trees.after
+        # ABBA order: even pairs run before first, odd pairs after first, so that a bias of the first or second run
+        # of a pair (a port in TIME_WAIT, caches, the other process's exit) cancels out.
+        if ($i % 2 -eq 0) { $rb = & $sc.Run $trees.before; $ra = & $sc.Run $trees.after }
+        else { $ra = & $sc.Run $trees.after; $rb = & $sc.Run $trees.before }
         $b += $rb; $a += $ra
         $iopsRatios += $ra.iops / $rb.iops
         $latRatios += $ra.mean_us / $rb.mean_us

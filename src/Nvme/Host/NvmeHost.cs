@@ -382,8 +382,7 @@ public sealed unsafe class NvmeHost : IDisposable
 
     private int SetQueueCount(int n)
     {
-        uint dw0 = SetFeature(FeatureId.NumberOfQueues, (uint)(n - 1) | ((uint)(n - 1) << 16));
-        return (int)Math.Min(dw0 & 0xFFFF, dw0 >> 16) + 1;
+        return QueueCount.Decode(SetFeature(FeatureId.NumberOfQueues, QueueCount.Encode(n)));
     }
 
     public void KeepAlive()
@@ -409,11 +408,8 @@ public sealed unsafe class NvmeHost : IDisposable
     public NamespaceInfo IdentifyNamespace(uint nsid)
     {
         byte[] d = Identify(Cns.Namespace, nsid);
-        ulong nsze = BitConverter.ToUInt64(d, 0);
-        int flbas = d[26] & 0xF;
-        uint lbaf = BitConverter.ToUInt32(d, 128 + flbas * 4);
-        int lbads = (int)((lbaf >> 16) & 0xFF);
-        return new NamespaceInfo(nsid, nsze, lbads == 0 ? 0 : 1u << lbads, d[30], BitConverter.ToUInt32(d, 92), d.AsSpan(104, 16).ToArray());
+        IdentifyNamespace id = MemoryMarshal.Read<IdentifyNamespace>(d);
+        return new NamespaceInfo(nsid, id.Nsze, id.FormattedBlockSize, id.Nmic, id.Anagrpid, new ReadOnlySpan<byte>(id.Nguid, 16).ToArray());
     }
 
     public IReadOnlyList<uint> ActiveNamespaces()

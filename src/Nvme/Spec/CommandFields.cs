@@ -42,6 +42,28 @@ public static class AdminFields
     public static bool FeatureSave(this in SubmissionQueueEntry sqe) => (sqe.Cdw10 & SaveBit) != 0;
 }
 
+/// <summary>Identify's CNS (CDW10 7:0) and CSI (CDW11 31:24); Dataset Management's NR (CDW10 7:0, 0-based).</summary>
+public static class CommandFields
+{
+    public static byte IdentifyCns(this in SubmissionQueueEntry sqe) => (byte)sqe.Cdw10;
+    public static byte IdentifyCsi(this in SubmissionQueueEntry sqe) => (byte)(sqe.Cdw11 >> 24);
+    /// <summary>Dataset Management: how many ranges the data holds (1-based).</summary>
+    public static uint DsmRangeCount(this in SubmissionQueueEntry sqe) => (sqe.Cdw10 & 0xFF) + 1;
+}
+
+/// <summary>Dword 11 of Set Features Number of Queues and Dword 0 of its completion: NSQR 15:0, NCQR 31:16, both 0-based.</summary>
+public static class QueueCount
+{
+    /// <summary>The dword for <paramref name="queues"/> submission and completion queues (1-based).</summary>
+    public static uint Encode(int queues) => (uint)(queues - 1) | ((uint)(queues - 1) << 16);
+    public static uint Submission(uint dw) => dw & 0xFFFF;
+    public static uint Completion(uint dw) => dw >> 16;
+    /// <summary>The queues (1-based) both counts allow.</summary>
+    public static int Decode(uint dw) => (int)Math.Min(Submission(dw), Completion(dw)) + 1;
+    /// <summary>The value 65535 (0-based) a host may not ask for.</summary>
+    public const uint Invalid = 0xFFFF;
+}
+
 /// <summary>The Select field of Get Features.</summary>
 public enum FeatureSelect : byte
 {

@@ -177,6 +177,16 @@ public unsafe struct IdentifyNamespace
 
     public static uint LbaFormat(int lbads, int metadataSize = 0, int relativePerformance = 0)
         => (uint)(metadataSize | (lbads << 16) | (relativePerformance << 24));
+
+    /// <summary>The formatted LBA size in bytes (FLBAS 3:0 picks the format; LBADS is its log2), or 0 when unset.</summary>
+    public readonly uint FormattedBlockSize
+    {
+        get
+        {
+            int lbads = (int)((Lbaf[Flbas & 0xF] >> 16) & 0xFF);
+            return lbads == 0 ? 0 : 1u << lbads;
+        }
+    }
 }
 
 public static class IdentifyNamespaceBits

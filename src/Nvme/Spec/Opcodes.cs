@@ -108,6 +108,9 @@ public static class AsyncEvent
     public const uint ConfigDiscoveryLogChange = 1u << 31;
 
     public static uint Dw0(byte type, byte info, byte logPage) => type | ((uint)info << 8) | ((uint)logPage << 16);
+
+    /// <summary>The log page (bits 23:16) an event's Dword 0 names.</summary>
+    public static byte LogPageOf(uint dw0) => (byte)(dw0 >> 16);
 }
 
 public static class DsmAttribute

@@ -63,8 +63,8 @@ internal static unsafe class AdminCommands
 
     private static void Identify(NvmfRequest req, Controller ctrl)
     {
-        byte cns = (byte)req.Sqe.Cdw10;
-        byte csi = (byte)(req.Sqe.Cdw11 >> 24);
+        byte cns = req.Sqe.IdentifyCns();
+        byte csi = req.Sqe.IdentifyCsi();
         uint nsid = req.Sqe.Nsid;
         Span<byte> page = stackalloc byte[4096];
         page.Clear();
@@ -414,7 +414,7 @@ internal static unsafe class AdminCommands
         {
             FeatureId.AsyncEventConfiguration => dflt ? 0 : ctrl.AsyncEventConfig,
             FeatureId.KeepAliveTimer => dflt ? 0 : ctrl.KatoMs,
-            FeatureId.NumberOfQueues when !discovery => QueueCountDw0(dflt ? ctrl.Target.Options.MaxIoQueues : ctrl.IoQueuesAllowed),
+            FeatureId.NumberOfQueues when !discovery => QueueCount.Encode(dflt ? ctrl.Target.Options.MaxIoQueues : ctrl.IoQueuesAllowed),
             FeatureId.VolatileWriteCache when !discovery => dflt || ctrl.VolatileWriteCacheEnabled ? 1u : 0u,
             FeatureId.TemperatureThreshold when !discovery => 343,
             FeatureId.PowerManagement when !discovery => 0,
@@ -431,8 +431,6 @@ internal static unsafe class AdminCommands
         req.Complete();
     }
 
-    private static uint QueueCountDw0(int n) => (uint)(n - 1) | ((uint)(n - 1) << 16);
-
     private static void SetFeatures(NvmfRequest req, Controller ctrl)
     {
         byte fid = req.Sqe.FeatureIdentifier();
@@ -448,11 +446,11 @@ internal static unsafe class AdminCommands
         {
             case FeatureId.NumberOfQueues when !discovery:
             {
-                uint nsqr = cdw11 & 0xFFFF, ncqr = cdw11 >> 16;
-                if (nsqr == 0xFFFF || ncqr == 0xFFFF) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
+                uint nsqr = QueueCount.Submission(cdw11), ncqr = QueueCount.Completion(cdw11);
+                if (nsqr == QueueCount.Invalid || ncqr == QueueCount.Invalid) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
                 if (ctrl.IoQueues.Count > 0) { req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError)); return; }
                 int granted = ctrl.SetIoQueueCount((int)Math.Min(nsqr, ncqr) + 1);
-                req.Cqe.Dw0 = QueueCountDw0(granted);
+                req.Cqe.Dw0 = QueueCount.Encode(granted);
                 break;
             }
             case FeatureId.AsyncEventConfiguration:

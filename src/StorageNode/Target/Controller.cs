@@ -255,7 +255,7 @@ public sealed class Controller
         for (int i = 0; i < _pendingEvents.Count && _aers.Count > 0;)
         {
             uint dw0 = _pendingEvents[i];
-            byte logPage = (byte)(dw0 >> 16);
+            byte logPage = AsyncEvent.LogPageOf(dw0);
             if (_maskedLogPages.Contains(logPage)) { i++; continue; }
             _pendingEvents.RemoveAt(i);
             _maskedLogPages.Add(logPage);

@@ -52,7 +52,7 @@ internal static unsafe class IoCommands
             }
             case IoOpcode.DatasetManagement:
             {
-                uint ranges = (sqe.Cdw10 & 0xFF) + 1;
+                uint ranges = sqe.DsmRangeCount();
                 if (req.Length < ranges * DsmRangeSize) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
                 break;
             }
@@ -139,7 +139,7 @@ internal static unsafe class IoCommands
 
     private static void DatasetManagement(NvmfRequest req, Namespace ns, BdevChannel ch)
     {
-        uint ranges = (req.Sqe.Cdw10 & 0xFF) + 1;
+        uint ranges = req.Sqe.DsmRangeCount();
         bool deallocate = (req.Sqe.Cdw11 & DsmAttribute.Deallocate) != 0;
         Bdev bdev = ns.Bdev;
         byte* p = req.Data;
