@@ -43,6 +43,7 @@ public class AdminTests : IDisposable
         ushort oncs = BitConverter.ToUInt16(id, 520);
         Assert.NotEqual(0, oncs & IdentifyControllerBits.OncsDatasetManagement);
         Assert.NotEqual(0, oncs & IdentifyControllerBits.OncsWriteZeroes);
+        Assert.NotEqual(0, oncs & IdentifyControllerBits.OncsSaveAndSelect); // Get Features answers every Select
         Assert.Equal(NvmeVersion.V1_4, BitConverter.ToUInt32(id, 80));
     }
 

@@ -34,6 +34,36 @@ public class FabricsTests
     }
 
     [Fact]
+    public void AnEmptyHostNqnIsAcceptedWhereAnyHostIs()
+    {
+        // SPDK's host (spdk_nvme_perf, spdk_nvme_identify) sends an empty Host NQN unless given one; SPDK's target and
+        // Linux nvmet accept it where any host is allowed.
+        using var node = new TestNode();
+        var id = Guid.NewGuid();
+        using NvmeHost host = node.Connect(new NvmeHostOptions { HostNqn = "", HostId = id, IoQueues = 2 });
+        var data = new byte[4096];
+        new Random(5).NextBytes(data);
+        Assert.True(host.IoQueues[1].Write(2, 7, 1, data).IsSuccess); // NSID 2: 4 KiB blocks
+        var back = new byte[4096];
+        Assert.True(host.IoQueues[0].Read(2, 7, 1, back).IsSuccess);
+        Assert.Equal(data, back);
+        // Said in the log, with the Host Identifier the host is known by; the I/O queues named the same (empty) NQN.
+        Assert.Contains(node.Logs.Lines, l => l.Contains("empty Host NQN; accepted") && l.Contains(id.ToString()));
+    }
+
+    [Fact]
+    public void AnEmptyHostNqnIsRefusedWhereOnlyListedHostsMayConnect()
+    {
+        using var node = new TestNode(new()
+        {
+            ["Subsystems:0:AllowAnyHost"] = "false",
+            ["Subsystems:0:Hosts:0"] = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555",
+        });
+        var ex = Assert.Throws<NvmeCommandException>(() => node.Connect(new NvmeHostOptions { HostNqn = "" }));
+        Assert.Equal(FabricsStatus.ConnectInvalidHost, ex.Status.Code);
+    }
+
+    [Fact]
     public void ControllerIdsComeFromTheConfiguredRange()
     {
         using var node = new TestNode(new() { ["Subsystems:0:ControllerIdMin"] = "100", ["Subsystems:0:ControllerIdMax"] = "101" });

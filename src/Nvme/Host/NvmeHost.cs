@@ -359,12 +359,14 @@ public sealed unsafe class NvmeHost : IDisposable
         return buf;
     }
 
-    public uint GetFeature(byte fid, int sel = 0)
+    /// <summary>Get Features: Dword 0 of the completion; <paramref name="data"/> receives the feature's data structure, if any.</summary>
+    public uint GetFeature(byte fid, FeatureSelect sel = FeatureSelect.Current, uint cdw11 = 0, byte[]? data = null)
     {
         SubmissionQueueEntry sqe = default;
         sqe.Opcode = AdminOpcode.GetFeatures;
         sqe.Cdw10 = fid | ((uint)sel << 8);
-        CompletionQueueEntry cqe = AdminCommand(sqe, default, DataDirection.None);
+        sqe.Cdw11 = cdw11;
+        CompletionQueueEntry cqe = AdminCommand(sqe, data, data == null ? DataDirection.None : DataDirection.ControllerToHost);
         Check($"Get Features {fid:X2}", cqe);
         return cqe.Dw0;
     }

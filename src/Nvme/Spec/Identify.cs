@@ -114,6 +114,8 @@ public static class IdentifyControllerBits
     public const ushort OncsWriteUncorrectable = 1 << 1;
     public const ushort OncsDatasetManagement = 1 << 2;
     public const ushort OncsWriteZeroes = 1 << 3;
+    /// <summary>The Save field of Set Features and the Select field of Get Features are supported.</summary>
+    public const ushort OncsSaveAndSelect = 1 << 4;
     // ANACAP
     public const byte AnacapOptimized = 1 << 0;
     public const byte AnacapNonOptimized = 1 << 1;

@@ -83,10 +83,13 @@ public static class FeatureId
     public const byte VolatileWriteCache = 0x06;
     public const byte NumberOfQueues = 0x07;
     public const byte InterruptCoalescing = 0x08;
+    public const byte InterruptVectorConfiguration = 0x09;
     public const byte WriteAtomicityNormal = 0x0A;
     public const byte AsyncEventConfiguration = 0x0B;
     public const byte KeepAliveTimer = 0x0F;
     public const byte HostIdentifier = 0x81;
+    public const byte ReservationNotificationMask = 0x82;
+    public const byte ReservationPersistence = 0x83;
 }
 
 /// <summary>Asynchronous event types and information (completion DW0 of an AER).</summary>

@@ -10,7 +10,6 @@ internal static unsafe class AdminCommands
 {
     public const byte Aerl = Controller.MaxOutstandingAers - 1;
     public const byte ErrorLogPageEntries = 64;
-    private const uint SupportedAsyncEvents = AsyncEvent.ConfigNamespaceAttribute | AsyncEvent.ConfigAnaChange;
 
     public static NvmeStatus Validate(NvmfRequest req, Controller ctrl)
     {
@@ -35,8 +34,8 @@ internal static unsafe class AdminCommands
         {
             case AdminOpcode.Identify: Identify(req, ctrl); break;
             case AdminOpcode.GetLogPage: GetLogPage(req, ctrl); break;
-            case AdminOpcode.GetFeatures: GetFeatures(req, ctrl); break;
-            case AdminOpcode.SetFeatures: SetFeatures(req, ctrl); break;
+            case AdminOpcode.GetFeatures: Features.Get(req, ctrl); break;
+            case AdminOpcode.SetFeatures: Features.Set(req, ctrl); break;
             case AdminOpcode.AsyncEventRequest:
                 if (!ctrl.TryQueueAer(req))
                     req.Fail(NvmeStatus.CommandSpecific(CommandSpecificStatus.AsyncEventRequestLimitExceeded));
@@ -180,7 +179,7 @@ internal static unsafe class AdminCommands
         id.Cctemp = 373;
         id.Nn = s.MaxNamespaces;
         id.Mnan = s.MaxNamespaces;
-        id.Oncs = IdentifyControllerBits.OncsDatasetManagement | IdentifyControllerBits.OncsWriteZeroes;
+        id.Oncs = IdentifyControllerBits.OncsDatasetManagement | IdentifyControllerBits.OncsWriteZeroes | IdentifyControllerBits.OncsSaveAndSelect;
         // Volatile write cache present; Flush with NSID FFFFFFFFh not supported (10b).
         id.Vwc = 0x1 | (0x2 << 1);
         id.Awun = 0;
@@ -384,90 +383,5 @@ internal static unsafe class AdminCommands
             d.NamespaceCount = groupsOnly ? 0 : count;
         }
         return log;
-    }
-
-    // ---------------- Features ----------------
-
-    private static void GetFeatures(NvmfRequest req, Controller ctrl)
-    {
-        byte fid = req.Sqe.FeatureIdentifier();
-        FeatureSelect sel = req.Sqe.FeatureSelect();
-        bool discovery = ctrl.Subsystem.IsDiscovery;
-        req.DataSpan.Clear();
-        if (sel == FeatureSelect.SupportedCapabilities)
-        {
-            // Changeable, not saveable, not namespace specific.
-            bool supported = fid is FeatureId.AsyncEventConfiguration or FeatureId.KeepAliveTimer
-                || (!discovery && fid is FeatureId.NumberOfQueues or FeatureId.VolatileWriteCache or FeatureId.TemperatureThreshold);
-            if (!supported) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
-            req.Cqe.Dw0 = FeatureCapabilities.Changeable;
-            req.Complete();
-            return;
-        }
-        if (sel == FeatureSelect.Saved)
-        {
-            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
-            return;
-        }
-        bool dflt = sel == FeatureSelect.Default;
-        uint? value = fid switch
-        {
-            FeatureId.AsyncEventConfiguration => dflt ? 0 : ctrl.AsyncEventConfig,
-            FeatureId.KeepAliveTimer => dflt ? 0 : ctrl.KatoMs,
-            FeatureId.NumberOfQueues when !discovery => QueueCount.Encode(dflt ? ctrl.Target.Options.MaxIoQueues : ctrl.IoQueuesAllowed),
-            FeatureId.VolatileWriteCache when !discovery => dflt || ctrl.VolatileWriteCacheEnabled ? 1u : 0u,
-            FeatureId.TemperatureThreshold when !discovery => 343,
-            FeatureId.PowerManagement when !discovery => 0,
-            FeatureId.ErrorRecovery when !discovery => 0,
-            FeatureId.WriteAtomicityNormal when !discovery => 0,
-            _ => null,
-        };
-        if (value is not uint v)
-        {
-            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
-            return;
-        }
-        req.Cqe.Dw0 = v;
-        req.Complete();
-    }
-
-    private static void SetFeatures(NvmfRequest req, Controller ctrl)
-    {
-        byte fid = req.Sqe.FeatureIdentifier();
-        bool save = req.Sqe.FeatureSave();
-        uint cdw11 = req.Sqe.Cdw11;
-        bool discovery = ctrl.Subsystem.IsDiscovery;
-        if (save)
-        {
-            req.Fail(NvmeStatus.CommandSpecific(CommandSpecificStatus.FeatureIdNotSaveable));
-            return;
-        }
-        switch (fid)
-        {
-            case FeatureId.NumberOfQueues when !discovery:
-            {
-                uint nsqr = QueueCount.Submission(cdw11), ncqr = QueueCount.Completion(cdw11);
-                if (nsqr == QueueCount.Invalid || ncqr == QueueCount.Invalid) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
-                if (ctrl.IoQueues.Count > 0) { req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError)); return; }
-                int granted = ctrl.SetIoQueueCount((int)Math.Min(nsqr, ncqr) + 1);
-                req.Cqe.Dw0 = QueueCount.Encode(granted);
-                break;
-            }
-            case FeatureId.AsyncEventConfiguration:
-                ctrl.AsyncEventConfig = cdw11 & (discovery ? AsyncEvent.ConfigDiscoveryLogChange : SupportedAsyncEvents);
-                break;
-            case FeatureId.KeepAliveTimer:
-                ctrl.SetKato(cdw11);
-                break;
-            case FeatureId.VolatileWriteCache when !discovery:
-                ctrl.VolatileWriteCacheEnabled = (cdw11 & 1) != 0;
-                break;
-            case FeatureId.TemperatureThreshold when !discovery:
-                break;
-            default:
-                req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
-                return;
-        }
-        req.Complete();
     }
 }

@@ -46,6 +46,8 @@ public sealed class Controller
     public int IoQueuesAllowed { get; private set; }
     public uint AsyncEventConfig { get; set; }
     public bool VolatileWriteCacheEnabled { get; set; } = true;
+    /// <summary>The features set by the host that have no home elsewhere (Get/Set Features).</summary>
+    public FeatureValues FeatureValues { get; }
 
     public bool Enabled => _enabled;
     public bool Destroyed => _destroyed;
@@ -62,6 +64,7 @@ public sealed class Controller
         KatoMs = katoMs;
         IoQueuesAllowed = subsystem.IsDiscovery ? 0 : target.Options.MaxIoQueues;
         _ioQueues = new QueuePair?[target.Options.MaxIoQueues + 1];
+        FeatureValues = new FeatureValues(target.Options.MaxIoQueues + 1);
         TouchKeepAlive();
     }
 

@@ -75,11 +75,6 @@ internal static unsafe class FabricsCommands
             FailInvalidParameter(req, inData: true, offset: ConnectField.SubNqn);
             return;
         }
-        if (hostNqn.Length == 0)
-        {
-            FailInvalidParameter(req, inData: true, offset: ConnectField.HostNqn);
-            return;
-        }
         bool interconnect = qp.Listener.Role == Config.ListenerRole.Interconnect;
         if (interconnect)
         {
@@ -128,6 +123,13 @@ internal static unsafe class FabricsCommands
             qp.Controller = ctrl;
             req.Cqe.Dw0 = ctrl.Cntlid;
             target.Log.LogInformation("{Peer}: admin queue connected: {Ctrl}, KATO {Kato} ms", qp.PeerAddress, ctrl, cmd.Kato);
+            if (hostNqn.Length == 0)
+            {
+                // As SPDK's target and Linux nvmet do: SPDK's host (spdk_nvme_perf, spdk_nvme_identify) sends no Host NQN
+                // unless given one. Such a host is allowed only where any host is, and is known by its Host Identifier.
+                target.Log.LogInformation("{Peer}: {Ctrl}: the host sent an empty Host NQN; accepted (any host is allowed on {Nqn}), host ID {HostId}",
+                    qp.PeerAddress, ctrl, subNqn, hostId);
+            }
             // Before the Connect completes: the pair's state for the association exists before any of its I/O can.
             target.OnControllerCreated(ctrl);
             req.Complete();

@@ -1,0 +1,217 @@
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Target;
+
+/// <summary>
+/// A controller's feature values that have no home elsewhere. They are set by the host and have no effect over fabrics:
+/// one power state, no interrupts, no temperature sensors. Changed and read on the admin queue's reactor.
+/// </summary>
+public sealed class FeatureValues
+{
+    /// <summary>Arbitration: AB 2:0 = 111b (no burst limit), the priority weights 0.</summary>
+    public const uint DefaultArbitration = 0x7;
+    /// <summary>The composite temperature's over-temperature threshold: WCTEMP (343 K, 70 °C).</summary>
+    public const ushort DefaultOverTemperature = 343;
+
+    public uint Arbitration = DefaultArbitration;
+    public uint PowerManagement;
+    public ushort OverTemperature = DefaultOverTemperature;
+    public ushort UnderTemperature;
+    public uint ErrorRecovery;
+    public uint InterruptCoalescing;
+    public uint WriteAtomicityNormal;
+    /// <summary>Coalescing Disable (CD) per interrupt vector (Interrupt Vector Configuration), vector 0 first.</summary>
+    public readonly bool[] CoalescingDisabled;
+
+    public FeatureValues(int vectors) => CoalescingDisabled = new bool[vectors];
+}
+
+/// <summary>
+/// Get Features and Set Features: every mandatory and commonly queried feature, with the Select field as the
+/// specification defines it: current, default, saved (nothing here is saveable, so the default) and supported
+/// capabilities. Features the controller does not have fail with Invalid Field in Command.
+/// </summary>
+internal static class Features
+{
+    private const uint SupportedAsyncEvents = AsyncEvent.ConfigNamespaceAttribute | AsyncEvent.ConfigAnaChange;
+
+    // Temperature Threshold, CDW11: TMPTH 15:0, TMPSEL 19:16 (0 composite, 1-8 sensors, Fh all), THSEL 21:20.
+    private const int TmpselShift = 16;
+    private const int ThselShift = 20;
+    private const uint TmpselAll = 0xF;
+    private const uint ThselOver = 0;
+    private const uint ThselUnder = 1;
+    // Power Management: PS 4:0, WH 7:5. Error Recovery: TLER 15:0, DULBE 16. Interrupt Vector Configuration: IV 15:0,
+    // CD 16. Write Atomicity Normal: DN 0. Volatile Write Cache: WCE 0. Host Identifier: EXHID 0.
+    private const uint PowerStateMask = 0x1F;
+    private const uint Dulbe = 1u << 16;
+    private const uint CoalescingDisable = 1u << 16;
+    private const uint ExtendedHostId = 1u << 0;
+    private const int HostIdBytes = 16;
+
+    /// <summary>True when this controller has the feature (an I/O controller has all; discovery a few).</summary>
+    private static bool Has(byte fid, bool discovery) => fid switch
+    {
+        FeatureId.AsyncEventConfiguration or FeatureId.KeepAliveTimer => true,
+        FeatureId.Arbitration or FeatureId.PowerManagement or FeatureId.TemperatureThreshold or FeatureId.ErrorRecovery
+            or FeatureId.VolatileWriteCache or FeatureId.NumberOfQueues or FeatureId.InterruptCoalescing
+            or FeatureId.InterruptVectorConfiguration or FeatureId.WriteAtomicityNormal or FeatureId.HostIdentifier => !discovery,
+        _ => false,
+    };
+
+    /// <summary>Set Features may change it (Host Identifier is fixed by Connect over fabrics).</summary>
+    private static bool Changeable(byte fid) => fid != FeatureId.HostIdentifier;
+
+    public static void Get(NvmfRequest req, Controller ctrl)
+    {
+        byte fid = req.Sqe.FeatureIdentifier();
+        FeatureSelect sel = req.Sqe.FeatureSelect();
+        req.DataSpan.Clear();
+        if (!Has(fid, ctrl.Subsystem.IsDiscovery) || sel > FeatureSelect.SupportedCapabilities)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        if (sel == FeatureSelect.SupportedCapabilities)
+        {
+            // Not saveable, not namespace specific; changeable unless fixed.
+            req.Cqe.Dw0 = Changeable(fid) ? FeatureCapabilities.Changeable : 0;
+            req.Complete();
+            return;
+        }
+        // Nothing is saveable: the saved value is the default (as the specification has it for features that are not).
+        bool dflt = sel != FeatureSelect.Current;
+        uint cdw11 = req.Sqe.Cdw11;
+        FeatureValues f = ctrl.FeatureValues;
+        uint value;
+        switch (fid)
+        {
+            case FeatureId.Arbitration: value = dflt ? FeatureValues.DefaultArbitration : f.Arbitration; break;
+            case FeatureId.PowerManagement: value = dflt ? 0 : f.PowerManagement; break;
+            case FeatureId.TemperatureThreshold:
+            {
+                uint tmpsel = (cdw11 >> TmpselShift) & 0xF, thsel = (cdw11 >> ThselShift) & 0x3;
+                if (tmpsel > 8 || thsel > ThselUnder)
+                {
+                    req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+                    return;
+                }
+                // Only the composite temperature has thresholds; the sensors 1-8 do not exist (their threshold reads 0).
+                ushort th = tmpsel != 0 ? (ushort)0
+                    : thsel == ThselOver ? (dflt ? FeatureValues.DefaultOverTemperature : f.OverTemperature)
+                    : (dflt ? (ushort)0 : f.UnderTemperature);
+                value = th | (tmpsel << TmpselShift) | (thsel << ThselShift);
+                break;
+            }
+            case FeatureId.ErrorRecovery: value = dflt ? 0 : f.ErrorRecovery; break;
+            case FeatureId.VolatileWriteCache: value = dflt || ctrl.VolatileWriteCacheEnabled ? 1u : 0u; break;
+            case FeatureId.NumberOfQueues: value = QueueCount.Encode(dflt ? ctrl.Target.Options.MaxIoQueues : ctrl.IoQueuesAllowed); break;
+            case FeatureId.InterruptCoalescing: value = dflt ? 0 : f.InterruptCoalescing; break;
+            case FeatureId.InterruptVectorConfiguration:
+            {
+                uint iv = cdw11 & 0xFFFF;
+                if (iv >= (uint)f.CoalescingDisabled.Length)
+                {
+                    req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+                    return;
+                }
+                value = iv | (!dflt && f.CoalescingDisabled[iv] ? CoalescingDisable : 0);
+                break;
+            }
+            case FeatureId.WriteAtomicityNormal: value = dflt ? 0 : f.WriteAtomicityNormal; break;
+            case FeatureId.AsyncEventConfiguration: value = dflt ? 0 : ctrl.AsyncEventConfig; break;
+            case FeatureId.KeepAliveTimer: value = dflt ? 0 : ctrl.KatoMs; break;
+            case FeatureId.HostIdentifier:
+            {
+                // Over fabrics the Host Identifier is the 128-bit one of Connect: EXHID must ask for it (as Linux nvmet).
+                if ((cdw11 & ExtendedHostId) == 0 || req.Length < HostIdBytes)
+                {
+                    req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+                    return;
+                }
+                ctrl.HostId.TryWriteBytes(req.DataSpan[..HostIdBytes], bigEndian: true, out _);
+                value = 0;
+                break;
+            }
+            default:
+                req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+                return;
+        }
+        req.Cqe.Dw0 = value;
+        req.Complete();
+    }
+
+    public static void Set(NvmfRequest req, Controller ctrl)
+    {
+        byte fid = req.Sqe.FeatureIdentifier();
+        uint cdw11 = req.Sqe.Cdw11;
+        bool discovery = ctrl.Subsystem.IsDiscovery;
+        if (!Has(fid, discovery))
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+            return;
+        }
+        if (req.Sqe.FeatureSave())
+        {
+            req.Fail(NvmeStatus.CommandSpecific(CommandSpecificStatus.FeatureIdNotSaveable));
+            return;
+        }
+        FeatureValues f = ctrl.FeatureValues;
+        NvmeStatus invalid = NvmeStatus.Generic(GenericStatus.InvalidField);
+        switch (fid)
+        {
+            case FeatureId.Arbitration: f.Arbitration = cdw11; break;
+            case FeatureId.PowerManagement:
+                // One power state (NPSS 0): only PS 0.
+                if ((cdw11 & PowerStateMask) != 0) { req.Fail(invalid); return; }
+                f.PowerManagement = cdw11 & 0xFF;
+                break;
+            case FeatureId.TemperatureThreshold:
+            {
+                uint tmpsel = (cdw11 >> TmpselShift) & 0xF, thsel = (cdw11 >> ThselShift) & 0x3;
+                if ((tmpsel > 8 && tmpsel != TmpselAll) || thsel > ThselUnder) { req.Fail(invalid); return; }
+                if (tmpsel is 0 or TmpselAll)
+                {
+                    if (thsel == ThselOver) f.OverTemperature = (ushort)cdw11;
+                    else f.UnderTemperature = (ushort)cdw11;
+                }
+                break;
+            }
+            case FeatureId.ErrorRecovery:
+                // Deallocated or unwritten blocks are not reported as errors (no DULBE): only TLER.
+                if ((cdw11 & Dulbe) != 0) { req.Fail(invalid); return; }
+                f.ErrorRecovery = cdw11 & 0xFFFF;
+                break;
+            case FeatureId.VolatileWriteCache: ctrl.VolatileWriteCacheEnabled = (cdw11 & 1) != 0; break;
+            case FeatureId.NumberOfQueues:
+            {
+                uint nsqr = QueueCount.Submission(cdw11), ncqr = QueueCount.Completion(cdw11);
+                if (nsqr == QueueCount.Invalid || ncqr == QueueCount.Invalid) { req.Fail(invalid); return; }
+                if (ctrl.IoQueues.Count > 0) { req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError)); return; }
+                req.Cqe.Dw0 = QueueCount.Encode(ctrl.SetIoQueueCount((int)Math.Min(nsqr, ncqr) + 1));
+                break;
+            }
+            case FeatureId.InterruptCoalescing: f.InterruptCoalescing = cdw11 & 0xFFFF; break;
+            case FeatureId.InterruptVectorConfiguration:
+            {
+                uint iv = cdw11 & 0xFFFF;
+                if (iv >= (uint)f.CoalescingDisabled.Length) { req.Fail(invalid); return; }
+                f.CoalescingDisabled[iv] = (cdw11 & CoalescingDisable) != 0;
+                break;
+            }
+            case FeatureId.WriteAtomicityNormal: f.WriteAtomicityNormal = cdw11 & 1; break;
+            case FeatureId.AsyncEventConfiguration:
+                ctrl.AsyncEventConfig = cdw11 & (discovery ? AsyncEvent.ConfigDiscoveryLogChange : SupportedAsyncEvents);
+                break;
+            case FeatureId.KeepAliveTimer: ctrl.SetKato(cdw11); break;
+            case FeatureId.HostIdentifier:
+                // Fixed by Connect for the association's life (as Linux nvmet answers).
+                req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+                return;
+            default:
+                req.Fail(invalid);
+                return;
+        }
+        req.Complete();
+    }
+}
