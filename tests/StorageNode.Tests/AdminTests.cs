@@ -128,6 +128,30 @@ public class AdminTests : IDisposable
     }
 
     [Fact]
+    public void SupportedLogPagesListsExactlyWhatAnswers()
+    {
+        byte[] supported = _host.GetLogPage(LogPageId.SupportedLogPages, 1024, nsid: 0);
+        var listed = new List<int>();
+        for (int lid = 0; lid < 256; lid++)
+        {
+            bool lsupp = (BitConverter.ToUInt32(supported, lid * 4) & 1) != 0;
+            if (lsupp) listed.Add(lid);
+            // Every listed page answers; every other one is an Invalid Log Page.
+            try
+            {
+                _host.GetLogPage((byte)lid, 512, nsid: 0);
+                Assert.True(lsupp, $"log page {lid:X2} answers but is not listed");
+            }
+            catch (NvmeCommandException e)
+            {
+                Assert.False(lsupp, $"log page {lid:X2} is listed but fails: {e.Message}");
+                Assert.Equal(CommandSpecificStatus.InvalidLogPage, e.Status.Code);
+            }
+        }
+        Assert.Equal([0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x0C], listed);
+    }
+
+    [Fact]
     public void LogPageOffsetsAndErrors()
     {
         byte[] whole = _host.GetLogPage(LogPageId.Ana, 88, nsid: 0);

@@ -65,6 +65,8 @@ public static class Cns
 
 public static class LogPageId
 {
+    /// <summary>Supported Log Pages: 256 dwords, one per LID (bit 0 LSUPP: supported; bit 1 IOS: index offset).</summary>
+    public const byte SupportedLogPages = 0x00;
     public const byte Error = 0x01;
     public const byte Smart = 0x02;
     public const byte FirmwareSlot = 0x03;

@@ -272,6 +272,7 @@ internal static unsafe class AdminCommands
         Subsystem s = ctrl.Subsystem;
         byte[]? log = (lid, s.IsDiscovery) switch
         {
+            (LogPageId.SupportedLogPages, bool discovery) => BuildSupportedLogPages(discovery),
             (LogPageId.Discovery, true) => DiscoveryLog.Build(ctrl),
             (LogPageId.Error, _) => BuildErrorLog(ctrl),
             (LogPageId.Smart, false) => BuildSmartLog(ctrl),
@@ -294,6 +295,21 @@ internal static unsafe class AdminCommands
         CopyOut(req, log, (long)offset);
         ctrl.LogPageRead(lid, rae);
         req.Complete();
+    }
+
+    /// <summary>The log pages each kind of controller answers (and so what Supported Log Pages lists).</summary>
+    private static readonly byte[] IoControllerLogPages =
+        [LogPageId.SupportedLogPages, LogPageId.Error, LogPageId.Smart, LogPageId.FirmwareSlot, LogPageId.ChangedNamespaceList,
+         LogPageId.CommandEffects, LogPageId.Ana];
+    private static readonly byte[] DiscoveryControllerLogPages = [LogPageId.SupportedLogPages, LogPageId.Error, LogPageId.Discovery];
+
+    private static byte[] BuildSupportedLogPages(bool discovery)
+    {
+        const uint lsupp = 1;
+        var log = new byte[256 * 4];
+        foreach (byte lid in discovery ? DiscoveryControllerLogPages : IoControllerLogPages)
+            BinaryPrimitives.WriteUInt32LittleEndian(log.AsSpan(lid * 4), lsupp);
+        return log;
     }
 
     private static byte[] BuildErrorLog(Controller ctrl)
