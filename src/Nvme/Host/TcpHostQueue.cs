@@ -63,7 +63,6 @@ public sealed unsafe class TcpHostQueue : IHostQueue, ITcpConnectionOwner
     }
 
     private readonly TcpConnection _conn;
-    private readonly HostQueueOptions _opt;
     private readonly Slot[] _slots;
     private readonly int[] _free;
     private int _freeCount;
@@ -93,7 +92,6 @@ public sealed unsafe class TcpHostQueue : IHostQueue, ITcpConnectionOwner
     private TcpHostQueue(int fd, IPEndPoint ep, HostQueueOptions opt, int depth, bool hdgst, bool ddgst, uint maxH2C, int cpda)
     {
         Endpoint = ep;
-        _opt = opt;
         HeaderDigest = hdgst;
         DataDigest = ddgst;
         MaxH2CData = maxH2C;

@@ -95,6 +95,38 @@ public static class ConnectField
     public const ushort HostNqn = 512;
     /// <summary>Dword 0 bit 16: the offset is in the Connect data.</summary>
     public const uint InData = 1u << 16;
+    /// <summary>Connect CATTR bit 2: the host disables submission queue flow control (SQHD not reported).</summary>
+    public const byte CattrDisableSqFlowControl = 1 << 2;
     /// <summary>The Connect data's CNTLID of the dynamic controller model: "any controller".</summary>
     public const ushort AnyController = 0xFFFF;
+}
+
+/// <summary>The fields of the features' Dword 11 (Set Features; Get Features where it selects) and Dword 0.</summary>
+public static class FeatureFields
+{
+    // Temperature Threshold: TMPTH 15:0, TMPSEL 19:16 (0 composite, 1-8 sensors, Fh all), THSEL 21:20 (0 over, 1 under).
+    private const int TmpselShift = 16;
+    private const int ThselShift = 20;
+    public const uint TmpselComposite = 0;
+    public const uint TmpselLastSensor = 8;
+    public const uint TmpselAll = 0xF;
+    public const uint ThselOver = 0;
+    public const uint ThselUnder = 1;
+    public static ushort Threshold(uint dw) => (ushort)dw;
+    public static uint TemperatureSelect(uint dw) => (dw >> TmpselShift) & 0xF;
+    public static uint ThresholdSelect(uint dw) => (dw >> ThselShift) & 0x3;
+    public static uint TemperatureThreshold(ushort threshold, uint tmpsel, uint thsel) => threshold | (tmpsel << TmpselShift) | (thsel << ThselShift);
+
+    /// <summary>Power Management: PS 4:0 (WH 7:5).</summary>
+    public const uint PowerStateMask = 0x1F;
+    /// <summary>Error Recovery: TLER 15:0; DULBE, bit 16.</summary>
+    public const uint TlerMask = 0xFFFF;
+    public const uint Dulbe = 1u << 16;
+    /// <summary>Interrupt Vector Configuration: IV 15:0; CD (coalescing disable), bit 16.</summary>
+    public const uint InterruptVectorMask = 0xFFFF;
+    public const uint CoalescingDisable = 1u << 16;
+    /// <summary>Volatile Write Cache WCE, Write Atomicity Normal DN, Host Identifier EXHID: bit 0 each.</summary>
+    public const uint Enable = 1u << 0;
+    /// <summary>Host Identifier: the 128-bit identifier's size (EXHID set).</summary>
+    public const int ExtendedHostIdBytes = 16;
 }

@@ -96,6 +96,9 @@ public struct PropertyCommand
     public uint Offset;                 // 44
     public ulong Value;                 // 48 (Property Set)
     public unsafe fixed byte Reserved4[8];
+
+    /// <summary>The property's size in bytes from ATTRIB bits 2:0 (0: 4 bytes, 1: 8 bytes).</summary>
+    public readonly int Size => (Attributes & 0x7) == 1 ? 8 : 4;
 }
 
 /// <summary>Connect command data (1024 bytes).</summary>

@@ -96,7 +96,7 @@ internal static unsafe class FabricsCommands
         }
 
         uint sqSize = (uint)cmd.SqSize + 1;
-        bool disableSqFlow = (cmd.Cattr & 0x4) != 0;
+        bool disableSqFlow = (cmd.Cattr & ConnectField.CattrDisableSqFlowControl) != 0;
         if (cmd.Qid == 0)
         {
             if (cmd.SqSize == 0 || sqSize > (uint)target.Options.AdminQueueDepth)
@@ -184,7 +184,7 @@ internal static unsafe class FabricsCommands
     {
         ref PropertyCommand cmd = ref Unsafe.As<SubmissionQueueEntry, PropertyCommand>(ref req.Sqe);
         Controller ctrl = req.Qpair.Controller!;
-        int size = (cmd.Attributes & 0x7) == 1 ? 8 : 4;
+        int size = cmd.Size;
         uint offset = cmd.Offset;
         if (Property.Size(offset) != size && !(offset == Property.Cap && size == 8))
         {
@@ -214,7 +214,7 @@ internal static unsafe class FabricsCommands
     {
         ref PropertyCommand cmd = ref Unsafe.As<SubmissionQueueEntry, PropertyCommand>(ref req.Sqe);
         Controller ctrl = req.Qpair.Controller!;
-        int size = (cmd.Attributes & 0x7) == 1 ? 8 : 4;
+        int size = cmd.Size;
         if (cmd.Offset != Property.Cc || size != 4)
         {
             req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));

@@ -35,19 +35,14 @@ internal static class Features
 {
     private const uint SupportedAsyncEvents = AsyncEvent.ConfigNamespaceAttribute | AsyncEvent.ConfigAnaChange;
 
-    // Temperature Threshold, CDW11: TMPTH 15:0, TMPSEL 19:16 (0 composite, 1-8 sensors, Fh all), THSEL 21:20.
-    private const int TmpselShift = 16;
-    private const int ThselShift = 20;
-    private const uint TmpselAll = 0xF;
-    private const uint ThselOver = 0;
-    private const uint ThselUnder = 1;
-    // Power Management: PS 4:0, WH 7:5. Error Recovery: TLER 15:0, DULBE 16. Interrupt Vector Configuration: IV 15:0,
-    // CD 16. Write Atomicity Normal: DN 0. Volatile Write Cache: WCE 0. Host Identifier: EXHID 0.
-    private const uint PowerStateMask = 0x1F;
-    private const uint Dulbe = 1u << 16;
-    private const uint CoalescingDisable = 1u << 16;
-    private const uint ExtendedHostId = 1u << 0;
-    private const int HostIdBytes = 16;
+    /// <summary>A temperature threshold's selectors from CDW11, or false when they name nothing (Fh, all, only to set).</summary>
+    private static bool TryTemperature(uint cdw11, bool set, out uint tmpsel, out uint thsel)
+    {
+        tmpsel = FeatureFields.TemperatureSelect(cdw11);
+        thsel = FeatureFields.ThresholdSelect(cdw11);
+        bool sensor = tmpsel <= FeatureFields.TmpselLastSensor || (set && tmpsel == FeatureFields.TmpselAll);
+        return sensor && thsel <= FeatureFields.ThselUnder;
+    }
 
     /// <summary>True when this controller has the feature (an I/O controller has all; discovery a few).</summary>
     private static bool Has(byte fid, bool discovery) => fid switch
@@ -90,32 +85,31 @@ internal static class Features
             case FeatureId.PowerManagement: value = dflt ? 0 : f.PowerManagement; break;
             case FeatureId.TemperatureThreshold:
             {
-                uint tmpsel = (cdw11 >> TmpselShift) & 0xF, thsel = (cdw11 >> ThselShift) & 0x3;
-                if (tmpsel > 8 || thsel > ThselUnder)
+                if (!TryTemperature(cdw11, set: false, out uint tmpsel, out uint thsel))
                 {
                     req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
                     return;
                 }
                 // Only the composite temperature has thresholds; the sensors 1-8 do not exist (their threshold reads 0).
-                ushort th = tmpsel != 0 ? (ushort)0
-                    : thsel == ThselOver ? (dflt ? FeatureValues.DefaultOverTemperature : f.OverTemperature)
+                ushort th = tmpsel != FeatureFields.TmpselComposite ? (ushort)0
+                    : thsel == FeatureFields.ThselOver ? (dflt ? FeatureValues.DefaultOverTemperature : f.OverTemperature)
                     : (dflt ? (ushort)0 : f.UnderTemperature);
-                value = th | (tmpsel << TmpselShift) | (thsel << ThselShift);
+                value = FeatureFields.TemperatureThreshold(th, tmpsel, thsel);
                 break;
             }
             case FeatureId.ErrorRecovery: value = dflt ? 0 : f.ErrorRecovery; break;
-            case FeatureId.VolatileWriteCache: value = dflt || ctrl.VolatileWriteCacheEnabled ? 1u : 0u; break;
+            case FeatureId.VolatileWriteCache: value = dflt || ctrl.VolatileWriteCacheEnabled ? FeatureFields.Enable : 0u; break;
             case FeatureId.NumberOfQueues: value = QueueCount.Encode(dflt ? ctrl.Target.Options.MaxIoQueues : ctrl.IoQueuesAllowed); break;
             case FeatureId.InterruptCoalescing: value = dflt ? 0 : f.InterruptCoalescing; break;
             case FeatureId.InterruptVectorConfiguration:
             {
-                uint iv = cdw11 & 0xFFFF;
+                uint iv = cdw11 & FeatureFields.InterruptVectorMask;
                 if (iv >= (uint)f.CoalescingDisabled.Length)
                 {
                     req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
                     return;
                 }
-                value = iv | (!dflt && f.CoalescingDisabled[iv] ? CoalescingDisable : 0);
+                value = iv | (!dflt && f.CoalescingDisabled[iv] ? FeatureFields.CoalescingDisable : 0);
                 break;
             }
             case FeatureId.WriteAtomicityNormal: value = dflt ? 0 : f.WriteAtomicityNormal; break;
@@ -124,12 +118,12 @@ internal static class Features
             case FeatureId.HostIdentifier:
             {
                 // Over fabrics the Host Identifier is the 128-bit one of Connect: EXHID must ask for it (as Linux nvmet).
-                if ((cdw11 & ExtendedHostId) == 0 || req.Length < HostIdBytes)
+                if ((cdw11 & FeatureFields.Enable) == 0 || req.Length < FeatureFields.ExtendedHostIdBytes)
                 {
                     req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
                     return;
                 }
-                ctrl.HostId.TryWriteBytes(req.DataSpan[..HostIdBytes], bigEndian: true, out _);
+                ctrl.HostId.TryWriteBytes(req.DataSpan[..FeatureFields.ExtendedHostIdBytes], bigEndian: true, out _);
                 value = 0;
                 break;
             }
@@ -163,26 +157,25 @@ internal static class Features
             case FeatureId.Arbitration: f.Arbitration = cdw11; break;
             case FeatureId.PowerManagement:
                 // One power state (NPSS 0): only PS 0.
-                if ((cdw11 & PowerStateMask) != 0) { req.Fail(invalid); return; }
+                if ((cdw11 & FeatureFields.PowerStateMask) != 0) { req.Fail(invalid); return; }
                 f.PowerManagement = cdw11 & 0xFF;
                 break;
             case FeatureId.TemperatureThreshold:
             {
-                uint tmpsel = (cdw11 >> TmpselShift) & 0xF, thsel = (cdw11 >> ThselShift) & 0x3;
-                if ((tmpsel > 8 && tmpsel != TmpselAll) || thsel > ThselUnder) { req.Fail(invalid); return; }
-                if (tmpsel is 0 or TmpselAll)
+                if (!TryTemperature(cdw11, set: true, out uint tmpsel, out uint thsel)) { req.Fail(invalid); return; }
+                if (tmpsel is FeatureFields.TmpselComposite or FeatureFields.TmpselAll)
                 {
-                    if (thsel == ThselOver) f.OverTemperature = (ushort)cdw11;
-                    else f.UnderTemperature = (ushort)cdw11;
+                    if (thsel == FeatureFields.ThselOver) f.OverTemperature = FeatureFields.Threshold(cdw11);
+                    else f.UnderTemperature = FeatureFields.Threshold(cdw11);
                 }
                 break;
             }
             case FeatureId.ErrorRecovery:
                 // Deallocated or unwritten blocks are not reported as errors (no DULBE): only TLER.
-                if ((cdw11 & Dulbe) != 0) { req.Fail(invalid); return; }
-                f.ErrorRecovery = cdw11 & 0xFFFF;
+                if ((cdw11 & FeatureFields.Dulbe) != 0) { req.Fail(invalid); return; }
+                f.ErrorRecovery = cdw11 & FeatureFields.TlerMask;
                 break;
-            case FeatureId.VolatileWriteCache: ctrl.VolatileWriteCacheEnabled = (cdw11 & 1) != 0; break;
+            case FeatureId.VolatileWriteCache: ctrl.VolatileWriteCacheEnabled = (cdw11 & FeatureFields.Enable) != 0; break;
             case FeatureId.NumberOfQueues:
             {
                 uint nsqr = QueueCount.Submission(cdw11), ncqr = QueueCount.Completion(cdw11);
@@ -194,12 +187,12 @@ internal static class Features
             case FeatureId.InterruptCoalescing: f.InterruptCoalescing = cdw11 & 0xFFFF; break;
             case FeatureId.InterruptVectorConfiguration:
             {
-                uint iv = cdw11 & 0xFFFF;
+                uint iv = cdw11 & FeatureFields.InterruptVectorMask;
                 if (iv >= (uint)f.CoalescingDisabled.Length) { req.Fail(invalid); return; }
-                f.CoalescingDisabled[iv] = (cdw11 & CoalescingDisable) != 0;
+                f.CoalescingDisabled[iv] = (cdw11 & FeatureFields.CoalescingDisable) != 0;
                 break;
             }
-            case FeatureId.WriteAtomicityNormal: f.WriteAtomicityNormal = cdw11 & 1; break;
+            case FeatureId.WriteAtomicityNormal: f.WriteAtomicityNormal = cdw11 & FeatureFields.Enable; break;
             case FeatureId.AsyncEventConfiguration:
                 ctrl.AsyncEventConfig = cdw11 & (discovery ? AsyncEvent.ConfigDiscoveryLogChange : SupportedAsyncEvents);
                 break;

@@ -59,14 +59,20 @@ public abstract unsafe class QueuePair<TRequest> : QueuePair where TRequest : Nv
     // ====================================================================== data buffers
 
     /// <summary>
-    /// Gives a prepared command with data its buffer and starts its data phase (<see cref="BeginDataPhase"/>): a read
-    /// the command set can serve from memory it lends (when <paramref name="canSendLentData"/>: the transport can send
-    /// from any memory) runs at once; otherwise a pool buffer, or a place in the queue of commands waiting for one
-    /// (commands already waiting go first, so large transfers are not starved).
+    /// True when the transport can send a read's data from any memory (a socket can; RDMA only from registered
+    /// memory): then a read the command set can serve from memory it lends needs no pool buffer.
     /// </summary>
-    protected void StartDataPhase(TRequest req, bool canSendLentData)
+    protected virtual bool SendsFromAnyMemory => false;
+
+    /// <summary>
+    /// Gives a prepared command with data its buffer and starts its data phase (<see cref="BeginDataPhase"/>): a read
+    /// the command set can serve from memory it lends runs at once (<see cref="SendsFromAnyMemory"/>); otherwise a pool
+    /// buffer, or a place in the queue of commands waiting for one (commands already waiting go first, so large
+    /// transfers are not starved).
+    /// </summary>
+    protected void StartDataPhase(TRequest req)
     {
-        if (canSendLentData && req.Direction == DataDirection.ControllerToHost && CommandDispatcher.TryLendReadData(req))
+        if (SendsFromAnyMemory && req.Direction == DataDirection.ControllerToHost && CommandDispatcher.TryLendReadData(req))
         {
             req.State = RequestState.Executing;
             CommandDispatcher.Execute(req);

@@ -65,8 +65,6 @@ public sealed class Subsystem
     // the lock (control path); the I/O path reads the published snapshot, with no lock.
     private readonly Dictionary<uint, bool> _groupIsLocal = [];
     private readonly Dictionary<uint, AnaState> _overrides = [];
-    private PartnerAccess _partnerAccess = PartnerAccess.Unavailable;
-    private ulong _anaChangeCount = 1;
     private volatile AnaSnapshot _ana = AnaSnapshot.Empty;
 
     /// <summary>
@@ -82,15 +80,18 @@ public sealed class Subsystem
         public readonly ulong ChangeCount = changeCount;
     }
 
-    /// <summary>Publishes a new snapshot from the mutable state (under the lock).</summary>
-    private void PublishAna()
+    /// <summary>
+    /// Publishes a new snapshot from the group tables (under the lock): the partner's access as given, the change count
+    /// one more when <paramref name="changed"/>.
+    /// </summary>
+    private void PublishAna(PartnerAccess partner, bool changed)
     {
         var groups = new Dictionary<uint, (bool, AnaState?)>();
         foreach (var kv in _groupIsLocal) groups[kv.Key] = (kv.Value, _overrides.TryGetValue(kv.Key, out AnaState f) ? f : null);
         foreach (var kv in _overrides) groups.TryAdd(kv.Key, (false, kv.Value));
         uint[] ids = [.. _groupIsLocal.Keys];
         Array.Sort(ids);
-        _ana = new AnaSnapshot(groups.ToFrozenDictionary(), ids, _partnerAccess, _anaChangeCount);
+        _ana = new AnaSnapshot(groups.ToFrozenDictionary(), ids, partner, _ana.ChangeCount + (changed ? 1UL : 0));
     }
 
     public string Nqn { get; }
@@ -155,7 +156,7 @@ public sealed class Subsystem
             if (copy[ns.Nsid - 1] != null) throw new InvalidOperationException($"NSID {ns.Nsid} is already in use in {Nqn}");
             copy[ns.Nsid - 1] = ns;
             Volatile.Write(ref _namespaces, copy);
-            if (_groupIsLocal.TryAdd(ns.AnaGroupId, !ns.IsRemote)) PublishAna();
+            if (_groupIsLocal.TryAdd(ns.AnaGroupId, !ns.IsRemote)) PublishAna(_ana.Partner, changed: false);
         }
     }
 
@@ -165,7 +166,7 @@ public sealed class Subsystem
         lock (_lock)
         {
             _groupIsLocal[groupId] = local;
-            PublishAna();
+            PublishAna(_ana.Partner, changed: false);
         }
     }
 
@@ -178,10 +179,8 @@ public sealed class Subsystem
     {
         lock (_lock)
         {
-            if (_partnerAccess == access) return;
-            _partnerAccess = access;
-            _anaChangeCount++;
-            PublishAna();
+            if (_ana.Partner == access) return;
+            PublishAna(access, changed: true);
         }
         NotifyAnaChange();
     }
@@ -222,8 +221,7 @@ public sealed class Subsystem
             {
                 return;
             }
-            _anaChangeCount++;
-            PublishAna();
+            PublishAna(_ana.Partner, changed: true);
         }
         NotifyAnaChange();
     }

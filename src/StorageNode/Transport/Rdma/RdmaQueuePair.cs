@@ -345,11 +345,11 @@ internal sealed unsafe class RdmaQueuePair : QueuePair<RdmaRequest>, IReactorPol
                 // may need it aligned, and the buffer's life would otherwise tie up a receive).
                 req.RecvIndex = index;
                 req.InCapsuleOffset = d.Offset;
-                StartDataPhase(req, canSendLentData: false);
+                StartDataPhase(req);
                 return;
             default:
                 if (!Repost(index)) return;
-                StartDataPhase(req, canSendLentData: false);
+                StartDataPhase(req);
                 return;
         }
     }

@@ -64,7 +64,6 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
     // The PDU whose payload is being received.
     private TcpRequest? _payloadReq;
     private uint _payloadDatal;
-    private bool _payloadIsCapsule;
 
     // Each slot's PDU headers.
     private readonly byte* _headerArea;
@@ -100,6 +99,9 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
     }
 
     private static int Slots(TargetOptions o) => Math.Max(o.MaxQueueDepth, o.AdminQueueDepth);
+
+    /// <summary>A socket sends from any memory: a read from a RAM namespace goes out of the namespace itself.</summary>
+    protected override bool SendsFromAnyMemory => true;
 
     public override int Fd => _conn.Fd;
     public override string PeerAddress => _peer;
@@ -302,7 +304,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
             if (!sglStatus.IsSuccess) req.Status = sglStatus;
             req.FailAfterData = !ok;
             req.State = RequestState.ReceivingCapsuleData;
-            BeginPayload(req, isCapsule: true, dataLen, skip, discard: !ok);
+            BeginPayload(req, dataLen, skip, discard: !ok);
             return;
         }
 
@@ -328,16 +330,16 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
             CommandDispatcher.Execute(req);
             return;
         }
-        StartDataPhase(req, canSendLentData: true);
+        StartDataPhase(req);
     }
 
-    private void BeginPayload(TcpRequest req, bool isCapsule, uint length, int skip, bool discard)
+    /// <summary>The payload of a capsule (state <see cref="RequestState.ReceivingCapsuleData"/>) or of an H2CData PDU.</summary>
+    private void BeginPayload(TcpRequest req, uint length, int skip, bool discard)
     {
         _payloadReq = req;
-        _payloadIsCapsule = isCapsule;
         _payloadDatal = length;
         if (discard) _conn.ReceivePayload(null, length, skip);
-        else if (isCapsule) _conn.ReceivePayloadIntoBuffer(length, skip);
+        else if (req.State == RequestState.ReceivingCapsuleData) _conn.ReceivePayloadIntoBuffer(length, skip);
         else _conn.ReceivePayload(req.Data + req.H2CReceived, length, skip);
     }
 
@@ -347,7 +349,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
         _payloadReq = null;
         if (dataDigestError) req.DataDigestError = true;
 
-        if (_payloadIsCapsule)
+        if (req.State == RequestState.ReceivingCapsuleData)
         {
             if (req.FailAfterData)
             {
@@ -423,7 +425,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
             Fatal(TermReqFes.DataTransferOutOfRange, PduField.H2CDataDatal, $"H2CData {pdu->Datao}+{pdu->Datal} beyond the requested window (end {req.R2TOffset})", (byte*)pdu);
             return;
         }
-        BeginPayload(req, isCapsule: false, pdu->Datal, ch->Pdo - hlen - hd, discard: false);
+        BeginPayload(req, pdu->Datal, ch->Pdo - hlen - hd, discard: false);
     }
 
     // ====================================================================== data phase
