@@ -77,6 +77,16 @@ public sealed class Node : IDisposable
                 Pair = new PairNode(config.Cluster, Target, owners);
                 Target.CommandQuiesceTimeMs = (ushort)Math.Min(ushort.MaxValue, config.Cluster.RelayTimeout.TotalMilliseconds);
             }
+            ReservationStore? store = null;
+            if (config.StateDirectory != null)
+            {
+                try { Directory.CreateDirectory(config.StateDirectory); }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new ConfigException("Node:StateDirectory", $"cannot be created: {e.Message}");
+                }
+                store = new ReservationStore(config.StateDirectory, config.Name, loggerFactory.CreateLogger("reservations"));
+            }
             foreach ((Subsystem s, SubsystemConfig sc) in subsystems)
             {
                 for (int i = 0; i < sc.Namespaces.Count; i++)
@@ -94,7 +104,10 @@ public sealed class Node : IDisposable
                     {
                         bdev = new PartnerBdev($"partner:{nc.Nsid}", nc.DeclaredBlockSize ?? 512, nc.DeclaredBlockCount ?? 0, Pair!.LinkFor(s)!);
                     }
-                    s.AddNamespace(new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup));
+                    var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup);
+                    // The owner keeps a namespace's reservations; the partner's are kept by the partner.
+                    if (store != null && !ns.IsRemote) store.Attach(s, ns);
+                    s.AddNamespace(ns);
                 }
                 Target.AddSubsystem(s);
             }

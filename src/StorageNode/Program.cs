@@ -34,6 +34,11 @@ try
             Console.Error.WriteLine($"storagenode: configuration file '{configFile}' does not exist");
             return 2;
         }
+        // State kept across restarts (reservations with PTPL) lives beside the configuration unless placed elsewhere.
+        builder.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Node:StateDirectory"] = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(configFile))!, "state"),
+        });
         builder.AddJsonFile(Path.GetFullPath(configFile), optional: false, reloadOnChange: false);
     }
     builder.AddEnvironmentVariables("SN_");

@@ -1,4 +1,5 @@
 using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
 using static StorageNode.Testing.HostWrites;
 
 namespace StorageNode.Pair.Tests;
@@ -184,14 +185,18 @@ public class FenceTests(ITestOutputHelper output)
         // Host 1 moves to the owner (a drain); host 2 keeps relaying through B meanwhile.
         var h1Write = new Thread(() => Write(h1a.IoQueues[0], 0x71));
         h1Write.Start();
-        int errors = 0;
+        var failures = new List<string>();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         for (int i = 0; i < 60; i++)
         {
-            if (!Write(h2b.IoQueues[0], (byte)i, lba: 4096).IsSuccess) errors++;
+            NvmeStatus st = Write(h2b.IoQueues[0], (byte)i, lba: 4096);
+            if (!st.IsSuccess) failures.Add($"{clock.ElapsedMilliseconds} ms: write {i}: {st}");
             Thread.Sleep(50);
         }
         Assert.True(h1Write.Join(TimeSpan.FromSeconds(20)));
-        Assert.Equal(0, errors);
+        if (failures.Count > 0)
+            output.WriteLine($"{string.Join("\n", failures)}\nA:\n{pair.Log('A')}\nB:\n{pair.Log('B')}");
+        Assert.Empty(failures);
         Assert.Equal(connects, pair.A.Pair!.Links[0].ConnectCount + pair.B.Pair!.Links[0].ConnectCount);
         Assert.DoesNotContain(pair.LogsA.Lines, l => l.Contains("partner unreachable"));
     }

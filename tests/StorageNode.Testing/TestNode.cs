@@ -91,7 +91,7 @@ public sealed class StringWriterLoggerProvider : ILoggerProvider
         public bool IsEnabled(LogLevel logLevel) => true;
         public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
         {
-            lock (owner._lines) owner._lines.Add($"{logLevel} {category}: {formatter(state, exception)}");
+            lock (owner._lines) owner._lines.Add($"{logLevel} {category}: {formatter(state, exception)} [{DateTime.UtcNow:HH:mm:ss.fff}]");
         }
     }
 }

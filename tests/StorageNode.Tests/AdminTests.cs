@@ -148,7 +148,7 @@ public class AdminTests : IDisposable
                 Assert.Equal(CommandSpecificStatus.InvalidLogPage, e.Status.Code);
             }
         }
-        Assert.Equal([0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x0C], listed);
+        Assert.Equal([0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x0C, 0x80], listed);
     }
 
     [Fact]

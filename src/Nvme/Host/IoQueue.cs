@@ -84,4 +84,48 @@ public sealed unsafe class IoQueue
         sqe.Cdw11 = DsmAttribute.Deallocate;
         return Execute(sqe, buf, DataDirection.HostToController).StatusField;
     }
+
+    // ---------------- Reservations ----------------
+
+    private NvmeStatus Reservation(byte opcode, uint nsid, uint cdw10, ulong first, ulong? second)
+    {
+        Span<byte> keys = stackalloc byte[second == null ? ReservationFields.OneKey : ReservationFields.TwoKeys];
+        ReservationFields.WriteKeys(keys, first, second ?? 0);
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = opcode;
+        sqe.Nsid = nsid;
+        sqe.Cdw10 = cdw10;
+        return Execute(sqe, keys, DataDirection.HostToController).StatusField;
+    }
+
+    /// <summary>Reservation Register (<see cref="ReservationAction"/> Register, Unregister or Replace).</summary>
+    public NvmeStatus ReservationRegister(uint nsid, byte action, ulong currentKey, ulong newKey, bool ignoreExistingKey = false, byte cptpl = ChangePtpl.NoChange)
+        => Reservation(IoOpcode.ReservationRegister, nsid, ReservationFields.Cdw10(action, ignoreExistingKey, cptpl: cptpl), currentKey, newKey);
+
+    /// <summary>Reservation Acquire (<see cref="ReservationAction"/> Acquire, Preempt or PreemptAndAbort).</summary>
+    public NvmeStatus ReservationAcquire(uint nsid, byte action, ReservationType type, ulong currentKey, ulong preemptKey = 0)
+        => Reservation(IoOpcode.ReservationAcquire, nsid, ReservationFields.Cdw10(action, type: type), currentKey, preemptKey);
+
+    /// <summary>Reservation Release (<see cref="ReservationAction"/> Release or Clear).</summary>
+    public NvmeStatus ReservationRelease(uint nsid, byte action, ReservationType type, ulong currentKey)
+        => Reservation(IoOpcode.ReservationRelease, nsid, ReservationFields.Cdw10(action, type: type), currentKey, null);
+
+    /// <summary>Reservation Report into <paramref name="buffer"/> (its whole length; a multiple of 4 bytes).</summary>
+    public NvmeStatus ReservationReport(uint nsid, Span<byte> buffer, bool extended = true)
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = IoOpcode.ReservationReport;
+        sqe.Nsid = nsid;
+        sqe.SetReport((uint)buffer.Length, extended);
+        return Execute(sqe, buffer, DataDirection.ControllerToHost).StatusField;
+    }
+
+    /// <summary>Reservation Report (extended format, room for <paramref name="entries"/> registrants), parsed; throws on an error status.</summary>
+    public ReservationStatus GetReservationStatus(uint nsid, int entries = 16)
+    {
+        var buf = new byte[Spec.ReservationReport.ExtendedHeaderSize + entries * Spec.ReservationReport.ExtendedEntrySize];
+        NvmeStatus st = ReservationReport(nsid, buf);
+        if (!st.IsSuccess) throw new NvmeCommandException("Reservation Report", st, 0);
+        return ReservationStatus.Parse(buf);
+    }
 }

@@ -360,10 +360,11 @@ public sealed unsafe class NvmeHost : IDisposable
     }
 
     /// <summary>Get Features: Dword 0 of the completion; <paramref name="data"/> receives the feature's data structure, if any.</summary>
-    public uint GetFeature(byte fid, FeatureSelect sel = FeatureSelect.Current, uint cdw11 = 0, byte[]? data = null)
+    public uint GetFeature(byte fid, FeatureSelect sel = FeatureSelect.Current, uint cdw11 = 0, byte[]? data = null, uint nsid = 0)
     {
         SubmissionQueueEntry sqe = default;
         sqe.Opcode = AdminOpcode.GetFeatures;
+        sqe.Nsid = nsid;
         sqe.Cdw10 = fid | ((uint)sel << 8);
         sqe.Cdw11 = cdw11;
         CompletionQueueEntry cqe = AdminCommand(sqe, data, data == null ? DataDirection.None : DataDirection.ControllerToHost);
@@ -371,10 +372,11 @@ public sealed unsafe class NvmeHost : IDisposable
         return cqe.Dw0;
     }
 
-    public uint SetFeature(byte fid, uint cdw11)
+    public uint SetFeature(byte fid, uint cdw11, uint nsid = 0)
     {
         SubmissionQueueEntry sqe = default;
         sqe.Opcode = AdminOpcode.SetFeatures;
+        sqe.Nsid = nsid;
         sqe.Cdw10 = fid;
         sqe.Cdw11 = cdw11;
         CompletionQueueEntry cqe = AdminCommand(sqe, default, DataDirection.None);

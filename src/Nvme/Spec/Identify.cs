@@ -116,6 +116,7 @@ public static class IdentifyControllerBits
     public const ushort OncsWriteZeroes = 1 << 3;
     /// <summary>The Save field of Set Features and the Select field of Get Features are supported.</summary>
     public const ushort OncsSaveAndSelect = 1 << 4;
+    public const ushort OncsReservations = 1 << 5;
     // ANACAP
     public const byte AnacapOptimized = 1 << 0;
     public const byte AnacapNonOptimized = 1 << 1;

@@ -29,7 +29,13 @@ public static class IoOpcode
     public const byte Compare = 0x05;
     public const byte WriteZeroes = 0x08;
     public const byte DatasetManagement = 0x09;
+    public const byte ReservationRegister = 0x0D;
+    public const byte ReservationReport = 0x0E;
+    public const byte ReservationAcquire = 0x11;
+    public const byte ReservationRelease = 0x15;
     public const byte FabricsCommand = 0x7F;
+
+    public static bool IsReservation(byte op) => op is ReservationRegister or ReservationReport or ReservationAcquire or ReservationRelease;
 }
 
 public static class FabricsCommandType
@@ -73,6 +79,7 @@ public static class LogPageId
     public const byte ChangedNamespaceList = 0x04;
     public const byte CommandEffects = 0x05;
     public const byte Ana = 0x0C;
+    public const byte ReservationNotification = 0x80;
     public const byte Discovery = 0x70;
 }
 

@@ -36,6 +36,7 @@ public static class GenericStatus
     public const byte LbaOutOfRange = 0x80;
     public const byte CapacityExceeded = 0x81;
     public const byte NamespaceNotReady = 0x82;
+    public const byte ReservationConflict = 0x83;
 }
 
 /// <summary>Command specific status codes (SCT 1).</summary>

@@ -97,13 +97,18 @@ public sealed record NodeConfig
     public ClusterConfig? Cluster { get; init; }
     /// <summary>Path of the management RPC's Unix socket (<c>Control:RpcSocket</c>); null or empty: no RPC server.</summary>
     public string? RpcSocket { get; init; }
+    /// <summary>
+    /// Where the node keeps state across restarts (<c>Node:StateDirectory</c>): reservations with Persist Through Power
+    /// Loss. Null: nowhere (PTPL cannot be set).
+    /// </summary>
+    public string? StateDirectory { get; init; }
 
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
     private static readonly string[] ControlKeys = ["RpcSocket"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
         "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
-    private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools"];
+    private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools", "StateDirectory"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
     private static readonly string[] TargetKeys = ["MaxQueueDepth", "AdminQueueDepth", "MaxIoQueues", "MaxIoSize", "InCapsuleDataSize",
         "MaxH2CDataSize", "MaxR2TPerCommand", "MaxC2HDataSize", "C2HSuccess", "KeepAliveGranularityMs", "ReceiveBufferSize",
@@ -178,9 +183,13 @@ public sealed record NodeConfig
             string? dir = Path.GetDirectoryName(rpcSocket);
             if (dir != null && !Directory.Exists(dir)) throw new ConfigException("Control:RpcSocket", $"folder {dir} does not exist");
         }
+        string? stateDir = node["StateDirectory"];
+        if (!string.IsNullOrEmpty(stateDir) && !Path.IsPathFullyQualified(stateDir))
+            throw new ConfigException("Node:StateDirectory", $"'{stateDir}' is not an absolute path");
         var cfg = new NodeConfig
         {
             Name = name,
+            StateDirectory = string.IsNullOrEmpty(stateDir) ? null : stateDir,
             Cluster = cluster,
             RpcSocket = string.IsNullOrEmpty(rpcSocket) ? null : rpcSocket,
             ReactorCount = Int(node, "Reactors", 1, 1, 64),

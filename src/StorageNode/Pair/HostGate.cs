@@ -268,6 +268,9 @@ public sealed class HostGate : IIoGate
         return AdmitSlow(req, p, e);
     }
 
+    public Guid RelayedHostId(NvmfRequest req)
+        => req.Gate.Path is PathCounter { Path: GatePath.Relay } p ? p.Entry.HostId : Guid.Empty;
+
     public void Done(NvmfRequest req)
     {
         if (req.Gate.Path is not PathCounter p) return;

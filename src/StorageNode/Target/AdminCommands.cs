@@ -179,7 +179,8 @@ internal static unsafe class AdminCommands
         id.Cctemp = 373;
         id.Nn = s.MaxNamespaces;
         id.Mnan = s.MaxNamespaces;
-        id.Oncs = IdentifyControllerBits.OncsDatasetManagement | IdentifyControllerBits.OncsWriteZeroes | IdentifyControllerBits.OncsSaveAndSelect;
+        id.Oncs = IdentifyControllerBits.OncsDatasetManagement | IdentifyControllerBits.OncsWriteZeroes | IdentifyControllerBits.OncsSaveAndSelect
+                  | IdentifyControllerBits.OncsReservations;
         // Volatile write cache present; Flush with NSID FFFFFFFFh not supported (10b).
         id.Vwc = 0x1 | (0x2 << 1);
         id.Awun = 0;
@@ -206,6 +207,8 @@ internal static unsafe class AdminCommands
         id.Nlbaf = 0;
         id.Flbas = 0;
         id.Nmic = IdentifyNamespaceBits.NmicShared;
+        id.Rescap = (byte)(ReservationCapabilities.AllTypes | ReservationCapabilities.IgnoreExistingKey13
+                           | (ns.Reservations.PtplCapable ? ReservationCapabilities.PersistThroughPowerLoss : 0));
         id.Dlfeat = ns.Bdev.DeallocateReadsZeroes ? (byte)(IdentifyNamespaceBits.DlfeatReadZeroes | IdentifyNamespaceBits.DlfeatWriteZeroesDeallocate) : (byte)0;
         // Preferred granularities (0-based, in blocks): 4 KiB.
         ushort per4k = (ushort)Math.Max(1, 4096 / ns.Bdev.BlockSize);
@@ -280,6 +283,7 @@ internal static unsafe class AdminCommands
             (LogPageId.ChangedNamespaceList, false) => new byte[4096],
             (LogPageId.CommandEffects, false) => BuildCommandEffects(),
             (LogPageId.Ana, false) => BuildAnaLog(ctrl, groupsOnly: (lsp & 1) != 0),
+            (LogPageId.ReservationNotification, false) => offset == 0 ? ctrl.TakeReservationNotification() : new byte[ReservationNotification.Size],
             _ => null,
         };
         if (log == null)
@@ -300,7 +304,7 @@ internal static unsafe class AdminCommands
     /// <summary>The log pages each kind of controller answers (and so what Supported Log Pages lists).</summary>
     private static readonly byte[] IoControllerLogPages =
         [LogPageId.SupportedLogPages, LogPageId.Error, LogPageId.Smart, LogPageId.FirmwareSlot, LogPageId.ChangedNamespaceList,
-         LogPageId.CommandEffects, LogPageId.Ana];
+         LogPageId.CommandEffects, LogPageId.Ana, LogPageId.ReservationNotification];
     private static readonly byte[] DiscoveryControllerLogPages = [LogPageId.SupportedLogPages, LogPageId.Error, LogPageId.Discovery];
 
     private static byte[] BuildSupportedLogPages(bool discovery)
@@ -365,6 +369,8 @@ internal static unsafe class AdminCommands
         Set(1024, IoOpcode.Read, csupp);
         Set(1024, IoOpcode.WriteZeroes, csupp | lbcc);
         Set(1024, IoOpcode.DatasetManagement, csupp | lbcc);
+        foreach (byte op in new[] { IoOpcode.ReservationRegister, IoOpcode.ReservationReport, IoOpcode.ReservationAcquire, IoOpcode.ReservationRelease })
+            Set(1024, op, csupp);
         return log;
     }
 

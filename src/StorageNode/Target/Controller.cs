@@ -271,6 +271,58 @@ public sealed class Controller
     /// <summary>Drops outstanding AERs (their queue pair is going away).</summary>
     internal void ClearAers() => _aers.Clear();
 
+    // ---- Reservation notifications (any thread) ----
+
+    /// <summary>Notifications a controller keeps until the host reads them (Reservation Notification log page).</summary>
+    public const int ReservationLogEntries = 64;
+    private readonly List<(ulong Count, byte Type, uint Nsid)> _reservationLog = [];
+    private readonly Dictionary<uint, uint> _reservationMask = [];
+    private ulong _reservationLogCount;
+
+    /// <summary>The Reservation Notification Mask (feature 82h) of a namespace on this controller.</summary>
+    public uint ReservationMask(uint nsid)
+    {
+        lock (_reservationLog) return _reservationMask.TryGetValue(nsid, out uint m) ? m : 0;
+    }
+
+    internal void SetReservationMask(uint nsid, uint mask)
+    {
+        lock (_reservationLog) _reservationMask[nsid] = mask & ReservationNotification.MaskAll;
+    }
+
+    /// <summary>
+    /// Logs a reservation notification (unless masked) and raises its asynchronous event. When the log is full the
+    /// newest entry takes the newest count, so the host sees from the gap in Log Page Count that some were lost.
+    /// </summary>
+    public void NotifyReservation(uint nsid, byte type)
+    {
+        lock (_reservationLog)
+        {
+            if ((ReservationMask(nsid) & ReservationNotification.MaskBit(type)) != 0) return;
+            if (++_reservationLogCount == 0) _reservationLogCount = 1;
+            if (_reservationLog.Count < ReservationLogEntries) _reservationLog.Add((_reservationLogCount, type, nsid));
+            else _reservationLog[^1] = _reservationLog[^1] with { Count = _reservationLogCount };
+        }
+        RaiseAsyncEvent(ReservationNotification.AsyncEventType, ReservationNotification.AsyncEventInfo, LogPageId.ReservationNotification, 0);
+    }
+
+    /// <summary>The oldest notification as a 64-byte log page (all zero when there is none); reading consumes it.</summary>
+    internal byte[] TakeReservationNotification()
+    {
+        var page = new byte[ReservationNotification.Size];
+        lock (_reservationLog)
+        {
+            if (_reservationLog.Count == 0) return page;
+            var e = _reservationLog[0];
+            _reservationLog.RemoveAt(0);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(page.AsSpan(ReservationNotification.LogPageCount), e.Count);
+            page[ReservationNotification.Type] = e.Type;
+            page[ReservationNotification.Available] = (byte)Math.Min(_reservationLog.Count, 255);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(page.AsSpan(ReservationNotification.Nsid), e.Nsid);
+        }
+        return page;
+    }
+
     // ---- Error log ----
 
     internal void RecordError(ushort sqid, ushort cid, NvmeStatus status, uint nsid, ulong lba)

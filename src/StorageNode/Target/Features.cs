@@ -50,7 +50,8 @@ internal static class Features
         FeatureId.AsyncEventConfiguration or FeatureId.KeepAliveTimer => true,
         FeatureId.Arbitration or FeatureId.PowerManagement or FeatureId.TemperatureThreshold or FeatureId.ErrorRecovery
             or FeatureId.VolatileWriteCache or FeatureId.NumberOfQueues or FeatureId.InterruptCoalescing
-            or FeatureId.InterruptVectorConfiguration or FeatureId.WriteAtomicityNormal or FeatureId.HostIdentifier => !discovery,
+            or FeatureId.InterruptVectorConfiguration or FeatureId.WriteAtomicityNormal or FeatureId.HostIdentifier
+            or FeatureId.ReservationNotificationMask or FeatureId.ReservationPersistence => !discovery,
         _ => false,
     };
 
@@ -67,10 +68,23 @@ internal static class Features
             req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
             return;
         }
+        bool perNamespace = fid is FeatureId.ReservationNotificationMask or FeatureId.ReservationPersistence;
+        Namespace? ns = null;
+        if (perNamespace)
+        {
+            // A namespace-specific feature is read for one namespace (FFFFFFFFh names them all: only to set).
+            NvmeStatus st = OneNamespace(ctrl, req.Sqe.Nsid, out ns);
+            if (!st.IsSuccess)
+            {
+                req.Fail(st);
+                return;
+            }
+        }
         if (sel == FeatureSelect.SupportedCapabilities)
         {
-            // Not saveable, not namespace specific; changeable unless fixed.
-            req.Cqe.Dw0 = Changeable(fid) ? FeatureCapabilities.Changeable : 0;
+            // Not saveable; changeable unless fixed (PTPL only where the node can keep it).
+            bool changeable = fid == FeatureId.ReservationPersistence ? ns!.Reservations.PtplCapable : Changeable(fid);
+            req.Cqe.Dw0 = (changeable ? FeatureCapabilities.Changeable : 0) | (perNamespace ? FeatureCapabilities.NamespaceSpecific : 0);
             req.Complete();
             return;
         }
@@ -127,6 +141,8 @@ internal static class Features
                 value = 0;
                 break;
             }
+            case FeatureId.ReservationNotificationMask: value = dflt ? 0 : ctrl.ReservationMask(ns!.Nsid); break;
+            case FeatureId.ReservationPersistence: value = !dflt && ns!.Reservations.Ptpl ? FeatureFields.Enable : 0u; break;
             default:
                 req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
                 return;
@@ -201,10 +217,53 @@ internal static class Features
                 // Fixed by Connect for the association's life (as Linux nvmet answers).
                 req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
                 return;
+            case FeatureId.ReservationNotificationMask:
+            {
+                if ((cdw11 & ~ReservationNotification.MaskAll) != 0) { req.Fail(invalid); return; }
+                NvmeStatus st = Namespaces(ctrl, req.Sqe.Nsid, out IReadOnlyList<Namespace> targets);
+                if (!st.IsSuccess) { req.Fail(st); return; }
+                foreach (Namespace n in targets) ctrl.SetReservationMask(n.Nsid, cdw11);
+                req.Cqe.Dw0 = cdw11;
+                break;
+            }
+            case FeatureId.ReservationPersistence:
+            {
+                NvmeStatus st = Namespaces(ctrl, req.Sqe.Nsid, out IReadOnlyList<Namespace> targets);
+                if (!st.IsSuccess) { req.Fail(st); return; }
+                // The owner keeps the state: a partner-owned namespace's is set through a relayed Reservation Register (CPTPL).
+                if (targets.Any(n => n.IsRemote || !n.Reservations.PtplCapable)) { req.Fail(invalid); return; }
+                foreach (Namespace n in targets) n.Reservations.SetPtpl((cdw11 & FeatureFields.Enable) != 0);
+                break;
+            }
             default:
                 req.Fail(invalid);
                 return;
         }
         req.Complete();
+    }
+
+    private const uint AllNamespaces = 0xFFFFFFFF;
+
+    /// <summary>The one active namespace <paramref name="nsid"/> names (Get of a namespace-specific feature).</summary>
+    private static NvmeStatus OneNamespace(Controller ctrl, uint nsid, out Namespace? ns)
+    {
+        ns = null;
+        if (nsid is 0 or AllNamespaces) return NvmeStatus.Generic(GenericStatus.InvalidField);
+        ns = ctrl.Subsystem.GetNamespace(nsid);
+        return ns == null ? NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat) : NvmeStatus.Success;
+    }
+
+    /// <summary>The namespaces <paramref name="nsid"/> names for Set Features: one, or FFFFFFFFh for every one.</summary>
+    private static NvmeStatus Namespaces(Controller ctrl, uint nsid, out IReadOnlyList<Namespace> list)
+    {
+        list = [];
+        if (nsid == AllNamespaces)
+        {
+            list = ctrl.Subsystem.Namespaces;
+            return NvmeStatus.Success;
+        }
+        NvmeStatus st = OneNamespace(ctrl, nsid, out Namespace? ns);
+        if (st.IsSuccess) list = [ns!];
+        return st;
     }
 }

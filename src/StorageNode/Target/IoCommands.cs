@@ -13,7 +13,8 @@ internal static unsafe class IoCommands
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
         byte op = sqe.Opcode;
-        if (op is not (IoOpcode.Read or IoOpcode.Write or IoOpcode.Flush or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement))
+        if (op is not (IoOpcode.Read or IoOpcode.Write or IoOpcode.Flush or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement)
+            && !IoOpcode.IsReservation(op))
             return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
         if (!ctrl.Enabled) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
 
@@ -54,6 +55,12 @@ internal static unsafe class IoCommands
             {
                 uint ranges = sqe.DsmRangeCount();
                 if (req.Length < ranges * DsmRangeSize) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
+                break;
+            }
+            case IoOpcode.ReservationRegister or IoOpcode.ReservationAcquire or IoOpcode.ReservationRelease:
+            {
+                int keys = op == IoOpcode.ReservationRelease ? ReservationFields.OneKey : ReservationFields.TwoKeys;
+                if (req.Length < (uint)keys) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
                 break;
             }
         }
@@ -110,6 +117,14 @@ internal static unsafe class IoCommands
         Namespace ns = req.Namespace!;
         BdevChannel ch = req.Channel!;
         int shift = ns.Bdev.BlockShift;
+        // Checked when the command runs (not when it arrived): nothing of a host a reservation excludes starts after the
+        // reservation command completed, however long it waited for a buffer or in the gate.
+        if (ns.Reservations.Held && !IoOpcode.IsReservation(sqe.Opcode)
+            && !ns.Reservations.Allows(ReservationCommands.HostOf(req), ReservationState.IsWriteGroup(sqe.Opcode)))
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.ReservationConflict));
+            return;
+        }
         req.PendingOps = 1;
         switch (sqe.Opcode)
         {
@@ -133,6 +148,10 @@ internal static unsafe class IoCommands
             }
             case IoOpcode.DatasetManagement:
                 DatasetManagement(req, ns, ch);
+                break;
+            default:
+                req.PendingOps = 0;
+                ReservationCommands.Execute(req, ns);
                 break;
         }
     }

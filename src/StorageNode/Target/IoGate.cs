@@ -24,6 +24,9 @@ public interface IIoGate
 
     /// <summary>The command completed or left the gate: it no longer counts. Idempotent. Reactor thread.</summary>
     void Done(NvmfRequest req);
+
+    /// <summary>The Host Identifier of the host a counted command from the partner's relay is for (Guid.Empty: none).</summary>
+    Guid RelayedHostId(NvmfRequest req);
 }
 
 /// <summary>A command's state in the gate, kept in the request slot (no allocation per command); opaque to the target.</summary>

@@ -20,6 +20,9 @@ public sealed class Namespace
     public Guid Uuid { get; }
     public uint AnaGroupId { get; }
 
+    /// <summary>The namespace's persistent reservation (kept by the owner; a partner-owned namespace's is unused).</summary>
+    public ReservationState Reservations { get; }
+
     /// <summary>
     /// True when the data lives elsewhere (the partner owns the namespace): I/O goes to the channel as whole
     /// commands (<see cref="ICommandChannel"/>).
@@ -38,6 +41,7 @@ public sealed class Namespace
         Uuid = uuid;
         AnaGroupId = anaGroupId;
         IsRemote = bdev.TakesWholeCommands;
+        Reservations = new ReservationState(nsid);
     }
 
     internal void OpenChannels(IReadOnlyList<Reactor> reactors)
@@ -266,5 +270,30 @@ public sealed class Subsystem
     public IReadOnlyList<Controller> Controllers
     {
         get { lock (_lock) return [.. _controllers.Values]; }
+    }
+
+    /// <summary>
+    /// Reservation notifications this node produced as a namespace's owner (the HA pair forwards them to the hosts
+    /// connected through the partner). Raised on the thread that changed the reservation.
+    /// </summary>
+    public event Action<Subsystem, IReadOnlyList<ReservationNotice>>? ReservationNoticesRaised;
+
+    /// <summary>Tells the hosts' controllers here, and whoever listens for the rest (<see cref="ReservationNoticesRaised"/>).</summary>
+    public void RaiseReservationNotices(IReadOnlyList<ReservationNotice> notices)
+    {
+        if (notices.Count == 0) return;
+        DeliverReservationNotices(notices);
+        ReservationNoticesRaised?.Invoke(this, notices);
+    }
+
+    /// <summary>Logs each notice on every controller here of the host it is for.</summary>
+    public void DeliverReservationNotices(IReadOnlyList<ReservationNotice> notices)
+    {
+        foreach (Controller c in Controllers)
+        {
+            if (c.IsInterconnect) continue;
+            foreach (ReservationNotice n in notices)
+                if (n.HostId == c.HostId) c.NotifyReservation(n.Nsid, n.Type);
+        }
     }
 }

@@ -1,0 +1,77 @@
+using System.Text;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+
+namespace StorageNode.Target;
+
+/// <summary>
+/// Persist Through Power Loss: the reservation state of every namespace this node owns, kept as one small JSON file per
+/// namespace in the node's state directory (<c>Node:StateDirectory</c>) while its PTPL is set, and removed when it is
+/// cleared. Written whole to a temporary file, flushed to the device, then renamed over the old one, so a crash leaves
+/// either the old state or the new.
+/// </summary>
+public sealed class ReservationStore(string directory, string nodeName, ILogger log)
+{
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
+
+    public string Directory { get; } = directory;
+
+    /// <summary>The file of one namespace: the node, the subsystem NQN (made safe for a file name) and the NSID.</summary>
+    public string PathFor(Subsystem s, uint nsid)
+    {
+        var sb = new StringBuilder();
+        foreach (char c in s.Nqn) sb.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' ? c : '_');
+        return Path.Combine(Directory, $"{nodeName}-{sb}-ns{nsid}.reservation.json");
+    }
+
+    /// <summary>Makes the namespace's PTPL settable, restores what was kept for it, and keeps it from now on.</summary>
+    public void Attach(Subsystem s, Namespace ns)
+    {
+        ReservationState state = ns.Reservations;
+        string path = PathFor(s, ns.Nsid);
+        state.PtplCapable = true;
+        if (File.Exists(path))
+        {
+            try
+            {
+                ReservationState.Saved? saved = JsonSerializer.Deserialize<ReservationState.Saved>(File.ReadAllBytes(path), Json);
+                if (saved is { Ptpl: true })
+                {
+                    state.Restore(saved);
+                    log.LogInformation("{Nqn} namespace {Nsid}: reservation state restored from {Path} ({Count} registrants, type {Type})",
+                        s.Nqn, ns.Nsid, path, saved.Registrants.Length, saved.Type);
+                }
+            }
+            catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException)
+            {
+                log.LogError("{Nqn} namespace {Nsid}: the kept reservation state in {Path} cannot be read ({Error}); starting without it",
+                    s.Nqn, ns.Nsid, path, e.Message);
+            }
+        }
+        state.Changed += st => Save(st, path);
+    }
+
+    private void Save(ReservationState state, string path)
+    {
+        try
+        {
+            ReservationState.Saved saved = state.Snapshot();
+            if (!saved.Ptpl)
+            {
+                File.Delete(path);
+                return;
+            }
+            string tmp = path + ".tmp";
+            using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
+            {
+                f.Write(JsonSerializer.SerializeToUtf8Bytes(saved, Json));
+                f.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            log.LogError("the reservation state cannot be kept in {Path}: {Error}", path, e.Message);
+        }
+    }
+}
