@@ -107,6 +107,7 @@ public sealed class Node : IDisposable
                     var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup);
                     // The owner keeps a namespace's reservations; the partner's are kept by the partner.
                     if (store != null && !ns.IsRemote) store.Attach(s, ns);
+                    else if (store != null) ns.Reservations.PtplCapable = true; // answers with the owner's PTPL
                     s.AddNamespace(ns);
                 }
                 Target.AddSubsystem(s);

@@ -24,6 +24,8 @@ public sealed class InterconnectLink
     private long _nextConnect;
     private string? _lastConnectError;
     private volatile bool _stallSends;
+    private readonly System.Collections.Concurrent.ConcurrentQueue<SubmissionQueueEntry> _notices = new();
+    private int _sendingNotices;
 
     public Subsystem Subsystem { get; }
     public bool IsUp { get; private set; }
@@ -251,6 +253,9 @@ public sealed class InterconnectLink
             string zeroCopy = InstallQueues(host.DetachIoQueues(), rdma);
             Relays.RegisterAll(host.Cntlid);
             IsUp = true;
+            // The partner answers Get Features Reservation Persistence for the namespaces this node owns from what it was told.
+            foreach (Namespace ns in Subsystem.Namespaces)
+                if (!ns.IsRemote) SendReservationNotice(Guid.Empty, ns.Nsid, 0, ns.Reservations.Ptpl);
             ConnectCount++;
             _lastConnectError = null;
             Transport = transport == HostTransport.Rdma ? "rdma" : "tcp";
@@ -407,6 +412,37 @@ public sealed class InterconnectLink
         sqe.Cdw13 = (uint)_pair.Incarnation;
         sqe.Cdw14 = (uint)(_pair.Incarnation >> 32);
         return Admin(sqe, default, DataDirection.None, _pair.Gate.DrainLimit + _pair.Config.HeartbeatTimeout);
+    }
+
+    /// <summary>
+    /// As the owner: tells the partner of a reservation notification for a host's controllers there (type 0: none), and of
+    /// the namespace's PTPL. Sent in order, one at a time, off the caller's thread; lost while the link is down (the
+    /// state is sent again when it comes up).
+    /// </summary>
+    internal void SendReservationNotice(Guid host, uint nsid, byte type, bool ptpl)
+    {
+        if (!IsUp) return;
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = InterconnectOpcode.ReservationNotice;
+        ReservationNoticeFields.Set(ref sqe, host, nsid, type, ptpl);
+        _notices.Enqueue(sqe);
+        if (Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0) Task.Run(SendNotices);
+    }
+
+    private void SendNotices()
+    {
+        do
+        {
+            while (_notices.TryDequeue(out SubmissionQueueEntry sqe))
+            {
+                try { NvmeHost.Check("reservation notice", Admin(sqe, default, DataDirection.None, _pair.Config.RelayTimeout)); }
+                catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
+                {
+                    _log.LogWarning("{Nqn}: a reservation notice for namespace {Nsid} did not reach the partner: {Error}", Subsystem.Nqn, sqe.Cdw14, e.Message);
+                }
+            }
+            Volatile.Write(ref _sendingNotices, 0);
+        } while (!_notices.IsEmpty && Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0);
     }
 
     /// <summary>

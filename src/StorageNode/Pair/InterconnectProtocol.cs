@@ -13,7 +13,7 @@ namespace StorageNode.Pair;
 public static class InterconnectOpcode
 {
     /// <summary>The version both nodes must speak (compared in the cluster descriptors).</summary>
-    public const int ProtocolVersion = 2;
+    public const int ProtocolVersion = 3;
 
     /// <summary>Register a host for relayed commands. Data: <see cref="HostIdentity"/>. DW0: its handle (the same one again for a host already registered on this association).</summary>
     public const byte RegisterHost = 0xC1;
@@ -36,8 +36,14 @@ public static class InterconnectOpcode
     public const byte RelayOpen = 0xC8;
     /// <summary>Unregister a host (its last association on the proxy ended). CDW10: the handle.</summary>
     public const byte UnregisterHost = 0xCC;
+    /// <summary>
+    /// Reservation notice, from a namespace's owner to the partner: a reservation notification for a host's controllers
+    /// there, and the namespace's Persist Through Power Loss state (<see cref="ReservationNoticeFields"/>).
+    /// </summary>
+    public const byte ReservationNotice = 0xD0;
 
-    public static bool IsVendor(byte opcode) => opcode is RegisterHost or GetDescriptor or Heartbeat or RelayDrain or RelayOpen or UnregisterHost;
+    public static bool IsVendor(byte opcode) => opcode is RegisterHost or GetDescriptor or Heartbeat or RelayDrain or RelayOpen or UnregisterHost
+        or ReservationNotice;
 }
 
 /// <summary>Vendor-specific statuses (SCT 7) of the interconnect's commands.</summary>
@@ -94,6 +100,38 @@ public readonly record struct HostKey(ulong High, ulong Low)
         => new(((ulong)sqe.Cdw10 << 32) | sqe.Cdw11, ((ulong)sqe.Cdw12 << 32) | sqe.Cdw13);
 
     public override string ToString() => $"{High:x16}{Low:x16}";
+}
+
+/// <summary>
+/// A <see cref="InterconnectOpcode.ReservationNotice"/>'s dwords: CDW10-13 the Host Identifier the notification is for
+/// (all zero: none, only the state), CDW14 the NSID, CDW15 bits 7:0 the notification type (0: none), bit 8 the
+/// namespace's PTPL.
+/// </summary>
+public static class ReservationNoticeFields
+{
+    private const uint PtplBit = 1u << 8;
+
+    public static void Set(ref SubmissionQueueEntry sqe, Guid host, uint nsid, byte type, bool ptpl)
+    {
+        Span<byte> id = stackalloc byte[16];
+        host.TryWriteBytes(id, bigEndian: true, out _);
+        sqe.Cdw10 = BinaryPrimitives.ReadUInt32BigEndian(id);
+        sqe.Cdw11 = BinaryPrimitives.ReadUInt32BigEndian(id[4..]);
+        sqe.Cdw12 = BinaryPrimitives.ReadUInt32BigEndian(id[8..]);
+        sqe.Cdw13 = BinaryPrimitives.ReadUInt32BigEndian(id[12..]);
+        sqe.Cdw14 = nsid;
+        sqe.Cdw15 = type | (ptpl ? PtplBit : 0);
+    }
+
+    public static (Guid Host, uint Nsid, byte Type, bool Ptpl) Read(in SubmissionQueueEntry sqe)
+    {
+        Span<byte> id = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt32BigEndian(id, sqe.Cdw10);
+        BinaryPrimitives.WriteUInt32BigEndian(id[4..], sqe.Cdw11);
+        BinaryPrimitives.WriteUInt32BigEndian(id[8..], sqe.Cdw12);
+        BinaryPrimitives.WriteUInt32BigEndian(id[12..], sqe.Cdw13);
+        return (new Guid(id, bigEndian: true), sqe.Cdw14, (byte)sqe.Cdw15, (sqe.Cdw15 & PtplBit) != 0);
+    }
 }
 
 /// <summary>

@@ -148,6 +148,21 @@ public sealed class InterconnectService : IInterconnectHandler
                 req.Complete();
                 return;
             }
+            case InterconnectOpcode.ReservationNotice:
+            {
+                // This node as the proxy: the partner owns the namespace and keeps its reservation.
+                (Guid host, uint nsid, byte type, bool ptpl) = ReservationNoticeFields.Read(req.Sqe);
+                Namespace? ns = association.Subsystem.GetNamespace(nsid);
+                if (ns is not { IsRemote: true } || type > ReservationNotification.ReservationPreempted)
+                {
+                    req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+                    return;
+                }
+                ns.Reservations.MirrorPtpl(ptpl);
+                if (type != ReservationNotification.Empty) association.Subsystem.DeliverReservationNotices([new ReservationNotice(host, nsid, type)]);
+                req.Complete();
+                return;
+            }
             default:
                 req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode));
                 return;

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using StorageNode.Config;
+using StorageNode.Nvme.Spec;
 using StorageNode.Target;
 using StorageNode.Transport.Rdma;
 
@@ -80,6 +81,22 @@ public sealed class PairNode : IDisposable
 
     public void Start()
     {
+        // The owner's reservation notices for hosts connected through the partner, and its PTPL, go to the partner.
+        foreach (InterconnectLink l in _links)
+        {
+            InterconnectLink link = l;
+            link.Subsystem.ReservationNoticesRaised += (s, notices) =>
+            {
+                foreach (ReservationNotice n in notices)
+                    link.SendReservationNotice(n.HostId, n.Nsid, n.Type, s.GetNamespace(n.Nsid)?.Reservations.Ptpl ?? false);
+            };
+            foreach (Namespace ns in link.Subsystem.Namespaces)
+            {
+                if (ns.IsRemote) continue;
+                uint nsid = ns.Nsid;
+                ns.Reservations.Changed += st => link.SendReservationNotice(Guid.Empty, nsid, ReservationNotification.Empty, st.Ptpl);
+            }
+        }
         Membership.Start();
         _thread.Start();
         _log.LogInformation("cluster {Cluster}: node {Node} (incarnation {Incarnation:x16}), partner {Partner} (interconnect {Ic}, heartbeat {Hb})",

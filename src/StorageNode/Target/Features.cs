@@ -83,7 +83,7 @@ internal static class Features
         if (sel == FeatureSelect.SupportedCapabilities)
         {
             // Not saveable; changeable unless fixed (PTPL only where the node can keep it).
-            bool changeable = fid == FeatureId.ReservationPersistence ? ns!.Reservations.PtplCapable : Changeable(fid);
+            bool changeable = fid == FeatureId.ReservationPersistence ? ns!.Reservations.PtplCapable && !ns.IsRemote : Changeable(fid);
             req.Cqe.Dw0 = (changeable ? FeatureCapabilities.Changeable : 0) | (perNamespace ? FeatureCapabilities.NamespaceSpecific : 0);
             req.Complete();
             return;

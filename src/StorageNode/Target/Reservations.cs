@@ -103,6 +103,12 @@ public sealed class ReservationState
 
     // ------------------------------------------------------------------ commands
 
+    /// <summary>For a partner-owned namespace: the owner's PTPL, as the owner last told (reported, never kept here).</summary>
+    internal void MirrorPtpl(bool on)
+    {
+        lock (_lock) _ptpl = on;
+    }
+
     /// <summary>Set Features Reservation Persistence: Persist Through Power Loss on or off (only where capable).</summary>
     public void SetPtpl(bool on)
     {
