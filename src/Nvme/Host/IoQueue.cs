@@ -128,4 +128,61 @@ public sealed unsafe class IoQueue
         if (!st.IsSuccess) throw new NvmeCommandException("Reservation Report", st, 0);
         return ReservationStatus.Parse(buf);
     }
+
+    // ---------------- Compare, Compare and Write, Verify ----------------
+
+    public NvmeStatus Compare(uint nsid, ulong lba, uint blocks, ReadOnlySpan<byte> expected)
+    {
+        fixed (byte* p = expected)
+            return Execute(ReadWriteSqe(IoOpcode.Compare, nsid, lba, blocks), new Span<byte>(p, expected.Length), DataDirection.HostToController).StatusField;
+    }
+
+    public NvmeStatus Verify(uint nsid, ulong lba, uint blocks) => Execute(ReadWriteSqe(IoOpcode.Verify, nsid, lba, blocks), default, DataDirection.None).StatusField;
+
+    private sealed class Half : IHostCompletion
+    {
+        public bool Done;
+        public NvmeStatus Status;
+
+        public void OnHostComplete(long token, in CompletionQueueEntry cqe)
+        {
+            Status = cqe.StatusField;
+            Done = true;
+        }
+    }
+
+    /// <summary>
+    /// The fused Compare and Write: the blocks are replaced by <paramref name="data"/> only if they hold
+    /// <paramref name="expected"/>, atomically. The two commands go out back to back on this queue.
+    /// </summary>
+    public (NvmeStatus Compare, NvmeStatus Write) CompareAndWrite(uint nsid, ulong lba, uint blocks, ReadOnlySpan<byte> expected, ReadOnlySpan<byte> data)
+    {
+        var c = new Half();
+        var w = new Half();
+        SubmissionQueueEntry first = ReadWriteSqe(IoOpcode.Compare, nsid, lba, blocks);
+        first.Flags |= CommandFlags.FuseFirst;
+        SubmissionQueueEntry second = ReadWriteSqe(IoOpcode.Write, nsid, lba, blocks);
+        second.Flags |= CommandFlags.FuseSecond;
+        fixed (byte* pc = expected)
+        fixed (byte* pw = data)
+        {
+            if (!Transport.TrySubmit(first, pc, (uint)expected.Length, DataDirection.HostToController, c, 0)
+                || !Transport.TrySubmit(second, pw, (uint)data.Length, DataDirection.HostToController, w, 0))
+                throw new InvalidOperationException("queue full");
+            long deadline = System.Diagnostics.Stopwatch.GetTimestamp() + (long)(Host.Options.CommandTimeout.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+            while (!(c.Done && w.Done))
+            {
+                if (Transport.Poll() == 0)
+                {
+                    if (System.Diagnostics.Stopwatch.GetTimestamp() > deadline)
+                    {
+                        Transport.Dispose(); // nothing may land in the buffers once they are unpinned
+                        throw new TimeoutException("Compare and Write timed out; queue closed");
+                    }
+                    Transport.WaitReadable(1);
+                }
+            }
+        }
+        return (c.Status, w.Status);
+    }
 }

@@ -117,6 +117,9 @@ public static class IdentifyControllerBits
     /// <summary>The Save field of Set Features and the Select field of Get Features are supported.</summary>
     public const ushort OncsSaveAndSelect = 1 << 4;
     public const ushort OncsReservations = 1 << 5;
+    public const ushort OncsVerify = 1 << 7;
+    // FUSES
+    public const ushort FusesCompareAndWrite = 1 << 0;
     // ANACAP
     public const byte AnacapOptimized = 1 << 0;
     public const byte AnacapNonOptimized = 1 << 1;

@@ -20,6 +20,10 @@ public static class GenericStatus
     public const byte InternalError = 0x06;
     public const byte AbortedByRequest = 0x07;
     public const byte AbortedSqDeletion = 0x08;
+    /// <summary>Command Aborted due to Failed Fused Command: the other command of the fused operation failed.</summary>
+    public const byte AbortedFailedFused = 0x09;
+    /// <summary>Command Aborted due to Missing Fused Command: the other command of the fused operation never came.</summary>
+    public const byte AbortedMissingFused = 0x0A;
     public const byte InvalidNamespaceOrFormat = 0x0B;
     public const byte CommandSequenceError = 0x0C;
     public const byte InvalidSglSegmentDescriptor = 0x0D;
@@ -61,6 +65,12 @@ public static class FabricsStatus
     public const byte ConnectInvalidParameters = 0x82;
     public const byte RestartDiscovery = 0x83;
     public const byte ConnectInvalidHost = 0x84;
+}
+
+/// <summary>Media and data integrity errors (SCT 2).</summary>
+public static class MediaStatus
+{
+    public const byte CompareFailure = 0x85;
 }
 
 /// <summary>Path related status codes (SCT 3).</summary>

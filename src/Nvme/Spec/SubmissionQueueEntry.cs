@@ -46,6 +46,10 @@ public struct SubmissionQueueEntry
 public static class CommandFlags
 {
     public const byte FuseMask = 0x03;
+    /// <summary>FUSE 01b: the first command of a fused operation (Compare, of Compare and Write).</summary>
+    public const int FuseFirst = 1;
+    /// <summary>FUSE 10b: the second command (Write).</summary>
+    public const int FuseSecond = 2;
     public const int PsdtShift = 6;
     public const byte PsdtMask = 0xC0;
     /// <summary>PSDT 01b: SGLs for the data (all that NVMe over Fabrics uses).</summary>

@@ -24,8 +24,8 @@ public sealed class PartnerBdev(string name, uint blockSize, ulong blockCount, I
             ProxyQueue? q = link.QueueFor(reactorId);
             if (q == null)
             {
-                req.PendingOps = 0;
-                req.Fail(link.UnavailableStatus);
+                req.PendingOps = 1;
+                req.OnBdevComplete(BdevResult.FromStatus(link.UnavailableStatus));
                 return;
             }
             q.Relay(req);

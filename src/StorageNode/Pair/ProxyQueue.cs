@@ -186,6 +186,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         _free[_freeCount++] = (int)token;
         Settle(reg);
         NvmeStatus st = cqe.StatusField;
+        req.Cqe.Dw0 = cqe.Dw0;
         // A broken interconnect (or a digest error on it) is a path problem for the host: retry elsewhere.
         if (st.Type == StatusCodeType.Generic && st.Code == GenericStatus.TransientTransportError)
             st = _link.UnavailableStatus;

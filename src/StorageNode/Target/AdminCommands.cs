@@ -180,7 +180,9 @@ internal static unsafe class AdminCommands
         id.Nn = s.MaxNamespaces;
         id.Mnan = s.MaxNamespaces;
         id.Oncs = IdentifyControllerBits.OncsDatasetManagement | IdentifyControllerBits.OncsWriteZeroes | IdentifyControllerBits.OncsSaveAndSelect
-                  | IdentifyControllerBits.OncsReservations;
+                  | IdentifyControllerBits.OncsReservations | IdentifyControllerBits.OncsCompare | IdentifyControllerBits.OncsVerify;
+        id.Fuses = IdentifyControllerBits.FusesCompareAndWrite;
+        id.Acwu = (ushort)(FusedCommands.MaxBlocks - 1);
         // Volatile write cache present; Flush with NSID FFFFFFFFh not supported (10b).
         id.Vwc = 0x1 | (0x2 << 1);
         id.Awun = 0;
@@ -369,6 +371,8 @@ internal static unsafe class AdminCommands
         Set(1024, IoOpcode.Read, csupp);
         Set(1024, IoOpcode.WriteZeroes, csupp | lbcc);
         Set(1024, IoOpcode.DatasetManagement, csupp | lbcc);
+        Set(1024, IoOpcode.Compare, csupp);
+        Set(1024, IoOpcode.Verify, csupp);
         foreach (byte op in new[] { IoOpcode.ReservationRegister, IoOpcode.ReservationReport, IoOpcode.ReservationAcquire, IoOpcode.ReservationRelease })
             Set(1024, op, csupp);
         return log;

@@ -20,8 +20,16 @@ public static class CommandDispatcher
         req.Length = sglLength;
         NvmeStatus status;
 
-        // Fabrics requires SGLs for data (PSDT = 01b) and StorageNode supports no fused operations.
-        if (sqe.Psdt != 1 || sqe.Fuse != 0)
+        // Fabrics requires SGLs for data (PSDT = 01b); the only fused operation is Compare and Write on I/O queues.
+        if (sqe.Psdt != 1)
+        {
+            status = NvmeStatus.Generic(GenericStatus.InvalidField);
+        }
+        else if (qp.Qid != 0 && sqe.Opcode != AdminOpcode.FabricsCommand && !(status = FusedCommands.OnCapsule(req)).IsSuccess)
+        {
+            req.Direction = Opcodes.Direction(sqe.Opcode);
+        }
+        else if (sqe.Fuse != 0 && qp.Qid == 0)
         {
             status = NvmeStatus.Generic(GenericStatus.InvalidField);
         }
@@ -54,6 +62,7 @@ public static class CommandDispatcher
                 status = NvmeStatus.Generic(GenericStatus.InvalidField);
         }
         if (status.IsSuccess) return true;
+        if (req.Fused != FusedRole.None) FusedCommands.Failed(req, status);
         req.Status = status;
         return false;
     }

@@ -13,8 +13,10 @@ internal static unsafe class IoCommands
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
         byte op = sqe.Opcode;
-        if (op is not (IoOpcode.Read or IoOpcode.Write or IoOpcode.Flush or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement)
-            && !IoOpcode.IsReservation(op))
+        bool relayedFused = op == FusedCommands.RelayedOpcode && ctrl.IsInterconnect;
+        if (op is not (IoOpcode.Read or IoOpcode.Write or IoOpcode.Flush or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement
+                or IoOpcode.Compare or IoOpcode.Verify)
+            && !IoOpcode.IsReservation(op) && !relayedFused)
             return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
         if (!ctrl.Enabled) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
 
@@ -38,14 +40,24 @@ internal static unsafe class IoCommands
             case IoOpcode.Read:
             case IoOpcode.Write:
             case IoOpcode.WriteZeroes:
+            case IoOpcode.Compare:
+            case IoOpcode.Verify:
+            case FusedCommands.RelayedOpcode:
             {
                 ulong slba = sqe.Slba;
                 ulong nlb = sqe.BlockCount;
                 if (slba > bdev.BlockCount || nlb > bdev.BlockCount - slba)
                     return NvmeStatus.Generic(GenericStatus.LbaOutOfRange);
-                if (op != IoOpcode.WriteZeroes)
+                if (op is not (IoOpcode.WriteZeroes or IoOpcode.Verify))
                 {
                     ulong bytes = nlb << bdev.BlockShift;
+                    if (op == FusedCommands.RelayedOpcode)
+                    {
+                        // The Compare's data, then the Write's.
+                        if (nlb > FusedCommands.MaxBlocks) return NvmeStatus.Generic(GenericStatus.InvalidField);
+                        bytes *= 2;
+                        req.Fused = FusedRole.Relayed;
+                    }
                     if (bytes > req.Qpair.Target.Options.MaxIoSize) return NvmeStatus.Generic(GenericStatus.InvalidField);
                     if (bytes != req.Length) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
                 }
@@ -91,7 +103,8 @@ internal static unsafe class IoCommands
     {
         if (req.Namespace!.IsRemote)
         {
-            ((ICommandChannel)req.Channel!).Submit(req);
+            if (req.Fused is FusedRole.First or FusedRole.Second) FusedCommands.Ready(req); // relayed as one, once both are here
+            else ((ICommandChannel)req.Channel!).Submit(req);
             return;
         }
         IIoGate? gate = req.Qpair.Target.IoGate;
@@ -119,11 +132,24 @@ internal static unsafe class IoCommands
         int shift = ns.Bdev.BlockShift;
         // Checked when the command runs (not when it arrived): nothing of a host a reservation excludes starts after the
         // reservation command completed, however long it waited for a buffer or in the gate.
-        if (ns.Reservations.Held && !IoOpcode.IsReservation(sqe.Opcode)
-            && !ns.Reservations.Allows(ReservationCommands.HostOf(req), ReservationState.IsWriteGroup(sqe.Opcode)))
+        if (ns.Reservations.Held && !IoOpcode.IsReservation(sqe.Opcode) && !Allowed(req, ns))
         {
+            if (req.Fused != FusedRole.None) FusedCommands.Failed(req, NvmeStatus.Generic(GenericStatus.ReservationConflict));
             req.Fail(NvmeStatus.Generic(GenericStatus.ReservationConflict));
             return;
+        }
+        if (req.Fused is FusedRole.First or FusedRole.Second)
+        {
+            FusedCommands.Ready(req); // runs once both are here, under a range lock
+            return;
+        }
+        if (req.Fused != FusedRole.Relayed && TouchesBlocks(sqe.Opcode))
+        {
+            // Nothing runs on blocks a Compare and Write has locked; what runs counts, so that a lock waits for it.
+            RangeLocks.Channel locks = ns.Locks.For(req.Qpair.Reactor.Id);
+            bool ranged = sqe.Opcode != IoOpcode.DatasetManagement;
+            if (locks.MustWait(req, ranged ? sqe.Slba : 0, ranged ? sqe.BlockCount : ns.Bdev.BlockCount)) return;
+            locks.Started(req);
         }
         req.PendingOps = 1;
         switch (sqe.Opcode)
@@ -149,11 +175,46 @@ internal static unsafe class IoCommands
             case IoOpcode.DatasetManagement:
                 DatasetManagement(req, ns, ch);
                 break;
+            case IoOpcode.Compare:
+                FusedCommands.Compare(req);
+                break;
+            case IoOpcode.Verify:
+                // RAM and file namespaces keep no protection information: the blocks are there to read.
+                req.PendingOps = 0;
+                req.Complete();
+                break;
+            case FusedCommands.RelayedOpcode:
+                FusedCommands.RunRelayed(req);
+                break;
             default:
                 req.PendingOps = 0;
                 ReservationCommands.Execute(req, ns);
                 break;
         }
+    }
+
+    /// <summary>Whether the reservation lets the command's host run it (a Compare is of the read group, a relayed Compare and Write of both).</summary>
+    private static bool Allowed(NvmfRequest req, Namespace ns)
+    {
+        Guid host = ReservationCommands.HostOf(req);
+        byte op = req.Sqe.Opcode;
+        if (op == FusedCommands.RelayedOpcode) return ns.Reservations.Allows(host, writeGroup: true) && ns.Reservations.Allows(host, writeGroup: false);
+        return ns.Reservations.Allows(host, ReservationState.IsWriteGroup(op));
+    }
+
+    private static bool TouchesBlocks(byte op) => op is IoOpcode.Read or IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement
+        or IoOpcode.Compare or IoOpcode.Verify;
+
+    /// <summary>A command parked behind a range lock runs (on its reactor) once the lock is gone.</summary>
+    internal static void RunParked(NvmfRequest req)
+    {
+        req.PendingOps = 0;
+        if (req.Qpair.IsClosed)
+        {
+            req.Complete(); // releases the slot; nothing executes
+            return;
+        }
+        Run(req);
     }
 
     private static void DatasetManagement(NvmfRequest req, Namespace ns, BdevChannel ch)

@@ -37,6 +37,15 @@ public unsafe class NvmfRequest : IBdevCompletion
     /// </summary>
     public long ArrivedAfter;
 
+    // Fused Compare and Write (FusedCommands) and range locks (RangeLocks).
+    internal FusedRole Fused;
+    internal NvmfRequest? FusedPartner;
+    internal bool FusedReady;
+    internal NvmeStatus FusedAbort;
+    internal FusedRelay? FusedRelay;
+    internal RangeLocks.Channel? RangeLockChannel;
+    internal int RangeLockEpoch;
+
     public NvmfRequest(QueuePair qpair, ushort slot)
     {
         Qpair = qpair;
@@ -63,6 +72,12 @@ public unsafe class NvmfRequest : IBdevCompletion
         PendingOps = 0;
         FirstError = 0;
         Gate = default;
+        Fused = FusedRole.None;
+        FusedPartner = null;
+        FusedReady = false;
+        FusedAbort = default;
+        FusedRelay = null;
+        RangeLockChannel = null;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
@@ -75,6 +90,7 @@ public unsafe class NvmfRequest : IBdevCompletion
     /// <summary>Hands the completed command back to its queue pair's transport.</summary>
     public void Complete()
     {
+        if (RangeLockChannel != null) RangeLockChannel.Finished(this);
         if (Gate.Path != null) Qpair.Target.IoGate!.Done(this);
         if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
         Qpair.CompleteRequest(this);
@@ -84,6 +100,11 @@ public unsafe class NvmfRequest : IBdevCompletion
     {
         if (result != 0 && FirstError == 0) FirstError = result;
         if (--PendingOps > 0) return;
+        if (FusedRelay != null)
+        {
+            FusedCommands.RelayCompleted(this, FirstError);
+            return;
+        }
         if (FirstError > 0) Status = new NvmeStatus((ushort)FirstError);
         else if (FirstError < 0) Status = NvmeStatus.Generic(GenericStatus.InternalError, dnr: false);
         IoCommands.Completed(this);

@@ -38,6 +38,11 @@ public abstract class QueuePair : ReactorSource
     private readonly long _createdTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
 
     // SMART counters, summed per controller on demand.
+    /// <summary>The first command of a fused operation, until its second arrives (FusedCommands).</summary>
+    internal NvmfRequest? FusedFirst;
+    /// <summary>How the last first command failed as it arrived (its second, next, is aborted with it); success: it did not.</summary>
+    internal Nvme.Spec.NvmeStatus FusedFirstFailed;
+
     public long ReadCommands;
     public long WriteCommands;
     public long BytesRead;

@@ -29,6 +29,9 @@ public sealed class Namespace
     /// </summary>
     public bool IsRemote { get; }
 
+    /// <summary>LBA range locks (fused Compare and Write) over every reactor.</summary>
+    public RangeLocks Locks { get; } = new();
+
     /// <summary>One channel per reactor, indexed by reactor id.</summary>
     internal BdevChannel[] Channels { get; private set; } = [];
 
@@ -48,6 +51,7 @@ public sealed class Namespace
     {
         var channels = new BdevChannel[reactors.Count];
         for (int i = 0; i < reactors.Count; i++) channels[i] = Bdev.CreateChannel(reactors[i]);
+        Locks.Open(reactors);
         Channels = channels;
     }
 

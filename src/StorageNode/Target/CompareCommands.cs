@@ -1,0 +1,295 @@
+using System.Runtime.InteropServices;
+using StorageNode.Bdevs;
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Target;
+
+/// <summary>A command's part in a fused operation (FUSE).</summary>
+internal enum FusedRole : byte { None, First, Second, Relayed }
+
+/// <summary>What a fused pair relayed to the owner as one command keeps on the proxy (the host's own buffers and SQE).</summary>
+internal sealed unsafe class FusedRelay(NvmfRequest second, byte* data, uint length, SubmissionQueueEntry sqe, bool pooled)
+{
+    public readonly NvmfRequest Second = second;
+    public readonly byte* Data = data;
+    public readonly uint Length = length;
+    public readonly SubmissionQueueEntry Sqe = sqe;
+    public readonly bool Pooled = pooled;
+}
+
+/// <summary>
+/// Compare, and the fused Compare and Write (FUSE 01b Compare, then FUSE 10b Write, adjacent on one submission queue):
+/// the pair is matched as the capsules arrive, runs when both have their data, and is atomic against every other
+/// command to those blocks on every reactor (<see cref="RangeLocks"/>) and, in a pair, through either node: the partner
+/// relays the pair to the owner as one command (<see cref="RelayedOpcode"/>), and all I/O to the namespace runs on the
+/// owner.
+/// </summary>
+internal static unsafe class FusedCommands
+{
+    /// <summary>
+    /// Vendor-specific NVM opcode of the interconnect (host to controller): a fused Compare and Write relayed whole. The
+    /// SQE is the Compare's; the data is the Compare's data followed by the Write's; CDW13 bit 0 the Write's FUA. The
+    /// completion's DW0 bit 0 says the compare matched (a failure is then the Write's).
+    /// </summary>
+    public const byte RelayedOpcode = 0x81;
+    private const uint RelayedFua = 1;
+    public const uint CompareMatched = 1;
+
+    /// <summary>
+    /// The largest fused Compare and Write (blocks): what ACWU advertises (0-based), and a bound on the buffers a relayed
+    /// pair needs. Larger ones fail with Invalid Field.
+    /// </summary>
+    public const uint MaxBlocks = 32;
+
+    /// <summary>
+    /// A capsule arrived on an I/O queue (before validation): pairs fused commands, and abandons a first command whose
+    /// second did not follow. Returns the status to fail the command with, or success.
+    /// </summary>
+    public static NvmeStatus OnCapsule(NvmfRequest req)
+    {
+        QueuePair qp = req.Qpair;
+        ref SubmissionQueueEntry sqe = ref req.Sqe;
+        int fuse = sqe.Fuse;
+        NvmfRequest? pending = qp.FusedFirst;
+        NvmeStatus firstFailed = qp.FusedFirstFailed;
+        qp.FusedFirstFailed = default;
+        if (pending != null && fuse != CommandFlags.FuseSecond)
+        {
+            qp.FusedFirst = null;
+            Abort(pending, NvmeStatus.Generic(GenericStatus.AbortedMissingFused));
+        }
+        if (fuse == 0) return NvmeStatus.Success;
+        if (qp.Qid == 0 || fuse > CommandFlags.FuseSecond) return NvmeStatus.Generic(GenericStatus.InvalidField);
+        if (fuse == CommandFlags.FuseFirst)
+        {
+            if (sqe.Opcode != IoOpcode.Compare || sqe.BlockCount > MaxBlocks) return NvmeStatus.Generic(GenericStatus.InvalidField);
+            req.Fused = FusedRole.First;
+            qp.FusedFirst = req;
+            return NvmeStatus.Success;
+        }
+        qp.FusedFirst = null;
+        if (pending == null)
+        {
+            // The first failed as it arrived: the second is aborted too (with the same path status, so that a multipath
+            // host retries the whole operation elsewhere), or it never came.
+            if (firstFailed.IsSuccess) return NvmeStatus.Generic(GenericStatus.AbortedMissingFused);
+            return firstFailed.Type == StatusCodeType.PathRelated ? firstFailed : NvmeStatus.Generic(GenericStatus.AbortedFailedFused);
+        }
+        if (sqe.Opcode != IoOpcode.Write || sqe.Nsid != pending.Sqe.Nsid || sqe.Slba != pending.Sqe.Slba || sqe.BlockCount != pending.Sqe.BlockCount)
+        {
+            Abort(pending, NvmeStatus.Generic(GenericStatus.AbortedFailedFused));
+            return NvmeStatus.Generic(GenericStatus.InvalidField);
+        }
+        req.Fused = FusedRole.Second;
+        req.FusedPartner = pending;
+        pending.FusedPartner = req;
+        return NvmeStatus.Success;
+    }
+
+    /// <summary>A fused command failed before it ran (validation, reservation): its partner is aborted.</summary>
+    public static void Failed(NvmfRequest req, NvmeStatus status)
+    {
+        if (req.Qpair.FusedFirst == req)
+        {
+            req.Qpair.FusedFirst = null;
+            req.Qpair.FusedFirstFailed = status;
+        }
+        if (req.FusedPartner is { } p)
+        {
+            req.FusedPartner = null;
+            p.FusedPartner = null;
+            Abort(p, NvmeStatus.Generic(GenericStatus.AbortedFailedFused));
+        }
+    }
+
+    /// <summary>Fails a fused command now if it is waiting, or when it becomes ready.</summary>
+    private static void Abort(NvmfRequest req, NvmeStatus status)
+    {
+        req.FusedAbort = status;
+        req.FusedPartner = null;
+        if (req.FusedReady) Finish(req, status);
+    }
+
+    private static void Finish(NvmfRequest req, NvmeStatus status)
+    {
+        req.Fused = FusedRole.None;
+        req.FusedReady = false;
+        req.PendingOps = 0;
+        if (status.IsSuccess) req.Complete();
+        else req.Fail(status);
+    }
+
+    /// <summary>
+    /// A fused command is ready to run (its data is here, the gate admitted it): the operation starts once both are.
+    /// Reactor thread.
+    /// </summary>
+    public static void Ready(NvmfRequest req)
+    {
+        if (!req.FusedAbort.IsSuccess)
+        {
+            Finish(req, req.FusedAbort);
+            return;
+        }
+        req.FusedReady = true;
+        NvmfRequest? partner = req.FusedPartner;
+        if (partner == null || !partner.FusedReady) return;
+        NvmfRequest first = req.Fused == FusedRole.First ? req : partner, second = req.Fused == FusedRole.First ? partner : req;
+        Namespace ns = first.Namespace!;
+        if (ns.IsRemote)
+        {
+            // Relayed to the owner as one command (the owner runs it under its range lock).
+            PrepareRelay(first, second);
+            first.Fused = FusedRole.None;
+            second.PendingOps = 1; // the slot stays allocated until the owner answered, even if the connection closes
+            ((ICommandChannel)first.Channel!).Submit(first);
+        }
+        else new CompareOperation(first, second, first.Data, second.Data, second.Sqe.ForceUnitAccess).Start();
+    }
+
+    /// <summary>A fused pair relayed whole from the partner (<see cref="RelayedOpcode"/>), run as the owner. Reactor thread.</summary>
+    public static void RunRelayed(NvmfRequest req)
+    {
+        uint half = req.Length / 2;
+        new CompareOperation(req, null, req.Data, req.Data + half, (req.Sqe.Cdw13 & RelayedFua) != 0).Start();
+    }
+
+    /// <summary>Compare alone. Reactor thread.</summary>
+    public static void Compare(NvmfRequest req) => new CompareOperation(req, null, req.Data, null, false).Start();
+
+    // ------------------------------------------------------------------ the proxy's side
+
+    /// <summary>Turns <paramref name="first"/> into the relayed form of the pair (its data: both commands' data in one buffer).</summary>
+    private static void PrepareRelay(NvmfRequest first, NvmfRequest second)
+    {
+        uint len = first.Length, total = len * 2;
+        byte* buf = first.Qpair.Reactor.Pools.Get(total);
+        bool pooled = buf != null;
+        if (!pooled) buf = (byte*)NativeMemory.AlignedAlloc(total, 4096);
+        Buffer.MemoryCopy(first.Data, buf, len, len);
+        Buffer.MemoryCopy(second.Data, buf + len, len, len);
+        first.FusedRelay = new FusedRelay(second, first.Data, first.Length, first.Sqe, pooled);
+        first.Data = buf;
+        first.Length = total;
+        first.Sqe.Opcode = RelayedOpcode;
+        first.Sqe.Flags = (byte)(first.Sqe.Flags & ~CommandFlags.FuseMask);
+        first.Sqe.Cdw13 = second.Sqe.ForceUnitAccess ? RelayedFua : 0;
+    }
+
+    /// <summary>The owner answered the relayed pair: both host commands complete as the owner decided.</summary>
+    public static void RelayCompleted(NvmfRequest first, int result)
+    {
+        FusedRelay r = first.FusedRelay!;
+        first.FusedRelay = null;
+        if (r.Pooled) first.Qpair.Reactor.Pools.Return(first.Data);
+        else NativeMemory.AlignedFree(first.Data);
+        first.Data = r.Data;
+        first.Length = r.Length;
+        first.Sqe = r.Sqe;
+        NvmeStatus st = result > 0 ? new NvmeStatus((ushort)result) : result < 0 ? NvmeStatus.Generic(GenericStatus.InternalError, dnr: false) : NvmeStatus.Success;
+        bool matched = (first.Cqe.Dw0 & CompareMatched) != 0;
+        first.Cqe.Dw0 = 0;
+        Complete(first, r.Second, st, matched);
+    }
+
+    /// <summary>Completes a pair: a failure before the compare matched is the Compare's (the Write is aborted); after, the Write's.</summary>
+    internal static void Complete(NvmfRequest first, NvmfRequest second, NvmeStatus status, bool compareMatched)
+    {
+        first.FusedPartner = null;
+        second.FusedPartner = null;
+        if (status.IsSuccess)
+        {
+            Finish(first, status);
+            Finish(second, status);
+        }
+        else if (compareMatched)
+        {
+            Finish(first, NvmeStatus.Success);
+            Finish(second, status);
+        }
+        else
+        {
+            // A path status (the owner could not be reached) is for both: the host retries the whole operation.
+            Finish(first, status);
+            Finish(second, status.Type == StatusCodeType.PathRelated ? status : NvmeStatus.Generic(GenericStatus.AbortedFailedFused));
+        }
+    }
+
+    /// <summary>
+    /// Reads the blocks, compares them with the host's data, and (for Compare and Write) writes the new data, all under a
+    /// range lock when it writes. One object per operation: Compare and Write is not the I/O hot path.
+    /// </summary>
+    private sealed class CompareOperation(NvmfRequest req, NvmfRequest? second, byte* compareData, byte* writeData, bool fua) : IBdevCompletion
+    {
+        private readonly Namespace _ns = req.Namespace!;
+        private readonly BdevChannel _ch = req.Channel!;
+        private byte* _scratch;
+        private bool _pooled;
+        private bool _writing;
+        private bool _locked;
+
+        private ulong Offset => req.Sqe.Slba << _ns.Bdev.BlockShift;
+        private uint Length => req.Sqe.BlockCount << _ns.Bdev.BlockShift;
+
+        public void Start()
+        {
+            // The slots stay allocated until the operation ends, even if the connection closes meanwhile.
+            req.PendingOps = 1;
+            if (second != null) second.PendingOps = 1;
+            if (writeData == null)
+            {
+                Read();
+                return;
+            }
+            _locked = true;
+            ulong slba = req.Sqe.Slba;
+            _ns.Locks.Lock(slba, slba + req.Sqe.BlockCount, () => req.Qpair.Reactor.Post(Read));
+        }
+
+        private void Read()
+        {
+            uint len = Length;
+            _scratch = req.Qpair.Reactor.Pools.Get(len);
+            _pooled = _scratch != null;
+            if (!_pooled) _scratch = (byte*)NativeMemory.AlignedAlloc(len, 4096);
+            _ch.Read(Offset, _scratch, len, this);
+        }
+
+        public void OnBdevComplete(int result)
+        {
+            if (result != 0 || _writing)
+            {
+                Done(result, compareMatched: _writing);
+                return;
+            }
+            if (!new ReadOnlySpan<byte>(_scratch, (int)Length).SequenceEqual(new ReadOnlySpan<byte>(compareData, (int)Length)))
+            {
+                Done(BdevResult.FromStatus(NvmeStatus.Make(StatusCodeType.MediaDataIntegrity, MediaStatus.CompareFailure, dnr: true)), compareMatched: false);
+                return;
+            }
+            if (writeData == null)
+            {
+                Done(0, compareMatched: true);
+                return;
+            }
+            _writing = true;
+            _ch.Write(Offset, writeData, Length, fua, this);
+        }
+
+        private void Done(int result, bool compareMatched)
+        {
+            if (_pooled) req.Qpair.Reactor.Pools.Return(_scratch);
+            else NativeMemory.AlignedFree(_scratch);
+            if (_locked) _ns.Locks.Unlock();
+            NvmeStatus st = result > 0 ? new NvmeStatus((ushort)result) : result < 0 ? NvmeStatus.Generic(GenericStatus.InternalError, dnr: false) : NvmeStatus.Success;
+            if (second != null)
+            {
+                Complete(req, second, st, compareMatched);
+                return;
+            }
+            if (req.Fused == FusedRole.Relayed) req.Cqe.Dw0 = compareMatched ? CompareMatched : 0;
+            req.PendingOps = 0;
+            if (st.IsSuccess) req.Complete();
+            else req.Fail(st);
+        }
+    }
+}
