@@ -260,4 +260,52 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         Assert.True(pair.B.Pair!.Links[0].Relayed > 0, "nothing went through the proxy path");
         Assert.Equal(0, rc);
     }
+
+    /// <summary>
+    /// Issue 14's rig acceptance: two hosts (two host NQNs and IDs), one through each node of a pair, register, acquire,
+    /// conflict, preempt, release and clear with nvme-cli, and see one reservation from both nodes; nvme compare;
+    /// get-feature for every feature with every select and get-log for every page, through each node.
+    /// </summary>
+    [Fact]
+    public void ReservationsCompareFeaturesAndLogPagesWithNvmeCliThroughBothNodes()
+    {
+        using var pair = new TestPair(onlyNamespace1: true);
+        pair.WaitHealthy();
+        var env = new Dictionary<string, string>
+        {
+            ["SUBNQN"] = TestPair.Nqn,
+            ["TARGET_PORT"] = GuestPort.ToString(),
+            ["TARGET_PORT_B"] = GuestPortB.ToString(),
+        };
+        int rc = Run("reservations", "reservations.sh", env, (GuestPort, pair.EndpointA.Port), (GuestPortB, pair.EndpointB.Port));
+        Assert.True(pair.B.Pair!.Links[0].Relayed > 0, "nothing went through the proxy path");
+        Assert.Equal(0, rc);
+    }
+
+    /// <summary>
+    /// One fixed list of nvme-cli commands (identify, log pages, features, properties, I/O) succeeds against the node and
+    /// against Linux nvmet in the same guest.
+    /// </summary>
+    [Fact]
+    public void AFixedListOfNvmeCliCommandsSucceedsAgainstTheNodeAndLinuxNvmet()
+    {
+        using TestNode node = new(new()
+        {
+            ["Subsystems:0:Nqn"] = "nqn.2026-11.io.storagenode:rig",
+            ["Bdevs:0:SizeMiB"] = "64",
+            ["Bdevs:0:BlockSize"] = "4096",
+        });
+        _rig.Require();
+        var env = Env(node, GuestPort);
+        env["NVMET_NQN"] = "nqn.2026-12.io.storagenode:nvmet";
+        env["NVMET_PORT"] = "4430";
+        env["NVMET_SIZE_MIB"] = "64";
+        GuestResult r = _rig.Run(GuestOptions.Inline("""
+            SUBNQN=$NVMET_NQN bash "$RIG_GUEST/nvmet-setup.sh" || exit $?
+            bash "$RIG_GUEST/nvme-cli-list.sh"
+            """) with { Name = "nvme-cli-list", Env = env, Forwards = [(GuestPort, node.Endpoint.Port)], Timeout = TimeSpan.FromMinutes(6) });
+        Assert.Matches(@"LIST id-ctrl: node=0 nvmet=0", r.Output);
+        Assert.Equal(30, System.Text.RegularExpressions.Regex.Matches(r.Output, @"LIST [a-z-]+: node=").Count);
+        Assert.Equal(0, r.ExitCode);
+    }
 }

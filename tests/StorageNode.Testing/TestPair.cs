@@ -31,12 +31,19 @@ public sealed class TestPair : IPairRig
     private readonly ILoggerFactory _lfA, _lfB;
     private readonly Dictionary<string, string?> _cfgA, _cfgB;
 
-    public TestPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int reactors = 1, bool start = true, int subsystems = 1)
+    public TestPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int reactors = 1, bool start = true, int subsystems = 1,
+        bool onlyNamespace1 = false)
     {
         int icA = FreeTcpPort(), icB = FreeTcpPort(), hbA = FreeUdpPort(), hbB = FreeUdpPort();
         InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
         InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
         (_cfgA, _cfgB) = PairSettings(icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port, hbA, hbB, reactors, subsystems);
+        if (onlyNamespace1)
+        {
+            // Namespace 1 (A's) alone: namespace 2 (B's) goes from both nodes.
+            foreach (var cfg in new[] { _cfgA, _cfgB })
+                foreach (string k in cfg.Keys.Where(k => k.StartsWith("Subsystems:0:Namespaces:1:", StringComparison.Ordinal)).ToList()) cfg.Remove(k);
+        }
         foreach (var kv in overridesA ?? []) _cfgA[kv.Key] = kv.Value;
         foreach (var kv in overridesB ?? []) _cfgB[kv.Key] = kv.Value;
         _lfA = LoggerFactory.Create(b => b.AddProvider(LogsA));
