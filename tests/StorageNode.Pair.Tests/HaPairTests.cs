@@ -305,4 +305,22 @@ public class HaPairTests(ITestOutputHelper output)
         TestPair.WaitUntil(() => pair.A.Pair!.Status == PartnerStatus.Refused, "A to refuse");
         Assert.Contains("controller ID ranges overlap", pair.A.Pair!.RefusedReason);
     }
+
+    /// <summary>
+    /// The first relayed command after the host's connection sat idle longer than the relay timeout runs: its arrival is
+    /// bounded by the reactor's last epoll wait that found the socket empty, not by the connection's last burst (found by
+    /// the rig's reservation test: such a command failed with ANA Transition).
+    /// </summary>
+    [Fact]
+    public void ARelayedCommandAfterAnIdleSpellLongerThanTheRelayTimeoutRuns()
+    {
+        using var pair = new TestPair();
+        pair.WaitHealthy();
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        IoQueue q = viaB.IoQueues[0];
+        Assert.True(q.Write(1, 0, 1, new byte[512]).IsSuccess);
+        Thread.Sleep(4000); // TestPair's relay timeout is 3 s
+        NvmeStatus st = q.Write(1, 0, 1, new byte[512]);
+        Assert.True(st.IsSuccess, $"{st}\n{pair.Problems()}");
+    }
 }

@@ -278,6 +278,7 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
             ["TARGET_PORT_B"] = GuestPortB.ToString(),
         };
         int rc = Run("reservations", "reservations.sh", env, (GuestPort, pair.EndpointA.Port), (GuestPortB, pair.EndpointB.Port));
+        if (rc != 0) output.WriteLine($"node A:\n{pair.Log('A')}\nnode B:\n{pair.Log('B')}");
         Assert.True(pair.B.Pair!.Links[0].Relayed > 0, "nothing went through the proxy path");
         Assert.Equal(0, rc);
     }

@@ -80,6 +80,20 @@ public sealed unsafe class Reactor : IDisposable
     /// <summary>Timestamp (Stopwatch ticks) taken at the top of the current loop iteration.</summary>
     public long Now { get; private set; }
 
+    /// <summary>How many times the reactor has asked epoll what is ready (one per iteration).</summary>
+    public long WaitRound { get; private set; }
+
+    /// <summary>
+    /// When the epoll wait before the current one began (Stopwatch ticks): a descriptor that wait did not report readable
+    /// had nothing to read at some moment after this (level-triggered epoll), so what it holds now arrived after it.
+    /// </summary>
+    public long PreviousWaitStart { get; private set; } = Stopwatch.GetTimestamp();
+    private long _waitStart = Stopwatch.GetTimestamp();
+
+    /// <summary>The previous epoll wait reported every ready descriptor (it returned fewer events than it had room for).</summary>
+    public bool PreviousWaitSawAll { get; private set; }
+    private bool _waitSawAll;
+
     public long Iterations;
     public long Sleeps;
 
@@ -223,7 +237,12 @@ public sealed unsafe class Reactor : IDisposable
             if (!_messages.IsEmpty) timeoutMs = 0;
             Sleeps++;
         }
+        PreviousWaitStart = _waitStart;
+        PreviousWaitSawAll = _waitSawAll;
+        _waitStart = Stopwatch.GetTimestamp();
+        WaitRound++;
         int n = Libc.EpollWait(_epfd, _events, MaxEvents, timeoutMs);
+        _waitSawAll = n < MaxEvents;
         if (timeoutMs != 0)
         {
             Volatile.Write(ref _sleeping, 0);

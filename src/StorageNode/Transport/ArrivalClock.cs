@@ -47,7 +47,13 @@ internal unsafe struct ArrivalClock
         if (_count > 0)
         {
             int last = (_head + _count - 1) % Ring;
-            if (_offsets[last] >= offset) return; // nothing new
+            if (_offsets[last] == offset)
+            {
+                // The same bytes seen empty again, later: a tighter bound for what follows them.
+                if (time > _times[last]) _times[last] = time;
+                return;
+            }
+            if (_offsets[last] > offset) return; // nothing new
             if (_count == Ring)
             {
                 _offsets[last] = offset;

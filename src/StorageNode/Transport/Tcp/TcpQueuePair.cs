@@ -109,6 +109,9 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
 
     // ====================================================================== receive
 
+    /// <summary>The epoll wait round that last reported the socket readable.</summary>
+    private long _readableRound = -2;
+
     public override int OnReady(uint events)
     {
         if (IsClosed) return 0;
@@ -116,6 +119,11 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
         if ((events & Libc.EPOLLOUT) != 0) work += Flush();
         if ((events & (Libc.EPOLLIN | Libc.EPOLLRDHUP | Libc.EPOLLHUP | Libc.EPOLLERR)) != 0)
         {
+            // Not readable at the previous wait (which reported every ready descriptor): the socket was empty after that
+            // wait began, so what it holds now came later (an idle connection's first command is not dated from its last
+            // burst, however long ago).
+            if (_readableRound != Reactor.WaitRound - 1 && Reactor.PreviousWaitSawAll) _arrival.OnEmpty(Reactor.PreviousWaitStart);
+            _readableRound = Reactor.WaitRound;
             work += _conn.Receive(out ReceiveOutcome outcome);
             if (outcome != ReceiveOutcome.Nothing) work++;
         }
