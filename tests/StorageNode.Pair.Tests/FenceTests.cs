@@ -69,7 +69,8 @@ public class FenceTests(ITestOutputHelper output)
         Guid hostId = Guid.NewGuid();
         using NvmeHost viaB = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { SendKeepAlive = false });
         IoQueue b = viaB.IoQueues[0];
-        Assert.True(Write(b, 0x80).IsSuccess);
+        NvmeStatus first = Write(b, 0x80);
+        Assert.True(first.IsSuccess, $"{first}\n{pair.Problems()}");
         using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
         IoQueue a = viaA.IoQueues[0];
         pair.InterconnectBtoA.PauseUpstream = true;         // B's capsules (the write, its heartbeats) stop on the way

@@ -142,6 +142,36 @@ public sealed class CompareTests : IDisposable
         Assert.All(back, b => Assert.Equal(0x07, b));
     }
 
+    [Theory]
+    [InlineData(Ns)]
+    [InlineData(FileNs)]
+    public void CopyGathersTheSourceRangesAtTheDestination(uint ns)
+    {
+        Assert.True(Q.Write(ns, 0, 2, Fill(0xA1, 2)).IsSuccess);
+        Assert.True(Q.Write(ns, 10, 1, Fill(0xB2)).IsSuccess);
+        Assert.True(Q.Write(ns, 20, 3, Fill(0xC3, 3)).IsSuccess);
+        Assert.True(Q.Copy(ns, 100, [(20UL, 3u), (0UL, 2u), (10UL, 1u)]).IsSuccess);
+        var back = new byte[6 * 512];
+        Assert.True(Q.Read(ns, 100, 6, back).IsSuccess);
+        Assert.Equal([.. Fill(0xC3, 3), .. Fill(0xA1, 2), .. Fill(0xB2)], back);
+
+        byte[] idNs = _host.Identify(Cns.Namespace, ns);
+        ushort mssrl = BitConverter.ToUInt16(idNs, 74);
+        uint mcl = BitConverter.ToUInt32(idNs, 76);
+        Assert.Equal((2048, 2048u, (byte)15), (mssrl, mcl, idNs[80])); // 1 MiB of 512-byte blocks, 16 ranges
+        Assert.Equal(IdentifyControllerBits.OcfsFormat0, BitConverter.ToUInt16(_host.IdentifyControllerData, 534));
+        Is(StatusCodeType.CommandSpecific, CommandSpecificStatus.CommandSizeLimitExceeded, Q.Copy(ns, 5000, [(0UL, 2049u)]));
+        Is(StatusCodeType.CommandSpecific, CommandSpecificStatus.CommandSizeLimitExceeded, Q.Copy(ns, 5000, [(0UL, 1500u), (2000UL, 1000u)]));
+        Is(StatusCodeType.CommandSpecific, CommandSpecificStatus.CommandSizeLimitExceeded,
+            Q.Copy(ns, 5000, Enumerable.Range(0, 17).Select(i => ((ulong)i, 1u)).ToArray()));
+        ulong blocks = ns == Ns ? 131072UL : 8192UL;
+        Is(StatusCodeType.Generic, GenericStatus.LbaOutOfRange, Q.Copy(ns, blocks - 1, [(0UL, 2u)]));
+        Is(StatusCodeType.Generic, GenericStatus.LbaOutOfRange, Q.Copy(ns, 0, [(blocks - 1, 2u)]));
+        // Nothing of a refused copy was written.
+        Assert.True(Q.Read(ns, 5000, 1, back.AsSpan(0, 512)).IsSuccess);
+        Assert.All(back[..512], b => Assert.Equal(0, b));
+    }
+
     /// <summary>
     /// Hosts on both reactors increment one counter with Compare and Write (read, then swap in the next value): lost
     /// updates would show as a final count below the number of successful swaps. Meanwhile a writer hammers the

@@ -185,4 +185,16 @@ public sealed unsafe class IoQueue
         }
         return (c.Status, w.Status);
     }
+
+    /// <summary>Copy (source range format 0) of <paramref name="ranges"/> to <paramref name="destination"/> in one namespace.</summary>
+    public NvmeStatus Copy(uint nsid, ulong destination, ReadOnlySpan<(ulong Lba, uint Blocks)> ranges, bool fua = false)
+    {
+        var data = new byte[ranges.Length * CopyFields.EntrySize];
+        for (int i = 0; i < ranges.Length; i++) CopyFields.WriteEntry(data, i, ranges[i].Lba, ranges[i].Blocks);
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = IoOpcode.Copy;
+        sqe.Nsid = nsid;
+        sqe.Set(destination, ranges.Length, fua);
+        return Execute(sqe, data, DataDirection.HostToController).StatusField;
+    }
 }

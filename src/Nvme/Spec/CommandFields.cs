@@ -51,6 +51,41 @@ public static class CommandFields
     public static uint DsmRangeCount(this in SubmissionQueueEntry sqe) => (sqe.Cdw10 & 0xFF) + 1;
 }
 
+/// <summary>
+/// The Copy command: CDW10/11 SDLBA (the destination), CDW12 NR 7:0 (source ranges, 0-based), Descriptor Format 11:8,
+/// FUA 30; its data, one 32-byte Source Range entry per range (format 0: SLBA at byte 8, NLB 0-based at byte 16).
+/// </summary>
+public static class CopyFields
+{
+    public const int EntrySize = 32;
+    private const int EntrySlba = 8;
+    private const int EntryNlb = 16;
+    private const uint FuaBit = 1u << 30;
+
+    public static ulong DestinationLba(this in SubmissionQueueEntry sqe) => sqe.Cdw10 | ((ulong)sqe.Cdw11 << 32);
+    public static int SourceRanges(this in SubmissionQueueEntry sqe) => (int)(sqe.Cdw12 & 0xFF) + 1;
+    public static int DescriptorFormat(this in SubmissionQueueEntry sqe) => (int)((sqe.Cdw12 >> 8) & 0xF);
+    public static bool CopyFua(this in SubmissionQueueEntry sqe) => (sqe.Cdw12 & FuaBit) != 0;
+
+    public static (ulong Lba, uint Blocks) Entry(ReadOnlySpan<byte> data, int i)
+        => (System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(data[(i * EntrySize + EntrySlba)..]),
+            (uint)System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(data[(i * EntrySize + EntryNlb)..]) + 1);
+
+    public static void WriteEntry(Span<byte> data, int i, ulong lba, uint blocks)
+    {
+        data.Slice(i * EntrySize, EntrySize).Clear();
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(data[(i * EntrySize + EntrySlba)..], lba);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(data[(i * EntrySize + EntryNlb)..], (ushort)(blocks - 1));
+    }
+
+    public static void Set(this ref SubmissionQueueEntry sqe, ulong destination, int ranges, bool fua = false)
+    {
+        sqe.Cdw10 = (uint)destination;
+        sqe.Cdw11 = (uint)(destination >> 32);
+        sqe.Cdw12 = (uint)(ranges - 1) | (fua ? FuaBit : 0);
+    }
+}
+
 /// <summary>Dword 11 of Set Features Number of Queues and Dword 0 of its completion: NSQR 15:0, NCQR 31:16, both 0-based.</summary>
 public static class QueueCount
 {

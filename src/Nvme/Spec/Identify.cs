@@ -118,6 +118,9 @@ public static class IdentifyControllerBits
     public const ushort OncsSaveAndSelect = 1 << 4;
     public const ushort OncsReservations = 1 << 5;
     public const ushort OncsVerify = 1 << 7;
+    public const ushort OncsCopy = 1 << 8;
+    // OCFS
+    public const ushort OcfsFormat0 = 1 << 0;
     // FUSES
     public const ushort FusesCompareAndWrite = 1 << 0;
     // ANACAP
@@ -171,6 +174,12 @@ public unsafe struct IdentifyNamespace
     [FieldOffset(68)] public ushort Npdg;
     [FieldOffset(70)] public ushort Npda;
     [FieldOffset(72)] public ushort Nows;
+    /// <summary>Maximum Single Source Range Length (blocks) of a Copy.</summary>
+    [FieldOffset(74)] public ushort Mssrl;
+    /// <summary>Maximum Copy Length (blocks, all source ranges together).</summary>
+    [FieldOffset(76)] public uint Mcl;
+    /// <summary>Maximum Source Range Count (0-based).</summary>
+    [FieldOffset(80)] public byte Msrc;
     [FieldOffset(92)] public uint Anagrpid;
     [FieldOffset(99)] public byte Nsattr;
     [FieldOffset(100)] public ushort Nvmsetid;

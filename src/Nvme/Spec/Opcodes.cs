@@ -34,6 +34,7 @@ public static class IoOpcode
     public const byte ReservationReport = 0x0E;
     public const byte ReservationAcquire = 0x11;
     public const byte ReservationRelease = 0x15;
+    public const byte Copy = 0x19;
     public const byte FabricsCommand = 0x7F;
 
     public static bool IsReservation(byte op) => op is ReservationRegister or ReservationReport or ReservationAcquire or ReservationRelease;

@@ -55,6 +55,8 @@ public static class CommandSpecificStatus
     public const byte FeatureNotChangeable = 0x0E;
     public const byte FeatureNotNamespaceSpecific = 0x0F;
     public const byte AttemptedWriteToReadOnlyRange = 0x82;
+    /// <summary>Copy: a source range, the whole copy or the range count exceeds MSSRL, MCL or MSRC.</summary>
+    public const byte CommandSizeLimitExceeded = 0x83;
 }
 
 /// <summary>Fabrics command status codes (SCT 1, Fabrics commands).</summary>

@@ -180,7 +180,8 @@ internal static unsafe class AdminCommands
         id.Nn = s.MaxNamespaces;
         id.Mnan = s.MaxNamespaces;
         id.Oncs = IdentifyControllerBits.OncsDatasetManagement | IdentifyControllerBits.OncsWriteZeroes | IdentifyControllerBits.OncsSaveAndSelect
-                  | IdentifyControllerBits.OncsReservations | IdentifyControllerBits.OncsCompare | IdentifyControllerBits.OncsVerify;
+                  | IdentifyControllerBits.OncsReservations | IdentifyControllerBits.OncsCompare | IdentifyControllerBits.OncsVerify | IdentifyControllerBits.OncsCopy;
+        id.Ocfs = IdentifyControllerBits.OcfsFormat0;
         id.Fuses = IdentifyControllerBits.FusesCompareAndWrite;
         id.Acwu = (ushort)(FusedCommands.MaxBlocks - 1);
         // Volatile write cache present; Flush with NSID FFFFFFFFh not supported (10b).
@@ -220,6 +221,9 @@ internal static unsafe class AdminCommands
         id.Npda = (ushort)(per4k - 1);
         id.Nows = (ushort)(per4k - 1);
         id.Anagrpid = ns.AnaGroupId;
+        id.Mssrl = (ushort)Math.Min(ushort.MaxValue, CopyCommand.MaxBlocks(ns.Bdev.BlockSize));
+        id.Mcl = CopyCommand.MaxBlocks(ns.Bdev.BlockSize);
+        id.Msrc = CopyCommand.MaxRanges - 1;
         ns.Nguid.CopyTo(new Span<byte>(Unsafe.AsPointer(ref id.Nguid[0]), 16));
         id.Lbaf[0] = IdentifyNamespace.LbaFormat(ns.Bdev.BlockShift);
         BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(Unsafe.AsPointer(ref id.Nvmcap[0]), 8), ns.Bdev.SizeBytes);
@@ -373,6 +377,7 @@ internal static unsafe class AdminCommands
         Set(1024, IoOpcode.DatasetManagement, csupp | lbcc);
         Set(1024, IoOpcode.Compare, csupp);
         Set(1024, IoOpcode.Verify, csupp);
+        Set(1024, IoOpcode.Copy, csupp | lbcc);
         foreach (byte op in new[] { IoOpcode.ReservationRegister, IoOpcode.ReservationReport, IoOpcode.ReservationAcquire, IoOpcode.ReservationRelease })
             Set(1024, op, csupp);
         return log;

@@ -15,7 +15,7 @@ internal static unsafe class IoCommands
         byte op = sqe.Opcode;
         bool relayedFused = op == FusedCommands.RelayedOpcode && ctrl.IsInterconnect;
         if (op is not (IoOpcode.Read or IoOpcode.Write or IoOpcode.Flush or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement
-                or IoOpcode.Compare or IoOpcode.Verify)
+                or IoOpcode.Compare or IoOpcode.Verify or IoOpcode.Copy)
             && !IoOpcode.IsReservation(op) && !relayedFused)
             return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
         if (!ctrl.Enabled) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
@@ -67,6 +67,13 @@ internal static unsafe class IoCommands
             {
                 uint ranges = sqe.DsmRangeCount();
                 if (req.Length < ranges * DsmRangeSize) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
+                break;
+            }
+            case IoOpcode.Copy:
+            {
+                if (sqe.DescriptorFormat() != 0) return NvmeStatus.Generic(GenericStatus.InvalidField);
+                if (sqe.SourceRanges() > CopyCommand.MaxRanges) return NvmeStatus.CommandSpecific(CommandSpecificStatus.CommandSizeLimitExceeded);
+                if (req.Length < (uint)(sqe.SourceRanges() * CopyFields.EntrySize)) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
                 break;
             }
             case IoOpcode.ReservationRegister or IoOpcode.ReservationAcquire or IoOpcode.ReservationRelease:
@@ -147,7 +154,7 @@ internal static unsafe class IoCommands
         {
             // Nothing runs on blocks a Compare and Write has locked; what runs counts, so that a lock waits for it.
             RangeLocks.Channel locks = ns.Locks.For(req.Qpair.Reactor.Id);
-            bool ranged = sqe.Opcode != IoOpcode.DatasetManagement;
+            bool ranged = sqe.Opcode is not (IoOpcode.DatasetManagement or IoOpcode.Copy);
             if (locks.MustWait(req, ranged ? sqe.Slba : 0, ranged ? sqe.BlockCount : ns.Bdev.BlockCount)) return;
             locks.Started(req);
         }
@@ -186,6 +193,9 @@ internal static unsafe class IoCommands
             case FusedCommands.RelayedOpcode:
                 FusedCommands.RunRelayed(req);
                 break;
+            case IoOpcode.Copy:
+                CopyCommand.Run(req);
+                break;
             default:
                 req.PendingOps = 0;
                 ReservationCommands.Execute(req, ns);
@@ -203,7 +213,7 @@ internal static unsafe class IoCommands
     }
 
     private static bool TouchesBlocks(byte op) => op is IoOpcode.Read or IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement
-        or IoOpcode.Compare or IoOpcode.Verify;
+        or IoOpcode.Compare or IoOpcode.Verify or IoOpcode.Copy;
 
     /// <summary>A command parked behind a range lock runs (on its reactor) once the lock is gone.</summary>
     internal static void RunParked(NvmfRequest req)

@@ -89,7 +89,8 @@ public sealed class ReservationState
 
     /// <summary>The write group of the reservation rules (the rest that touch data are the read group).</summary>
     public static bool IsWriteGroup(byte opcode)
-        => opcode is IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement or IoOpcode.Flush or IoOpcode.WriteUncorrectable;
+        => opcode is IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement or IoOpcode.Flush or IoOpcode.WriteUncorrectable
+            or IoOpcode.Copy;
 
     private static bool AllRegistrantsHold(ReservationType t) => t is ReservationType.WriteExclusiveAllRegistrants or ReservationType.ExclusiveAccessAllRegistrants;
 
