@@ -389,6 +389,17 @@ public sealed unsafe class NvmeHost : IDisposable
         return QueueCount.Decode(SetFeature(FeatureId.NumberOfQueues, QueueCount.Encode(n)));
     }
 
+    /// <summary>Abort of command <paramref name="cid"/> on queue <paramref name="sqid"/>: true when the controller aborted it (DW0 bit 0 clear).</summary>
+    public bool Abort(ushort sqid, ushort cid)
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = AdminOpcode.Abort;
+        sqe.Cdw10 = sqid | ((uint)cid << 16);
+        CompletionQueueEntry cqe = AdminCommand(sqe, default, DataDirection.None);
+        Check("Abort", cqe);
+        return (cqe.Dw0 & 1) == 0;
+    }
+
     public void KeepAlive()
     {
         SubmissionQueueEntry sqe = default;

@@ -39,6 +39,9 @@ public sealed class NvmeTransportException(string message) : Exception(message);
 /// </summary>
 public sealed unsafe class TcpHostQueue : IHostQueue, ITcpConnectionOwner
 {
+    /// <summary>The command identifier the last submitted command went out with (what an Abort names).</summary>
+    public ushort LastCid { get; private set; }
+
     private const int SlotHeaderBytes = 128;      // capsule header + digest, in-capsule data digest
     private const int CapsuleDataDigestOffset = 96;
     private const int H2CHeaderSlots = 16;
@@ -212,6 +215,7 @@ public sealed unsafe class TcpHostQueue : IHostQueue, ITcpConnectionOwner
         CapsuleCmdPdu* pdu = (CapsuleCmdPdu*)h;
         pdu->Sqe = sqe;
         pdu->Sqe.Cid = (ushort)slot;
+        LastCid = (ushort)slot;
         pdu->Sqe.Flags = (byte)((sqe.Flags & ~CommandFlags.PsdtMask) | CommandFlags.PsdtSgl);
         bool inCapsule = direction == DataDirection.HostToController && length > 0 && length <= InCapsuleDataSize;
         pdu->Sqe.Dptr = inCapsule ? SglDescriptor.InCapsule(length) : SglDescriptor.Transport(length);

@@ -48,14 +48,42 @@ internal static unsafe class AdminCommands
                 ctrl.Target.Interconnect.Execute(req, ctrl);
                 break;
             case AdminOpcode.Abort:
-                // Commands run to completion as soon as they arrive; report "not aborted" (DW0 bit 0).
-                req.Cqe.Dw0 = 1;
-                req.Complete();
+                Abort(req, ctrl);
                 break;
             default:
                 req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode));
                 break;
         }
+    }
+
+    // ---------------- Abort ----------------
+
+    /// <summary>Abort (CDW10: SQID 15:0, CID 31:16): DW0 bit 0 clear when the command was aborted, set when it was not.</summary>
+    private static void Abort(NvmfRequest req, Controller ctrl)
+    {
+        ushort sqid = (ushort)req.Sqe.Cdw10, cid = (ushort)(req.Sqe.Cdw10 >> 16);
+        void Answer(bool aborted)
+        {
+            req.Cqe.Dw0 = aborted ? 0u : 1u;
+            req.Complete();
+        }
+        if (sqid == 0)
+        {
+            // On the admin queue only an Asynchronous Event Request is waiting rather than running.
+            Answer(ctrl.TryAbortAer(cid));
+            return;
+        }
+        QueuePair? q = ctrl.IoQueue(sqid);
+        if (q == null)
+        {
+            Answer(false);
+            return;
+        }
+        q.Reactor.Post(() =>
+        {
+            bool aborted = !q.IsClosed && q.TryAbort(cid);
+            req.Qpair.Reactor.Post(() => Answer(aborted));
+        });
     }
 
     // ---------------- Identify ----------------

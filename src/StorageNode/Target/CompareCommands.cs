@@ -86,6 +86,15 @@ internal static unsafe class FusedCommands
         return NvmeStatus.Success;
     }
 
+    /// <summary>Abort of a first command ready and waiting for its second: it completes with <paramref name="status"/>.</summary>
+    public static bool TryAbortWaitingFirst(NvmfRequest req, NvmeStatus status)
+    {
+        if (req.Fused != FusedRole.First || !req.FusedReady || req.FusedPartner != null || req.Qpair.FusedFirst != req) return false;
+        req.Qpair.FusedFirst = null;
+        Finish(req, status);
+        return true;
+    }
+
     /// <summary>A fused command failed before it ran (validation, reservation): its partner is aborted.</summary>
     public static void Failed(NvmfRequest req, NvmeStatus status)
     {

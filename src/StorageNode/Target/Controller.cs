@@ -156,6 +156,12 @@ public sealed class Controller
         }
     }
 
+    /// <summary>The I/O queue with this QID, or null.</summary>
+    public QueuePair? IoQueue(ushort qid)
+    {
+        lock (_lock) return qid < _ioQueues.Length ? _ioQueues[qid] : null;
+    }
+
     public IReadOnlyList<QueuePair> IoQueues
     {
         get
@@ -266,6 +272,27 @@ public sealed class Controller
             aer.Cqe.Dw0 = dw0;
             aer.Complete();
         }
+    }
+
+    /// <summary>Abort of an outstanding Asynchronous Event Request: it completes with Command Abort Requested. Admin reactor.</summary>
+    internal bool TryAbortAer(ushort cid)
+    {
+        int n = _aers.Count;
+        bool found = false;
+        for (int i = 0; i < n; i++)
+        {
+            NvmfRequest aer = _aers.Dequeue();
+            if (!found && aer.Sqe.Cid == cid)
+            {
+                found = true;
+                aer.Fail(NvmeStatus.Generic(GenericStatus.AbortedByRequest));
+            }
+            else
+            {
+                _aers.Enqueue(aer);
+            }
+        }
+        return found;
     }
 
     /// <summary>Drops outstanding AERs (their queue pair is going away).</summary>

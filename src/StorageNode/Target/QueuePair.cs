@@ -82,6 +82,12 @@ public abstract class QueuePair : ReactorSource
     /// <summary>Closes the connection and ends this queue. Reactor thread only.</summary>
     public abstract void Close(string reason);
 
+    /// <summary>
+    /// Abort: completes the command with this CID with Command Abort Requested if it has not started. True when it did.
+    /// Reactor thread.
+    /// </summary>
+    internal abstract bool TryAbort(ushort cid);
+
     /// <summary>True when the connection has not completed Connect within <paramref name="ticks"/> (Stopwatch ticks).</summary>
     public bool ConnectOverdue(long now, long ticks) => !Connected && !IsClosed && now - _createdTimestamp > ticks;
 

@@ -106,6 +106,48 @@ public abstract unsafe class QueuePair<TRequest> : QueuePair where TRequest : Nv
         }
     }
 
+    // ====================================================================== abort
+
+    /// <summary>
+    /// Aborts a command that has not started: one waiting for a data buffer (no data of it is on the way: the host's
+    /// data is asked for only once it has a buffer), one parked behind a range lock, or the first command of a fused
+    /// pair waiting for its second. Others (moving data, running, held by the HA gate) run to completion.
+    /// </summary>
+    internal sealed override bool TryAbort(ushort cid)
+    {
+        NvmeStatus aborted = NvmeStatus.Generic(GenericStatus.AbortedByRequest);
+        foreach (TRequest req in Requests)
+        {
+            if (req.State == RequestState.Free || req.Sqe.Cid != cid) continue;
+            if (req.State == RequestState.NeedBuffer)
+            {
+                RemoveBufferWaiter(req.Slot);
+                req.Fail(aborted);
+                return true;
+            }
+            if (req.State != RequestState.Executing) return false;
+            if (req.Namespace is { } ns && !ns.IsRemote && ns.Locks.For(Reactor.Id).TryUnpark(req))
+            {
+                req.PendingOps = 0;
+                req.Fail(aborted);
+                return true;
+            }
+            return FusedCommands.TryAbortWaitingFirst(req, aborted);
+        }
+        return false;
+    }
+
+    private void RemoveBufferWaiter(ushort slot)
+    {
+        int kept = 0;
+        for (int i = 0; i < _waitCount; i++)
+        {
+            int s = _bufferWaiters[(_waitHead + i) % _bufferWaiters.Length];
+            if (s != slot) _bufferWaiters[(_waitHead + kept++) % _bufferWaiters.Length] = s;
+        }
+        _waitCount = kept;
+    }
+
     // ====================================================================== release and teardown
 
     /// <summary>

@@ -34,6 +34,9 @@ public sealed class RangeLocks
             return true;
         }
 
+        /// <summary>Takes a parked command out (Abort); true when it was parked here.</summary>
+        internal bool TryUnpark(NvmfRequest req) => Parked.Remove(req);
+
         /// <summary>A command starts: it counts until <see cref="Finished"/>.</summary>
         internal void Started(NvmfRequest req)
         {
