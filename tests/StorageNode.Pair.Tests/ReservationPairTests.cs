@@ -81,7 +81,7 @@ public class ReservationPairTests
         IsConflict(viaB.IoQueues[0].Read(Ns, 0, 1, new byte[512]));
 
         // Host 1's controller is on B: the owner told B, B logged it and raised the event.
-        uint dw0 = WaitForEvent(viaB);
+        uint dw0 = viaB.WaitForEvent(TimeSpan.FromSeconds(5));
         Assert.Equal(LogPageId.ReservationNotification, AsyncEvent.LogPageOf(dw0));
         byte[] log = viaB.GetLogPage(LogPageId.ReservationNotification, 64);
         Assert.Equal(ReservationNotification.RegistrationPreempted, log[ReservationNotification.Type]);
@@ -136,15 +136,5 @@ public class ReservationPairTests
             Directory.Delete(dirA, true);
             Directory.Delete(dirB, true);
         }
-    }
-
-    private static uint WaitForEvent(NvmeHost host)
-    {
-        for (int i = 0; i < 500; i++)
-        {
-            if (host.TryGetEvent(out uint dw0)) return dw0;
-            Thread.Sleep(10);
-        }
-        throw new TimeoutException("no asynchronous event");
     }
 }

@@ -202,7 +202,7 @@ public sealed class ReservationTests : IDisposable
         Ok(_b.Write());
 
         // Host A was told: an event for the Reservation Notification log, then the entry.
-        uint dw0 = WaitForEvent(_a.Nvme);
+        uint dw0 = _a.Nvme.WaitForEvent(TimeSpan.FromSeconds(5));
         Assert.Equal(ReservationNotification.AsyncEventType, (byte)(dw0 & 0x7));
         Assert.Equal(LogPageId.ReservationNotification, AsyncEvent.LogPageOf(dw0));
         byte[] log = _a.Nvme.GetLogPage(LogPageId.ReservationNotification, ReservationNotification.Size);
@@ -309,16 +309,6 @@ public sealed class ReservationTests : IDisposable
         Assert.Equal(FeatureCapabilities.NamespaceSpecific, _a.Nvme.GetFeature(FeatureId.ReservationPersistence, FeatureSelect.SupportedCapabilities, nsid: Ns));
         Assert.Equal(GenericStatus.InvalidField, Assert.Throws<NvmeCommandException>(
             () => _a.Nvme.SetFeature(FeatureId.ReservationPersistence, 1, nsid: Ns)).Status.Code);
-    }
-
-    internal static uint WaitForEvent(NvmeHost host)
-    {
-        for (int i = 0; i < 500; i++)
-        {
-            if (host.TryGetEvent(out uint dw0)) return dw0;
-            Thread.Sleep(10);
-        }
-        throw new TimeoutException("no asynchronous event");
     }
 }
 

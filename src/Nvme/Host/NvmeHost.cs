@@ -482,6 +482,18 @@ public sealed unsafe class NvmeHost : IDisposable
         _admin.TrySubmit(sqe, null, 0, DataDirection.None, _aerCallback, 0);
     }
 
+    /// <summary>Waits (bounded) for the next asynchronous event; its completion DW0.</summary>
+    public uint WaitForEvent(TimeSpan timeout)
+    {
+        var sw = Stopwatch.StartNew();
+        while (sw.Elapsed < timeout)
+        {
+            if (TryGetEvent(out uint dw0)) return dw0;
+            Thread.Sleep(10);
+        }
+        throw new TimeoutException($"no asynchronous event within {timeout.TotalSeconds:0.#} s");
+    }
+
     /// <summary>Polls the admin queue for completed asynchronous events (completion DW0).</summary>
     public bool TryGetEvent(out uint dw0)
     {
