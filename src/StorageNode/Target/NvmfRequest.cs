@@ -90,6 +90,8 @@ public unsafe class NvmfRequest : IBdevCompletion
     /// <summary>Hands the completed command back to its queue pair's transport.</summary>
     public void Complete()
     {
+        // A fused command that ends on its own (the HA gate failed it while it was held): its partner cannot run alone.
+        if (FusedPartner != null) FusedCommands.Failed(this, Status);
         if (RangeLockChannel != null) RangeLockChannel.Finished(this);
         if (Gate.Path != null) Qpair.Target.IoGate!.Done(this);
         if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
