@@ -80,12 +80,17 @@ public sealed class Node : IDisposable
             ReservationStore? store = null;
             if (config.StateDirectory != null)
             {
-                try { Directory.CreateDirectory(config.StateDirectory); }
+                try
+                {
+                    Directory.CreateDirectory(config.StateDirectory);
+                    store = new ReservationStore(config.StateDirectory, config.Name, loggerFactory.CreateLogger("reservations"));
+                }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
-                    throw new ConfigException("Node:StateDirectory", $"cannot be created: {e.Message}");
+                    if (!config.StateDirectoryIsDefault) throw new ConfigException("Node:StateDirectory", $"cannot be created: {e.Message}");
+                    _log.LogWarning("no state directory ({Dir}: {Error}): reservations cannot persist through power loss (set Node:StateDirectory)",
+                        config.StateDirectory, e.Message);
                 }
-                store = new ReservationStore(config.StateDirectory, config.Name, loggerFactory.CreateLogger("reservations"));
             }
             foreach ((Subsystem s, SubsystemConfig sc) in subsystems)
             {

@@ -34,16 +34,15 @@ try
             Console.Error.WriteLine($"storagenode: configuration file '{configFile}' does not exist");
             return 2;
         }
-        // State kept across restarts (reservations with PTPL) lives beside the configuration unless placed elsewhere.
-        builder.AddInMemoryCollection(new Dictionary<string, string?>
-        {
-            ["Node:StateDirectory"] = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(configFile))!, "state"),
-        });
         builder.AddJsonFile(Path.GetFullPath(configFile), optional: false, reloadOnChange: false);
     }
     builder.AddEnvironmentVariables("SN_");
     builder.AddCommandLine(args.Where(a => a is not ("--config" or "-c") && !a.StartsWith("--config=", StringComparison.Ordinal) && a != configFile).ToArray());
     config = NodeConfig.Load(builder.Build());
+    // State kept across restarts (reservations with PTPL) lives beside the configuration unless placed elsewhere; where
+    // that default cannot be had (a read-only folder) the node runs without it and says so.
+    if (config.StateDirectory == null && configFile != null)
+        config = config with { StateDirectory = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(configFile))!, "state"), StateDirectoryIsDefault = true };
 }
 catch (ConfigException e)
 {

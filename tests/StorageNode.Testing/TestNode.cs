@@ -16,7 +16,7 @@ public sealed class TestNode : IDisposable
     public StringWriterLoggerProvider Logs { get; } = new();
     private readonly ILoggerFactory _loggerFactory;
 
-    public TestNode(Dictionary<string, string?>? overrides = null, int reactors = 1)
+    public TestNode(Dictionary<string, string?>? overrides = null, int reactors = 1, Func<NodeConfig, NodeConfig>? adjust = null)
     {
         var settings = new Dictionary<string, string?>
         {
@@ -48,7 +48,8 @@ public sealed class TestNode : IDisposable
             foreach (var kv in overrides) settings[kv.Key] = kv.Value;
         IConfiguration cfg = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
         _loggerFactory = LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Information));
-        Node = new Node(NodeConfig.Load(cfg), _loggerFactory);
+        NodeConfig config = NodeConfig.Load(cfg);
+        Node = new Node(adjust == null ? config : adjust(config), _loggerFactory);
         try
         {
             Node.Start();

@@ -368,4 +368,20 @@ public sealed class ReservationPersistenceTests : IDisposable
         using NvmeHost h = again.Connect();
         Assert.True(h.IoQueues[0].Write(1, 0, 1, new byte[512]).IsSuccess);
     }
+
+    [Fact]
+    public void AConfiguredStateDirectoryThatCannotBeMadeIsAnErrorTheDefaultOneIsNot()
+    {
+        // Under a regular file: no folder can be made there, even as root.
+        string file = Path.Combine(_dir, "a-file");
+        File.WriteAllText(file, "");
+        string under = Path.Combine(file, "state");
+        var e = Assert.Throws<StorageNode.Config.ConfigException>(() => new TestNode(new() { ["Node:StateDirectory"] = under }));
+        Assert.Equal("Node:StateDirectory", e.Key);
+        // The default one (beside the configuration file): the node runs without PTPL and says why.
+        using var node = new TestNode(adjust: c => c with { StateDirectory = under, StateDirectoryIsDefault = true });
+        Assert.Contains(node.Logs.Lines, l => l.Contains("reservations cannot persist through power loss"));
+        using NvmeHost h = node.Connect();
+        Assert.Equal(0xFE, h.Identify(Cns.Namespace, 1)[31]);
+    }
 }

@@ -102,6 +102,11 @@ public sealed record NodeConfig
     /// Loss. Null: nowhere (PTPL cannot be set).
     /// </summary>
     public string? StateDirectory { get; init; }
+    /// <summary>
+    /// <see cref="StateDirectory"/> is the default one (beside the configuration file), not configured: a node that
+    /// cannot create it runs without it (and logs why) instead of refusing to start.
+    /// </summary>
+    public bool StateDirectoryIsDefault { get; init; }
 
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
     private static readonly string[] ControlKeys = ["RpcSocket"];

@@ -52,6 +52,23 @@ internal static class ReservationCommands
             }
         }
         req.Qpair.Controller!.Subsystem.RaiseReservationNotices(outcome.Notices);
+        if (outcome.Status.IsSuccess && sqe.Opcode == IoOpcode.ReservationAcquire && sqe.ReservationAction() == ReservationAction.PreemptAndAbort)
+        {
+            // Nothing of a preempted host starts from now on (every command is checked when it runs); what already
+            // runs must end before the Acquire completes, as SPDK's target and nvmet wait for it: a lock of the whole
+            // namespace is granted once every command that started before it has finished, on every reactor.
+            req.PendingOps = 1;
+            ns.Locks.Lock(0, ns.Bdev.BlockCount, () =>
+            {
+                ns.Locks.Unlock();
+                req.Qpair.Reactor.Post(() =>
+                {
+                    req.PendingOps = 0;
+                    req.Complete();
+                });
+            });
+            return;
+        }
         if (outcome.Status.IsSuccess) req.Complete();
         else req.Fail(outcome.Status);
     }
