@@ -24,36 +24,50 @@ public sealed class TestPair : IPairRig
 
     public Node A { get; private set; }
     public Node B { get; private set; }
-    public TcpForwarder InterconnectAtoB { get; }
-    public TcpForwarder InterconnectBtoA { get; }
+    public TcpForwarder InterconnectAtoB { get; private set; }
+    public TcpForwarder InterconnectBtoA { get; private set; }
     public StringWriterLoggerProvider LogsA { get; } = new();
     public StringWriterLoggerProvider LogsB { get; } = new();
     private readonly ILoggerFactory _lfA, _lfB;
-    private readonly Dictionary<string, string?> _cfgA, _cfgB;
+    private Dictionary<string, string?> _cfgA, _cfgB;
 
     public TestPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int reactors = 1, bool start = true, int subsystems = 1,
         bool onlyNamespace1 = false)
     {
-        int icA = FreeTcpPort(), icB = FreeTcpPort(), hbA = FreeUdpPort(), hbB = FreeUdpPort();
-        InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
-        InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
-        (_cfgA, _cfgB) = PairSettings(icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port, hbA, hbB, reactors, subsystems);
-        if (onlyNamespace1)
-        {
-            // Namespace 1 (A's) alone: namespace 2 (B's) goes from both nodes.
-            foreach (var cfg in new[] { _cfgA, _cfgB })
-                foreach (string k in cfg.Keys.Where(k => k.StartsWith("Subsystems:0:Namespaces:1:", StringComparison.Ordinal)).ToList()) cfg.Remove(k);
-        }
-        foreach (var kv in overridesA ?? []) _cfgA[kv.Key] = kv.Value;
-        foreach (var kv in overridesB ?? []) _cfgB[kv.Key] = kv.Value;
         _lfA = LoggerFactory.Create(b => b.AddProvider(LogsA));
         _lfB = LoggerFactory.Create(b => b.AddProvider(LogsB));
-        A = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgA).Build()), _lfA);
-        B = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgB).Build()), _lfB);
-        if (start)
+        for (int attempt = 1; ; attempt++)
         {
-            A.Start();
-            B.Start();
+            // The free ports are found, then bound later by the nodes: another process (a rig guest's forwarders) may take
+            // one in between. Then the pair is made again on new ports (a bounded number of times).
+            int icA = FreeTcpPort(), icB = FreeTcpPort(), hbA = FreeUdpPort(), hbB = FreeUdpPort();
+            InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
+            InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
+            (_cfgA, _cfgB) = PairSettings(icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port, hbA, hbB, reactors, subsystems);
+            if (onlyNamespace1)
+            {
+                // Namespace 1 (A's) alone: namespace 2 (B's) goes from both nodes.
+                foreach (var cfg in new[] { _cfgA, _cfgB })
+                    foreach (string k in cfg.Keys.Where(k => k.StartsWith("Subsystems:0:Namespaces:1:", StringComparison.Ordinal)).ToList()) cfg.Remove(k);
+            }
+            foreach (var kv in overridesA ?? []) _cfgA[kv.Key] = kv.Value;
+            foreach (var kv in overridesB ?? []) _cfgB[kv.Key] = kv.Value;
+            A = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgA).Build()), _lfA);
+            B = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgB).Build()), _lfB);
+            if (!start) return;
+            try
+            {
+                A.Start();
+                B.Start();
+                return;
+            }
+            catch (SocketException e) when (attempt < 5 && e.Message.Contains("Address already in use", StringComparison.Ordinal))
+            {
+                InterconnectAtoB.Dispose();
+                InterconnectBtoA.Dispose();
+                A.Dispose();
+                B.Dispose();
+            }
         }
     }
 
