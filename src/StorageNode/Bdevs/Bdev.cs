@@ -14,6 +14,10 @@ public interface IBdevCompletion
 public static class BdevResult
 {
     public static int FromStatus(Nvme.Spec.NvmeStatus status) => status.IsSuccess ? 0 : status.Value;
+
+    /// <summary>The NVMe status a result stands for (a negative errno: Internal Error, which the host may retry).</summary>
+    public static Nvme.Spec.NvmeStatus ToStatus(int result) => result > 0 ? new Nvme.Spec.NvmeStatus((ushort)result)
+        : result < 0 ? Nvme.Spec.NvmeStatus.Generic(Nvme.Spec.GenericStatus.InternalError, dnr: false) : Nvme.Spec.NvmeStatus.Success;
 }
 
 /// <summary>

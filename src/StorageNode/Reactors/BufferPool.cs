@@ -84,6 +84,19 @@ public sealed unsafe class DataBufferPools : IDisposable
         else Large.Return(buffer);
     }
 
+    /// <summary>
+    /// For the rare commands that need a second buffer (Compare, Copy, a relayed Compare and Write): a pool buffer when
+    /// one is free, else native memory; give it back with <see cref="Release"/>.
+    /// </summary>
+    public byte* Borrow(uint length) => Get(length) is var b && b != null ? b : (byte*)NativeMemory.AlignedAlloc(Math.Max(length, 1), 4096);
+
+    /// <summary>Gives back what <see cref="Borrow"/> lent: to its pool, or to native memory.</summary>
+    public void Release(byte* buffer)
+    {
+        if (Small.Owns(buffer) || Medium.Owns(buffer) || Large.Owns(buffer)) Return(buffer);
+        else NativeMemory.AlignedFree(buffer);
+    }
+
     public long TotalBytes => Small.TotalBytes + Medium.TotalBytes + Large.TotalBytes;
 
     public void Dispose()

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using StorageNode.Bdevs;
 using StorageNode.Nvme.Spec;
 
@@ -8,13 +7,12 @@ namespace StorageNode.Target;
 internal enum FusedRole : byte { None, First, Second, Relayed }
 
 /// <summary>What a fused pair relayed to the owner as one command keeps on the proxy (the host's own buffers and SQE).</summary>
-internal sealed unsafe class FusedRelay(NvmfRequest second, byte* data, uint length, SubmissionQueueEntry sqe, bool pooled)
+internal sealed unsafe class FusedRelay(NvmfRequest second, byte* data, uint length, SubmissionQueueEntry sqe)
 {
     public readonly NvmfRequest Second = second;
     public readonly byte* Data = data;
     public readonly uint Length = length;
     public readonly SubmissionQueueEntry Sqe = sqe;
-    public readonly bool Pooled = pooled;
 }
 
 /// <summary>
@@ -52,7 +50,7 @@ internal static unsafe class FusedCommands
         int fuse = sqe.Fuse;
         NvmfRequest? pending = qp.FusedFirst;
         NvmeStatus firstFailed = qp.FusedFirstFailed;
-        qp.FusedFirstFailed = default;
+        if (!firstFailed.IsSuccess) qp.FusedFirstFailed = default; // (no store on the common path)
         if (pending != null && fuse != CommandFlags.FuseSecond)
         {
             qp.FusedFirst = null;
@@ -171,12 +169,10 @@ internal static unsafe class FusedCommands
     private static void PrepareRelay(NvmfRequest first, NvmfRequest second)
     {
         uint len = first.Length, total = len * 2;
-        byte* buf = first.Qpair.Reactor.Pools.Get(total);
-        bool pooled = buf != null;
-        if (!pooled) buf = (byte*)NativeMemory.AlignedAlloc(total, 4096);
+        byte* buf = first.Qpair.Reactor.Pools.Borrow(total);
         Buffer.MemoryCopy(first.Data, buf, len, len);
         Buffer.MemoryCopy(second.Data, buf + len, len, len);
-        first.FusedRelay = new FusedRelay(second, first.Data, first.Length, first.Sqe, pooled);
+        first.FusedRelay = new FusedRelay(second, first.Data, first.Length, first.Sqe);
         first.Data = buf;
         first.Length = total;
         first.Sqe.Opcode = RelayedOpcode;
@@ -189,12 +185,11 @@ internal static unsafe class FusedCommands
     {
         FusedRelay r = first.FusedRelay!;
         first.FusedRelay = null;
-        if (r.Pooled) first.Qpair.Reactor.Pools.Return(first.Data);
-        else NativeMemory.AlignedFree(first.Data);
+        first.Qpair.Reactor.Pools.Release(first.Data);
         first.Data = r.Data;
         first.Length = r.Length;
         first.Sqe = r.Sqe;
-        NvmeStatus st = result > 0 ? new NvmeStatus((ushort)result) : result < 0 ? NvmeStatus.Generic(GenericStatus.InternalError, dnr: false) : NvmeStatus.Success;
+        NvmeStatus st = BdevResult.ToStatus(result);
         bool matched = (first.Cqe.Dw0 & CompareMatched) != 0;
         first.Cqe.Dw0 = 0;
         Complete(first, r.Second, st, matched);
@@ -232,7 +227,6 @@ internal static unsafe class FusedCommands
         private readonly Namespace _ns = req.Namespace!;
         private readonly BdevChannel _ch = req.Channel!;
         private byte* _scratch;
-        private bool _pooled;
         private bool _writing;
         private bool _locked;
 
@@ -257,9 +251,7 @@ internal static unsafe class FusedCommands
         private void Read()
         {
             uint len = Length;
-            _scratch = req.Qpair.Reactor.Pools.Get(len);
-            _pooled = _scratch != null;
-            if (!_pooled) _scratch = (byte*)NativeMemory.AlignedAlloc(len, 4096);
+            _scratch = req.Qpair.Reactor.Pools.Borrow(len);
             _ch.Read(Offset, _scratch, len, this);
         }
 
@@ -286,10 +278,9 @@ internal static unsafe class FusedCommands
 
         private void Done(int result, bool compareMatched)
         {
-            if (_pooled) req.Qpair.Reactor.Pools.Return(_scratch);
-            else NativeMemory.AlignedFree(_scratch);
+            req.Qpair.Reactor.Pools.Release(_scratch);
             if (_locked) _ns.Locks.Unlock();
-            NvmeStatus st = result > 0 ? new NvmeStatus((ushort)result) : result < 0 ? NvmeStatus.Generic(GenericStatus.InternalError, dnr: false) : NvmeStatus.Success;
+            NvmeStatus st = BdevResult.ToStatus(result);
             if (second != null)
             {
                 Complete(req, second, st, compareMatched);

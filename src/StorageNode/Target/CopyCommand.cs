@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using StorageNode.Bdevs;
 using StorageNode.Nvme.Spec;
 
@@ -88,7 +87,7 @@ internal sealed unsafe class CopyCommand : IBdevCompletion
     private void Start()
     {
         _req.PendingOps = 1; // the slot stays allocated until the copy ends, even if the connection closes
-        _buf = (byte*)NativeMemory.AlignedAlloc(Math.Max(_bytes, 1), 4096);
+        _buf = _req.Qpair.Reactor.Pools.Borrow(_bytes);
         ReadNext();
     }
 
@@ -104,12 +103,12 @@ internal sealed unsafe class CopyCommand : IBdevCompletion
     {
         if (result != 0 || _writing)
         {
-            NativeMemory.AlignedFree(_buf);
+            _req.Qpair.Reactor.Pools.Release(_buf);
             _req.PendingOps = 0;
             // On a failure nothing, or all of it, may have reached the destination: DW0 0 says from range 0 on.
             _req.Cqe.Dw0 = 0;
             if (result == 0) _req.Complete();
-            else _req.Fail(result > 0 ? new NvmeStatus((ushort)result) : NvmeStatus.Generic(GenericStatus.InternalError, dnr: false));
+            else _req.Fail(BdevResult.ToStatus(result));
             return;
         }
         if (_next < _ranges.Length)

@@ -107,8 +107,7 @@ public unsafe class NvmfRequest : IBdevCompletion
             FusedCommands.RelayCompleted(this, FirstError);
             return;
         }
-        if (FirstError > 0) Status = new NvmeStatus((ushort)FirstError);
-        else if (FirstError < 0) Status = NvmeStatus.Generic(GenericStatus.InternalError, dnr: false);
+        if (FirstError != 0) Status = BdevResult.ToStatus(FirstError);
         IoCommands.Completed(this);
         Complete();
     }

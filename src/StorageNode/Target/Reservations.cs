@@ -63,11 +63,6 @@ public sealed class ReservationState
         get { lock (_lock) return _ptpl; }
     }
 
-    public ReservationType Type
-    {
-        get { lock (_lock) return _type; }
-    }
-
     /// <summary>A reservation is held: I/O must be checked (<see cref="Allows"/>). I/O path, no lock.</summary>
     public bool Held => _view != null;
 
