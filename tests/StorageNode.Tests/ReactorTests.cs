@@ -15,6 +15,7 @@ public unsafe class ReactorTests
     {
         public readonly int EventFd = Libc.EventFd(0, Libc.EFD_NONBLOCK | Libc.EFD_CLOEXEC);
         public Func<int>? OnReadyAction;
+        public Action? OnFlushAction;
         public volatile int Flushes;
         public volatile Exception? Faulted;
         public override int Fd => EventFd;
@@ -29,6 +30,7 @@ public unsafe class ReactorTests
         public override int Flush()
         {
             Flushes++;
+            OnFlushAction?.Invoke();
             return 0;
         }
 
@@ -79,6 +81,36 @@ public unsafe class ReactorTests
         s.Signal();
         WaitFor(() => s.Flushes >= 1, "flush after readiness");
         WaitFor(() => Volatile.Read(ref ticks) >= 3, "timer ticks");
+    }
+
+    [Fact]
+    public void SourcesMarkedDuringAFlushNeitherDisplaceNorBreakTheOnesStillToBeFlushed()
+    {
+        // The pattern SPDK's host found (two connections, one relayed): flushing one source marks itself again and
+        // marks another. Those marks must not overwrite the sources not yet flushed this round, nor leave a hole.
+        using Reactor r = NewReactor(PollMode.Busy); // driven by hand on this thread, never started
+        using EventSource a = new(), b = new(), c = new(), d = new();
+        bool again = true;
+        a.OnFlushAction = () =>
+        {
+            if (!again) return;
+            again = false;
+            r.MarkDirty(a);
+            r.MarkDirty(d);
+        };
+        r.MarkDirty(a);
+        r.MarkDirty(b);
+        r.MarkDirty(c);
+        r.RunOnce(0);
+        Assert.Equal([1, 1, 1], new[] { a.Flushes, b.Flushes, c.Flushes });
+        Assert.Equal(0, d.Flushes); // marked during the flush: next round
+        r.RunOnce(0);
+        Assert.Equal([2, 1, 1, 1], new[] { a.Flushes, b.Flushes, c.Flushes, d.Flushes });
+        r.RunOnce(0);
+        Assert.Equal([2, 1, 1, 1], new[] { a.Flushes, b.Flushes, c.Flushes, d.Flushes });
+        r.MarkDirty(b); // b's mark was not lost: it can be marked (and flushed) again
+        r.RunOnce(0);
+        Assert.Equal(2, b.Flushes);
     }
 
     [Fact]

@@ -62,8 +62,11 @@ public sealed unsafe class Reactor : IDisposable
     private ReactorSource?[] _sources = new ReactorSource?[64];
     private readonly Stack<int> _freeTokens = new();
     private int _nextToken;
-    // Sources to visit again this iteration (flush pending sends, leftover parsed input).
+    // Sources to visit again this iteration (flush pending sends, leftover parsed input). Two lists: the flush walks
+    // one while sources it touches (a relay's completion marks the host's connection, a source marks itself again)
+    // are added to the other, so nothing added during a flush overwrites an entry not yet visited.
     private ReactorSource?[] _dirty = new ReactorSource?[64];
+    private ReactorSource?[] _flushing = new ReactorSource?[64];
     private int _dirtyCount;
     private IReactorPoller[] _pollers = [];
     private readonly List<(long PeriodTicks, Action Action)> _timerDefs = [];
@@ -283,11 +286,14 @@ public sealed unsafe class Reactor : IDisposable
         int count = _dirtyCount;
         if (count > 0)
         {
+            ReactorSource?[] flushing = _dirty;
+            _dirty = _flushing;
+            _flushing = flushing;
             _dirtyCount = 0;
             for (int i = 0; i < count; i++)
             {
-                ReactorSource s = _dirty[i]!;
-                _dirty[i] = null;
+                ReactorSource s = flushing[i]!;
+                flushing[i] = null;
                 s.IsDirty = false;
                 try
                 {
