@@ -191,6 +191,29 @@ public class HaPairTests(ITestOutputHelper output)
         output.WriteLine(pair.Problems());
     }
 
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AHostWithAnEmptyHostNqnIsRelayedToo(string kind, int clockOffsetB)
+    {
+        // SPDK's host (spdk_nvme_perf, spdk_nvme_identify) sends an empty Host NQN unless given one. Through the partner
+        // its commands to the owner's namespace must be relayed like anyone's (the owner refused to register it, and
+        // every relayed command waited out the relay timeout).
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB);
+        pair.WaitHealthy();
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid(), new NvmeHostOptions { HostNqn = "" });
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid(), new NvmeHostOptions { HostNqn = "" });
+        byte[] data = new byte[4096], back = new byte[4096];
+        new Random(14).NextBytes(data);
+        for (uint lba = 0; lba < 64; lba += 8)
+        {
+            NvmeStatus st = viaB.IoQueues[0].Write(1, lba, 8, data);
+            Assert.True(st.IsSuccess, $"relayed write at {lba}: {st}\n{pair.Problems()}");
+            Assert.True(viaA.IoQueues[0].Read(1, lba, 8, back).IsSuccess);
+            Assert.Equal(data, back);
+        }
+        Assert.True(pair.Relayed('B') > 0, "the writes should have gone through the proxy");
+    }
+
     [Fact]
     public void InterconnectLossFailsRelayedCommandsWithAnaStatusAndRecovers()
     {

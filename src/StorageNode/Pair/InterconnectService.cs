@@ -97,7 +97,9 @@ public sealed class InterconnectService : IInterconnectHandler
             {
                 if (req.Length < HostIdentity.Length) { req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid)); return; }
                 (string nqn, Guid id) = HostIdentity.Read(req.DataSpan);
-                if (nqn.Length == 0) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
+                // An empty Host NQN (SPDK's host sends one unless told otherwise) is accepted as Connect accepts it:
+                // where any host is allowed; the host is then known by its Host Identifier.
+                if (nqn.Length == 0 && !association.Subsystem.AllowAnyHost) { req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField)); return; }
                 RelayBinding? b = _pair.Gate.Register(association, nqn, id);
                 if (b == null) { req.Fail(NvmeStatus.Generic(GenericStatus.InternalError, dnr: false)); return; }
                 req.Cqe.Dw0 = b.Handle;

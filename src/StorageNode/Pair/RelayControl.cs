@@ -25,7 +25,7 @@ public sealed class HostRelay(HostKey key, string hostNqn, Guid hostId)
     internal readonly List<Controller> Associations = [];
     internal bool Forgotten;
 
-    public override string ToString() => $"{HostNqn} ({HostId})";
+    public override string ToString() => HostNqn.Length == 0 ? $"a host with an empty Host NQN ({HostId})" : $"{HostNqn} ({HostId})";
 }
 
 /// <summary>
