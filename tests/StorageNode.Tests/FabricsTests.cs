@@ -51,6 +51,23 @@ public class FabricsTests
         Assert.Contains(node.Logs.Lines, l => l.Contains("empty Host NQN; accepted") && l.Contains(id.ToString()));
     }
 
+    [Theory]
+    [InlineData(127, true)]  // 128 entries: SPDK's default max_aq_depth, and what its abort tool asks for at -q 120
+    [InlineData(128, false)]
+    public void TheAdminQueueTakesUpTo128EntriesByDefault(ushort sqsize, bool accepted)
+    {
+        using var node = new TestNode();
+        using var c = new RawClient(node.Endpoint);
+        c.IcReq();
+        CompletionQueueEntry cqe = c.Connect(0, 0xFFFF, TestNode.Nqn, sqsize);
+        Assert.Equal(accepted, cqe.StatusField.IsSuccess);
+        if (!accepted)
+        {
+            Assert.Equal(FabricsStatus.ConnectInvalidParameters, cqe.StatusField.Code);
+            Assert.Equal(44u, cqe.Dw0 & 0xFFFF); // IPO: SQSIZE in the command
+        }
+    }
+
     [Fact]
     public void AnEmptyHostNqnIsRefusedWhereOnlyListedHostsMayConnect()
     {

@@ -9,7 +9,7 @@ namespace StorageNode.Target;
 public sealed record TargetOptions
 {
     public int MaxQueueDepth { get; init; } = 128;
-    public int AdminQueueDepth { get; init; } = 32;
+    public int AdminQueueDepth { get; init; } = 128; // as SPDK's TCP and RDMA transports (max_aq_depth)
     public int MaxIoQueues { get; init; } = 16;
     /// <summary>Largest data transfer of one command (MDTS); a power of two, at least 4096.</summary>
     public uint MaxIoSize { get; init; } = 1024 * 1024;
