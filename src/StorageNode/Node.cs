@@ -20,6 +20,9 @@ public sealed class Node : IDisposable
 {
     private readonly List<Reactor> _reactors = [];
     private readonly Dictionary<string, Bdev> _bdevs = new(StringComparer.Ordinal);
+    // Bdevs whose namespace was removed and whose commands are still draining (run-time changes, under _bdevs).
+    private readonly HashSet<Bdev> _draining = [];
+    private ReservationStore? _store;
     private readonly ILogger _log;
     private bool _started;
     private bool _disposed;
@@ -92,6 +95,7 @@ public sealed class Node : IDisposable
                         config.StateDirectory, e.Message);
                 }
             }
+            _store = store;
             foreach ((Subsystem s, SubsystemConfig sc) in subsystems)
             {
                 for (int i = 0; i < sc.Namespaces.Count; i++)
@@ -133,14 +137,120 @@ public sealed class Node : IDisposable
         _ => throw new ConfigException("Bdevs", $"unknown type {b.Type}"),
     };
 
-    public Bdev GetBdev(string name) => _bdevs[name];
+    public Bdev GetBdev(string name)
+    {
+        lock (_bdevs) return _bdevs[name];
+    }
+
+    // ------------------------------------------------------------------ run-time changes (management RPC)
+
+    /// <summary>Creates a RAM bdev (SPDK's <c>bdev_malloc_create</c>); its name (a free <c>MallocN</c> when none is given).</summary>
+    public string CreateMallocBdev(string? name, uint blockSize, ulong blockCount)
+    {
+        if (blockSize is < 512 or > 65536 || (blockSize & (blockSize - 1)) != 0)
+            throw new ArgumentException($"block_size {blockSize} must be a power of two in 512..65536");
+        if (blockCount == 0 || blockCount > (1UL << 40) / blockSize)
+            throw new ArgumentException($"num_blocks {blockCount} must be 1..{(1UL << 40) / blockSize} (at most 1 TiB)");
+        lock (_bdevs)
+        {
+            if (name == null)
+                for (int i = 0; name == null || _bdevs.ContainsKey(name); i++) name = $"Malloc{i}";
+            else if (name.Length == 0 || _bdevs.ContainsKey(name))
+                throw new InvalidOperationException(name.Length == 0 ? "name must not be empty" : $"bdev '{name}' already exists");
+            _bdevs[name] = new MallocBdev(name, blockSize, blockCount);
+            _log.LogInformation("bdev {Name} created: {Blocks} blocks of {BlockSize} bytes in RAM", name, blockCount, blockSize);
+            return name;
+        }
+    }
+
+    /// <summary>
+    /// Adds a namespace to a running standalone subsystem (SPDK's <c>nvmf_subsystem_add_ns</c>); its NSID (the lowest
+    /// free one when none is given). The hosts are told through the Changed Namespace List and its event.
+    /// </summary>
+    public uint AddNamespace(Subsystem s, string bdevName, uint? nsid, byte[]? nguid, Guid? uuid, uint? anaGroup)
+    {
+        RefuseWhenPaired(s);
+        lock (_bdevs)
+        {
+            if (!_bdevs.TryGetValue(bdevName, out Bdev? bdev)) throw new KeyNotFoundException($"bdev '{bdevName}' not found");
+            foreach (Subsystem other in Target.Subsystems)
+                foreach (Namespace used in other.Namespaces)
+                    if (used.Bdev == bdev) throw new InvalidOperationException($"bdev '{bdevName}' is already {other.Nqn} nsid {used.Nsid}");
+            if (_draining.Contains(bdev)) throw new InvalidOperationException($"bdev '{bdevName}' is still finishing the commands of its last namespace");
+            uint id = nsid ?? 0;
+            if (id == 0)
+            {
+                for (uint i = 1; i <= s.MaxNamespaces && id == 0; i++)
+                    if (s.GetNamespace(i) == null) id = i;
+                if (id == 0) throw new InvalidOperationException($"{s.Nqn} has no free NSID (max_namespaces {s.MaxNamespaces})");
+            }
+            else if (id > s.MaxNamespaces) throw new ArgumentException($"nsid {id} is outside 1..{s.MaxNamespaces}");
+            else if (s.GetNamespace(id) != null) throw new InvalidOperationException($"nsid {id} is already in use in {s.Nqn}");
+            uint group = anaGroup ?? id;
+            if (group == 0 || group > s.MaxNamespaces) throw new ArgumentException($"anagrpid {group} is outside 1..{s.MaxNamespaces}");
+            // Identifiers derived from the bdev too: another bdev under a reused NSID is another namespace to the host.
+            nguid ??= NodeConfig.DerivedId($"nguid:{bdevName}", s.Nqn, id);
+            if (nguid.Length != 16 || nguid.All(b => b == 0)) throw new ArgumentException("nguid must be 16 bytes, not all zero");
+            if (uuid == null)
+            {
+                byte[] u = NodeConfig.DerivedId($"uuid:{bdevName}", s.Nqn, id);
+                u[6] = (byte)((u[6] & 0x0F) | 0x80);
+                u[8] = (byte)((u[8] & 0x3F) | 0x80);
+                uuid = new Guid(u, bigEndian: true);
+            }
+            var ns = new Namespace(id, bdev, nguid, uuid.Value, group);
+            _store?.Attach(s, ns);
+            Target.AddNamespace(s, ns);
+            return id;
+        }
+    }
+
+    /// <summary>
+    /// Takes a namespace out of a running standalone subsystem (SPDK's <c>nvmf_subsystem_remove_ns</c>). Returns once
+    /// the commands that had reached its bdev have finished (at most <paramref name="wait"/>; false if they had not yet).
+    /// </summary>
+    public bool RemoveNamespace(Subsystem s, uint nsid, TimeSpan wait)
+    {
+        RefuseWhenPaired(s);
+        var drained = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_bdevs)
+        {
+            Bdev bdev = s.GetNamespace(nsid)?.Bdev ?? throw new KeyNotFoundException($"{s.Nqn} has no namespace {nsid}");
+            _draining.Add(bdev);
+            if (Target.RemoveNamespace(s, nsid, () =>
+                {
+                    lock (_bdevs) _draining.Remove(bdev);
+                    drained.TrySetResult();
+                }) == null)
+            {
+                _draining.Remove(bdev);
+                throw new KeyNotFoundException($"{s.Nqn} has no namespace {nsid}");
+            }
+        }
+        if (drained.Task.Wait(wait)) return true;
+        _log.LogWarning("{Nqn}: namespace {Nsid} is removed, but commands that reached its bdev are still running after {Wait}; the bdev stays busy until they finish",
+            s.Nqn, nsid, wait);
+        return false;
+    }
+
+    /// <summary>
+    /// A paired subsystem's namespaces are the same on both nodes and each belongs to an ANA group one node owns: they
+    /// are set in both nodes' configuration (changing them at run time needs the pair to agree, not built yet).
+    /// </summary>
+    private void RefuseWhenPaired(Subsystem s)
+    {
+        if (s.IsDiscovery) throw new InvalidOperationException("the discovery subsystem has no namespaces");
+        if (Pair != null)
+            throw new NotSupportedException($"{s.Nqn} is served by the HA pair: its namespaces are set in both nodes' configuration, not at run time");
+    }
 
     /// <summary>Every bdev: the configured ones, then the partner bdevs of relayed namespaces.</summary>
     public IReadOnlyList<Bdev> Bdevs
     {
         get
         {
-            var list = new List<Bdev>(_bdevs.Values);
+            List<Bdev> list;
+            lock (_bdevs) list = new List<Bdev>(_bdevs.Values);
             foreach (Subsystem s in Target.Subsystems)
                 foreach (Namespace ns in s.Namespaces)
                     if (ns.IsRemote && !list.Contains(ns.Bdev)) list.Add(ns.Bdev);

@@ -339,7 +339,10 @@ public sealed unsafe class FileBdev : Bdev
 
         public override void Dispose()
         {
-            _reactor.Post(() => _reactor.Unregister(_source));
+            // On its own reactor (a namespace removed at run time) the eventfd leaves epoll before it is closed; from
+            // elsewhere (the node stopping) the reactor drops it later.
+            if (_reactor.IsCurrentThread) _reactor.Unregister(_source);
+            else _reactor.Post(() => _reactor.Unregister(_source));
             Uring.Destroy(_ring);
             Libc.Close(_eventFd);
             NativeMemory.Free(_cqes);

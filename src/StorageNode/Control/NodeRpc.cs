@@ -121,6 +121,44 @@ public static class NodeRpc
             s.SetAnaState(group, forced);
             return JsonValue.Create(true);
         };
+        m["bdev_malloc_create"] = p =>
+        {
+            Allow(p, "name", "num_blocks", "block_size");
+            uint blockSize = RequiredUInt(p, "block_size");
+            ulong blocks = RequiredUInt(p, "num_blocks");
+            return Changing(() => JsonValue.Create(node.CreateMallocBdev(OptionalString(p, "name"), blockSize, blocks)));
+        };
+        m["nvmf_subsystem_add_ns"] = p =>
+        {
+            Allow(p, "nqn", "namespace");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            if (p!["namespace"] is not JsonObject n) throw new RpcException(RpcException.InvalidParams, "namespace is required (an object with bdev_name)");
+            Allow(n, "bdev_name", "nsid", "nguid", "uuid", "anagrpid");
+            string bdev = RequiredString(n, "bdev_name");
+            uint? nsid = n.ContainsKey("nsid") ? RequiredUInt(n, "nsid") : null;
+            uint? group = n.ContainsKey("anagrpid") ? RequiredUInt(n, "anagrpid") : null;
+            byte[]? nguid = null;
+            if (OptionalString(n, "nguid") is string ng)
+            {
+                try { nguid = Convert.FromHexString(ng.Replace("-", "", StringComparison.Ordinal)); }
+                catch (FormatException) { throw new RpcException(RpcException.InvalidParams, $"nguid '{ng}' is not hexadecimal"); }
+            }
+            Guid? uuid = null;
+            if (OptionalString(n, "uuid") is string us)
+                uuid = Guid.TryParse(us, out Guid u) ? u : throw new RpcException(RpcException.InvalidParams, $"uuid '{us}' is not a UUID");
+            return Changing(() => JsonValue.Create(node.AddNamespace(s, bdev, nsid == 0 ? null : nsid, nguid, uuid, group)));
+        };
+        m["nvmf_subsystem_remove_ns"] = p =>
+        {
+            Allow(p, "nqn", "nsid");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            uint nsid = RequiredUInt(p, "nsid");
+            return Changing(() =>
+            {
+                node.RemoveNamespace(s, nsid, TimeSpan.FromSeconds(30)); // removed at once; waits for what was running
+                return JsonValue.Create(true);
+            });
+        };
         m["cluster_get_status"] = p => { NoParams(p, "cluster_get_status"); return ClusterJson(node); };
         return m;
     }
@@ -281,6 +319,19 @@ public static class NodeRpc
     };
 
     // ------------------------------------------------------------------ parameters
+
+    /// <summary>Runs a change, giving its refusals their JSON-RPC codes.</summary>
+    private static JsonNode? Changing(Func<JsonNode?> change)
+    {
+        try
+        {
+            return change();
+        }
+        catch (KeyNotFoundException e) { throw new RpcException(RpcException.NoSuchDevice, e.Message); }
+        catch (NotSupportedException e) { throw new RpcException(RpcException.NotPermitted, e.Message); }
+        catch (ArgumentException e) { throw new RpcException(RpcException.InvalidParams, e.Message); }
+        catch (InvalidOperationException e) { throw new RpcException(RpcException.Busy, e.Message); }
+    }
 
     private static Subsystem FindSubsystem(Node node, string nqn)
         => node.Target.FindSubsystem(nqn) ?? throw new RpcException(RpcException.NoSuchDevice, $"subsystem '{nqn}' not found");

@@ -17,6 +17,10 @@ public sealed class RpcException(int code, string message) : Exception(message)
     public const int InternalError = -32603;
     /// <summary>The request was well formed but names something that does not exist (SPDK uses -19, ENODEV).</summary>
     public const int NoSuchDevice = -19;
+    /// <summary>The thing is in use or the change conflicts with what is there (SPDK's -EBUSY / -EEXIST sense).</summary>
+    public const int Busy = -16;
+    /// <summary>Not allowed on this node or subsystem (SPDK's -EPERM): e.g. changing a paired subsystem's namespaces.</summary>
+    public const int NotPermitted = -1;
 
     public int Code { get; } = code;
 }

@@ -314,7 +314,7 @@ internal static unsafe class AdminCommands
             (LogPageId.Error, _) => BuildErrorLog(ctrl),
             (LogPageId.Smart, false) => BuildSmartLog(ctrl),
             (LogPageId.FirmwareSlot, false) => BuildFirmwareLog(s),
-            (LogPageId.ChangedNamespaceList, false) => new byte[4096],
+            (LogPageId.ChangedNamespaceList, false) => ctrl.ReadChangedNamespaceList(rae),
             (LogPageId.CommandEffects, false) => BuildCommandEffects(),
             (LogPageId.Ana, false) => BuildAnaLog(ctrl, groupsOnly: (lsp & 1) != 0),
             (LogPageId.ReservationNotification, false) => offset == 0 ? ctrl.TakeReservationNotification() : new byte[ReservationNotification.Size],

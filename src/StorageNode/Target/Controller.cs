@@ -298,6 +298,59 @@ public sealed class Controller
     /// <summary>Drops outstanding AERs (their queue pair is going away).</summary>
     internal void ClearAers() => _aers.Clear();
 
+    // ---- Changed Namespace List (any thread) ----
+
+    /// <summary>How many NSIDs the Changed Namespace List holds; past that it says 0xFFFFFFFF (more than 1024 changed).</summary>
+    public const int ChangedNamespaceEntries = 1024;
+    private readonly SortedSet<uint> _changedNamespaces = [];
+    private bool _changedNamespacesOverflow;
+
+    /// <summary>
+    /// A namespace was added or removed: it goes in the Changed Namespace List (log page 04h) and a Namespace Attribute
+    /// Changed notice is raised (if the host enabled it), as SPDK's target and nvmet do when a namespace comes or goes.
+    /// </summary>
+    public void NotifyNamespaceChanged(uint nsid)
+    {
+        lock (_changedNamespaces)
+        {
+            if (!_changedNamespacesOverflow && !_changedNamespaces.Contains(nsid))
+            {
+                if (_changedNamespaces.Count < ChangedNamespaceEntries) _changedNamespaces.Add(nsid);
+                else _changedNamespacesOverflow = true;
+            }
+        }
+        RaiseAsyncEvent(AsyncEvent.TypeNotice, AsyncEvent.NoticeNamespaceAttributeChanged, LogPageId.ChangedNamespaceList,
+            AsyncEvent.ConfigNamespaceAttribute);
+    }
+
+    /// <summary>The Changed Namespace List (ascending NSIDs, zero-filled); read without RAE, it starts over.</summary>
+    internal byte[] ReadChangedNamespaceList(bool retainEvent)
+    {
+        var page = new byte[ChangedNamespaceEntries * 4];
+        lock (_changedNamespaces)
+        {
+            if (_changedNamespacesOverflow)
+            {
+                System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(page, uint.MaxValue);
+            }
+            else
+            {
+                int off = 0;
+                foreach (uint nsid in _changedNamespaces)
+                {
+                    System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(page.AsSpan(off), nsid);
+                    off += 4;
+                }
+            }
+            if (!retainEvent)
+            {
+                _changedNamespaces.Clear();
+                _changedNamespacesOverflow = false;
+            }
+        }
+        return page;
+    }
+
     // ---- Reservation notifications (any thread) ----
 
     /// <summary>Notifications a controller keeps until the host reads them (Reservation Notification log page).</summary>

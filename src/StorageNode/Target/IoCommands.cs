@@ -137,6 +137,13 @@ internal static unsafe class IoCommands
         Namespace ns = req.Namespace!;
         BdevChannel ch = req.Channel!;
         int shift = ns.Bdev.BlockShift;
+        if (ns.Removed)
+        {
+            // Taken out of the subsystem after this command arrived: it does not reach the bdev.
+            if (req.Fused != FusedRole.None) FusedCommands.Failed(req, NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat));
+            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat));
+            return;
+        }
         // Checked when the command runs (not when it arrived): nothing of a host a reservation excludes starts after the
         // reservation command completed, however long it waited for a buffer or in the gate.
         if (ns.Reservations.Held && !IoOpcode.IsReservation(sqe.Opcode) && !Allowed(req, ns))
@@ -150,12 +157,17 @@ internal static unsafe class IoCommands
             FusedCommands.Ready(req); // runs once both are here, under a range lock
             return;
         }
-        if (req.Fused != FusedRole.Relayed && TouchesBlocks(sqe.Opcode))
+        if (req.Fused != FusedRole.Relayed && !IoOpcode.IsReservation(sqe.Opcode))
         {
-            // Nothing runs on blocks a Compare and Write has locked; what runs counts, so that a lock waits for it.
+            // Nothing runs on blocks a Compare and Write has locked; what runs counts, so that a lock (and a namespace's
+            // removal) waits for it. The relayed fused pair takes a lock of its own; reservation commands touch no
+            // blocks (and preempt and abort waits on a lock itself).
             RangeLocks.Channel locks = ns.Locks.For(req.Qpair.Reactor.Id);
-            bool ranged = sqe.Opcode is not (IoOpcode.DatasetManagement or IoOpcode.Copy);
-            if (locks.MustWait(req, ranged ? sqe.Slba : 0, ranged ? sqe.BlockCount : ns.Bdev.BlockCount)) return;
+            if (TouchesBlocks(sqe.Opcode))
+            {
+                bool ranged = sqe.Opcode is not (IoOpcode.DatasetManagement or IoOpcode.Copy);
+                if (locks.MustWait(req, ranged ? sqe.Slba : 0, ranged ? sqe.BlockCount : ns.Bdev.BlockCount)) return;
+            }
             locks.Started(req);
         }
         req.PendingOps = 1;

@@ -100,11 +100,47 @@ public sealed class NvmfTarget : IDisposable
         foreach (Namespace ns in s.Namespaces) ns.OpenChannels(Reactors);
     }
 
-    /// <summary>Adds a namespace to a running subsystem (opens its per-reactor channels first).</summary>
+    /// <summary>
+    /// Adds a namespace to a running subsystem (opens its per-reactor channels first); the hosts' controllers are told
+    /// (Changed Namespace List, Namespace Attribute Changed).
+    /// </summary>
     public void AddNamespace(Subsystem s, Namespace ns)
     {
         ns.OpenChannels(Reactors);
-        s.AddNamespace(ns);
+        try
+        {
+            s.AddNamespace(ns);
+        }
+        catch
+        {
+            ns.CloseChannels();
+            throw;
+        }
+        Log.LogInformation("{Nqn}: namespace {Nsid} added (bdev {Bdev}, {Blocks} blocks of {BlockSize} bytes)", s.Nqn, ns.Nsid, ns.Bdev.Name, ns.Bdev.BlockCount, ns.Bdev.BlockSize);
+        s.NotifyNamespaceChanged(ns.Nsid);
+    }
+
+    /// <summary>
+    /// Takes a namespace out of a running subsystem: hosts no longer find it (new commands get Invalid Namespace or
+    /// Format; commands that had arrived but not reached the bdev fail the same way), the hosts' controllers are told,
+    /// and <paramref name="drained"/> runs (on some reactor) once every command that had reached the bdev has finished
+    /// and the namespace's channels are closed. Null when the subsystem has no such namespace.
+    /// </summary>
+    public Namespace? RemoveNamespace(Subsystem s, uint nsid, Action drained)
+    {
+        Namespace? ns = s.RemoveNamespace(nsid);
+        if (ns == null) return null;
+        ns.Removed = true;
+        // The lock's message reaches every reactor after the two writes above, so whatever runs there afterwards sees
+        // them; it is granted once the commands counted before it on each reactor have finished. It is never released.
+        ns.Locks.Lock(0, ulong.MaxValue, () =>
+        {
+            ns.CloseChannelsOnTheirReactors(Reactors);
+            drained();
+        });
+        Log.LogInformation("{Nqn}: namespace {Nsid} removed (bdev {Bdev})", s.Nqn, nsid, ns.Bdev.Name);
+        s.NotifyNamespaceChanged(nsid);
+        return ns;
     }
 
     public Subsystem? FindSubsystem(string nqn)

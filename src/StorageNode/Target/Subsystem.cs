@@ -29,6 +29,12 @@ public sealed class Namespace
     /// </summary>
     public bool IsRemote { get; }
 
+    /// <summary>
+    /// Set when the namespace is taken out of its subsystem at run time: a command that reaches the bdev after that
+    /// fails (Invalid Namespace or Format) instead of running.
+    /// </summary>
+    internal volatile bool Removed;
+
     /// <summary>LBA range locks (fused Compare and Write) over every reactor.</summary>
     public RangeLocks Locks { get; } = new();
 
@@ -53,6 +59,14 @@ public sealed class Namespace
         for (int i = 0; i < reactors.Count; i++) channels[i] = Bdev.CreateChannel(reactors[i]);
         Locks.Open(reactors);
         Channels = channels;
+    }
+
+    /// <summary>Closes each channel on its own reactor (a namespace removed at run time, once nothing uses it).</summary>
+    internal void CloseChannelsOnTheirReactors(IReadOnlyList<Reactor> reactors)
+    {
+        BdevChannel[] channels = Channels;
+        Channels = [];
+        for (int i = 0; i < channels.Length; i++) reactors[i].Post(channels[i].Dispose);
     }
 
     internal void CloseChannels()
@@ -166,6 +180,26 @@ public sealed class Subsystem
             Volatile.Write(ref _namespaces, copy);
             if (_groupIsLocal.TryAdd(ns.AnaGroupId, !ns.IsRemote)) PublishAna(_ana.Partner, changed: false);
         }
+    }
+
+    /// <summary>Takes a namespace out (the I/O path no longer finds it); the removed namespace, or null when there is none.</summary>
+    public Namespace? RemoveNamespace(uint nsid)
+    {
+        lock (_lock)
+        {
+            if (nsid - 1 >= (uint)_namespaces.Length || _namespaces[nsid - 1] is not Namespace ns) return null;
+            var copy = (Namespace?[])_namespaces.Clone();
+            copy[nsid - 1] = null;
+            Volatile.Write(ref _namespaces, copy);
+            return ns;
+        }
+    }
+
+    /// <summary>Tells every host's controller that a namespace came or went (Changed Namespace List, event).</summary>
+    public void NotifyNamespaceChanged(uint nsid)
+    {
+        foreach (Controller c in Controllers)
+            if (!c.IsInterconnect) c.NotifyNamespaceChanged(nsid);
     }
 
     /// <summary>Declares an ANA group and whether this node owns it (before its namespaces are added).</summary>
