@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json.Nodes;
 
 using StorageNode.Testing;
 
@@ -280,6 +281,44 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         int rc = Run("reservations", "reservations.sh", env, (GuestPort, pair.EndpointA.Port), (GuestPortB, pair.EndpointB.Port));
         if (rc != 0) output.WriteLine($"node A:\n{pair.Log('A')}\nnode B:\n{pair.Log('B')}");
         Assert.True(pair.B.Pair!.Links[0].Relayed > 0, "nothing went through the proxy path");
+        Assert.Equal(0, rc);
+    }
+
+    /// <summary>
+    /// Namespaces that come and go at run time (management RPC, as SPDK's): the kernel host is told (Namespace
+    /// Attribute Changed, Changed Namespace List), its device appears and goes on the same controller, and I/O works.
+    /// </summary>
+    [Fact]
+    public void TheKernelHostSeesANamespaceComeAndGoWithoutReconnecting()
+    {
+        string sock = Path.Combine(Path.GetTempPath(), $"sn-rig-{Guid.NewGuid():N}.sock");
+        using TestNode node = new(new()
+        {
+            ["Subsystems:0:Nqn"] = "nqn.2026-11.io.storagenode:rig",
+            ["Bdevs:0:SizeMiB"] = "64",
+            ["Control:RpcSocket"] = sock,
+        });
+        var env = Env(node, GuestPort);
+        env["NEW_NSID"] = "3";
+        env["EXPECT_NEW_SECTORS"] = (32 << 11).ToString(); // 32 MiB
+        var done = new List<string>();
+        int rc = Run("ns-change", "ns-change.sh", env, TimeSpan.FromMinutes(6), g =>
+        {
+            using var rpc = new Control.RpcClient(sock);
+            if (!g.WaitForSignal("connected", TimeSpan.FromMinutes(4))) return;
+            string bdev = rpc.Call("bdev_malloc_create", new JsonObject { ["num_blocks"] = 32 << 8, ["block_size"] = 4096 })!.GetValue<string>();
+            rpc.Call("nvmf_subsystem_add_ns", new JsonObject
+            {
+                ["nqn"] = "nqn.2026-11.io.storagenode:rig",
+                ["namespace"] = new JsonObject { ["bdev_name"] = bdev, ["nsid"] = 3 },
+            });
+            done.Add("added");
+            if (!g.WaitForSignal("added-seen", TimeSpan.FromMinutes(3))) return;
+            rpc.Call("nvmf_subsystem_remove_ns", new JsonObject { ["nqn"] = "nqn.2026-11.io.storagenode:rig", ["nsid"] = 3 });
+            done.Add("removed");
+        }, (GuestPort, node.Endpoint.Port));
+        output.WriteLine($"host side: {string.Join(", ", done)}");
+        Assert.Equal(["added", "removed"], done);
         Assert.Equal(0, rc);
     }
 
