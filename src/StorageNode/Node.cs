@@ -191,14 +191,7 @@ public sealed class Node : IDisposable
             // Identifiers derived from the bdev too: another bdev under a reused NSID is another namespace to the host.
             nguid ??= NodeConfig.DerivedId($"nguid:{bdevName}", s.Nqn, id);
             if (nguid.Length != 16 || nguid.All(b => b == 0)) throw new ArgumentException("nguid must be 16 bytes, not all zero");
-            if (uuid == null)
-            {
-                byte[] u = NodeConfig.DerivedId($"uuid:{bdevName}", s.Nqn, id);
-                u[6] = (byte)((u[6] & 0x0F) | 0x80);
-                u[8] = (byte)((u[8] & 0x3F) | 0x80);
-                uuid = new Guid(u, bigEndian: true);
-            }
-            var ns = new Namespace(id, bdev, nguid, uuid.Value, group);
+            var ns = new Namespace(id, bdev, nguid, uuid ?? NodeConfig.DerivedUuid($"uuid:{bdevName}", s.Nqn, id), group);
             _store?.Attach(s, ns);
             Target.AddNamespace(s, ns);
             return id;

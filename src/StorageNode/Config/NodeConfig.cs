@@ -394,10 +394,7 @@ public sealed record NodeConfig
                 }
                 else
                 {
-                    byte[] u = DerivedId("uuid", nqn, nsid);
-                    u[6] = (byte)((u[6] & 0x0F) | 0x80); // version 8 (name-based, custom hash)
-                    u[8] = (byte)((u[8] & 0x3F) | 0x80); // RFC 4122 variant
-                    uuid = new Guid(u, bigEndian: true);
+                    uuid = DerivedUuid("uuid", nqn, nsid);
                 }
                 if (nguid.All(b => b == 0)) throw new ConfigException($"{n.Path}:Nguid", "must not be all zero");
                 ulong? declaredBlocks = declaredMiB > 0 ? (ulong)declaredMiB * 1024 * 1024 / (declaredBlockSize ?? 512) : null;
@@ -411,6 +408,15 @@ public sealed record NodeConfig
     /// <summary>Identifiers derived from the NQN and NSID, so every node of a pair computes the same ones.</summary>
     public static byte[] DerivedId(string kind, string nqn, uint nsid)
         => SHA256.HashData(Encoding.UTF8.GetBytes($"storagenode:{kind}:{nqn}:{nsid}"))[..16];
+
+    /// <summary>A name-based UUID (version 8, RFC 4122 variant) from <see cref="DerivedId"/>.</summary>
+    public static Guid DerivedUuid(string kind, string nqn, uint nsid)
+    {
+        byte[] u = DerivedId(kind, nqn, nsid);
+        u[6] = (byte)((u[6] & 0x0F) | 0x80); // version 8 (name-based, custom hash)
+        u[8] = (byte)((u[8] & 0x3F) | 0x80); // RFC 4122 variant
+        return new Guid(u, bigEndian: true);
+    }
 
     private static string DefaultSerial(string nqn)
         => "SN" + Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(nqn)))[..18];
