@@ -153,7 +153,7 @@ internal static unsafe class NvmeProbe
         // 4. Connection manager: bad private data is rejected with the binding's status.
         ExpectReject("cm-reject-record-format", Request(recfmt: 1, qid: 1, hrq: 32, hsq: 31), RdmaCmStatus.InvalidRecordFormat);
         ExpectReject("cm-reject-qid", Request(0, 999, 32, 31), RdmaCmStatus.InvalidQid);
-        ExpectReject("cm-reject-admin-hsqsize", Request(0, 0, 64, 63), RdmaCmStatus.InvalidHsqSize);
+        ExpectReject("cm-reject-admin-hsqsize", Request(0, 0, 256, 255), RdmaCmStatus.InvalidHsqSize);
         ExpectReject("cm-reject-hrqsize", Request(0, 2, 0, 31), RdmaCmStatus.InvalidHrqSize);
 
         // 5. A Connect for another queue than the connection was made for.

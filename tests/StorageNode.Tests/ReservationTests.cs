@@ -1,5 +1,6 @@
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
+using StorageNode.Target;
 
 namespace StorageNode.Tests;
 
@@ -354,6 +355,28 @@ public sealed class ReservationPersistenceTests : IDisposable
             using NvmeHost h = node.Connect();
             Assert.Empty(h.IoQueues[0].GetReservationStatus(1).Registrants);
         }
+    }
+
+    [Fact]
+    public void AnotherNamespaceUnderARemovedNsidDoesNotInheritItsKeptState()
+    {
+        using TestNode node = Start();
+        Subsystem sub = node.Node.Target.FindSubsystem(TestNode.Nqn)!;
+        byte[] nguid = sub.GetNamespace(1)!.Nguid;
+        using NvmeHost h = node.Connect();
+        Assert.True(h.IoQueues[0].ReservationRegister(1, ReservationAction.Register, 0, 0xA, cptpl: ChangePtpl.Set).IsSuccess);
+
+        // NSID 1 is removed and given to another bdev: it starts with no reservation.
+        Assert.True(node.Node.RemoveNamespace(sub, 1, TimeSpan.FromSeconds(10)));
+        string other = node.Node.CreateMallocBdev(null, 512, 2048);
+        Assert.Equal(1u, node.Node.AddNamespace(sub, other, 1, null, null, null));
+        Assert.Empty(h.IoQueues[0].GetReservationStatus(1).Registrants);
+        Assert.Contains(node.Logs.Lines, l => l.Contains("belongs to another namespace"));
+
+        // The first namespace back under its own NGUID finds its state.
+        Assert.True(node.Node.RemoveNamespace(sub, 1, TimeSpan.FromSeconds(10)));
+        Assert.Equal(1u, node.Node.AddNamespace(sub, "Malloc0", 1, nguid, null, null));
+        Assert.Equal([0xAul], h.IoQueues[0].GetReservationStatus(1).Registrants.Select(r => r.Key));
     }
 
     [Fact]

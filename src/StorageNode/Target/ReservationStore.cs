@@ -29,13 +29,20 @@ public sealed class ReservationStore(string directory, string nodeName, ILogger 
     {
         ReservationState state = ns.Reservations;
         string path = PathFor(s, ns.Nsid);
+        string nguid = Convert.ToHexString(ns.Nguid);
         state.PtplCapable = true;
         if (File.Exists(path))
         {
             try
             {
                 ReservationState.Saved? saved = JsonSerializer.Deserialize<ReservationState.Saved>(File.ReadAllBytes(path), Json);
-                if (saved is { Ptpl: true })
+                if (saved is { Nguid: string kept } && kept != nguid)
+                {
+                    // The NSID was removed at run time and given to another namespace: the kept state is not its own.
+                    log.LogWarning("{Nqn} namespace {Nsid}: the kept reservation state in {Path} belongs to another namespace (NGUID {Kept}, this one {Nguid}); starting without it",
+                        s.Nqn, ns.Nsid, path, kept, nguid);
+                }
+                else if (saved is { Ptpl: true })
                 {
                     state.Restore(saved);
                     log.LogInformation("{Nqn} namespace {Nsid}: reservation state restored from {Path} ({Count} registrants, type {Type})",
@@ -48,14 +55,14 @@ public sealed class ReservationStore(string directory, string nodeName, ILogger 
                     s.Nqn, ns.Nsid, path, e.Message);
             }
         }
-        state.Changed += st => Save(st, path);
+        state.Changed += st => Save(st, path, nguid);
     }
 
-    private void Save(ReservationState state, string path)
+    private void Save(ReservationState state, string path, string nguid)
     {
         try
         {
-            ReservationState.Saved saved = state.Snapshot();
+            ReservationState.Saved saved = state.Snapshot() with { Nguid = nguid };
             if (!saved.Ptpl)
             {
                 File.Delete(path);

@@ -355,7 +355,7 @@ public sealed class ReservationState
     // ------------------------------------------------------------------ persistence
 
     /// <summary>The state as it is kept on disk (Persist Through Power Loss).</summary>
-    public sealed record Saved(uint Generation, ReservationType Type, Guid Holder, bool Ptpl, Saved.Entry[] Registrants)
+    public sealed record Saved(uint Generation, ReservationType Type, Guid Holder, bool Ptpl, Saved.Entry[] Registrants, string? Nguid = null)
     {
         public sealed record Entry(Guid HostId, ulong Key);
     }
