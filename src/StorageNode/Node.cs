@@ -142,6 +142,14 @@ public sealed class Node : IDisposable
         lock (_bdevs) return _bdevs[name];
     }
 
+    /// <summary>The namespaces a bdev backs (it is claimed while there is one).</summary>
+    public IEnumerable<(Subsystem Subsystem, Namespace Namespace)> NamespacesOn(Bdev bdev)
+    {
+        foreach (Subsystem s in Target.Subsystems)
+            foreach (Namespace ns in s.Namespaces)
+                if (ns.Bdev == bdev) yield return (s, ns);
+    }
+
     // ------------------------------------------------------------------ run-time changes (management RPC)
 
     /// <summary>Creates a RAM bdev (SPDK's <c>bdev_malloc_create</c>); its name (a free <c>MallocN</c> when none is given).</summary>
@@ -165,7 +173,7 @@ public sealed class Node : IDisposable
 
     /// <summary>
     /// Adds a namespace to a running standalone subsystem (SPDK's <c>nvmf_subsystem_add_ns</c>); its NSID (the lowest
-    /// free one when none is given). The hosts are told through the Changed Namespace List and its event.
+    /// free one when none, or 0, is given). The hosts are told through the Changed Namespace List and its event.
     /// </summary>
     public uint AddNamespace(Subsystem s, string bdevName, uint? nsid, byte[]? nguid, Guid? uuid, uint? anaGroup)
     {
@@ -173,10 +181,10 @@ public sealed class Node : IDisposable
         lock (_bdevs)
         {
             if (!_bdevs.TryGetValue(bdevName, out Bdev? bdev)) throw new KeyNotFoundException($"bdev '{bdevName}' not found");
-            foreach (Subsystem other in Target.Subsystems)
-                foreach (Namespace used in other.Namespaces)
-                    if (used.Bdev == bdev) throw new InvalidOperationException($"bdev '{bdevName}' is already {other.Nqn} nsid {used.Nsid}");
+            if (NamespacesOn(bdev).FirstOrDefault() is (Subsystem other, Namespace used))
+                throw new InvalidOperationException($"bdev '{bdevName}' is already {other.Nqn} nsid {used.Nsid}");
             if (_draining.Contains(bdev)) throw new InvalidOperationException($"bdev '{bdevName}' is still finishing the commands of its last namespace");
+            // Checked here as well as in Subsystem.AddNamespace: before any channel is opened for it.
             uint id = nsid ?? 0;
             if (id == 0)
             {

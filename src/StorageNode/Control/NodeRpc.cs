@@ -146,7 +146,7 @@ public static class NodeRpc
             Guid? uuid = null;
             if (OptionalString(n, "uuid") is string us)
                 uuid = Guid.TryParse(us, out Guid u) ? u : throw new RpcException(RpcException.InvalidParams, $"uuid '{us}' is not a UUID");
-            return Changing(() => JsonValue.Create(node.AddNamespace(s, bdev, nsid == 0 ? null : nsid, nguid, uuid, group)));
+            return Changing(() => JsonValue.Create(node.AddNamespace(s, bdev, nsid, nguid, uuid, group)));
         };
         m["nvmf_subsystem_remove_ns"] = p =>
         {
@@ -191,9 +191,7 @@ public static class NodeRpc
     private static JsonObject BdevJson(Bdev b, Node node)
     {
         var claims = new JsonArray();
-        foreach (Subsystem s in node.Target.Subsystems)
-            foreach (Namespace ns in s.Namespaces)
-                if (ns.Bdev == b) claims.Add($"{s.Nqn} nsid {ns.Nsid}");
+        foreach ((Subsystem s, Namespace ns) in node.NamespacesOn(b)) claims.Add($"{s.Nqn} nsid {ns.Nsid}");
         return new JsonObject
         {
             ["name"] = b.Name,

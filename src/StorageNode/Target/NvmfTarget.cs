@@ -113,7 +113,7 @@ public sealed class NvmfTarget : IDisposable
         }
         catch
         {
-            ns.CloseChannels();
+            ns.CloseChannelsOnTheirReactors(Reactors); // the reactors are running: each closes its own
             throw;
         }
         Log.LogInformation("{Nqn}: namespace {Nsid} added (bdev {Bdev}, {Blocks} blocks of {BlockSize} bytes)", s.Nqn, ns.Nsid, ns.Bdev.Name, ns.Bdev.BlockCount, ns.Bdev.BlockSize);
