@@ -235,6 +235,72 @@ public sealed class Node : IDisposable
     }
 
     /// <summary>
+    /// Deletes a RAM bdev (SPDK's <c>bdev_malloc_delete</c>) that backs no namespace; its memory is freed. Unlike SPDK,
+    /// a bdev that backs a namespace is refused (remove the namespace first) rather than hot-removed from under it.
+    /// </summary>
+    public void DeleteMallocBdev(string name)
+    {
+        Bdev bdev;
+        lock (_bdevs)
+        {
+            if (!_bdevs.TryGetValue(name, out Bdev? b)) throw new KeyNotFoundException($"bdev '{name}' not found");
+            if (b is not MallocBdev) throw new KeyNotFoundException($"bdev '{name}' is not a RAM (malloc) bdev");
+            if (NamespacesOn(b).FirstOrDefault() is (Subsystem s, Namespace ns))
+                throw new InvalidOperationException($"bdev '{name}' is {s.Nqn} nsid {ns.Nsid}: remove the namespace first");
+            if (_draining.Contains(b)) throw new InvalidOperationException($"bdev '{name}' is still finishing the commands of its last namespace");
+            _bdevs.Remove(name);
+            bdev = b;
+        }
+        bdev.Dispose();
+        _log.LogInformation("bdev {Name} deleted", name);
+    }
+
+    /// <summary>Allows a host on a running standalone subsystem (SPDK's <c>nvmf_subsystem_add_host</c>).</summary>
+    public void AllowHost(Subsystem s, string hostNqn)
+    {
+        RefuseHostChangesWhenPaired(s);
+        if (NodeConfig.NqnProblem(hostNqn) is string problem) throw new ArgumentException($"host: {problem}");
+        if (!s.AddHost(hostNqn)) throw new InvalidOperationException($"host '{hostNqn}' is already allowed on {s.Nqn}");
+        Target.NotifyDiscoveryChanged(hostNqn);
+        _log.LogInformation("{Nqn}: host {Host} allowed", s.Nqn, hostNqn);
+    }
+
+    /// <summary>
+    /// Takes a host off a running standalone subsystem's list and closes its associations, as SPDK's
+    /// <c>nvmf_subsystem_remove_host</c> does; how many were closed.
+    /// </summary>
+    public int DisallowHost(Subsystem s, string hostNqn)
+    {
+        RefuseHostChangesWhenPaired(s);
+        IReadOnlyList<Controller> closing = s.RemoveHost(hostNqn) ?? throw new KeyNotFoundException($"host '{hostNqn}' is not on {s.Nqn}'s list");
+        foreach (Controller c in closing) c.Destroy("the host was taken off the subsystem's allowed hosts");
+        Target.NotifyDiscoveryChanged(hostNqn);
+        _log.LogInformation("{Nqn}: host {Host} no longer allowed; {Count} association(s) closed", s.Nqn, hostNqn, closing.Count);
+        return closing.Count;
+    }
+
+    /// <summary>Lets any host connect to a running standalone subsystem, or only the listed ones (SPDK's <c>nvmf_subsystem_allow_any_host</c>).</summary>
+    public void SetAllowAnyHost(Subsystem s, bool allow)
+    {
+        RefuseHostChangesWhenPaired(s);
+        s.SetAllowAnyHost(allow);
+        Target.NotifyDiscoveryChanged(null);
+        _log.LogInformation("{Nqn}: {Who} may connect", s.Nqn, allow ? "any host" : "only the listed hosts");
+    }
+
+    /// <summary>
+    /// Which hosts may reach a paired subsystem must be the same on both nodes: a host refused on the owner but allowed
+    /// on the partner would reach the owner's namespaces through the partner's proxy. It is set in both nodes'
+    /// configuration (changing it at run time needs the pair to agree, not built yet).
+    /// </summary>
+    private void RefuseHostChangesWhenPaired(Subsystem s)
+    {
+        if (s.IsDiscovery) throw new ArgumentException("the discovery subsystem has no host list");
+        if (Pair != null)
+            throw new NotSupportedException($"{s.Nqn} is served by the HA pair: its hosts are set in both nodes' configuration, not at run time");
+    }
+
+    /// <summary>
     /// A paired subsystem's namespaces are the same on both nodes and each belongs to an ANA group one node owns: they
     /// are set in both nodes' configuration (changing them at run time needs the pair to agree, not built yet).
     /// </summary>

@@ -423,9 +423,16 @@ public sealed record NodeConfig
 
     private static void ValidateNqn(string key, string nqn)
     {
-        if (nqn.Length is < 11 or > 223) throw new ConfigException(key, $"'{nqn}' must be 11 to 223 characters");
-        if (!nqn.StartsWith("nqn.", StringComparison.Ordinal)) throw new ConfigException(key, $"'{nqn}' must start with 'nqn.'");
-        if (!IsPrintableAscii(nqn)) throw new ConfigException(key, "must be printable ASCII");
+        if (NqnProblem(nqn) is string problem) throw new ConfigException(key, problem);
+    }
+
+    /// <summary>What is wrong with an NQN as a configured name (null: nothing).</summary>
+    public static string? NqnProblem(string nqn)
+    {
+        if (nqn.Length is < 11 or > 223) return $"'{nqn}' must be 11 to 223 characters";
+        if (!nqn.StartsWith("nqn.", StringComparison.Ordinal)) return $"'{nqn}' must start with 'nqn.'";
+        if (!IsPrintableAscii(nqn)) return "must be printable ASCII";
+        return null;
     }
 
     private static bool IsPrintableAscii(string s)

@@ -159,6 +159,29 @@ public static class NodeRpc
                 return JsonValue.Create(true);
             });
         };
+        m["bdev_malloc_delete"] = p =>
+        {
+            Allow(p, "name");
+            string name = RequiredString(p, "name");
+            return Changing(() =>
+            {
+                node.DeleteMallocBdev(name);
+                return JsonValue.Create(true);
+            });
+        };
+        m["nvmf_subsystem_add_host"] = p => HostChange(node, p, node.AllowHost);
+        m["nvmf_subsystem_remove_host"] = p => HostChange(node, p, (s, host) => node.DisallowHost(s, host));
+        m["nvmf_subsystem_allow_any_host"] = p =>
+        {
+            Allow(p, "nqn", "allow_any_host");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            bool allow = RequiredBool(p, "allow_any_host");
+            return Changing(() =>
+            {
+                node.SetAllowAnyHost(s, allow);
+                return JsonValue.Create(true);
+            });
+        };
         m["cluster_get_status"] = p => { NoParams(p, "cluster_get_status"); return ClusterJson(node); };
         return m;
     }
@@ -331,6 +354,19 @@ public static class NodeRpc
         catch (InvalidOperationException e) { throw new RpcException(RpcException.Busy, e.Message); }
     }
 
+    /// <summary><c>nvmf_subsystem_add_host</c> / <c>remove_host</c>: a change of one host on one subsystem.</summary>
+    private static JsonNode? HostChange(Node node, JsonObject? p, Action<Subsystem, string> change)
+    {
+        Allow(p, "nqn", "host");
+        Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+        string host = RequiredString(p, "host");
+        return Changing(() =>
+        {
+            change(s, host);
+            return JsonValue.Create(true);
+        });
+    }
+
     private static Subsystem FindSubsystem(Node node, string nqn)
         => node.Target.FindSubsystem(nqn) ?? throw new RpcException(RpcException.NoSuchDevice, $"subsystem '{nqn}' not found");
 
@@ -356,6 +392,15 @@ public static class NodeRpc
 
     private static string RequiredString(JsonObject? p, string name)
         => OptionalString(p, name) ?? throw new RpcException(RpcException.InvalidParams, $"{name} is required");
+
+    private static bool RequiredBool(JsonObject? p, string name)
+    {
+        if (p == null || !p.TryGetPropertyValue(name, out JsonNode? v) || v == null)
+            throw new RpcException(RpcException.InvalidParams, $"{name} is required");
+        return v is JsonValue j && j.GetValueKind() is JsonValueKind.True or JsonValueKind.False
+            ? j.GetValue<bool>()
+            : throw new RpcException(RpcException.InvalidParams, $"{name} must be true or false");
+    }
 
     private static uint RequiredUInt(JsonObject? p, string name)
     {

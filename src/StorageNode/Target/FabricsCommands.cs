@@ -111,7 +111,13 @@ internal static unsafe class FabricsCommands
                 return;
             }
             uint kato = cmd.Kato;
-            Controller? ctrl = subsystem.CreateController(id => new Controller(target, subsystem, id, hostNqn, hostId, qp, kato));
+            Controller? ctrl = subsystem.CreateController(id => new Controller(target, subsystem, id, hostNqn, hostId, qp, kato), interconnect ? null : hostNqn);
+            if (ctrl == null && !interconnect && !subsystem.HostAllowed(hostNqn))
+            {
+                target.Log.LogWarning("connect from {Peer}: host '{Host}' is not allowed on {Nqn} (taken off while it connected)", qp.PeerAddress, hostNqn, subNqn);
+                req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ConnectInvalidHost));
+                return;
+            }
             if (ctrl == null)
             {
                 req.Fail(NvmeStatus.CommandSpecific(FabricsStatus.ControllerBusy));

@@ -172,6 +172,20 @@ public sealed class NvmfTarget : IDisposable
         get { lock (_lock) return _discoveryGeneration; }
     }
 
+    /// <summary>
+    /// What the discovery log shows changed for one host (its access to a subsystem), or for every host (null): the
+    /// generation counter moves, and that host's discovery controllers get a Discovery Log Page Change notice (as Linux
+    /// nvmet and SPDK's target send when a host is allowed or removed).
+    /// </summary>
+    public void NotifyDiscoveryChanged(string? hostNqn)
+    {
+        lock (_lock) _discoveryGeneration++;
+        if (FindSubsystem(WellKnownNqn.Discovery) is not Subsystem discovery) return;
+        foreach (Controller c in discovery.Controllers)
+            if (hostNqn == null || c.HostNqn == hostNqn)
+                c.RaiseAsyncEvent(AsyncEvent.TypeNotice, AsyncEvent.NoticeDiscoveryLogChange, LogPageId.Discovery, AsyncEvent.ConfigDiscoveryLogChange);
+    }
+
     /// <summary>Starts the keep-alive watchdog (control plane timer; tears down silent hosts' controllers).</summary>
     public void Start()
     {

@@ -124,8 +124,12 @@ public sealed class Subsystem
     public ushort MinCntlid { get; }
     public ushort MaxCntlid { get; }
     public uint MaxNamespaces { get; }
-    public bool AllowAnyHost { get; }
-    public IReadOnlySet<string> AllowedHosts { get; }
+    /// <summary>Whether any host may connect (changed at run time by <see cref="SetAllowAnyHost"/>).</summary>
+    public bool AllowAnyHost => _allowAnyHost;
+    /// <summary>The hosts allowed by NQN (an immutable snapshot; changed at run time by <see cref="AddHost"/> / <see cref="RemoveHost"/>).</summary>
+    public IReadOnlySet<string> AllowedHosts => _allowedHosts;
+    private volatile bool _allowAnyHost;
+    private volatile FrozenSet<string> _allowedHosts;
 
     /// <summary>Incremented on every ANA state change; reported in the ANA log page.</summary>
     public ulong AnaChangeCount => _ana.ChangeCount;
@@ -141,15 +145,43 @@ public sealed class Subsystem
         MinCntlid = minCntlid;
         MaxCntlid = maxCntlid;
         MaxNamespaces = maxNamespaces;
-        AllowAnyHost = allowAnyHost;
-        AllowedHosts = new HashSet<string>(allowedHosts ?? [], StringComparer.Ordinal);
+        _allowAnyHost = allowAnyHost;
+        _allowedHosts = (allowedHosts ?? []).ToFrozenSet(StringComparer.Ordinal);
         _nextCntlid = minCntlid;
         _namespaces = new Namespace?[maxNamespaces];
     }
 
     public bool IsDiscovery => Kind == SubsystemKind.Discovery;
 
-    public bool HostAllowed(string hostNqn) => AllowAnyHost || AllowedHosts.Contains(hostNqn);
+    public bool HostAllowed(string hostNqn) => _allowAnyHost || _allowedHosts.Contains(hostNqn);
+
+    /// <summary>Allows a host by NQN; false when it already was.</summary>
+    public bool AddHost(string hostNqn)
+    {
+        lock (_lock)
+        {
+            if (_allowedHosts.Contains(hostNqn)) return false;
+            _allowedHosts = _allowedHosts.Append(hostNqn).ToFrozenSet(StringComparer.Ordinal);
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Takes a host off the list; null when it was not on it, else the host's controllers at that moment (the caller
+    /// closes them; none made later is of that host unless it is allowed again, see <see cref="CreateController"/>).
+    /// </summary>
+    public IReadOnlyList<Controller>? RemoveHost(string hostNqn)
+    {
+        lock (_lock)
+        {
+            if (!_allowedHosts.Contains(hostNqn)) return null;
+            _allowedHosts = _allowedHosts.Where(h => h != hostNqn).ToFrozenSet(StringComparer.Ordinal);
+            return [.. _controllers.Values.Where(c => !c.IsInterconnect && c.HostNqn == hostNqn)];
+        }
+    }
+
+    /// <summary>Lets any host connect, or only the listed ones; associations already made stay.</summary>
+    public void SetAllowAnyHost(bool allow) => _allowAnyHost = allow;
 
     /// <summary>The namespace with this NSID, or null. Lock-free; safe from any reactor.</summary>
     public Namespace? GetNamespace(uint nsid)
@@ -274,10 +306,16 @@ public sealed class Subsystem
             c.RaiseAsyncEvent(AsyncEvent.TypeNotice, AsyncEvent.NoticeAnaChange, LogPageId.Ana, AsyncEvent.ConfigAnaChange);
     }
 
-    internal Controller? CreateController(Func<ushort, Controller> factory)
+    /// <summary>
+    /// Creates a controller with a free CNTLID; null when none is free, or when <paramref name="hostNqn"/> (unless null)
+    /// is no longer allowed: checked under the lock <see cref="RemoveHost"/> takes, so a host taken off the list while it
+    /// connects either is refused here or is among the controllers RemoveHost returns.
+    /// </summary>
+    internal Controller? CreateController(Func<ushort, Controller> factory, string? hostNqn = null)
     {
         lock (_lock)
         {
+            if (hostNqn != null && !HostAllowed(hostNqn)) return null;
             int span = MaxCntlid - MinCntlid + 1;
             for (int i = 0; i < span; i++)
             {
