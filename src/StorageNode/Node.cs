@@ -121,6 +121,7 @@ public sealed class Node : IDisposable
                 }
                 Target.AddSubsystem(s);
             }
+            Metrics = new Control.NodeMetrics(this);
         }
         catch
         {
@@ -128,6 +129,9 @@ public sealed class Node : IDisposable
             throw;
         }
     }
+
+    /// <summary>The node's metrics (meter <c>StorageNode</c>; docs/management.md).</summary>
+    public Control.NodeMetrics? Metrics { get; }
 
     private Bdev CreateBdev(BdevConfig b) => b.Type switch
     {
@@ -390,6 +394,7 @@ public sealed class Node : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        Metrics?.Dispose();
         Rpc?.Dispose();
         Pair?.Dispose();
         Tcp?.Dispose();

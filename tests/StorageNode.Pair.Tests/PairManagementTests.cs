@@ -35,4 +35,22 @@ public sealed class PairManagementTests : IDisposable
         Assert.Equal(2, sub["namespaces"]!.AsArray().Count);
         Assert.True(rpc.Call("bdev_malloc_delete", new JsonObject { ["name"] = "Spare" })!.GetValue<bool>());
     }
+
+    [Fact]
+    public void RelayedCommandsCountOnTheProxysPartnerBdevAndOnTheOwnersBdev()
+    {
+        string socketB = Path.Combine(_dir, "b.sock");
+        using var pair = new TestPair(overridesB: new() { ["Control:RpcSocket"] = socketB });
+        pair.WaitHealthy();
+        using var rpcB = new RpcClient(socketB);
+        using Nvme.Host.NvmeHost host = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        var data = new byte[4096];
+        for (int i = 0; i < 4; i++) Assert.True(host.IoQueues[0].Write(1, (ulong)i * 8, 8, data).IsSuccess); // NSID 1 is A's: relayed by B
+
+        JsonObject partner = rpcB.Call("bdev_get_iostat", new JsonObject { ["name"] = "partner:1" })!["bdevs"]!.AsArray().Single()!.AsObject();
+        Assert.Equal((4, 4 * 4096), (partner["num_write_ops"]!.GetValue<long>(), partner["bytes_written"]!.GetValue<long>()));
+        Bdevs.IoStats owner = pair.A.GetBdev(pair.A.Config.Subsystems[0].Namespaces.Single(n => n.Nsid == 1).Bdev!).Stats;
+        Assert.Equal((4, 4 * 4096), (owner[Bdevs.IoStat.WriteOps], owner[Bdevs.IoStat.BytesWritten]));
+        Assert.Equal(4, pair.Relayed('B'));
+    }
 }

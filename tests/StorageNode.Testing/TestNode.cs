@@ -15,8 +15,13 @@ public sealed class TestNode : IDisposable
     public IPEndPoint Endpoint => Node.TcpEndpoints[0];
     public StringWriterLoggerProvider Logs { get; } = new();
     private readonly ILoggerFactory _loggerFactory;
+    private readonly string? _rpcDir;
 
-    public TestNode(Dictionary<string, string?>? overrides = null, int reactors = 1, Func<NodeConfig, NodeConfig>? adjust = null)
+    /// <summary>The management RPC socket (null unless made with <c>rpc: true</c>).</summary>
+    public string? RpcSocket { get; }
+
+    /// <param name="rpc">Serve the management RPC on a socket in a directory of its own (<see cref="Rpc"/>).</param>
+    public TestNode(Dictionary<string, string?>? overrides = null, int reactors = 1, Func<NodeConfig, NodeConfig>? adjust = null, bool rpc = false)
     {
         var settings = new Dictionary<string, string?>
         {
@@ -44,6 +49,11 @@ public sealed class TestNode : IDisposable
             ["Subsystems:0:Namespaces:1:Nsid"] = "2",
             ["Subsystems:0:Namespaces:1:Bdev"] = "Malloc1",
         };
+        if (rpc)
+        {
+            _rpcDir = Directory.CreateTempSubdirectory("sn-rpc-").FullName;
+            RpcSocket = settings["Control:RpcSocket"] = Path.Combine(_rpcDir, "rpc.sock");
+        }
         if (overrides != null)
             foreach (var kv in overrides) settings[kv.Key] = kv.Value;
         IConfiguration cfg = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
@@ -58,8 +68,17 @@ public sealed class TestNode : IDisposable
         {
             Node.Dispose();
             _loggerFactory.Dispose();
+            DeleteRpcDir();
             throw;
         }
+    }
+
+    /// <summary>A client of the node's management RPC (made with <c>rpc: true</c>).</summary>
+    public Control.RpcClient Rpc() => new(RpcSocket ?? throw new InvalidOperationException("this test node was made without rpc: true"));
+
+    private void DeleteRpcDir()
+    {
+        if (_rpcDir != null && Directory.Exists(_rpcDir)) Directory.Delete(_rpcDir, recursive: true);
     }
 
     public NvmeHost Connect(NvmeHostOptions? options = null, string nqn = Nqn)
@@ -69,6 +88,7 @@ public sealed class TestNode : IDisposable
     {
         Node.Dispose();
         _loggerFactory.Dispose();
+        DeleteRpcDir();
     }
 }
 

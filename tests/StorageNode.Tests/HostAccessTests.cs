@@ -9,27 +9,20 @@ namespace StorageNode.Tests;
 /// Which hosts may connect, changed at run time (SPDK's <c>nvmf_subsystem_add_host</c>, <c>nvmf_subsystem_remove_host</c>,
 /// <c>nvmf_subsystem_allow_any_host</c>), and RAM bdevs deleted (<c>bdev_malloc_delete</c>).
 /// </summary>
-public sealed class HostAccessTests : IDisposable
+public sealed class HostAccessTests
 {
     private static readonly Guid IdA = Guid.Parse("aaaaaaaa-0000-4000-8000-000000000001");
     private static readonly Guid IdB = Guid.Parse("bbbbbbbb-0000-4000-8000-000000000002");
     private static readonly Guid IdC = Guid.Parse("cccccccc-0000-4000-8000-000000000003");
-    private readonly string _dir = Directory.CreateTempSubdirectory("sn-hosts-").FullName;
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-    private string Socket => Path.Combine(_dir, "rpc.sock");
-
     private static string NqnOf(Guid id) => $"nqn.2014-08.org.nvmexpress:uuid:{id}";
 
     /// <summary>A node where only hosts A and B may connect.</summary>
-    private TestNode ListedHostsNode() => new(new()
+    private static TestNode ListedHostsNode() => new(new()
     {
-        ["Control:RpcSocket"] = Socket,
         ["Subsystems:0:AllowAnyHost"] = "false",
         ["Subsystems:0:Hosts:0"] = NqnOf(IdA),
         ["Subsystems:0:Hosts:1"] = NqnOf(IdB),
-    });
+    }, rpc: true);
 
     private static JsonObject Host(Guid id) => new() { ["nqn"] = TestNode.Nqn, ["host"] = NqnOf(id) };
 
@@ -46,7 +39,7 @@ public sealed class HostAccessTests : IDisposable
     public void AHostTakenOffTheListIsDisconnectedAndRefusedUntilAllowedAgain()
     {
         using TestNode node = ListedHostsNode();
-        using var rpc = new RpcClient(Socket);
+        using RpcClient rpc = node.Rpc();
         using NvmeHost a = node.Connect(new NvmeHostOptions { HostId = IdA });
         using NvmeHost b = node.Connect(new NvmeHostOptions { HostId = IdB });
         Assert.Equal(FabricsStatus.ConnectInvalidHost, Refused(node, IdC).Code);
@@ -88,7 +81,7 @@ public sealed class HostAccessTests : IDisposable
     public void AllowAnyHostOpensTheSubsystemAndClosingItKeepsWhatIsConnected()
     {
         using TestNode node = ListedHostsNode();
-        using var rpc = new RpcClient(Socket);
+        using RpcClient rpc = node.Rpc();
         Assert.Equal(FabricsStatus.ConnectInvalidHost, Refused(node, IdC).Code);
 
         Assert.True(rpc.Call("nvmf_subsystem_allow_any_host", new JsonObject { ["nqn"] = TestNode.Nqn, ["allow_any_host"] = true })!.GetValue<bool>());
@@ -108,7 +101,7 @@ public sealed class HostAccessTests : IDisposable
     public void AHostsDiscoveryControllerIsToldWhenItGainsOrLosesTheSubsystem()
     {
         using TestNode node = ListedHostsNode();
-        using var rpc = new RpcClient(Socket);
+        using RpcClient rpc = node.Rpc();
         using NvmeHost disc = node.Connect(new NvmeHostOptions { IoQueues = 0, HostId = IdC }, WellKnownNqn.Discovery);
         disc.EnableAsyncEvents(AsyncEvent.ConfigDiscoveryLogChange);
         bool Lists() => disc.GetDiscoveryLog().Any(e => e.SubNqn == TestNode.Nqn);
@@ -130,7 +123,7 @@ public sealed class HostAccessTests : IDisposable
     public void HostAndBdevChangesAreRefusedWithReasons()
     {
         using TestNode node = ListedHostsNode();
-        using var rpc = new RpcClient(Socket);
+        using RpcClient rpc = node.Rpc();
         int Code(string method, JsonObject p) => Assert.Throws<RpcException>(() => rpc.Call(method, p)).Code;
 
         Assert.Equal(RpcException.Busy, Code("nvmf_subsystem_add_host", Host(IdA)));                 // already listed

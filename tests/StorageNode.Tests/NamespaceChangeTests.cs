@@ -10,15 +10,9 @@ namespace StorageNode.Tests;
 /// <c>nvmf_subsystem_add_ns</c>, <c>nvmf_subsystem_remove_ns</c>): the hosts are told through the Changed Namespace List
 /// and its Namespace Attribute Changed event, and a removal lets nothing reach the bdev afterwards.
 /// </summary>
-public sealed class NamespaceChangeTests : IDisposable
+public sealed class NamespaceChangeTests
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("sn-nschange-").FullName;
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-    private string Socket => Path.Combine(_dir, "rpc.sock");
-
-    private TestNode Node() => new(new() { ["Control:RpcSocket"] = Socket });
+    private static TestNode Node() => new(rpc: true);
 
     private static JsonObject AddNs(string bdev, uint? nsid = null)
     {
@@ -46,7 +40,7 @@ public sealed class NamespaceChangeTests : IDisposable
     public void ANamespaceAddedAtRunTimeIsAnnouncedAndServesIo()
     {
         using TestNode node = Node();
-        using var rpc = new RpcClient(Socket);
+        using RpcClient rpc = node.Rpc();
         using NvmeHost host = node.Connect();
         host.EnableAsyncEvents(AsyncEvent.ConfigNamespaceAttribute);
         Assert.Equal([1u, 2u], host.ActiveNamespaces());
@@ -73,7 +67,7 @@ public sealed class NamespaceChangeTests : IDisposable
     public void ARemovedNamespaceFailsWhatComesAfterAndFinishesWhatRan()
     {
         using TestNode node = Node();
-        using var rpc = new RpcClient(Socket);
+        using RpcClient rpc = node.Rpc();
         using NvmeHost host = node.Connect();
         host.EnableAsyncEvents(AsyncEvent.ConfigNamespaceAttribute);
 
@@ -123,7 +117,7 @@ public sealed class NamespaceChangeTests : IDisposable
     public void RunTimeNamespaceChangesAreRefusedWithReasons()
     {
         using TestNode node = Node();
-        using var rpc = new RpcClient(Socket);
+        using RpcClient rpc = node.Rpc();
         int Code(string method, JsonObject p) => Assert.Throws<RpcException>(() => rpc.Call(method, p)).Code;
 
         Assert.Equal(RpcException.NoSuchDevice, Code("nvmf_subsystem_add_ns", AddNs("NoSuchBdev")));

@@ -31,6 +31,9 @@ public abstract class Bdev : IDisposable
     public int BlockShift { get; }
     public ulong SizeBytes => BlockCount * BlockSize;
 
+    /// <summary>What the bdev has done (counted as commands complete; SPDK's <c>bdev_get_iostat</c>).</summary>
+    public IoStats Stats { get; } = new();
+
     /// <summary>Deallocated blocks read back as zeroes.</summary>
     public virtual bool DeallocateReadsZeroes => true;
 

@@ -48,6 +48,22 @@ public static class NodeRpc
                 if (name == null || b.Name == name) a.Add(BdevJson(b, node));
             return a;
         };
+        m["bdev_get_iostat"] = p =>
+        {
+            Allow(p, "name");
+            string? name = OptionalString(p, "name");
+            IReadOnlyList<Bdev> bdevs = node.Bdevs;
+            if (name != null && bdevs.All(b => b.Name != name)) throw new RpcException(RpcException.NoSuchDevice, $"bdev '{name}' not found");
+            var a = new JsonArray();
+            foreach (Bdev b in bdevs)
+                if (name == null || b.Name == name) a.Add(IoStatJson(b));
+            return new JsonObject
+            {
+                ["tick_rate"] = System.Diagnostics.Stopwatch.Frequency,
+                ["ticks"] = System.Diagnostics.Stopwatch.GetTimestamp(),
+                ["bdevs"] = a,
+            };
+        };
         m["nvmf_get_subsystems"] = p =>
         {
             Allow(p, "nqn");
@@ -210,6 +226,24 @@ public static class NodeRpc
         }
         return a;
     }
+
+    /// <summary>SPDK's per-bdev fields of <c>bdev_get_iostat</c> (no latency ticks), and a few of this node's own.</summary>
+    private static JsonObject IoStatJson(Bdev b)
+    {
+        var o = new JsonObject { ["name"] = b.Name };
+        foreach ((string field, IoStat stat) in IoStatFields) o[field] = b.Stats[stat];
+        return o;
+    }
+
+    /// <summary>SPDK's per-bdev fields of <c>bdev_get_iostat</c> (no latency ticks), then this node's own.</summary>
+    private static readonly (string, IoStat)[] IoStatFields =
+    [
+        ("bytes_read", IoStat.BytesRead), ("num_read_ops", IoStat.ReadOps), ("bytes_written", IoStat.BytesWritten),
+        ("num_write_ops", IoStat.WriteOps), ("bytes_unmapped", IoStat.BytesUnmapped), ("num_unmap_ops", IoStat.UnmapOps),
+        ("bytes_copied", IoStat.BytesCopied), ("num_copy_ops", IoStat.CopyOps), ("io_error", IoStat.Errors),
+        ("bytes_zeroed", IoStat.BytesZeroed), ("num_write_zeroes_ops", IoStat.WriteZeroesOps), ("num_flush_ops", IoStat.FlushOps),
+        ("num_compare_ops", IoStat.CompareOps),
+    ];
 
     private static JsonObject BdevJson(Bdev b, Node node)
     {

@@ -277,6 +277,66 @@ internal static unsafe class IoCommands
         req.OnBdevComplete(0);
     }
 
+    /// <summary>
+    /// Counts a command of a namespace as it completes, in its bdev's <see cref="IoStats"/> (on this reactor's slot):
+    /// by kind and bytes when it succeeded, as an error when it did not. Reservation commands touch no blocks and are
+    /// not counted.
+    /// </summary>
+    internal static void Count(NvmfRequest req)
+    {
+        byte op = req.Sqe.Opcode;
+        if (IoOpcode.IsReservation(op) || req.Qpair.Qid == 0) return;
+        Bdev bdev = req.Namespace!.Bdev;
+        long[] st = bdev.Stats.For(req.Qpair.Reactor.Id);
+        if (!req.Status.IsSuccess)
+        {
+            st[(int)IoStat.Errors]++;
+            return;
+        }
+        switch (op)
+        {
+            case IoOpcode.Read:
+                st[(int)IoStat.ReadOps]++;
+                st[(int)IoStat.BytesRead] += req.Length;
+                break;
+            case IoOpcode.Write:
+                st[(int)IoStat.WriteOps]++;
+                st[(int)IoStat.BytesWritten] += req.Length;
+                break;
+            case IoOpcode.WriteZeroes:
+                st[(int)IoStat.WriteZeroesOps]++;
+                st[(int)IoStat.BytesZeroed] += (long)req.Sqe.BlockCount << bdev.BlockShift;
+                break;
+            case IoOpcode.DatasetManagement when (req.Sqe.Cdw11 & DsmAttribute.Deallocate) != 0:
+            {
+                st[(int)IoStat.UnmapOps]++;
+                uint ranges = Math.Min(req.Sqe.DsmRangeCount(), req.Length / DsmRangeSize);
+                for (uint i = 0; i < ranges; i++)
+                    st[(int)IoStat.BytesUnmapped] += (long)Unsafe.ReadUnaligned<uint>(req.Data + i * DsmRangeSize + 4) << bdev.BlockShift;
+                break;
+            }
+            case IoOpcode.Copy:
+            {
+                st[(int)IoStat.CopyOps]++;
+                int n = Math.Min(req.Sqe.SourceRanges(), (int)(req.Length / CopyFields.EntrySize));
+                for (int i = 0; i < n; i++) st[(int)IoStat.BytesCopied] += (long)CopyFields.Entry(req.DataSpan, i).Blocks << bdev.BlockShift;
+                break;
+            }
+            case IoOpcode.Flush:
+                st[(int)IoStat.FlushOps]++;
+                break;
+            case IoOpcode.Compare:
+                st[(int)IoStat.CompareOps]++;
+                break;
+            case FusedCommands.RelayedOpcode:
+                // A fused Compare and Write relayed whole: its data is the Compare's, then the Write's.
+                st[(int)IoStat.CompareOps]++;
+                st[(int)IoStat.WriteOps]++;
+                st[(int)IoStat.BytesWritten] += req.Length / 2;
+                break;
+        }
+    }
+
     /// <summary>Accounting after the bdev finished (SMART counters).</summary>
     public static void Completed(NvmfRequest req)
     {

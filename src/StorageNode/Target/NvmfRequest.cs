@@ -95,6 +95,7 @@ public unsafe class NvmfRequest : IBdevCompletion
         if (RangeLockChannel != null) RangeLockChannel.Finished(this);
         if (Gate.Path != null) Qpair.Target.IoGate!.Done(this);
         if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
+        if (Namespace != null) IoCommands.Count(this);
         Qpair.CompleteRequest(this);
     }
 
