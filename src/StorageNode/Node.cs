@@ -22,6 +22,8 @@ public sealed class Node : IDisposable
     private readonly Dictionary<string, Bdev> _bdevs = new(StringComparer.Ordinal);
     // Bdevs whose namespace was removed and whose commands are still draining (run-time changes, under _bdevs).
     private readonly HashSet<Bdev> _draining = [];
+    // Replicas of the partner's namespaces (Cluster:Mirror), written only by the partner's mirrored writes.
+    private readonly List<Bdev> _replicas = [];
     private ReservationStore? _store;
     private readonly ILogger _log;
     private bool _started;
@@ -113,7 +115,14 @@ public sealed class Node : IDisposable
                     {
                         bdev = new PartnerBdev($"partner:{nc.Nsid}", nc.DeclaredBlockSize ?? 512, nc.DeclaredBlockCount ?? 0, Pair!.LinkFor(s)!);
                     }
-                    var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup);
+                    // With Cluster:Mirror this node keeps a RAM replica of the partner's namespace (docs/ha.md, "Mirroring").
+                    Bdev? replica = null;
+                    if (bdev is PartnerBdev && config.Cluster!.Mirror)
+                    {
+                        replica = new MallocBdev($"replica:{nc.Nsid}", bdev.BlockSize, bdev.BlockCount);
+                        _replicas.Add(replica);
+                    }
+                    var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup) { Replica = replica };
                     // The owner keeps a namespace's reservations; the partner's are kept by the partner.
                     if (store != null && !ns.IsRemote) store.Attach(s, ns);
                     else if (store != null) ns.Reservations.PtplCapable = true; // answers with the owner's PTPL
@@ -315,7 +324,7 @@ public sealed class Node : IDisposable
             throw new NotSupportedException($"{s.Nqn} is served by the HA pair: its namespaces are set in both nodes' configuration, not at run time");
     }
 
-    /// <summary>Every bdev: the configured ones, then the partner bdevs of relayed namespaces.</summary>
+    /// <summary>Every bdev: the configured ones, then the partner bdevs of relayed namespaces, then the replicas of the partner's (Cluster:Mirror).</summary>
     public IReadOnlyList<Bdev> Bdevs
     {
         get
@@ -325,6 +334,7 @@ public sealed class Node : IDisposable
             foreach (Subsystem s in Target.Subsystems)
                 foreach (Namespace ns in s.Namespaces)
                     if (ns.IsRemote && !list.Contains(ns.Bdev)) list.Add(ns.Bdev);
+            list.AddRange(_replicas);
             return list;
         }
     }
@@ -408,5 +418,6 @@ public sealed class Node : IDisposable
         foreach (Reactor r in _reactors) r.Dispose();
         foreach (Bdev b in _bdevs.Values) b.Dispose();
         _bdevs.Clear();
+        foreach (Bdev b in _replicas) b.Dispose();
     }
 }

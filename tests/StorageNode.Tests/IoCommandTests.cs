@@ -125,6 +125,22 @@ public class IoCommandTests : IDisposable
         Assert.Equal(GenericStatus.DataSglLengthInvalid, cqe.StatusField.Code);
     }
 
+    [Theory]
+    [InlineData(0xA1)] // the replica's copies of Write, Write Zeroes, Dataset Management and Copy: the interconnect's only
+    [InlineData(0xA8)]
+    [InlineData(0xA9)]
+    [InlineData(0xB9)]
+    public void AReplicasCopyOpcodeFromAHostIsInvalidOpcode(byte opcode)
+    {
+        var data = new byte[512];
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = opcode;
+        sqe.Nsid = 1;
+        CompletionQueueEntry cqe = _q.Execute(sqe, (opcode & 3) == 1 ? data : default, (opcode & 3) == 1 ? DataDirection.HostToController : DataDirection.None);
+        Assert.Equal(GenericStatus.InvalidOpcode, cqe.StatusField.Code);
+        Assert.True(_q.Flush(1).IsSuccess);
+    }
+
     [Fact]
     public void UnknownIoOpcodeIsInvalidOpcode()
     {

@@ -67,6 +67,11 @@ public sealed record ClusterConfig
     public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromMilliseconds(1000);
     public TimeSpan RelayTimeout { get; init; } = TimeSpan.FromSeconds(5);
     public TimeSpan ReconnectInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+    /// <summary>
+    /// Each node keeps a RAM replica of the partner's namespaces, and the owner mirrors every write to it before the
+    /// write completes (docs/ha.md, "Mirroring").
+    /// </summary>
+    public bool Mirror { get; init; }
     public InterconnectTransport InterconnectTransport { get; init; } = InterconnectTransport.Auto;
     /// <summary>NVMe/RDMA interconnect: the QPs' local ACK timeout exponent, both directions (0: rdma_cm's default).</summary>
     public int RdmaAckTimeout { get; init; }
@@ -111,7 +116,7 @@ public sealed record NodeConfig
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
     private static readonly string[] ControlKeys = ["RpcSocket"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
-        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds"];
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools", "StateDirectory"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
@@ -244,6 +249,7 @@ public sealed record NodeConfig
             InterconnectTransport = transport,
             RdmaAckTimeout = ackTimeout,
             ClockOffset = TimeSpan.FromSeconds(Int(c, "ClockOffsetSeconds", 0, -30 * 86400, 30 * 86400)),
+            Mirror = Bool(c, "Mirror", false),
         };
     }
 

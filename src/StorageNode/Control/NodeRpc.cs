@@ -338,6 +338,13 @@ public static class NodeRpc
                 ["bounce_copies"] = k.BounceCopies,
                 ["temporary_registrations"] = k.TemporaryRegistrations,
                 ["send_doorbells"] = k.Doorbells,
+                ["mirrors"] = new JsonArray([.. l.Mirrors.Select(m => (JsonNode)new JsonObject
+                {
+                    ["nsid"] = m.Nsid,
+                    ["state"] = m.State,
+                    ["resyncs"] = m.ResyncsDone,
+                    ["resynced_bytes"] = m.ResyncedBytes,
+                })]),
             });
         }
         ClusterConfig cfg = c.Config;

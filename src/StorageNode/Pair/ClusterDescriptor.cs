@@ -29,6 +29,8 @@ public sealed record ClusterDescriptor
     /// may still arrive by the partner's relay deadlines.
     /// </summary>
     public int RelayTimeoutMs { get; init; }
+    /// <summary>Cluster:Mirror: both nodes keep replicas, or neither.</summary>
+    public bool Mirror { get; init; }
     /// <summary>The node's incarnation (random at each start): a new one means the partner restarted. Not compared.</summary>
     public long Incarnation { get; init; }
 
@@ -44,7 +46,7 @@ public sealed record ClusterDescriptor
         => JsonSerializer.Deserialize<ClusterDescriptor>(utf8, Json) ?? throw new JsonException("empty cluster descriptor");
 
     public static ClusterDescriptor For(Subsystem s, string cluster, string node, string partner, IReadOnlyDictionary<uint, string> groupOwners,
-        int relayTimeoutMs, long incarnation)
+        int relayTimeoutMs, long incarnation, bool mirror = false)
     {
         var namespaces = new List<NamespaceDescriptor>();
         foreach (Namespace ns in s.Namespaces)
@@ -68,6 +70,7 @@ public sealed record ClusterDescriptor
             Protocol = InterconnectOpcode.ProtocolVersion,
             RelayTimeoutMs = relayTimeoutMs,
             Incarnation = incarnation,
+            Mirror = mirror,
         };
     }
 
@@ -77,6 +80,7 @@ public sealed record ClusterDescriptor
         if (partner.Protocol != Protocol) return $"interconnect protocol {partner.Protocol} (here {Protocol}): both nodes must run the same release";
         if (partner.Cluster != Cluster) return $"cluster name '{partner.Cluster}' (here '{Cluster}')";
         if (partner.RelayTimeoutMs != RelayTimeoutMs) return $"Cluster:RelayTimeoutMs {partner.RelayTimeoutMs} (here {RelayTimeoutMs})";
+        if (partner.Mirror != Mirror) return $"Cluster:Mirror {partner.Mirror} (here {Mirror}): both nodes keep replicas, or neither";
         if (partner.Node != Partner) return $"partner calls itself '{partner.Node}', expected '{Partner}'";
         if (partner.Partner != Node) return $"partner expects its partner to be '{partner.Partner}', this node is '{Node}'";
         if (partner.Nqn != Nqn) return $"subsystem NQN '{partner.Nqn}' (here '{Nqn}')";

@@ -40,6 +40,18 @@ public sealed class InterconnectLink
     public long Relayed;
     /// <summary>Commands not relayed because they may have been sent before the owner's last drain of their host.</summary>
     public long DroppedBeforeFence;
+    private readonly List<NamespaceMirror> _mirrors = [];
+
+    /// <summary>With <c>Cluster:Mirror</c>: the replicas on the partner of the namespaces this node owns.</summary>
+    public IReadOnlyList<NamespaceMirror> Mirrors => _mirrors;
+
+    /// <summary>Mirrors the writes of a namespace this node owns to its replica on the partner (before <see cref="Tick"/> runs).</summary>
+    internal void AddMirror(Namespace ns)
+    {
+        var m = new NamespaceMirror(this, ns, _pair.Target.Reactors[0], _log);
+        _mirrors.Add(m);
+        ns.Mirror = m;
+    }
 
     internal InterconnectLink(PairNode pair, Subsystem subsystem, ILogger log)
     {
@@ -142,7 +154,9 @@ public sealed class InterconnectLink
             catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
             {
                 Down($"interconnect heartbeat failed: {e.Message}");
+                return;
             }
+            foreach (NamespaceMirror m in _mirrors) m.ResyncIfNeeded();
             return;
         }
         if (now < _nextConnect) return;
@@ -353,6 +367,7 @@ public sealed class InterconnectLink
         }
         host?.Dispose();
         Relays.Clear();
+        foreach (NamespaceMirror m in _mirrors) m.Lost("the interconnect is down");
         Subsystem.SetPartnerAccess(PartnerAccess.Unavailable);
         if (wasUp) _log.LogWarning("{Nqn}: interconnect to {Partner} down: {Reason}", Subsystem.Nqn, _pair.Config.Partner, reason);
     }

@@ -93,6 +93,7 @@ public sealed class PairNode : IDisposable
             foreach (Namespace ns in link.Subsystem.Namespaces)
             {
                 if (ns.IsRemote) continue;
+                if (Config.Mirror) link.AddMirror(ns);
                 uint nsid = ns.Nsid;
                 ns.Reservations.Changed += st => link.SendReservationNotice(Guid.Empty, nsid, ReservationNotification.Empty, st.Ptpl);
             }
@@ -115,7 +116,7 @@ public sealed class PairNode : IDisposable
 
     internal ClusterDescriptor DescriptorFor(Subsystem s)
         => ClusterDescriptor.For(s, Config.Name, Config.LocalNode, Config.Partner, _owners.TryGetValue(s.Nqn, out var o) ? o : new Dictionary<uint, string>(),
-            (int)Config.RelayTimeout.TotalMilliseconds, Incarnation);
+            (int)Config.RelayTimeout.TotalMilliseconds, Incarnation, Config.Mirror);
 
     internal void Refuse(string reason)
     {

@@ -30,6 +30,21 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     private int _backlogHead;
     private int _backlogCount;
     private bool _closed;
+    // Writes' copies for the partner's replicas (NamespaceMirror), sharing the queue's slots with relayed commands.
+    private readonly MirrorOp?[] _inflightMirror;
+    private readonly Queue<MirrorOp> _mirrorBacklog = new();
+
+    /// <summary>One write's copy for a replica, pooled per queue slot once made.</summary>
+    private sealed class MirrorOp
+    {
+        public SubmissionQueueEntry Sqe;
+        public byte* Data;
+        public uint Length;
+        public IMirrorCompletion? Done;
+        public NamespaceMirror? Owner;
+    }
+
+    private readonly Stack<MirrorOp> _freeMirrorOps = new();
 
     public ProxyQueue(IHostQueue queue, Reactor reactor, InterconnectLink link)
     {
@@ -39,6 +54,8 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         _link = link;
         _inflight = new NvmfRequest?[queue.Depth];
         _inflightReg = new ProxyRegistration?[queue.Depth];
+        _inflightMirror = new MirrorOp?[queue.Depth];
+        for (int i = 0; i < queue.Depth; i++) _freeMirrorOps.Push(new MirrorOp());
         _free = new int[queue.Depth];
         for (int i = 0; i < _free.Length; i++) _free[i] = _free.Length - 1 - i;
         _freeCount = _free.Length;
@@ -92,6 +109,54 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         }
         if (_backlogCount > 0 || _link.StallSends || !TrySubmit(req)) Enqueue(req);
         _reactor.MarkDirty(this);
+    }
+
+    /// <summary>
+    /// Sends a write's copy to the partner's replica (<see cref="NamespaceMirror"/>). Reactor thread; <paramref name="done"/>
+    /// is told on this reactor, through <see cref="NamespaceMirror.Completed"/>.
+    /// </summary>
+    internal void Mirror(NamespaceMirror owner, in SubmissionQueueEntry sqe, byte* data, uint length, IMirrorCompletion done)
+    {
+        if (_closed)
+        {
+            owner.Completed(_link.UnavailableStatus, done);
+            return;
+        }
+        // As many copies wait as the queue has slots, each slot's object reused (more wait in new objects: rare).
+        MirrorOp op = _freeMirrorOps.Count > 0 ? _freeMirrorOps.Pop() : new MirrorOp();
+        op.Sqe = sqe;
+        op.Data = data;
+        op.Length = length;
+        op.Done = done;
+        op.Owner = owner;
+        if (_mirrorBacklog.Count > 0 || _link.StallSends || !TrySubmitMirror(op)) _mirrorBacklog.Enqueue(op);
+        _reactor.MarkDirty(this);
+    }
+
+    /// <summary>Hands a copy to the host queue; false when no slot is free (the caller keeps it).</summary>
+    private bool TrySubmitMirror(MirrorOp op)
+    {
+        if (_freeCount == 0) return false;
+        int token = _free[--_freeCount];
+        if (!_q.TrySubmit(op.Sqe, op.Data, op.Length, Opcodes.Direction(op.Sqe.Opcode), this, token))
+        {
+            _free[_freeCount++] = token;
+            FinishMirror(op, _link.UnavailableStatus);
+            return true;
+        }
+        _inflightMirror[token] = op;
+        return true;
+    }
+
+    private void FinishMirror(MirrorOp op, NvmeStatus status)
+    {
+        NamespaceMirror owner = op.Owner!;
+        IMirrorCompletion done = op.Done!;
+        op.Done = null;
+        op.Owner = null;
+        op.Data = null;
+        _freeMirrorOps.Push(op);
+        owner.Completed(status, done);
     }
 
     private void Enqueue(NvmfRequest req)
@@ -179,6 +244,13 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
 
     public void OnHostComplete(long token, in CompletionQueueEntry cqe)
     {
+        if (_inflightMirror[token] is MirrorOp op)
+        {
+            _inflightMirror[token] = null;
+            _free[_freeCount++] = (int)token;
+            FinishMirror(op, cqe.StatusField);
+            return;
+        }
         NvmfRequest req = _inflight[token]!;
         ProxyRegistration reg = _inflightReg[token]!;
         _inflight[token] = null;
@@ -216,6 +288,11 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         int work = 0;
         if (!_link.StallSends)
         {
+            while (_mirrorBacklog.Count > 0 && TrySubmitMirror(_mirrorBacklog.Peek()))
+            {
+                _mirrorBacklog.Dequeue();
+                work++;
+            }
             while (_backlogCount > 0)
             {
                 NvmfRequest req = _backlog[_backlogHead]!;
@@ -232,7 +309,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             Close($"interconnect queue failed: {_q.Error}");
             return work;
         }
-        if (_q.HasPendingSends || (_backlogCount > 0 && !_link.StallSends)) _reactor.MarkDirty(this);
+        if (_q.HasPendingSends || ((_backlogCount > 0 || _mirrorBacklog.Count > 0) && !_link.StallSends)) _reactor.MarkDirty(this);
         return work;
     }
 
@@ -251,6 +328,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         _reactor.Unregister(this);
         if (_q.NeedsPolling) _reactor.RemovePoller(this);
         _q.Dispose(); // completes everything in flight with a transport error (mapped to a path status)
+        while (_mirrorBacklog.Count > 0) FinishMirror(_mirrorBacklog.Dequeue(), _link.UnavailableStatus);
         while (_backlogCount > 0)
         {
             NvmfRequest req = _backlog[_backlogHead]!;

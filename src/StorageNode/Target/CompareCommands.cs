@@ -222,8 +222,9 @@ internal static unsafe class FusedCommands
     /// Reads the blocks, compares them with the host's data, and (for Compare and Write) writes the new data, all under a
     /// range lock when it writes. One object per operation: Compare and Write is not the I/O hot path.
     /// </summary>
-    private sealed class CompareOperation(NvmfRequest req, NvmfRequest? second, byte* compareData, byte* writeData, bool fua) : IBdevCompletion
+    private sealed class CompareOperation(NvmfRequest req, NvmfRequest? second, byte* compareData, byte* writeData, bool fua) : IBdevCompletion, IMirrorCompletion
     {
+        private bool _matched;
         private readonly Namespace _ns = req.Namespace!;
         private readonly BdevChannel _ch = req.Channel!;
         private byte* _scratch;
@@ -279,6 +280,25 @@ internal static unsafe class FusedCommands
         private void Done(int result, bool compareMatched)
         {
             req.Qpair.Reactor.Pools.Release(_scratch);
+            if (result == 0 && _writing && _ns.Mirror is { Active: true } mirror)
+            {
+                // The Write's copy reaches the replica while the blocks are still locked: no other write to them can reach
+                // it first.
+                _matched = compareMatched;
+                SubmissionQueueEntry copy = MirrorCommands.CopyOf(second?.Sqe ?? req.Sqe, IoOpcode.Write);
+                mirror.Send(req.Qpair.Reactor.Id, copy, writeData, Length, this);
+                return;
+            }
+            End(result, compareMatched);
+        }
+
+        public void OnMirrored(NvmeStatus status) => End(0, _matched);
+
+        private void End(int result, bool compareMatched)
+        {
+            // The pair's Write is mirrored here, under the lock, or not at all: not again as it completes.
+            req.MirrorPhase = MirrorPhase.Done;
+            if (second != null) second.MirrorPhase = MirrorPhase.Done;
             if (_locked) _ns.Locks.Unlock();
             NvmeStatus st = BdevResult.ToStatus(result);
             if (second != null)

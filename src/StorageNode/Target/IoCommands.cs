@@ -13,6 +13,12 @@ internal static unsafe class IoCommands
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
         byte op = sqe.Opcode;
+        if (ctrl.IsInterconnect && MirrorCommands.IsMirrorOpcode(op))
+        {
+            // The owner's copy of a write, for this node's replica: validated as the write it is, run on the replica.
+            op = sqe.Opcode = MirrorCommands.Original(op);
+            req.ForReplica = true;
+        }
         bool relayedFused = op == FusedCommands.RelayedOpcode && ctrl.IsInterconnect;
         if (op is not (IoOpcode.Read or IoOpcode.Write or IoOpcode.Flush or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement
                 or IoOpcode.Compare or IoOpcode.Verify or IoOpcode.Copy)
@@ -23,7 +29,8 @@ internal static unsafe class IoCommands
         Namespace? ns = ctrl.Subsystem.GetNamespace(sqe.Nsid);
         if (ns == null) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
 
-        AnaState ana = ctrl.AnaState(ns.AnaGroupId);
+        if (req.ForReplica && (!ns.IsRemote || ns.ReplicaChannels.Length == 0)) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
+        AnaState ana = req.ForReplica ? AnaState.Optimized : ctrl.AnaState(ns.AnaGroupId);
         if (ana != AnaState.Optimized && ana != AnaState.NonOptimized)
         {
             return ana switch
@@ -84,6 +91,11 @@ internal static unsafe class IoCommands
             }
         }
         req.Namespace = ns;
+        if (req.ForReplica)
+        {
+            req.Channel = ns.ReplicaChannels[req.Qpair.Reactor.Id];
+            return NvmeStatus.Success;
+        }
         req.Channel = ns.Channels[req.Qpair.Reactor.Id];
         if (ns.IsRemote) return NvmeStatus.Success;
 
@@ -108,6 +120,11 @@ internal static unsafe class IoCommands
 
     public static void Execute(NvmfRequest req)
     {
+        if (req.ForReplica)
+        {
+            RunOnReplica(req);
+            return;
+        }
         if (req.Namespace!.IsRemote)
         {
             if (req.Fused is FusedRole.First or FusedRole.Second) FusedCommands.Ready(req); // relayed as one, once both are here
@@ -215,6 +232,33 @@ internal static unsafe class IoCommands
         }
     }
 
+    /// <summary>
+    /// The owner's copy of a write, on this node's replica (the channel <see cref="Validate"/> chose): no reservation, range
+    /// lock or gate here, the owner applied them; commands of one interconnect queue run in the order they arrive.
+    /// </summary>
+    private static void RunOnReplica(NvmfRequest req)
+    {
+        ref SubmissionQueueEntry sqe = ref req.Sqe;
+        BdevChannel ch = req.Channel!;
+        int shift = req.Namespace!.Bdev.BlockShift;
+        req.PendingOps = 1;
+        switch (sqe.Opcode)
+        {
+            case IoOpcode.Write:
+                ch.Write(sqe.Slba << shift, req.Data, req.Length, fua: sqe.ForceUnitAccess, req);
+                break;
+            case IoOpcode.WriteZeroes:
+                ch.WriteZeroes(sqe.Slba << shift, (ulong)sqe.BlockCount << shift, req);
+                break;
+            case IoOpcode.DatasetManagement:
+                DatasetManagement(req, req.Namespace, ch);
+                break;
+            default: // Copy
+                CopyCommand.Run(req);
+                break;
+        }
+    }
+
     /// <summary>Whether the reservation lets the command's host run it (a Compare is of the read group, a relayed Compare and Write of both).</summary>
     private static bool Allowed(NvmfRequest req, Namespace ns)
     {
@@ -286,7 +330,7 @@ internal static unsafe class IoCommands
     {
         byte op = req.Sqe.Opcode;
         if (IoOpcode.IsReservation(op) || req.Qpair.Qid == 0) return;
-        Bdev bdev = req.Namespace!.Bdev;
+        Bdev bdev = req.ForReplica ? req.Namespace!.Replica! : req.Namespace!.Bdev;
         long[] st = bdev.Stats.For(req.Qpair.Reactor.Id);
         if (!req.Status.IsSuccess)
         {

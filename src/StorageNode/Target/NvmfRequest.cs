@@ -7,7 +7,7 @@ namespace StorageNode.Target;
 /// A command slot of one queue pair, preallocated with it. Carries the SQE, the CQE being built, and the
 /// command's data buffer. Implements the bdev completion callback so I/O needs no per-command delegate.
 /// </summary>
-public unsafe class NvmfRequest : IBdevCompletion
+public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
 {
     public readonly QueuePair Qpair;
     public readonly ushort Slot;
@@ -46,6 +46,11 @@ public unsafe class NvmfRequest : IBdevCompletion
     internal RangeLocks.Channel? RangeLockChannel;
     internal int RangeLockEpoch;
 
+    // Mirroring (MirrorCommands): on the owner, where the write's copy to the replica is; on the partner, whether this
+    // command is such a copy (it runs on the namespace's replica).
+    internal MirrorPhase MirrorPhase;
+    internal bool ForReplica;
+
     public NvmfRequest(QueuePair qpair, ushort slot)
     {
         Qpair = qpair;
@@ -78,6 +83,8 @@ public unsafe class NvmfRequest : IBdevCompletion
         FusedAbort = default;
         FusedRelay = null;
         RangeLockChannel = null;
+        MirrorPhase = MirrorPhase.None;
+        ForReplica = false;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
@@ -90,6 +97,9 @@ public unsafe class NvmfRequest : IBdevCompletion
     /// <summary>Hands the completed command back to its queue pair's transport.</summary>
     public void Complete()
     {
+        // A write to a mirrored namespace completes once the replica has it too (OnMirrored completes it again).
+        if (MirrorPhase == MirrorPhase.Sending) return; // already waiting for the replica
+        if (MirrorPhase == MirrorPhase.None && MirrorCommands.Hold(this)) return;
         // A fused command that ends on its own (the HA gate failed it while it was held): its partner cannot run alone.
         if (FusedPartner != null) FusedCommands.Failed(this, Status);
         if (RangeLockChannel != null) RangeLockChannel.Finished(this);
@@ -97,6 +107,13 @@ public unsafe class NvmfRequest : IBdevCompletion
         if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
         if (Namespace != null) IoCommands.Count(this);
         Qpair.CompleteRequest(this);
+    }
+
+    /// <summary>The replica answered this command's copy (reactor thread): the command completes (the write succeeded here either way).</summary>
+    public void OnMirrored(NvmeStatus status)
+    {
+        MirrorPhase = MirrorPhase.Done;
+        Complete();
     }
 
     public void OnBdevComplete(int result)

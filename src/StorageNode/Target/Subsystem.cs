@@ -41,6 +41,18 @@ public sealed class Namespace
     /// <summary>One channel per reactor, indexed by reactor id.</summary>
     internal BdevChannel[] Channels { get; private set; } = [];
 
+    /// <summary>On the owner with <c>Cluster:Mirror</c>: the replica on the partner that every write reaches before it completes.</summary>
+    public INamespaceMirror? Mirror { get; set; }
+
+    /// <summary>
+    /// On the partner with <c>Cluster:Mirror</c>: this node's replica of the owner's namespace (set before the channels
+    /// open), written only by the owner's mirrored writes.
+    /// </summary>
+    public Bdev? Replica { get; init; }
+
+    /// <summary>The replica's channels, one per reactor (empty without a replica).</summary>
+    internal BdevChannel[] ReplicaChannels { get; private set; } = [];
+
     public Namespace(uint nsid, Bdev bdev, byte[] nguid, Guid uuid, uint anaGroupId)
     {
         if (nguid.Length != 16) throw new ArgumentException("NGUID must be 16 bytes", nameof(nguid));
@@ -57,6 +69,12 @@ public sealed class Namespace
     {
         var channels = new BdevChannel[reactors.Count];
         for (int i = 0; i < reactors.Count; i++) channels[i] = Bdev.CreateChannel(reactors[i]);
+        if (Replica != null)
+        {
+            var replica = new BdevChannel[reactors.Count];
+            for (int i = 0; i < reactors.Count; i++) replica[i] = Replica.CreateChannel(reactors[i]);
+            ReplicaChannels = replica;
+        }
         Locks.Open(reactors);
         Channels = channels;
     }
@@ -73,6 +91,8 @@ public sealed class Namespace
     {
         foreach (BdevChannel c in Channels) c.Dispose();
         Channels = [];
+        foreach (BdevChannel c in ReplicaChannels) c.Dispose();
+        ReplicaChannels = [];
     }
 }
 

@@ -1,0 +1,94 @@
+using StorageNode.Nvme.Spec;
+
+namespace StorageNode.Target;
+
+/// <summary>Told when a write's copy reached (or could not reach) the namespace's replica on the partner. Reactor thread.</summary>
+public interface IMirrorCompletion
+{
+    void OnMirrored(NvmeStatus status);
+}
+
+/// <summary>
+/// The owner's side of a namespace's replica on the partner (docs/ha.md, "Mirroring"), set by the pair on the
+/// namespaces this node owns when <c>Cluster:Mirror</c> is on.
+/// </summary>
+public unsafe interface INamespaceMirror
+{
+    /// <summary>Whether a write that completes now must reach the replica before its host hears of it (in sync, or resyncing).</summary>
+    bool Active { get; }
+
+    /// <summary>In sync (not resyncing): the replica holds everything the namespace does.</summary>
+    bool IsInSync { get; }
+
+    /// <summary>The replica misses a write (or may): out of sync until a resync.</summary>
+    void Lost(string why);
+
+    /// <summary>
+    /// Sends the replica's copy of a write that completed here, on reactor <paramref name="reactorId"/>; <paramref name="done"/>
+    /// is called on that reactor once the replica has it, or could not get it (the replica is then out of sync).
+    /// </summary>
+    void Send(int reactorId, in SubmissionQueueEntry sqe, byte* data, uint length, IMirrorCompletion done);
+}
+
+/// <summary>
+/// Writes mirrored to the replica: the owner holds a write's completion until the replica has it, and the partner runs
+/// the replica's copy on its replica bdev. The copy is the write's own command with the opcode <see cref="Bit"/> | the
+/// write's (Write A1h, Write Zeroes A8h, Dataset Management A9h, Copy B9h: the low two bits still give the data
+/// direction), accepted only on the interconnect.
+/// </summary>
+internal static unsafe class MirrorCommands
+{
+    public const byte Bit = 0xA0;
+
+    public static bool IsMirrorOpcode(byte op) => op is (Bit | IoOpcode.Write) or (Bit | IoOpcode.WriteZeroes)
+        or (Bit | IoOpcode.DatasetManagement) or (Bit | IoOpcode.Copy);
+
+    public static byte Original(byte op) => (byte)(op & ~Bit);
+
+    /// <summary>The replica's copy of a write: its command with the mirror opcode, alone (a fused Write goes unfused).</summary>
+    public static SubmissionQueueEntry CopyOf(in SubmissionQueueEntry sqe, byte opcode)
+    {
+        SubmissionQueueEntry m = sqe;
+        m.Opcode = (byte)(Bit | opcode);
+        m.Flags = (byte)(m.Flags & ~CommandFlags.FuseMask);
+        return m;
+    }
+
+    /// <summary>
+    /// Called as a command completes (<see cref="NvmfRequest.Complete"/>): true when it is a successful write to a
+    /// namespace whose replica must have it first. Its copy is then sent, and the command completes again once the
+    /// replica answered (<see cref="NvmfRequest.OnMirrored"/>), still holding its range-lock count and its place in the
+    /// HA gate meanwhile.
+    /// </summary>
+    public static bool Hold(NvmfRequest req)
+    {
+        if (req.MirrorPhase != MirrorPhase.None || req.ForReplica || req.Namespace is not { IsRemote: false, Mirror: { Active: true } mirror }
+            || !req.Status.IsSuccess || req.Qpair.Qid == 0)
+            return false;
+        byte op = req.Sqe.Opcode;
+        byte* data = req.Data;
+        uint length = req.Length;
+        switch (op)
+        {
+            case IoOpcode.Write or IoOpcode.WriteZeroes:
+                break;
+            case IoOpcode.Copy when !mirror.IsInSync:
+                // The replica copies from its own blocks, which a resync may not have reached yet: start the resync over.
+                mirror.Lost("a Copy during the resync");
+                return false;
+            case IoOpcode.Copy:
+                break;
+            case IoOpcode.DatasetManagement when (req.Sqe.Cdw11 & DsmAttribute.Deallocate) != 0:
+                break;
+            default:
+                // A fused Compare and Write mirrors its Write under its range lock (CompareOperation), not here.
+                return false;
+        }
+        req.MirrorPhase = MirrorPhase.Sending;
+        mirror.Send(req.Qpair.Reactor.Id, CopyOf(req.Sqe, op), data, length, req);
+        return true;
+    }
+}
+
+/// <summary>Where a command is in mirroring its write to the replica (<see cref="MirrorCommands"/>).</summary>
+internal enum MirrorPhase : byte { None, Sending, Done }

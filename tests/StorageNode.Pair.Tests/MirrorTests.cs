@@ -1,0 +1,169 @@
+using System.Text.Json.Nodes;
+using StorageNode.Bdevs;
+using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
+using StorageNode.Pair;
+using StorageNode.Testing;
+
+namespace StorageNode.Pair.Tests;
+
+/// <summary>
+/// Cluster:Mirror (docs/ha.md, "Mirroring"): the partner keeps a replica of each namespace, every write reaches it
+/// before the host hears of the write, and a replica that missed writes is resynced when the interconnect returns.
+/// </summary>
+public sealed unsafe class MirrorTests
+{
+    private static readonly Dictionary<string, string?> Mirror = new() { ["Cluster:Mirror"] = "true" };
+
+    private static NamespaceMirror MirrorOf(Node owner, uint nsid) => owner.Pair!.Links[0].Mirrors.Single(m => m.Nsid == nsid);
+
+    /// <summary>A pair with Cluster:Mirror on both nodes, healthy, both replicas in sync.</summary>
+    private static TestPair InSyncPair()
+    {
+        var pair = new TestPair(Mirror, Mirror);
+        try
+        {
+            pair.WaitHealthy();
+            TestPair.WaitUntil(() => MirrorOf(pair.A, 1).IsInSync && MirrorOf(pair.B, 2).IsInSync, "both replicas in sync", TimeSpan.FromSeconds(30));
+            return pair;
+        }
+        catch
+        {
+            pair.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The bytes of a RAM bdev (its memory, read in place: the bdev completes every operation inline).</summary>
+    private static ReadOnlySpan<byte> Contents(Node node, Bdev bdev, ulong offset, int length)
+        => new(bdev.CreateChannel(node.Reactors[0]).ZeroCopyRead(offset, (uint)length), length);
+
+    private static Bdev Replica(Node node, uint nsid) => node.Bdevs.Single(b => b.Name == $"replica:{nsid}");
+
+    private static void AssertSame(TestPair pair, uint nsid, ulong offset, int length)
+    {
+        (Node owner, Node partner) = nsid == 1 ? (pair.A, pair.B) : (pair.B, pair.A);
+        Assert.True(Contents(owner, owner.GetBdev("Local"), offset, length).SequenceEqual(Contents(partner, Replica(partner, nsid), offset, length)),
+            $"NSID {nsid}: the replica differs from the owner's data in [{offset}, {offset + (ulong)length})");
+    }
+
+    [Fact]
+    public void EveryKindOfWriteIsOnTheReplicaWhenTheHostHearsOfIt()
+    {
+        using TestPair pair = InSyncPair();
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        var rnd = new Random(11);
+        var data = new byte[64 * 1024];
+
+        foreach ((NvmeHost host, uint nsid) in new[] { (viaA, 1u), (viaB, 1u), (viaB, 2u), (viaA, 2u) })
+        {
+            IoQueue q = host.IoQueues[0];
+            // Write: direct to the owner, or relayed by the partner; each is on the replica when it completes.
+            for (int i = 0; i < 20; i++)
+            {
+                ulong lba = (ulong)rnd.Next(0, 60_000);
+                uint blocks = (uint)rnd.Next(1, 128);
+                rnd.NextBytes(data.AsSpan(0, (int)blocks * 512));
+                Assert.True(q.Write(nsid, lba, blocks, data.AsSpan(0, (int)blocks * 512)).IsSuccess);
+                AssertSame(pair, nsid, lba * 512, (int)blocks * 512);
+            }
+            rnd.NextBytes(data);
+            Assert.True(q.Write(nsid, 1000, 128, data).IsSuccess);
+            Assert.True(q.WriteZeroes(nsid, 1010, 8).IsSuccess);
+            AssertSame(pair, nsid, 1000 * 512, 64 * 1024);
+            Assert.True(q.Deallocate(nsid, [(1020UL, 4u), (1030UL, 2u)]).IsSuccess);
+            AssertSame(pair, nsid, 1000 * 512, 64 * 1024);
+            Assert.True(q.Copy(nsid, 2000, [(1000UL, 16u), (1100UL, 8u)]).IsSuccess);
+            AssertSame(pair, nsid, 2000 * 512, 24 * 512);
+            // Compare and Write: its Write reaches the replica under the owner's range lock.
+            byte[] expected = Contents(nsid == 1 ? pair.A : pair.B, (nsid == 1 ? pair.A : pair.B).GetBdev("Local"), 3000 * 512, 4096).ToArray();
+            var next = new byte[4096];
+            rnd.NextBytes(next);
+            (NvmeStatus cmp, NvmeStatus wr) = q.CompareAndWrite(nsid, 3000, 8, expected, next);
+            Assert.True(cmp.IsSuccess && wr.IsSuccess, $"{cmp} / {wr}");
+            Assert.True(Contents(nsid == 1 ? pair.B : pair.A, Replica(nsid == 1 ? pair.B : pair.A, nsid), 3000 * 512, 4096).SequenceEqual(next));
+        }
+
+        // The whole namespaces agree, and the replicas count what the owners sent them.
+        AssertSame(pair, 1, 0, 32 << 20);
+        AssertSame(pair, 2, 0, 32 << 20);
+        Assert.True(Replica(pair.B, 1).Stats[IoStat.WriteOps] >= 40);
+        Assert.True(MirrorOf(pair.A, 1).IsInSync && MirrorOf(pair.B, 2).IsInSync);
+    }
+
+    [Theory]
+    [InlineData(3 * 3600)]
+    [InlineData(-3 * 3600)]
+    public void TwoProcessesWithTheirOwnClocksMirrorAndResync(int clockOffsetB)
+    {
+        using var pair = new ProcessPair(Mirror, Mirror, clockOffsetB);
+        pair.WaitHealthy();
+        JsonObject MirrorStatus(char node) => pair.Rpc(node, "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!.AsObject();
+        long ReplicaWrites(char node, uint nsid) => pair.Rpc(node, "bdev_get_iostat")!["bdevs"]!.AsArray()
+            .Single(b => b!["name"]!.GetValue<string>() == $"replica:{nsid}")!["num_write_ops"]!.GetValue<long>();
+        TestPair.WaitUntil(() => MirrorStatus('A')["state"]!.GetValue<string>() == "in_sync" && MirrorStatus('B')["state"]!.GetValue<string>() == "in_sync",
+            "both replicas in sync", TimeSpan.FromSeconds(30));
+        long before1 = ReplicaWrites('B', 1), before2 = ReplicaWrites('A', 2);
+
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        var data = new byte[4096];
+        for (int i = 0; i < 100; i++)
+        {
+            Assert.True(viaA.IoQueues[0].Write(1, (ulong)i * 8, 8, data).IsSuccess); // A's own
+            Assert.True(viaB.IoQueues[0].Write(1, (ulong)i * 8, 8, data).IsSuccess); // relayed to A
+            Assert.True(viaA.IoQueues[0].Write(2, (ulong)i * 8, 8, data).IsSuccess); // relayed to B
+        }
+        // Each write was on the replica before it completed: the partner counted them already.
+        Assert.Equal(200, ReplicaWrites('B', 1) - before1);
+        Assert.Equal(100, ReplicaWrites('A', 2) - before2);
+
+        // The interconnect from A goes and comes back: A's replica falls out of sync, then is resynced.
+        pair.InterconnectAtoB.Blocked = true;
+        pair.InterconnectAtoB.Cut();
+        TestPair.WaitUntil(() => MirrorStatus('A')["state"]!.GetValue<string>() == "out_of_sync", "A's replica out of sync");
+        for (int i = 0; i < 50; i++) Assert.True(viaA.IoQueues[0].Write(1, (ulong)i * 8, 8, data).IsSuccess);
+        pair.InterconnectAtoB.Blocked = false;
+        TestPair.WaitUntil(() => MirrorStatus('A')["state"]!.GetValue<string>() == "in_sync", "A's replica resynced", TimeSpan.FromSeconds(30));
+        Assert.Equal(2, MirrorStatus('A')["resyncs"]!.GetValue<int>());
+        Assert.Equal(32L << 20, MirrorStatus('A')["resynced_bytes"]!.GetValue<long>());
+    }
+
+    [Fact]
+    public void WritesGoOnWhileTheReplicaIsAwayAndAResyncCatchesItUp()
+    {
+        using TestPair pair = InSyncPair();
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        IoQueue q = viaA.IoQueues[0];
+        var rnd = new Random(5);
+        var data = new byte[8192];
+
+        // A's link to B goes: A's writes to its own namespace complete on A alone (no error), the replica falls behind.
+        pair.InterconnectAtoB.Blocked = true;
+        pair.InterconnectAtoB.Cut();
+        TestPair.WaitUntil(() => MirrorOf(pair.A, 1).State == "out_of_sync", "the replica out of sync");
+        for (int i = 0; i < 200; i++)
+        {
+            rnd.NextBytes(data);
+            Assert.True(q.Write(1, (ulong)rnd.Next(0, 65_000), 16, data).IsSuccess);
+        }
+        Assert.False(Contents(pair.B, Replica(pair.B, 1), 0, 32 << 20).SequenceEqual(Contents(pair.A, pair.A.GetBdev("Local"), 0, 32 << 20)));
+
+        // The link returns: the whole namespace is copied over while writes go on, then the replica is in sync.
+        pair.InterconnectAtoB.Blocked = false;
+        for (int i = 0; i < 50 && MirrorOf(pair.A, 1).State != "in_sync"; i++)
+        {
+            rnd.NextBytes(data);
+            Assert.True(q.Write(1, (ulong)rnd.Next(0, 65_000), 16, data).IsSuccess);
+            // A Copy while resyncing starts the resync over (the replica would copy from blocks not yet resynced).
+            Assert.True(q.Copy(1, (ulong)rnd.Next(0, 65_000), [((ulong)rnd.Next(0, 65_000), 8u)]).IsSuccess);
+            Thread.Sleep(20);
+        }
+        TestPair.WaitUntil(() => MirrorOf(pair.A, 1).IsInSync, "the replica resynced", TimeSpan.FromSeconds(30));
+        AssertSame(pair, 1, 0, 32 << 20);
+        Assert.True(MirrorOf(pair.A, 1).ResyncsDone >= 2); // the first one at start, then this one
+        Assert.Contains("the partner's replica is out of sync", pair.Log('A'), StringComparison.Ordinal);
+        Assert.Contains("the partner's replica is in sync", pair.Log('A'), StringComparison.Ordinal);
+    }
+}
