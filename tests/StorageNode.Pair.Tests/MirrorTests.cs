@@ -18,9 +18,9 @@ public sealed unsafe class MirrorTests
     private static NamespaceMirror MirrorOf(Node owner, uint nsid) => owner.Pair!.Links[0].Mirrors.Single(m => m.Nsid == nsid);
 
     /// <summary>A pair with Cluster:Mirror on both nodes, healthy, both replicas in sync.</summary>
-    private static TestPair InSyncPair()
+    private static TestPair InSyncPair(int reactors = 1)
     {
-        var pair = new TestPair(Mirror, Mirror);
+        var pair = new TestPair(Mirror, Mirror, reactors);
         try
         {
             pair.WaitHealthy();
@@ -90,6 +90,86 @@ public sealed unsafe class MirrorTests
         AssertSame(pair, 2, 0, 32 << 20);
         Assert.True(Replica(pair.B, 1).Stats[IoStat.WriteOps] >= 40);
         Assert.True(MirrorOf(pair.A, 1).IsInSync && MirrorOf(pair.B, 2).IsInSync);
+    }
+
+    [Fact]
+    public void AWriteOverlappingOneStillOnItsWayToTheReplicaWaitsForIt()
+    {
+        // W1 runs on one of A's reactors and its copy is held there; W2, to the same blocks, comes on A's other reactor.
+        // Were W2 to run now, its copy would reach the replica first and W1's last: the replica would keep W1, A W2.
+        using TestPair pair = InSyncPair(reactors: 2);
+        Guid id1 = Guid.NewGuid(), id2 = Guid.NewGuid();
+        using NvmeHost h1 = pair.Connect(pair.EndpointA, id1);
+        using NvmeHost h2 = pair.Connect(pair.EndpointA, id2, new NvmeHostOptions { IoQueues = 2 });
+        int ReactorOf(Guid host, IoQueue q) => pair.A.Target.Subsystems.Single(s => s.Nqn == TestPair.Nqn).Controllers.Single(c => c.HostId == host)
+            .IoQueues.Single(x => x.Qid == q.Qid).Reactor.Id;
+        int r1 = ReactorOf(id1, h1.IoQueues[0]);
+        // Connections go to the reactors in turn: one of h2's two queues is on the other reactor.
+        IoQueue other = h2.IoQueues.Single(q => ReactorOf(id2, q) != r1);
+        ProxyQueue q1 = pair.A.Pair!.Links[0].QueueFor(r1)!;
+
+        byte[] w1 = [.. Enumerable.Repeat((byte)0x11, 4096)], w2 = [.. Enumerable.Repeat((byte)0x22, 4096)];
+        q1.StallMirrors = true;
+        NvmeStatus s1 = default;
+        var t1 = new Thread(() => s1 = h1.IoQueues[0].Write(1, 500, 8, w1));
+        t1.Start();
+        TestPair.WaitUntil(() => Contents(pair.A, pair.A.GetBdev("Local"), 500 * 512, 4096).SequenceEqual(w1), "W1 written on A");
+        NvmeStatus s2 = default;
+        var t2 = new Thread(() => s2 = other.Write(1, 500, 8, w2));
+        t2.Start();
+        Thread.Sleep(300);
+        Assert.True(t1.IsAlive && t2.IsAlive, "both writes wait: W1 for the replica, W2 for W1");
+        Assert.True(Contents(pair.A, pair.A.GetBdev("Local"), 500 * 512, 4096).SequenceEqual(w1), "W2 must not run before W1's copy is answered");
+
+        q1.StallMirrors = false;
+        Assert.True(t1.Join(TimeSpan.FromSeconds(10)) && t2.Join(TimeSpan.FromSeconds(10)));
+        Assert.True(s1.IsSuccess && s2.IsSuccess, $"{s1} / {s2}");
+        Assert.True(Contents(pair.A, pair.A.GetBdev("Local"), 500 * 512, 4096).SequenceEqual(w2));
+        AssertSame(pair, 1, 500 * 512, 4096);
+    }
+
+    [Fact]
+    public void ConcurrentOverlappingWritersThroughBothNodesLeaveEqualCopies()
+    {
+        // Two reactors on each node; four hosts' queues (spread over both) write the same 128 blocks as fast as they can,
+        // directly and through the partner: nothing stalls, nothing fails, and both copies end equal.
+        using TestPair pair = InSyncPair(reactors: 2);
+        var hosts = new List<NvmeHost>();
+        try
+        {
+            for (int i = 0; i < 4; i++)
+                hosts.Add(pair.Connect(i % 2 == 0 ? pair.EndpointA : pair.EndpointB, Guid.NewGuid(), new NvmeHostOptions { IoQueues = 2 }));
+            var writers = new List<Thread>();
+            int failures = 0;
+            foreach (NvmeHost h in hosts)
+                foreach (IoQueue q in h.IoQueues)
+                {
+                    IoQueue queue = q;
+                    int seed = writers.Count;
+                    var t = new Thread(() =>
+                    {
+                        var rnd = new Random(seed);
+                        var block = new byte[64 * 1024];
+                        for (int n = 0; n < 1500; n++)
+                        {
+                            rnd.NextBytes(block);
+                            uint blocks = (uint)rnd.Next(1, 129);
+                            if (!queue.Write(1, (ulong)rnd.Next(0, 128 - (int)blocks + 1), blocks, block.AsSpan(0, (int)blocks * 512)).IsSuccess)
+                                Interlocked.Increment(ref failures);
+                        }
+                    });
+                    writers.Add(t);
+                    t.Start();
+                }
+            foreach (Thread t in writers) Assert.True(t.Join(TimeSpan.FromMinutes(2)), "a writer did not finish");
+            Assert.Equal(0, failures);
+            AssertSame(pair, 1, 0, 128 * 512);
+            Assert.True(MirrorOf(pair.A, 1).IsInSync);
+        }
+        finally
+        {
+            foreach (NvmeHost h in hosts) h.Dispose();
+        }
     }
 
     [Theory]

@@ -45,6 +45,18 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     }
 
     private readonly Stack<MirrorOp> _freeMirrorOps = new();
+    private volatile bool _stallMirrors;
+
+    /// <summary>Test hook: while set, this queue's writes' copies wait here instead of going to the replica.</summary>
+    public bool StallMirrors
+    {
+        get => _stallMirrors;
+        set
+        {
+            _stallMirrors = value;
+            if (!value) _reactor.Post(Wake);
+        }
+    }
 
     public ProxyQueue(IHostQueue queue, Reactor reactor, InterconnectLink link)
     {
@@ -129,7 +141,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         op.Length = length;
         op.Done = done;
         op.Owner = owner;
-        if (_mirrorBacklog.Count > 0 || _link.StallSends || !TrySubmitMirror(op)) _mirrorBacklog.Enqueue(op);
+        if (_mirrorBacklog.Count > 0 || _link.StallSends || _stallMirrors || !TrySubmitMirror(op)) _mirrorBacklog.Enqueue(op);
         _reactor.MarkDirty(this);
     }
 
@@ -288,7 +300,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         int work = 0;
         if (!_link.StallSends)
         {
-            while (_mirrorBacklog.Count > 0 && TrySubmitMirror(_mirrorBacklog.Peek()))
+            while (_mirrorBacklog.Count > 0 && !_stallMirrors && TrySubmitMirror(_mirrorBacklog.Peek()))
             {
                 _mirrorBacklog.Dequeue();
                 work++;
@@ -309,7 +321,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             Close($"interconnect queue failed: {_q.Error}");
             return work;
         }
-        if (_q.HasPendingSends || ((_backlogCount > 0 || _mirrorBacklog.Count > 0) && !_link.StallSends)) _reactor.MarkDirty(this);
+        if (_q.HasPendingSends || ((_backlogCount > 0 || (_mirrorBacklog.Count > 0 && !_stallMirrors)) && !_link.StallSends)) _reactor.MarkDirty(this);
         return work;
     }
 

@@ -185,6 +185,12 @@ internal static unsafe class IoCommands
                 bool ranged = sqe.Opcode is not (IoOpcode.DatasetManagement or IoOpcode.Copy);
                 if (locks.MustWait(req, ranged ? sqe.Slba : 0, ranged ? sqe.BlockCount : ns.Bdev.BlockCount)) return;
             }
+            // Mirrored: a write waits for the overlapping ones still on their way to the replica (docs/ha.md, "Mirroring").
+            if (ns.Mirror is { Active: true } && !req.MirrorOrdered && WriteOrder.Orders(sqe.Opcode))
+            {
+                (ulong start, ulong end) = WriteOrder.RangeOf(sqe);
+                if (ns.WriteOrder.MustWait(req, start, end)) return;
+            }
             locks.Started(req);
         }
         req.PendingOps = 1;

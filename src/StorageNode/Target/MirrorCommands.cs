@@ -92,3 +92,77 @@ internal static unsafe class MirrorCommands
 
 /// <summary>Where a command is in mirroring its write to the replica (<see cref="MirrorCommands"/>).</summary>
 internal enum MirrorPhase : byte { None, Sending, Done }
+
+/// <summary>
+/// Keeps writes to overlapping blocks in one order on both copies of a mirrored namespace. A write that starts while its
+/// blocks overlap a write still on its way to the replica (or an earlier one waiting) waits, parked, until that one has
+/// been answered: the replica then gets them in the order they ran here. Only while the namespace is mirrored; one lock
+/// per namespace, taken twice per write (the replica's round trip is far longer).
+/// </summary>
+internal sealed class WriteOrder
+{
+    private readonly object _lock = new();
+    private readonly List<(ulong Start, ulong End, NvmfRequest Req)> _inflight = [];
+    private readonly List<(ulong Start, ulong End, NvmfRequest Req)> _parked = [];
+
+    /// <summary>A Dataset Management or Copy takes the whole namespace (its ranges are many, or it reads as well).</summary>
+    public static (ulong Start, ulong End) RangeOf(in SubmissionQueueEntry sqe)
+        => sqe.Opcode is IoOpcode.Write or IoOpcode.WriteZeroes ? (sqe.Slba, sqe.Slba + sqe.BlockCount) : (0, ulong.MaxValue);
+
+    public static bool Orders(byte op) => op is IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement or IoOpcode.Copy;
+
+    /// <summary>
+    /// True when the write must wait: it is parked, and runs again (<see cref="IoCommands.RunParked"/>, on its reactor)
+    /// once what it overlaps has been answered. Otherwise it counts as in flight until <see cref="Finished"/>.
+    /// </summary>
+    public bool MustWait(NvmfRequest req, ulong start, ulong end)
+    {
+        lock (_lock)
+        {
+            if (Overlaps(_inflight, _inflight.Count, start, end) || Overlaps(_parked, _parked.Count, start, end))
+            {
+                req.PendingOps = 1; // the slot stays allocated while parked, even if the connection closes
+                _parked.Add((start, end, req));
+                return true;
+            }
+            _inflight.Add((start, end, req));
+            req.MirrorOrdered = true;
+            return false;
+        }
+    }
+
+    /// <summary>The write completed (after the replica's answer, or without one): the writes it held back may run.</summary>
+    public void Finished(NvmfRequest req)
+    {
+        List<NvmfRequest>? run = null;
+        lock (_lock)
+        {
+            req.MirrorOrdered = false;
+            for (int i = 0; i < _inflight.Count; i++)
+            {
+                if (_inflight[i].Req != req) continue;
+                _inflight.RemoveAt(i);
+                break;
+            }
+            // In arrival order: each runs once it overlaps nothing in flight and no earlier write still waiting.
+            for (int i = 0; i < _parked.Count; i++)
+            {
+                (ulong start, ulong end, NvmfRequest p) = _parked[i];
+                if (Overlaps(_inflight, _inflight.Count, start, end) || Overlaps(_parked, i, start, end)) continue;
+                _parked.RemoveAt(i--);
+                _inflight.Add((start, end, p));
+                p.MirrorOrdered = true;
+                (run ??= []).Add(p);
+            }
+        }
+        if (run == null) return;
+        foreach (NvmfRequest r in run) r.Qpair.Reactor.Post(() => IoCommands.RunParked(r));
+    }
+
+    private static bool Overlaps(List<(ulong Start, ulong End, NvmfRequest Req)> list, int count, ulong start, ulong end)
+    {
+        for (int i = 0; i < count; i++)
+            if (start < list[i].End && list[i].Start < end) return true;
+        return false;
+    }
+}

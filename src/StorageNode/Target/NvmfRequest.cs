@@ -50,6 +50,8 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     // command is such a copy (it runs on the namespace's replica).
     internal MirrorPhase MirrorPhase;
     internal bool ForReplica;
+    /// <summary>Counted in its namespace's <see cref="WriteOrder"/> until it completes.</summary>
+    internal bool MirrorOrdered;
 
     public NvmfRequest(QueuePair qpair, ushort slot)
     {
@@ -85,6 +87,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         RangeLockChannel = null;
         MirrorPhase = MirrorPhase.None;
         ForReplica = false;
+        MirrorOrdered = false;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
@@ -100,6 +103,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         // A write to a mirrored namespace completes once the replica has it too (OnMirrored completes it again).
         if (MirrorPhase == MirrorPhase.Sending) return; // already waiting for the replica
         if (MirrorPhase == MirrorPhase.None && MirrorCommands.Hold(this)) return;
+        if (MirrorOrdered) Namespace!.WriteOrder.Finished(this);
         // A fused command that ends on its own (the HA gate failed it while it was held): its partner cannot run alone.
         if (FusedPartner != null) FusedCommands.Failed(this, Status);
         if (RangeLockChannel != null) RangeLockChannel.Finished(this);

@@ -44,6 +44,9 @@ public sealed class Namespace
     /// <summary>On the owner with <c>Cluster:Mirror</c>: the replica on the partner that every write reaches before it completes.</summary>
     public INamespaceMirror? Mirror { get; set; }
 
+    /// <summary>While mirrored: overlapping writes reach the replica in the order they ran here.</summary>
+    internal WriteOrder WriteOrder { get; } = new();
+
     /// <summary>
     /// On the partner with <c>Cluster:Mirror</c>: this node's replica of the owner's namespace (set before the channels
     /// open), written only by the owner's mirrored writes.
