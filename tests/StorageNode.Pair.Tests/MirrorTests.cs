@@ -85,7 +85,10 @@ public sealed unsafe class MirrorTests
             Assert.True(Contents(nsid == 1 ? pair.B : pair.A, Replica(nsid == 1 ? pair.B : pair.A, nsid), 3000 * 512, 4096).SequenceEqual(next));
         }
 
-        // The whole namespaces agree, and the replicas count what the owners sent them.
+        // The whole namespaces agree, the replicas count what the owners sent them, and each keeper was told its replica
+        // is in sync.
+        Assert.True(pair.B.Target.Subsystems.Single(x => x.Nqn == TestPair.Nqn).GetNamespace(1)!.ReplicaInSync);
+        Assert.True(pair.A.Target.Subsystems.Single(x => x.Nqn == TestPair.Nqn).GetNamespace(2)!.ReplicaInSync);
         AssertSame(pair, 1, 0, 32 << 20);
         AssertSame(pair, 2, 0, 32 << 20);
         Assert.True(Replica(pair.B, 1).Stats[IoStat.WriteOps] >= 40);
@@ -182,8 +185,10 @@ public sealed unsafe class MirrorTests
         JsonObject MirrorStatus(char node) => pair.Rpc(node, "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!.AsObject();
         long ReplicaWrites(char node, uint nsid) => pair.Rpc(node, "bdev_get_iostat")!["bdevs"]!.AsArray()
             .Single(b => b!["name"]!.GetValue<string>() == $"replica:{nsid}")!["num_write_ops"]!.GetValue<long>();
+        string OwnerSays(char node) => pair.Rpc(node, "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!["owner_says"]!.GetValue<string>();
         TestPair.WaitUntil(() => MirrorStatus('A')["state"]!.GetValue<string>() == "in_sync" && MirrorStatus('B')["state"]!.GetValue<string>() == "in_sync",
             "both replicas in sync", TimeSpan.FromSeconds(30));
+        TestPair.WaitUntil(() => OwnerSays('A') == "in_sync" && OwnerSays('B') == "in_sync", "each keeper told its replica is in sync");
         long before1 = ReplicaWrites('B', 1), before2 = ReplicaWrites('A', 2);
 
         using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());

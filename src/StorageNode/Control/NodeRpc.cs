@@ -345,6 +345,12 @@ public static class NodeRpc
                     ["resyncs"] = m.ResyncsDone,
                     ["resynced_bytes"] = m.ResyncedBytes,
                 })]),
+                ["replicas"] = new JsonArray([.. l.Subsystem.Namespaces.Where(ns => ns.Replica != null).Select(ns => (JsonNode)new JsonObject
+                {
+                    ["nsid"] = ns.Nsid,
+                    ["owner_says"] = ns.ReplicaInSync ? "in_sync" : "out_of_sync",
+                    ["since"] = ns.ReplicaStateUtc == default ? null : ns.ReplicaStateUtc.ToString("O"),
+                })]),
             });
         }
         ClusterConfig cfg = c.Config;

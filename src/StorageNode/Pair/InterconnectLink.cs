@@ -444,6 +444,18 @@ public sealed class InterconnectLink
         if (Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0) Task.Run(SendNotices);
     }
 
+    /// <summary>Tells the partner whether its replica of a namespace this node owns is in sync (sent in order with the reservation notices).</summary>
+    internal void SendReplicaState(uint nsid, bool inSync)
+    {
+        if (!IsUp) return;
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = InterconnectOpcode.ReplicaState;
+        sqe.Cdw10 = nsid;
+        sqe.Cdw11 = inSync ? 1u : 0u;
+        _notices.Enqueue(sqe);
+        if (Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0) Task.Run(SendNotices);
+    }
+
     private void SendNotices()
     {
         do
@@ -453,7 +465,8 @@ public sealed class InterconnectLink
                 try { NvmeHost.Check("reservation notice", Admin(sqe, default, DataDirection.None, _pair.Config.RelayTimeout)); }
                 catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
                 {
-                    _log.LogWarning("{Nqn}: a reservation notice for namespace {Nsid} did not reach the partner: {Error}", Subsystem.Nqn, sqe.Cdw14, e.Message);
+                    _log.LogWarning("{Nqn}: a {What} did not reach the partner: {Error}", Subsystem.Nqn,
+                        sqe.Opcode == InterconnectOpcode.ReplicaState ? $"replica state for namespace {sqe.Cdw10}" : $"reservation notice for namespace {sqe.Cdw14}", e.Message);
                 }
             }
             Volatile.Write(ref _sendingNotices, 0);

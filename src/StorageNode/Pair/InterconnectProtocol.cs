@@ -41,9 +41,14 @@ public static class InterconnectOpcode
     /// there, and the namespace's Persist Through Power Loss state (<see cref="ReservationNoticeFields"/>).
     /// </summary>
     public const byte ReservationNotice = 0xD0;
+    /// <summary>
+    /// Replica state, from a namespace's owner to the partner (<c>Cluster:Mirror</c>): CDW10 the NSID, CDW11 1 when the
+    /// partner's replica is in sync, 0 when it is not (the owner completes writes without it).
+    /// </summary>
+    public const byte ReplicaState = 0xD4;
 
     public static bool IsVendor(byte opcode) => opcode is RegisterHost or GetDescriptor or Heartbeat or RelayDrain or RelayOpen or UnregisterHost
-        or ReservationNotice;
+        or ReservationNotice or ReplicaState;
 }
 
 /// <summary>Vendor-specific statuses (SCT 7) of the interconnect's commands.</summary>

@@ -165,6 +165,22 @@ public sealed class InterconnectService : IInterconnectHandler
                 req.Complete();
                 return;
             }
+            case InterconnectOpcode.ReplicaState:
+            {
+                // This node as the replica's keeper: the partner owns the namespace.
+                Namespace? ns = association.Subsystem.GetNamespace(req.Sqe.Cdw10);
+                if (ns is not { IsRemote: true, Replica: not null } || req.Sqe.Cdw11 > 1)
+                {
+                    req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
+                    return;
+                }
+                bool inSync = req.Sqe.Cdw11 == 1;
+                if (inSync != ns.ReplicaInSync)
+                    _log.LogInformation("{Nqn}: NSID {Nsid}: the owner says this node's replica is {State}", association.Subsystem.Nqn, ns.Nsid, inSync ? "in sync" : "out of sync");
+                ns.SetReplicaState(inSync);
+                req.Complete();
+                return;
+            }
             default:
                 req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode));
                 return;

@@ -69,8 +69,9 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// <summary>The replica misses (or may miss) a write: out of sync until a resync (the next once the link is up). Any thread.</summary>
     public void Lost(string why)
     {
-        if (Interlocked.Exchange(ref _state, OutOfSync) != OutOfSync)
-            _log.LogWarning("{Nqn}: NSID {Nsid}: the partner's replica is out of sync: {Why}; writes complete on this node alone until a resync",
+        if (Interlocked.Exchange(ref _state, OutOfSync) == OutOfSync) return;
+        _link.SendReplicaState(_ns.Nsid, inSync: false); // if the interconnect is up (a copy failed); else the partner lost us anyway
+        _log.LogWarning("{Nqn}: NSID {Nsid}: the partner's replica is out of sync: {Why}; writes complete on this node alone until a resync",
                 _link.Subsystem.Nqn, _ns.Nsid, why);
     }
 
@@ -93,6 +94,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         if (completed && Interlocked.CompareExchange(ref _state, InSync, Resyncing) == Resyncing)
         {
             ResyncsDone++;
+            _link.SendReplicaState(_ns.Nsid, inSync: true);
             _log.LogInformation("{Nqn}: NSID {Nsid}: the partner's replica is in sync ({Bytes} MiB copied in {Seconds:0.00} s)",
                 _link.Subsystem.Nqn, _ns.Nsid, ResyncedBytes >> 20, (double)elapsedTicks / Stopwatch.Frequency);
         }
