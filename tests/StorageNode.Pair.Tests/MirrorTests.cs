@@ -175,6 +175,26 @@ public sealed unsafe class MirrorTests
         }
     }
 
+    [Fact]
+    public void APartnerThatRestartedGetsItsWholeReplicaBack()
+    {
+        using TestPair pair = InSyncPair();
+        using (NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid()))
+        {
+            var data = new byte[64 * 1024];
+            new Random(3).NextBytes(data);
+            for (ulong lba = 0; lba < 65_536; lba += 4096) Assert.True(viaA.IoQueues[0].Write(1, lba, 128, data).IsSuccess);
+        }
+        AssertSame(pair, 1, 0, 32 << 20);
+
+        // B comes back empty (RAM), as another incarnation: nothing marked dirty on A says so, the incarnation does.
+        pair.RestartB();
+        TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone >= 2 && MirrorOf(pair.A, 1).IsInSync, "A's replica resynced on the new B", TimeSpan.FromSeconds(30));
+        Assert.Equal(32L << 20, MirrorOf(pair.A, 1).ResyncedBytes);
+        AssertSame(pair, 1, 0, 32 << 20);
+        Assert.Contains("all of it (32 MiB; the partner restarted)", pair.Log('A'), StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData(3 * 3600)]
     [InlineData(-3 * 3600)]
@@ -212,7 +232,8 @@ public sealed unsafe class MirrorTests
         pair.InterconnectAtoB.Blocked = false;
         TestPair.WaitUntil(() => MirrorStatus('A')["state"]!.GetValue<string>() == "in_sync", "A's replica resynced", TimeSpan.FromSeconds(30));
         Assert.Equal(2, MirrorStatus('A')["resyncs"]!.GetValue<int>());
-        Assert.Equal(32L << 20, MirrorStatus('A')["resynced_bytes"]!.GetValue<long>());
+        // B kept its replica (same incarnation): only the 1 MiB region A wrote alone was copied.
+        Assert.Equal(1L << 20, MirrorStatus('A')["resynced_bytes"]!.GetValue<long>());
     }
 
     [Fact]
@@ -234,6 +255,7 @@ public sealed unsafe class MirrorTests
             Assert.True(q.Write(1, (ulong)rnd.Next(0, 65_000), 16, data).IsSuccess);
         }
         Assert.False(Contents(pair.B, Replica(pair.B, 1), 0, 32 << 20).SequenceEqual(Contents(pair.A, pair.A.GetBdev("Local"), 0, 32 << 20)));
+        Assert.True(MirrorOf(pair.A, 1).DirtyRegions > 0);
 
         // The link returns: the whole namespace is copied over while writes go on, then the replica is in sync.
         pair.InterconnectAtoB.Blocked = false;

@@ -177,6 +177,14 @@ public sealed class TestPair : IPairRig
     /// <summary>Stops node B (as if it died) and builds a fresh one with the same configuration (not started).</summary>
     public void DisposeB() => B.Dispose();
 
+    /// <summary>Node B stops and starts again with the same configuration (a new incarnation, empty RAM bdevs).</summary>
+    public void RestartB()
+    {
+        B.Dispose();
+        B = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgB).Build()), _lfB);
+        B.Start();
+    }
+
     public static int FreeTcpPort()
     {
         using var l = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);

@@ -29,6 +29,8 @@ public sealed class InterconnectLink
 
     public Subsystem Subsystem { get; }
     public bool IsUp { get; private set; }
+    /// <summary>The partner's incarnation as of the last connect (a new one: it restarted, and its replicas are empty).</summary>
+    public long PartnerIncarnation { get; private set; }
     public long ConnectCount { get; private set; }
     /// <summary>The proxy side of relay control for this subsystem.</summary>
     public RelayControl Relays { get; }
@@ -261,6 +263,7 @@ public sealed class InterconnectLink
                 return false;
             }
             _pair.Membership.NoteIncarnation(theirs.Incarnation);
+            PartnerIncarnation = theirs.Incarnation;
 
             _host = host;
             Heartbeat(host);

@@ -18,6 +18,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
 {
     private const int OutOfSync = 0, Resyncing = 1, InSync = 2;
     private const uint ChunkBytes = 128 * 1024;
+    /// <summary>The dirty bitmap's region: 1 MiB (a 1 TiB namespace: 128 KiB of bits).</summary>
+    private const int RegionShift = 20;
 
     private readonly InterconnectLink _link;
     private readonly Namespace _ns;
@@ -26,6 +28,12 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     private volatile int _state = OutOfSync;
     private int _resyncRunning;
     private Resync? _resync;
+    // Regions written here that the replica may lack (out of sync). Swapped whole for a fresh one when a resync starts;
+    // the resync gives back what it did not finish.
+    private long[] _dirty;
+    // The partner's incarnation whose replica was last in sync (0: none yet). A partner with another one restarted: its
+    // replica is empty, and a resync copies everything.
+    private long _syncedIncarnation;
 
     internal NamespaceMirror(InterconnectLink link, Namespace ns, Reactor resyncReactor, ILogger log)
     {
@@ -33,7 +41,11 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         _ns = ns;
         _reactor = resyncReactor;
         _log = log;
+        _dirty = new long[BitmapLongs];
     }
+
+    private int Regions => (int)((_ns.Bdev.SizeBytes + (1UL << RegionShift) - 1) >> RegionShift);
+    private int BitmapLongs => (Regions + 63) / 64;
 
     public uint Nsid => _ns.Nsid;
 
@@ -53,17 +65,47 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         ProxyQueue? q = _link.QueueFor(reactorId);
         if (q == null)
         {
-            Completed(_link.UnavailableStatus, done);
+            Completed(_link.UnavailableStatus, done, sqe);
             return;
         }
         q.Mirror(this, sqe, data, length, done);
     }
 
     /// <summary>The replica answered a copy, or it could not be sent (reactor thread).</summary>
-    internal void Completed(NvmeStatus status, IMirrorCompletion done)
+    internal void Completed(NvmeStatus status, IMirrorCompletion done, in SubmissionQueueEntry sqe)
     {
-        if (!status.IsSuccess) Lost($"a write's copy failed ({status})");
+        if (!status.IsSuccess)
+        {
+            Lost($"a write's copy failed ({status})");
+            Missed(sqe);
+        }
         done.OnMirrored(status);
+    }
+
+    public void Missed(in SubmissionQueueEntry sqe)
+    {
+        byte op = (byte)(sqe.Opcode & ~MirrorCommands.Bit);
+        long[] dirty = Volatile.Read(ref _dirty);
+        if (op is not (IoOpcode.Write or IoOpcode.WriteZeroes))
+        {
+            // Dataset Management and Copy: their ranges are in their data; the whole namespace goes.
+            for (int i = 0; i < dirty.Length; i++) Interlocked.Exchange(ref dirty[i], -1L);
+            return;
+        }
+        int shift = _ns.Bdev.BlockShift;
+        ulong first = (sqe.Slba << shift) >> RegionShift, last = (((sqe.Slba + sqe.BlockCount) << shift) - 1) >> RegionShift;
+        for (ulong r = first; r <= last && r < (ulong)Regions; r++) Interlocked.Or(ref dirty[r >> 6], 1L << (int)(r & 63));
+    }
+
+    /// <summary>Regions marked dirty now (for tests and status).</summary>
+    public int DirtyRegions
+    {
+        get
+        {
+            int n = 0;
+            foreach (long w in Volatile.Read(ref _dirty)) n += System.Numerics.BitOperations.PopCount((ulong)w);
+            return n;
+        }
     }
 
     /// <summary>The replica misses (or may miss) a write: out of sync until a resync (the next once the link is up). Any thread.</summary>
@@ -83,16 +125,41 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         // were running on it finished, so a chunk and the writes around it reach the replica in the order they happened.
         _state = Resyncing;
         Volatile.Write(ref _resyncedBytes, 0);
-        _log.LogInformation("{Nqn}: NSID {Nsid}: resyncing the partner's replica ({Size} MiB)", _link.Subsystem.Nqn, _ns.Nsid, _ns.Bdev.SizeBytes >> 20);
-        _resync = new Resync(this);
+        long partner = _link.PartnerIncarnation;
+        bool whole = partner != _syncedIncarnation;
+        long[] work = TakeDirty();
+        if (whole) Array.Fill(work, -1L);
+        int regions = 0;
+        foreach (long w in work) regions += System.Numerics.BitOperations.PopCount((ulong)w);
+        _log.LogInformation("{Nqn}: NSID {Nsid}: resyncing the partner's replica: {What}", _link.Subsystem.Nqn, _ns.Nsid,
+            whole ? $"all of it ({_ns.Bdev.SizeBytes >> 20} MiB; {(_syncedIncarnation == 0 ? "never in sync yet" : "the partner restarted")})"
+                  : $"{Math.Min(regions, Regions)} region(s) of 1 MiB written while it was out of sync");
+        _resync = new Resync(this, work, partner);
         _reactor.Post(_resync.Start);
     }
 
-    private void ResyncEnded(bool completed, long elapsedTicks)
+    /// <summary>The dirty regions so far, leaving a clean bitmap for what comes after.</summary>
+    private long[] TakeDirty() => Interlocked.Exchange(ref _dirty, new long[BitmapLongs]);
+
+    /// <summary>Gives back regions a resync did not finish (they go in the next one).</summary>
+    private void GiveBack(long[] work)
+    {
+        long[] dirty = Volatile.Read(ref _dirty);
+        for (int i = 0; i < work.Length; i++) if (work[i] != 0) Interlocked.Or(ref dirty[i], work[i]);
+    }
+
+    private static bool Any(long[] bits)
+    {
+        foreach (long w in bits) if (w != 0) return true;
+        return false;
+    }
+
+    private void ResyncEnded(bool completed, long elapsedTicks, long partner)
     {
         _resync = null;
         if (completed && Interlocked.CompareExchange(ref _state, InSync, Resyncing) == Resyncing)
         {
+            _syncedIncarnation = partner;
             ResyncsDone++;
             _link.SendReplicaState(_ns.Nsid, inSync: true);
             _log.LogInformation("{Nqn}: NSID {Nsid}: the partner's replica is in sync ({Bytes} MiB copied in {Seconds:0.00} s)",
@@ -102,11 +169,18 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     }
 
     /// <summary>One resync: chunk after chunk on one reactor, each read under a range lock and sent as a Write (or Write Zeroes).</summary>
-    private sealed class Resync(NamespaceMirror m) : IBdevCompletion, IMirrorCompletion
+    private sealed class Resync(NamespaceMirror m, long[] work, long partner) : IBdevCompletion, IMirrorCompletion
     {
         private readonly long _startedAt = Stopwatch.GetTimestamp();
+        private long[] _work = work;
         private byte* _buffer;
         private ulong _next, _blocks;
+
+        private bool Dirty(ulong block)
+        {
+            ulong region = (block << m._ns.Bdev.BlockShift) >> RegionShift;
+            return (_work[region >> 6] & (1L << (int)(region & 63))) != 0;
+        }
 
         public void Start()
         {
@@ -122,8 +196,19 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
                 End(completed: false);
                 return;
             }
+            ulong regionBlocks = (1UL << RegionShift) >> ns.Bdev.BlockShift;
+            while (_next < ns.Bdev.BlockCount && !Dirty(_next)) _next = (_next / regionBlocks + 1) * regionBlocks;
             if (_next >= ns.Bdev.BlockCount)
             {
+                // A write that completed just as the resync began may have marked the fresh bitmap: another pass for it.
+                long[] more = m.TakeDirty();
+                if (Any(more))
+                {
+                    _work = more;
+                    _next = 0;
+                    Next();
+                    return;
+                }
                 End(completed: true);
                 return;
             }
@@ -175,7 +260,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         {
             if (_buffer != null) m._reactor.Pools.Release(_buffer);
             _buffer = null;
-            m.ResyncEnded(completed, Stopwatch.GetTimestamp() - _startedAt);
+            if (!completed) m.GiveBack(_work);
+            m.ResyncEnded(completed, Stopwatch.GetTimestamp() - _startedAt, partner);
         }
     }
 }

@@ -131,7 +131,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     {
         if (_closed)
         {
-            owner.Completed(_link.UnavailableStatus, done);
+            owner.Completed(_link.UnavailableStatus, done, sqe);
             return;
         }
         // As many copies wait as the queue has slots, each slot's object reused (more wait in new objects: rare).
@@ -164,11 +164,12 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     {
         NamespaceMirror owner = op.Owner!;
         IMirrorCompletion done = op.Done!;
+        SubmissionQueueEntry sqe = op.Sqe;
         op.Done = null;
         op.Owner = null;
         op.Data = null;
         _freeMirrorOps.Push(op);
-        owner.Completed(status, done);
+        owner.Completed(status, done, sqe);
     }
 
     private void Enqueue(NvmfRequest req)

@@ -289,6 +289,7 @@ internal static unsafe class FusedCommands
                 mirror.Send(req.Qpair.Reactor.Id, copy, writeData, Length, this);
                 return;
             }
+            if (result == 0 && _writing && _ns.Mirror is { } missed) missed.Missed(MirrorCommands.CopyOf(second?.Sqe ?? req.Sqe, IoOpcode.Write));
             End(result, compareMatched);
         }
 

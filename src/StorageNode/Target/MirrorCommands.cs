@@ -23,6 +23,9 @@ public unsafe interface INamespaceMirror
     /// <summary>The replica misses a write (or may): out of sync until a resync.</summary>
     void Lost(string why);
 
+    /// <summary>A write completed here without reaching the replica (out of sync): its blocks must go in the next resync.</summary>
+    void Missed(in SubmissionQueueEntry sqe);
+
     /// <summary>
     /// Sends the replica's copy of a write that completed here, on reactor <paramref name="reactorId"/>; <paramref name="done"/>
     /// is called on that reactor once the replica has it, or could not get it (the replica is then out of sync).
@@ -62,9 +65,15 @@ internal static unsafe class MirrorCommands
     /// </summary>
     public static bool Hold(NvmfRequest req)
     {
-        if (req.MirrorPhase != MirrorPhase.None || req.ForReplica || req.Namespace is not { IsRemote: false, Mirror: { Active: true } mirror }
+        if (req.MirrorPhase != MirrorPhase.None || req.ForReplica || req.Namespace is not { IsRemote: false, Mirror: { } mirror }
             || !req.Status.IsSuccess || req.Qpair.Qid == 0)
             return false;
+        if (!mirror.Active)
+        {
+            // Out of sync: the write completes here alone, and its blocks are remembered for the resync.
+            if (WriteOrder.Orders(req.Sqe.Opcode)) mirror.Missed(req.Sqe);
+            return false;
+        }
         byte op = req.Sqe.Opcode;
         byte* data = req.Data;
         uint length = req.Length;
