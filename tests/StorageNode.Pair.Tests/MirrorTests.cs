@@ -132,6 +132,45 @@ public sealed unsafe class MirrorTests
     }
 
     [Fact]
+    public void AWaitingWriteWhoseConnectionClosedNeverReachesTheReplica()
+    {
+        // W2 waits behind W1 (whose copy is held); W2's host goes away. W2 then completes without running: the replica
+        // must not get it either.
+        using TestPair pair = InSyncPair(reactors: 2);
+        Guid id1 = Guid.NewGuid(), id2 = Guid.NewGuid();
+        using NvmeHost h1 = pair.Connect(pair.EndpointA, id1);
+        NvmeHost h2 = pair.Connect(pair.EndpointA, id2, new NvmeHostOptions { IoQueues = 2 });
+        int ReactorOf(Guid host, IoQueue q) => pair.A.Target.Subsystems.Single(s => s.Nqn == TestPair.Nqn).Controllers.Single(c => c.HostId == host)
+            .IoQueues.Single(x => x.Qid == q.Qid).Reactor.Id;
+        int r1 = ReactorOf(id1, h1.IoQueues[0]);
+        IoQueue other = h2.IoQueues.Single(q => ReactorOf(id2, q) != r1);
+        ProxyQueue q1 = pair.A.Pair!.Links[0].QueueFor(r1)!;
+        byte[] w1 = [.. Enumerable.Repeat((byte)0x33, 4096)], w2 = [.. Enumerable.Repeat((byte)0x44, 4096)];
+
+        q1.StallMirrors = true;
+        var t1 = new Thread(() => h1.IoQueues[0].Write(1, 700, 8, w1));
+        t1.Start();
+        TestPair.WaitUntil(() => Contents(pair.A, pair.A.GetBdev("Local"), 700 * 512, 4096).SequenceEqual(w1), "W1 written on A");
+        var t2 = new Thread(() =>
+        {
+            try { other.Write(1, 700, 8, w2); }
+            catch (Exception e) when (e is NvmeTransportException or TimeoutException or ObjectDisposedException or InvalidOperationException or IOException) { }
+        });
+        t2.Start();
+        Thread.Sleep(300);
+        h2.Dispose(); // W2 is parked on A; its connection closes
+        Assert.True(t2.Join(TimeSpan.FromSeconds(10)));
+        TestPair.WaitUntil(() => !pair.A.Target.Subsystems.Single(s => s.Nqn == TestPair.Nqn).Controllers.Any(c => c.HostId == id2), "W2's controller gone");
+
+        q1.StallMirrors = false;
+        Assert.True(t1.Join(TimeSpan.FromSeconds(10)));
+        TestPair.WaitUntil(() => pair.A.Target.Subsystems.Single(s => s.Nqn == TestPair.Nqn).Controllers.Single(c => c.HostId == id1) != null, "h1 still there");
+        Thread.Sleep(200); // W2, released, completes (without running) on its reactor
+        Assert.True(Contents(pair.A, pair.A.GetBdev("Local"), 700 * 512, 4096).SequenceEqual(w1), "W2 never ran on A");
+        AssertSame(pair, 1, 700 * 512, 4096);
+    }
+
+    [Fact]
     public void ConcurrentOverlappingWritersThroughBothNodesLeaveEqualCopies()
     {
         // Two reactors on each node; four hosts' queues (spread over both) write the same 128 blocks as fast as they can,

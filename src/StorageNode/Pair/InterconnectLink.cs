@@ -44,6 +44,9 @@ public sealed class InterconnectLink
     public long DroppedBeforeFence;
     private readonly List<NamespaceMirror> _mirrors = [];
 
+    /// <summary><c>Cluster:Mirror</c>: writes' copies share this link's queues with relayed commands.</summary>
+    public bool MirrorEnabled => _pair.Config.Mirror;
+
     /// <summary>With <c>Cluster:Mirror</c>: the replicas on the partner of the namespaces this node owns.</summary>
     public IReadOnlyList<NamespaceMirror> Mirrors => _mirrors;
 

@@ -125,7 +125,17 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         // were running on it finished, so a chunk and the writes around it reach the replica in the order they happened.
         _state = Resyncing;
         Volatile.Write(ref _resyncedBytes, 0);
-        long partner = _link.PartnerIncarnation;
+        _resync = new Resync(this, _link.PartnerIncarnation);
+        _reactor.Post(_resync.Start);
+    }
+
+    /// <summary>
+    /// The resync's work, taken once every write that started while the replica was out of sync has finished (a
+    /// whole-namespace range lock, released at once): each has marked its blocks dirty or, completing after the switch,
+    /// reached the replica; and a write starting now is mirrored, in order with the overlapping ones.
+    /// </summary>
+    private long[] TakeWork(long partner)
+    {
         bool whole = partner != _syncedIncarnation;
         long[] work = TakeDirty();
         if (whole) Array.Fill(work, -1L);
@@ -134,8 +144,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         _log.LogInformation("{Nqn}: NSID {Nsid}: resyncing the partner's replica: {What}", _link.Subsystem.Nqn, _ns.Nsid,
             whole ? $"all of it ({_ns.Bdev.SizeBytes >> 20} MiB; {(_syncedIncarnation == 0 ? "never in sync yet" : "the partner restarted")})"
                   : $"{Math.Min(regions, Regions)} region(s) of 1 MiB written while it was out of sync");
-        _resync = new Resync(this, work, partner);
-        _reactor.Post(_resync.Start);
+        return work;
     }
 
     /// <summary>The dirty regions so far, leaving a clean bitmap for what comes after.</summary>
@@ -169,10 +178,10 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     }
 
     /// <summary>One resync: chunk after chunk on one reactor, each read under a range lock and sent as a Write (or Write Zeroes).</summary>
-    private sealed class Resync(NamespaceMirror m, long[] work, long partner) : IBdevCompletion, IMirrorCompletion
+    private sealed class Resync(NamespaceMirror m, long partner) : IBdevCompletion, IMirrorCompletion
     {
         private readonly long _startedAt = Stopwatch.GetTimestamp();
-        private long[] _work = work;
+        private long[] _work = [];
         private byte* _buffer;
         private ulong _next, _blocks;
 
@@ -184,8 +193,14 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
 
         public void Start()
         {
-            _buffer = m._reactor.Pools.Borrow(ChunkBytes);
-            Next();
+            Namespace ns = m._ns;
+            ns.Locks.Lock(0, ns.Bdev.BlockCount, () => m._reactor.Post(() =>
+            {
+                ns.Locks.Unlock();
+                _work = m.TakeWork(partner);
+                _buffer = m._reactor.Pools.Borrow(ChunkBytes);
+                Next();
+            }));
         }
 
         private void Next()

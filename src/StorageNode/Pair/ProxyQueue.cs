@@ -46,6 +46,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
 
     private readonly Stack<MirrorOp> _freeMirrorOps = new();
     private volatile bool _stallMirrors;
+    private readonly int _mirrorReserve;
 
     /// <summary>Test hook: while set, this queue's writes' copies wait here instead of going to the replica.</summary>
     public bool StallMirrors
@@ -67,6 +68,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         _inflight = new NvmfRequest?[queue.Depth];
         _inflightReg = new ProxyRegistration?[queue.Depth];
         _inflightMirror = new MirrorOp?[queue.Depth];
+        _mirrorReserve = link.MirrorEnabled ? Math.Max(1, queue.Depth / 8) : 0;
         for (int i = 0; i < queue.Depth; i++) _freeMirrorOps.Push(new MirrorOp());
         _free = new int[queue.Depth];
         for (int i = 0; i < _free.Length; i++) _free[i] = _free.Length - 1 - i;
@@ -141,23 +143,22 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         op.Length = length;
         op.Done = done;
         op.Owner = owner;
-        if (_mirrorBacklog.Count > 0 || _link.StallSends || _stallMirrors || !TrySubmitMirror(op)) _mirrorBacklog.Enqueue(op);
+        if (_mirrorBacklog.Count > 0 || _link.StallSends || _stallMirrors || _freeCount == 0) _mirrorBacklog.Enqueue(op);
+        else SubmitMirror(op);
         _reactor.MarkDirty(this);
     }
 
-    /// <summary>Hands a copy to the host queue; false when no slot is free (the caller keeps it).</summary>
-    private bool TrySubmitMirror(MirrorOp op)
+    /// <summary>Hands a copy to the host queue (a slot is free; the caller no longer holds the op).</summary>
+    private void SubmitMirror(MirrorOp op)
     {
-        if (_freeCount == 0) return false;
         int token = _free[--_freeCount];
         if (!_q.TrySubmit(op.Sqe, op.Data, op.Length, Opcodes.Direction(op.Sqe.Opcode), this, token))
         {
             _free[_freeCount++] = token;
             FinishMirror(op, _link.UnavailableStatus);
-            return true;
+            return;
         }
         _inflightMirror[token] = op;
-        return true;
     }
 
     private void FinishMirror(MirrorOp op, NvmeStatus status)
@@ -221,7 +222,9 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             _link.Relays.RequestOpen(reg);
             return false;
         }
-        if (_freeCount == 0) return false;
+        // With mirroring, relayed commands leave slots to the writes' copies: a relayed write may wait on the partner for
+        // its own copy to this node, so copies must never wait behind relays (both nodes' queues full: a deadlock).
+        if (_freeCount <= _mirrorReserve) return false;
         if (!_link.Clock.TryToPartner(req.Gate.Deadline, out OwnerDeadline deadline)) return false;
         if (req.ArrivedAfter <= Volatile.Read(ref reg.LocalBoundTicks))
         {
@@ -301,9 +304,9 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         int work = 0;
         if (!_link.StallSends)
         {
-            while (_mirrorBacklog.Count > 0 && !_stallMirrors && TrySubmitMirror(_mirrorBacklog.Peek()))
+            while (_mirrorBacklog.Count > 0 && !_stallMirrors && _freeCount > 0)
             {
-                _mirrorBacklog.Dequeue();
+                SubmitMirror(_mirrorBacklog.Dequeue());
                 work++;
             }
             while (_backlogCount > 0)

@@ -193,6 +193,7 @@ internal static unsafe class IoCommands
             }
             locks.Started(req);
         }
+        req.Ran = true; // from here it reaches the bdev: only such a write is mirrored (or marked missed)
         req.PendingOps = 1;
         switch (sqe.Opcode)
         {

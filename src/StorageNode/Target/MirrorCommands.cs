@@ -48,6 +48,10 @@ internal static unsafe class MirrorCommands
 
     public static byte Original(byte op) => (byte)(op & ~Bit);
 
+    /// <summary>Whether the command changes blocks (what a replica must get): Dataset Management only with deallocate.</summary>
+    public static bool Writes(in SubmissionQueueEntry sqe) => sqe.Opcode is IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.Copy
+        || (sqe.Opcode == IoOpcode.DatasetManagement && (sqe.Cdw11 & DsmAttribute.Deallocate) != 0);
+
     /// <summary>The replica's copy of a write: its command with the mirror opcode, alone (a fused Write goes unfused).</summary>
     public static SubmissionQueueEntry CopyOf(in SubmissionQueueEntry sqe, byte opcode)
     {
@@ -65,13 +69,24 @@ internal static unsafe class MirrorCommands
     /// </summary>
     public static bool Hold(NvmfRequest req)
     {
-        if (req.MirrorPhase != MirrorPhase.None || req.ForReplica || req.Namespace is not { IsRemote: false, Mirror: { } mirror }
-            || !req.Status.IsSuccess || req.Qpair.Qid == 0)
+        if (req.MirrorPhase != MirrorPhase.None || req.ForReplica || !req.Ran || req.Namespace is not { IsRemote: false, Mirror: { } mirror }
+            || req.Qpair.Qid == 0 || !Writes(req.Sqe))
             return false;
+        if (!req.Status.IsSuccess)
+        {
+            // A write that failed here may have changed some of its blocks (a range of several, a short file write): the
+            // replica cannot be trusted with them.
+            if (req.FirstError != 0 || (req.Status.Type == StatusCodeType.Generic && req.Status.Code == GenericStatus.InternalError))
+            {
+                if (mirror.Active) mirror.Lost($"a write failed on this node ({req.Status})");
+                mirror.Missed(req.Sqe);
+            }
+            return false;
+        }
         if (!mirror.Active)
         {
             // Out of sync: the write completes here alone, and its blocks are remembered for the resync.
-            if (WriteOrder.Orders(req.Sqe.Opcode)) mirror.Missed(req.Sqe);
+            mirror.Missed(req.Sqe);
             return false;
         }
         byte op = req.Sqe.Opcode;
@@ -82,12 +97,14 @@ internal static unsafe class MirrorCommands
             case IoOpcode.Write or IoOpcode.WriteZeroes:
                 break;
             case IoOpcode.Copy when !mirror.IsInSync:
-                // The replica copies from its own blocks, which a resync may not have reached yet: start the resync over.
+                // The replica copies from its own blocks, which a resync may not have reached yet: start the resync over,
+                // with this Copy's blocks in it.
                 mirror.Lost("a Copy during the resync");
+                mirror.Missed(req.Sqe);
                 return false;
             case IoOpcode.Copy:
                 break;
-            case IoOpcode.DatasetManagement when (req.Sqe.Cdw11 & DsmAttribute.Deallocate) != 0:
+            case IoOpcode.DatasetManagement:
                 break;
             default:
                 // A fused Compare and Write mirrors its Write under its range lock (CompareOperation), not here.

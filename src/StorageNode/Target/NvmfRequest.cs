@@ -52,6 +52,11 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     internal bool ForReplica;
     /// <summary>Counted in its namespace's <see cref="WriteOrder"/> until it completes.</summary>
     internal bool MirrorOrdered;
+    /// <summary>
+    /// It reached the bdev (<see cref="IoCommands"/>' Run): a command released after its connection closed completes
+    /// without running, and must not be mirrored.
+    /// </summary>
+    internal bool Ran;
 
     public NvmfRequest(QueuePair qpair, ushort slot)
     {
@@ -88,6 +93,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         MirrorPhase = MirrorPhase.None;
         ForReplica = false;
         MirrorOrdered = false;
+        Ran = false;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
