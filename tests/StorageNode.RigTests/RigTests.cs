@@ -222,13 +222,20 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         }
     }
 
-    [Fact]
-    public void MultipathFailsOverToTheProxyPathWithoutErrors()
+    /// <param name="mirror">With Cluster:Mirror: every write the kernel host makes (directly, or relayed through B while
+    /// its path to A is cut) is on B's replica too; at the end A's namespace and B's replica are equal, byte for byte.</param>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public unsafe void MultipathFailsOverToTheProxyPathWithoutErrors(bool mirror)
     {
+        string m = mirror ? "true" : "false";
         using var pair = new TestPair(
-            overridesA: new() { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:1:SizeMiB"] = "64" },
-            overridesB: new() { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:0:SizeMiB"] = "64" });
+            overridesA: new() { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:1:SizeMiB"] = "64", ["Cluster:Mirror"] = m },
+            overridesB: new() { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:0:SizeMiB"] = "64", ["Cluster:Mirror"] = m });
         pair.WaitHealthy();
+        Pair.NamespaceMirror? replica = mirror ? pair.A.Pair!.Links[0].Mirrors.Single(x => x.Nsid == 1) : null;
+        if (replica != null) TestPair.WaitUntil(() => replica.IsInSync, "B's replica of NSID 1 in sync", TimeSpan.FromSeconds(60));
         int portA = pair.EndpointA.Port, portB = pair.EndpointB.Port;
         var env = new Dictionary<string, string>
         {
@@ -260,6 +267,13 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         output.WriteLine($"relayed through B: {pair.B.Pair!.Links[0].Relayed} command(s)");
         Assert.True(pair.B.Pair!.Links[0].Relayed > 0, "nothing went through the proxy path");
         Assert.Equal(0, rc);
+        if (replica == null) return;
+        Assert.True(replica.IsInSync, $"B's replica is {replica.State}");
+        const int size = 64 << 20;
+        var owner = new ReadOnlySpan<byte>(pair.A.GetBdev("Local").CreateChannel(pair.A.Reactors[0]).ZeroCopyRead(0, size), size);
+        var copy = new ReadOnlySpan<byte>(pair.B.Bdevs.Single(b => b.Name == "replica:1").CreateChannel(pair.B.Reactors[0]).ZeroCopyRead(0, size), size);
+        Assert.True(owner.SequenceEqual(copy), "B's replica differs from A's namespace after the kernel host's writes");
+        output.WriteLine($"B's replica of NSID 1 equals A's namespace ({pair.B.Bdevs.Single(b => b.Name == "replica:1").Stats[Bdevs.IoStat.WriteOps]} copies written)");
     }
 
     /// <summary>
