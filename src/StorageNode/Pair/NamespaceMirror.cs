@@ -27,7 +27,6 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     private readonly ILogger _log;
     private volatile int _state = OutOfSync;
     private int _resyncRunning;
-    private Resync? _resync;
     // Regions written here that the replica may lack (out of sync). Swapped whole for a fresh one when a resync starts;
     // the resync gives back what it did not finish.
     private long[] _dirty;
@@ -125,8 +124,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         // were running on it finished, so a chunk and the writes around it reach the replica in the order they happened.
         _state = Resyncing;
         Volatile.Write(ref _resyncedBytes, 0);
-        _resync = new Resync(this, _link.PartnerIncarnation);
-        _reactor.Post(_resync.Start);
+        _reactor.Post(new Resync(this, _link.PartnerIncarnation).Start);
     }
 
     /// <summary>
@@ -165,7 +163,6 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
 
     private void ResyncEnded(bool completed, long elapsedTicks, long partner)
     {
-        _resync = null;
         if (completed && Interlocked.CompareExchange(ref _state, InSync, Resyncing) == Resyncing)
         {
             _syncedIncarnation = partner;

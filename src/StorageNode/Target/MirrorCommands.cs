@@ -89,29 +89,18 @@ internal static unsafe class MirrorCommands
             mirror.Missed(req.Sqe);
             return false;
         }
-        byte op = req.Sqe.Opcode;
-        byte* data = req.Data;
-        uint length = req.Length;
-        switch (op)
+        // Writes(): a Write, Write Zeroes, deallocate or Copy (a fused Compare and Write mirrors its Write under its range
+        // lock, in CompareOperation: it never got here, not having run through IoCommands' Run).
+        if (req.Sqe.Opcode == IoOpcode.Copy && !mirror.IsInSync)
         {
-            case IoOpcode.Write or IoOpcode.WriteZeroes:
-                break;
-            case IoOpcode.Copy when !mirror.IsInSync:
-                // The replica copies from its own blocks, which a resync may not have reached yet: start the resync over,
-                // with this Copy's blocks in it.
-                mirror.Lost("a Copy during the resync");
-                mirror.Missed(req.Sqe);
-                return false;
-            case IoOpcode.Copy:
-                break;
-            case IoOpcode.DatasetManagement:
-                break;
-            default:
-                // A fused Compare and Write mirrors its Write under its range lock (CompareOperation), not here.
-                return false;
+            // The replica copies from its own blocks, which a resync may not have reached yet: start the resync over,
+            // with this Copy's blocks in it.
+            mirror.Lost("a Copy during the resync");
+            mirror.Missed(req.Sqe);
+            return false;
         }
         req.MirrorPhase = MirrorPhase.Sending;
-        mirror.Send(req.Qpair.Reactor.Id, CopyOf(req.Sqe, op), data, length, req);
+        mirror.Send(req.Qpair.Reactor.Id, CopyOf(req.Sqe, req.Sqe.Opcode), req.Data, req.Length, req);
         return true;
     }
 }
