@@ -1,5 +1,6 @@
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
+using StorageNode.Pair;
 using static StorageNode.Testing.HostWrites;
 
 namespace StorageNode.Pair.Tests;
@@ -166,40 +167,75 @@ public class FenceTests(ITestOutputHelper output)
         Assert.Equal(0x62, ReadTag(b));
     }
 
-    /// <summary>Defect 7: a stalled reactor on the proxy must not fence other hosts or take the link down.</summary>
+    /// <summary>
+    /// Defect 7: a stalled reactor on the proxy must not fence other hosts or take the link down. B's reactor 1 serves
+    /// host 1 and stalls for longer than the heartbeat timeout; host 1 moves to the owner (a drain of its relay on B,
+    /// answered without waiting for the stalled reactor) while host 2 keeps relaying through B's reactor 0. Both hosts'
+    /// writes succeed, the link stays up, and the data is what each host wrote last. Connections are pinned to B's
+    /// reactors (<see cref="StorageNode.Target.NvmfTarget.PlaceConnection"/>): A's interconnect association and host 2
+    /// on reactor 0, host 1 on reactor 1. Depends on the heartbeat timeout (the stall outlasts it) and the relay
+    /// timeout (TestPair's 3 s bounds the drain); conditions are waited for, not slept for.
+    /// </summary>
     [Fact]
     public void OneStalledProxyReactorDoesNotFenceOtherHostsOrTakeTheLinkDown()
     {
-        var fast = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = "1000" };
-        using var pair = new TestPair(fast, fast, reactors: 2);
+        const int heartbeatTimeoutMs = 1000;
+        var fast = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = heartbeatTimeoutMs.ToString() };
+        int placeOnB = 0;
+        using var pair = new TestPair(fast, fast, reactors: 2, beforeStart: (_, b) => b.Target.PlaceConnection = _ => Volatile.Read(ref placeOnB));
         pair.WaitHealthy();
         Guid h1 = Guid.NewGuid(), h2 = Guid.NewGuid();
-        using NvmeHost h1a = pair.Connect(pair.EndpointA, h1);
+        Volatile.Write(ref placeOnB, 1);
         using NvmeHost h1b = pair.Connect(pair.EndpointB, h1);
+        Volatile.Write(ref placeOnB, 0);
         using NvmeHost h2b = pair.Connect(pair.EndpointB, h2);
-        Assert.True(Write(h1b.IoQueues[0], 0x70).IsSuccess);
+        Assert.True(Write(h1b.IoQueues[0], 0x70).IsSuccess);                 // host 1's relay opens
         Assert.True(Write(h2b.IoQueues[0], 0x70, lba: 4096).IsSuccess);
-        // Stall the B reactor that does not serve host 2's I/O queue.
-        int h2Reactor = pair.B.Target.FindSubsystem(TestPair.Nqn)!.Controllers.Single(c => c.HostId == h2).IoQueues[0].Reactor.Id;
+        // Host 1 reaches the owner on an association made after its relay opened (as after a failover): one made before
+        // would be closed at its first I/O, since it could still carry old copies (docs/ha.md).
+        using NvmeHost h1a = pair.Connect(pair.EndpointA, h1);
         long connects = pair.A.Pair!.Links[0].ConnectCount + pair.B.Pair!.Links[0].ConnectCount;
-        pair.B.Reactors[1 - h2Reactor].Post(() => Thread.Sleep(3000));
-        // Host 1 moves to the owner (a drain); host 2 keeps relaying through B meanwhile.
-        var h1Write = new Thread(() => Write(h1a.IoQueues[0], 0x71));
-        h1Write.Start();
+
+        using var stalled = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        pair.B.Reactors[1].Post(() =>
+        {
+            stalled.Set();
+            release.Wait(TimeSpan.FromSeconds(60)); // bounded: released once the test has seen what it needs
+        });
         var failures = new List<string>();
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        for (int i = 0; i < 60; i++)
+        NvmeStatus h1Status = default;
+        Thread? h1Write = null;
+        byte lastH2 = 0x70;
+        try
         {
-            NvmeStatus st = Write(h2b.IoQueues[0], (byte)i, lba: 4096);
-            if (!st.IsSuccess) failures.Add($"{clock.ElapsedMilliseconds} ms: write {i}: {st}");
-            Thread.Sleep(50);
+            Assert.True(stalled.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken), "B's reactor 1 did not stall");
+            // Host 1 moves to the owner (a drain of its relay on B); host 2 keeps relaying through B meanwhile, for longer
+            // than the heartbeat timeout and until host 1's write is done.
+            h1Write = new Thread(() => h1Status = Write(h1a.IoQueues[0], 0x71)) { IsBackground = true };
+            h1Write.Start();
+            for (int i = 0; i < 200 && (clock.ElapsedMilliseconds < 3 * heartbeatTimeoutMs || h1Write.IsAlive); i++)
+            {
+                NvmeStatus st = Write(h2b.IoQueues[0], (byte)i, lba: 4096);
+                if (st.IsSuccess) lastH2 = (byte)i;
+                else failures.Add($"{clock.ElapsedMilliseconds} ms: host 2's write {i}: {st}");
+                Thread.Sleep(20);
+            }
+            Assert.True(h1Write.Join(TimeSpan.FromSeconds(20)), "host 1's write through the owner did not complete");
         }
-        Assert.True(h1Write.Join(TimeSpan.FromSeconds(20)));
-        if (failures.Count > 0)
-            output.WriteLine($"{string.Join("\n", failures)}\nA:\n{pair.Log('A')}\nB:\n{pair.Log('B')}");
+        finally
+        {
+            release.Set();
+        }
+        if (!h1Status.IsSuccess) failures.Add($"host 1's write through the owner: {h1Status}");
+        if (failures.Count > 0) output.WriteLine($"{string.Join("\n", failures)}\nA:\n{pair.Log('A')}\nB:\n{pair.Log('B')}");
         Assert.Empty(failures);
         Assert.Equal(connects, pair.A.Pair!.Links[0].ConnectCount + pair.B.Pair!.Links[0].ConnectCount);
-        Assert.DoesNotContain(pair.LogsA.Lines, l => l.Contains("partner unreachable"));
+        Assert.Equal(PartnerStatus.Healthy, pair.A.Pair.Status);
+        Assert.Equal(PartnerStatus.Healthy, pair.B.Pair.Status);
+        Assert.Equal(0x71, ReadTag(h1a.IoQueues[0]));
+        Assert.Equal(lastH2, ReadTag(h2b.IoQueues[0], lba: 4096));
     }
 
     /// <summary>Defect 9: two paths of one host to the same owner are one path for the gate (no barrier per switch).</summary>

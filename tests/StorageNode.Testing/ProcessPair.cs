@@ -115,8 +115,12 @@ public sealed class ProcessPair : IPairRig
         public Process Process { get; }
         public IPEndPoint Endpoint { get; }
 
+        /// <summary>The node's reactor count (Node:Reactors).</summary>
+        public int Reactors { get; }
+
         public Node(string name, Dictionary<string, string?> settings)
         {
+            Reactors = int.Parse(settings["Node:Reactors"]!, System.Globalization.CultureInfo.InvariantCulture);
             int port = TestPair.FreeTcpPort();
             settings["Listeners:0:Port"] = port.ToString();
             _socket = Path.Combine(Path.GetTempPath(), $"sn-pair-{Environment.ProcessId}-{Guid.NewGuid():N}-{name}.sock");
@@ -125,7 +129,7 @@ public sealed class ProcessPair : IPairRig
             var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
             psi.ArgumentList.Add(Path.Combine(Repo.BuiltOutput("src/StorageNode"), "storagenode.dll"));
             foreach (var kv in settings) psi.ArgumentList.Add($"--{kv.Key}={kv.Value}");
-            Process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start storagenode");
+            Process = ChildProcesses.Start(psi);
             Process.OutputDataReceived += (_, e) => { if (e.Data != null) lock (_out) _out.AppendLine(e.Data); };
             Process.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (_out) _out.AppendLine(e.Data); };
             Process.BeginOutputReadLine();
@@ -158,7 +162,12 @@ public sealed class ProcessPair : IPairRig
 
         public bool Healthy()
         {
-            try { return Call("cluster_get_status")?["partner_status"]?.GetValue<string>() == "healthy"; }
+            try
+            {
+                JsonNode? st = Call("cluster_get_status");
+                return st?["partner_status"]?.GetValue<string>() == "healthy"
+                    && st["links"]!.AsArray().All(l => l!["up"]!.GetValue<bool>() && l["proxy_queues"]!.GetValue<int>() == Reactors);
+            }
             catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or InvalidOperationException or TimeoutException) { return false; }
         }
 

@@ -309,7 +309,7 @@ public sealed partial class RigGuest : IDisposable
         output?.WriteLine($"rig: starting {(stagger is null ? "guest" : "pair")} {Name}: {o.Script}{(o.InlineScript != null ? "(inline)" : "")}, " +
                           $"forwards [{string.Join(", ", o.Forwards.Select(f => $"10.0.2.100:{f.GuestPort}->127.0.0.1:{f.HostPort}"))}], " +
                           $"timeout {o.Timeout.TotalSeconds:0} s{(staggerSeconds > 0 ? $", b {staggerSeconds} s after a" : "")}, run folder {RunFolder}");
-        _process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {runner}");
+        _process = ChildProcesses.Start(psi);
         _process.OutputDataReceived += (_, e) => Append(e.Data, _stdoutClosed);
         _process.ErrorDataReceived += (_, e) => Append(e.Data, _stderrClosed);
         _process.BeginOutputReadLine();

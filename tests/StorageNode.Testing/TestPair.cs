@@ -31,8 +31,9 @@ public sealed class TestPair : IPairRig
     private readonly ILoggerFactory _lfA, _lfB;
     private Dictionary<string, string?> _cfgA, _cfgB;
 
+    /// <param name="beforeStart">Runs on the two nodes once made, before they start (e.g. to pin connections to reactors).</param>
     public TestPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int reactors = 1, bool start = true, int subsystems = 1,
-        bool onlyNamespace1 = false)
+        bool onlyNamespace1 = false, Action<Node, Node>? beforeStart = null)
     {
         _lfA = LoggerFactory.Create(b => b.AddProvider(LogsA));
         _lfB = LoggerFactory.Create(b => b.AddProvider(LogsB));
@@ -54,6 +55,7 @@ public sealed class TestPair : IPairRig
             foreach (var kv in overridesB ?? []) _cfgB[kv.Key] = kv.Value;
             A = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgA).Build()), _lfA);
             B = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgB).Build()), _lfB);
+            beforeStart?.Invoke(A, B);
             if (!start) return;
             try
             {
@@ -136,12 +138,13 @@ public sealed class TestPair : IPairRig
         => (Settings("A", "B", icA, icAtoB, hbA, hbB, reactors, ownerOf: 1, cntlMin: 1, subsystems),
             Settings("B", "A", icB, icBtoA, hbB, hbA, reactors, ownerOf: 2, cntlMin: 1000, subsystems));
 
-    /// <summary>Waits until both nodes report the partner healthy (bounded).</summary>
+    /// <summary>Waits until both nodes report the partner healthy and every reactor has taken its proxy queues (bounded).</summary>
     public void WaitHealthy(TimeSpan? timeout = null)
     {
         var sw = Stopwatch.StartNew();
         TimeSpan limit = timeout ?? TimeSpan.FromSeconds(15);
-        while (!(A.Pair!.Status == PartnerStatus.Healthy && B.Pair!.Status == PartnerStatus.Healthy))
+        static bool Ready(Node n) => n.Pair!.Status == PartnerStatus.Healthy && n.Pair.Links.All(l => l.IsUp && l.QueuesInstalled == n.Reactors.Count);
+        while (!(Ready(A) && Ready(B)))
         {
             if (sw.Elapsed > limit)
                 throw new TimeoutException($"pair not healthy after {limit.TotalSeconds} s: A {A.Pair!.Status}, B {B.Pair!.Status}\n{Problems()}");
@@ -212,14 +215,18 @@ public sealed class TestPair : IPairRig
 
 /// <summary>
 /// A TCP forwarder on loopback for fault injection: every accepted connection is piped to the target. Cut()
-/// resets every piped connection; Block() makes new connections fail at once.
+/// resets every piped connection; Block() makes new connections fail at once. It runs on threads of its own (an
+/// accept thread, two per connection) with blocking sockets, never on the thread pool that blocking test code and the
+/// nodes' own work also use: pair traffic through it never waits for the pool to grow.
 /// </summary>
 public sealed class TcpForwarder : IDisposable
 {
+    private const int StackBytes = 256 * 1024;
     private readonly Socket _listener;
     private readonly IPEndPoint _target;
     private readonly List<(Socket A, Socket B)> _pairs = [];
-    private readonly CancellationTokenSource _cts = new();
+    private readonly Thread _acceptor;
+    private volatile bool _stopped;
     private volatile bool _blocked;
 
     public IPEndPoint Endpoint { get; }
@@ -232,7 +239,8 @@ public sealed class TcpForwarder : IDisposable
         _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         _listener.Listen(64);
         Endpoint = (IPEndPoint)_listener.LocalEndPoint!;
-        _ = AcceptLoop();
+        _acceptor = new Thread(AcceptLoop, StackBytes) { IsBackground = true, Name = $"forwarder {Endpoint.Port}->{target.Port}" };
+        _acceptor.Start();
     }
 
     public bool Blocked
@@ -256,13 +264,14 @@ public sealed class TcpForwarder : IDisposable
 
     public void Heal() => PauseUpstream = PauseDownstream = false;
 
-    private async Task AcceptLoop()
+    private void AcceptLoop()
     {
-        while (!_cts.IsCancellationRequested)
+        while (!_stopped)
         {
             Socket client;
-            try { client = await _listener.AcceptAsync(_cts.Token); }
-            catch (Exception) { return; }
+            try { client = _listener.Accept(); }
+            catch (Exception) when (_stopped) { return; }
+            catch (SocketException) { continue; }
             Interlocked.Increment(ref Accepted);
             if (_blocked)
             {
@@ -272,32 +281,44 @@ public sealed class TcpForwarder : IDisposable
             var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
             try
             {
-                await upstream.ConnectAsync(_target, _cts.Token);
+                upstream.Connect(_target);
             }
-            catch (Exception)
+            catch (SocketException)
             {
                 Reset(client);
                 upstream.Dispose();
                 continue;
             }
             client.NoDelay = true;
-            lock (_pairs) _pairs.Add((client, upstream));
-            _ = Pump(client, upstream, upstreamDirection: true);
-            _ = Pump(upstream, client, upstreamDirection: false);
+            lock (_pairs)
+            {
+                if (_stopped)
+                {
+                    Reset(client);
+                    Reset(upstream);
+                    return;
+                }
+                _pairs.Add((client, upstream));
+            }
+            Start(() => Pump(client, upstream, upstreamDirection: true), "up");
+            Start(() => Pump(upstream, client, upstreamDirection: false), "down");
         }
     }
 
-    private async Task Pump(Socket from, Socket to, bool upstreamDirection)
+    private void Start(ThreadStart pump, string way) =>
+        new Thread(pump, StackBytes) { IsBackground = true, Name = $"forwarder {Endpoint.Port} {way}" }.Start();
+
+    private void Pump(Socket from, Socket to, bool upstreamDirection)
     {
         var buf = new byte[256 * 1024];
         try
         {
             while (true)
             {
-                int n = await from.ReceiveAsync(buf, SocketFlags.None);
+                int n = from.Receive(buf, SocketFlags.None);
                 if (n == 0) break;
-                for (int i = 0; (upstreamDirection ? PauseUpstream : PauseDownstream) && i < 6000; i++) await Task.Delay(5);
-                await to.SendAsync(buf.AsMemory(0, n), SocketFlags.None);
+                for (int i = 0; (upstreamDirection ? PauseUpstream : PauseDownstream) && i < 6000 && !_stopped; i++) Thread.Sleep(5);
+                for (int sent = 0; sent < n;) sent += to.Send(buf, sent, n - sent, SocketFlags.None);
             }
             to.Shutdown(SocketShutdown.Send);
         }
@@ -339,8 +360,9 @@ public sealed class TcpForwarder : IDisposable
 
     public void Dispose()
     {
-        _cts.Cancel();
+        lock (_pairs) _stopped = true;
         _listener.Dispose();
         Cut();
+        _acceptor.Join(TimeSpan.FromSeconds(5));
     }
 }

@@ -119,7 +119,7 @@ public class ConfigTests
             psi.ArgumentList.Add(dll);
             psi.ArgumentList.Add("--config");
             psi.ArgumentList.Add(file);
-            using Process p = Process.Start(psi)!;
+            using Process p = ChildProcesses.Start(psi);
             string err = p.StandardError.ReadToEnd();
             string stdout = p.StandardOutput.ReadToEnd();
             Assert.True(p.WaitForExit(60_000));

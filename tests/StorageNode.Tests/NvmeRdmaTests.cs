@@ -223,7 +223,7 @@ public class NvmeRdmaTests
             psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "storagenode.dll"));
             psi.ArgumentList.Add("--config");
             psi.ArgumentList.Add(file);
-            using Process p = Process.Start(psi)!;
+            using Process p = ChildProcesses.Start(psi);
             string err = p.StandardError.ReadToEnd();
             string stdout = p.StandardOutput.ReadToEnd();
             Assert.True(p.WaitForExit(60_000));

@@ -83,7 +83,9 @@ if [ -n "$gdir" ]; then mkdir "$run/guest" && cp "$gdir"/*.sh "$run/guest/" || e
   cat "$script"; } > "$run/script.sh"
 pwd > "$run/cwd"
 # -accel tcg: no usable KVM here. restrict=on: the guest reaches nothing but its forwarded ports.
-timeout -k 10 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 -accel tcg -machine q35 -cpu max \
+# setpriv --pdeathsig: timeout dies with this script and QEMU with timeout, even when this script is killed
+# (SIGKILL runs no trap), so no guest outlives its caller.
+setpriv --pdeathsig KILL timeout -k 10 "${RIG_TIMEOUT:-600}" setpriv --pdeathsig KILL qemu-system-x86_64 -accel tcg -machine q35 -cpu max \
   -m "${RIG_MEM:-2048}" -smp "${RIG_CPUS:-2}" -display none -monitor none -no-reboot \
   -pidfile "$run/qemu.pid" -serial file:"$run/serial.log" \
   -kernel "$RIG_CACHE/vmlinuz" -initrd "$RIG_CACHE/initrd.gz" \

@@ -329,6 +329,7 @@ public static class NodeRpc
                 ["up"] = l.IsUp,
                 ["transport"] = l.Transport,
                 ["connects"] = l.ConnectCount,
+                ["proxy_queues"] = l.QueuesInstalled,
                 ["rdma_fallback_reason"] = l.RdmaFallbackReason,
                 ["partner_access"] = l.Subsystem.PartnerAccess.ToString().ToLowerInvariant(),
                 ["relayed"] = k.Relayed,

@@ -21,6 +21,7 @@ public sealed class InterconnectLink
     private readonly ILogger _log;
     private volatile NvmeHost? _host;
     private volatile ProxyQueue?[] _queues = [];
+    private volatile string? _installFailure;
     private long _nextConnect;
     private string? _lastConnectError;
     private volatile bool _stallSends;
@@ -76,6 +77,7 @@ public sealed class InterconnectLink
     public long RelayTimeoutTicks => (long)(_pair.Config.RelayTimeout.TotalSeconds * Stopwatch.Frequency);
 
     internal PairClock Clock => _pair.Clock;
+    internal PairWorkers Workers => _pair.Workers;
     internal long Incarnation => _pair.Incarnation;
 
     public ProxyQueue? QueueFor(int reactorId)
@@ -148,9 +150,11 @@ public sealed class InterconnectLink
         {
             NvmeHost? host = _host;
             if (host == null || host.AdminBroken) { Down($"interconnect admin queue failed{(host?.TimeoutReason is { } t ? $" ({t})" : "")}"); return; }
+            if (_installFailure is { } failed) { Down(failed); return; }
             foreach (ProxyQueue? q in _queues)
             {
-                if (q == null || q.IsClosed) { Down($"interconnect I/O queue closed ({q?.LastCloseReason ?? "missing"})"); return; }
+                // A reactor that has not taken its queue yet (stalled) is no reason to take the link down.
+                if (q is { IsClosed: true }) { Down($"interconnect I/O queue closed ({q.LastCloseReason})"); return; }
             }
             try
             {
@@ -270,7 +274,8 @@ public sealed class InterconnectLink
 
             _host = host;
             Heartbeat(host);
-            string zeroCopy = InstallQueues(host.DetachIoQueues(), rdma);
+            IReadOnlyList<IoQueue> ioQueues = host.DetachIoQueues();
+            string zeroCopy = InstallQueues(ioQueues, rdma);
             Relays.RegisterAll(host.Cntlid);
             IsUp = true;
             // The partner answers Get Features Reservation Persistence for the namespaces this node owns from what it was told.
@@ -281,7 +286,7 @@ public sealed class InterconnectLink
             Transport = transport == HostTransport.Rdma ? "rdma" : "tcp";
             if (transport == HostTransport.Rdma)
                 _log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/RDMA ({Queues} proxy queue(s); {ZeroCopy}; {Timeouts})", Subsystem.Nqn, cfg.Partner,
-                    reactors.Count, zeroCopy, DescribeTimeouts());
+                    reactors.Count, zeroCopy, DescribeTimeouts(ioQueues));
             else
                 _log.LogInformation("{Nqn}: interconnect to {Partner} up over NVMe/TCP ({Queues} proxy queue(s); {Why})", Subsystem.Nqn, cfg.Partner, reactors.Count,
                     RdmaFallbackReason != null ? $"NVMe/RDMA failed: {RdmaFallbackReason}" : cfg.InterconnectTransport == InterconnectTransport.Tcp ? "configured" : "no RDMA on this node");
@@ -294,24 +299,30 @@ public sealed class InterconnectLink
         catch
         {
             _host = null;
-            foreach (ProxyQueue? q in _queues) q?.Reactor.Post(() => q.Close("connect failed"));
+            ProxyQueue?[] queues = _queues;
             _queues = [];
+            CloseQueues(reactors, queues, "connect failed");
             host?.Dispose();
             throw;
         }
     }
 
     /// <summary>The first RDMA proxy queue's QP timeouts as the device reports them (for the log).</summary>
-    private string DescribeTimeouts()
+    private static string DescribeTimeouts(IReadOnlyList<IoQueue> queues)
     {
-        foreach (ProxyQueue? pq in _queues)
+        foreach (IoQueue q in queues)
         {
-            if (pq?.Queue is RdmaHostQueue rq) return RdmaTransport.DescribeTimeouts(rq.Connection);
+            if (q.Rdma is RdmaHostQueue rq) return RdmaTransport.DescribeTimeouts(rq.Connection);
         }
         return "no RDMA proxy queue";
     }
 
-    /// <summary>Hands one queue to each reactor; returns how relayed data will move (for the log).</summary>
+    /// <summary>
+    /// Hands one queue to each reactor, which takes it when it next runs: the control thread never waits on a reactor,
+    /// so a stalled one delays only its own relays (they fail with the link's path status, as while the link comes up,
+    /// until it has taken its queue) while heartbeats and the other reactors go on. Returns how relayed data will move
+    /// (for the log).
+    /// </summary>
     private string InstallQueues(IReadOnlyList<IoQueue> queues, RdmaTransport? rdma)
     {
         IReadOnlyList<Reactor> reactors = _pair.Target.Reactors;
@@ -328,29 +339,63 @@ public sealed class InterconnectLink
             foreach (StorageNode.Rdma.MemoryRegion r in regions) rq.AddRegion(r);
             how = "zero copy: the reactors' pools are registered, the partner reads and writes them directly";
         }
-        var installed = new ProxyQueue?[reactors.Count];
-        using var done = new CountdownEvent(reactors.Count);
+        var set = new ProxyQueue?[reactors.Count];
+        _installFailure = null;
+        _queues = set;
         for (int i = 0; i < reactors.Count; i++)
         {
             int idx = i;
             Reactor r = reactors[i];
-            r.Post(() =>
-            {
-                try
-                {
-                    var pq = new ProxyQueue(queues[idx].Transport, r, this);
-                    pq.Attach();
-                    installed[idx] = pq;
-                }
-                finally
-                {
-                    done.Signal();
-                }
-            });
+            IHostQueue transport = queues[i].Transport;
+            r.Post(() => TakeQueue(set, idx, transport, r));
         }
-        if (!done.Wait(TimeSpan.FromSeconds(10))) throw new InvalidOperationException("reactors did not take the proxy queues");
-        _queues = installed;
         return how;
+    }
+
+    /// <summary>
+    /// A reactor takes its proxy queue (its own thread). If the link went down (or came up again) before this reactor
+    /// ran, the queue belongs to an association that is gone: it is closed instead. A queue taken just before the link
+    /// went down is closed by <see cref="CloseQueues"/>, which this reactor runs after this.
+    /// </summary>
+    private void TakeQueue(ProxyQueue?[] set, int idx, IHostQueue transport, Reactor r)
+    {
+        if (!ReferenceEquals(_queues, set))
+        {
+            transport.Dispose();
+            return;
+        }
+        try
+        {
+            var pq = new ProxyQueue(transport, r, this);
+            pq.Attach();
+            Volatile.Write(ref set[idx], pq);
+        }
+        catch (Exception e)
+        {
+            transport.Dispose();
+            _installFailure = $"reactor {r.Name} could not take its proxy queue: {e.Message}";
+        }
+    }
+
+    /// <summary>Closes a connect's proxy queues, each on its own reactor (after that reactor has taken it, or not: in order).</summary>
+    private static void CloseQueues(IReadOnlyList<Reactor> reactors, ProxyQueue?[] set, string reason)
+    {
+        for (int i = 0; i < set.Length && i < reactors.Count; i++)
+        {
+            int idx = i;
+            reactors[i].Post(() => Volatile.Read(ref set[idx])?.Close(reason));
+        }
+    }
+
+    /// <summary>How many reactors have taken their proxy queue (all of them, soon after the link came up, unless one is stalled).</summary>
+    public int QueuesInstalled
+    {
+        get
+        {
+            int n = 0;
+            foreach (ProxyQueue? q in _queues) if (q != null) n++;
+            return n;
+        }
     }
 
     /// <summary>Takes the link down: proxy queues close (their commands fail with the ANA path status). Control thread.</summary>
@@ -365,12 +410,7 @@ public sealed class InterconnectLink
         _host = null;
         ProxyQueue?[] queues = _queues;
         _queues = [];
-        foreach (ProxyQueue? q in queues)
-        {
-            if (q == null) continue;
-            ProxyQueue pq = q;
-            pq.Reactor.Post(() => pq.Close(reason));
-        }
+        CloseQueues(_pair.Target.Reactors, queues, reason);
         host?.Dispose();
         Relays.Clear();
         foreach (NamespaceMirror m in _mirrors) m.Lost("the interconnect is down");
@@ -447,7 +487,7 @@ public sealed class InterconnectLink
         sqe.Opcode = InterconnectOpcode.ReservationNotice;
         ReservationNoticeFields.Set(ref sqe, host, nsid, type, ptpl);
         _notices.Enqueue(sqe);
-        if (Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0) Task.Run(SendNotices);
+        StartNotices();
     }
 
     /// <summary>Tells the partner whether its replica of a namespace this node owns is in sync (sent in order with the reservation notices).</summary>
@@ -459,7 +499,12 @@ public sealed class InterconnectLink
         sqe.Cdw10 = nsid;
         sqe.Cdw11 = inSync ? 1u : 0u;
         _notices.Enqueue(sqe);
-        if (Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0) Task.Run(SendNotices);
+        StartNotices();
+    }
+
+    private void StartNotices()
+    {
+        if (Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0 && !_pair.Workers.Run(SendNotices)) Volatile.Write(ref _sendingNotices, 0);
     }
 
     private void SendNotices()
@@ -483,7 +528,7 @@ public sealed class InterconnectLink
     /// As the owner: asks the partner to close a host's relay and say what it relayed. Null when the partner cannot be
     /// asked or did not answer within the relay timeout (the admin queue then closes: its answer cannot arrive late).
     /// </summary>
-    internal Task<DrainAnswer?> QueryDrainAsync(HostKey key, long drainId) => Task.Run(() =>
+    internal Task<DrainAnswer?> QueryDrainAsync(HostKey key, long drainId) => _pair.Workers.Run(() =>
     {
         var data = new byte[DrainAnswer.Size];
         SubmissionQueueEntry sqe = default;

@@ -33,6 +33,8 @@ public sealed class PairNode : IDisposable
     public Membership Membership { get; }
     public HostGate Gate { get; }
     public InterconnectService Service { get; }
+    /// <summary>Threads of the pair's own for control work that waits on the partner (never the shared thread pool).</summary>
+    public PairWorkers Workers { get; }
     /// <summary>This run of the node (random at each start): the partner sees a new one after a restart.</summary>
     public long Incarnation { get; } = Random.Shared.NextInt64(1, long.MaxValue);
     public IReadOnlyList<InterconnectLink> Links => _links;
@@ -64,6 +66,7 @@ public sealed class PairNode : IDisposable
         Membership.PartnerRestarted += (_, _) => Clock.ResetPartner();
         Gate = new HostGate(this, target.LoggerFactory.CreateLogger("gate"));
         Service = new InterconnectService(this, _log);
+        Workers = new PairWorkers($"pair {cfg.LocalNode} work", _log);
         _owners = groupOwners.ToDictionary(kv => kv.Key.Nqn, kv => kv.Value.ToDictionary(x => x.Key, x => x.Value));
         foreach (Subsystem s in groupOwners.Keys) _links.Add(new InterconnectLink(this, s, target.LoggerFactory.CreateLogger("interconnect")));
         target.IoGate = Gate;
@@ -178,6 +181,7 @@ public sealed class PairNode : IDisposable
         _wake.Set();
         if (_thread.IsAlive) _thread.Join(TimeSpan.FromSeconds(5));
         foreach (InterconnectLink l in _links) l.Down("node stopping");
+        Workers.Dispose();
         Membership.Dispose();
         _wake.Dispose();
     }

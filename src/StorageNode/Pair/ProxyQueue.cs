@@ -29,7 +29,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     private NvmfRequest?[] _backlog = new NvmfRequest?[256];
     private int _backlogHead;
     private int _backlogCount;
-    private bool _closed;
+    private volatile bool _closed; // read by the pair's control thread (IsClosed)
     // Writes' copies for the partner's replicas (NamespaceMirror), sharing the queue's slots with relayed commands.
     private readonly MirrorOp?[] _inflightMirror;
     private readonly Queue<MirrorOp> _mirrorBacklog = new();

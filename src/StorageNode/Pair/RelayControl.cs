@@ -275,10 +275,11 @@ public sealed class RelayControl
     internal void RequestOpen(ProxyRegistration reg)
     {
         if (Interlocked.CompareExchange(ref reg.Opening, 1, 0) != 0) return;
-        _ = Task.Run(() => OpenAsync(reg));
+        if (!_link.Workers.Run(() => Open(reg))) Volatile.Write(ref reg.Opening, 0); // the node is stopping
     }
 
-    private async Task OpenAsync(ProxyRegistration reg)
+    /// <summary>Asks the owner to open a host's relay (one of the pair's threads: it may wait for the owner's drain).</summary>
+    private void Open(ProxyRegistration reg)
     {
         HostRelay h = reg.Host;
         try
@@ -306,12 +307,12 @@ public sealed class RelayControl
                 }
             }
             if (!st.IsSuccess && st != InterconnectStatus.FenceFirst)
-                await Task.Delay(20); // NotNow or an error: the commands wait (bounded by their deadlines) and ask again
+                Thread.Sleep(20); // NotNow or an error: the commands wait (bounded by their deadlines) and ask again
         }
         catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
         {
             _log.LogWarning("{Host}: relay open failed: {Error}", h, e.Message);
-            await Task.Delay(50);
+            Thread.Sleep(50);
         }
         Volatile.Write(ref reg.Opening, 0);
         _link.WakeQueues(); // waiting commands try again: relay, ask again, or meet the fence

@@ -78,6 +78,19 @@ public sealed class NvmfTarget : IDisposable
     /// <summary>CQT advertised in Identify Controller (ms): how long a host should wait before retrying on another path.</summary>
     public ushort CommandQuiesceTimeMs { get; set; }
 
+    /// <summary>
+    /// Test hook: the reactor index for a connection accepted on a listener (null: round-robin, the default). Tests
+    /// that stall one reactor use it to know what lives there.
+    /// </summary>
+    public Func<ListenerInfo, int?>? PlaceConnection { get; set; }
+
+    /// <summary>The reactor a new connection on <paramref name="listener"/> goes to: the next one round-robin, unless <see cref="PlaceConnection"/> says.</summary>
+    internal Reactor ReactorFor(ListenerInfo listener, ref int roundRobin)
+    {
+        if (PlaceConnection?.Invoke(listener) is int pinned && (uint)pinned < (uint)Reactors.Count) return Reactors[pinned];
+        return Reactors[(int)((uint)Interlocked.Increment(ref roundRobin) % (uint)Reactors.Count)];
+    }
+
     public NvmfTarget(string nodeName, TargetOptions options, IReadOnlyList<Reactor> reactors, ILoggerFactory loggerFactory)
     {
         NodeName = nodeName;

@@ -191,8 +191,7 @@ public sealed class RdmaTransport : IDisposable
             TryReject(listener, e, RdmaCmStatus.NoResources);
             return;
         }
-        int idx = (int)((uint)Interlocked.Increment(ref _nextReactor) % (uint)_target.Reactors.Count);
-        Reactor reactor = _target.Reactors[idx];
+        Reactor reactor = _target.ReactorFor(info, ref _nextReactor);
         RdmaQueuePair? qp = null;
         RdmaConnection conn;
         try

@@ -86,8 +86,7 @@ public sealed class TcpTransport : IDisposable
 
     private void Adopt(int fd, string peerText, ListenerInfo listener)
     {
-        int idx = (int)((uint)Interlocked.Increment(ref _nextReactor) % (uint)_target.Reactors.Count);
-        Reactor reactor = _target.Reactors[idx];
+        Reactor reactor = _target.ReactorFor(listener, ref _nextReactor);
         reactor.Post(() =>
         {
             TcpQueuePair qp;
