@@ -48,7 +48,7 @@ public class FenceTests(ITestOutputHelper output)
         PollUntil(a, () => retry.Done, TimeSpan.FromSeconds(10));
         Assert.True(retry.Succeeded);
         Assert.True(Write(a, 0x22).IsSuccess);
-        Thread.Sleep(300);
+        pair.WaitRelaysSettled(); // the old copy has run or been refused: it cannot land later
         byte tag = ReadTag(a);
         output.WriteLine("A:\n" + string.Join("\n", pair.LogsA.Lines) + "\nB:\n" + string.Join("\n", pair.LogsB.Lines));
         Assert.False(early, "the retry completed while the old copy was still on the interconnect");
@@ -83,7 +83,7 @@ public class FenceTests(ITestOutputHelper output)
         Assert.True(Write(a, 0x82).IsSuccess);
         Assert.Contains("the partner's link is down", pair.Log('A'));
         pair.InterconnectBtoA.PauseUpstream = false;         // the old copy is released: it has nowhere to land
-        Thread.Sleep(500);
+        pair.WaitRelaysSettled();
         Assert.Equal(0x82, ReadTag(a));
     }
 
@@ -110,7 +110,7 @@ public class FenceTests(ITestOutputHelper output)
         Assert.True(Write(a, 0x42).IsSuccess);
         pair.B.Pair!.Links[0].StallSends = false;
         PollUntil(b, () => old.Done, TimeSpan.FromSeconds(10));
-        Thread.Sleep(300);
+        pair.WaitRelaysSettled();
         output.WriteLine($"old copy completed: {old.Done} {old.Cqe.StatusField}");
         Assert.Equal(0x42, ReadTag(a));
     }
@@ -129,14 +129,35 @@ public class FenceTests(ITestOutputHelper output)
         // before would be closed at its first I/O, since it could still carry old copies (docs/ha.md).
         using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
         IoQueue a = viaA.IoQueues[0];
-        pair.B.Reactors[0].Post(() => Thread.Sleep(6000));  // B's reactor stops (a long GC pause, a stuck disk call)
-        Thread.Sleep(100);
-        Pending old = Submit(b, 0x51);                        // waits in B's socket
-        PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(300));
-        Assert.True(Write(a, 0x51).IsSuccess);               // the retry on the owner
-        Assert.True(Write(a, 0x52).IsSuccess);
+        // B's reactor stops (a long GC pause, a stuck disk call) until the host has retried on the owner: longer than
+        // the relay timeout (800 ms), so the old copy is past its deadline when B reads it.
+        using var stalled = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        pair.B.Reactors[0].Post(() =>
+        {
+            stalled.Set();
+            release.Wait(TimeSpan.FromSeconds(60)); // bounded: released below
+        });
+        Pending old;
+        try
+        {
+            Assert.True(stalled.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken), "B's reactor did not stall");
+            old = Submit(b, 0x51);                                // waits in B's socket
+            var held = System.Diagnostics.Stopwatch.StartNew();
+            PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(300));
+            Assert.False(old.Done);
+            Assert.True(Write(a, 0x51).IsSuccess);               // the retry on the owner
+            Assert.True(Write(a, 0x52).IsSuccess);
+            // The stall outlasts the old copy's relay deadline (800 ms after it reached B's socket).
+            TestPair.WaitUntil(() => held.ElapsedMilliseconds > 2 * 800, "twice the relay timeout");
+        }
+        finally
+        {
+            release.Set();
+        }
         PollUntil(b, () => old.Done, TimeSpan.FromSeconds(15));
-        Thread.Sleep(2000);
+        Assert.True(old.Done, "B never answered the old copy after its stall");
+        pair.WaitRelaysSettled();
         output.WriteLine($"old copy completed: {old.Done} {old.Cqe.StatusField}");
         Assert.Equal(0x52, ReadTag(a));
     }
@@ -161,8 +182,9 @@ public class FenceTests(ITestOutputHelper output)
         Assert.True(WriteRetryingPathErrors(b, 0x61).IsSuccess); // the retry through B (relayed; the first may be refused)
         Assert.True(Write(b, 0x62).IsSuccess);
         toA.PauseUpstream = false;                            // the partition heals: the old copy reaches A
-        PollUntil(a, () => old.Done, TimeSpan.FromSeconds(5));
-        Thread.Sleep(300);
+        PollUntil(a, () => old.Done && toA.Held == 0, TimeSpan.FromSeconds(10));
+        Assert.True(old.Done, "the old copy got no answer (or no error) after the partition healed");
+        pair.WaitRelaysSettled();
         output.WriteLine($"old copy completed: {old.Done} {old.Cqe.StatusField}");
         Assert.Equal(0x62, ReadTag(b));
     }

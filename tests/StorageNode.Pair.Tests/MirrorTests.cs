@@ -3,6 +3,7 @@ using StorageNode.Bdevs;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 using StorageNode.Pair;
+using StorageNode.Target;
 using StorageNode.Testing;
 
 namespace StorageNode.Pair.Tests;
@@ -128,7 +129,8 @@ public sealed unsafe class MirrorTests
         NvmeStatus s2 = default;
         var t2 = new Thread(() => s2 = other.Write(1, 500, 8, w2));
         t2.Start();
-        Thread.Sleep(300);
+        WriteOrder order = pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.WriteOrder;
+        TestPair.WaitUntil(() => order.Counts.Parked == 1, "W2 parked behind W1 (whose copy is held)");
         Assert.True(t1.IsAlive && t2.IsAlive, "both writes wait: W1 for the replica, W2 for W1");
         Assert.True(Contents(pair.A, pair.A.GetBdev("Local"), 500 * 512, 4096).SequenceEqual(w1), "W2 must not run before W1's copy is answered");
 
@@ -160,14 +162,15 @@ public sealed unsafe class MirrorTests
             catch (Exception e) when (e is NvmeTransportException or TimeoutException or ObjectDisposedException or InvalidOperationException or IOException) { }
         });
         t2.Start();
-        Thread.Sleep(300);
+        WriteOrder order = pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.WriteOrder;
+        TestPair.WaitUntil(() => order.Counts.Parked == 1, "W2 parked behind W1 (whose copy is held)");
         h2.Dispose(); // W2 is parked on A; its connection closes
         Assert.True(t2.Join(TimeSpan.FromSeconds(10)));
         TestPair.WaitUntil(() => !pair.A.Target.Subsystems.Single(s => s.Nqn == TestPair.Nqn).Controllers.Any(c => c.HostId == id2), "W2's controller gone");
 
         q1.StallMirrors = false;
         Assert.True(t1.Join(TimeSpan.FromSeconds(10)));
-        Thread.Sleep(200); // W2, released, completes (without running) on its reactor
+        TestPair.WaitUntil(() => order.Counts == (0, 0), "W2, released, to complete (without running) on its reactor");
         Assert.True(Contents(pair.A, pair.A.GetBdev("Local"), 700 * 512, 4096).SequenceEqual(w1), "W2 never ran on A");
         AssertSame(pair, 1, 700 * 512, 4096);
     }

@@ -1,4 +1,5 @@
 using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
 using static StorageNode.Testing.HostWrites;
 
 namespace StorageNode.Pair.Tests;
@@ -35,8 +36,7 @@ public class StaleWriteTests
         Assert.True(Write(a, 0x11).IsSuccess);             // the retry, on the owner
         Assert.True(Write(a, 0x12).IsSuccess);             // and a newer write
         pair.B.Pair!.Links[0].StallSends = false;          // release the old copy
-        TestPair.WaitUntil(() => pair.B.Pair!.Links[0].QueuedRelays == 0, "B's proxy to settle");
-        Thread.Sleep(200);
+        pair.WaitRelaysSettled();
         Assert.Equal(0x12, ReadTag(a));
     }
 
@@ -50,7 +50,11 @@ public class StaleWriteTests
         Guid hostId = Guid.NewGuid();
         NvmeHost viaB = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { SendKeepAlive = false });
         IoQueue b = viaB.IoQueues[0];
-        Assert.True(Write(b, tag).IsSuccess);
+        // The host's first write through B opens its relay (a registration with A, then a relay open): it waits for
+        // that, bounded by its relay deadline, and fails with a path status when the open takes longer (a loaded
+        // machine, a short Cluster:RelayTimeoutMs); a multipath host retries it, as here.
+        NvmeStatus first = WriteRetryingPathErrors(b, tag);
+        Assert.True(first.IsSuccess, $"the host's first write through B: {first}\n{pair.Problems()}");
         NvmeHost viaA = pair.Connect(pair.EndpointA, hostId);
         pair.InterconnectBtoA.PauseUpstream = true;
         Pending old = Submit(b, (byte)(tag + 1));
@@ -83,7 +87,7 @@ public class StaleWriteTests
             PollUntil(a, () => retry.Done, TimeSpan.FromSeconds(10));
             Assert.True(retry.Succeeded);
             Assert.True(Write(a, 0x22).IsSuccess);
-            Thread.Sleep(200);
+            pair.WaitRelaysSettled();
             Assert.Equal(0x22, ReadTag(a));
             Assert.Contains("commands now run through", pair.Log('A'));
         }
@@ -109,7 +113,7 @@ public class StaleWriteTests
             Assert.True(Write(a, 0x32).IsSuccess);
             // Release the old copy long after its deadline: it must be refused, not executed.
             pair.InterconnectBtoA.PauseUpstream = false;
-            Thread.Sleep(1000);
+            pair.WaitRelaysSettled();
             Assert.Equal(0x32, ReadTag(a));
         }
     }

@@ -65,19 +65,20 @@ public static class HostWrites
     public static NvmeStatus Write(IoQueue q, byte tag, uint nsid = 1, ulong lba = Lba) => q.Write(nsid, lba, Blocks, Pattern(tag));
 
     /// <summary>
-    /// A write as a multipath host sends it: retried (a bounded number of times) while it fails with a path status,
-    /// e.g. the ANA Transition a node answers for a command it cannot yet tell from an old copy (docs/ha.md).
+    /// A write as a multipath host sends it: retried while it fails with a path status (e.g. the ANA Transition a node
+    /// answers for a command it cannot yet tell from an old copy, or for a first relayed command whose relay took longer
+    /// to open than its deadline; docs/ha.md), for at most <paramref name="patience"/> (default 10 s), 10 ms apart.
     /// </summary>
-    public static NvmeStatus WriteRetryingPathErrors(IoQueue q, byte tag, uint nsid = 1, ulong lba = Lba)
+    public static NvmeStatus WriteRetryingPathErrors(IoQueue q, byte tag, uint nsid = 1, ulong lba = Lba, TimeSpan? patience = null)
     {
-        NvmeStatus st = default;
-        for (int i = 0; i < 20; i++)
+        var sw = Stopwatch.StartNew();
+        TimeSpan limit = patience ?? TimeSpan.FromSeconds(10);
+        while (true)
         {
-            st = Write(q, tag, nsid, lba);
-            if (st.IsSuccess || st.Type != StatusCodeType.PathRelated) return st;
+            NvmeStatus st = Write(q, tag, nsid, lba);
+            if (st.IsSuccess || st.Type != StatusCodeType.PathRelated || sw.Elapsed > limit) return st;
             Thread.Sleep(10);
         }
-        return st;
     }
 
     /// <summary>The tag the blocks hold (all blocks must agree).</summary>

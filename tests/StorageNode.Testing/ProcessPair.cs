@@ -24,6 +24,12 @@ public interface IPairRig : IDisposable
     string Log(char node);
     /// <summary>Commands node 'A' or 'B' relayed to its partner (first subsystem).</summary>
     long Relayed(char node);
+    /// <summary>
+    /// Waits (bounded) until nothing relayed is on its way: both interconnect forwarders hold no bytes, and neither node
+    /// has a relayed command (or a write's copy) queued or unanswered. Whatever was sent has then run on its owner or been
+    /// refused there: the positive condition a test waits for before it checks that an old copy did not land.
+    /// </summary>
+    void WaitRelaysSettled(TimeSpan? timeout = null);
 }
 
 /// <summary>
@@ -97,6 +103,13 @@ public sealed class ProcessPair : IPairRig
     public string Log(char node) => (node == 'A' ? _a : _b).Output;
 
     public long Relayed(char node) => Rpc(node, "cluster_get_status")!["links"]![0]!["relayed"]!.GetValue<long>();
+
+    public void WaitRelaysSettled(TimeSpan? timeout = null)
+    {
+        int Out(char node) => Rpc(node, "cluster_get_status")!["links"]!.AsArray().Sum(l => l!["queued_relays"]!.GetValue<int>() + l["inflight"]!.GetValue<int>());
+        TestPair.WaitUntil(() => InterconnectAtoB.Held == 0 && InterconnectBtoA.Held == 0 && Out('A') == 0 && Out('B') == 0,
+            "nothing relayed on its way (both interconnect forwarders empty, nothing queued or unanswered on either node)", timeout);
+    }
 
     public void Dispose()
     {

@@ -154,6 +154,13 @@ public sealed class TestPair : IPairRig
 
     public long Relayed(char node) => (node == 'A' ? A : B).Pair!.Links[0].Relayed;
 
+    public void WaitRelaysSettled(TimeSpan? timeout = null)
+    {
+        static int Out(Node n) => n.Pair!.Links.Sum(l => l.QueuedRelays + l.InFlight);
+        WaitUntil(() => InterconnectAtoB.Held == 0 && InterconnectBtoA.Held == 0 && Out(A) == 0 && Out(B) == 0,
+            "nothing relayed on its way (both interconnect forwarders empty, nothing queued or unanswered on either node)", timeout);
+    }
+
     public string Log(char node) => string.Join("\n", node == 'A' ? LogsA.Lines : LogsB.Lines);
 
     /// <summary>Warnings and errors both nodes logged (for failure messages).</summary>
@@ -308,22 +315,37 @@ public sealed class TcpForwarder : IDisposable
     private void Start(ThreadStart pump, string way) =>
         new Thread(pump, StackBytes) { IsBackground = true, Name = $"forwarder {Endpoint.Port} {way}" }.Start();
 
+    /// <summary>Bytes received from one side and not yet passed on to the other (held by a pause, or on their way).</summary>
+    public long Held => Interlocked.Read(ref _held);
+    private long _held;
+
     private void Pump(Socket from, Socket to, bool upstreamDirection)
     {
         var buf = new byte[256 * 1024];
+        int pending = 0;
         try
         {
             while (true)
             {
                 int n = from.Receive(buf, SocketFlags.None);
                 if (n == 0) break;
+                pending = n;
+                Interlocked.Add(ref _held, n);
                 for (int i = 0; (upstreamDirection ? PauseUpstream : PauseDownstream) && i < 6000 && !_stopped; i++) Thread.Sleep(5);
-                for (int sent = 0; sent < n;) sent += to.Send(buf, sent, n - sent, SocketFlags.None);
+                for (int sent = 0; sent < n;)
+                {
+                    int k = to.Send(buf, sent, n - sent, SocketFlags.None);
+                    sent += k;
+                    pending -= k;
+                    Interlocked.Add(ref _held, -k);
+                }
             }
             to.Shutdown(SocketShutdown.Send);
         }
         catch (Exception)
         {
+            Interlocked.Add(ref _held, -pending); // what was held is lost with the connection
+            pending = 0;
             Reset(to);
             Reset(from);
         }

@@ -334,6 +334,7 @@ public static class NodeRpc
                 ["partner_access"] = l.Subsystem.PartnerAccess.ToString().ToLowerInvariant(),
                 ["relayed"] = k.Relayed,
                 ["queued_relays"] = l.QueuedRelays,
+                ["inflight"] = l.InFlight,
                 ["zero_copy_bytes"] = k.ZeroCopyBytes,
                 ["in_capsule_bytes"] = k.InCapsuleBytes,
                 ["bounce_copies"] = k.BounceCopies,

@@ -111,6 +111,17 @@ public sealed class InterconnectLink
         }
     }
 
+    /// <summary>Commands (relayed, or writes' copies) sent to the partner and not yet answered (approximate; for tests and status).</summary>
+    public int InFlight
+    {
+        get
+        {
+            int n = 0;
+            foreach (ProxyQueue? q in _queues) if (q != null) n += q.InFlight;
+            return n;
+        }
+    }
+
     /// <summary>Marks every proxy queue for a flush (something they wait for changed).</summary>
     internal void WakeQueues()
     {

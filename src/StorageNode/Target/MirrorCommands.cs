@@ -126,6 +126,12 @@ internal sealed class WriteOrder
 
     public static bool Orders(byte op) => op is IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.DatasetManagement or IoOpcode.Copy;
 
+    /// <summary>Writes parked now, and writes counted in flight (for tests).</summary>
+    public (int Parked, int InFlight) Counts
+    {
+        get { lock (_lock) return (_parked.Count, _inflight.Count); }
+    }
+
     /// <summary>
     /// True when the write must wait: it is parked, and runs again (<see cref="IoCommands.RunParked"/>, on its reactor)
     /// once what it overlaps has been answered. Otherwise it counts as in flight until <see cref="Finished"/>.
