@@ -63,8 +63,8 @@ public class FenceTests(ITestOutputHelper output)
     [Fact]
     public void AProxyWhoseLinkIsDownNeverAnswersNothingInFlight()
     {
-        var fastB = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = "500" };
-        using var pair = new TestPair(Slow(), fastB);
+        // B's link goes down a heartbeat timeout (TestPair's 2 s) after its capsules stop; A's (10 s) outlasts the test.
+        using var pair = new TestPair(Slow(), new Dictionary<string, string?>());
         pair.WaitHealthy();
         using var toB = new TcpForwarder(pair.EndpointB);
         Guid hostId = Guid.NewGuid();
@@ -76,7 +76,7 @@ public class FenceTests(ITestOutputHelper output)
         IoQueue a = viaA.IoQueues[0];
         pair.InterconnectBtoA.PauseUpstream = true;         // B's capsules (the write, its heartbeats) stop on the way
         Pending old = Submit(b, 0x81);
-        TestPair.WaitUntil(() => !pair.B.Pair!.Links[0].IsUp, "B's link to go down", TimeSpan.FromSeconds(10));
+        TestPair.WaitUntil(() => !pair.B.Pair!.Links[0].IsUp, "B's link to go down (its heartbeat timeout)", TimeSpan.FromSeconds(20));
         toB.Cut();
         PollUntil(b, () => old.Done, TimeSpan.FromSeconds(5));
         Assert.True(Write(a, 0x81).IsSuccess);              // the retry: B's drain answer closes A's old association

@@ -91,4 +91,53 @@ public class ReactorStallTests(ITestOutputHelper output)
         Assert.Equal(0x20, ReadTag(onR0.IoQueues[0]));
         Assert.Equal(0x21, ReadTag(onR1.IoQueues[0], lba: 4096));
     }
+
+    /// <summary>
+    /// B's reactor that serves A's interconnect association stalls for two heartbeat timeouts: A's interconnect
+    /// heartbeat gets no answer, and A's link goes down and comes back (the one connection a stall on one node costs
+    /// the other, docs/ha.md). But A's heartbeat datagrams keep flowing all along: they are sent from a thread of their
+    /// own, not from the control thread that waits for the heartbeat's answer, so B never takes A for dead, and A sees B
+    /// alive on the second channel (a dead link, not a dead partner). Depends on the heartbeat interval and timeout
+    /// (TestPair's 100 ms and the 1 s here); conditions are waited for, not slept for.
+    /// </summary>
+    [Fact]
+    public void AStalledPartnerReactorDoesNotSilenceTheHeartbeatChannel()
+    {
+        var fast = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = HeartbeatTimeoutMs.ToString() };
+        // A's association into B lives on B's reactor 1, and nothing else accepted by B does.
+        using var pair = new TestPair(fast, fast, reactors: 2, beforeStart: (_, b) => b.Target.PlaceConnection = l => l.Role == Config.ListenerRole.Interconnect ? 1 : 0);
+        pair.WaitHealthy();
+        InterconnectLink linkA = pair.A.Pair!.Links[0];
+        long connectsA = linkA.ConnectCount;
+        using var stalled = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        pair.B.Reactors[1].Post(() =>
+        {
+            stalled.Set();
+            release.Wait(TimeSpan.FromSeconds(60)); // bounded: released below
+        });
+        var unheard = new List<string>();
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            Assert.True(stalled.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken), "B's reactor 1 did not stall");
+            // A's heartbeat times out (its link goes down) while B keeps hearing A's datagrams.
+            TestPair.WaitUntil(() =>
+            {
+                if (!pair.B.Pair!.Membership.PartnerHeard) unheard.Add($"{clock.ElapsedMilliseconds} ms: B hears no heartbeat datagram from A");
+                return !linkA.IsUp && clock.ElapsedMilliseconds > 2 * HeartbeatTimeoutMs;
+            }, "A's link to go down, and two heartbeat timeouts", TimeSpan.FromSeconds(20));
+            TestPair.WaitUntil(() => pair.A.Pair.Status == PartnerStatus.InterconnectDown, "A to see B alive on the heartbeat channel", TimeSpan.FromSeconds(10));
+            Assert.True(unheard.Count == 0, string.Join("\n", unheard.Take(10)) + $"\n{pair.Problems()}");
+            Assert.NotEqual(PartnerStatus.PartnerDown, pair.B.Pair!.Status);
+        }
+        finally
+        {
+            release.Set();
+        }
+        TestPair.WaitUntil(() => linkA.IsUp && linkA.ConnectCount > connectsA, "A's link to come back after the stall", TimeSpan.FromSeconds(20));
+        pair.WaitHealthy();
+        Assert.DoesNotContain(pair.LogsB.Lines, l => l.Contains("silent on the interconnect and the heartbeat channel", StringComparison.Ordinal));
+        Assert.DoesNotContain(pair.LogsA.Lines, l => l.Contains("silent on the interconnect and the heartbeat channel", StringComparison.Ordinal));
+    }
 }

@@ -178,7 +178,7 @@ public sealed class ProcessPair : IPairRig
             try
             {
                 JsonNode? st = Call("cluster_get_status");
-                return st?["partner_status"]?.GetValue<string>() == "healthy"
+                return st?["partner_status"]?.GetValue<string>() == "healthy" && st["partner_heard"]!.GetValue<bool>()
                     && st["links"]!.AsArray().All(l => l!["up"]!.GetValue<bool>() && l["proxy_queues"]!.GetValue<int>() == Reactors);
             }
             catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or InvalidOperationException or TimeoutException) { return false; }

@@ -138,12 +138,14 @@ public sealed class TestPair : IPairRig
         => (Settings("A", "B", icA, icAtoB, hbA, hbB, reactors, ownerOf: 1, cntlMin: 1, subsystems),
             Settings("B", "A", icB, icBtoA, hbB, hbA, reactors, ownerOf: 2, cntlMin: 1000, subsystems));
 
-    /// <summary>Waits until both nodes report the partner healthy and every reactor has taken its proxy queues (bounded).</summary>
+    /// <summary>Waits until both nodes report the partner healthy, hear its heartbeat datagrams, and every reactor has taken its proxy queues (bounded).</summary>
     public void WaitHealthy(TimeSpan? timeout = null)
     {
         var sw = Stopwatch.StartNew();
         TimeSpan limit = timeout ?? TimeSpan.FromSeconds(15);
-        static bool Ready(Node n) => n.Pair!.Status == PartnerStatus.Healthy && n.Pair.Links.All(l => l.IsUp && l.QueuesInstalled == n.Reactors.Count);
+        // Both channels up: the interconnect (every reactor has taken its proxy queue) and the heartbeat datagrams.
+        static bool Ready(Node n) => n.Pair!.Status == PartnerStatus.Healthy && n.Pair.Membership.PartnerHeard
+                                     && n.Pair.Links.All(l => l.IsUp && l.QueuesInstalled == n.Reactors.Count);
         while (!(Ready(A) && Ready(B)))
         {
             if (sw.Elapsed > limit)

@@ -18,6 +18,9 @@
 # Output: SCRIPT's output, live, each line prefixed "NAME| " (kernel warnings appear among them).
 # On failure (or with RIG_KEEP=1) the run folder is kept and "NAME| run folder: PATH" and
 # "NAME| serial log: PATH" are printed on stderr; after a success it is removed.
+# The guest's QEMU monitor (HMP) listens on $run/monitor.sock while it runs: e.g. to see where a hung guest is,
+#   echo 'sendkey alt-sysrq-l' | socat - UNIX-CONNECT:RUN/monitor.sock   (backtraces of every CPU to the serial log;
+# sysrq is enabled on the guest's command line; alt-sysrq-w: blocked tasks, alt-sysrq-t: every task).
 # Inside the guest: the host root is read-only; /tmp and /run are fresh tmpfs (so host /tmp is
 # hidden); the working folder is the caller's (if visible); $RIG_OUT (/run/rig) is writable and is,
 # on the host, the run folder (with serial.log, the guest's dmesg.txt and the exit status).
@@ -86,10 +89,10 @@ pwd > "$run/cwd"
 # setpriv --pdeathsig: timeout dies with this script and QEMU with timeout, even when this script is killed
 # (SIGKILL runs no trap), so no guest outlives its caller.
 setpriv --pdeathsig KILL timeout -k 10 "${RIG_TIMEOUT:-600}" setpriv --pdeathsig KILL qemu-system-x86_64 -accel tcg -machine q35 -cpu max \
-  -m "${RIG_MEM:-2048}" -smp "${RIG_CPUS:-2}" -display none -monitor none -no-reboot \
+  -m "${RIG_MEM:-2048}" -smp "${RIG_CPUS:-2}" -display none -monitor unix:"$run/monitor.sock",server=on,wait=off -no-reboot \
   -pidfile "$run/qemu.pid" -serial file:"$run/serial.log" \
   -kernel "$RIG_CACHE/vmlinuz" -initrd "$RIG_CACHE/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 rig.node=$name ${link:+rig.eth1=$link}" \
+  -append "console=ttyS0 quiet panic=-1 sysrq_always_enabled rig.node=$name ${link:+rig.eth1=$link}" \
   -fsdev local,id=root,path=/,readonly=on,security_model=none,multidevs=remap \
   -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
   -fsdev local,id=io,path="$run",security_model=none \

@@ -371,6 +371,7 @@ public static class NodeRpc
                 _ => "unknown",
             },
             ["refused_reason"] = c.RefusedReason,
+            ["partner_heard"] = c.Membership.PartnerHeard,
             ["interconnect"] = cfg.Interconnect.ToString(),
             ["partner_interconnect"] = cfg.PartnerInterconnect.ToString(),
             ["interconnect_transport"] = cfg.InterconnectTransport.ToString().ToLowerInvariant(),

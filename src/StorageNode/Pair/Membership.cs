@@ -36,6 +36,7 @@ public sealed class Membership : IDisposable
     private readonly ILogger _log;
     private readonly Socket _udp;
     private readonly Thread _thread;
+    private readonly Thread _sender;
     private readonly long _incarnation;
     private volatile bool _stop;
     private volatile bool _silenced;
@@ -60,12 +61,28 @@ public sealed class Membership : IDisposable
         _log = log;
         _udp = new Socket(cfg.Heartbeat.AddressFamily, SocketType.Dgram, ProtocolType.Udp) { ReceiveTimeout = 200 };
         _thread = new Thread(Receive) { IsBackground = true, Name = $"heartbeat {cfg.LocalNode}" };
+        _sender = new Thread(Send) { IsBackground = true, Name = $"heartbeat send {cfg.LocalNode}" };
     }
 
     public void Start()
     {
         _udp.Bind(_cfg.Heartbeat);
         _thread.Start();
+        _sender.Start();
+    }
+
+    /// <summary>
+    /// Sends a datagram every heartbeat interval, on a thread of its own: nothing the pair's control thread waits for
+    /// (an interconnect heartbeat or registration the partner is slow to answer, a reconnect) silences this channel, so
+    /// a slow interconnect is never taken for a dead node.
+    /// </summary>
+    private void Send()
+    {
+        while (!_stop)
+        {
+            if (Status != PartnerStatus.Refused) Beat();
+            Thread.Sleep(_cfg.HeartbeatInterval);
+        }
     }
 
     /// <summary>Test hook: stops sending and hearing on the heartbeat channel (a dead partner, seen from the other node).</summary>
@@ -73,8 +90,8 @@ public sealed class Membership : IDisposable
 
     private byte[] Datagram() => Encoding.UTF8.GetBytes(FormattableString.Invariant($"SNHB1 {_cfg.Name} {_cfg.LocalNode} {_incarnation}"));
 
-    /// <summary>Sends one heartbeat datagram (control thread).</summary>
-    public void Beat()
+    /// <summary>Sends one heartbeat datagram.</summary>
+    private void Beat()
     {
         if (_silenced) return;
         try { _udp.SendTo(Datagram(), _cfg.PartnerHeartbeat); }
@@ -179,5 +196,6 @@ public sealed class Membership : IDisposable
         _stop = true;
         _udp.Close();
         if (_thread.IsAlive) _thread.Join(TimeSpan.FromSeconds(2));
+        if (_sender.IsAlive) _sender.Join(TimeSpan.FromSeconds(2));
     }
 }

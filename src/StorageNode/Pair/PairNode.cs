@@ -163,7 +163,6 @@ public sealed class PairNode : IDisposable
             long now = Stopwatch.GetTimestamp();
             if (now < nextBeat) continue;
             nextBeat = now + (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
-            Membership.Beat();
             foreach (InterconnectLink l in _links)
             {
                 try { l.Tick(now); }
