@@ -28,6 +28,11 @@ fiorun() {
   sed -n '/^{/,$p' /tmp/"$name".out > /tmp/"$name".json   # (fio may print warnings before the JSON)
   sed -n '/^{/q;p' /tmp/"$name".out >> /tmp/"$name".err
   cp /tmp/"$name".json /tmp/"$name".err "$RIG_OUT/" 2>/dev/null
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    # The bound was hit: fio's I/O is stuck (no JSON). Say so, with what the kernel said last.
+    echo "  fio $name did not finish within $T s and was killed (exit $rc): its I/O is stuck; the kernel's last words:"
+    dmesg | tail -n 15 | sed 's/^/    /'
+  fi
   return $rc
 }
 jobs_field() { jq -r ".jobs[0].$2" /tmp/"$1".json 2>/dev/null; }
