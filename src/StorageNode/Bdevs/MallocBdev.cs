@@ -15,6 +15,12 @@ public sealed unsafe class MallocBdev : Bdev
         NativeMemory.Clear(_data, bytes);
     }
 
+    /// <summary>
+    /// Test hook (as SPDK's error bdev): while set, writes and write-zeroes change the blocks and then fail with EIO, as a
+    /// device may fail a write it has partly done.
+    /// </summary>
+    public volatile bool FailWrites;
+
     public override BdevChannel CreateChannel(Reactor reactor) => new Channel(this);
 
     public override void Dispose() => NativeMemory.AlignedFree(_data);
@@ -32,7 +38,7 @@ public sealed unsafe class MallocBdev : Bdev
         public override void Write(ulong offset, byte* buffer, uint length, bool fua, IBdevCompletion completion)
         {
             Buffer.MemoryCopy(buffer, bdev._data + offset, length, length);
-            completion.OnBdevComplete(0);
+            completion.OnBdevComplete(bdev.FailWrites ? -5 : 0);
         }
 
         public override void Flush(IBdevCompletion completion) => completion.OnBdevComplete(0);
@@ -40,7 +46,7 @@ public sealed unsafe class MallocBdev : Bdev
         public override void WriteZeroes(ulong offset, ulong length, IBdevCompletion completion)
         {
             NativeMemory.Clear(bdev._data + offset, (nuint)length);
-            completion.OnBdevComplete(0);
+            completion.OnBdevComplete(bdev.FailWrites ? -5 : 0);
         }
 
         public override void Deallocate(ulong offset, ulong length, IBdevCompletion completion) => WriteZeroes(offset, length, completion);

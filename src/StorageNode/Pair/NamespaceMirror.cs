@@ -27,9 +27,9 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     private readonly ILogger _log;
     private volatile int _state = OutOfSync;
     private int _resyncRunning;
-    // Regions written here that the replica may lack (out of sync). Swapped whole for a fresh one when a resync starts;
-    // the resync gives back what it did not finish.
-    private long[] _dirty;
+    // Regions written here that the replica may lack (out of sync). A resync takes them; it gives back what it did not
+    // finish.
+    private readonly DirtyBitmap _dirty;
     // The partner's incarnation whose replica was last in sync (0: none yet). A partner with another one restarted: its
     // replica is empty, and a resync copies everything.
     private long _syncedIncarnation;
@@ -40,11 +40,10 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         _ns = ns;
         _reactor = resyncReactor;
         _log = log;
-        _dirty = new long[BitmapLongs];
+        _dirty = new DirtyBitmap(Regions);
     }
 
     private int Regions => (int)((_ns.Bdev.SizeBytes + (1UL << RegionShift) - 1) >> RegionShift);
-    private int BitmapLongs => (Regions + 63) / 64;
 
     public uint Nsid => _ns.Nsid;
 
@@ -84,28 +83,19 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     public void Missed(in SubmissionQueueEntry sqe)
     {
         byte op = (byte)(sqe.Opcode & ~MirrorCommands.Bit);
-        long[] dirty = Volatile.Read(ref _dirty);
         if (op is not (IoOpcode.Write or IoOpcode.WriteZeroes))
         {
             // Dataset Management and Copy: their ranges are in their data; the whole namespace goes.
-            for (int i = 0; i < dirty.Length; i++) Interlocked.Exchange(ref dirty[i], -1L);
+            _dirty.MarkAll();
             return;
         }
         int shift = _ns.Bdev.BlockShift;
         ulong first = (sqe.Slba << shift) >> RegionShift, last = (((sqe.Slba + sqe.BlockCount) << shift) - 1) >> RegionShift;
-        for (ulong r = first; r <= last && r < (ulong)Regions; r++) Interlocked.Or(ref dirty[r >> 6], 1L << (int)(r & 63));
+        _dirty.Mark(first, last);
     }
 
     /// <summary>Regions marked dirty now (for tests and status).</summary>
-    public int DirtyRegions
-    {
-        get
-        {
-            int n = 0;
-            foreach (long w in Volatile.Read(ref _dirty)) n += System.Numerics.BitOperations.PopCount((ulong)w);
-            return n;
-        }
-    }
+    public int DirtyRegions => _dirty.Count;
 
     /// <summary>The replica misses (or may miss) a write: out of sync until a resync (the next once the link is up). Any thread.</summary>
     public void Lost(string why)
@@ -135,35 +125,23 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     private long[] TakeWork(long partner)
     {
         bool whole = partner != _syncedIncarnation;
-        long[] work = TakeDirty();
-        if (whole) Array.Fill(work, -1L);
-        int regions = 0;
-        foreach (long w in work) regions += System.Numerics.BitOperations.PopCount((ulong)w);
+        if (whole) _dirty.MarkAll();
+        long[] work = _dirty.Take();
+        int regions = DirtyBitmap.CountOf(work);
         _log.LogInformation("{Nqn}: NSID {Nsid}: resyncing the partner's replica: {What}", _link.Subsystem.Nqn, _ns.Nsid,
             whole ? $"all of it ({_ns.Bdev.SizeBytes >> 20} MiB; {(_syncedIncarnation == 0 ? "never in sync yet" : "the partner restarted")})"
                   : $"{Math.Min(regions, Regions)} region(s) of 1 MiB written while it was out of sync");
         return work;
     }
 
-    /// <summary>The dirty regions so far, leaving a clean bitmap for what comes after.</summary>
-    private long[] TakeDirty() => Interlocked.Exchange(ref _dirty, new long[BitmapLongs]);
-
     /// <summary>Gives back regions a resync did not finish (they go in the next one).</summary>
-    private void GiveBack(long[] work)
-    {
-        long[] dirty = Volatile.Read(ref _dirty);
-        for (int i = 0; i < work.Length; i++) if (work[i] != 0) Interlocked.Or(ref dirty[i], work[i]);
-    }
+    private void GiveBack(long[] work) => _dirty.GiveBack(work);
 
-    private static bool Any(long[] bits)
+    /// <summary>The resync ended; false when the replica fell out of sync meanwhile (its regions are then given back).</summary>
+    private bool ResyncEnded(bool completed, long elapsedTicks, long partner)
     {
-        foreach (long w in bits) if (w != 0) return true;
-        return false;
-    }
-
-    private void ResyncEnded(bool completed, long elapsedTicks, long partner)
-    {
-        if (completed && Interlocked.CompareExchange(ref _state, InSync, Resyncing) == Resyncing)
+        bool inSync = completed && Interlocked.CompareExchange(ref _state, InSync, Resyncing) == Resyncing;
+        if (inSync)
         {
             _syncedIncarnation = partner;
             ResyncsDone++;
@@ -172,6 +150,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
                 _link.Subsystem.Nqn, _ns.Nsid, ResyncedBytes >> 20, (double)elapsedTicks / Stopwatch.Frequency);
         }
         Volatile.Write(ref _resyncRunning, 0);
+        return inSync;
     }
 
     /// <summary>One resync: chunk after chunk on one reactor, each read under a range lock and sent as a Write (or Write Zeroes).</summary>
@@ -182,11 +161,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         private byte* _buffer;
         private ulong _next, _blocks;
 
-        private bool Dirty(ulong block)
-        {
-            ulong region = (block << m._ns.Bdev.BlockShift) >> RegionShift;
-            return (_work[region >> 6] & (1L << (int)(region & 63))) != 0;
-        }
+        private bool Dirty(ulong block) => DirtyBitmap.IsSet(_work, (block << m._ns.Bdev.BlockShift) >> RegionShift);
 
         public void Start()
         {
@@ -213,8 +188,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             if (_next >= ns.Bdev.BlockCount)
             {
                 // A write that completed just as the resync began may have marked the fresh bitmap: another pass for it.
-                long[] more = m.TakeDirty();
-                if (Any(more))
+                long[] more = m._dirty.Take();
+                if (DirtyBitmap.CountOf(more) > 0)
                 {
                     _work = more;
                     _next = 0;
@@ -273,7 +248,9 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             if (_buffer != null) m._reactor.Pools.Release(_buffer);
             _buffer = null;
             if (!completed) m.GiveBack(_work);
-            m.ResyncEnded(completed, Stopwatch.GetTimestamp() - _startedAt, partner);
+            // A replica that fell out of sync while this resync ran gets its regions again in the next one: what fell out
+            // may have been anything this resync copied.
+            if (!m.ResyncEnded(completed, Stopwatch.GetTimestamp() - _startedAt, partner) && completed) m.GiveBack(_work);
         }
     }
 }

@@ -37,8 +37,8 @@ public sealed class ProxyRegistration(uint handle, HostRelay host, ushort associ
 {
     private const long OpenBit = 1L << 62;
     private long _word;
-    private uint _lastDeadline;
-    private int _hasDeadline;
+    // The latest deadline among what was relayed: bit 32 set once there is one, the deadline in the low 32 bits.
+    private long _deadline;
     internal int Opening;
     /// <summary>
     /// From the owner's last open: when the host's last command through its own associations arrived there, at the
@@ -56,12 +56,32 @@ public sealed class ProxyRegistration(uint handle, HostRelay host, ushort associ
     public bool IsOpen => (Volatile.Read(ref _word) & OpenBit) != 0;
     public long Sent => Volatile.Read(ref _word) & (OpenBit - 1);
 
-    /// <summary>Raises the latest deadline of what is relayed (before <see cref="TryCount"/>, so a drain never misses it).</summary>
+    private const long HasDeadline = 1L << 32;
+
+    /// <summary>
+    /// Raises the latest deadline of what is relayed (before <see cref="TryCount"/>, so a drain never misses it). Any
+    /// reactor: one compare-and-swap on one word, so of two reactors relaying for the host at once the later deadline
+    /// stays (deadlines compare modulo 2^32, as the owner compares them).
+    /// </summary>
     internal void NoteDeadline(OwnerDeadline d)
     {
-        if (Volatile.Read(ref _hasDeadline) == 0 || (int)(d.Units10Us - Volatile.Read(ref _lastDeadline)) > 0)
-            Volatile.Write(ref _lastDeadline, d.Units10Us);
-        Volatile.Write(ref _hasDeadline, 1);
+        long next = HasDeadline | d.Units10Us;
+        while (true)
+        {
+            long w = Volatile.Read(ref _deadline);
+            if ((w & HasDeadline) != 0 && (int)(d.Units10Us - (uint)w) <= 0) return;
+            if (Interlocked.CompareExchange(ref _deadline, next, w) == w) return;
+        }
+    }
+
+    /// <summary>The latest deadline noted (for tests): whether there is one, and it.</summary>
+    internal (bool Has, uint Deadline) LatestDeadline
+    {
+        get
+        {
+            long w = Volatile.Read(ref _deadline);
+            return ((w & HasDeadline) != 0, (uint)w);
+        }
     }
 
     /// <summary>Counts one relayed command if the relay is open (reactor thread).</summary>
@@ -91,7 +111,10 @@ public sealed class ProxyRegistration(uint handle, HostRelay host, ushort associ
         {
             long w = Volatile.Read(ref _word);
             if (Interlocked.CompareExchange(ref _word, w & ~OpenBit, w) == w)
-                return (w & (OpenBit - 1), Volatile.Read(ref _hasDeadline) != 0, Volatile.Read(ref _lastDeadline));
+            {
+                (bool has, uint last) = LatestDeadline;
+                return (w & (OpenBit - 1), has, last);
+            }
         }
     }
 }

@@ -289,7 +289,13 @@ internal static unsafe class FusedCommands
                 mirror.Send(req.Qpair.Reactor.Id, copy, writeData, Length, this);
                 return;
             }
-            if (result == 0 && _writing && _ns.Mirror is { } missed) missed.Missed(MirrorCommands.CopyOf(second?.Sqe ?? req.Sqe, IoOpcode.Write));
+            if (_writing && _ns.Mirror is { } missed)
+            {
+                // Out of sync: the Write's blocks go in the next resync. A Write that failed here may have changed some
+                // of its blocks: the replica cannot be trusted with them either (as MirrorCommands.Hold does for a Write).
+                if (result != 0 && missed.Active) missed.Lost($"a fused Compare and Write's Write failed on this node ({BdevResult.ToStatus(result)})");
+                missed.Missed(MirrorCommands.CopyOf(second?.Sqe ?? req.Sqe, IoOpcode.Write));
+            }
             End(result, compareMatched);
         }
 

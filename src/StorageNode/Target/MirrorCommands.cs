@@ -100,6 +100,9 @@ internal static unsafe class MirrorCommands
             return false;
         }
         req.MirrorPhase = MirrorPhase.Sending;
+        // The slot and its data buffer stay allocated while the copy is on its way, even if the connection closes
+        // meanwhile: the copy reads the buffer, and its answer completes this command (NvmfRequest.OnMirrored).
+        req.PendingOps = 1;
         mirror.Send(req.Qpair.Reactor.Id, CopyOf(req.Sqe, req.Sqe.Opcode), req.Data, req.Length, req);
         return true;
     }

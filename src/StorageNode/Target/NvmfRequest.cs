@@ -123,6 +123,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     public void OnMirrored(NvmeStatus status)
     {
         MirrorPhase = MirrorPhase.Done;
+        PendingOps = 0; // held while the copy was on its way (MirrorCommands.Hold)
         Complete();
     }
 

@@ -1,0 +1,182 @@
+using StorageNode.Bdevs;
+using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
+using StorageNode.Pair;
+using StorageNode.Target;
+using StorageNode.Testing;
+using static StorageNode.Testing.HostWrites;
+
+namespace StorageNode.Pair.Tests;
+
+/// <summary>
+/// The mirror's defects a review found (issue 23), one test each, each checked to fail before its fix: a replica that is
+/// silently wrong while both nodes call it in sync is the one thing a takeover cannot survive.
+/// </summary>
+public sealed unsafe class MirrorDefectTests
+{
+    private static readonly Dictionary<string, string?> Mirror = new() { ["Cluster:Mirror"] = "true" };
+
+    private static NamespaceMirror MirrorOf(Node owner, uint nsid) => owner.Pair!.Links[0].Mirrors.Single(m => m.Nsid == nsid);
+
+    private static TestPair InSyncPair(int reactors = 1)
+    {
+        var pair = new TestPair(Mirror, Mirror, reactors);
+        try
+        {
+            pair.WaitHealthy();
+            TestPair.WaitUntil(() => MirrorOf(pair.A, 1).IsInSync && MirrorOf(pair.B, 2).IsInSync, "both replicas in sync", TimeSpan.FromSeconds(30));
+            return pair;
+        }
+        catch
+        {
+            pair.Dispose();
+            throw;
+        }
+    }
+
+    private static ReadOnlySpan<byte> Contents(Node node, Bdev bdev, ulong offset, int length)
+        => new(bdev.CreateChannel(node.Reactors[0]).ZeroCopyRead(offset, (uint)length), length);
+
+    private static Bdev Replica(Node node, uint nsid) => node.Bdevs.Single(b => b.Name == $"replica:{nsid}");
+
+    private static byte[] Fill(byte b, int n) => [.. Enumerable.Repeat(b, n)];
+
+    /// <summary>
+    /// Defect 1: a write whose copy is on its way to the replica when its host's connection closes keeps its slot and
+    /// its data buffer until the replica answers. Were they released, the next write on the reactor would get the same
+    /// buffer (the pools hand out the last one returned), and the first write's copy would carry the second's bytes.
+    /// </summary>
+    [Fact]
+    public void AWriteWhoseConnectionClosesWhileItsCopyIsOnItsWayStillSendsItsOwnData()
+    {
+        using TestPair pair = InSyncPair();
+        ProxyQueue copies = pair.A.Pair!.Links[0].QueueFor(0)!;
+        Bdev local = pair.A.GetBdev("Local");
+        copies.StallMirrors = true;
+        Guid id1 = Guid.NewGuid(), id2 = Guid.NewGuid();
+        NvmeHost h1 = pair.Connect(pair.EndpointA, id1);
+        using NvmeHost h2 = pair.Connect(pair.EndpointA, id2);
+        try
+        {
+            Submit(h1.IoQueues[0], 0x55, lba: 100);
+            bool OnA(ulong lba, byte tag) => Contents(pair.A, local, lba * 512, 4096).SequenceEqual(Fill(tag, 4096));
+            PollUntil(h1.IoQueues[0], () => OnA(100, 0x55), TimeSpan.FromSeconds(10));
+            Assert.True(OnA(100, 0x55), "host 1's write did not run on A");
+            h1.Dispose(); // its write's copy is still held on A
+            TestPair.WaitUntil(() => !pair.A.Target.FindSubsystem(TestPair.Nqn)!.Controllers.Any(c => c.HostId == id1), "host 1's controller gone on A");
+
+            Pending second = Submit(h2.IoQueues[0], 0xAA, lba: 5000);
+            PollUntil(h2.IoQueues[0], () => OnA(5000, 0xAA), TimeSpan.FromSeconds(10));
+            Assert.True(OnA(5000, 0xAA), "host 2's write did not run on A");
+            copies.StallMirrors = false;
+            PollUntil(h2.IoQueues[0], () => second.Done, TimeSpan.FromSeconds(10));
+            Assert.True(second.Succeeded, $"host 2's write: {second.Cqe.StatusField}");
+            pair.WaitRelaysSettled();
+        }
+        finally
+        {
+            copies.StallMirrors = false;
+            h1.Dispose();
+        }
+        Assert.True(MirrorOf(pair.A, 1).IsInSync);
+        Assert.True(Contents(pair.B, Replica(pair.B, 1), 100 * 512, 4096).SequenceEqual(Fill(0x55, 4096)), "the replica's LBA 100 is not host 1's write");
+        Assert.True(Contents(pair.B, Replica(pair.B, 1), 5000 * 512, 4096).SequenceEqual(Fill(0xAA, 4096)), "the replica's LBA 5000 is not host 2's write");
+    }
+
+    /// <summary>
+    /// Defect 5: a fused Compare and Write whose Write fails on the owner may have changed its blocks: the replica is
+    /// marked out of sync with them dirty, so the resync that follows brings them over (as for a plain Write).
+    /// </summary>
+    [Fact]
+    public void AFusedCompareAndWriteWhoseWriteFailsMarksTheReplicaOutOfSync()
+    {
+        using TestPair pair = InSyncPair();
+        using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        var local = (MallocBdev)pair.A.GetBdev("Local");
+        int resyncs = MirrorOf(pair.A, 1).ResyncsDone;
+        local.FailWrites = true; // the Write changes its blocks, then fails
+        (NvmeStatus cmp, NvmeStatus wr) = h.IoQueues[0].CompareAndWrite(1, 3000, 8, new byte[4096], Fill(0x77, 4096));
+        local.FailWrites = false;
+        Assert.True(cmp.IsSuccess, $"compare: {cmp}");
+        Assert.False(wr.IsSuccess, "the Write was meant to fail");
+        Assert.True(Contents(pair.A, local, 3000 * 512, 4096).SequenceEqual(Fill(0x77, 4096)), "the failed Write changed A's blocks");
+        // The replica went out of sync; a resync brings the blocks over.
+        TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone > resyncs && MirrorOf(pair.A, 1).IsInSync, "a resync after the failed Write", TimeSpan.FromSeconds(30));
+        Assert.True(Contents(pair.B, Replica(pair.B, 1), 3000 * 512, 4096).SequenceEqual(Fill(0x77, 4096)), "the replica lacks what the failed Write left on A");
+        Assert.Contains("a fused Compare and Write's Write failed", pair.Log('A'), StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Defect 4: regions marked dirty while a resync takes the bitmap are never lost. One thread marks every region once,
+    /// another takes the bitmap over and over, reading what it took at once (as the resync scans its work): every region
+    /// turns up in exactly one take.
+    /// </summary>
+    [Fact]
+    public void RegionsMarkedWhileTheBitmapIsTakenAreNeverLost()
+    {
+        const int regions = 1 << 20; // a 1 TiB namespace
+        var bitmap = new DirtyBitmap(regions);
+        var seen = new long[(regions + 63) / 64];
+        int duplicates = 0;
+        void Absorb(long[] taken)
+        {
+            long[] snapshot = (long[])taken.Clone(); // read at once, as a resync reads its work
+            for (int i = 0; i < snapshot.Length; i++)
+            {
+                if ((seen[i] & snapshot[i]) != 0) duplicates++;
+                seen[i] |= snapshot[i];
+            }
+        }
+        bool done = false;
+        var marker = new Thread(() =>
+        {
+            for (ulong r = 0; r < regions; r++) bitmap.Mark(r, r);
+            Volatile.Write(ref done, true);
+        });
+        marker.Start();
+        int takes = 0;
+        while (!Volatile.Read(ref done))
+        {
+            Absorb(bitmap.Take());
+            takes++;
+        }
+        Assert.True(marker.Join(TimeSpan.FromSeconds(60)));
+        Absorb(bitmap.Take());
+        Assert.Equal(regions, DirtyBitmap.CountOf(seen));
+        Assert.Equal(0, duplicates);
+        Assert.True(takes > 1, "the bitmap was never taken while marks were going on");
+    }
+
+    /// <summary>
+    /// Defect 6: two reactors relaying for one host note their deadlines at once: the latest deadline never goes back
+    /// (the owner's drain waits for the latest deadline of what was counted). Each racer checks, before every note, that
+    /// the latest deadline is still at least the one it noted before.
+    /// </summary>
+    [Fact]
+    public void TheLatestDeadlineOfARelayNeverGoesBackWhenTwoReactorsNoteTheirsAtOnce()
+    {
+        var reg = new ProxyRegistration(1, new HostRelay(default, "nqn.test", Guid.NewGuid()), 1);
+        const uint notes = 2_000_000;
+        int backwards = 0;
+        using var go = new ManualResetEventSlim();
+        Thread Racer(uint offset) => new(() =>
+        {
+            go.Wait();
+            uint mine = 0;
+            for (uint i = 0; i < notes; i++)
+            {
+                (bool has, uint latest) = reg.LatestDeadline;
+                if (mine != 0 && (!has || (int)(latest - mine) < 0)) Interlocked.Increment(ref backwards);
+                mine = 1000 + 2 * i + offset;
+                reg.NoteDeadline(new OwnerDeadline(mine));
+            }
+        });
+        Thread t1 = Racer(0), t2 = Racer(1);
+        t1.Start();
+        t2.Start();
+        go.Set();
+        Assert.True(t1.Join(TimeSpan.FromSeconds(120)) && t2.Join(TimeSpan.FromSeconds(120)));
+        Assert.Equal(0, backwards);
+        Assert.Equal((true, 1000 + 2 * (notes - 1) + 1), reg.LatestDeadline);
+    }
+}
