@@ -84,6 +84,51 @@ public sealed unsafe class MirrorDefectTests
     }
 
     /// <summary>
+    /// Defect 3: two overlapping writes run while the replica is out of sync (W1, then W2: A keeps W2) and complete
+    /// after a resync began, W2 first. Mirrored as they completed, W1's copy would reach the replica last, and the
+    /// resync, not knowing of either, would never repair it. A write is marked missed if it ran out of sync, whenever
+    /// it completes: the resync (which waits for it) copies its region. Depends on the pair's reconnect interval
+    /// (TestPair's 100 ms); each step waits for its condition.
+    /// </summary>
+    [Fact]
+    public void WritesThatRanOutOfSyncAndCompleteDuringTheResyncAreResynced()
+    {
+        int place = 0;
+        using var pair = new TestPair(Mirror, Mirror, reactors: 2, beforeStart: (a, _) => a.Target.PlaceConnection = _ => Volatile.Read(ref place));
+        pair.WaitHealthy();
+        NamespaceMirror mirror = MirrorOf(pair.A, 1);
+        TestPair.WaitUntil(() => mirror.IsInSync && MirrorOf(pair.B, 2).IsInSync, "both replicas in sync", TimeSpan.FromSeconds(30));
+        using NvmeHost h1 = pair.Connect(pair.EndpointA, Guid.NewGuid()); // A's reactor 0
+        Volatile.Write(ref place, 1);
+        using NvmeHost h2 = pair.Connect(pair.EndpointA, Guid.NewGuid()); // A's reactor 1
+        var local = (MallocBdev)pair.A.GetBdev("Local");
+
+        // Out of sync: A's link to B goes down and stays down.
+        pair.InterconnectAtoB.Blocked = true;
+        pair.InterconnectAtoB.Cut();
+        TestPair.WaitUntil(() => mirror.State == "out_of_sync", "the replica out of sync");
+        local.HoldWrites = true;
+        Pending w1 = Submit(h1.IoQueues[0], 0x11, lba: 500);
+        PollUntil(h1.IoQueues[0], () => local.HeldWrites == 1, TimeSpan.FromSeconds(10));
+        Pending w2 = Submit(h2.IoQueues[0], 0x22, lba: 500);
+        PollUntil(h2.IoQueues[0], () => local.HeldWrites == 2, TimeSpan.FromSeconds(10));
+        Assert.Equal(2, local.HeldWrites);
+        Assert.True(Contents(pair.A, local, 500 * 512, 4096).SequenceEqual(Fill(0x22, 4096)), "W2 ran after W1 on A");
+
+        // The link returns and a resync begins (its whole-namespace lock waits for the two writes).
+        pair.InterconnectAtoB.Blocked = false;
+        TestPair.WaitUntil(() => mirror.State == "resyncing", "the resync to begin", TimeSpan.FromSeconds(20));
+        local.HoldWrites = false;
+        Assert.True(local.ReleaseHeldWrite(newest: true)); // W2 completes first
+        PollUntil(h2.IoQueues[0], () => w2.Done, TimeSpan.FromSeconds(10));
+        Assert.True(local.ReleaseHeldWrite());
+        PollUntil(h1.IoQueues[0], () => w1.Done, TimeSpan.FromSeconds(10));
+        Assert.True(w1.Succeeded && w2.Succeeded, $"W1 {w1.Cqe.StatusField}, W2 {w2.Cqe.StatusField}");
+        TestPair.WaitUntil(() => mirror.IsInSync, "the resync to finish", TimeSpan.FromSeconds(30));
+        Assert.True(Contents(pair.B, Replica(pair.B, 1), 500 * 512, 4096).SequenceEqual(Fill(0x22, 4096)), "the replica does not hold W2, the last write that ran on A");
+    }
+
+    /// <summary>
     /// Defect 5: a fused Compare and Write whose Write fails on the owner may have changed its blocks: the replica is
     /// marked out of sync with them dirty, so the resync that follows brings them over (as for a plain Write).
     /// </summary>

@@ -21,11 +21,39 @@ public sealed unsafe class MallocBdev : Bdev
     /// </summary>
     public volatile bool FailWrites;
 
-    public override BdevChannel CreateChannel(Reactor reactor) => new Channel(this);
+    /// <summary>
+    /// Test hook (as SPDK's delay bdev, by hand): while set, writes change the blocks at once and their completions wait
+    /// until <see cref="ReleaseHeldWrite"/>.
+    /// </summary>
+    public volatile bool HoldWrites;
+    private readonly List<(Reactor Reactor, IBdevCompletion Completion)> _held = [];
+
+    /// <summary>Writes whose completion is held now.</summary>
+    public int HeldWrites
+    {
+        get { lock (_held) return _held.Count; }
+    }
+
+    /// <summary>Completes the oldest held write (the newest with <paramref name="newest"/>) on its reactor; false when none is held.</summary>
+    public bool ReleaseHeldWrite(bool newest = false)
+    {
+        (Reactor Reactor, IBdevCompletion Completion) h;
+        lock (_held)
+        {
+            if (_held.Count == 0) return false;
+            int i = newest ? _held.Count - 1 : 0;
+            h = _held[i];
+            _held.RemoveAt(i);
+        }
+        h.Reactor.Post(() => h.Completion.OnBdevComplete(0));
+        return true;
+    }
+
+    public override BdevChannel CreateChannel(Reactor reactor) => new Channel(this, reactor);
 
     public override void Dispose() => NativeMemory.AlignedFree(_data);
 
-    private sealed class Channel(MallocBdev bdev) : BdevChannel
+    private sealed class Channel(MallocBdev bdev, Reactor reactor) : BdevChannel
     {
         public override void Read(ulong offset, byte* buffer, uint length, IBdevCompletion completion)
         {
@@ -38,7 +66,11 @@ public sealed unsafe class MallocBdev : Bdev
         public override void Write(ulong offset, byte* buffer, uint length, bool fua, IBdevCompletion completion)
         {
             Buffer.MemoryCopy(buffer, bdev._data + offset, length, length);
-            completion.OnBdevComplete(bdev.FailWrites ? -5 : 0);
+            if (bdev.HoldWrites)
+            {
+                lock (bdev._held) bdev._held.Add((reactor, completion));
+            }
+            else completion.OnBdevComplete(bdev.FailWrites ? -5 : 0);
         }
 
         public override void Flush(IBdevCompletion completion) => completion.OnBdevComplete(0);

@@ -174,6 +174,9 @@ internal static unsafe class IoCommands
             FusedCommands.Ready(req); // runs once both are here, under a range lock
             return;
         }
+        // Whether the replica misses this write if it runs now (out of sync): decided once, so that a write is either
+        // ordered and mirrored, or marked missed, whatever the mirror's state when it completes (docs/ha.md).
+        bool unmirrored = ns.Mirror is { Active: false };
         if (req.Fused != FusedRole.Relayed && !IoOpcode.IsReservation(sqe.Opcode))
         {
             // Nothing runs on blocks a Compare and Write has locked; what runs counts, so that a lock (and a namespace's
@@ -186,7 +189,7 @@ internal static unsafe class IoCommands
                 if (locks.MustWait(req, ranged ? sqe.Slba : 0, ranged ? sqe.BlockCount : ns.Bdev.BlockCount)) return;
             }
             // Mirrored: a write waits for the overlapping ones still on their way to the replica (docs/ha.md, "Mirroring").
-            if (ns.Mirror is { Active: true } && !req.MirrorOrdered && WriteOrder.Orders(sqe.Opcode))
+            if (ns.Mirror != null && !unmirrored && !req.MirrorOrdered && WriteOrder.Orders(sqe.Opcode))
             {
                 (ulong start, ulong end) = WriteOrder.RangeOf(sqe);
                 if (ns.WriteOrder.MustWait(req, start, end)) return;
@@ -194,6 +197,7 @@ internal static unsafe class IoCommands
             locks.Started(req);
         }
         req.Ran = true; // from here it reaches the bdev: only such a write is mirrored (or marked missed)
+        req.RanUnmirrored = unmirrored && !req.MirrorOrdered;
         req.PendingOps = 1;
         switch (sqe.Opcode)
         {

@@ -83,9 +83,10 @@ internal static unsafe class MirrorCommands
             }
             return false;
         }
-        if (!mirror.Active)
+        if (!mirror.Active || req.RanUnmirrored)
         {
-            // Out of sync: the write completes here alone, and its blocks are remembered for the resync.
+            // Out of sync (now, or when it ran): the write completes here alone, and its blocks are remembered for the
+            // resync, which waits for it before it takes them.
             mirror.Missed(req.Sqe);
             return false;
         }

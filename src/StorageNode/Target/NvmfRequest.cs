@@ -57,6 +57,11 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     /// without running, and must not be mirrored.
     /// </summary>
     internal bool Ran;
+    /// <summary>
+    /// It ran while the replica was out of sync: it is marked missed as it completes, never mirrored, even if a resync
+    /// began meanwhile (its copy would not be ordered with the writes around it, and the resync would not repair it).
+    /// </summary>
+    internal bool RanUnmirrored;
 
     public NvmfRequest(QueuePair qpair, ushort slot)
     {
@@ -94,6 +99,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         ForReplica = false;
         MirrorOrdered = false;
         Ran = false;
+        RanUnmirrored = false;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
