@@ -237,7 +237,7 @@ public class HaPairTests(ITestOutputHelper output)
         uint ev = 0;
         TestPair.WaitUntil(() => a.TryGetEvent(out ev), "the ANA change event");
         Assert.Equal((byte)AsyncEvent.NoticeAnaChange, (byte)(ev >> 8));
-        Assert.Contains(pair.LogsA.Lines, l => l.Contains("interconnect lost, partner alive"));
+        pair.WaitLogged('A', "interconnect lost, partner alive");
 
         pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = false;
         pair.WaitHealthy();
@@ -278,7 +278,7 @@ public class HaPairTests(ITestOutputHelper output)
         pair.InterconnectAtoB.Blocked = true;
         pair.InterconnectAtoB.Cut();
         TestPair.WaitUntil(() => pair.A.Pair!.Status == PartnerStatus.PartnerDown, "A to declare B dead");
-        Assert.Contains(pair.LogsA.Lines, l => l.Contains("partner dead"));
+        pair.WaitLogged('A', "partner dead");
     }
 
     [Fact]

@@ -148,7 +148,7 @@ public sealed unsafe class MirrorDefectTests
         // The replica went out of sync; a resync brings the blocks over.
         TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone > resyncs && MirrorOf(pair.A, 1).IsInSync, "a resync after the failed Write", TimeSpan.FromSeconds(30));
         Assert.True(Contents(pair.B, Replica(pair.B, 1), 3000 * 512, 4096).SequenceEqual(Fill(0x77, 4096)), "the replica lacks what the failed Write left on A");
-        Assert.Contains("a fused Compare and Write's Write failed", pair.Log('A'), StringComparison.Ordinal);
+        pair.WaitLogged('A', "a fused Compare and Write's Write failed");
     }
 
     /// <summary>

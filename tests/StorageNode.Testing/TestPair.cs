@@ -165,6 +165,13 @@ public sealed class TestPair : IPairRig
 
     public string Log(char node) => string.Join("\n", node == 'A' ? LogsA.Lines : LogsB.Lines);
 
+    /// <summary>
+    /// Waits (bounded) until node 'A' or 'B' has logged a line containing <paramref name="text"/>: a state a test waits
+    /// for may be visible a moment before the line that tells of it is written.
+    /// </summary>
+    public void WaitLogged(char node, string text, TimeSpan? timeout = null)
+        => WaitUntil(() => (node == 'A' ? LogsA : LogsB).Lines.Any(l => l.Contains(text, StringComparison.Ordinal)), $"node {node} to log '{text}'", timeout);
+
     /// <summary>Warnings and errors both nodes logged (for failure messages).</summary>
     public string Problems()
     {

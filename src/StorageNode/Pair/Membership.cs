@@ -185,8 +185,8 @@ public sealed class Membership : IDisposable
     public bool Refuse(string reason)
     {
         if (Status == PartnerStatus.Refused) return false;
+        RefusedReason = reason; // first: whoever sees the status reads the reason
         Status = PartnerStatus.Refused;
-        RefusedReason = reason;
         _log.LogCritical("partner {Partner} disagrees with this node's configuration: {Reason}", _cfg.Partner, reason);
         return true;
     }
