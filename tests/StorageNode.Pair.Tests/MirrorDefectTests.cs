@@ -224,4 +224,36 @@ public sealed unsafe class MirrorDefectTests
         Assert.Equal(0, backwards);
         Assert.Equal((true, 1000 + 2 * (notes - 1) + 1), reg.LatestDeadline);
     }
+
+    /// <summary>
+    /// Defect 7: a host whose relay is not open (its opens held back here, as while the owner drains it) keeps its own
+    /// commands waiting on the proxy's queue, not another host's: host 2's writes through the same reactor of B complete
+    /// while host 1's first write still waits. Depends on TestPair's 3 s relay timeout: host 1's write waits that long at
+    /// most; before the fix host 2's waited behind it until then.
+    /// </summary>
+    [Fact]
+    public void AHostWhoseRelayIsNotOpenDoesNotHoldBackAnotherHostsRelays()
+    {
+        using var pair = new TestPair(); // one reactor per node: both hosts' commands share B's proxy queue
+        pair.WaitHealthy();
+        Guid id1 = Guid.NewGuid(), id2 = Guid.NewGuid();
+        pair.B.Pair!.Links[0].Relays.HoldOpens = id => id == id1;
+        using NvmeHost h1 = pair.Connect(pair.EndpointB, id1);
+        using NvmeHost h2 = pair.Connect(pair.EndpointB, id2);
+        Pending stuck = Submit(h1.IoQueues[0], 0x31, lba: 100);
+        PollUntil(h1.IoQueues[0], () => pair.B.Pair.Links[0].QueuedRelays > 0 || stuck.Done, TimeSpan.FromSeconds(10));
+        Assert.False(stuck.Done, $"host 1's write was meant to wait for its relay: {stuck.Cqe.StatusField}");
+        for (int i = 0; i < 5; i++)
+        {
+            NvmeStatus st = Write(h2.IoQueues[0], (byte)(0x40 + i), lba: 4096);
+            Assert.True(st.IsSuccess, $"host 2's write {i}: {st}");
+        }
+        Assert.False(stuck.Done, "host 2's writes waited behind host 1's until it aged out");
+        Assert.Equal(0x44, ReadTag(h2.IoQueues[0], lba: 4096));
+        // Once host 1's opens are let through, its write relays too (or, had it aged out meanwhile, its retry does).
+        pair.B.Pair.Links[0].Relays.HoldOpens = null;
+        PollUntil(h1.IoQueues[0], () => stuck.Done, TimeSpan.FromSeconds(20));
+        Assert.True(stuck.Done);
+        Assert.True(WriteRetryingPathErrors(h1.IoQueues[0], 0x32, lba: 100).IsSuccess);
+    }
 }

@@ -27,6 +27,8 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     private readonly int[] _free;
     private int _freeCount;
     private NvmfRequest?[] _backlog = new NvmfRequest?[256];
+    // The hosts found waiting during one backlog pass (reused: no allocation once it has grown).
+    private readonly List<HostRelay> _waitingHosts = [];
     private int _backlogHead;
     private int _backlogCount;
     private volatile bool _closed; // read by the pair's control thread (IsClosed)
@@ -121,7 +123,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             Finish(req, _link.UnavailableStatus);
             return;
         }
-        if (_backlogCount > 0 || _link.StallSends || !TrySubmit(req)) Enqueue(req);
+        if (_backlogCount > 0 || _link.StallSends || TrySubmit(req) != Submitted.Done) Enqueue(req);
         _reactor.MarkDirty(this);
     }
 
@@ -185,25 +187,36 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         _backlog[(_backlogHead + _backlogCount++) % _backlog.Length] = req;
     }
 
-    /// <summary>Hands the command to the host queue; false when it must wait (the caller keeps it).</summary>
-    private bool TrySubmit(NvmfRequest req)
+    /// <summary>What became of a command handed to <see cref="TrySubmit"/>.</summary>
+    private enum Submitted : byte
+    {
+        /// <summary>Sent, or finished (failed): the caller no longer holds it.</summary>
+        Done,
+        /// <summary>Its host's relay is not ready (not registered or not open yet): it waits, other hosts' need not.</summary>
+        HostWaits,
+        /// <summary>The queue cannot send now (no slot, no clock estimate): everything waits.</summary>
+        QueueWaits,
+    }
+
+    /// <summary>Hands the command to the host queue, or says what it waits for (the caller keeps it then).</summary>
+    private Submitted TrySubmit(NvmfRequest req)
     {
         Controller? ctrl = req.Qpair.Controller;
         if (req.Qpair.IsClosed || ctrl == null || ctrl.Destroyed)
         {
             // The host's connection is gone: this copy must never reach the owner (docs/ha.md).
             Finish(req, NvmeStatus.Path(PathStatus.CommandAbortedByHost));
-            return true;
+            return Submitted.Done;
         }
         if (Stopwatch.GetTimestamp() > req.Gate.Deadline)
         {
             Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
-            return true;
+            return Submitted.Done;
         }
         if (ctrl.PairState is not AssociationState { Relay: { } host })
         {
             Finish(req, _link.UnavailableStatus);
-            return true;
+            return Submitted.Done;
         }
         if (RelayControl.Quarantined(ctrl, host, req.ArrivedAfter))
         {
@@ -211,34 +224,34 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             // a path status makes the host retry (docs/ha.md).
             Interlocked.Increment(ref _link.DroppedBeforeFence);
             Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
-            return true;
+            return Submitted.Done;
         }
         // The registration is made right after the host's admin queue connects (or the link comes up); a command
         // that races it waits here, bounded by its deadline.
         ProxyRegistration? reg = host.Registration;
-        if (reg == null) return false;
+        if (reg == null) return Submitted.HostWaits;
         if (!reg.IsOpen)
         {
             _link.Relays.RequestOpen(reg);
-            return false;
+            return Submitted.HostWaits;
         }
         // With mirroring, relayed commands leave slots to the writes' copies: a relayed write may wait on the partner for
         // its own copy to this node, so copies must never wait behind relays (both nodes' queues full: a deadlock).
-        if (_freeCount <= _mirrorReserve) return false;
-        if (!_link.Clock.TryToPartner(req.Gate.Deadline, out OwnerDeadline deadline)) return false;
+        if (_freeCount <= _mirrorReserve) return Submitted.QueueWaits;
+        if (!_link.Clock.TryToPartner(req.Gate.Deadline, out OwnerDeadline deadline)) return Submitted.QueueWaits;
         if (req.ArrivedAfter <= Volatile.Read(ref reg.LocalBoundTicks))
         {
             // It may have reached this node before the host's last command to the owner through its own path: the host
             // may have retried it there. Never relayed; a path status makes the host retry (docs/ha.md).
             Interlocked.Increment(ref _link.DroppedBeforeFence);
             Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
-            return true;
+            return Submitted.Done;
         }
         reg.NoteDeadline(deadline);
         if (!reg.TryCount())
         {
             _link.Relays.RequestOpen(reg); // a drain closed the relay meanwhile
-            return false;
+            return Submitted.HostWaits;
         }
         int token = _free[--_freeCount];
         SubmissionQueueEntry sqe = req.Sqe;
@@ -250,12 +263,12 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             _free[_freeCount++] = token;
             Settle(reg);
             Finish(req, _link.UnavailableStatus);
-            return true;
+            return Submitted.Done;
         }
         _inflight[token] = req;
         _inflightReg[token] = reg;
         _link.Relayed++;
-        return true;
+        return Submitted.Done;
     }
 
     public void OnHostComplete(long token, in CompletionQueueEntry cqe)
@@ -309,15 +322,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
                 SubmitMirror(_mirrorBacklog.Dequeue());
                 work++;
             }
-            while (_backlogCount > 0)
-            {
-                NvmfRequest req = _backlog[_backlogHead]!;
-                if (!TrySubmit(req)) break;
-                _backlog[_backlogHead] = null;
-                _backlogHead = (_backlogHead + 1) % _backlog.Length;
-                _backlogCount--;
-                work++;
-            }
+            if (_backlogCount > 0) work += FlushBacklog();
         }
         work += _q.SendPending();
         if (_q.IsBroken)
@@ -326,6 +331,41 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             return work;
         }
         if (_q.HasPendingSends || ((_backlogCount > 0 || (_mirrorBacklog.Count > 0 && !_stallMirrors)) && !_link.StallSends)) _reactor.MarkDirty(this);
+        return work;
+    }
+
+    /// <summary>
+    /// Sends what waits in the backlog, in order, each host's commands in the order they came; a host whose relay is not
+    /// ready keeps its own commands waiting and no other host's (the queue's own limits stop the pass). Reactor thread.
+    /// </summary>
+    private int FlushBacklog()
+    {
+        int n = _backlogCount, kept = 0, work = 0, len = _backlog.Length;
+        bool stop = false;
+        _waitingHosts.Clear();
+        for (int i = 0; i < n; i++)
+        {
+            int at = (_backlogHead + i) % len;
+            NvmfRequest req = _backlog[at]!;
+            _backlog[at] = null;
+            if (!stop)
+            {
+                HostRelay? host = req.Qpair.Controller?.PairState is AssociationState { Relay: { } h } ? h : null;
+                if (host == null || !_waitingHosts.Contains(host))
+                {
+                    Submitted r = TrySubmit(req);
+                    if (r == Submitted.Done)
+                    {
+                        work++;
+                        continue;
+                    }
+                    if (r == Submitted.QueueWaits) stop = true;
+                    else if (host != null) _waitingHosts.Add(host);
+                }
+            }
+            _backlog[(_backlogHead + kept++) % len] = req; // kept <= i: never over one not yet looked at
+        }
+        _backlogCount = kept;
         return work;
     }
 

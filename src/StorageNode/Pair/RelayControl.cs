@@ -294,9 +294,13 @@ public sealed class RelayControl
         h.Registration?.Close();
     }
 
+    /// <summary>Test hook: while it says so for a host (by Host Identifier), that host's relay is not opened (its commands wait, bounded by their deadlines).</summary>
+    public Func<Guid, bool>? HoldOpens { get; set; }
+
     /// <summary>Asks the owner to open the host's relay (once at a time; reactor thread, returns at once).</summary>
     internal void RequestOpen(ProxyRegistration reg)
     {
+        if (HoldOpens?.Invoke(reg.Host.HostId) == true) return;
         if (Interlocked.CompareExchange(ref reg.Opening, 1, 0) != 0) return;
         if (!_link.Workers.Run(() => Open(reg))) Volatile.Write(ref reg.Opening, 0); // the node is stopping
     }
