@@ -256,4 +256,169 @@ public sealed unsafe class MirrorDefectTests
         Assert.True(stuck.Done);
         Assert.True(WriteRetryingPathErrors(h1.IoQueues[0], 0x32, lba: 100).IsSuccess);
     }
+
+    /// <summary>
+    /// Defect 2: with the owner's interconnect cut (its heartbeat datagrams still flowing), the owner acknowledged writes
+    /// the replica never got while the keeper went on calling it in sync. Now, whenever the keeper calls its replica
+    /// whole, every write the owner has acknowledged is on it: the owner holds writes the replica lacks until the keeper's
+    /// lease (renewed by the owner's heartbeats, the heartbeat timeout long) has expired. Checked after every
+    /// acknowledged write; the writes go on, none fails. Depends on TestPair's 2 s heartbeat timeout (the lease).
+    /// </summary>
+    [Fact]
+    public void TheKeeperNeverCallsItsReplicaWholeWhileTheOwnerAcknowledgesWritesItLacks()
+    {
+        using TestPair pair = InSyncPair();
+        using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        Namespace kept = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!;
+        Bdev replica = Replica(pair.B, 1);
+        TestPair.WaitUntil(() => kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "B to hold its replica whole");
+        pair.InterconnectAtoB.Blocked = true; // A's association into B dies and stays dead; the heartbeat channel lives
+        pair.InterconnectAtoB.Cut();
+        var violations = new List<string>();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        int acked = 0;
+        for (int i = 0; i < 300 && clock.Elapsed < TimeSpan.FromSeconds(60); i++)
+        {
+            ulong lba = (ulong)(i * 8);
+            byte tag = (byte)(i % 250 + 1);
+            NvmeStatus st = Write(h.IoQueues[0], tag, lba: lba);
+            Assert.True(st.IsSuccess, $"write {i}: {st}");
+            acked++;
+            if (kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp())
+                && !Contents(pair.B, replica, lba * 512, 4096).SequenceEqual(Fill(tag, 4096)))
+                violations.Add($"{clock.ElapsedMilliseconds} ms: write {i} acknowledged by A, not on B's replica, which B calls whole");
+        }
+        Assert.True(violations.Count == 0, string.Join("\n", violations.Take(5)) + $"\n({violations.Count} in all)\n{pair.Problems()}");
+        Assert.Equal(300, acked);
+        Assert.Equal("out_of_sync", MirrorOf(pair.A, 1).State);
+        Assert.False(kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()));
+        pair.WaitLogged('A', "the partner no longer takes its replica for whole (the partner's lease expired)");
+    }
+
+    /// <summary>
+    /// Defect 2: a copy fails while the interconnect stays up: the owner tells the keeper "out of sync" and holds the
+    /// write until the keeper has acknowledged; the keeper's word changes before the write completes.
+    /// </summary>
+    [Fact]
+    public void AFailedCopyCompletesOnlyOnceTheKeeperKnowsTheReplicaIsOutOfSync()
+    {
+        using TestPair pair = InSyncPair();
+        using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        Namespace kept = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!;
+        var replica = (MallocBdev)Replica(pair.B, 1);
+        TestPair.WaitUntil(() => kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "B to hold its replica whole");
+        replica.FailWrites = true; // B's replica fails the next copy; the link is fine
+        NvmeStatus st;
+        try
+        {
+            st = Write(h.IoQueues[0], 0x66, lba: 700);
+        }
+        finally
+        {
+            replica.FailWrites = false;
+        }
+        Assert.True(st.IsSuccess, $"the write (done on A): {st}");
+        // When the host heard of it, B no longer called its replica whole (B had been told it is out of sync).
+        Assert.Equal(ReplicaWord.OutOfSync, kept.ReplicaKnowledge.Word);
+        Assert.False(kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()));
+        pair.WaitLogged('A', "(the partner acknowledged)");
+        // Then a resync brings it over, and B is told in sync again.
+        TestPair.WaitUntil(() => MirrorOf(pair.A, 1).IsInSync && kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "the resync", TimeSpan.FromSeconds(30));
+        Assert.True(Contents(pair.B, replica, 700 * 512, 4096).SequenceEqual(Fill(0x66, 4096)));
+    }
+
+    /// <summary>Defect 2: a restarted owner's replicas are not whole on the keeper until it has resynced them and said so again.</summary>
+    [Fact]
+    public void AnOwnersRestartVoidsWhatItSaidBefore()
+    {
+        using TestPair pair = InSyncPair();
+        Namespace keptByA = pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(2)!; // B owns NSID 2, A keeps its replica
+        TestPair.WaitUntil(() => keptByA.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "A to hold B's replica whole");
+        long before = keptByA.ReplicaKnowledge.OwnerIncarnation;
+        pair.RestartB();
+        TestPair.WaitUntil(() => keptByA.ReplicaKnowledge.OwnerIncarnation != before, "A to learn of B's new incarnation", TimeSpan.FromSeconds(20));
+        // Until B has said otherwise, A's replica of NSID 2 is not whole (B's namespace restarted empty: RAM).
+        Assert.NotEqual(ReplicaWord.InSync, keptByA.ReplicaKnowledge.Word);
+        pair.WaitHealthy();
+        TestPair.WaitUntil(() => MirrorOf(pair.B, 2).IsInSync && keptByA.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()),
+            "B to resync A's replica and say so", TimeSpan.FromSeconds(30));
+        Assert.Equal(pair.B.Pair!.Incarnation, keptByA.ReplicaKnowledge.OwnerIncarnation);
+    }
+
+    /// <summary>Defect 2, the keeper's rules alone: stale words are ignored, a new incarnation resets, only the association that said "in sync" renews it, a resync is never whole, a lease expires.</summary>
+    [Fact]
+    public void TheKeepersKnowledgeFollowsTheOwnersWordsInOrder()
+    {
+        var k = new ReplicaKnowledge();
+        object a1 = new(), a2 = new();
+        long now = System.Diagnostics.Stopwatch.GetTimestamp(), second = System.Diagnostics.Stopwatch.Frequency;
+        Assert.False(k.IsWhole(now));
+        Assert.True(k.Apply(a1, 7, ReplicaWord.Resyncing, 1, 1));
+        k.Renew(a1, now + second);
+        Assert.False(k.IsWhole(now)); // resyncing: never whole
+        Assert.True(k.Apply(a1, 7, ReplicaWord.InSync, 1, 3));
+        Assert.False(k.IsWhole(now)); // not renewed yet
+        k.Renew(a2, now + second);
+        Assert.False(k.IsWhole(now)); // another association's heartbeat does not renew it
+        k.Renew(a1, now + second);
+        Assert.True(k.IsWhole(now));
+        Assert.False(k.IsWhole(now + 2 * second)); // the lease expired
+        Assert.False(k.Apply(a1, 7, ReplicaWord.OutOfSync, 1, 2)); // older than the last word: ignored
+        Assert.True(k.IsWhole(now));
+        Assert.True(k.Apply(a1, 7, ReplicaWord.OutOfSync, 1, 4));
+        Assert.False(k.IsWhole(now));
+        Assert.True(k.AcceptsCopy(1) && k.AcceptsCopy(2) && !k.AcceptsCopy(0));
+        Assert.True(k.Apply(a2, 9, ReplicaWord.Resyncing, 1, 1)); // a restarted owner: a new incarnation starts over
+        Assert.Equal(9, k.OwnerIncarnation);
+        Assert.Equal(ReplicaWord.Resyncing, k.Word);
+        k.Reset(11);
+        Assert.Equal((ReplicaWord.OutOfSync, 0u, 11L), (k.Word, k.Epoch, k.OwnerIncarnation));
+    }
+
+    /// <summary>
+    /// Defect 8: the keeper's reactor that runs the owner's copies stalls while its admin path stays healthy (heartbeats
+    /// answered). A copy with no answer no longer holds the write for good: past the copy timeout (the longer of the
+    /// heartbeat and relay timeouts: 3 s in TestPair) the owner takes the link down, the replica leaves sync, and once the
+    /// keeper's lease (2 s) has expired the write completes, while the stall still lasts.
+    /// </summary>
+    [Fact]
+    public void ACopyThePartnerNeverAnswersDoesNotHoldTheWriteForGood()
+    {
+        // B has two reactors: A's admin queue goes to reactor 0 (its heartbeats are answered), A's I/O queue (the copies)
+        // to reactor 1 (A connects its admin queue first, then its one I/O queue).
+        int interconnect = 0;
+        var mirrorB = new Dictionary<string, string?>(Mirror) { ["Node:Reactors"] = "2" };
+        using var pair = new TestPair(Mirror, mirrorB, reactors: 1, beforeStart: (_, b) => b.Target.PlaceConnection = l =>
+            l.Role == Config.ListenerRole.Interconnect ? (Interlocked.Increment(ref interconnect) % 2 == 1 ? 0 : 1) : 0);
+        pair.WaitHealthy();
+        NamespaceMirror mirror = MirrorOf(pair.A, 1);
+        TestPair.WaitUntil(() => mirror.IsInSync, "A's replica on B in sync", TimeSpan.FromSeconds(30));
+        using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        using var stalled = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        pair.B.Reactors[1].Post(() =>
+        {
+            stalled.Set();
+            release.Wait(TimeSpan.FromSeconds(60)); // bounded: released below
+        });
+        NvmeStatus st = default;
+        bool doneDuringStall;
+        try
+        {
+            Assert.True(stalled.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken), "B's reactor 1 did not stall");
+            var writer = new Thread(() => st = Write(h.IoQueues[0], 0x5A, lba: 900)) { IsBackground = true };
+            writer.Start();
+            doneDuringStall = writer.Join(TimeSpan.FromSeconds(30));
+        }
+        finally
+        {
+            release.Set();
+        }
+        Assert.True(doneDuringStall, "the write waited for the stalled keeper reactor");
+        Assert.True(st.IsSuccess, $"the write: {st}");
+        pair.WaitLogged('A', "a write's copy got no answer from the partner");
+        // The link comes back, and a resync brings the write over.
+        TestPair.WaitUntil(() => mirror.IsInSync, "the resync after the stall", TimeSpan.FromSeconds(30));
+        Assert.True(Contents(pair.B, Replica(pair.B, 1), 900 * 512, 4096).SequenceEqual(Fill(0x5A, 4096)));
+    }
 }

@@ -88,8 +88,9 @@ public sealed unsafe class MirrorTests
 
         // The whole namespaces agree, the replicas count what the owners sent them, and each keeper was told its replica
         // is in sync.
-        Assert.True(pair.B.Target.Subsystems.Single(x => x.Nqn == TestPair.Nqn).GetNamespace(1)!.ReplicaInSync);
-        Assert.True(pair.A.Target.Subsystems.Single(x => x.Nqn == TestPair.Nqn).GetNamespace(2)!.ReplicaInSync);
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        Assert.True(pair.B.Target.Subsystems.Single(x => x.Nqn == TestPair.Nqn).GetNamespace(1)!.ReplicaKnowledge.IsWhole(now));
+        Assert.True(pair.A.Target.Subsystems.Single(x => x.Nqn == TestPair.Nqn).GetNamespace(2)!.ReplicaKnowledge.IsWhole(now));
         AssertSame(pair, 1, 0, 32 << 20);
         AssertSame(pair, 2, 0, 32 << 20);
         Assert.True(Replica(pair.B, 1).Stats[IoStat.WriteOps] >= 40);

@@ -315,6 +315,21 @@ public static class NodeRpc
         return o;
     }
 
+    private static JsonNode ReplicaJson(Namespace ns)
+    {
+        ReplicaKnowledge k = ns.ReplicaKnowledge;
+        long now = System.Diagnostics.Stopwatch.GetTimestamp(), until = k.WholeUntilTicks;
+        return new JsonObject
+        {
+            ["nsid"] = ns.Nsid,
+            ["whole"] = k.IsWhole(now),
+            ["owner_says"] = k.Word switch { ReplicaWord.InSync => "in_sync", ReplicaWord.Resyncing => "resyncing", _ => "out_of_sync" },
+            ["epoch"] = k.Epoch,
+            ["since"] = k.SinceUtc == default ? null : k.SinceUtc.ToString("O"),
+            ["lease_ms"] = until > now ? (long)((until - now) * 1000 / System.Diagnostics.Stopwatch.Frequency) : 0,
+        };
+    }
+
     private static JsonObject ClusterJson(Node node)
     {
         PairNode? c = node.Pair;
@@ -344,15 +359,13 @@ public static class NodeRpc
                 {
                     ["nsid"] = m.Nsid,
                     ["state"] = m.State,
+                    ["epoch"] = m.Epoch,
+                    ["held"] = m.Held,
+                    ["dirty_regions"] = m.DirtyRegions,
                     ["resyncs"] = m.ResyncsDone,
                     ["resynced_bytes"] = m.ResyncedBytes,
                 })]),
-                ["replicas"] = new JsonArray([.. l.Subsystem.Namespaces.Where(ns => ns.Replica != null).Select(ns => (JsonNode)new JsonObject
-                {
-                    ["nsid"] = ns.Nsid,
-                    ["owner_says"] = ns.ReplicaInSync ? "in_sync" : "out_of_sync",
-                    ["since"] = ns.ReplicaStateUtc == default ? null : ns.ReplicaStateUtc.ToString("O"),
-                })]),
+                ["replicas"] = new JsonArray([.. l.Subsystem.Namespaces.Where(ns => ns.Replica != null).Select(ns => ReplicaJson(ns))]),
             });
         }
         ClusterConfig cfg = c.Config;

@@ -78,6 +78,20 @@ public sealed class InterconnectLink
 
     internal PairClock Clock => _pair.Clock;
     internal PairWorkers Workers => _pair.Workers;
+    internal IReadOnlyList<Reactor> Reactors => _pair.Target.Reactors;
+
+    /// <summary>
+    /// The lease the owner's heartbeats give the partner's trust in an in-sync replica (docs/ha.md, "The keeper's
+    /// knowledge"): the heartbeat timeout, after which this node would take the link down anyway.
+    /// </summary>
+    internal long MirrorLeaseTicks => (long)(_pair.Config.HeartbeatTimeout.TotalSeconds * Stopwatch.Frequency);
+
+    /// <summary>How long a write's copy may wait for the partner's answer before the link is taken down: the longer of the heartbeat and relay timeouts.</summary>
+    internal long CopyTimeoutTicks => (long)(Math.Max(_pair.Config.HeartbeatTimeout.TotalSeconds, _pair.Config.RelayTimeout.TotalSeconds) * Stopwatch.Frequency);
+
+    /// <summary>When (this node's Stopwatch ticks) the last heartbeat that renewed the partner's trust was sent (0: never).</summary>
+    internal long LeaseSentTicks => Interlocked.Read(ref _leaseSent);
+    private long _leaseSent;
     internal long Incarnation => _pair.Incarnation;
 
     public ProxyQueue? QueueFor(int reactorId)
@@ -157,15 +171,24 @@ public sealed class InterconnectLink
 
     internal void Tick(long now)
     {
+        foreach (NamespaceMirror m in _mirrors) m.CheckLeaving(now);
         if (IsUp)
         {
             NvmeHost? host = _host;
             if (host == null || host.AdminBroken) { Down($"interconnect admin queue failed{(host?.TimeoutReason is { } t ? $" ({t})" : "")}"); return; }
             if (_installFailure is { } failed) { Down(failed); return; }
+            long copyLimit = CopyTimeoutTicks;
             foreach (ProxyQueue? q in _queues)
             {
                 // A reactor that has not taken its queue yet (stalled) is no reason to take the link down.
                 if (q is { IsClosed: true }) { Down($"interconnect I/O queue closed ({q.LastCloseReason})"); return; }
+                // A write's copy the partner never answers (a stalled reactor there, its admin path healthy) would hold the
+                // write for good: past the limit the link goes down, the copies fail, and the replica goes out of sync.
+                if (q != null && q.OldestCopyAgeTicks(now) > copyLimit)
+                {
+                    Down($"a write's copy got no answer from the partner within {copyLimit * 1000 / Stopwatch.Frequency} ms");
+                    return;
+                }
             }
             try
             {
@@ -190,6 +213,20 @@ public sealed class InterconnectLink
     {
         SubmissionQueueEntry sqe = default;
         sqe.Opcode = InterconnectOpcode.Heartbeat;
+        // While the partner may take a replica of this node's for whole, the heartbeat renews that: until its send time
+        // plus the lease, on the partner's clock (earlier by the estimate's uncertainty). Noted before it is sent: from
+        // then on the partner may hold it.
+        bool trusted = false;
+        foreach (NamespaceMirror m in _mirrors) trusted |= m.PartnerMayTrust;
+        if (trusted)
+        {
+            long sent = Stopwatch.GetTimestamp();
+            if (_pair.Clock.TryToPartner(sent + MirrorLeaseTicks, out OwnerDeadline until))
+            {
+                Interlocked.Exchange(ref _leaseSent, sent);
+                MirrorLease.Set(ref sqe, until);
+            }
+        }
         long t0 = _pair.Clock.WireNow;
         CompletionQueueEntry cqe = host.AdminCommand(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout);
         long t1 = _pair.Clock.WireNow;
@@ -501,16 +538,25 @@ public sealed class InterconnectLink
         StartNotices();
     }
 
-    /// <summary>Tells the partner whether its replica of a namespace this node owns is in sync (sent in order with the reservation notices).</summary>
-    internal void SendReplicaState(uint nsid, bool inSync)
+    /// <summary>
+    /// Tells the partner what its replica of a namespace this node owns is now (<see cref="NamespaceMirror"/>), and waits
+    /// for its acknowledgement (the heartbeat timeout at most; a thread that may block). True when acknowledged.
+    /// </summary>
+    internal bool SendReplicaState(uint nsid, ReplicaWord word, uint epoch, uint sequence)
     {
-        if (!IsUp) return;
+        if (!IsUp) return false;
         SubmissionQueueEntry sqe = default;
-        sqe.Opcode = InterconnectOpcode.ReplicaState;
-        sqe.Cdw10 = nsid;
-        sqe.Cdw11 = inSync ? 1u : 0u;
-        _notices.Enqueue(sqe);
-        StartNotices();
+        ReplicaStateFields.Set(ref sqe, nsid, word, epoch, sequence, _pair.Incarnation);
+        try
+        {
+            NvmeHost.Check("replica state", Admin(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout));
+            return true;
+        }
+        catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
+        {
+            _log.LogWarning("{Nqn}: NSID {Nsid}: telling the partner its replica is {Word} (epoch {Epoch}) failed: {Error}", Subsystem.Nqn, nsid, word, epoch, e.Message);
+            return false;
+        }
     }
 
     private void StartNotices()
@@ -527,8 +573,7 @@ public sealed class InterconnectLink
                 try { NvmeHost.Check("reservation notice", Admin(sqe, default, DataDirection.None, _pair.Config.RelayTimeout)); }
                 catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
                 {
-                    _log.LogWarning("{Nqn}: a {What} did not reach the partner: {Error}", Subsystem.Nqn,
-                        sqe.Opcode == InterconnectOpcode.ReplicaState ? $"replica state for namespace {sqe.Cdw10}" : $"reservation notice for namespace {sqe.Cdw14}", e.Message);
+                    _log.LogWarning("{Nqn}: a reservation notice for namespace {Nsid} did not reach the partner: {Error}", Subsystem.Nqn, sqe.Cdw14, e.Message);
                 }
             }
             Volatile.Write(ref _sendingNotices, 0);

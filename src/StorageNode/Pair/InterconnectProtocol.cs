@@ -13,13 +13,16 @@ namespace StorageNode.Pair;
 public static class InterconnectOpcode
 {
     /// <summary>The version both nodes must speak (compared in the cluster descriptors).</summary>
-    public const int ProtocolVersion = 4;
+    public const int ProtocolVersion = 5;
 
     /// <summary>Register a host for relayed commands. Data: <see cref="HostIdentity"/>. DW0: its handle (the same one again for a host already registered on this association).</summary>
     public const byte RegisterHost = 0xC1;
     /// <summary>The node's cluster descriptor (JSON). Data (controller to host). DW0: its length.</summary>
     public const byte GetDescriptor = 0xC2;
-    /// <summary>Heartbeat. DW0/DW1: the responder's <see cref="PairClock"/> wire clock (10 µs units).</summary>
+    /// <summary>
+    /// Heartbeat. DW0/DW1: the responder's <see cref="PairClock"/> wire clock (10 µs units). With CDW11 bit 0 set, CDW10
+    /// renews the sender's in-sync replicas on the responder until then (<see cref="MirrorLease"/>).
+    /// </summary>
     public const byte Heartbeat = 0xC4;
     /// <summary>
     /// Relay drain, from the owner to the proxy: close the host's relay and say what was relayed. CDW10-13: the
@@ -42,8 +45,9 @@ public static class InterconnectOpcode
     /// </summary>
     public const byte ReservationNotice = 0xD0;
     /// <summary>
-    /// Replica state, from a namespace's owner to the partner (<c>Cluster:Mirror</c>): CDW10 the NSID, CDW11 1 when the
-    /// partner's replica is in sync, 0 when it is not (the owner completes writes without it).
+    /// Replica state, from a namespace's owner to the partner (<c>Cluster:Mirror</c>; <see cref="ReplicaStateFields"/>):
+    /// what the partner's replica is now (out of sync, resyncing, in sync), with the owner's incarnation, the epoch and a
+    /// sequence number. Completed once applied (or found stale).
     /// </summary>
     public const byte ReplicaState = 0xD4;
 
@@ -112,6 +116,50 @@ public readonly record struct HostKey(ulong High, ulong Low)
 /// (all zero: none, only the state), CDW14 the NSID, CDW15 bits 7:0 the notification type (0: none), bit 8 the
 /// namespace's PTPL.
 /// </summary>
+/// <summary>The replica state notice's fields: CDW10 NSID, CDW11 the word (<see cref="Target.ReplicaWord"/>), CDW12 the epoch, CDW13 the sequence number, CDW14/15 the owner's incarnation.</summary>
+public static class ReplicaStateFields
+{
+    public static void Set(ref SubmissionQueueEntry sqe, uint nsid, Target.ReplicaWord word, uint epoch, uint sequence, long incarnation)
+    {
+        sqe.Opcode = InterconnectOpcode.ReplicaState;
+        sqe.Cdw10 = nsid;
+        sqe.Cdw11 = (uint)word;
+        sqe.Cdw12 = epoch;
+        sqe.Cdw13 = sequence;
+        sqe.Cdw14 = (uint)incarnation;
+        sqe.Cdw15 = (uint)(incarnation >> 32);
+    }
+
+    public static (uint Nsid, uint Word, uint Epoch, uint Sequence, long Incarnation) Read(in SubmissionQueueEntry sqe)
+        => (sqe.Cdw10, sqe.Cdw11, sqe.Cdw12, sqe.Cdw13, sqe.Cdw14 | ((long)sqe.Cdw15 << 32));
+}
+
+/// <summary>
+/// The owner's lease on its partner's trust in an in-sync replica (docs/ha.md, "The keeper's knowledge"): each
+/// heartbeat sent while a replica may be trusted carries "in sync until send time + the lease" on the keeper's clock;
+/// the owner does not complete a write the replica lacks before the last such deadline it sent has passed (with a
+/// margin), unless the keeper has acknowledged that the replica is out of sync.
+/// </summary>
+public static class MirrorLease
+{
+    public const uint Renews = 1;
+
+    public static void Set(ref SubmissionQueueEntry sqe, OwnerDeadline until)
+    {
+        sqe.Cdw10 = until.Units10Us;
+        sqe.Cdw11 |= Renews;
+    }
+
+    public static bool TryRead(in SubmissionQueueEntry sqe, out OwnerDeadline until)
+    {
+        until = new OwnerDeadline(sqe.Cdw10);
+        return (sqe.Cdw11 & Renews) != 0;
+    }
+
+    /// <summary>The margin the owner adds to its lease before it no longer counts on the keeper's trust (rate drift between the clocks).</summary>
+    public static long MarginTicks(long leaseTicks) => leaseTicks / 20 + System.Diagnostics.Stopwatch.Frequency / 1000;
+}
+
 public static class ReservationNoticeFields
 {
     private const uint PtplBit = 1u << 8;

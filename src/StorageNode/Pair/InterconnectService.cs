@@ -124,6 +124,13 @@ public sealed class InterconnectService : IInterconnectHandler
             case InterconnectOpcode.Heartbeat:
             {
                 association.TouchKeepAlive();
+                if (MirrorLease.TryRead(req.Sqe, out OwnerDeadline until))
+                {
+                    // This node as a keeper: the owner renews its trust in the replicas it said are in sync on this association.
+                    long untilTicks = _pair.Clock.OwnDeadlineTicks(until, System.Diagnostics.Stopwatch.GetTimestamp());
+                    foreach (Namespace kept in association.Subsystem.Namespaces)
+                        if (kept is { IsRemote: true, Replica: not null }) kept.ReplicaKnowledge.Renew(association, untilTicks);
+                }
                 long now = _pair.Clock.WireNow;
                 req.Cqe.Dw0 = (uint)now;
                 req.Cqe.Dw1 = (uint)(now >> 32);
@@ -168,17 +175,19 @@ public sealed class InterconnectService : IInterconnectHandler
             case InterconnectOpcode.ReplicaState:
             {
                 // This node as the replica's keeper: the partner owns the namespace.
-                Namespace? ns = association.Subsystem.GetNamespace(req.Sqe.Cdw10);
-                if (ns is not { IsRemote: true, Replica: not null } || req.Sqe.Cdw11 > 1)
+                (uint nsid, uint word, uint epoch, uint sequence, long incarnation) = ReplicaStateFields.Read(req.Sqe);
+                Namespace? ns = association.Subsystem.GetNamespace(nsid);
+                if (ns is not { IsRemote: true, Replica: not null } || word > (uint)ReplicaWord.InSync)
                 {
                     req.Fail(NvmeStatus.Generic(GenericStatus.InvalidField));
                     return;
                 }
-                bool inSync = req.Sqe.Cdw11 == 1;
-                if (inSync != ns.ReplicaInSync)
-                    _log.LogInformation("{Nqn}: NSID {Nsid}: the owner says this node's replica is {State}", association.Subsystem.Nqn, ns.Nsid, inSync ? "in sync" : "out of sync");
-                ns.SetReplicaState(inSync);
-                req.Complete();
+                ReplicaKnowledge k = ns.ReplicaKnowledge;
+                ReplicaWord before = k.Word;
+                if (k.Apply(association, incarnation, (ReplicaWord)word, epoch, sequence) && (before != k.Word || word == (uint)ReplicaWord.Resyncing))
+                    _log.LogInformation("{Nqn}: NSID {Nsid}: the owner says this node's replica is {Word} (epoch {Epoch})", association.Subsystem.Nqn, ns.Nsid,
+                        (ReplicaWord)word switch { ReplicaWord.InSync => "in sync", ReplicaWord.Resyncing => "resyncing", _ => "out of sync" }, epoch);
+                req.Complete(); // applied, or stale (an older word, which a newer one has replaced)
                 return;
             }
             default:

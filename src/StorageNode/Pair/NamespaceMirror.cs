@@ -8,15 +8,18 @@ using StorageNode.Target;
 namespace StorageNode.Pair;
 
 /// <summary>
-/// The owner's view of one namespace's replica on the partner (<c>Cluster:Mirror</c>; docs/ha.md, "Mirroring"). While
-/// the replica is in sync or resyncing, every write to the namespace completes only once the replica has it too (the
-/// copies go over the interconnect's queues, <see cref="ProxyQueue.Mirror"/>). A copy that fails, or the interconnect
-/// going down, makes it out of sync: writes then complete here alone, and once the interconnect is up again a resync
-/// copies the whole namespace over, one range-locked chunk at a time, while new writes are mirrored.
+/// The owner's view of one namespace's replica on the partner (<c>Cluster:Mirror</c>; docs/ha.md, "Mirroring" and "The
+/// keeper's knowledge"). While the replica is in sync or resyncing, every write to the namespace completes only once the
+/// replica has it too (the copies go over the interconnect's queues, <see cref="ProxyQueue.Mirror"/>, with the epoch).
+/// When a copy fails or the interconnect goes down, a replica the partner may still take for in sync is <em>leaving</em>:
+/// writes that complete without it are held until the partner has acknowledged "out of sync" or the lease the owner's
+/// heartbeats renew has expired; then it is out of sync, and writes complete here alone, their regions marked. Once the
+/// interconnect is up again a resync (announced to the partner first) copies the marked regions over, one range-locked
+/// chunk at a time, while new writes are mirrored; then the partner is told "in sync".
 /// </summary>
 public sealed unsafe class NamespaceMirror : INamespaceMirror
 {
-    private const int OutOfSync = 0, Resyncing = 1, InSync = 2;
+    private const int OutOfSync = 0, Resyncing = 1, InSync = 2, Leaving = 3;
     private const uint ChunkBytes = 128 * 1024;
     /// <summary>The dirty bitmap's region: 1 MiB (a 1 TiB namespace: 128 KiB of bits).</summary>
     private const int RegionShift = 20;
@@ -25,8 +28,18 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     private readonly Namespace _ns;
     private readonly Reactor _reactor;
     private readonly ILogger _log;
+    // The state and what the partner may believe change together, under the lock; the I/O path reads the state alone.
+    private readonly object _lock = new();
     private volatile int _state = OutOfSync;
+    // Since the owner last said "in sync" and until the partner acknowledged "out of sync" or the lease expired, the
+    // partner may take the replica for whole: no write the replica lacks completes meanwhile.
+    private bool _partnerMayTrust;
+    private uint _epoch;
+    private uint _sequence;
+    // Completions held while leaving: released (on their reactors) once the partner no longer trusts the replica.
+    private readonly List<(int Reactor, IMirrorCompletion Done, NvmeStatus Status)> _held = [];
     private int _resyncRunning;
+    private int _leaveNoticeRunning;
     // Regions written here that the replica may lack (out of sync). A resync takes them; it gives back what it did not
     // finish.
     private readonly DirtyBitmap _dirty;
@@ -47,37 +60,76 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
 
     public uint Nsid => _ns.Nsid;
 
-    /// <summary><c>in_sync</c>, <c>resyncing</c> or <c>out_of_sync</c>.</summary>
-    public string State => _state switch { InSync => "in_sync", Resyncing => "resyncing", _ => "out_of_sync" };
+    /// <summary><c>in_sync</c>, <c>resyncing</c>, <c>leaving</c> (out of sync, the partner not yet told) or <c>out_of_sync</c>.</summary>
+    public string State => _state switch { InSync => "in_sync", Resyncing => "resyncing", Leaving => "leaving", _ => "out_of_sync" };
 
     public bool IsInSync => _state == InSync;
-    public bool Active => _state != OutOfSync;
+    public bool Active => _state is InSync or Resyncing;
+
+    /// <summary>The epoch of the replica's contents: a new one with each resync (copies carry it; the partner refuses older ones).</summary>
+    public uint Epoch => Volatile.Read(ref _epoch);
+
+    /// <summary>Writes (and failed copies) held now until the partner no longer takes the replica for whole.</summary>
+    public int Held
+    {
+        get { lock (_lock) return _held.Count; }
+    }
+
+    /// <summary>Test hook: the partner's acknowledgement of "out of sync" is not waited for (the rule it keeps is off); the stale-write detector shows what that costs.</summary>
+    public static bool KeeperRuleDisabledForTest { get; set; }
 
     /// <summary>Resyncs finished, and the bytes the last one has copied so far (statistics).</summary>
     public int ResyncsDone { get; private set; }
     public long ResyncedBytes => Volatile.Read(ref _resyncedBytes);
     private long _resyncedBytes;
 
+    /// <summary>Whether the partner may take the replica for whole now (the owner's heartbeats then renew its lease).</summary>
+    internal bool PartnerMayTrust
+    {
+        get { lock (_lock) return _partnerMayTrust; }
+    }
+
     public void Send(int reactorId, in SubmissionQueueEntry sqe, byte* data, uint length, IMirrorCompletion done)
     {
+        SubmissionQueueEntry copy = sqe;
+        MirrorCommands.SetEpoch(ref copy, Volatile.Read(ref _epoch));
         ProxyQueue? q = _link.QueueFor(reactorId);
         if (q == null)
         {
-            Completed(_link.UnavailableStatus, done, sqe);
+            Completed(reactorId, _link.UnavailableStatus, done, copy);
             return;
         }
-        q.Mirror(this, sqe, data, length, done);
+        q.Mirror(this, copy, data, length, done);
     }
 
-    /// <summary>The replica answered a copy, or it could not be sent (reactor thread).</summary>
-    internal void Completed(NvmeStatus status, IMirrorCompletion done, in SubmissionQueueEntry sqe)
+    /// <summary>The replica answered a copy, or it could not be sent (reactor <paramref name="reactorId"/>'s thread).</summary>
+    internal void Completed(int reactorId, NvmeStatus status, IMirrorCompletion done, in SubmissionQueueEntry sqe)
     {
         if (!status.IsSuccess)
         {
             Lost($"a write's copy failed ({status})");
             Missed(sqe);
+            // The write is on this node and not on the replica: it completes once the partner no longer trusts it.
+            if (HoldWhileLeaving(reactorId, done, status)) return;
         }
         done.OnMirrored(status);
+    }
+
+    /// <summary>
+    /// While leaving: holds a write that completes without the replica (its regions already marked) until the partner no
+    /// longer takes the replica for whole; then <paramref name="done"/> is told on reactor <paramref name="reactorId"/>.
+    /// False when not leaving (the caller completes it now).
+    /// </summary>
+    public bool HoldWhileLeaving(int reactorId, IMirrorCompletion done, NvmeStatus status)
+    {
+        if (_state != Leaving) return false;
+        lock (_lock)
+        {
+            if (_state != Leaving) return false;
+            if (done is NvmfRequest req) req.PendingOps = 1; // the slot stays allocated while held, even if the connection closes
+            _held.Add((reactorId, done, status));
+            return true;
+        }
     }
 
     public void Missed(in SubmissionQueueEntry sqe)
@@ -97,23 +149,129 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// <summary>Regions marked dirty now (for tests and status).</summary>
     public int DirtyRegions => _dirty.Count;
 
-    /// <summary>The replica misses (or may miss) a write: out of sync until a resync (the next once the link is up). Any thread.</summary>
+    /// <summary>
+    /// The replica misses (or may miss) a write: out of sync until a resync (the next once the link is up). A replica the
+    /// partner may take for whole is leaving first: the partner is told, and writes wait until it has acknowledged or the
+    /// lease has expired. Any thread.
+    /// </summary>
     public void Lost(string why)
     {
-        if (Interlocked.Exchange(ref _state, OutOfSync) == OutOfSync) return;
-        _link.SendReplicaState(_ns.Nsid, inSync: false); // if the interconnect is up (a copy failed); else the partner lost us anyway
-        _log.LogWarning("{Nqn}: NSID {Nsid}: the partner's replica is out of sync: {Why}; writes complete on this node alone until a resync",
+        bool leaving;
+        lock (_lock)
+        {
+            if (_state is OutOfSync or Leaving) return;
+            leaving = _partnerMayTrust && !KeeperRuleDisabledForTest;
+            _state = leaving ? Leaving : OutOfSync;
+            if (!leaving) _partnerMayTrust = false;
+        }
+        if (leaving)
+        {
+            _log.LogWarning("{Nqn}: NSID {Nsid}: the partner's replica is out of sync: {Why}; writes wait until the partner knows (it acknowledges, or its lease expires)",
                 _link.Subsystem.Nqn, _ns.Nsid, why);
+            TellPartnerOutOfSync();
+        }
+        else
+        {
+            _log.LogWarning("{Nqn}: NSID {Nsid}: the partner's replica is out of sync: {Why}; writes complete on this node alone until a resync",
+                _link.Subsystem.Nqn, _ns.Nsid, why);
+        }
     }
 
-    /// <summary>Starts a resync when the replica is out of sync and none runs (the pair's control thread, with the link up).</summary>
+    /// <summary>While leaving, tells the partner "out of sync" (one at a time, off the caller's thread); its acknowledgement ends the leaving.</summary>
+    private void TellPartnerOutOfSync()
+    {
+        if (!_link.IsUp || Interlocked.CompareExchange(ref _leaveNoticeRunning, 1, 0) != 0) return;
+        if (!_link.Workers.Run(() =>
+            {
+                try
+                {
+                    if (_state == Leaving && Notice(ReplicaWord.OutOfSync, out uint sequence) && _link.SendReplicaState(_ns.Nsid, ReplicaWord.OutOfSync, Epoch, sequence))
+                        PartnerNoLongerTrusts("the partner acknowledged");
+                }
+                finally
+                {
+                    Volatile.Write(ref _leaveNoticeRunning, 0);
+                }
+            }))
+            Volatile.Write(ref _leaveNoticeRunning, 0);
+    }
+
+    /// <summary>A sequence number for a notice of <paramref name="word"/> (false when the state no longer warrants it).</summary>
+    private bool Notice(ReplicaWord word, out uint sequence)
+    {
+        lock (_lock)
+        {
+            sequence = ++_sequence;
+            return word != ReplicaWord.OutOfSync || _state == Leaving;
+        }
+    }
+
+    /// <summary>
+    /// The control thread's check (every heartbeat interval, link up or down): a leaving replica whose partner's lease has
+    /// expired (the last heartbeat that renewed it was sent a lease and a margin ago) is out of sync; one whose partner
+    /// can be told is told.
+    /// </summary>
+    internal void CheckLeaving(long nowTicks)
+    {
+        if (_state != Leaving) return;
+        long lease = _link.MirrorLeaseTicks;
+        if (nowTicks - _link.LeaseSentTicks > lease + MirrorLease.MarginTicks(lease)) PartnerNoLongerTrusts("the partner's lease expired");
+        else TellPartnerOutOfSync();
+    }
+
+    /// <summary>The partner no longer takes the replica for whole: out of sync; the held writes complete (on their reactors).</summary>
+    private void PartnerNoLongerTrusts(string how)
+    {
+        List<(int Reactor, IMirrorCompletion Done, NvmeStatus Status)> release;
+        lock (_lock)
+        {
+            if (_state != Leaving) return;
+            _state = OutOfSync;
+            _partnerMayTrust = false;
+            release = [.. _held];
+            _held.Clear();
+        }
+        _log.LogInformation("{Nqn}: NSID {Nsid}: the partner no longer takes its replica for whole ({How}); {Held} held write(s) complete",
+            _link.Subsystem.Nqn, _ns.Nsid, how, release.Count);
+        IReadOnlyList<Reactor> reactors = _link.Reactors;
+        foreach ((int r, IMirrorCompletion done, NvmeStatus status) in release)
+        {
+            IMirrorCompletion d = done;
+            NvmeStatus st = status;
+            reactors[r].Post(() => d.OnMirrored(st));
+        }
+    }
+
+    /// <summary>
+    /// Starts a resync when the replica is out of sync and none runs (the pair's control thread, with the link up): a new
+    /// epoch, announced to the partner (and acknowledged) before the first chunk; from the announcement on every write that
+    /// completes is mirrored with it.
+    /// </summary>
     internal void ResyncIfNeeded()
     {
         if (_state != OutOfSync || Interlocked.CompareExchange(ref _resyncRunning, 1, 0) != 0) return;
-        // From here every write that completes is mirrored; each chunk is read under a range lock, after the writes that
-        // were running on it finished, so a chunk and the writes around it reach the replica in the order they happened.
-        _state = Resyncing;
+        uint epoch, sequence;
+        lock (_lock)
+        {
+            if (_state != OutOfSync)
+            {
+                Volatile.Write(ref _resyncRunning, 0);
+                return;
+            }
+            epoch = ++_epoch;
+            sequence = ++_sequence;
+            // From here every write that completes is mirrored; each chunk is read under a range lock, after the writes
+            // that were running on it finished, so a chunk and the writes around it reach the replica in the order they
+            // happened.
+            _state = Resyncing;
+        }
         Volatile.Write(ref _resyncedBytes, 0);
+        if (!_link.SendReplicaState(_ns.Nsid, ReplicaWord.Resyncing, epoch, sequence))
+        {
+            Lost("the partner did not acknowledge the resync");
+            Volatile.Write(ref _resyncRunning, 0);
+            return;
+        }
         _reactor.Post(new Resync(this, _link.PartnerIncarnation).Start);
     }
 
@@ -140,12 +298,28 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// <summary>The resync ended; false when the replica fell out of sync meanwhile (its regions are then given back).</summary>
     private bool ResyncEnded(bool completed, long elapsedTicks, long partner)
     {
-        bool inSync = completed && Interlocked.CompareExchange(ref _state, InSync, Resyncing) == Resyncing;
+        uint sequence = 0;
+        bool inSync = false;
+        if (completed)
+        {
+            lock (_lock)
+            {
+                if (_state == Resyncing)
+                {
+                    // From the moment the notice may reach the partner, it may take the replica for whole.
+                    _state = InSync;
+                    _partnerMayTrust = true;
+                    sequence = ++_sequence;
+                    inSync = true;
+                }
+            }
+        }
         if (inSync)
         {
             _syncedIncarnation = partner;
             ResyncsDone++;
-            _link.SendReplicaState(_ns.Nsid, inSync: true);
+            uint epoch = Epoch;
+            _link.Workers.Run(() => _link.SendReplicaState(_ns.Nsid, ReplicaWord.InSync, epoch, sequence));
             _log.LogInformation("{Nqn}: NSID {Nsid}: the partner's replica is in sync ({Bytes} MiB copied in {Seconds:0.00} s)",
                 _link.Subsystem.Nqn, _ns.Nsid, ResyncedBytes >> 20, (double)elapsedTicks / Stopwatch.Frequency);
         }

@@ -64,6 +64,13 @@ public sealed class PairNode : IDisposable
         Clock = new PairClock(cfg.ClockOffset);
         Membership = new Membership(cfg, Incarnation, _log);
         Membership.PartnerRestarted += (_, _) => Clock.ResetPartner();
+        // A restarted owner's replicas here are not whole until it says so again (what it said before is void).
+        Membership.PartnerRestarted += (_, incarnation) =>
+        {
+            foreach (InterconnectLink l in _links)
+                foreach (Namespace ns in l.Subsystem.Namespaces)
+                    if (ns is { IsRemote: true, Replica: not null }) ns.ReplicaKnowledge.Reset(incarnation);
+        };
         Gate = new HostGate(this, target.LoggerFactory.CreateLogger("gate"));
         Service = new InterconnectService(this, _log);
         Workers = new PairWorkers($"pair {cfg.LocalNode} work", _log);

@@ -34,6 +34,9 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     private volatile bool _closed; // read by the pair's control thread (IsClosed)
     // Writes' copies for the partner's replicas (NamespaceMirror), sharing the queue's slots with relayed commands.
     private readonly MirrorOp?[] _inflightMirror;
+    // When each slot's copy was sent (Stopwatch ticks; 0: none): the pair's control thread reads it to give up on a copy
+    // the partner never answers (InterconnectLink.Tick).
+    private readonly long[] _mirrorSentAt;
     private readonly Queue<MirrorOp> _mirrorBacklog = new();
 
     /// <summary>One write's copy for a replica, pooled per queue slot once made.</summary>
@@ -70,6 +73,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         _inflight = new NvmfRequest?[queue.Depth];
         _inflightReg = new ProxyRegistration?[queue.Depth];
         _inflightMirror = new MirrorOp?[queue.Depth];
+        _mirrorSentAt = new long[queue.Depth];
         _mirrorReserve = link.MirrorEnabled ? Math.Max(1, queue.Depth / 8) : 0;
         for (int i = 0; i < queue.Depth; i++) _freeMirrorOps.Push(new MirrorOp());
         _free = new int[queue.Depth];
@@ -135,7 +139,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     {
         if (_closed)
         {
-            owner.Completed(_link.UnavailableStatus, done, sqe);
+            owner.Completed(_reactor.Id, _link.UnavailableStatus, done, sqe);
             return;
         }
         // As many copies wait as the queue has slots, each slot's object reused (more wait in new objects: rare).
@@ -161,6 +165,19 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             return;
         }
         _inflightMirror[token] = op;
+        Volatile.Write(ref _mirrorSentAt[token], Stopwatch.GetTimestamp());
+    }
+
+    /// <summary>How long the oldest copy still unanswered has waited (0: none). Any thread: the control thread's watch.</summary>
+    public long OldestCopyAgeTicks(long nowTicks)
+    {
+        long oldest = 0;
+        for (int i = 0; i < _mirrorSentAt.Length; i++)
+        {
+            long sent = Volatile.Read(ref _mirrorSentAt[i]);
+            if (sent != 0 && nowTicks - sent > oldest) oldest = nowTicks - sent;
+        }
+        return oldest;
     }
 
     private void FinishMirror(MirrorOp op, NvmeStatus status)
@@ -172,7 +189,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         op.Owner = null;
         op.Data = null;
         _freeMirrorOps.Push(op);
-        owner.Completed(status, done, sqe);
+        owner.Completed(_reactor.Id, status, done, sqe);
     }
 
     private void Enqueue(NvmfRequest req)
@@ -276,6 +293,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         if (_inflightMirror[token] is MirrorOp op)
         {
             _inflightMirror[token] = null;
+            Volatile.Write(ref _mirrorSentAt[token], 0);
             _free[_freeCount++] = (int)token;
             FinishMirror(op, cqe.StatusField);
             return;

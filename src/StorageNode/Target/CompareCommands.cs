@@ -295,6 +295,10 @@ internal static unsafe class FusedCommands
                 // of its blocks: the replica cannot be trusted with them either (as MirrorCommands.Hold does for a Write).
                 if (result != 0 && missed.Active) missed.Lost($"a fused Compare and Write's Write failed on this node ({BdevResult.ToStatus(result)})");
                 missed.Missed(MirrorCommands.CopyOf(second?.Sqe ?? req.Sqe, IoOpcode.Write));
+                // A Write done here alone while the partner may still take the replica for whole completes once it no
+                // longer does (docs/ha.md, "The keeper's knowledge").
+                _matched = compareMatched;
+                if (result == 0 && missed.HoldWhileLeaving(req.Qpair.Reactor.Id, this, NvmeStatus.Success)) return;
             }
             End(result, compareMatched);
         }

@@ -30,6 +30,9 @@ internal static unsafe class IoCommands
         if (ns == null) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
 
         if (req.ForReplica && (!ns.IsRemote || ns.ReplicaChannels.Length == 0)) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
+        // A copy from an epoch that is over (an older association's, or from before the last resync began) would undo
+        // what came after it: refused (the owner takes its replica for out of sync).
+        if (req.ForReplica && !ns.ReplicaKnowledge.AcceptsCopy(MirrorCommands.Epoch(sqe))) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
         AnaState ana = req.ForReplica ? AnaState.Optimized : ctrl.AnaState(ns.AnaGroupId);
         if (ana != AnaState.Optimized && ana != AnaState.NonOptimized)
         {

@@ -27,6 +27,13 @@ public unsafe interface INamespaceMirror
     void Missed(in SubmissionQueueEntry sqe);
 
     /// <summary>
+    /// While the replica is leaving (out of sync, and the partner may still take it for whole): holds a write that
+    /// completes without it until the partner no longer does; <paramref name="done"/> is then told on reactor
+    /// <paramref name="reactorId"/> with <paramref name="status"/>. False when not leaving: the caller completes it now.
+    /// </summary>
+    bool HoldWhileLeaving(int reactorId, IMirrorCompletion done, NvmeStatus status);
+
+    /// <summary>
     /// Sends the replica's copy of a write that completed here, on reactor <paramref name="reactorId"/>; <paramref name="done"/>
     /// is called on that reactor once the replica has it, or could not get it (the replica is then out of sync).
     /// </summary>
@@ -47,6 +54,14 @@ internal static unsafe class MirrorCommands
         or (Bit | IoOpcode.DatasetManagement) or (Bit | IoOpcode.Copy);
 
     public static byte Original(byte op) => (byte)(op & ~Bit);
+
+    /// <summary>
+    /// A copy's mirror epoch (CDW2: copies are not relayed commands, which carry their handle there): the keeper refuses
+    /// a copy older than its replica's epoch (<see cref="ReplicaKnowledge.AcceptsCopy"/>).
+    /// </summary>
+    public static uint Epoch(in SubmissionQueueEntry sqe) => sqe.Cdw2;
+
+    public static void SetEpoch(ref SubmissionQueueEntry sqe, uint epoch) => sqe.Cdw2 = epoch;
 
     /// <summary>Whether the command changes blocks (what a replica must get): Dataset Management only with deallocate.</summary>
     public static bool Writes(in SubmissionQueueEntry sqe) => sqe.Opcode is IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.Copy
@@ -86,9 +101,12 @@ internal static unsafe class MirrorCommands
         if (!mirror.Active || req.RanUnmirrored)
         {
             // Out of sync (now, or when it ran): the write completes here alone, and its blocks are remembered for the
-            // resync, which waits for it before it takes them.
+            // resync, which waits for it before it takes them; while the partner may still take the replica for whole,
+            // not before it no longer does (docs/ha.md, "The keeper's knowledge").
             mirror.Missed(req.Sqe);
-            return false;
+            if (!mirror.HoldWhileLeaving(req.Qpair.Reactor.Id, req, NvmeStatus.Success)) return false;
+            req.MirrorPhase = MirrorPhase.Sending; // completes again through OnMirrored
+            return true;
         }
         // Writes(): a Write, Write Zeroes, deallocate or Copy (a fused Compare and Write mirrors its Write under its range
         // lock, in CompareOperation: it never got here, not having run through IoCommands' Run).

@@ -54,20 +54,11 @@ public sealed class Namespace
     public Bdev? Replica { get; init; }
 
     /// <summary>
-    /// On the partner: whether the owner last said this replica is in sync (it then had every write the owner
-    /// completed), and when it said so. False until the owner says otherwise (after this node started, the replica is
-    /// empty until a resync).
+    /// On the partner: what the owner said of this node's replica, and whether it is whole (every write the owner
+    /// completed is on it). Not whole until the owner says otherwise (after this node started, the replica is empty
+    /// until a resync).
     /// </summary>
-    public bool ReplicaInSync => _replicaInSync;
-    public DateTime ReplicaStateUtc { get; private set; }
-    private volatile bool _replicaInSync;
-
-    /// <summary>The owner said whether the replica is in sync (the interconnect's replica state notice).</summary>
-    public void SetReplicaState(bool inSync)
-    {
-        ReplicaStateUtc = DateTime.UtcNow;
-        _replicaInSync = inSync;
-    }
+    public ReplicaKnowledge ReplicaKnowledge { get; } = new();
 
     /// <summary>The replica's channels, one per reactor (empty without a replica).</summary>
     internal BdevChannel[] ReplicaChannels { get; private set; } = [];
