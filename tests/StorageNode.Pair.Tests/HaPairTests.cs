@@ -259,7 +259,7 @@ public class HaPairTests(ITestOutputHelper output)
         });
         var t = new Thread(() => res = runner.Run());
         t.Start();
-        Thread.Sleep(500);
+        TestPair.WaitUntil(() => Interlocked.Read(ref runner.CompletedIos) > 100 || !t.IsAlive, "relayed I/O to flow");
         pair.InterconnectAtoB.Blocked = true;
         pair.InterconnectAtoB.Cut();
         Assert.True(t.Join(TimeSpan.FromSeconds(30)), "relayed commands hung after the interconnect died");
@@ -342,7 +342,7 @@ public class HaPairTests(ITestOutputHelper output)
         using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
         IoQueue q = viaB.IoQueues[0];
         Assert.True(q.Write(1, 0, 1, new byte[512]).IsSuccess);
-        Thread.Sleep(4000); // TestPair's relay timeout is 3 s
+        Thread.Sleep(4000); // the scenario: idle longer than TestPair's relay timeout (3 s)
         NvmeStatus st = q.Write(1, 0, 1, new byte[512]);
         Assert.True(st.IsSuccess, $"{st}\n{pair.Problems()}");
     }
