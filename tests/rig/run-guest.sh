@@ -30,7 +30,9 @@
 # Environment:
 #  RIG_CACHE    image and run folders (default /var/tmp/storagenode-rig)
 #  RIG_TIMEOUT  seconds the whole guest may take, boot included (default 600)
-#  RIG_MEM, RIG_CPUS   guest memory in MiB (2048) and vCPUs (2)
+#  RIG_MEM, RIG_CPUS   guest memory in MiB (2048) and vCPUs (default: one fewer than the host's cores, at least 1)
+#  RIG_BOOT_TIMEOUT  seconds a guest (not on a private link) may take to start its script before it is booted once
+#               more (default 120; only the boot is retried, never the script)
 #  RIG_ENV      lines NAME=VALUE, exported to SCRIPT inside the guest
 #  RIG_GUEST_DIR  the guest scripts' folder to ship (see above)
 #  RIG_RUN_DIR  the run folder (default $RIG_CACHE/runs/NAME-PID, PID of this script)
@@ -88,17 +90,39 @@ pwd > "$run/cwd"
 # -accel tcg: no usable KVM here. restrict=on: the guest reaches nothing but its forwarded ports.
 # setpriv --pdeathsig: timeout dies with this script and QEMU with timeout, even when this script is killed
 # (SIGKILL runs no trap), so no guest outlives its caller.
-setpriv --pdeathsig KILL timeout -k 10 "${RIG_TIMEOUT:-600}" setpriv --pdeathsig KILL qemu-system-x86_64 -accel tcg -machine q35 -cpu max \
-  -m "${RIG_MEM:-2048}" -smp "${RIG_CPUS:-2}" -display none -monitor unix:"$run/monitor.sock",server=on,wait=off -no-reboot \
-  -pidfile "$run/qemu.pid" -serial file:"$run/serial.log" \
-  -kernel "$RIG_CACHE/vmlinuz" -initrd "$RIG_CACHE/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 sysrq_always_enabled rig.node=$name ${link:+rig.eth1=$link}" \
-  -fsdev local,id=root,path=/,readonly=on,security_model=none,multidevs=remap \
-  -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
-  -fsdev local,id=io,path="$run",security_model=none \
-  -device virtio-9p-pci,fsdev=io,mount_tag=rigio \
-  -netdev "$net" -device virtio-net-pci,netdev=n0 "${extra[@]}" \
-  < /dev/null & q=$!
+boot() {  # boot SECONDS: starts QEMU (in the background, $q) bounded by SECONDS
+  setpriv --pdeathsig KILL timeout -k 10 "$1" setpriv --pdeathsig KILL qemu-system-x86_64 -accel tcg -machine q35 -cpu max \
+    -m "${RIG_MEM:-2048}" -smp "$cpus" -display none -monitor unix:"$run/monitor.sock",server=on,wait=off -no-reboot \
+    -pidfile "$run/qemu.pid" -serial file:"$run/serial.log" \
+    -kernel "$RIG_CACHE/vmlinuz" -initrd "$RIG_CACHE/initrd.gz" \
+    -append "console=ttyS0 quiet panic=-1 sysrq_always_enabled rig.node=$name ${link:+rig.eth1=$link}" \
+    -fsdev local,id=root,path=/,readonly=on,security_model=none,multidevs=remap \
+    -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
+    -fsdev local,id=io,path="$run",security_model=none \
+    -device virtio-9p-pci,fsdev=io,mount_tag=rigio \
+    -netdev "$net" -device virtio-net-pci,netdev=n0 "${extra[@]}" \
+    < /dev/null & q=$!
+}
+# vCPUs: RIG_CPUS, else one fewer than the host's cores (at least 1), so a TCG guest's vCPU threads leave the host a
+# core for QEMU's own I/O thread and whatever the test runs beside it (a starved guest can stall its virtual NIC).
+cpus=${RIG_CPUS:-$(( $(nproc) > 2 ? $(nproc) - 1 : 1 ))}
+limit=${RIG_TIMEOUT:-600} started=$SECONDS
+boot "$limit"
+# A guest whose kernel has not started the script within RIG_BOOT_TIMEOUT (default 120 s) is booted once more (a
+# boot that hangs under an emulated CPU); only the boot is retried, never the script. Not for a guest on a private
+# link: its partner is joined to this QEMU's socket.
+if [ -z "$link" ]; then
+  while kill -0 "$q" 2>/dev/null && ! grep -q '^RIG-START' "$run/serial.log" 2>/dev/null; do
+    if [ $((SECONDS - started)) -ge "${RIG_BOOT_TIMEOUT:-120}" ]; then
+      echo "$name| run-guest: the guest did not start its script within ${RIG_BOOT_TIMEOUT:-120} s; booting it once more" >&2
+      kill "$q" 2>/dev/null; wait "$q" 2>/dev/null
+      mv "$run/serial.log" "$run/serial-first-boot.log" 2>/dev/null
+      boot $((limit - (SECONDS - started)))
+      break
+    fi
+    sleep 1
+  done
+fi
 
 # No QEMU outlives this script: on any exit, stop timeout (it passes the signal on to QEMU), give
 # QEMU 5 s, then kill it by its PID file.
