@@ -354,7 +354,7 @@ public sealed unsafe class MirrorDefectTests
         Assert.Equal(pair.B.Pair!.Incarnation, keptByA.ReplicaKnowledge.OwnerIncarnation);
     }
 
-    /// <summary>Defect 2, the keeper's rules alone: stale words are ignored, a new incarnation resets, only the association that said "in sync" renews it, a resync is never whole, a lease expires.</summary>
+    /// <summary>Defect 2, the keeper's rules alone: stale words are ignored, a replaced incarnation's are refused, a new one resets, only the "in sync" word's own association and sequence number renew it, a resync is never whole, a lease expires and stays expired, copies only of the current epoch and association.</summary>
     [Fact]
     public void TheKeepersKnowledgeFollowsTheOwnersWordsInOrder()
     {
@@ -362,22 +362,28 @@ public sealed unsafe class MirrorDefectTests
         object a1 = new(), a2 = new();
         long now = System.Diagnostics.Stopwatch.GetTimestamp(), second = System.Diagnostics.Stopwatch.Frequency;
         Assert.False(k.IsWhole(now));
-        Assert.True(k.Apply(a1, 7, ReplicaWord.Resyncing, 1, 1));
-        k.Renew(a1, now + second);
+        Assert.True(k.Apply(a1, 7, ReplicaWord.Resyncing, 1, 1, knownIncarnation: 7));
+        Assert.True(k.AcceptsCopy(a1, 1) && !k.AcceptsCopy(a2, 1) && !k.AcceptsCopy(a1, 0) && !k.AcceptsCopy(a1, 2));
+        k.Renew(a1, 1, now + second, now);
         Assert.False(k.IsWhole(now)); // resyncing: never whole
-        Assert.True(k.Apply(a1, 7, ReplicaWord.InSync, 1, 3));
+        Assert.True(k.Apply(a1, 7, ReplicaWord.InSync, 1, 3, knownIncarnation: 7));
         Assert.False(k.IsWhole(now)); // not renewed yet
-        k.Renew(a2, now + second);
+        k.Renew(a2, 3, now + second, now);
         Assert.False(k.IsWhole(now)); // another association's heartbeat does not renew it
-        k.Renew(a1, now + second);
+        k.Renew(a1, 2, now + second, now);
+        Assert.False(k.IsWhole(now)); // nor one that names another word
+        k.Renew(a1, 3, now + second, now);
         Assert.True(k.IsWhole(now));
         Assert.False(k.IsWhole(now + 2 * second)); // the lease expired
-        Assert.False(k.Apply(a1, 7, ReplicaWord.OutOfSync, 1, 2)); // older than the last word: ignored
-        Assert.True(k.IsWhole(now));
-        Assert.True(k.Apply(a1, 7, ReplicaWord.OutOfSync, 1, 4));
+        k.Renew(a1, 3, now + 3 * second, now + 2 * second);
+        Assert.False(k.IsWhole(now + 2 * second)); // and stays expired: only a new word starts another
+        Assert.False(k.Apply(a1, 7, ReplicaWord.OutOfSync, 1, 2, knownIncarnation: 7)); // older than the last word: ignored
+        Assert.Equal(ReplicaWord.InSync, k.Word);
+        Assert.True(k.Apply(a1, 7, ReplicaWord.OutOfSync, 1, 4, knownIncarnation: 7));
         Assert.False(k.IsWhole(now));
-        Assert.True(k.AcceptsCopy(1) && k.AcceptsCopy(2) && !k.AcceptsCopy(0));
-        Assert.True(k.Apply(a2, 9, ReplicaWord.Resyncing, 1, 1)); // a restarted owner: a new incarnation starts over
+        Assert.False(k.AcceptsCopy(a1, 1)); // out of sync: no copy runs
+        Assert.False(k.Apply(a2, 5, ReplicaWord.InSync, 1, 9, knownIncarnation: 9)); // a replaced incarnation's word, late
+        Assert.True(k.Apply(a2, 9, ReplicaWord.Resyncing, 1, 1, knownIncarnation: 9)); // a restarted owner starts over
         Assert.Equal(9, k.OwnerIncarnation);
         Assert.Equal(ReplicaWord.Resyncing, k.Word);
         k.Reset(11);

@@ -21,7 +21,10 @@ public sealed class InterconnectLink
     private readonly ILogger _log;
     private volatile NvmeHost? _host;
     private volatile ProxyQueue?[] _queues = [];
-    private volatile string? _installFailure;
+    private volatile InstallFailure? _installFailure;
+
+    /// <summary>A reactor could not take its proxy queue of one connect's set (a set no longer current is no reason to go down).</summary>
+    private sealed record InstallFailure(ProxyQueue?[] Set, string Why);
     private long _nextConnect;
     private string? _lastConnectError;
     private volatile bool _stallSends;
@@ -89,9 +92,14 @@ public sealed class InterconnectLink
     /// <summary>How long a write's copy may wait for the partner's answer before the link is taken down: the longer of the heartbeat and relay timeouts.</summary>
     internal long CopyTimeoutTicks => (long)(Math.Max(_pair.Config.HeartbeatTimeout.TotalSeconds, _pair.Config.RelayTimeout.TotalSeconds) * Stopwatch.Frequency);
 
-    /// <summary>When (this node's Stopwatch ticks) the last heartbeat that renewed the partner's trust was sent (0: never).</summary>
-    internal long LeaseSentTicks => Interlocked.Read(ref _leaseSent);
-    private long _leaseSent;
+    // The heartbeat's list of leases it renews (control thread only): room for 512 namespaces.
+    private readonly byte[] _leases = new byte[4096];
+
+    /// <summary>The pair's threads for words to the partner (replica states, reservation notices, drains): not behind relay opens.</summary>
+    internal PairWorkers Notices => _pair.Notices;
+
+    /// <summary>This node's association into the partner now (null while down): a word meant for one association is sent on no other.</summary>
+    internal object? Association => _host;
     internal long Incarnation => _pair.Incarnation;
 
     public ProxyQueue? QueueFor(int reactorId)
@@ -171,12 +179,11 @@ public sealed class InterconnectLink
 
     internal void Tick(long now)
     {
-        foreach (NamespaceMirror m in _mirrors) m.CheckLeaving(now);
         if (IsUp)
         {
             NvmeHost? host = _host;
             if (host == null || host.AdminBroken) { Down($"interconnect admin queue failed{(host?.TimeoutReason is { } t ? $" ({t})" : "")}"); return; }
-            if (_installFailure is { } failed) { Down(failed); return; }
+            if (_installFailure is { } failed && ReferenceEquals(failed.Set, _queues)) { Down(failed.Why); return; }
             long copyLimit = CopyTimeoutTicks;
             foreach (ProxyQueue? q in _queues)
             {
@@ -197,11 +204,13 @@ public sealed class InterconnectLink
             catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
             {
                 Down($"interconnect heartbeat failed: {e.Message}");
+                MirrorsTick(now);
                 return;
             }
-            foreach (NamespaceMirror m in _mirrors) m.ResyncIfNeeded();
+            MirrorsTick(now);
             return;
         }
+        MirrorsTick(now);
         if (now < _nextConnect) return;
         // A silent partner (dead on both channels) is tried less often.
         int factor = _pair.Status == PartnerStatus.PartnerDown ? 10 : 1;
@@ -209,26 +218,41 @@ public sealed class InterconnectLink
         TryConnect();
     }
 
+    /// <summary>The mirrors' own work, every heartbeat interval, link up or down (<see cref="NamespaceMirror.Tick"/>).</summary>
+    internal void MirrorsTick(long now)
+    {
+        foreach (NamespaceMirror m in _mirrors) m.Tick(now);
+    }
+
     private void Heartbeat(NvmeHost host)
     {
         SubmissionQueueEntry sqe = default;
         sqe.Opcode = InterconnectOpcode.Heartbeat;
-        // While the partner may take a replica of this node's for whole, the heartbeat renews that: until its send time
-        // plus the lease, on the partner's clock (earlier by the estimate's uncertainty). Noted before it is sent: from
-        // then on the partner may hold it.
-        bool trusted = false;
-        foreach (NamespaceMirror m in _mirrors) trusted |= m.PartnerMayTrust;
-        if (trusted)
+        // The replicas of this node's the partner may take for whole: the heartbeat renews each one's "in sync" word (by
+        // its sequence number) until the send time plus the lease, on the partner's clock (earlier by the estimate's
+        // uncertainty). Each mirror notes the send time before it is sent: from then on the partner may hold it.
+        int renewed = 0;
+        long sent = Stopwatch.GetTimestamp();
+        if (_mirrors.Count > 0 && _pair.Clock.TryToPartner(sent + MirrorLeaseTicks, out OwnerDeadline until))
         {
-            long sent = Stopwatch.GetTimestamp();
-            if (_pair.Clock.TryToPartner(sent + MirrorLeaseTicks, out OwnerDeadline until))
+            foreach (NamespaceMirror m in _mirrors)
             {
-                Interlocked.Exchange(ref _leaseSent, sent);
+                if (renewed * MirrorLease.EntryBytes >= _leases.Length) break;
+                uint sequence = m.RenewLease(sent, MirrorLeaseTicks);
+                if (sequence == 0) continue;
+                MirrorLease.WriteEntry(_leases.AsSpan(renewed * MirrorLease.EntryBytes), m.Nsid, sequence);
+                renewed++;
+            }
+            if (renewed > 0)
+            {
+                sqe.Opcode = InterconnectOpcode.HeartbeatRenewing;
                 MirrorLease.Set(ref sqe, until);
             }
         }
         long t0 = _pair.Clock.WireNow;
-        CompletionQueueEntry cqe = host.AdminCommand(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout);
+        CompletionQueueEntry cqe = renewed > 0
+            ? host.AdminCommand(sqe, _leases.AsSpan(0, renewed * MirrorLease.EntryBytes), DataDirection.HostToController, _pair.Config.HeartbeatTimeout)
+            : host.AdminCommand(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout);
         long t1 = _pair.Clock.WireNow;
         NvmeHost.Check("interconnect heartbeat", cqe);
         _pair.Clock.Sample(t0, cqe.Dw0 | ((long)cqe.Dw1 << 32), t1);
@@ -279,6 +303,8 @@ public sealed class InterconnectLink
         ClusterConfig cfg = _pair.Config;
         IReadOnlyList<Reactor> reactors = _pair.Target.Reactors;
         NvmeHost? host = null;
+        IReadOnlyList<IoQueue>? detached = null;
+        bool handedOver = false;
         try
         {
             host = NvmeHost.Connect(cfg.PartnerInterconnect, Subsystem.Nqn, new NvmeHostOptions
@@ -322,8 +348,9 @@ public sealed class InterconnectLink
 
             _host = host;
             Heartbeat(host);
-            IReadOnlyList<IoQueue> ioQueues = host.DetachIoQueues();
+            IReadOnlyList<IoQueue> ioQueues = detached = host.DetachIoQueues();
             string zeroCopy = InstallQueues(ioQueues, rdma);
+            handedOver = true; // the reactors take (or close) them from here
             Relays.RegisterAll(host.Cntlid);
             IsUp = true;
             // The partner answers Get Features Reservation Persistence for the namespaces this node owns from what it was told.
@@ -350,6 +377,9 @@ public sealed class InterconnectLink
             ProxyQueue?[] queues = _queues;
             _queues = [];
             CloseQueues(reactors, queues, "connect failed");
+            // Detached from the host and never handed to the reactors (registering the pools failed): nobody else closes them.
+            if (detached != null && !handedOver)
+                foreach (IoQueue q in detached) q.Transport.Dispose();
             host?.Dispose();
             throw;
         }
@@ -421,7 +451,7 @@ public sealed class InterconnectLink
         catch (Exception e)
         {
             transport.Dispose();
-            _installFailure = $"reactor {r.Name} could not take its proxy queue: {e.Message}";
+            _installFailure = new InstallFailure(set, $"reactor {r.Name} could not take its proxy queue: {e.Message}");
         }
     }
 
@@ -539,29 +569,33 @@ public sealed class InterconnectLink
     }
 
     /// <summary>
-    /// Tells the partner what its replica of a namespace this node owns is now (<see cref="NamespaceMirror"/>), and waits
-    /// for its acknowledgement (the heartbeat timeout at most; a thread that may block). True when acknowledged.
+    /// Tells the partner what its replica of a namespace this node owns is now (<see cref="NamespaceMirror"/>), on
+    /// <paramref name="association"/> when given (false if the link has another one by now), and waits for its answer (the
+    /// heartbeat timeout at most; a thread that may block): true when applied, false when the partner found it older than
+    /// what it holds, null when it did not answer.
     /// </summary>
-    internal bool SendReplicaState(uint nsid, ReplicaWord word, uint epoch, uint sequence)
+    internal bool? SendReplicaState(uint nsid, ReplicaWord word, uint epoch, uint sequence, object? association)
     {
-        if (!IsUp) return false;
+        NvmeHost? host = _host;
+        if (!IsUp || host == null || (association != null && !ReferenceEquals(association, host))) return null;
         SubmissionQueueEntry sqe = default;
         ReplicaStateFields.Set(ref sqe, nsid, word, epoch, sequence, _pair.Incarnation);
         try
         {
-            NvmeHost.Check("replica state", Admin(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout));
-            return true;
+            CompletionQueueEntry cqe = host.AdminCommand(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout);
+            NvmeHost.Check("replica state", cqe);
+            return (cqe.Dw0 & ReplicaStateFields.Applied) != 0;
         }
         catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
         {
             _log.LogWarning("{Nqn}: NSID {Nsid}: telling the partner its replica is {Word} (epoch {Epoch}) failed: {Error}", Subsystem.Nqn, nsid, word, epoch, e.Message);
-            return false;
+            return null;
         }
     }
 
     private void StartNotices()
     {
-        if (Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0 && !_pair.Workers.Run(SendNotices)) Volatile.Write(ref _sendingNotices, 0);
+        if (Interlocked.CompareExchange(ref _sendingNotices, 1, 0) == 0 && !_pair.Notices.Run(SendNotices)) Volatile.Write(ref _sendingNotices, 0);
     }
 
     private void SendNotices()
@@ -584,7 +618,7 @@ public sealed class InterconnectLink
     /// As the owner: asks the partner to close a host's relay and say what it relayed. Null when the partner cannot be
     /// asked or did not answer within the relay timeout (the admin queue then closes: its answer cannot arrive late).
     /// </summary>
-    internal Task<DrainAnswer?> QueryDrainAsync(HostKey key, long drainId) => _pair.Workers.Run(() =>
+    internal Task<DrainAnswer?> QueryDrainAsync(HostKey key, long drainId) => _pair.Notices.Run(() =>
     {
         var data = new byte[DrainAnswer.Size];
         SubmissionQueueEntry sqe = default;

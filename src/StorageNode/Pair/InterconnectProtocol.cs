@@ -19,11 +19,13 @@ public static class InterconnectOpcode
     public const byte RegisterHost = 0xC1;
     /// <summary>The node's cluster descriptor (JSON). Data (controller to host). DW0: its length.</summary>
     public const byte GetDescriptor = 0xC2;
-    /// <summary>
-    /// Heartbeat. DW0/DW1: the responder's <see cref="PairClock"/> wire clock (10 µs units). With CDW11 bit 0 set, CDW10
-    /// renews the sender's in-sync replicas on the responder until then (<see cref="MirrorLease"/>).
-    /// </summary>
+    /// <summary>Heartbeat. DW0/DW1: the responder's <see cref="PairClock"/> wire clock (10 µs units).</summary>
     public const byte Heartbeat = 0xC4;
+    /// <summary>
+    /// Heartbeat that also renews leases (<see cref="MirrorLease"/>): CDW10 "until", on the responder's clock; the data
+    /// lists (NSID, sequence number) of the sender's "in sync" words it renews. Answered as <see cref="Heartbeat"/>.
+    /// </summary>
+    public const byte HeartbeatRenewing = 0xC5;
     /// <summary>
     /// Relay drain, from the owner to the proxy: close the host's relay and say what was relayed. CDW10-13: the
     /// <see cref="HostKey"/>; CDW14/15: the drain id. Data (controller to host): a <see cref="DrainAnswer"/>.
@@ -51,7 +53,7 @@ public static class InterconnectOpcode
     /// </summary>
     public const byte ReplicaState = 0xD4;
 
-    public static bool IsVendor(byte opcode) => opcode is RegisterHost or GetDescriptor or Heartbeat or RelayDrain or RelayOpen or UnregisterHost
+    public static bool IsVendor(byte opcode) => opcode is RegisterHost or GetDescriptor or Heartbeat or HeartbeatRenewing or RelayDrain or RelayOpen or UnregisterHost
         or ReservationNotice or ReplicaState;
 }
 
@@ -132,6 +134,9 @@ public static class ReplicaStateFields
 
     public static (uint Nsid, uint Word, uint Epoch, uint Sequence, long Incarnation) Read(in SubmissionQueueEntry sqe)
         => (sqe.Cdw10, sqe.Cdw11, sqe.Cdw12, sqe.Cdw13, sqe.Cdw14 | ((long)sqe.Cdw15 << 32));
+
+    /// <summary>DW0 bit of the answer: the word was applied (clear: older than what the keeper holds, ignored).</summary>
+    public const uint Applied = 1;
 }
 
 /// <summary>
@@ -143,6 +148,17 @@ public static class ReplicaStateFields
 public static class MirrorLease
 {
     public const uint Renews = 1;
+    /// <summary>One entry of a renewing heartbeat's data: the NSID, then the sequence number of the "in sync" word it renews.</summary>
+    public const int EntryBytes = 8;
+
+    public static void WriteEntry(Span<byte> to, uint nsid, uint sequence)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(to, nsid);
+        BinaryPrimitives.WriteUInt32LittleEndian(to[4..], sequence);
+    }
+
+    public static (uint Nsid, uint Sequence) ReadEntry(ReadOnlySpan<byte> from)
+        => (BinaryPrimitives.ReadUInt32LittleEndian(from), BinaryPrimitives.ReadUInt32LittleEndian(from[4..]));
 
     public static void Set(ref SubmissionQueueEntry sqe, OwnerDeadline until)
     {

@@ -122,14 +122,21 @@ public sealed class InterconnectService : IInterconnectHandler
                 return;
             }
             case InterconnectOpcode.Heartbeat:
+            case InterconnectOpcode.HeartbeatRenewing:
             {
                 association.TouchKeepAlive();
-                if (MirrorLease.TryRead(req.Sqe, out OwnerDeadline until))
+                if (req.Sqe.Opcode == InterconnectOpcode.HeartbeatRenewing && MirrorLease.TryRead(req.Sqe, out OwnerDeadline until))
                 {
-                    // This node as a keeper: the owner renews its trust in the replicas it said are in sync on this association.
-                    long untilTicks = _pair.Clock.OwnDeadlineTicks(until, System.Diagnostics.Stopwatch.GetTimestamp());
-                    foreach (Namespace kept in association.Subsystem.Namespaces)
-                        if (kept is { IsRemote: true, Replica: not null }) kept.ReplicaKnowledge.Renew(association, untilTicks);
+                    // This node as a keeper: the owner renews the "in sync" words it lists, said on this association.
+                    long nowTicks = System.Diagnostics.Stopwatch.GetTimestamp();
+                    long untilTicks = _pair.Clock.OwnDeadlineTicks(until, nowTicks);
+                    ReadOnlySpan<byte> entries = req.DataSpan;
+                    for (int at = 0; at + MirrorLease.EntryBytes <= entries.Length; at += MirrorLease.EntryBytes)
+                    {
+                        (uint nsid, uint sequence) = MirrorLease.ReadEntry(entries[at..]);
+                        if (association.Subsystem.GetNamespace(nsid) is { IsRemote: true, Replica: not null } kept)
+                            kept.ReplicaKnowledge.Renew(association, sequence, untilTicks, nowTicks);
+                    }
                 }
                 long now = _pair.Clock.WireNow;
                 req.Cqe.Dw0 = (uint)now;
@@ -184,10 +191,14 @@ public sealed class InterconnectService : IInterconnectHandler
                 }
                 ReplicaKnowledge k = ns.ReplicaKnowledge;
                 ReplicaWord before = k.Word;
-                if (k.Apply(association, incarnation, (ReplicaWord)word, epoch, sequence) && (before != k.Word || word == (uint)ReplicaWord.Resyncing))
+                bool applied = k.Apply(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation);
+                if (applied && (before != k.Word || word == (uint)ReplicaWord.Resyncing))
                     _log.LogInformation("{Nqn}: NSID {Nsid}: the owner says this node's replica is {Word} (epoch {Epoch})", association.Subsystem.Nqn, ns.Nsid,
                         (ReplicaWord)word switch { ReplicaWord.InSync => "in sync", ReplicaWord.Resyncing => "resyncing", _ => "out of sync" }, epoch);
-                req.Complete(); // applied, or stale (an older word, which a newer one has replaced)
+                // Answered either way: applied, or older than what is held (a newer word replaced it; its sender must not
+                // take this answer for the keeper knowing).
+                req.Cqe.Dw0 = applied ? ReplicaStateFields.Applied : 0;
+                req.Complete();
                 return;
             }
             default:

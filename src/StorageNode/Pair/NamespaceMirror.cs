@@ -36,10 +36,17 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     private bool _partnerMayTrust;
     private uint _epoch;
     private uint _sequence;
+    // The sequence number of the latest "in sync" word (the trust the heartbeats renew), and whether it was acknowledged.
+    private uint _trustSequence;
+    private bool _trustAcknowledged;
+    // When (Stopwatch ticks) a heartbeat last renewed this replica's lease: a lease lasts from its send time.
+    private long _leaseSent;
+    // The heartbeats found a gap longer than the lease: the partner's lease may have run out; "in sync" is said anew.
+    private bool _renewAnew;
     // Completions held while leaving: released (on their reactors) once the partner no longer trusts the replica.
     private readonly List<(int Reactor, IMirrorCompletion Done, NvmeStatus Status)> _held = [];
     private int _resyncRunning;
-    private int _leaveNoticeRunning;
+    private int _wordRunning;
     // Regions written here that the replica may lack (out of sync). A resync takes them; it gives back what it did not
     // finish.
     private readonly DirtyBitmap _dirty;
@@ -83,10 +90,21 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     public long ResyncedBytes => Volatile.Read(ref _resyncedBytes);
     private long _resyncedBytes;
 
-    /// <summary>Whether the partner may take the replica for whole now (the owner's heartbeats then renew its lease).</summary>
-    internal bool PartnerMayTrust
+    /// <summary>
+    /// For the next heartbeat (control thread): when this replica is in sync, the sequence number of the "in sync" word
+    /// whose lease the heartbeat renews (noting it sent at <paramref name="sentTicks"/>); 0 otherwise (leaving: no more
+    /// renewals, so the lease runs out). A gap longer than the lease since the last renewal means the partner may have let
+    /// it run out: "in sync" is said anew (<see cref="Tick"/>).
+    /// </summary>
+    internal uint RenewLease(long sentTicks, long leaseTicks)
     {
-        get { lock (_lock) return _partnerMayTrust; }
+        lock (_lock)
+        {
+            if (_state != InSync || !_partnerMayTrust) return 0;
+            if (_leaseSent != 0 && sentTicks - _leaseSent > leaseTicks) _renewAnew = true;
+            _leaseSent = sentTicks;
+            return _trustSequence;
+        }
     }
 
     public void Send(int reactorId, in SubmissionQueueEntry sqe, byte* data, uint length, IMirrorCompletion done)
@@ -107,7 +125,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     {
         if (!status.IsSuccess)
         {
-            Lost($"a write's copy failed ({status})");
+            if (Active) Lost($"a write's copy failed ({status})");
             Missed(sqe);
             // The write is on this node and not on the replica: it completes once the partner no longer trusts it.
             if (HoldWhileLeaving(reactorId, done, status)) return;
@@ -151,8 +169,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
 
     /// <summary>
     /// The replica misses (or may miss) a write: out of sync until a resync (the next once the link is up). A replica the
-    /// partner may take for whole is leaving first: the partner is told, and writes wait until it has acknowledged or the
-    /// lease has expired. Any thread.
+    /// partner may take for whole is leaving first: no more lease renewals, the partner is told, and writes wait until it
+    /// has acknowledged or the last lease sent has expired. Any thread.
     /// </summary>
     public void Lost(string why)
     {
@@ -177,46 +195,64 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         }
     }
 
-    /// <summary>While leaving, tells the partner "out of sync" (one at a time, off the caller's thread); its acknowledgement ends the leaving.</summary>
-    private void TellPartnerOutOfSync()
+    /// <summary>Runs one word to the partner at a time, on the pair's notice threads; false when one is already on its way.</summary>
+    private bool SendWord(Action send)
     {
-        if (!_link.IsUp || Interlocked.CompareExchange(ref _leaveNoticeRunning, 1, 0) != 0) return;
-        if (!_link.Workers.Run(() =>
+        if (!_link.IsUp || Interlocked.CompareExchange(ref _wordRunning, 1, 0) != 0) return false;
+        if (_link.Notices.Run(() =>
             {
-                try
-                {
-                    if (_state == Leaving && Notice(ReplicaWord.OutOfSync, out uint sequence) && _link.SendReplicaState(_ns.Nsid, ReplicaWord.OutOfSync, Epoch, sequence))
-                        PartnerNoLongerTrusts("the partner acknowledged");
-                }
-                finally
-                {
-                    Volatile.Write(ref _leaveNoticeRunning, 0);
-                }
+                try { send(); }
+                finally { Volatile.Write(ref _wordRunning, 0); }
             }))
-            Volatile.Write(ref _leaveNoticeRunning, 0);
+            return true;
+        Volatile.Write(ref _wordRunning, 0);
+        return false;
     }
 
-    /// <summary>A sequence number for a notice of <paramref name="word"/> (false when the state no longer warrants it).</summary>
-    private bool Notice(ReplicaWord word, out uint sequence)
+    /// <summary>While leaving, tells the partner "out of sync"; its acknowledgement (applied, newer than the trust it ends) ends the leaving.</summary>
+    private void TellPartnerOutOfSync() => SendWord(() =>
     {
+        uint sequence;
         lock (_lock)
         {
+            if (_state != Leaving) return;
             sequence = ++_sequence;
-            return word != ReplicaWord.OutOfSync || _state == Leaving;
         }
-    }
+        if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.OutOfSync, Epoch, sequence, association: null) != true) return;
+        lock (_lock)
+        {
+            // An answer to a word older than the trust now given ends nothing (it was sent in an earlier episode).
+            if (sequence <= _trustSequence) return;
+        }
+        PartnerNoLongerTrusts("the partner acknowledged");
+    });
 
     /// <summary>
-    /// The control thread's check (every heartbeat interval, link up or down): a leaving replica whose partner's lease has
-    /// expired (the last heartbeat that renewed it was sent a lease and a margin ago) is out of sync; one whose partner
-    /// can be told is told.
+    /// The control thread's work (every heartbeat interval, link up or down): a leaving replica whose last lease has
+    /// expired (sent a lease and a margin ago) is out of sync, one whose partner can be told is told; an in-sync word not
+    /// acknowledged, or whose lease may have run out on the partner, is said anew; an out-of-sync replica is resynced.
     /// </summary>
-    internal void CheckLeaving(long nowTicks)
+    internal void Tick(long nowTicks)
     {
-        if (_state != Leaving) return;
-        long lease = _link.MirrorLeaseTicks;
-        if (nowTicks - _link.LeaseSentTicks > lease + MirrorLease.MarginTicks(lease)) PartnerNoLongerTrusts("the partner's lease expired");
-        else TellPartnerOutOfSync();
+        int state = _state;
+        if (state == Leaving)
+        {
+            long lease = _link.MirrorLeaseTicks;
+            long sent;
+            lock (_lock) sent = _leaseSent;
+            if (nowTicks - sent > lease + MirrorLease.MarginTicks(lease)) PartnerNoLongerTrusts("the partner's lease expired");
+            else TellPartnerOutOfSync();
+            return;
+        }
+        if (!_link.IsUp) return;
+        if (state == InSync)
+        {
+            bool again;
+            lock (_lock) again = _partnerMayTrust && (!_trustAcknowledged || _renewAnew);
+            if (again) SayInSync();
+            return;
+        }
+        if (state == OutOfSync) StartResync();
     }
 
     /// <summary>The partner no longer takes the replica for whole: out of sync; the held writes complete (on their reactors).</summary>
@@ -243,37 +279,59 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     }
 
     /// <summary>
-    /// Starts a resync when the replica is out of sync and none runs (the pair's control thread, with the link up): a new
-    /// epoch, announced to the partner (and acknowledged) before the first chunk; from the announcement on every write that
-    /// completes is mirrored with it.
+    /// Starts a resync when the replica is out of sync and none runs (the link up): a new epoch, announced to the partner
+    /// on the link's association and acknowledged before anything else; only then is every write that completes mirrored
+    /// with it, and the resync's first chunk read.
     /// </summary>
-    internal void ResyncIfNeeded()
+    private void StartResync()
     {
-        if (_state != OutOfSync || Interlocked.CompareExchange(ref _resyncRunning, 1, 0) != 0) return;
-        uint epoch, sequence;
+        if (Volatile.Read(ref _resyncRunning) != 0) return;
+        object? association = _link.Association;
+        if (association == null) return;
+        SendWord(() =>
+        {
+            uint epoch, sequence;
+            lock (_lock)
+            {
+                if (_state != OutOfSync || _resyncRunning != 0) return;
+                epoch = _epoch + 1;
+                sequence = ++_sequence;
+            }
+            if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.Resyncing, epoch, sequence, association) != true) return;
+            lock (_lock)
+            {
+                // From here every write that completes is mirrored, with the new epoch; each chunk is read under a range
+                // lock, after the writes that were running on it finished, so a chunk and the writes around it reach the
+                // replica in the order they happened.
+                if (_state != OutOfSync || _resyncRunning != 0) return;
+                _epoch = epoch;
+                _resyncRunning = 1;
+                _state = Resyncing;
+            }
+            Volatile.Write(ref _resyncedBytes, 0);
+            _reactor.Post(new Resync(this, _link.PartnerIncarnation).Start);
+        });
+    }
+
+    /// <summary>Says "in sync" (anew), with a new sequence number: the trust the heartbeats renew from now on.</summary>
+    private void SayInSync() => SendWord(() =>
+    {
+        uint sequence, epoch;
         lock (_lock)
         {
-            if (_state != OutOfSync)
-            {
-                Volatile.Write(ref _resyncRunning, 0);
-                return;
-            }
-            epoch = ++_epoch;
+            if (_state != InSync || !_partnerMayTrust) return;
             sequence = ++_sequence;
-            // From here every write that completes is mirrored; each chunk is read under a range lock, after the writes
-            // that were running on it finished, so a chunk and the writes around it reach the replica in the order they
-            // happened.
-            _state = Resyncing;
+            epoch = _epoch;
+            _trustSequence = sequence;
+            _trustAcknowledged = false;
+            _renewAnew = false;
         }
-        Volatile.Write(ref _resyncedBytes, 0);
-        if (!_link.SendReplicaState(_ns.Nsid, ReplicaWord.Resyncing, epoch, sequence))
+        if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.InSync, epoch, sequence, association: null) != true) return;
+        lock (_lock)
         {
-            Lost("the partner did not acknowledge the resync");
-            Volatile.Write(ref _resyncRunning, 0);
-            return;
+            if (_trustSequence == sequence) _trustAcknowledged = true;
         }
-        _reactor.Post(new Resync(this, _link.PartnerIncarnation).Start);
-    }
+    });
 
     /// <summary>
     /// The resync's work, taken once every write that started while the replica was out of sync has finished (a
@@ -298,7 +356,6 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// <summary>The resync ended; false when the replica fell out of sync meanwhile (its regions are then given back).</summary>
     private bool ResyncEnded(bool completed, long elapsedTicks, long partner)
     {
-        uint sequence = 0;
         bool inSync = false;
         if (completed)
         {
@@ -306,10 +363,12 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             {
                 if (_state == Resyncing)
                 {
-                    // From the moment the notice may reach the partner, it may take the replica for whole.
+                    // From the moment the word may reach the partner, it may take the replica for whole. (The word itself
+                    // is said by Tick, on a notice thread: not acknowledged yet.)
                     _state = InSync;
                     _partnerMayTrust = true;
-                    sequence = ++_sequence;
+                    _trustAcknowledged = false;
+                    _leaseSent = 0;
                     inSync = true;
                 }
             }
@@ -318,8 +377,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         {
             _syncedIncarnation = partner;
             ResyncsDone++;
-            uint epoch = Epoch;
-            _link.Workers.Run(() => _link.SendReplicaState(_ns.Nsid, ReplicaWord.InSync, epoch, sequence));
+            SayInSync();
             _log.LogInformation("{Nqn}: NSID {Nsid}: the partner's replica is in sync ({Bytes} MiB copied in {Seconds:0.00} s)",
                 _link.Subsystem.Nqn, _ns.Nsid, ResyncedBytes >> 20, (double)elapsedTicks / Stopwatch.Frequency);
         }

@@ -33,8 +33,10 @@ public sealed class PairNode : IDisposable
     public Membership Membership { get; }
     public HostGate Gate { get; }
     public InterconnectService Service { get; }
-    /// <summary>Threads of the pair's own for control work that waits on the partner (never the shared thread pool).</summary>
+    /// <summary>Threads of the pair's own for control work that waits on the partner (never the shared thread pool): relay opens.</summary>
     public PairWorkers Workers { get; }
+    /// <summary>The same for words to the partner (replica states, reservation notices) and drain queries: never behind relay opens.</summary>
+    public PairWorkers Notices { get; }
     /// <summary>This run of the node (random at each start): the partner sees a new one after a restart.</summary>
     public long Incarnation { get; } = Random.Shared.NextInt64(1, long.MaxValue);
     public IReadOnlyList<InterconnectLink> Links => _links;
@@ -73,7 +75,8 @@ public sealed class PairNode : IDisposable
         };
         Gate = new HostGate(this, target.LoggerFactory.CreateLogger("gate"));
         Service = new InterconnectService(this, _log);
-        Workers = new PairWorkers($"pair {cfg.LocalNode} work", _log);
+        Workers = new PairWorkers($"pair {cfg.LocalNode} opens", _log);
+        Notices = new PairWorkers($"pair {cfg.LocalNode} words", _log);
         _owners = groupOwners.ToDictionary(kv => kv.Key.Nqn, kv => kv.Value.ToDictionary(x => x.Key, x => x.Value));
         foreach (Subsystem s in groupOwners.Keys) _links.Add(new InterconnectLink(this, s, target.LoggerFactory.CreateLogger("interconnect")));
         target.IoGate = Gate;
@@ -166,7 +169,13 @@ public sealed class PairNode : IDisposable
                 try { a(); }
                 catch (Exception e) { _log.LogError(e, "pair work item failed"); }
             }
-            if (_stop || Status == PartnerStatus.Refused) continue;
+            if (_stop) continue;
+            if (Status == PartnerStatus.Refused)
+            {
+                // No pairing, but a replica that was leaving still lets its held writes go once its lease has expired.
+                foreach (InterconnectLink l in _links) l.MirrorsTick(Stopwatch.GetTimestamp());
+                continue;
+            }
             long now = Stopwatch.GetTimestamp();
             if (now < nextBeat) continue;
             nextBeat = now + (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
@@ -188,6 +197,7 @@ public sealed class PairNode : IDisposable
         if (_thread.IsAlive) _thread.Join(TimeSpan.FromSeconds(5));
         foreach (InterconnectLink l in _links) l.Down("node stopping");
         Workers.Dispose();
+        Notices.Dispose();
         Membership.Dispose();
         _wake.Dispose();
     }

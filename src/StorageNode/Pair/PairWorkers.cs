@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 
 namespace StorageNode.Pair;
@@ -8,8 +7,8 @@ namespace StorageNode.Pair;
 /// an owner's drain; drain queries; reservation and replica notices). Never the shared thread pool: there a few such
 /// calls would hold every worker, and everything else queued there (timers, the drains' waits, the management RPC)
 /// would wait for the pool to add threads, at about one a second (a relay open measured at well over a second on a
-/// busy machine). A thread is started when work arrives and none is idle, up to <see cref="MaxThreads"/> (then work
-/// waits its turn); an idle thread ends after <see cref="IdleExit"/>.
+/// busy machine). Each item gets a thread of its own while it runs: an idle thread takes it, else a new one starts, up
+/// to <see cref="MaxThreads"/> (then items wait their turn, in order); an idle thread ends after <see cref="IdleExit"/>.
 /// </summary>
 public sealed class PairWorkers : IDisposable
 {
@@ -18,11 +17,12 @@ public sealed class PairWorkers : IDisposable
 
     private readonly string _name;
     private readonly ILogger _log;
-    private readonly BlockingCollection<Action> _work = new(new ConcurrentQueue<Action>());
+    // Everything below under _lock: the queue, the threads, the idle ones (waiting in Monitor.Wait) and the wake-ups
+    // already given to them (a pulsed thread has not yet taken its item: it must not be counted twice).
     private readonly object _lock = new();
-    private int _threads;
-    private int _idle;
-    private int _started;
+    private readonly Queue<Action> _queue = new();
+    private int _threads, _idle, _wakes, _started;
+    private bool _stopping;
 
     public PairWorkers(string name, ILogger log)
     {
@@ -31,28 +31,32 @@ public sealed class PairWorkers : IDisposable
     }
 
     /// <summary>Threads running now (for tests and status).</summary>
-    public int Threads => Volatile.Read(ref _threads);
+    public int Threads
+    {
+        get { lock (_lock) return _threads; }
+    }
 
     /// <summary>Runs <paramref name="work"/> on one of the pair's threads (any thread; returns at once). False: the node is stopping.</summary>
     public bool Run(Action work)
     {
-        try
-        {
-            _work.Add(work);
-        }
-        catch (InvalidOperationException)
-        {
-            return false; // completed: the node is stopping
-        }
+        bool start;
         lock (_lock)
         {
-            // Each queued item needs a thread of its own (it may block): one more while they outnumber the idle ones.
-            if (_work.Count <= _idle || _threads >= MaxThreads) return true;
-            _threads++;
-            _idle++; // counted idle until it takes work
+            if (_stopping) return false;
+            _queue.Enqueue(work);
+            start = false;
+            if (_idle - _wakes > 0)
+            {
+                _wakes++;
+                Monitor.Pulse(_lock);
+            }
+            else if (_threads < MaxThreads)
+            {
+                _threads++;
+                start = true;
+            }
         }
-        var t = new Thread(Loop) { IsBackground = true, Name = $"{_name} {Interlocked.Increment(ref _started)}" };
-        t.Start();
+        if (start) new Thread(Loop) { IsBackground = true, Name = $"{_name} {Interlocked.Increment(ref _started)}" }.Start();
         return true;
     }
 
@@ -73,33 +77,42 @@ public sealed class PairWorkers : IDisposable
     {
         while (true)
         {
-            Action? a;
-            try
-            {
-                if (!_work.TryTake(out a, IdleExit)) a = null;
-            }
-            catch (ObjectDisposedException)
-            {
-                a = null;
-            }
+            Action a;
             lock (_lock)
             {
-                if (a == null)
+                while (_queue.Count == 0)
                 {
-                    // Idle for long enough (or stopping): this thread ends, unless work arrived just now that the other
-                    // idle threads cannot all take.
-                    if (!_work.IsAddingCompleted && _work.Count >= _idle) continue;
+                    if (_stopping)
+                    {
+                        _threads--;
+                        return;
+                    }
+                    _idle++;
+                    bool woken = Monitor.Wait(_lock, IdleExit);
                     _idle--;
-                    _threads--;
-                    return;
+                    if (woken) _wakes--;
+                    // A wake-up given to a thread that had just timed out reached nobody: the wake-ups still on their way
+                    // are at most the threads still waiting.
+                    _wakes = Math.Clamp(_wakes, 0, _idle);
+                    if (!woken && _queue.Count == 0)
+                    {
+                        _threads--; // idle long enough
+                        return;
+                    }
                 }
-                _idle--;
+                a = _queue.Dequeue();
             }
             try { a(); }
             catch (Exception e) { _log.LogError(e, "pair work failed"); }
-            lock (_lock) _idle++;
         }
     }
 
-    public void Dispose() => _work.CompleteAdding();
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            _stopping = true;
+            Monitor.PulseAll(_lock);
+        }
+    }
 }

@@ -32,7 +32,7 @@ internal static unsafe class IoCommands
         if (req.ForReplica && (!ns.IsRemote || ns.ReplicaChannels.Length == 0)) return NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat);
         // A copy from an epoch that is over (an older association's, or from before the last resync began) would undo
         // what came after it: refused (the owner takes its replica for out of sync).
-        if (req.ForReplica && !ns.ReplicaKnowledge.AcceptsCopy(MirrorCommands.Epoch(sqe))) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
+        if (req.ForReplica && !ns.ReplicaKnowledge.AcceptsCopy(ctrl, MirrorCommands.Epoch(sqe))) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
         AnaState ana = req.ForReplica ? AnaState.Optimized : ctrl.AnaState(ns.AnaGroupId);
         if (ana != AnaState.Optimized && ana != AnaState.NonOptimized)
         {
@@ -253,6 +253,12 @@ internal static unsafe class IoCommands
     private static void RunOnReplica(NvmfRequest req)
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
+        // Checked again as it runs: its data may have waited (an R2T, a stalled reactor) while the owner's word changed.
+        if (!req.Namespace!.ReplicaKnowledge.AcceptsCopy(req.Qpair.Controller, MirrorCommands.Epoch(sqe)))
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+            return;
+        }
         BdevChannel ch = req.Channel!;
         int shift = req.Namespace!.Bdev.BlockShift;
         req.PendingOps = 1;

@@ -45,13 +45,16 @@ public sealed class ReplicaKnowledge
     }
 
     /// <summary>
-    /// The owner's word on association <paramref name="association"/>. Applied (true) when it comes from the incarnation
-    /// known (or a new one: what was known is reset first) with a sequence number above the last applied.
+    /// The owner's word on association <paramref name="association"/>. Applied (true) when it comes from the owner's
+    /// current incarnation (<paramref name="knownIncarnation"/>, as the heartbeat channel and the descriptor say; 0 while
+    /// none is known) with a sequence number above the last applied; a word of a new incarnation resets what was known
+    /// first. A word of an incarnation that was replaced (a dead owner's, delivered late) is never applied.
     /// </summary>
-    public bool Apply(object association, long incarnation, ReplicaWord word, uint epoch, uint sequence)
+    public bool Apply(object association, long incarnation, ReplicaWord word, uint epoch, uint sequence, long knownIncarnation)
     {
         lock (_lock)
         {
+            if (knownIncarnation != 0 && incarnation != knownIncarnation) return false;
             if (incarnation != OwnerIncarnation) ResetLocked(incarnation);
             else if (sequence <= Sequence) return false;
             Word = word;
@@ -59,7 +62,7 @@ public sealed class ReplicaKnowledge
             Sequence = sequence;
             SinceUtc = DateTime.UtcNow;
             _wordFrom = association;
-            _wholeUntil = 0; // an in-sync word holds from the next renewal on
+            _wholeUntil = 0; // an in-sync word holds from its first renewal on
             return true;
         }
     }
@@ -82,20 +85,28 @@ public sealed class ReplicaKnowledge
     }
 
     /// <summary>
-    /// The owner's heartbeat on <paramref name="association"/> renews an in-sync word said on that association, until
-    /// <paramref name="untilTicks"/> (this node's clock, converted once by the owner and earlier by its uncertainty).
+    /// The owner's heartbeat on <paramref name="association"/> renews its "in sync" word number <paramref name="sequence"/>,
+    /// said on that association, until <paramref name="untilTicks"/> (this node's clock, converted once by the owner and
+    /// earlier by its uncertainty). A lease that has expired is not renewed: only a new "in sync" word starts another.
     /// </summary>
-    public void Renew(object association, long untilTicks)
+    public void Renew(object association, uint sequence, long untilTicks, long nowTicks)
     {
         lock (_lock)
         {
-            if (Word == ReplicaWord.InSync && ReferenceEquals(_wordFrom, association) && untilTicks > _wholeUntil) _wholeUntil = untilTicks;
+            if (Word != ReplicaWord.InSync || Sequence != sequence || !ReferenceEquals(_wordFrom, association)) return;
+            if (_wholeUntil != 0 && nowTicks >= _wholeUntil) return;
+            if (untilTicks > _wholeUntil) _wholeUntil = untilTicks;
         }
     }
 
     /// <summary>
-    /// Whether a copy of epoch <paramref name="epoch"/> may run on the replica: not one older than the last word's
-    /// epoch (it belongs to an association or a resync that is over, and would undo what came after it).
+    /// Whether a copy of epoch <paramref name="epoch"/> that came on <paramref name="association"/> may run on the replica:
+    /// only one of the current epoch, on the association the owner's last word came on (a copy from an association or an
+    /// epoch that is over — delivered late, behind a stalled reactor — would undo what came after it), and not once the
+    /// owner has said the replica is out of sync.
     /// </summary>
-    public bool AcceptsCopy(uint epoch) => (int)(epoch - _epoch) >= 0;
+    public bool AcceptsCopy(object? association, uint epoch)
+    {
+        lock (_lock) return Word != ReplicaWord.OutOfSync && epoch == _epoch && association != null && ReferenceEquals(association, _wordFrom);
+    }
 }
