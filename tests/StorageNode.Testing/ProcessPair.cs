@@ -52,17 +52,20 @@ public sealed class ProcessPair : IPairRig
 
     public ProcessPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int clockOffsetSecondsB = 0, int reactors = 1)
     {
-        int icA = TestPair.FreeTcpPort(), icB = TestPair.FreeTcpPort(), hbA = TestPair.FreeUdpPort(), hbB = TestPair.FreeUdpPort();
-        InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
-        InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
+        (int icA, int icB, TcpForwarder atoB, TcpForwarder btoA) = TestPair.InterconnectPorts();
+        InterconnectAtoB = atoB;
+        InterconnectBtoA = btoA;
+        int hbA = TestPair.FreeUdpPort(), hbB = TestPair.FreeUdpPort();
         (Dictionary<string, string?> a, Dictionary<string, string?> b) = TestPair.PairSettings(icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port, hbA, hbB, reactors, 1);
         b["Cluster:ClockOffsetSeconds"] = clockOffsetSecondsB.ToString();
         foreach (var kv in overridesA ?? []) a[kv.Key] = kv.Value;
         foreach (var kv in overridesB ?? []) b[kv.Key] = kv.Value;
-        _a = new Node("A", a);
+        // The nodes' listener ports, distinct from the interconnect's four (found free, then bound by the nodes).
+        var taken = new HashSet<int> { icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port };
+        _a = new Node("A", a, taken);
         try
         {
-            _b = new Node("B", b);
+            _b = new Node("B", b, taken);
         }
         catch
         {
@@ -131,10 +134,12 @@ public sealed class ProcessPair : IPairRig
         /// <summary>The node's reactor count (Node:Reactors).</summary>
         public int Reactors { get; }
 
-        public Node(string name, Dictionary<string, string?> settings)
+        public Node(string name, Dictionary<string, string?> settings, HashSet<int> taken)
         {
             Reactors = int.Parse(settings["Node:Reactors"]!, System.Globalization.CultureInfo.InvariantCulture);
             int port = TestPair.FreeTcpPort();
+            for (int i = 0; i < 10 && taken.Contains(port); i++) port = TestPair.FreeTcpPort();
+            taken.Add(port);
             settings["Listeners:0:Port"] = port.ToString();
             _socket = Path.Combine(Path.GetTempPath(), $"sn-pair-{Environment.ProcessId}-{Guid.NewGuid():N}-{name}.sock");
             settings["Control:RpcSocket"] = _socket;

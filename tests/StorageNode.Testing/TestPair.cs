@@ -41,9 +41,8 @@ public sealed class TestPair : IPairRig
         {
             // The free ports are found, then bound later by the nodes: another process (a rig guest's forwarders) may take
             // one in between. Then the pair is made again on new ports (a bounded number of times).
-            int icA = FreeTcpPort(), icB = FreeTcpPort(), hbA = FreeUdpPort(), hbB = FreeUdpPort();
-            InterconnectAtoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
-            InterconnectBtoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
+            (int icA, int icB, InterconnectAtoB, InterconnectBtoA) = InterconnectPorts();
+            int hbA = FreeUdpPort(), hbB = FreeUdpPort();
             (_cfgA, _cfgB) = PairSettings(icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port, hbA, hbB, reactors, subsystems);
             if (onlyNamespace1)
             {
@@ -202,6 +201,23 @@ public sealed class TestPair : IPairRig
         B.Dispose();
         B = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgB).Build()), _lfB);
         B.Start();
+    }
+
+    /// <summary>
+    /// Two free TCP ports for the nodes' interconnect listeners and the two forwarders to them (A to B's, B to A's), all
+    /// four distinct: a forwarder binds a port of its own choosing, which may be one just found free for a listener.
+    /// </summary>
+    internal static (int IcA, int IcB, TcpForwarder AtoB, TcpForwarder BtoA) InterconnectPorts()
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            int icA = FreeTcpPort(), icB = FreeTcpPort();
+            var atoB = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icB));
+            var btoA = new TcpForwarder(new IPEndPoint(IPAddress.Loopback, icA));
+            if (new HashSet<int> { icA, icB, atoB.Endpoint.Port, btoA.Endpoint.Port }.Count == 4 || attempt == 10) return (icA, icB, atoB, btoA);
+            atoB.Dispose();
+            btoA.Dispose();
+        }
     }
 
     public static int FreeTcpPort()
