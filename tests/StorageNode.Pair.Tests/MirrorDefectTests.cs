@@ -5,6 +5,7 @@ using StorageNode.Pair;
 using StorageNode.Target;
 using StorageNode.Testing;
 using static StorageNode.Testing.HostWrites;
+using static StorageNode.Pair.Tests.MirrorRig;
 
 namespace StorageNode.Pair.Tests;
 
@@ -14,33 +15,6 @@ namespace StorageNode.Pair.Tests;
 /// </summary>
 public sealed unsafe class MirrorDefectTests
 {
-    private static readonly Dictionary<string, string?> Mirror = new() { ["Cluster:Mirror"] = "true" };
-
-    private static NamespaceMirror MirrorOf(Node owner, uint nsid) => owner.Pair!.Links[0].Mirrors.Single(m => m.Nsid == nsid);
-
-    private static TestPair InSyncPair(int reactors = 1)
-    {
-        var pair = new TestPair(Mirror, Mirror, reactors);
-        try
-        {
-            pair.WaitHealthy();
-            TestPair.WaitUntil(() => MirrorOf(pair.A, 1).IsInSync && MirrorOf(pair.B, 2).IsInSync, "both replicas in sync", TimeSpan.FromSeconds(30));
-            return pair;
-        }
-        catch
-        {
-            pair.Dispose();
-            throw;
-        }
-    }
-
-    private static ReadOnlySpan<byte> Contents(Node node, Bdev bdev, ulong offset, int length)
-        => new(bdev.CreateChannel(node.Reactors[0]).ZeroCopyRead(offset, (uint)length), length);
-
-    private static Bdev Replica(Node node, uint nsid) => node.Bdevs.Single(b => b.Name == $"replica:{nsid}");
-
-    private static byte[] Fill(byte b, int n) => [.. Enumerable.Repeat(b, n)];
-
     /// <summary>
     /// Defect 1: a write whose copy is on its way to the replica when its host's connection closes keeps its slot and
     /// its data buffer until the replica answers. Were they released, the next write on the reactor would get the same

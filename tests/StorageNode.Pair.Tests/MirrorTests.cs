@@ -5,6 +5,7 @@ using StorageNode.Nvme.Spec;
 using StorageNode.Pair;
 using StorageNode.Target;
 using StorageNode.Testing;
+using static StorageNode.Pair.Tests.MirrorRig;
 
 namespace StorageNode.Pair.Tests;
 
@@ -14,33 +15,6 @@ namespace StorageNode.Pair.Tests;
 /// </summary>
 public sealed unsafe class MirrorTests
 {
-    private static readonly Dictionary<string, string?> Mirror = new() { ["Cluster:Mirror"] = "true" };
-
-    private static NamespaceMirror MirrorOf(Node owner, uint nsid) => owner.Pair!.Links[0].Mirrors.Single(m => m.Nsid == nsid);
-
-    /// <summary>A pair with Cluster:Mirror on both nodes, healthy, both replicas in sync.</summary>
-    private static TestPair InSyncPair(int reactors = 1)
-    {
-        var pair = new TestPair(Mirror, Mirror, reactors);
-        try
-        {
-            pair.WaitHealthy();
-            TestPair.WaitUntil(() => MirrorOf(pair.A, 1).IsInSync && MirrorOf(pair.B, 2).IsInSync, "both replicas in sync", TimeSpan.FromSeconds(30));
-            return pair;
-        }
-        catch
-        {
-            pair.Dispose();
-            throw;
-        }
-    }
-
-    /// <summary>The bytes of a RAM bdev (its memory, read in place: the bdev completes every operation inline).</summary>
-    private static ReadOnlySpan<byte> Contents(Node node, Bdev bdev, ulong offset, int length)
-        => new(bdev.CreateChannel(node.Reactors[0]).ZeroCopyRead(offset, (uint)length), length);
-
-    private static Bdev Replica(Node node, uint nsid) => node.Bdevs.Single(b => b.Name == $"replica:{nsid}");
-
     private static void AssertSame(TestPair pair, uint nsid, ulong offset, int length)
     {
         (Node owner, Node partner) = nsid == 1 ? (pair.A, pair.B) : (pair.B, pair.A);
