@@ -310,6 +310,44 @@ public sealed unsafe class MirrorDefectTests
         Assert.True(Contents(pair.B, replica, 700 * 512, 4096).SequenceEqual(Fill(0x66, 4096)));
     }
 
+    /// <summary>
+    /// Found by CI (the keeper no longer called its replica whole at the end of MirrorTests' writes): heartbeats that
+    /// reach the keeper late — each well inside the heartbeat timeout, so the link stays up and the owner's send gaps
+    /// stay under the lease — let the keeper's lease run out between two renewals. The keeper never renewed an expired
+    /// lease and the owner, seeing no gap, never said "in sync" anew: the replica stayed untrusted for good. A renewal's
+    /// deadline was fixed when it was sent, so renewing after a lapse is safe; the replica is whole again at once.
+    /// </summary>
+    [Fact]
+    public void ALeaseThatLapsedOnASlowLinkIsRenewedAgain()
+    {
+        using TestPair pair = InSyncPair();
+        Namespace kept = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!;
+        static long Now() => System.Diagnostics.Stopwatch.GetTimestamp();
+        TestPair.WaitUntil(() => kept.ReplicaKnowledge.IsWhole(Now()), "B to hold its replica whole");
+        uint sequence = kept.ReplicaKnowledge.Sequence;
+        // Each heartbeat reaches B 1.1 s after A sent it (A waits for the answer, then sends the next 0.1 s later): the
+        // next renewal comes 2.3 s after the last one was sent, past its 2 s lease.
+        pair.InterconnectAtoB.UpstreamDelayMs = 1100;
+        bool lapsed = false;
+        try
+        {
+            var slow = System.Diagnostics.Stopwatch.StartNew();
+            while (slow.Elapsed < TimeSpan.FromSeconds(5))
+            {
+                if (!kept.ReplicaKnowledge.IsWhole(Now())) lapsed = true;
+                Thread.Sleep(20);
+            }
+        }
+        finally
+        {
+            pair.InterconnectAtoB.UpstreamDelayMs = 0;
+        }
+        Assert.True(lapsed, "the slow link let B's lease lapse");
+        Assert.True(pair.A.Pair!.Links[0].IsUp && MirrorOf(pair.A, 1).IsInSync, $"the link stayed up and the replica in sync\n{pair.Log('A')}\n{pair.Log('B')}");
+        TestPair.WaitUntil(() => kept.ReplicaKnowledge.IsWhole(Now()), "B to hold its replica whole again once heartbeats come on time", TimeSpan.FromSeconds(10));
+        Assert.Equal(sequence, kept.ReplicaKnowledge.Sequence); // by renewals of the same word
+    }
+
     /// <summary>Defect 2: a restarted owner's replicas are not whole on the keeper until it has resynced them and said so again.</summary>
     [Fact]
     public void AnOwnersRestartVoidsWhatItSaidBefore()
@@ -328,7 +366,7 @@ public sealed unsafe class MirrorDefectTests
         Assert.Equal(pair.B.Pair!.Incarnation, keptByA.ReplicaKnowledge.OwnerIncarnation);
     }
 
-    /// <summary>Defect 2, the keeper's rules alone: stale words are ignored, a replaced incarnation's are refused, a new one resets, only the "in sync" word's own association and sequence number renew it, a resync is never whole, a lease expires and stays expired, copies only of the current epoch and association.</summary>
+    /// <summary>Defect 2, the keeper's rules alone: stale words are ignored, a replaced incarnation's are refused, a new one resets, only the "in sync" word's own association and sequence number renew it, a resync is never whole, a lease expires and only a renewal with a later deadline renews it, copies only of the current epoch and association.</summary>
     [Fact]
     public void TheKeepersKnowledgeFollowsTheOwnersWordsInOrder()
     {
@@ -338,19 +376,21 @@ public sealed unsafe class MirrorDefectTests
         Assert.False(k.IsWhole(now));
         Assert.True(k.Apply(a1, 7, ReplicaWord.Resyncing, 1, 1, knownIncarnation: 7));
         Assert.True(k.AcceptsCopy(a1, 1) && !k.AcceptsCopy(a2, 1) && !k.AcceptsCopy(a1, 0) && !k.AcceptsCopy(a1, 2));
-        k.Renew(a1, 1, now + second, now);
+        k.Renew(a1, 1, now + second);
         Assert.False(k.IsWhole(now)); // resyncing: never whole
         Assert.True(k.Apply(a1, 7, ReplicaWord.InSync, 1, 3, knownIncarnation: 7));
         Assert.False(k.IsWhole(now)); // not renewed yet
-        k.Renew(a2, 3, now + second, now);
+        k.Renew(a2, 3, now + second);
         Assert.False(k.IsWhole(now)); // another association's heartbeat does not renew it
-        k.Renew(a1, 2, now + second, now);
+        k.Renew(a1, 2, now + second);
         Assert.False(k.IsWhole(now)); // nor one that names another word
-        k.Renew(a1, 3, now + second, now);
+        k.Renew(a1, 3, now + second);
         Assert.True(k.IsWhole(now));
         Assert.False(k.IsWhole(now + 2 * second)); // the lease expired
-        k.Renew(a1, 3, now + 3 * second, now + 2 * second);
-        Assert.False(k.IsWhole(now + 2 * second)); // and stays expired: only a new word starts another
+        k.Renew(a1, 3, now + second / 2);
+        Assert.False(k.IsWhole(now + 2 * second)); // a late renewal sent earlier does not bring it back
+        k.Renew(a1, 3, now + 3 * second);
+        Assert.True(k.IsWhole(now + 2 * second)); // a later one renews it (its deadline was fixed when it was sent)
         Assert.False(k.Apply(a1, 7, ReplicaWord.OutOfSync, 1, 2, knownIncarnation: 7)); // older than the last word: ignored
         Assert.Equal(ReplicaWord.InSync, k.Word);
         Assert.True(k.Apply(a1, 7, ReplicaWord.OutOfSync, 1, 4, knownIncarnation: 7));

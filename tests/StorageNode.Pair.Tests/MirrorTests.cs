@@ -61,10 +61,13 @@ public sealed unsafe class MirrorTests
         }
 
         // The whole namespaces agree, the replicas count what the owners sent them, and each keeper was told its replica
-        // is in sync.
-        long now = System.Diagnostics.Stopwatch.GetTimestamp();
-        Assert.True(pair.B.Target.Subsystems.Single(x => x.Nqn == TestPair.Nqn).GetNamespace(1)!.ReplicaKnowledge.IsWhole(now));
-        Assert.True(pair.A.Target.Subsystems.Single(x => x.Nqn == TestPair.Nqn).GetNamespace(2)!.ReplicaKnowledge.IsWhole(now));
+        // is in sync and holds it whole (at the next heartbeat, if a late one let the lease lapse meanwhile).
+        ReplicaKnowledge keptByB = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.ReplicaKnowledge;
+        ReplicaKnowledge keptByA = pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(2)!.ReplicaKnowledge;
+        Assert.Equal(ReplicaWord.InSync, keptByB.Word);
+        Assert.Equal(ReplicaWord.InSync, keptByA.Word);
+        TestPair.WaitUntil(() => keptByB.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()) && keptByA.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()),
+            "both keepers to hold their replicas whole", TimeSpan.FromSeconds(5));
         AssertSame(pair, 1, 0, 32 << 20);
         AssertSame(pair, 2, 0, 32 << 20);
         Assert.True(Replica(pair.B, 1).Stats[IoStat.WriteOps] >= 40);

@@ -288,6 +288,12 @@ public sealed class TcpForwarder : IDisposable
     public volatile bool PauseDownstream;
 
     /// <summary>
+    /// Milliseconds bytes from clients towards the target are held before they are passed on (a slow link that stays
+    /// up: bytes arriving while a chunk is held go with it; 0: none; at most 10 s).
+    /// </summary>
+    public volatile int UpstreamDelayMs;
+
+    /// <summary>
     /// A partition that leaves every connection open (no FIN, no reset): bytes in both directions are held until
     /// <see cref="Heal"/> (then delivered in order, as TCP delivers after a partition) or <see cref="Cut"/>.
     /// A partition ends by itself after 30 s.
@@ -357,6 +363,19 @@ public sealed class TcpForwarder : IDisposable
                 pending = n;
                 Interlocked.Add(ref _held, n);
                 for (int i = 0; (upstreamDirection ? PauseUpstream : PauseDownstream) && i < 6000 && !_stopped; i++) Thread.Sleep(5);
+                if (upstreamDirection && UpstreamDelayMs > 0)
+                {
+                    // Latency, not a slower pipe: what arrived meanwhile (the rest of a PDU) goes with this chunk.
+                    Thread.Sleep(Math.Min(UpstreamDelayMs, 10_000));
+                    while (n < buf.Length && from.Available > 0)
+                    {
+                        int more = from.Receive(buf, n, Math.Min(from.Available, buf.Length - n), SocketFlags.None);
+                        if (more == 0) break;
+                        n += more;
+                        pending += more;
+                        Interlocked.Add(ref _held, more);
+                    }
+                }
                 for (int sent = 0; sent < n;)
                 {
                     int k = to.Send(buf, sent, n - sent, SocketFlags.None);

@@ -238,7 +238,7 @@ public sealed class InterconnectLink
             foreach (NamespaceMirror m in _mirrors)
             {
                 if (renewed * MirrorLease.EntryBytes >= _leases.Length) break;
-                uint sequence = m.RenewLease(sent, MirrorLeaseTicks);
+                uint sequence = m.RenewLease(sent);
                 if (sequence == 0) continue;
                 MirrorLease.WriteEntry(_leases.AsSpan(renewed * MirrorLease.EntryBytes), m.Nsid, sequence);
                 renewed++;

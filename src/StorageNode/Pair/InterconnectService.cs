@@ -135,7 +135,7 @@ public sealed class InterconnectService : IInterconnectHandler
                     {
                         (uint nsid, uint sequence) = MirrorLease.ReadEntry(entries[at..]);
                         if (association.Subsystem.GetNamespace(nsid) is { IsRemote: true, Replica: not null } kept)
-                            kept.ReplicaKnowledge.Renew(association, sequence, untilTicks, nowTicks);
+                            kept.ReplicaKnowledge.Renew(association, sequence, untilTicks);
                     }
                 }
                 long now = _pair.Clock.WireNow;

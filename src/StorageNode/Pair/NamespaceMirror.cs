@@ -41,8 +41,6 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     private bool _trustAcknowledged;
     // When (Stopwatch ticks) a heartbeat last renewed this replica's lease: a lease lasts from its send time.
     private long _leaseSent;
-    // The heartbeats found a gap longer than the lease: the partner's lease may have run out; "in sync" is said anew.
-    private bool _renewAnew;
     // Completions held while leaving: released (on their reactors) once the partner no longer trusts the replica.
     private readonly List<(int Reactor, IMirrorCompletion Done, NvmeStatus Status)> _held = [];
     private int _resyncRunning;
@@ -93,15 +91,14 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// <summary>
     /// For the next heartbeat (control thread): when this replica is in sync, the sequence number of the "in sync" word
     /// whose lease the heartbeat renews (noting it sent at <paramref name="sentTicks"/>); 0 otherwise (leaving: no more
-    /// renewals, so the lease runs out). A gap longer than the lease since the last renewal means the partner may have let
-    /// it run out: "in sync" is said anew (<see cref="Tick"/>).
+    /// renewals, so the lease runs out). A lease that lapsed between two renewals (a stall, a slow link) is renewed by
+    /// the next one: the keeper renews a word whatever its lease did meanwhile.
     /// </summary>
-    internal uint RenewLease(long sentTicks, long leaseTicks)
+    internal uint RenewLease(long sentTicks)
     {
         lock (_lock)
         {
             if (_state != InSync || !_partnerMayTrust) return 0;
-            if (_leaseSent != 0 && sentTicks - _leaseSent > leaseTicks) _renewAnew = true;
             _leaseSent = sentTicks;
             return _trustSequence;
         }
@@ -230,7 +227,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// <summary>
     /// The control thread's work (every heartbeat interval, link up or down): a leaving replica whose last lease has
     /// expired (sent a lease and a margin ago) is out of sync, one whose partner can be told is told; an in-sync word not
-    /// acknowledged, or whose lease may have run out on the partner, is said anew; an out-of-sync replica is resynced.
+    /// acknowledged is said anew; an out-of-sync replica is resynced.
     /// </summary>
     internal void Tick(long nowTicks)
     {
@@ -248,7 +245,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         if (state == InSync)
         {
             bool again;
-            lock (_lock) again = _partnerMayTrust && (!_trustAcknowledged || _renewAnew);
+            lock (_lock) again = _partnerMayTrust && !_trustAcknowledged;
             if (again) SayInSync();
             return;
         }
@@ -324,7 +321,6 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             epoch = _epoch;
             _trustSequence = sequence;
             _trustAcknowledged = false;
-            _renewAnew = false;
         }
         if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.InSync, epoch, sequence, association: null) != true) return;
         lock (_lock)

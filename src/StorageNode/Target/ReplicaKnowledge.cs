@@ -87,14 +87,15 @@ public sealed class ReplicaKnowledge
     /// <summary>
     /// The owner's heartbeat on <paramref name="association"/> renews its "in sync" word number <paramref name="sequence"/>,
     /// said on that association, until <paramref name="untilTicks"/> (this node's clock, converted once by the owner and
-    /// earlier by its uncertainty). A lease that has expired is not renewed: only a new "in sync" word starts another.
+    /// earlier by its uncertainty). A lease that lapsed (its renewals came late) is renewed all the same: the owner names
+    /// this word only while every write it has completed is on the replica, and the deadline was fixed when it sent the
+    /// heartbeat, so a renewal never reaches past the time the owner may stop counting on this node's trust.
     /// </summary>
-    public void Renew(object association, uint sequence, long untilTicks, long nowTicks)
+    public void Renew(object association, uint sequence, long untilTicks)
     {
         lock (_lock)
         {
             if (Word != ReplicaWord.InSync || Sequence != sequence || !ReferenceEquals(_wordFrom, association)) return;
-            if (_wholeUntil != 0 && nowTicks >= _wholeUntil) return;
             if (untilTicks > _wholeUntil) _wholeUntil = untilTicks;
         }
     }
