@@ -128,7 +128,8 @@ function Invoke-Run {
         Write-Host ''
         Write-Host "StorageNode HA pair is up: subsystem $nqn on both nodes (RAM namespaces)."
         Write-Host '  NSID 1 (ANA group 1) is owned by node A, NSID 2 (ANA group 2) by node B; each node serves the'
-        Write-Host "  other's namespace non-optimized through the proxy (interconnect 127.0.0.1:4430 <-> 4431)."
+        Write-Host "  other's namespace non-optimized through the proxy (interconnect 127.0.0.1:4430 <-> 4431),"
+        Write-Host "  and keeps a RAM replica of it (Cluster:Mirror: a write completes once the replica has it too)."
         Write-Host 'Connect both paths with nvme-cli (native multipath picks the optimized one per namespace):'
         Write-Host '  nvme discover -t tcp -a 127.0.0.1 -s 4420'
         foreach ($n in $nodes) {
@@ -140,7 +141,7 @@ function Invoke-Run {
         Write-Host "  dotnet $perf -a 127.0.0.1 -s 4420 -n $nqn --nsid 2 -w randread -b 4k -q 32 -t 10"
         Write-Host 'Management (JSON-RPC, docs/management.md):'
         Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-A.sock nvmf_get_subsystems"
-        Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-B.sock cluster_get_status"
+        Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-B.sock cluster_get_status      # links, mirrors, replicas"
         Write-Host 'Ctrl-C stops both nodes.'
         while ($true) {
             foreach ($p in $procs) { if ($p.HasExited) { throw "node exited (exit code $($p.ExitCode))" } }

@@ -52,8 +52,8 @@ function Single-Run($tree, [string[]]$load) {
 
 # One measured run through the HA pair (config/node-a.json, node-b.json of the tree): NSID 2 is relayed by A to B.
 function Pair-Run($tree, [int]$nsid, [int]$qd) {
-    $a = Start-Process -FilePath 'dotnet' -ArgumentList @($tree.Node, '--config', (Join-Path $tree.Root 'config/node-a.json')) -PassThru -RedirectStandardOutput (Join-Path $Out 'ab-node-a.log') -RedirectStandardError (Join-Path $Out 'ab-node-a.err')
-    $b = Start-Process -FilePath 'dotnet' -ArgumentList @($tree.Node, '--config', (Join-Path $tree.Root 'config/node-b.json')) -PassThru -RedirectStandardOutput (Join-Path $Out 'ab-node-b.log') -RedirectStandardError (Join-Path $Out 'ab-node-b.err')
+    $a = Start-Process -FilePath 'dotnet' -ArgumentList (@($tree.Node) + (Pair-NodeArgs (Join-Path $tree.Root 'config/node-a.json'))) -PassThru -RedirectStandardOutput (Join-Path $Out 'ab-node-a.log') -RedirectStandardError (Join-Path $Out 'ab-node-a.err')
+    $b = Start-Process -FilePath 'dotnet' -ArgumentList (@($tree.Node) + (Pair-NodeArgs (Join-Path $tree.Root 'config/node-b.json'))) -PassThru -RedirectStandardOutput (Join-Path $Out 'ab-node-b.log') -RedirectStandardError (Join-Path $Out 'ab-node-b.err')
     try {
         Wait-Port 4420; Wait-Port 4421; Start-Sleep -Seconds 2
         $base = @('-a', '127.0.0.1', '-s', '4420', '-n', 'nqn.2026-11.io.storagenode:pair', '--nsid', "$nsid", '-w', 'randread', '-b', '4k', '-q', "$qd", '--poll', 'adaptive')

@@ -38,3 +38,17 @@ function Median([double[]]$v) {
     if ($s.Count % 2) { return $s[[int][Math]::Floor($s.Count / 2)] }
     return ($s[$s.Count / 2 - 1] + $s[$s.Count / 2]) / 2
 }
+
+# A default pair node's config file started without mirroring (the proxied-vs-direct runs measure the proxy alone):
+# --config FILE, then overrides that turn Cluster:Mirror off and clear the namespaces' ReplicaBdev, as far as the
+# tree's config has them (an older tree's may not).
+function Pair-NodeArgs([string]$config) {
+    $a = @('--config', $config)
+    $text = Get-Content -Raw $config
+    if ($text -match '"Mirror"') { $a += '--Cluster:Mirror=false' }
+    $ns = @((Get-Content -Raw $config | ConvertFrom-Json).Subsystems[0].Namespaces)
+    for ($i = 0; $i -lt $ns.Count; $i++) {
+        if ($ns[$i].PSObject.Properties.Name -contains 'ReplicaBdev') { $a += "--Subsystems:0:Namespaces:${i}:ReplicaBdev=" }
+    }
+    return $a
+}

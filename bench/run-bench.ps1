@@ -88,8 +88,8 @@ foreach ($sc in $scenarios) {
 
 # The HA pair: proxied (NSID 2 through node A, relayed to B) against direct (NSID 1 on A), adaptive polling.
 Write-Host "==> HA pair: proxied vs direct, $Pairs interleaved pairs"
-$pa = Start-Process -FilePath 'dotnet' -ArgumentList @($NodeDll, '--config', (Join-Path $Root 'config/node-a.json')) -PassThru -RedirectStandardOutput (Join-Path $Out 'node-a.log') -RedirectStandardError (Join-Path $Out 'node-a.err')
-$pb = Start-Process -FilePath 'dotnet' -ArgumentList @($NodeDll, '--config', (Join-Path $Root 'config/node-b.json')) -PassThru -RedirectStandardOutput (Join-Path $Out 'node-b.log') -RedirectStandardError (Join-Path $Out 'node-b.err')
+$pa = Start-Process -FilePath 'dotnet' -ArgumentList (@($NodeDll) + (Pair-NodeArgs (Join-Path $Root 'config/node-a.json'))) -PassThru -RedirectStandardOutput (Join-Path $Out 'node-a.log') -RedirectStandardError (Join-Path $Out 'node-a.err')
+$pb = Start-Process -FilePath 'dotnet' -ArgumentList (@($NodeDll) + (Pair-NodeArgs (Join-Path $Root 'config/node-b.json'))) -PassThru -RedirectStandardOutput (Join-Path $Out 'node-b.log') -RedirectStandardError (Join-Path $Out 'node-b.err')
 try {
     Wait-Port 4420; Wait-Port 4421; Start-Sleep -Seconds 2
     $pair = [ordered]@{}

@@ -115,12 +115,23 @@ public sealed class Node : IDisposable
                     {
                         bdev = new PartnerBdev($"partner:{nc.Nsid}", nc.DeclaredBlockSize ?? 512, nc.DeclaredBlockCount ?? 0, Pair!.LinkFor(s)!);
                     }
-                    // With Cluster:Mirror this node keeps a RAM replica of the partner's namespace (docs/ha.md, "Mirroring").
+                    // With Cluster:Mirror this node keeps a replica of the partner's namespace (docs/ha.md, "Mirroring"):
+                    // the bdev its ReplicaBdev names, or one in RAM.
                     Bdev? replica = null;
                     if (bdev is PartnerBdev && config.Cluster!.Mirror)
                     {
-                        replica = new MallocBdev($"replica:{nc.Nsid}", bdev.BlockSize, bdev.BlockCount);
-                        _replicas.Add(replica);
+                        if (nc.ReplicaBdev != null)
+                        {
+                            replica = _bdevs[nc.ReplicaBdev];
+                            if (replica.BlockSize != bdev.BlockSize || replica.BlockCount != bdev.BlockCount)
+                                throw new ConfigException($"Subsystems:{subsystems.IndexOf((s, sc))}:Namespaces:{i}:ReplicaBdev",
+                                    $"bdev '{nc.ReplicaBdev}' is {replica.BlockCount} blocks of {replica.BlockSize} bytes, the namespace {bdev.BlockCount} of {bdev.BlockSize}");
+                        }
+                        else
+                        {
+                            replica = new MallocBdev($"replica:{nc.Nsid}", bdev.BlockSize, bdev.BlockCount);
+                            _replicas.Add(replica);
+                        }
                     }
                     var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup) { Replica = replica };
                     // The owner keeps a namespace's reservations; the partner's are kept by the partner.
@@ -163,6 +174,18 @@ public sealed class Node : IDisposable
                 if (ns.Bdev == bdev) yield return (s, ns);
     }
 
+    /// <summary>What claims a bdev: the namespace it backs, or the partner's namespace it keeps the replica of; null: nothing.</summary>
+    public string? ClaimOf(Bdev bdev)
+    {
+        foreach (Subsystem s in Target.Subsystems)
+            foreach (Namespace ns in s.Namespaces)
+            {
+                if (ns.Bdev == bdev) return $"{s.Nqn} nsid {ns.Nsid}";
+                if (ns.Replica == bdev) return $"the replica of {s.Nqn} nsid {ns.Nsid}";
+            }
+        return null;
+    }
+
     // ------------------------------------------------------------------ run-time changes (management RPC)
 
     /// <summary>Creates a RAM bdev (SPDK's <c>bdev_malloc_create</c>); its name (a free <c>MallocN</c> when none is given).</summary>
@@ -194,8 +217,7 @@ public sealed class Node : IDisposable
         lock (_bdevs)
         {
             if (!_bdevs.TryGetValue(bdevName, out Bdev? bdev)) throw new KeyNotFoundException($"bdev '{bdevName}' not found");
-            if (NamespacesOn(bdev).FirstOrDefault() is (Subsystem other, Namespace used))
-                throw new InvalidOperationException($"bdev '{bdevName}' is already {other.Nqn} nsid {used.Nsid}");
+            if (ClaimOf(bdev) is string claim) throw new InvalidOperationException($"bdev '{bdevName}' is already {claim}");
             if (_draining.Contains(bdev)) throw new InvalidOperationException($"bdev '{bdevName}' is still finishing the commands of its last namespace");
             // Checked here as well as in Subsystem.AddNamespace: before any channel is opened for it.
             uint id = nsid ?? 0;
@@ -258,8 +280,7 @@ public sealed class Node : IDisposable
         {
             if (!_bdevs.TryGetValue(name, out Bdev? b)) throw new KeyNotFoundException($"bdev '{name}' not found");
             if (b is not MallocBdev) throw new KeyNotFoundException($"bdev '{name}' is not a RAM (malloc) bdev");
-            if (NamespacesOn(b).FirstOrDefault() is (Subsystem s, Namespace ns))
-                throw new InvalidOperationException($"bdev '{name}' is {s.Nqn} nsid {ns.Nsid}: remove the namespace first");
+            if (ClaimOf(b) is string claim) throw new InvalidOperationException($"bdev '{name}' is {claim}: remove the namespace first");
             if (_draining.Contains(b)) throw new InvalidOperationException($"bdev '{name}' is still finishing the commands of its last namespace");
             _bdevs.Remove(name);
             bdev = b;

@@ -12,9 +12,9 @@ internal static unsafe class MirrorRig
     public static NamespaceMirror MirrorOf(Node owner, uint nsid) => owner.Pair!.Links[0].Mirrors.Single(m => m.Nsid == nsid);
 
     /// <summary>A pair with Cluster:Mirror on both nodes, healthy, both replicas in sync.</summary>
-    public static TestPair InSyncPair(int reactors = 1)
+    public static TestPair InSyncPair(int reactors = 1, Dictionary<string, string?>? moreA = null, Dictionary<string, string?>? moreB = null)
     {
-        var pair = new TestPair(Mirror, Mirror, reactors);
+        var pair = new TestPair(With(Mirror, moreA), With(Mirror, moreB), reactors);
         try
         {
             pair.WaitHealthy();
@@ -32,7 +32,27 @@ internal static unsafe class MirrorRig
     public static ReadOnlySpan<byte> Contents(Node node, Bdev bdev, ulong offset, int length)
         => new(bdev.CreateChannel(node.Reactors[0]).ZeroCopyRead(offset, (uint)length), length);
 
-    public static Bdev Replica(Node node, uint nsid) => node.Bdevs.Single(b => b.Name == $"replica:{nsid}");
+    public static Bdev Replica(Node node, uint nsid) => node.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(nsid)!.Replica!;
+
+    public static Dictionary<string, string?> With(Dictionary<string, string?> a, Dictionary<string, string?>? b)
+    {
+        var d = new Dictionary<string, string?>(a);
+        foreach (var kv in b ?? []) d[kv.Key] = kv.Value;
+        return d;
+    }
+
+    /// <summary>
+    /// A node's settings that keep its replica of the partner's namespace <paramref name="nsid"/> in a file (a file bdev,
+    /// io_uring), <paramref name="path"/>, of the test pair's namespace size.
+    /// </summary>
+    public static Dictionary<string, string?> FileReplica(uint nsid, string path) => new()
+    {
+        ["Bdevs:1:Name"] = "Replica",
+        ["Bdevs:1:Type"] = "file",
+        ["Bdevs:1:Path"] = path,
+        ["Bdevs:1:SizeMiB"] = "32",
+        [$"Subsystems:0:Namespaces:{nsid - 1}:ReplicaBdev"] = "Replica",
+    };
 
     public static byte[] Fill(byte b, int n) => [.. Enumerable.Repeat(b, n)];
 }

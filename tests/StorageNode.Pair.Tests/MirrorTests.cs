@@ -1,3 +1,5 @@
+using Microsoft.Extensions.Configuration;
+using StorageNode.Config;
 using System.Text.Json.Nodes;
 using StorageNode.Bdevs;
 using StorageNode.Nvme.Host;
@@ -215,6 +217,106 @@ public sealed unsafe class MirrorTests
         Assert.Equal(32L << 20, MirrorOf(pair.A, 1).ResyncedBytes);
         AssertSame(pair, 1, 0, 32 << 20);
         Assert.Contains("all of it (32 MiB; the partner restarted)", pair.Log('A'), StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Cluster:Mirror with ReplicaBdev: each node keeps its replica of the partner's namespace in a file (io_uring). Every
+    /// kind of write is in the file when the host hears of it; the management RPC names the bdev and shows it claimed;
+    /// a keeper that restarts finds its file and gets it resynced.
+    /// </summary>
+    [Fact]
+    public void AReplicaInAFileHoldsEveryWriteWhenTheHostHearsOfIt()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-replica-").FullName;
+        try
+        {
+            string fileB = Path.Combine(dir, "b-keeps-1.img"), fileA = Path.Combine(dir, "a-keeps-2.img");
+            using TestPair pair = InSyncPair(moreA: FileReplica(2, fileA), moreB: FileReplica(1, fileB));
+            Assert.IsType<FileBdev>(Replica(pair.B, 1));
+            Assert.IsType<FileBdev>(Replica(pair.A, 2));
+            using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
+            using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
+            var rnd = new Random(13);
+            var data = new byte[64 * 1024];
+            foreach ((NvmeHost host, uint nsid) in new[] { (viaA, 1u), (viaB, 1u), (viaB, 2u), (viaA, 2u) })
+            {
+                IoQueue q = host.IoQueues[0];
+                for (int i = 0; i < 20; i++)
+                {
+                    rnd.NextBytes(data);
+                    Assert.True(q.Write(nsid, (ulong)rnd.Next(0, 65_000), 64, data.AsSpan(0, 64 * 512)).IsSuccess);
+                }
+                Assert.True(q.WriteZeroes(nsid, 1010, 8).IsSuccess);
+                Assert.True(q.Deallocate(nsid, [(1020UL, 4u)]).IsSuccess);
+                Assert.True(q.Copy(nsid, 2000, [(1000UL, 16u)]).IsSuccess);
+            }
+            // The files hold what the owners hold (read from the files themselves).
+            Assert.True(File.ReadAllBytes(fileB).AsSpan().SequenceEqual(Contents(pair.A, pair.A.GetBdev("Local"), 0, 32 << 20)), "B's file = NSID 1 on A");
+            Assert.True(File.ReadAllBytes(fileA).AsSpan().SequenceEqual(Contents(pair.B, pair.B.GetBdev("Local"), 0, 32 << 20)), "A's file = NSID 2 on B");
+            // The RPC names the replica's bdev and shows it claimed (it cannot be deleted or given to a namespace).
+            var rpcB = StorageNode.Control.NodeRpc.Methods(pair.B);
+            JsonObject replica = rpcB["cluster_get_status"](null)!["links"]![0]!["replicas"]!.AsArray().Single()!.AsObject();
+            Assert.Equal("Replica", replica["bdev"]!.GetValue<string>());
+            JsonObject bdev = rpcB["bdev_get_bdevs"](null)!.AsArray().Single(b => b!["name"]!.GetValue<string>() == "Replica")!.AsObject();
+            Assert.Equal($"the replica of {TestPair.Nqn} nsid 1", bdev["claimed_by"]![0]!.GetValue<string>());
+
+            // B restarts: it finds its file; A resyncs it (another incarnation: all of it) and B's file is whole again.
+            pair.RestartB();
+            TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone >= 2 && MirrorOf(pair.A, 1).IsInSync, "A's replica resynced on the new B", TimeSpan.FromSeconds(30));
+            Assert.True(viaA.IoQueues[0].Write(1, 4096, 64, data.AsSpan(0, 64 * 512)).IsSuccess);
+            Assert.True(File.ReadAllBytes(fileB).AsSpan().SequenceEqual(Contents(pair.A, pair.A.GetBdev("Local"), 0, 32 << 20)), "B's file = NSID 1 on A after B's restart");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>Node B of a pair: owns NSID 2 (bdev Local), keeps the replica of A's NSID 1 (8 MiB) in bdev Rep.</summary>
+    private static Dictionary<string, string?> KeeperConfig() => new()
+    {
+        ["Node:Name"] = "B",
+        ["Listeners:0:Address"] = "127.0.0.1",
+        ["Cluster:Name"] = "c",
+        ["Cluster:Partner"] = "A",
+        ["Cluster:Interconnect"] = "127.0.0.1:4431",
+        ["Cluster:PartnerInterconnect"] = "127.0.0.1:4430",
+        ["Cluster:Heartbeat"] = "127.0.0.1:4441",
+        ["Cluster:PartnerHeartbeat"] = "127.0.0.1:4440",
+        ["Cluster:Mirror"] = "true",
+        ["Bdevs:0:Name"] = "Local",
+        ["Bdevs:0:Type"] = "malloc",
+        ["Bdevs:0:SizeMiB"] = "8",
+        ["Bdevs:1:Name"] = "Rep",
+        ["Bdevs:1:Type"] = "malloc",
+        ["Bdevs:1:SizeMiB"] = "8",
+        ["Subsystems:0:Nqn"] = "nqn.2026-11.io.storagenode:cfg",
+        ["Subsystems:0:AnaGroups:0:Id"] = "1",
+        ["Subsystems:0:AnaGroups:0:Owner"] = "A",
+        ["Subsystems:0:AnaGroups:1:Id"] = "2",
+        ["Subsystems:0:AnaGroups:1:Owner"] = "B",
+        ["Subsystems:0:Namespaces:0:Nsid"] = "1",
+        ["Subsystems:0:Namespaces:0:SizeMiB"] = "8",
+        ["Subsystems:0:Namespaces:0:ReplicaBdev"] = "Rep",
+        ["Subsystems:0:Namespaces:1:Nsid"] = "2",
+        ["Subsystems:0:Namespaces:1:Bdev"] = "Local",
+    };
+
+    [Theory]
+    [InlineData("Cluster:Mirror", "false", "Subsystems:0:Namespaces:0:ReplicaBdev", "needs Cluster:Mirror")]
+    [InlineData("Subsystems:0:Namespaces:0:ReplicaBdev", "Nope", "Subsystems:0:Namespaces:0:ReplicaBdev", "no bdev named 'Nope'")]
+    [InlineData("Subsystems:0:Namespaces:0:ReplicaBdev", "Local", "Subsystems:0:Namespaces:1:Bdev", "bdev 'Local' is already the replica of nqn.2026-11.io.storagenode:cfg NSID 1")]
+    [InlineData("Subsystems:0:Namespaces:1:ReplicaBdev", "Rep", "Subsystems:0:Namespaces:1:ReplicaBdev", "must not be set on the node that owns")]
+    [InlineData("Bdevs:1:SizeMiB", "16", "Subsystems:0:Namespaces:0:ReplicaBdev", "is 16 MiB, the namespace 8 MiB")]
+    [InlineData("Bdevs:1:BlockSize", "4096", "Subsystems:0:Namespaces:0:ReplicaBdev", "4096-byte blocks, the namespace 512")]
+    public void AReplicaBdevThatCannotHoldTheReplicaIsRefusedByName(string key, string value, string refusedKey, string why)
+    {
+        Dictionary<string, string?> d = KeeperConfig();
+        Assert.Equal("Rep", NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(d).Build()).Subsystems[0].Namespaces[0].ReplicaBdev);
+        d[key] = value;
+        ConfigException e = Assert.Throws<ConfigException>(() => NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(d).Build()));
+        Assert.Equal(refusedKey, e.Key);
+        Assert.Contains(why, e.Message, StringComparison.Ordinal);
     }
 
     [Theory]

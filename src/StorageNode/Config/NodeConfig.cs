@@ -49,7 +49,8 @@ public sealed record BdevConfig(string Name, string Type, ulong SizeBytes, uint 
 /// A namespace. <see cref="Bdev"/> backs it on the node that owns its ANA group; on the partner the namespace
 /// is relayed and its geometry comes from <see cref="DeclaredBlockSize"/> / <see cref="DeclaredBlockCount"/>.
 /// </summary>
-public sealed record NamespaceConfig(uint Nsid, string? Bdev, byte[] Nguid, Guid Uuid, uint AnaGroup, uint? DeclaredBlockSize = null, ulong? DeclaredBlockCount = null);
+public sealed record NamespaceConfig(uint Nsid, string? Bdev, byte[] Nguid, Guid Uuid, uint AnaGroup, uint? DeclaredBlockSize = null, ulong? DeclaredBlockCount = null,
+    string? ReplicaBdev = null);
 
 public sealed record AnaGroupConfig(uint Id, string Owner);
 
@@ -127,7 +128,7 @@ public sealed record NodeConfig
     private static readonly string[] BdevKeys = ["Name", "Type", "SizeMiB", "BlockSize", "Path", "Direct"];
     private static readonly string[] SubsystemKeys = ["Nqn", "SerialNumber", "ModelNumber", "FirmwareRevision", "ControllerIdMin",
         "ControllerIdMax", "MaxNamespaces", "AllowAnyHost", "Hosts", "Namespaces", "AnaGroups"];
-    private static readonly string[] NamespaceKeys = ["Nsid", "Bdev", "Nguid", "Uuid", "AnaGroup", "SizeMiB", "BlockSize"];
+    private static readonly string[] NamespaceKeys = ["Nsid", "Bdev", "Nguid", "Uuid", "AnaGroup", "SizeMiB", "BlockSize", "ReplicaBdev"];
 
     /// <summary>Reads and validates; throws <see cref="ConfigException"/> naming the first bad key.</summary>
     public static NodeConfig Load(IConfiguration root)
@@ -372,6 +373,7 @@ public sealed record NodeConfig
                     throw new ConfigException($"{n.Path}:AnaGroup", $"ANA group {group} has no owner: list it under {s.Path}:AnaGroups");
                 bool local = gc == null || gc.Owner == localNode;
                 string? bdev = n["Bdev"];
+                string? replicaBdev = string.IsNullOrEmpty(n["ReplicaBdev"]) ? null : n["ReplicaBdev"]; // empty: none (an override can clear it)
                 uint? declaredBlockSize = n["BlockSize"] != null ? (uint)Int(n, "BlockSize", 512, 512, 65536, powerOfTwo: true) : null;
                 long declaredMiB = Long(n, "SizeMiB", -1, 1, 1L << 24);
                 if (local)
@@ -379,18 +381,33 @@ public sealed record NodeConfig
                     if (string.IsNullOrWhiteSpace(bdev)) throw new ConfigException($"{n.Path}:Bdev", "is required (this node owns the namespace's ANA group)");
                     BdevConfig? bc = bdevs.FirstOrDefault(b => b.Name == bdev);
                     if (bc == null) throw new ConfigException($"{n.Path}:Bdev", $"no bdev named '{bdev}' (see Bdevs)");
-                    if (usedBdevs.TryGetValue(bdev, out string? other)) throw new ConfigException($"{n.Path}:Bdev", $"bdev '{bdev}' is already the namespace {other}");
-                    usedBdevs[bdev] = $"{nqn} NSID {nsid}";
+                    if (usedBdevs.TryGetValue(bdev, out string? other)) throw new ConfigException($"{n.Path}:Bdev", $"bdev '{bdev}' is already {other}");
+                    usedBdevs[bdev] = $"the namespace {nqn} NSID {nsid}";
                     if (declaredBlockSize is uint dbs && dbs != bc.BlockSize)
                         throw new ConfigException($"{n.Path}:BlockSize", $"{dbs} differs from bdev '{bdev}' ({bc.BlockSize})");
                     if (declaredMiB > 0 && bc.SizeBytes != 0 && (ulong)declaredMiB * 1024 * 1024 != bc.SizeBytes)
                         throw new ConfigException($"{n.Path}:SizeMiB", $"{declaredMiB} differs from bdev '{bdev}' ({bc.SizeBytes >> 20} MiB)");
+                    if (replicaBdev != null)
+                        throw new ConfigException($"{n.Path}:ReplicaBdev", "must not be set on the node that owns the namespace's ANA group (the partner keeps the replica)");
                 }
                 else
                 {
                     if (bdev != null) throw new ConfigException($"{n.Path}:Bdev", $"must not be set: ANA group {group} is owned by the partner '{gc!.Owner}', which holds the data");
                     if (declaredMiB <= 0) throw new ConfigException($"{n.Path}:SizeMiB", "is required for a namespace the partner owns (both nodes present the same size)");
                     declaredBlockSize ??= 512;
+                    if (replicaBdev != null)
+                    {
+                        // The replica this node keeps of the partner's namespace (Cluster:Mirror): a bdev of this node's.
+                        if (cluster is not { Mirror: true }) throw new ConfigException($"{n.Path}:ReplicaBdev", "needs Cluster:Mirror = true (without it no replica is kept)");
+                        BdevConfig? rc = bdevs.FirstOrDefault(b => b.Name == replicaBdev);
+                        if (rc == null) throw new ConfigException($"{n.Path}:ReplicaBdev", $"no bdev named '{replicaBdev}' (see Bdevs)");
+                        if (usedBdevs.TryGetValue(replicaBdev, out string? other)) throw new ConfigException($"{n.Path}:ReplicaBdev", $"bdev '{replicaBdev}' is already {other}");
+                        usedBdevs[replicaBdev] = $"the replica of {nqn} NSID {nsid}";
+                        if (rc.BlockSize != declaredBlockSize)
+                            throw new ConfigException($"{n.Path}:ReplicaBdev", $"bdev '{replicaBdev}' has {rc.BlockSize}-byte blocks, the namespace {declaredBlockSize}");
+                        if (rc.SizeBytes != 0 && rc.SizeBytes != (ulong)declaredMiB * 1024 * 1024)
+                            throw new ConfigException($"{n.Path}:ReplicaBdev", $"bdev '{replicaBdev}' is {rc.SizeBytes >> 20} MiB, the namespace {declaredMiB} MiB");
+                    }
                 }
                 byte[] nguid = n["Nguid"] is { } ng ? ParseHex($"{n.Path}:Nguid", ng, 16) : DerivedId("nguid", nqn, nsid);
                 Guid uuid;
@@ -404,7 +421,7 @@ public sealed record NodeConfig
                 }
                 if (nguid.All(b => b == 0)) throw new ConfigException($"{n.Path}:Nguid", "must not be all zero");
                 ulong? declaredBlocks = declaredMiB > 0 ? (ulong)declaredMiB * 1024 * 1024 / (declaredBlockSize ?? 512) : null;
-                namespaces.Add(new NamespaceConfig(nsid, local ? bdev : null, nguid, uuid, group, declaredBlockSize, declaredBlocks));
+                namespaces.Add(new NamespaceConfig(nsid, local ? bdev : null, nguid, uuid, group, declaredBlockSize, declaredBlocks, replicaBdev));
             }
             list.Add(new SubsystemConfig(nqn, serial, model, fw, (ushort)min, (ushort)max, maxNs, any, hosts, namespaces, groups));
         }

@@ -248,7 +248,7 @@ public static class NodeRpc
     private static JsonObject BdevJson(Bdev b, Node node)
     {
         var claims = new JsonArray();
-        foreach ((Subsystem s, Namespace ns) in node.NamespacesOn(b)) claims.Add($"{s.Nqn} nsid {ns.Nsid}");
+        if (node.ClaimOf(b) is string claim) claims.Add(claim);
         return new JsonObject
         {
             ["name"] = b.Name,
@@ -322,6 +322,7 @@ public static class NodeRpc
         return new JsonObject
         {
             ["nsid"] = ns.Nsid,
+            ["bdev"] = ns.Replica?.Name,
             ["whole"] = k.IsWhole(now),
             ["owner_says"] = k.Word switch { ReplicaWord.InSync => "in_sync", ReplicaWord.Resyncing => "resyncing", _ => "out_of_sync" },
             ["epoch"] = k.Epoch,
