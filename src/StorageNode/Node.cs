@@ -133,7 +133,15 @@ public sealed class Node : IDisposable
                             _replicas.Add(replica);
                         }
                     }
-                    var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup) { Replica = replica };
+                    (long generation, bool generationIsNew) = bdev is not PartnerBdev && config.Cluster is { Mirror: true }
+                        ? DataGeneration(config, s, nc.Nsid, bdev)
+                        : (0L, false);
+                    var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup)
+                    {
+                        Replica = replica,
+                        DataGeneration = generation,
+                        DataGenerationIsNew = generationIsNew,
+                    };
                     // The owner keeps a namespace's reservations; the partner's are kept by the partner.
                     if (store != null && !ns.IsRemote) store.Attach(s, ns);
                     else if (store != null) ns.Reservations.PtplCapable = true; // answers with the owner's PTPL
@@ -148,6 +156,37 @@ public sealed class Node : IDisposable
             Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// A mirrored namespace's data generation (docs/ha.md, "An owner that lost its data"): for a file bdev, the one kept
+    /// in the state directory (made and kept there the first time); otherwise — RAM, whose data a restart loses, or no
+    /// state directory — a new one. Whether it is new.
+    /// </summary>
+    private (long Generation, bool IsNew) DataGeneration(NodeConfig config, Subsystem s, uint nsid, Bdev bdev)
+    {
+        long fresh = Random.Shared.NextInt64(1, long.MaxValue);
+        if (bdev is not FileBdev || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return (fresh, true);
+        var sb = new System.Text.StringBuilder();
+        foreach (char c in s.Nqn) sb.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' ? c : '_');
+        string path = Path.Combine(config.StateDirectory, $"{config.Name}-{sb}-ns{nsid}.generation");
+        try
+        {
+            if (File.Exists(path) && long.TryParse(File.ReadAllText(path).Trim(), System.Globalization.NumberStyles.HexNumber, null, out long kept) && kept != 0)
+                return (kept, false);
+            string tmp = path + ".tmp";
+            using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+            {
+                f.Write(System.Text.Encoding.ASCII.GetBytes(fresh.ToString("x16") + "\n"));
+                f.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _log.LogWarning("NSID {Nsid}: the data generation cannot be kept in {Path} ({Error}): a restart of this node will count as new data", nsid, path, e.Message);
+        }
+        return (fresh, true);
     }
 
     /// <summary>The node's metrics (meter <c>StorageNode</c>; docs/management.md).</summary>

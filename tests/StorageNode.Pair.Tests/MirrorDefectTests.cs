@@ -1,4 +1,6 @@
+using System.Text.Json.Nodes;
 using StorageNode.Bdevs;
+using StorageNode.Config;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 using StorageNode.Pair;
@@ -361,9 +363,63 @@ public sealed unsafe class MirrorDefectTests
         // Until B has said otherwise, A's replica of NSID 2 is not whole (B's namespace restarted empty: RAM).
         Assert.NotEqual(ReplicaWord.InSync, keptByA.ReplicaKnowledge.Word);
         pair.WaitHealthy();
+        // B's RAM namespace lost its data; A's replica holds it: B does not resync over it until told to.
+        TestPair.WaitUntil(() => MirrorOf(pair.B, 2).State == "refused", "B to find A's replica holding data it lacks");
+        Assert.Equal("refused resync retried with overwrite", MirrorOf(pair.B, 2).Discard());
         TestPair.WaitUntil(() => MirrorOf(pair.B, 2).IsInSync && keptByA.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()),
             "B to resync A's replica and say so", TimeSpan.FromSeconds(30));
         Assert.Equal(pair.B.Pair!.Incarnation, keptByA.ReplicaKnowledge.OwnerIncarnation);
+    }
+
+    /// <summary>
+    /// An owner that restarts with a RAM namespace (its data gone) found the partner's replica whole and resynced its
+    /// empty memory over it: the only copy of the data was wiped. Now the keeper refuses a resync of another data
+    /// generation over a consistent copy; the owner's group stays inaccessible on both nodes (no write is acknowledged
+    /// that either choice would lose) and says why, until an operator decides (cluster_replica_discard).
+    /// </summary>
+    [Fact]
+    public void AnOwnerThatRestartsEmptyDoesNotResyncOverAReplicaThatHoldsItsData()
+    {
+        using TestPair pair = InSyncPair();
+        Namespace keptByA = pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(2)!; // B owns NSID 2, A keeps its replica
+        byte[] data = Fill(0x5D, 64 * 1024);
+        using (NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid()))
+            for (ulong lba = 0; lba < 4096; lba += 128) Assert.True(viaB.IoQueues[0].Write(2, lba, 128, data).IsSuccess);
+        TestPair.WaitUntil(() => keptByA.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "A to hold B's replica whole");
+        (long held, bool consistent) = keptByA.ReplicaKnowledge.Holds;
+        Assert.True(consistent && held == pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(2)!.DataGeneration);
+
+        pair.RestartB(); // B's NSID 2 starts empty, a new data generation
+        TestPair.WaitUntil(() => MirrorOf(pair.B, 2).State == "refused", "B to find A's replica holding data it lacks", TimeSpan.FromSeconds(30));
+        for (ulong lba = 0; lba < 4096; lba += 128)
+            Assert.True(Contents(pair.A, Replica(pair.A, 2), lba * 512, data.Length).SequenceEqual(data), $"A's replica kept B's data at LBA {lba}");
+        Assert.Equal(held, keptByA.ReplicaKnowledge.Holds.Generation);
+        // The group is inaccessible on both nodes, through every port; a host's write is refused with a path error.
+        Subsystem sA = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sB = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
+        Assert.Equal(AnaState.Inaccessible, sB.GetAnaState(2, ListenerRole.Combined));
+        Assert.Equal(AnaState.Inaccessible, sA.GetAnaState(2, ListenerRole.Combined));
+        Assert.Equal(AnaState.Optimized, sA.GetAnaState(1, ListenerRole.Combined)); // the other group is served
+        using (NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid()))
+        {
+            NvmeStatus st = viaB.IoQueues[0].Write(2, 0, 8, Fill(0x11, 4096));
+            Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), st);
+        }
+        pair.WaitLogged('B', "the partner refused the resync");
+        pair.WaitLogged('A', "refused the owner's resync");
+        var rpcB = StorageNode.Control.NodeRpc.Methods(pair.B);
+        JsonObject mirror = rpcB["cluster_get_status"](null)!["links"]![0]!["mirrors"]!.AsArray().Single()!.AsObject();
+        Assert.Equal("refused", mirror["state"]!.GetValue<string>());
+        Assert.True(mirror["group_held"]!.GetValue<bool>());
+
+        // The operator decides for B's (empty) data: the replica is overwritten, the group served again.
+        rpcB["cluster_replica_discard"](JsonNode.Parse($"{{\"nqn\":\"{TestPair.Nqn}\",\"nsid\":2}}")!.AsObject()); // as it comes over the socket
+        TestPair.WaitUntil(() => MirrorOf(pair.B, 2).IsInSync && keptByA.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()),
+            "B to resync A's replica after the operator's decision", TimeSpan.FromSeconds(30));
+        Assert.Equal(AnaState.Optimized, sB.GetAnaState(2, ListenerRole.Combined));
+        Assert.Equal(AnaState.NonOptimized, sA.GetAnaState(2, ListenerRole.Combined));
+        Assert.True(Contents(pair.A, Replica(pair.A, 2), 0, 4096 * 512).SequenceEqual(new byte[4096 * 512]), "the replica now holds B's (empty) data");
+        using (NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid()))
+            Assert.True(WriteRetryingPathErrors(viaA.IoQueues[0], 0x22, lba: 8, nsid: 2).IsSuccess);
     }
 
     /// <summary>Defect 2, the keeper's rules alone: stale words are ignored, a replaced incarnation's are refused, a new one resets, only the "in sync" word's own association and sequence number renew it, a resync is never whole, a lease expires and only a renewal with a later deadline renews it, copies only of the current epoch and association.</summary>

@@ -199,6 +199,18 @@ public static class NodeRpc
             });
         };
         m["cluster_get_status"] = p => { NoParams(p, "cluster_get_status"); return ClusterJson(node); };
+        m["cluster_replica_discard"] = p =>
+        {
+            // On a namespace's owner: its data is the truth; the partner's replica is overwritten (docs/ha.md, "An owner
+            // that lost its data").
+            Allow(p, "nqn", "nsid");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            uint nsid = RequiredUInt(p, "nsid");
+            if (s.GetNamespace(nsid) == null) throw new RpcException(RpcException.NoSuchDevice, $"namespace {nsid} not found in {s.Nqn}");
+            NamespaceMirror m = node.Pair?.LinkFor(s)?.Mirrors.FirstOrDefault(x => x.Nsid == nsid)
+                ?? throw new RpcException(RpcException.InvalidParams, $"namespace {nsid} of {s.Nqn} is not mirrored from this node (Cluster:Mirror, on the node that owns its ANA group)");
+            return JsonValue.Create(m.Discard());
+        };
         return m;
     }
 
@@ -328,6 +340,8 @@ public static class NodeRpc
             ["epoch"] = k.Epoch,
             ["since"] = k.SinceUtc == default ? null : k.SinceUtc.ToString("O"),
             ["lease_ms"] = until > now ? (long)((until - now) * 1000 / System.Diagnostics.Stopwatch.Frequency) : 0,
+            ["holds_generation"] = k.Holds.Generation == 0 ? null : k.Holds.Generation.ToString("x16"),
+            ["holds_consistent"] = k.Holds.Consistent,
         };
     }
 
@@ -360,6 +374,9 @@ public static class NodeRpc
                 {
                     ["nsid"] = m.Nsid,
                     ["state"] = m.State,
+                    ["refused_reason"] = m.RefusedReason,
+                    ["group_held"] = m.GroupHeld,
+                    ["generation"] = m.DataGeneration.ToString("x16"),
                     ["epoch"] = m.Epoch,
                     ["held"] = m.Held,
                     ["dirty_regions"] = m.DirtyRegions,

@@ -574,17 +574,19 @@ public sealed class InterconnectLink
     /// heartbeat timeout at most; a thread that may block): true when applied, false when the partner found it older than
     /// what it holds, null when it did not answer.
     /// </summary>
-    internal bool? SendReplicaState(uint nsid, ReplicaWord word, uint epoch, uint sequence, object? association)
+    internal ReplicaAnswer? SendReplicaState(uint nsid, ReplicaWord word, uint epoch, uint sequence, object? association, long generation = 0, bool overwrite = false)
     {
         NvmeHost? host = _host;
         if (!IsUp || host == null || (association != null && !ReferenceEquals(association, host))) return null;
         SubmissionQueueEntry sqe = default;
-        ReplicaStateFields.Set(ref sqe, nsid, word, epoch, sequence, _pair.Incarnation);
+        ReplicaStateFields.Set(ref sqe, nsid, word, epoch, sequence, _pair.Incarnation, generation, overwrite);
         try
         {
             CompletionQueueEntry cqe = host.AdminCommand(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout);
             NvmeHost.Check("replica state", cqe);
-            return (cqe.Dw0 & ReplicaStateFields.Applied) != 0;
+            return (cqe.Dw0 & ReplicaStateFields.Applied) != 0 ? ReplicaAnswer.Applied
+                : (cqe.Dw0 & ReplicaStateFields.Refused) != 0 ? ReplicaAnswer.Refused
+                : ReplicaAnswer.Stale;
         }
         catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
         {

@@ -13,7 +13,7 @@ namespace StorageNode.Pair;
 public static class InterconnectOpcode
 {
     /// <summary>The version both nodes must speak (compared in the cluster descriptors).</summary>
-    public const int ProtocolVersion = 5;
+    public const int ProtocolVersion = 6;
 
     /// <summary>Register a host for relayed commands. Data: <see cref="HostIdentity"/>. DW0: its handle (the same one again for a host already registered on this association).</summary>
     public const byte RegisterHost = 0xC1;
@@ -118,24 +118,35 @@ public readonly record struct HostKey(ulong High, ulong Low)
 /// (all zero: none, only the state), CDW14 the NSID, CDW15 bits 7:0 the notification type (0: none), bit 8 the
 /// namespace's PTPL.
 /// </summary>
-/// <summary>The replica state notice's fields: CDW10 NSID, CDW11 the word (<see cref="Target.ReplicaWord"/>), CDW12 the epoch, CDW13 the sequence number, CDW14/15 the owner's incarnation.</summary>
+/// <summary>
+/// The replica state notice's fields: CDW10 NSID, CDW11 bits 7:0 the word (<see cref="Target.ReplicaWord"/>), bit 8
+/// "overwrite" (an operator decided that the owner's data replaces what the replica holds), CDW12 the epoch, CDW13 the
+/// sequence number, CDW14/15 the owner's incarnation, CDW2/3 the owner's data generation.
+/// </summary>
 public static class ReplicaStateFields
 {
-    public static void Set(ref SubmissionQueueEntry sqe, uint nsid, Target.ReplicaWord word, uint epoch, uint sequence, long incarnation)
+    public const uint Overwrite = 1u << 8;
+
+    public static void Set(ref SubmissionQueueEntry sqe, uint nsid, Target.ReplicaWord word, uint epoch, uint sequence, long incarnation, long generation, bool overwrite)
     {
         sqe.Opcode = InterconnectOpcode.ReplicaState;
         sqe.Cdw10 = nsid;
-        sqe.Cdw11 = (uint)word;
+        sqe.Cdw11 = (uint)word | (overwrite ? Overwrite : 0);
         sqe.Cdw12 = epoch;
         sqe.Cdw13 = sequence;
         sqe.Cdw14 = (uint)incarnation;
         sqe.Cdw15 = (uint)(incarnation >> 32);
+        sqe.Cdw2 = (uint)generation;
+        sqe.Cdw3 = (uint)(generation >> 32);
     }
 
-    public static (uint Nsid, uint Word, uint Epoch, uint Sequence, long Incarnation) Read(in SubmissionQueueEntry sqe)
-        => (sqe.Cdw10, sqe.Cdw11, sqe.Cdw12, sqe.Cdw13, sqe.Cdw14 | ((long)sqe.Cdw15 << 32));
+    public static (uint Nsid, uint Word, bool Overwrite, uint Epoch, uint Sequence, long Incarnation, long Generation) Read(in SubmissionQueueEntry sqe)
+        => (sqe.Cdw10, sqe.Cdw11 & 0xFF, (sqe.Cdw11 & Overwrite) != 0, sqe.Cdw12, sqe.Cdw13, sqe.Cdw14 | ((long)sqe.Cdw15 << 32), sqe.Cdw2 | ((long)sqe.Cdw3 << 32));
 
-    /// <summary>DW0 bit of the answer: the word was applied (clear: older than what the keeper holds, ignored).</summary>
+    /// <summary>DW0 bit of the answer: a resync refused: the replica holds a consistent copy of another data generation (DW1: its low 32 bits).</summary>
+    public const uint Refused = 2;
+
+/// <summary>DW0 bit of the answer: the word was applied (clear: older than what the keeper holds, ignored).</summary>
     public const uint Applied = 1;
 }
 

@@ -182,7 +182,7 @@ public sealed class InterconnectService : IInterconnectHandler
             case InterconnectOpcode.ReplicaState:
             {
                 // This node as the replica's keeper: the partner owns the namespace.
-                (uint nsid, uint word, uint epoch, uint sequence, long incarnation) = ReplicaStateFields.Read(req.Sqe);
+                (uint nsid, uint word, bool overwrite, uint epoch, uint sequence, long incarnation, long generation) = ReplicaStateFields.Read(req.Sqe);
                 Namespace? ns = association.Subsystem.GetNamespace(nsid);
                 if (ns is not { IsRemote: true, Replica: not null } || word > (uint)ReplicaWord.InSync)
                 {
@@ -191,13 +191,29 @@ public sealed class InterconnectService : IInterconnectHandler
                 }
                 ReplicaKnowledge k = ns.ReplicaKnowledge;
                 ReplicaWord before = k.Word;
-                bool applied = k.Apply(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation);
-                if (applied && (before != k.Word || word == (uint)ReplicaWord.Resyncing))
+                ReplicaAnswer answer = k.Offer(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation, generation, overwrite);
+                if (answer == ReplicaAnswer.Refused)
+                {
+                    // The owner would resync data it did not have when this replica was whole over it: the group stays
+                    // inaccessible here too until an operator decides (cluster_replica_discard on the owner).
+                    (long held, _) = k.Holds;
+                    if (association.Subsystem.HoldGroup(ns.AnaGroupId, k))
+                        _log.LogWarning("{Nqn}: NSID {Nsid}: refused the owner's resync: this node's replica holds a consistent copy of its data generation {Held:x16}, the owner now has {Generation:x16} (it lost its data?); ANA group {Group} is inaccessible until an operator decides (cluster_replica_discard on the owner)",
+                            association.Subsystem.Nqn, ns.Nsid, held, generation, ns.AnaGroupId);
+                    req.Cqe.Dw0 = ReplicaStateFields.Refused;
+                    req.Cqe.Dw1 = (uint)held;
+                    req.Complete();
+                    return;
+                }
+                if (answer == ReplicaAnswer.Applied && word == (uint)ReplicaWord.Resyncing && association.Subsystem.ReleaseGroup(ns.AnaGroupId, k))
+                    _log.LogInformation("{Nqn}: NSID {Nsid}: the owner resyncs this node's replica (an operator decided); ANA group {Group} is accessible again",
+                        association.Subsystem.Nqn, ns.Nsid, ns.AnaGroupId);
+                if (answer == ReplicaAnswer.Applied && (before != k.Word || word == (uint)ReplicaWord.Resyncing))
                     _log.LogInformation("{Nqn}: NSID {Nsid}: the owner says this node's replica is {Word} (epoch {Epoch})", association.Subsystem.Nqn, ns.Nsid,
                         (ReplicaWord)word switch { ReplicaWord.InSync => "in sync", ReplicaWord.Resyncing => "resyncing", _ => "out of sync" }, epoch);
                 // Answered either way: applied, or older than what is held (a newer word replaced it; its sender must not
                 // take this answer for the keeper knowing).
-                req.Cqe.Dw0 = applied ? ReplicaStateFields.Applied : 0;
+                req.Cqe.Dw0 = answer == ReplicaAnswer.Applied ? ReplicaStateFields.Applied : 0;
                 req.Complete();
                 return;
             }

@@ -19,7 +19,7 @@ namespace StorageNode.Pair;
 /// </summary>
 public sealed unsafe class NamespaceMirror : INamespaceMirror
 {
-    private const int OutOfSync = 0, Resyncing = 1, InSync = 2, Leaving = 3;
+    private const int OutOfSync = 0, Resyncing = 1, InSync = 2, Leaving = 3, Refused = 4;
     private const uint ChunkBytes = 128 * 1024;
     /// <summary>The dirty bitmap's region: 1 MiB (a 1 TiB namespace: 128 KiB of bits).</summary>
     private const int RegionShift = 20;
@@ -59,14 +59,69 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         _reactor = resyncReactor;
         _log = log;
         _dirty = new DirtyBitmap(Regions);
+        // New data (RAM starts empty) is not served until the partner's replica has taken it for the truth: the replica
+        // may hold data this node lost, and writes served meanwhile would be lost with it or lose it (docs/ha.md, "An
+        // owner that lost its data").
+        if (ns.DataGenerationIsNew && link.Subsystem.HoldGroup(ns.AnaGroupId, this))
+            log.LogInformation("{Nqn}: NSID {Nsid}: new data (generation {Generation:x16}): ANA group {Group} is served once the partner's replica takes it (or an operator decides: cluster_replica_discard)",
+                link.Subsystem.Nqn, ns.Nsid, ns.DataGeneration, ns.AnaGroupId);
+    }
+
+    // An operator decided that this node's data replaces what the partner's replica holds (cluster_replica_discard).
+    private bool _overwrite;
+
+    /// <summary>Why the partner refused this node's resync (null: it did not).</summary>
+    public string? RefusedReason { get; private set; }
+
+    /// <summary>The data generation this node's namespace has (docs/ha.md, "An owner that lost its data").</summary>
+    public long DataGeneration => _ns.DataGeneration;
+
+    /// <summary>Whether the namespace's ANA group is held inaccessible on this node (new data not yet taken by the replica, or refused).</summary>
+    public bool GroupHeld => _link.Subsystem.IsGroupHeld(_ns.AnaGroupId);
+
+    /// <summary>
+    /// The partner's replica holds a consistent copy of data of another generation, which this node does not have:
+    /// nothing is resynced over it, and the group stays inaccessible here until an operator decides.
+    /// </summary>
+    private void Refuse()
+    {
+        lock (_lock)
+        {
+            if (_state != OutOfSync) return;
+            _state = Refused;
+        }
+        RefusedReason = "the partner's replica holds a consistent copy of data of another generation (this node's namespace started without it)";
+        _link.Subsystem.HoldGroup(_ns.AnaGroupId, this);
+        _log.LogError("{Nqn}: NSID {Nsid}: the partner refused the resync: its replica holds a consistent copy of data this node does not have (this node's data is generation {Generation:x16}, new: {New}); ANA group {Group} stays inaccessible until an operator decides: cluster_replica_discard replaces the replica with this node's data",
+            _link.Subsystem.Nqn, _ns.Nsid, _ns.DataGeneration, _ns.DataGenerationIsNew, _ns.AnaGroupId);
+    }
+
+    /// <summary>
+    /// An operator's decision (cluster_replica_discard): this node's data is the truth; the partner's replica is
+    /// resynced from it whatever it holds, and the group is served now. Returns what changed.
+    /// </summary>
+    public string Discard()
+    {
+        Volatile.Write(ref _overwrite, true);
+        bool wasRefused;
+        lock (_lock)
+        {
+            wasRefused = _state == Refused;
+            if (wasRefused) _state = OutOfSync;
+        }
+        RefusedReason = null;
+        bool released = _link.Subsystem.ReleaseGroup(_ns.AnaGroupId, this);
+        _log.LogWarning("{Nqn}: NSID {Nsid}: an operator discards the partner's replica: this node's data (generation {Generation:x16}) replaces it at the next resync{Served}",
+            _link.Subsystem.Nqn, _ns.Nsid, _ns.DataGeneration, released ? $"; ANA group {_ns.AnaGroupId} is served" : "");
+        return wasRefused ? "refused resync retried with overwrite" : released ? "group served; the replica will be overwritten" : "the replica will be overwritten at the next resync";
     }
 
     private int Regions => (int)((_ns.Bdev.SizeBytes + (1UL << RegionShift) - 1) >> RegionShift);
 
     public uint Nsid => _ns.Nsid;
 
-    /// <summary><c>in_sync</c>, <c>resyncing</c>, <c>leaving</c> (out of sync, the partner not yet told) or <c>out_of_sync</c>.</summary>
-    public string State => _state switch { InSync => "in_sync", Resyncing => "resyncing", Leaving => "leaving", _ => "out_of_sync" };
+    /// <summary><c>in_sync</c>, <c>resyncing</c>, <c>leaving</c> (out of sync, the partner not yet told), <c>out_of_sync</c> or <c>refused</c> (the partner's replica holds data this node lacks: docs/ha.md).</summary>
+    public string State => _state switch { InSync => "in_sync", Resyncing => "resyncing", Leaving => "leaving", Refused => "refused", _ => "out_of_sync" };
 
     public bool IsInSync => _state == InSync;
     public bool Active => _state is InSync or Resyncing;
@@ -174,7 +229,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         bool leaving;
         lock (_lock)
         {
-            if (_state is OutOfSync or Leaving) return;
+            if (_state is OutOfSync or Leaving or Refused) return;
             leaving = _partnerMayTrust && !KeeperRuleDisabledForTest;
             _state = leaving ? Leaving : OutOfSync;
             if (!leaving) _partnerMayTrust = false;
@@ -215,7 +270,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             if (_state != Leaving) return;
             sequence = ++_sequence;
         }
-        if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.OutOfSync, Epoch, sequence, association: null) != true) return;
+        if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.OutOfSync, Epoch, sequence, association: null, _ns.DataGeneration) != ReplicaAnswer.Applied) return;
         lock (_lock)
         {
             // An answer to a word older than the trust now given ends nothing (it was sent in an earlier episode).
@@ -294,7 +349,18 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
                 epoch = _epoch + 1;
                 sequence = ++_sequence;
             }
-            if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.Resyncing, epoch, sequence, association) != true) return;
+            bool overwrite = Volatile.Read(ref _overwrite);
+            ReplicaAnswer? answer = _link.SendReplicaState(_ns.Nsid, ReplicaWord.Resyncing, epoch, sequence, association, _ns.DataGeneration, overwrite);
+            if (answer == ReplicaAnswer.Refused)
+            {
+                Refuse();
+                return;
+            }
+            if (answer != ReplicaAnswer.Applied) return;
+            // The keeper takes this node's data for the truth: the group may be served.
+            if (_link.Subsystem.ReleaseGroup(_ns.AnaGroupId, this))
+                _log.LogInformation("{Nqn}: NSID {Nsid}: the partner's replica takes this node's data (generation {Generation:x16}){How}; ANA group {Group} is served",
+                    _link.Subsystem.Nqn, _ns.Nsid, _ns.DataGeneration, overwrite ? ", as an operator decided" : "", _ns.AnaGroupId);
             lock (_lock)
             {
                 // From here every write that completes is mirrored, with the new epoch; each chunk is read under a range
@@ -322,7 +388,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             _trustSequence = sequence;
             _trustAcknowledged = false;
         }
-        if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.InSync, epoch, sequence, association: null) != true) return;
+        if (_link.SendReplicaState(_ns.Nsid, ReplicaWord.InSync, epoch, sequence, association: null, _ns.DataGeneration) != ReplicaAnswer.Applied) return;
         lock (_lock)
         {
             if (_trustSequence == sequence) _trustAcknowledged = true;

@@ -1,5 +1,16 @@
 namespace StorageNode.Target;
 
+/// <summary>The keeper's answer to an owner's word.</summary>
+public enum ReplicaAnswer
+{
+    /// <summary>Applied: the keeper knows.</summary>
+    Applied,
+    /// <summary>Older than what the keeper knows, or from a replaced incarnation: ignored.</summary>
+    Stale,
+    /// <summary>A resync of another data generation over a consistent copy of data: refused until an operator decides.</summary>
+    Refused,
+}
+
 /// <summary>What the owner last said of a replica (docs/ha.md, "The keeper's knowledge").</summary>
 public enum ReplicaWord : byte
 {
@@ -51,19 +62,54 @@ public sealed class ReplicaKnowledge
     /// first. A word of an incarnation that was replaced (a dead owner's, delivered late) is never applied.
     /// </summary>
     public bool Apply(object association, long incarnation, ReplicaWord word, uint epoch, uint sequence, long knownIncarnation)
+        => Offer(association, incarnation, word, epoch, sequence, knownIncarnation, generation: 0, overwrite: false) == ReplicaAnswer.Applied;
+
+    /// <summary>
+    /// The data the replica holds: the owner's data generation it was last resynced from (0: none, an empty replica)
+    /// and whether that resync finished (the replica was whole then: a consistent copy, perhaps since outdated). Kept
+    /// across the owner's restarts: they do not change what is on the replica.
+    /// </summary>
+    public (long Generation, bool Consistent) Holds
+    {
+        get { lock (_lock) return (_heldGeneration, _heldConsistent); }
+    }
+
+    private long _heldGeneration;
+    private bool _heldConsistent;
+
+    /// <summary>
+    /// <see cref="Apply"/>, with the owner's data generation <paramref name="generation"/> (its data's lineage: the same
+    /// across restarts of a namespace whose data survives them, new for one that starts empty). A resync of another
+    /// generation over a replica that holds a consistent copy of data is refused unless <paramref name="overwrite"/>
+    /// (an operator decided): it would replace data the owner no longer has with what it has now (docs/ha.md, "An
+    /// owner that lost its data").
+    /// </summary>
+    public ReplicaAnswer Offer(object association, long incarnation, ReplicaWord word, uint epoch, uint sequence, long knownIncarnation, long generation, bool overwrite)
     {
         lock (_lock)
         {
-            if (knownIncarnation != 0 && incarnation != knownIncarnation) return false;
+            if (knownIncarnation != 0 && incarnation != knownIncarnation) return ReplicaAnswer.Stale;
+            if (incarnation == OwnerIncarnation && sequence <= Sequence) return ReplicaAnswer.Stale;
             if (incarnation != OwnerIncarnation) ResetLocked(incarnation);
-            else if (sequence <= Sequence) return false;
+            if (word == ReplicaWord.Resyncing && generation != 0 && _heldConsistent && _heldGeneration != 0 && _heldGeneration != generation && !overwrite)
+                return ReplicaAnswer.Refused;
             Word = word;
             _epoch = epoch;
             Sequence = sequence;
             SinceUtc = DateTime.UtcNow;
             _wordFrom = association;
             _wholeUntil = 0; // an in-sync word holds from its first renewal on
-            return true;
+            if (word == ReplicaWord.Resyncing)
+            {
+                // Torn from now until the resync ends: whatever it held is being replaced by this generation's data.
+                _heldGeneration = generation;
+                _heldConsistent = false;
+            }
+            else if (word == ReplicaWord.InSync && generation == _heldGeneration)
+            {
+                _heldConsistent = true;
+            }
+            return ReplicaAnswer.Applied;
         }
     }
 

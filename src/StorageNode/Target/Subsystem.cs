@@ -44,6 +44,16 @@ public sealed class Namespace
     /// <summary>On the owner with <c>Cluster:Mirror</c>: the replica on the partner that every write reaches before it completes.</summary>
     public INamespaceMirror? Mirror { get; set; }
 
+    /// <summary>
+    /// On the owner with <c>Cluster:Mirror</c>: the lineage of this namespace's data (docs/ha.md, "An owner that lost its
+    /// data"): kept across restarts for a bdev whose data survives them (a file, with a state directory), new at each
+    /// start otherwise (RAM starts empty). 0: none (not mirrored).
+    /// </summary>
+    public long DataGeneration { get; init; }
+
+    /// <summary>Whether <see cref="DataGeneration"/> was made at this start (the data is new: RAM, or a file first mirrored now).</summary>
+    public bool DataGenerationIsNew { get; init; }
+
     /// <summary>While mirrored: overlapping writes reach the replica in the order they ran here.</summary>
     internal WriteOrder WriteOrder { get; } = new();
 
@@ -117,16 +127,20 @@ public sealed class Subsystem
     // the lock (control path); the I/O path reads the published snapshot, with no lock.
     private readonly Dictionary<uint, bool> _groupIsLocal = [];
     private readonly Dictionary<uint, AnaState> _overrides = [];
+    // Groups held inaccessible, and by what (the pair's mirrors: docs/ha.md, "An owner that lost its data").
+    private readonly Dictionary<uint, HashSet<object>> _holds = [];
     private volatile AnaSnapshot _ana = AnaSnapshot.Empty;
 
     /// <summary>
     /// The subsystem's ANA configuration at one moment: immutable, replaced whole (one reference swap) whenever it
     /// changes, so that <see cref="GetAnaState"/> on the I/O path takes no lock.
     /// </summary>
-    private sealed class AnaSnapshot(FrozenDictionary<uint, (bool Local, AnaState? Forced)> groups, uint[] ids, PartnerAccess partner, ulong changeCount)
+    private sealed class AnaSnapshot(FrozenDictionary<uint, (bool Local, AnaState? Forced)> groups, uint[] ids, PartnerAccess partner, ulong changeCount,
+        FrozenSet<uint>? held = null)
     {
         public static readonly AnaSnapshot Empty = new(FrozenDictionary<uint, (bool, AnaState?)>.Empty, [], PartnerAccess.Unavailable, 1);
         public readonly FrozenDictionary<uint, (bool Local, AnaState? Forced)> Groups = groups;
+        public readonly FrozenSet<uint> Held = held ?? FrozenSet<uint>.Empty;
         public readonly uint[] Ids = ids;
         public readonly PartnerAccess Partner = partner;
         public readonly ulong ChangeCount = changeCount;
@@ -143,7 +157,8 @@ public sealed class Subsystem
         foreach (var kv in _overrides) groups.TryAdd(kv.Key, (false, kv.Value));
         uint[] ids = [.. _groupIsLocal.Keys];
         Array.Sort(ids);
-        _ana = new AnaSnapshot(groups.ToFrozenDictionary(), ids, partner, _ana.ChangeCount + (changed ? 1UL : 0));
+        _ana = new AnaSnapshot(groups.ToFrozenDictionary(), ids, partner, _ana.ChangeCount + (changed ? 1UL : 0),
+            _holds.Where(kv => kv.Value.Count > 0).Select(kv => kv.Key).ToFrozenSet());
     }
 
     public string Nqn { get; }
@@ -299,7 +314,7 @@ public sealed class Subsystem
     public AnaState GetAnaState(uint groupId, ListenerRole role)
     {
         AnaSnapshot ana = _ana;
-        if (!ana.Groups.TryGetValue(groupId, out var g)) return AnaState.Inaccessible;
+        if (!ana.Groups.TryGetValue(groupId, out var g) || ana.Held.Contains(groupId)) return AnaState.Inaccessible;
         if (g.Forced is AnaState forced) return forced;
         if (g.Local) return role == ListenerRole.Proxy ? AnaState.Inaccessible : AnaState.Optimized;
         if (role is ListenerRole.Direct or ListenerRole.Interconnect) return AnaState.Inaccessible;
@@ -310,6 +325,41 @@ public sealed class Subsystem
             _ => AnaState.Inaccessible,
         };
     }
+
+    /// <summary>
+    /// Holds a group inaccessible on this node, through every port (the pair's relays too), until every holder has
+    /// released it; over an administrative override. True when <paramref name="holder"/> did not hold it yet.
+    /// </summary>
+    public bool HoldGroup(uint groupId, object holder)
+    {
+        bool changed;
+        lock (_lock)
+        {
+            if (!_holds.TryGetValue(groupId, out HashSet<object>? set)) _holds[groupId] = set = [];
+            if (!set.Add(holder)) return false;
+            changed = set.Count == 1;
+            PublishAna(_ana.Partner, changed);
+        }
+        if (changed) NotifyAnaChange();
+        return true;
+    }
+
+    /// <summary>Releases <see cref="HoldGroup"/>; true when <paramref name="holder"/> held it.</summary>
+    public bool ReleaseGroup(uint groupId, object holder)
+    {
+        bool changed;
+        lock (_lock)
+        {
+            if (!_holds.TryGetValue(groupId, out HashSet<object>? set) || !set.Remove(holder)) return false;
+            changed = set.Count == 0;
+            PublishAna(_ana.Partner, changed);
+        }
+        if (changed) NotifyAnaChange();
+        return true;
+    }
+
+    /// <summary>Whether a group is held inaccessible (<see cref="HoldGroup"/>).</summary>
+    public bool IsGroupHeld(uint groupId) => _ana.Held.Contains(groupId);
 
     /// <summary>Forces a group's state on this node (administrative; null removes the override).</summary>
     public void SetAnaState(uint groupId, AnaState? state)
