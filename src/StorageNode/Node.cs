@@ -139,6 +139,7 @@ public sealed class Node : IDisposable
                     var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup)
                     {
                         Replica = replica,
+                        ReplicaKnowledge = KnowledgeOf(config, s, nc.Nsid, replica),
                         DataGeneration = generation,
                         DataGenerationIsNew = generationIsNew,
                     };
@@ -167,9 +168,7 @@ public sealed class Node : IDisposable
     {
         long fresh = Random.Shared.NextInt64(1, long.MaxValue);
         if (bdev is not FileBdev || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return (fresh, true);
-        var sb = new System.Text.StringBuilder();
-        foreach (char c in s.Nqn) sb.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' ? c : '_');
-        string path = Path.Combine(config.StateDirectory, $"{config.Name}-{sb}-ns{nsid}.generation");
+        string path = Path.Combine(config.StateDirectory, $"{config.Name}-{SafeName(s.Nqn)}-ns{nsid}.generation");
         try
         {
             if (File.Exists(path) && long.TryParse(File.ReadAllText(path).Trim(), System.Globalization.NumberStyles.HexNumber, null, out long kept) && kept != 0)
@@ -187,6 +186,37 @@ public sealed class Node : IDisposable
             _log.LogWarning("NSID {Nsid}: the data generation cannot be kept in {Path} ({Error}): a restart of this node will count as new data", nsid, path, e.Message);
         }
         return (fresh, true);
+    }
+
+    /// <summary>
+    /// The keeper's knowledge of a replica: for one in a file, with a state directory, what it holds is kept there
+    /// (<c>&lt;node&gt;-&lt;subsystem&gt;-ns&lt;N&gt;.replica</c>) and restored here; a RAM replica starts empty.
+    /// </summary>
+    private ReplicaKnowledge KnowledgeOf(NodeConfig config, Subsystem s, uint nsid, Bdev? replica)
+    {
+        if (replica is not FileBdev || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return new ReplicaKnowledge();
+        string path = Path.Combine(config.StateDirectory, $"{config.Name}-{SafeName(s.Nqn)}-ns{nsid}.replica");
+        var k = new ReplicaKnowledge { HoldsPath = path };
+        try
+        {
+            (long g, bool consistent) = ReplicaHoldsFile.Load(path);
+            k.Restore(g, consistent);
+            if (g != 0)
+                _log.LogInformation("{Nqn}: NSID {Nsid}: this node's replica ({Bdev}) holds the owner's data generation {Generation:x16}, {State}",
+                    s.Nqn, nsid, replica.Name, g, consistent ? "consistent" : "torn (its last resync did not finish)");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+        {
+            throw new ConfigException("Node:StateDirectory", $"cannot read what the replica of {s.Nqn} NSID {nsid} holds: {e.Message}");
+        }
+        return k;
+    }
+
+    private static string SafeName(string nqn)
+    {
+        var sb = new System.Text.StringBuilder();
+        foreach (char c in nqn) sb.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' ? c : '_');
+        return sb.ToString();
     }
 
     /// <summary>The node's metrics (meter <c>StorageNode</c>; docs/management.md).</summary>

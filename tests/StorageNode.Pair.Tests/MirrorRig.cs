@@ -45,8 +45,9 @@ internal static unsafe class MirrorRig
     /// A node's settings that keep its replica of the partner's namespace <paramref name="nsid"/> in a file (a file bdev,
     /// io_uring), <paramref name="path"/>, of the test pair's namespace size.
     /// </summary>
-    public static Dictionary<string, string?> FileReplica(uint nsid, string path) => new()
+    public static Dictionary<string, string?> FileReplica(uint nsid, string path, string? stateDirectory = null) => new()
     {
+        ["Node:StateDirectory"] = stateDirectory,
         ["Bdevs:1:Name"] = "Replica",
         ["Bdevs:1:Type"] = "file",
         ["Bdevs:1:Path"] = path,

@@ -272,6 +272,44 @@ public sealed unsafe class MirrorTests
         }
     }
 
+    /// <summary>
+    /// A keeper whose replica is a file keeps what it holds in its state directory: after a restart it knows the replica
+    /// is a consistent copy of the owner's data generation, and refuses a resync of another generation over it (as it
+    /// would before the restart). Without the record, a keeper restarted beside an owner that lost its data (both nodes
+    /// powered off) would let the owner's empty memory overwrite the last copy.
+    /// </summary>
+    [Fact]
+    public void AKeeperThatRestartsRemembersWhatItsReplicaInAFileHolds()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-replica-").FullName;
+        try
+        {
+            string state = Path.Combine(dir, "state-b");
+            Directory.CreateDirectory(state);
+            using TestPair pair = InSyncPair(moreB: FileReplica(1, Path.Combine(dir, "b-keeps-1.img"), state));
+            long generationA = pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.DataGeneration;
+            string record = Directory.GetFiles(state, "*-ns1.replica").Single();
+            Assert.Equal($"{generationA:x16} consistent", File.ReadAllText(record).Trim());
+
+            // B restarts: it knows what its file holds, and A (same data) resyncs it.
+            pair.RestartB();
+            pair.WaitLogged('B', $"holds the owner's data generation {generationA:x16}, consistent");
+            TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone >= 2 && MirrorOf(pair.A, 1).IsInSync, "A's replica resynced on the new B", TimeSpan.FromSeconds(30));
+            Assert.Equal((generationA, true), pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.ReplicaKnowledge.Holds);
+
+            // Were A's data another generation's (as after A lost it), B restarted would refuse it: the record says so.
+            File.WriteAllText(record, $"{generationA ^ 0x5A5A:x16} consistent\n");
+            pair.RestartB();
+            TestPair.WaitUntil(() => MirrorOf(pair.A, 1).State == "refused", "A's resync refused by B's kept replica", TimeSpan.FromSeconds(30));
+            Assert.Equal(AnaState.Inaccessible, pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetAnaState(1, ListenerRole.Combined));
+            Assert.Equal($"{generationA ^ 0x5A5A:x16} consistent", File.ReadAllText(record).Trim());
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     /// <summary>Node B of a pair: owns NSID 2 (bdev Local), keeps the replica of A's NSID 1 (8 MiB) in bdev Rep.</summary>
     private static Dictionary<string, string?> KeeperConfig() => new()
     {

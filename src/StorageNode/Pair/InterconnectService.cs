@@ -191,7 +191,15 @@ public sealed class InterconnectService : IInterconnectHandler
                 }
                 ReplicaKnowledge k = ns.ReplicaKnowledge;
                 ReplicaWord before = k.Word;
+                (long, bool) heldBefore = k.Holds;
                 ReplicaAnswer answer = k.Offer(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation, generation, overwrite);
+                if (k.HoldsPath != null && k.Holds != heldBefore && !SaveHolds(ns, k))
+                {
+                    // Not answered as applied: the owner must not start copying over a replica whose record says it is
+                    // consistent (it tries again).
+                    req.Fail(NvmeStatus.Generic(GenericStatus.InternalError));
+                    return;
+                }
                 if (answer == ReplicaAnswer.Refused)
                 {
                     // The owner would resync data it did not have when this replica was whole over it: the group stays
@@ -220,6 +228,24 @@ public sealed class InterconnectService : IInterconnectHandler
             default:
                 req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode));
                 return;
+        }
+    }
+
+    /// <summary>
+    /// Keeps what a replica in a file now holds (before the word is answered: a resync's copies start only after it, so
+    /// a crash in between leaves the record as the replica is). False when it could not be written.
+    /// </summary>
+    private bool SaveHolds(Namespace ns, ReplicaKnowledge k)
+    {
+        try
+        {
+            ReplicaHoldsFile.Save(k.HoldsPath!, k.Holds);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _log.LogError("NSID {Nsid}: cannot keep what this node's replica holds in {Path}: {Error}", ns.Nsid, k.HoldsPath, e.Message);
+            return false;
         }
     }
 }

@@ -78,6 +78,22 @@ public sealed class ReplicaKnowledge
     private bool _heldConsistent;
 
     /// <summary>
+    /// Where what the replica holds is kept across this node's restarts (a replica in a file, with a state directory:
+    /// <see cref="ReplicaHoldsFile"/>); null: nowhere (RAM: the replica is empty after a restart).
+    /// </summary>
+    public string? HoldsPath { get; init; }
+
+    /// <summary>At start: what a kept replica holds, as <see cref="HoldsPath"/> says.</summary>
+    public void Restore(long generation, bool consistent)
+    {
+        lock (_lock)
+        {
+            _heldGeneration = generation;
+            _heldConsistent = consistent && generation != 0;
+        }
+    }
+
+    /// <summary>
     /// <see cref="Apply"/>, with the owner's data generation <paramref name="generation"/> (its data's lineage: the same
     /// across restarts of a namespace whose data survives them, new for one that starts empty). A resync of another
     /// generation over a replica that holds a consistent copy of data is refused unless <paramref name="overwrite"/>
@@ -155,5 +171,33 @@ public sealed class ReplicaKnowledge
     public bool AcceptsCopy(object? association, uint epoch)
     {
         lock (_lock) return Word != ReplicaWord.OutOfSync && epoch == _epoch && association != null && ReferenceEquals(association, _wordFrom);
+    }
+}
+
+/// <summary>
+/// What a replica in a file holds (its owner's data generation, and whether its last resync finished), kept in the
+/// state directory beside the reservations: written to a temporary file, flushed to the device, renamed over the old
+/// one, so a crash leaves the old record or the new.
+/// </summary>
+public static class ReplicaHoldsFile
+{
+    public static (long Generation, bool Consistent) Load(string path)
+    {
+        if (!File.Exists(path)) return (0, false);
+        string[] parts = File.ReadAllText(path).Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        if (parts.Length != 2 || !long.TryParse(parts[0], System.Globalization.NumberStyles.HexNumber, null, out long g))
+            throw new InvalidDataException($"{path}: not a replica record (expected 'GENERATION consistent|torn')");
+        return (g, parts[1] == "consistent");
+    }
+
+    public static void Save(string path, (long Generation, bool Consistent) holds)
+    {
+        string tmp = path + ".tmp";
+        using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+        {
+            f.Write(System.Text.Encoding.ASCII.GetBytes($"{holds.Generation:x16} {(holds.Consistent ? "consistent" : "torn")}\n"));
+            f.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, path, overwrite: true);
     }
 }

@@ -68,7 +68,7 @@ public sealed class Namespace
     /// completed is on it). Not whole until the owner says otherwise (after this node started, the replica is empty
     /// until a resync).
     /// </summary>
-    public ReplicaKnowledge ReplicaKnowledge { get; } = new();
+    public ReplicaKnowledge ReplicaKnowledge { get; init; } = new();
 
     /// <summary>The replica's channels, one per reactor (empty without a replica).</summary>
     internal BdevChannel[] ReplicaChannels { get; private set; } = [];
