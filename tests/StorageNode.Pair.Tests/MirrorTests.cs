@@ -310,6 +310,51 @@ public sealed unsafe class MirrorTests
         }
     }
 
+    /// <summary>
+    /// Two processes, B's clock hours off: B (owner of NSID 2, RAM) is killed with SIGKILL and started again, empty. It
+    /// does not resync over A's replica, which keeps B's data (A's replica takes no write): NSID 2 is inaccessible on
+    /// both nodes until the operator's cluster_replica_discard, then B resyncs and serves again.
+    /// </summary>
+    [Fact]
+    public void TwoProcessesAnOwnerKilledAndRestartedEmptyLeavesTheReplicaAlone()
+    {
+        using var pair = new ProcessPair(Mirror, Mirror, clockOffsetSecondsB: -3 * 3600);
+        pair.WaitHealthy();
+        JsonObject MirrorOfB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!.AsObject();
+        JsonObject ReplicaOnA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!.AsObject();
+        long ReplicaWritesOnA() => pair.Rpc('A', "bdev_get_iostat")!["bdevs"]!.AsArray()
+            .Single(b => b!["name"]!.GetValue<string>() == "replica:2")!["num_write_ops"]!.GetValue<long>();
+        TestPair.WaitUntil(() => MirrorOfB()["state"]!.GetValue<string>() == "in_sync" && ReplicaOnA()["whole"]!.GetValue<bool>(),
+            "B's replica on A in sync and whole", TimeSpan.FromSeconds(30));
+        using (NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid()))
+        {
+            var data = new byte[64 * 1024];
+            new Random(7).NextBytes(data);
+            for (ulong lba = 0; lba < 2048; lba += 128) Assert.True(viaB.IoQueues[0].Write(2, lba, 128, data).IsSuccess);
+        }
+        string generation = MirrorOfB()["generation"]!.GetValue<string>();
+        TestPair.WaitUntil(() => ReplicaOnA()["holds_generation"]?.GetValue<string>() == generation && ReplicaOnA()["holds_consistent"]!.GetValue<bool>(),
+            "A's replica a consistent copy of B's data");
+        long writes = ReplicaWritesOnA();
+
+        pair.KillAndRestart('B');
+        TestPair.WaitUntil(() => MirrorOfB()["state"]!.GetValue<string>() == "refused", "the restarted B to find A's replica holding data it lacks", TimeSpan.FromSeconds(30));
+        Assert.NotEqual(generation, MirrorOfB()["generation"]!.GetValue<string>());
+        Assert.True(MirrorOfB()["group_held"]!.GetValue<bool>());
+        Assert.Equal(writes, ReplicaWritesOnA()); // nothing was resynced over it
+        Assert.Equal(generation, ReplicaOnA()["holds_generation"]!.GetValue<string>());
+        using (NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid()))
+            Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), viaA.IoQueues[0].Write(2, 0, 8, new byte[4096]));
+
+        Assert.Equal("refused resync retried with overwrite",
+            pair.Rpc('B', "cluster_replica_discard", new JsonObject { ["nqn"] = TestPair.Nqn, ["nsid"] = 2 })!.GetValue<string>());
+        TestPair.WaitUntil(() => MirrorOfB()["state"]!.GetValue<string>() == "in_sync" && ReplicaOnA()["whole"]!.GetValue<bool>(),
+            "B to resync A's replica after the operator's decision", TimeSpan.FromSeconds(30));
+        Assert.Equal(MirrorOfB()["generation"]!.GetValue<string>(), ReplicaOnA()["holds_generation"]!.GetValue<string>()); // B's data now
+        using (NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid()))
+            Assert.True(viaB.IoQueues[0].Write(2, 0, 8, new byte[4096]).IsSuccess);
+    }
+
     /// <summary>Node B of a pair: owns NSID 2 (bdev Local), keeps the replica of A's NSID 1 (8 MiB) in bdev Rep.</summary>
     private static Dictionary<string, string?> KeeperConfig() => new()
     {

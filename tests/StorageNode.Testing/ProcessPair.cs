@@ -40,7 +40,9 @@ public interface IPairRig : IDisposable
 /// </summary>
 public sealed class ProcessPair : IPairRig
 {
-    private readonly Node _a, _b;
+    private Node _a, _b;
+    private readonly Dictionary<string, string?> _settingsA, _settingsB;
+    private readonly HashSet<int> _taken;
 
     public string Kind => "two processes";
     public IPEndPoint EndpointA => _a.Endpoint;
@@ -62,6 +64,7 @@ public sealed class ProcessPair : IPairRig
         foreach (var kv in overridesB ?? []) b[kv.Key] = kv.Value;
         // The nodes' listener ports, distinct from the interconnect's four (found free, then bound by the nodes).
         var taken = new HashSet<int> { icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port };
+        (_settingsA, _settingsB, _taken) = (a, b, taken);
         _a = new Node("A", a, taken);
         try
         {
@@ -89,7 +92,23 @@ public sealed class ProcessPair : IPairRig
         => NvmeHost.Connect(ep, nqn, (options ?? new NvmeHostOptions()) with { HostId = hostId });
 
     /// <summary>A management call on one node (e.g. <c>cluster_get_status</c>).</summary>
-    public JsonNode? Rpc(char node, string method) => (node == 'A' ? _a : _b).Call(method);
+    public JsonNode? Rpc(char node, string method, JsonObject? parameters = null) => (node == 'A' ? _a : _b).Call(method, parameters);
+
+    /// <summary>
+    /// Kills a node for real (SIGKILL: nothing it held in memory survives) and starts it again with the same settings,
+    /// listener port and RPC socket (a new incarnation).
+    /// </summary>
+    public void KillAndRestart(char node)
+    {
+        Node old = node == 'A' ? _a : _b;
+        Signal(old.Process.Id, "CONT");
+        Signal(old.Process.Id, "KILL");
+        old.Process.WaitForExit();
+        old.Dispose();
+        Node fresh = new(node.ToString(), node == 'A' ? _settingsA : _settingsB, _taken);
+        if (node == 'A') _a = fresh;
+        else _b = fresh;
+    }
 
     /// <summary>Stops or resumes a node's whole process (SIGSTOP / SIGCONT): a node that stalls, as under a long pause.</summary>
     public void Freeze(char node, bool frozen) => Signal((node == 'A' ? _a : _b).Process.Id, frozen ? "STOP" : "CONT");
@@ -172,10 +191,10 @@ public sealed class ProcessPair : IPairRig
             return string.Join("\n", lines.Where(l => l.Contains("warn") || l.Contains("fail") || l.Contains("crit")).TakeLast(30));
         }
 
-        public JsonNode? Call(string method)
+        public JsonNode? Call(string method, JsonObject? parameters = null)
         {
             using var c = new RpcClient(_socket, TimeSpan.FromSeconds(5));
-            return c.Call(method);
+            return c.Call(method, parameters);
         }
 
         public bool Healthy()
