@@ -24,6 +24,8 @@ public sealed class Node : IDisposable
     private readonly HashSet<Bdev> _draining = [];
     // Replicas of the partner's namespaces (Cluster:Mirror), written only by the partner's mirrored writes.
     private readonly List<Bdev> _replicas = [];
+    // File bdevs whose file this start created (empty: new data, whatever the state directory kept).
+    private readonly HashSet<string> _createdFiles = [];
     private ReservationStore? _store;
     private readonly ILogger _log;
     private bool _started;
@@ -59,7 +61,11 @@ public sealed class Node : IDisposable
             if (config.Listeners.Any(l => l.Transport == "rdma") || (rdmaInterconnect && RdmaDevices.UnavailableReason() == null))
                 Rdma = new RdmaTransport(Target);
 
-            foreach (BdevConfig b in config.Bdevs) _bdevs[b.Name] = CreateBdev(b);
+            foreach (BdevConfig b in config.Bdevs)
+            {
+                if (b.Type == "file" && !File.Exists(b.Path)) _createdFiles.Add(b.Name);
+                _bdevs[b.Name] = CreateBdev(b);
+            }
             var subsystems = new List<(Subsystem S, SubsystemConfig C)>();
             var owners = new Dictionary<Subsystem, IReadOnlyDictionary<uint, string>>();
             foreach (SubsystemConfig sc in config.Subsystems)
@@ -143,6 +149,9 @@ public sealed class Node : IDisposable
                         DataGeneration = generation,
                         DataGenerationIsNew = generationIsNew,
                     };
+                    // New data (RAM starts empty) is not served until the partner's replica has taken it (the mirror releases
+                    // this hold): held before any listener opens (docs/ha.md, "An owner that lost its data").
+                    if (generationIsNew) s.HoldGroup(ns.AnaGroupId, ns);
                     // The owner keeps a namespace's reservations; the partner's are kept by the partner.
                     if (store != null && !ns.IsRemote) store.Attach(s, ns);
                     else if (store != null) ns.Reservations.PtplCapable = true; // answers with the owner's PTPL
@@ -161,8 +170,8 @@ public sealed class Node : IDisposable
 
     /// <summary>
     /// A mirrored namespace's data generation (docs/ha.md, "An owner that lost its data"): for a file bdev, the one kept
-    /// in the state directory (made and kept there the first time); otherwise — RAM, whose data a restart loses, or no
-    /// state directory — a new one. Whether it is new.
+    /// in the state directory (made and kept there the first time, and made anew when this start created the file);
+    /// otherwise — RAM, whose data a restart loses, or no state directory — a new one. Whether it is new.
     /// </summary>
     private (long Generation, bool IsNew) DataGeneration(NodeConfig config, Subsystem s, uint nsid, Bdev bdev)
     {
@@ -171,7 +180,8 @@ public sealed class Node : IDisposable
         string path = Path.Combine(config.StateDirectory, $"{config.Name}-{SafeName(s.Nqn)}-ns{nsid}.generation");
         try
         {
-            if (File.Exists(path) && long.TryParse(File.ReadAllText(path).Trim(), System.Globalization.NumberStyles.HexNumber, null, out long kept) && kept != 0)
+            if (!_createdFiles.Contains(bdev.Name) && File.Exists(path)
+                && long.TryParse(File.ReadAllText(path).Trim(), System.Globalization.NumberStyles.HexNumber, null, out long kept) && kept != 0)
                 return (kept, false);
             string tmp = path + ".tmp";
             using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))

@@ -422,6 +422,33 @@ public sealed unsafe class MirrorDefectTests
             Assert.True(WriteRetryingPathErrors(viaA.IoQueues[0], 0x22, lba: 8, nsid: 2).IsSuccess);
     }
 
+    /// <summary>
+    /// The keeper's rule for data generations alone: a resync of another generation over data the replica holds —
+    /// consistent, or torn by a resync that never finished — is refused (changing nothing), unless an operator decided;
+    /// the same generation, or an empty replica, is taken; a new owner incarnation leaves what the replica holds as it is.
+    /// </summary>
+    [Fact]
+    public void TheKeeperRefusesAnotherGenerationOverDataItHolds()
+    {
+        var k = new ReplicaKnowledge();
+        object a = new();
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 7, ReplicaWord.Resyncing, 1, 1, 7, generation: 50, overwrite: false)); // empty: taken
+        Assert.Equal((50L, false), k.Holds);
+        Assert.Equal(ReplicaAnswer.Refused, k.Offer(a, 8, ReplicaWord.Resyncing, 1, 1, 8, generation: 60, overwrite: false)); // torn data of 50
+        Assert.Equal((50L, false), k.Holds);
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 8, ReplicaWord.Resyncing, 2, 2, 8, generation: 50, overwrite: false)); // 50 again: taken
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 8, ReplicaWord.InSync, 2, 3, 8, generation: 50, overwrite: false));
+        Assert.Equal((50L, true), k.Holds);
+        Assert.Equal(ReplicaAnswer.Refused, k.Offer(a, 9, ReplicaWord.Resyncing, 1, 1, 9, generation: 70, overwrite: false)); // consistent data of 50
+        Assert.Equal(ReplicaWord.OutOfSync, k.Word); // the new incarnation reset the words, not the data
+        Assert.Equal((50L, true), k.Holds);
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 9, ReplicaWord.Resyncing, 1, 2, 9, generation: 70, overwrite: true)); // an operator decided
+        Assert.Equal((70L, false), k.Holds);
+        var restored = new ReplicaKnowledge();
+        restored.Restore(70, consistent: true);
+        Assert.Equal(ReplicaAnswer.Refused, restored.Offer(a, 10, ReplicaWord.Resyncing, 1, 1, 10, generation: 80, overwrite: false));
+    }
+
     /// <summary>Defect 2, the keeper's rules alone: stale words are ignored, a replaced incarnation's are refused, a new one resets, only the "in sync" word's own association and sequence number renew it, a resync is never whole, a lease expires and only a renewal with a later deadline renews it, copies only of the current epoch and association.</summary>
     [Fact]
     public void TheKeepersKnowledgeFollowsTheOwnersWordsInOrder()

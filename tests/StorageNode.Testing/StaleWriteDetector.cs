@@ -43,11 +43,21 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         /// delivered): the case a fence is for, every time, rather than now and then.
         /// </summary>
         public bool PathPartitionsOnly { get; init; }
+
+        /// <summary>
+        /// The replicas' check (<c>Cluster:Mirror</c>): reads the bytes [offset, offset + length) of the replica its keeper
+        /// holds of a namespace, and says whether the keeper called it whole both before and after the read. Every
+        /// 100 ms, and once more at the end, each unit of a replica called whole must hold at least the newest version
+        /// the host had acknowledged before the check began. Null: no replica check.
+        /// </summary>
+        public Func<uint, ulong, int, (bool Whole, byte[] Bytes)>? Replica { get; init; }
     }
 
     public sealed class Report
     {
         public long Writes, Reads, Retries, Reconnects, Abandoned, Faults;
+        /// <summary>Replica checks run, and how many of them found the replica called whole (only those can find a violation).</summary>
+        public long ReplicaChecks, ReplicaChecksWhole;
         public readonly Dictionary<string, int> FaultKinds = [];
         public readonly List<string> Violations = [];
         /// <summary>What the host and the fault injector did (the last 400 events), to read next to the nodes' logs.</summary>
@@ -56,7 +66,8 @@ public sealed unsafe class StaleWriteDetector : IDisposable
 
         public override string ToString() =>
             $"{Writes} writes and {Reads} reads acknowledged, {Retries} retries, {Abandoned} associations abandoned, {Reconnects} reconnects, " +
-            $"{Faults} faults ({string.Join(", ", FaultKinds.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value}"))}), {Violations.Count} violation(s), " +
+            $"{Faults} faults ({string.Join(", ", FaultKinds.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value}"))}), " +
+            $"{ReplicaChecks} replica checks ({ReplicaChecksWhole} of replicas called whole), {Violations.Count} violation(s), " +
             $"{Elapsed.TotalSeconds:0.0} s";
     }
 
@@ -74,6 +85,8 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         public ulong Issued;
         /// <summary>The oldest version the unit may hold: the newest acknowledged or read.</summary>
         public ulong Floor;
+        /// <summary>The newest version a write of which was acknowledged (a replica called whole holds at least this).</summary>
+        public ulong Acked;
         /// <summary>A write whose fate is unknown: it is retried with this version before any newer one.</summary>
         public ulong Retry;
         public bool Busy;
@@ -158,6 +171,11 @@ public sealed unsafe class StaleWriteDetector : IDisposable
                 nextFault = now + _rng.Next(200, 450);
             }
             HealDue(now);
+            if (_o.Replica != null && now >= _nextReplicaCheck)
+            {
+                CheckReplicas("");
+                _nextReplicaCheck = now + 100;
+            }
             if (faultsDone && NothingPartitioned()) break;
             if (_o.StopAtFirstViolation && _report.Violations.Count > 0) break;
             if (now > _o.Limit.TotalMilliseconds) throw new TimeoutException($"the detector ran past {_o.Limit.TotalSeconds} s: {_report}");
@@ -300,6 +318,7 @@ public sealed unsafe class StaleWriteDetector : IDisposable
                 _report.Writes++;
                 u.Retry = 0;
                 u.Floor = Math.Max(u.Floor, op.Version);
+                u.Acked = Math.Max(u.Acked, op.Version);
             }
             else
             {
@@ -427,6 +446,36 @@ public sealed unsafe class StaleWriteDetector : IDisposable
 
     private bool NothingPartitioned() => !_paths[0].Partitioned && !_paths[1].Partitioned && !_icPartitioned[0] && !_icPartitioned[1];
 
+    private long _nextReplicaCheck;
+
+    /// <summary>
+    /// Each replica its keeper calls whole (before and after it is read) holds, in every unit, at least the newest
+    /// version the host had acknowledged when the check began (<see cref="Options.Replica"/>).
+    /// </summary>
+    private void CheckReplicas(string when)
+    {
+        foreach (uint nsid in _o.Nsids)
+        {
+            List<Unit> units = [.. _units.Where(u => u.Nsid == nsid)];
+            ulong[] acked = [.. units.Select(u => u.Acked)];
+            (bool whole, byte[] bytes) = _o.Replica!(nsid, BaseLba * 512, units.Count * UnitBytes);
+            _report.ReplicaChecks++;
+            if (!whole) continue;
+            _report.ReplicaChecksWhole++;
+            var buf = new byte[UnitBytes];
+            for (int i = 0; i < units.Count; i++)
+            {
+                bytes.AsSpan(i * UnitBytes, UnitBytes).CopyTo(buf);
+                ulong v = Parse(buf, units[i], out string? bad);
+                // A replica in RAM read while a copy lands in it can show a torn unit: only at the end, with nothing in
+                // flight, is that a fault.
+                if (bad != null && when.Length == 0 && bad.StartsWith("torn", StringComparison.Ordinal)) continue;
+                if (bad != null) Violation($"the replica of {Describe(units[i])}{when}, called whole: {bad}");
+                else if (v < acked[i]) Violation($"the replica of {Describe(units[i])}{when} holds version {v}, called whole by its keeper, after version {acked[i]} was acknowledged");
+            }
+        }
+    }
+
     // ------------------------------------------------------------------ the end
 
     /// <summary>
@@ -460,6 +509,7 @@ public sealed unsafe class StaleWriteDetector : IDisposable
             if (bad != null) Violation($"final read of {Describe(u)}: {bad}");
             else if (v < u.Floor) Violation($"{Describe(u)} went back to version {v} after version {u.Floor} was acknowledged or read (final read)");
         }
+        if (_o.Replica != null) CheckReplicas(" (at the end)");
     }
 
     private void Event(string what)

@@ -401,6 +401,7 @@ public sealed record NodeConfig
                         if (cluster is not { Mirror: true }) throw new ConfigException($"{n.Path}:ReplicaBdev", "needs Cluster:Mirror = true (without it no replica is kept)");
                         BdevConfig? rc = bdevs.FirstOrDefault(b => b.Name == replicaBdev);
                         if (rc == null) throw new ConfigException($"{n.Path}:ReplicaBdev", $"no bdev named '{replicaBdev}' (see Bdevs)");
+                        if (rc.Type == "null") throw new ConfigException($"{n.Path}:ReplicaBdev", $"bdev '{replicaBdev}' is a null bdev: it keeps nothing");
                         if (usedBdevs.TryGetValue(replicaBdev, out string? other)) throw new ConfigException($"{n.Path}:ReplicaBdev", $"bdev '{replicaBdev}' is already {other}");
                         usedBdevs[replicaBdev] = $"the replica of {nqn} NSID {nsid}";
                         if (rc.BlockSize != declaredBlockSize)

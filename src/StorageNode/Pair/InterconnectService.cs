@@ -130,6 +130,10 @@ public sealed class InterconnectService : IInterconnectHandler
                     // This node as a keeper: the owner renews the "in sync" words it lists, said on this association.
                     long nowTicks = System.Diagnostics.Stopwatch.GetTimestamp();
                     long untilTicks = _pair.Clock.OwnDeadlineTicks(until, nowTicks);
+                    // A deadline further ahead than any lease (the clock's ±5.9 h window wrapped: a heartbeat read hours
+                    // late, after a freeze) renews nothing.
+                    if (untilTicks - nowTicks > Math.Max(2 * _pair.Config.HeartbeatTimeout.TotalSeconds, 60) * System.Diagnostics.Stopwatch.Frequency)
+                        untilTicks = 0;
                     ReadOnlySpan<byte> entries = req.DataSpan;
                     for (int at = 0; at + MirrorLease.EntryBytes <= entries.Length; at += MirrorLease.EntryBytes)
                     {
@@ -195,6 +199,7 @@ public sealed class InterconnectService : IInterconnectHandler
                 ReplicaAnswer answer = k.Offer(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation, generation, overwrite);
                 if (k.HoldsPath != null && k.Holds != heldBefore && !SaveHolds(ns, k))
                 {
+                    k.Restore(heldBefore.Item1, heldBefore.Item2); // as the record says
                     // Not answered as applied: the owner must not start copying over a replica whose record says it is
                     // consistent (it tries again).
                     req.Fail(NvmeStatus.Generic(GenericStatus.InternalError));

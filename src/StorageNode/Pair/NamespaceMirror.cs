@@ -61,8 +61,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         _dirty = new DirtyBitmap(Regions);
         // New data (RAM starts empty) is not served until the partner's replica has taken it for the truth: the replica
         // may hold data this node lost, and writes served meanwhile would be lost with it or lose it (docs/ha.md, "An
-        // owner that lost its data").
-        if (ns.DataGenerationIsNew && link.Subsystem.HoldGroup(ns.AnaGroupId, this))
+        // owner that lost its data"). The node took the hold (the namespace holds it) before its listeners opened.
+        if (ns.DataGenerationIsNew)
             log.LogInformation("{Nqn}: NSID {Nsid}: new data (generation {Generation:x16}): ANA group {Group} is served once the partner's replica takes it (or an operator decides: cluster_replica_discard)",
                 link.Subsystem.Nqn, ns.Nsid, ns.DataGeneration, ns.AnaGroupId);
     }
@@ -87,12 +87,13 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     {
         lock (_lock)
         {
-            if (_state != OutOfSync) return;
+            // An operator's decision that came meanwhile stands: the next resync carries it.
+            if (_state != OutOfSync || Volatile.Read(ref _overwrite)) return;
             _state = Refused;
+            RefusedReason = "the partner's replica holds data of another generation (this node's namespace started without it)";
+            _link.Subsystem.HoldGroup(_ns.AnaGroupId, _ns);
         }
-        RefusedReason = "the partner's replica holds a consistent copy of data of another generation (this node's namespace started without it)";
-        _link.Subsystem.HoldGroup(_ns.AnaGroupId, this);
-        _log.LogError("{Nqn}: NSID {Nsid}: the partner refused the resync: its replica holds a consistent copy of data this node does not have (this node's data is generation {Generation:x16}, new: {New}); ANA group {Group} stays inaccessible until an operator decides: cluster_replica_discard replaces the replica with this node's data",
+        _log.LogError("{Nqn}: NSID {Nsid}: the partner refused the resync: its replica holds data this node does not have (this node's data is generation {Generation:x16}, new: {New}); ANA group {Group} stays inaccessible until an operator decides: cluster_replica_discard replaces the replica with this node's data",
             _link.Subsystem.Nqn, _ns.Nsid, _ns.DataGeneration, _ns.DataGenerationIsNew, _ns.AnaGroupId);
     }
 
@@ -102,15 +103,15 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// </summary>
     public string Discard()
     {
-        Volatile.Write(ref _overwrite, true);
-        bool wasRefused;
+        bool wasRefused, released;
         lock (_lock)
         {
+            Volatile.Write(ref _overwrite, true);
             wasRefused = _state == Refused;
             if (wasRefused) _state = OutOfSync;
+            RefusedReason = null;
+            released = _link.Subsystem.ReleaseGroup(_ns.AnaGroupId, _ns);
         }
-        RefusedReason = null;
-        bool released = _link.Subsystem.ReleaseGroup(_ns.AnaGroupId, this);
         _log.LogWarning("{Nqn}: NSID {Nsid}: an operator discards the partner's replica: this node's data (generation {Generation:x16}) replaces it at the next resync{Served}",
             _link.Subsystem.Nqn, _ns.Nsid, _ns.DataGeneration, released ? $"; ANA group {_ns.AnaGroupId} is served" : "");
         return wasRefused ? "refused resync retried with overwrite" : released ? "group served; the replica will be overwritten" : "the replica will be overwritten at the next resync";
@@ -358,7 +359,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             }
             if (answer != ReplicaAnswer.Applied) return;
             // The keeper takes this node's data for the truth: the group may be served.
-            if (_link.Subsystem.ReleaseGroup(_ns.AnaGroupId, this))
+            if (_link.Subsystem.ReleaseGroup(_ns.AnaGroupId, _ns))
                 _log.LogInformation("{Nqn}: NSID {Nsid}: the partner's replica takes this node's data (generation {Generation:x16}){How}; ANA group {Group} is served",
                     _link.Subsystem.Nqn, _ns.Nsid, _ns.DataGeneration, overwrite ? ", as an operator decided" : "", _ns.AnaGroupId);
             lock (_lock)

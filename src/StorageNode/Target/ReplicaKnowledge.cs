@@ -96,7 +96,7 @@ public sealed class ReplicaKnowledge
     /// <summary>
     /// <see cref="Apply"/>, with the owner's data generation <paramref name="generation"/> (its data's lineage: the same
     /// across restarts of a namespace whose data survives them, new for one that starts empty). A resync of another
-    /// generation over a replica that holds a consistent copy of data is refused unless <paramref name="overwrite"/>
+    /// generation over a replica that holds data of another (consistent, or torn by a resync that did not finish) is refused unless <paramref name="overwrite"/>
     /// (an operator decided): it would replace data the owner no longer has with what it has now (docs/ha.md, "An
     /// owner that lost its data").
     /// </summary>
@@ -107,7 +107,9 @@ public sealed class ReplicaKnowledge
             if (knownIncarnation != 0 && incarnation != knownIncarnation) return ReplicaAnswer.Stale;
             if (incarnation == OwnerIncarnation && sequence <= Sequence) return ReplicaAnswer.Stale;
             if (incarnation != OwnerIncarnation) ResetLocked(incarnation);
-            if (word == ReplicaWord.Resyncing && generation != 0 && _heldConsistent && _heldGeneration != 0 && _heldGeneration != generation && !overwrite)
+            // Torn data (a resync that never finished) is refused as well: outside the regions that resync had left, it
+            // is the last copy of what it held.
+            if (word == ReplicaWord.Resyncing && generation != 0 && _heldGeneration != 0 && _heldGeneration != generation && !overwrite)
                 return ReplicaAnswer.Refused;
             Word = word;
             _epoch = epoch;
