@@ -222,17 +222,29 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         }
     }
 
-    /// <param name="mirror">With Cluster:Mirror: every write the kernel host makes (directly, or relayed through B while
-    /// its path to A is cut) is on B's replica too; at the end A's namespace and B's replica are equal, byte for byte.</param>
+    /// <param name="mirror">With Cluster:Mirror, B keeping its replica of NSID 1 in a file (a file bdev on io_uring): every
+    /// write the kernel host makes (directly, or relayed through B while its path to A is cut) is on B's replica too; at
+    /// the end A's namespace and B's replica file are equal, byte for byte.</param>
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
     public unsafe void MultipathFailsOverToTheProxyPathWithoutErrors(bool mirror)
     {
         string m = mirror ? "true" : "false";
+        string replicaFile = Path.Combine(Path.GetTempPath(), $"sn-rig-replica-{Guid.NewGuid():N}.img");
+        var overridesB = new Dictionary<string, string?> { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:0:SizeMiB"] = "64", ["Cluster:Mirror"] = m };
+        if (mirror)
+        {
+            overridesB["Bdevs:1:Name"] = "Replica";
+            overridesB["Bdevs:1:Type"] = "file";
+            overridesB["Bdevs:1:Path"] = replicaFile;
+            overridesB["Bdevs:1:SizeMiB"] = "64";
+            overridesB["Subsystems:0:Namespaces:0:ReplicaBdev"] = "Replica";
+        }
+        using var cleanup = new TempFile(replicaFile);
         using var pair = new TestPair(
             overridesA: new() { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:1:SizeMiB"] = "64", ["Cluster:Mirror"] = m },
-            overridesB: new() { ["Bdevs:0:SizeMiB"] = "64", ["Subsystems:0:Namespaces:0:SizeMiB"] = "64", ["Cluster:Mirror"] = m });
+            overridesB: overridesB);
         pair.WaitHealthy();
         Pair.NamespaceMirror? replica = mirror ? pair.A.Pair!.Links[0].Mirrors.Single(x => x.Nsid == 1) : null;
         if (replica != null) TestPair.WaitUntil(() => replica.IsInSync, "B's replica of NSID 1 in sync", TimeSpan.FromSeconds(60));
@@ -271,9 +283,19 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         Assert.True(replica.IsInSync, $"B's replica is {replica.State}");
         const int size = 64 << 20;
         var owner = new ReadOnlySpan<byte>(pair.A.GetBdev("Local").CreateChannel(pair.A.Reactors[0]).ZeroCopyRead(0, size), size);
-        var copy = new ReadOnlySpan<byte>(pair.B.Bdevs.Single(b => b.Name == "replica:1").CreateChannel(pair.B.Reactors[0]).ZeroCopyRead(0, size), size);
-        Assert.True(owner.SequenceEqual(copy), "B's replica differs from A's namespace after the kernel host's writes");
-        output.WriteLine($"B's replica of NSID 1 equals A's namespace ({pair.B.Bdevs.Single(b => b.Name == "replica:1").Stats[Bdevs.IoStat.WriteOps]} copies written)");
+        Assert.IsType<Bdevs.FileBdev>(pair.B.GetBdev("Replica"));
+        byte[] copy = File.ReadAllBytes(replicaFile);
+        Assert.True(owner.SequenceEqual(copy), "B's replica file differs from A's namespace after the kernel host's writes");
+        output.WriteLine($"B's replica of NSID 1 (a file) equals A's namespace ({pair.B.GetBdev("Replica").Stats[Bdevs.IoStat.WriteOps]} copies written)");
+    }
+
+    /// <summary>Deletes a file when disposed (if it was made).</summary>
+    private sealed class TempFile(string path) : IDisposable
+    {
+        public void Dispose()
+        {
+            try { File.Delete(path); } catch (IOException) { }
+        }
     }
 
     /// <summary>
