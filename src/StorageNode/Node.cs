@@ -24,8 +24,6 @@ public sealed class Node : IDisposable
     private readonly HashSet<Bdev> _draining = [];
     // Replicas of the partner's namespaces (Cluster:Mirror), written only by the partner's mirrored writes.
     private readonly List<Bdev> _replicas = [];
-    // File bdevs whose file this start created (empty: new data, whatever the state directory kept).
-    private readonly HashSet<string> _createdFiles = [];
     private ReservationStore? _store;
     private readonly ILogger _log;
     private bool _started;
@@ -63,7 +61,9 @@ public sealed class Node : IDisposable
 
             foreach (BdevConfig b in config.Bdevs)
             {
-                if (b.Type == "file" && !File.Exists(b.Path)) _createdFiles.Add(b.Name);
+                // A file about to be made holds none of the data a kept generation names: that record goes first, before
+                // the file exists (whatever stops this start later, the next one finds the file and no record: new data).
+                if (b.Type == "file" && !File.Exists(b.Path)) ForgetGenerations(config, b.Name);
                 _bdevs[b.Name] = CreateBdev(b);
             }
             var subsystems = new List<(Subsystem S, SubsystemConfig C)>();
@@ -148,6 +148,7 @@ public sealed class Node : IDisposable
                         ReplicaKnowledge = KnowledgeOf(config, s, nc.Nsid, replica),
                         DataGeneration = generation,
                         DataGenerationIsNew = generationIsNew,
+                        DataTaken = DataTakenFor(config, s, nc.Nsid, bdev, generation, generationIsNew),
                     };
                     // New data (RAM starts empty) is not served until the partner's replica has taken it (the mirror releases
                     // this hold): held before any listener opens (docs/ha.md, "An owner that lost its data").
@@ -170,32 +171,73 @@ public sealed class Node : IDisposable
 
     /// <summary>
     /// A mirrored namespace's data generation (docs/ha.md, "An owner that lost its data"): for a file bdev, the one kept
-    /// in the state directory (made and kept there the first time, and made anew when this start created the file);
-    /// otherwise — RAM, whose data a restart loses, or no state directory — a new one. Whether it is new.
+    /// in the state directory (<c>GENERATION new|taken</c>: made the first time, or when the file was made anew; "new"
+    /// until the partner's replica has taken the data, so that a restart before that still holds the group); otherwise
+    /// — RAM, whose data a restart loses, or no state directory — a new one. Whether it is new.
     /// </summary>
     private (long Generation, bool IsNew) DataGeneration(NodeConfig config, Subsystem s, uint nsid, Bdev bdev)
     {
         long fresh = Random.Shared.NextInt64(1, long.MaxValue);
         if (bdev is not FileBdev || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return (fresh, true);
-        string path = Path.Combine(config.StateDirectory, $"{config.Name}-{SafeName(s.Nqn)}-ns{nsid}.generation");
+        string path = GenerationPath(config, s.Nqn, nsid);
         try
         {
-            if (!_createdFiles.Contains(bdev.Name) && File.Exists(path)
-                && long.TryParse(File.ReadAllText(path).Trim(), System.Globalization.NumberStyles.HexNumber, null, out long kept) && kept != 0)
-                return (kept, false);
-            string tmp = path + ".tmp";
-            using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
-            {
-                f.Write(System.Text.Encoding.ASCII.GetBytes(fresh.ToString("x16") + "\n"));
-                f.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, path, overwrite: true);
+            string[] kept = File.Exists(path) ? File.ReadAllText(path).Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries) : [];
+            if (kept.Length is 1 or 2 && long.TryParse(kept[0], System.Globalization.NumberStyles.HexNumber, null, out long g) && g != 0)
+                return (g, kept.Length == 2 && kept[1] == "new");
+            WriteGeneration(path, fresh, taken: false);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             _log.LogWarning("NSID {Nsid}: the data generation cannot be kept in {Path} ({Error}): a restart of this node will count as new data", nsid, path, e.Message);
         }
         return (fresh, true);
+    }
+
+    private static string GenerationPath(NodeConfig config, string nqn, uint nsid)
+        => Path.Combine(config.StateDirectory!, $"{config.Name}-{SafeName(nqn)}-ns{nsid}.generation");
+
+    private static void WriteGeneration(string path, long generation, bool taken)
+    {
+        string tmp = path + ".tmp";
+        using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+        {
+            f.Write(System.Text.Encoding.ASCII.GetBytes($"{generation:x16} {(taken ? "taken" : "new")}\n"));
+            f.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    /// <summary>The file of bdev <paramref name="bdevName"/> is gone: the generations kept for the namespaces on it no longer hold.</summary>
+    private static void ForgetGenerations(NodeConfig config, string bdevName)
+    {
+        if (config.StateDirectory == null || config.Cluster is not { Mirror: true }) return;
+        foreach (SubsystemConfig sc in config.Subsystems)
+            foreach (NamespaceConfig nc in sc.Namespaces)
+            {
+                if (nc.Bdev != bdevName) continue;
+                string path = GenerationPath(config, sc.Nqn, nc.Nsid);
+                try { File.Delete(path); }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new ConfigException("Node:StateDirectory", $"bdev '{bdevName}''s file is gone, and the data generation kept in {path} cannot be removed: {e.Message}");
+                }
+            }
+    }
+
+    /// <summary>The partner's replica has taken a file namespace's new data: a restart no longer holds the group for it.</summary>
+    private Action? DataTakenFor(NodeConfig config, Subsystem s, uint nsid, Bdev bdev, long generation, bool isNew)
+    {
+        if (!isNew || bdev is not FileBdev || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return null;
+        string path = GenerationPath(config, s.Nqn, nsid);
+        return () =>
+        {
+            try { WriteGeneration(path, generation, taken: true); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                _log.LogWarning("NSID {Nsid}: cannot note in {Path} that the partner took the data ({Error}): a restart will hold the group until it does again", nsid, path, e.Message);
+            }
+        };
     }
 
     /// <summary>

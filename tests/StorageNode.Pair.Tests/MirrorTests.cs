@@ -354,6 +354,64 @@ public sealed unsafe class MirrorTests
             Assert.True(viaB.IoQueues[0].Write(2, 0, 8, new byte[4096]).IsSuccess);
     }
 
+    /// <summary>
+    /// An owner whose namespace is a file keeps its data generation in its state directory: "new" until the partner's
+    /// replica has taken the data, then "taken"; a restart with the file finds its data and serves at once (the same
+    /// generation: the replica is resynced, nothing refused). When the file is gone (a disk replaced) the record goes
+    /// before the new, empty file is made: new data, held, and the replica holding the old data refuses it.
+    /// </summary>
+    [Fact]
+    public void AnOwnersFileNamespaceKeepsItsGenerationUntilItsFileIsGone()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-owner-").FullName;
+        try
+        {
+            string state = Path.Combine(dir, "state-b"), file = Path.Combine(dir, "b-owns-2.img");
+            Directory.CreateDirectory(state);
+            var fileOwner = new Dictionary<string, string?>
+            {
+                ["Node:StateDirectory"] = state,
+                ["Bdevs:0:Type"] = "file",
+                ["Bdevs:0:Path"] = file,
+            };
+            using TestPair pair = InSyncPair(moreB: fileOwner);
+            Namespace ns = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(2)!;
+            string record = Directory.GetFiles(state, "*-ns2.generation").Single();
+            Assert.True(ns.DataGenerationIsNew); // the file was made by this start
+            TestPair.WaitUntil(() => File.ReadAllText(record).Trim() == $"{ns.DataGeneration:x16} taken", "B's record: its data taken by A's replica");
+            long first = ns.DataGeneration;
+
+            // B restarts with its file: the same data, served at once, A's replica resynced (no refusal).
+            pair.RestartB();
+            ns = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(2)!;
+            Assert.Equal(first, ns.DataGeneration);
+            Assert.False(ns.DataGenerationIsNew);
+            Assert.False(pair.B.Target.FindSubsystem(TestPair.Nqn)!.IsGroupHeld(2));
+            TestPair.WaitUntil(() => MirrorOf(pair.B, 2).IsInSync, "A's replica of NSID 2 resynced after B's restart", TimeSpan.FromSeconds(30));
+
+            // B's file is gone while it is down: new, empty data; A's replica holds the old and refuses it.
+            pair.RestartB(whileDown: () => File.Delete(file));
+            ns = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(2)!;
+            Assert.NotEqual(first, ns.DataGeneration);
+            Assert.True(ns.DataGenerationIsNew);
+            TestPair.WaitUntil(() => MirrorOf(pair.B, 2).State == "refused", "A's replica to refuse B's new, empty data", TimeSpan.FromSeconds(30));
+            Assert.Equal($"{ns.DataGeneration:x16} new", File.ReadAllText(record).Trim());
+
+            // Restarted before any replica took that data, B still holds the group from the start (its record says new).
+            long second = ns.DataGeneration;
+            pair.RestartB();
+            ns = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(2)!;
+            Assert.Equal(second, ns.DataGeneration);
+            Assert.True(ns.DataGenerationIsNew);
+            Assert.True(pair.B.Target.FindSubsystem(TestPair.Nqn)!.IsGroupHeld(2), "B serves data no replica has taken");
+            TestPair.WaitUntil(() => MirrorOf(pair.B, 2).State == "refused", "A's replica to refuse it again", TimeSpan.FromSeconds(30));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     /// <summary>Node B of a pair: owns NSID 2 (bdev Local), keeps the replica of A's NSID 1 (8 MiB) in bdev Rep.</summary>
     private static Dictionary<string, string?> KeeperConfig() => new()
     {

@@ -196,9 +196,11 @@ public sealed class TestPair : IPairRig
     public void DisposeB() => B.Dispose();
 
     /// <summary>Node B stops and starts again with the same configuration (a new incarnation, empty RAM bdevs).</summary>
-    public void RestartB()
+    /// <summary>Stops B and starts it again with the same settings; <paramref name="whileDown"/> runs in between.</summary>
+    public void RestartB(Action? whileDown = null)
     {
         B.Dispose();
+        whileDown?.Invoke();
         B = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgB).Build()), _lfB);
         B.Start();
     }

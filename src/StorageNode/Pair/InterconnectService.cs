@@ -130,9 +130,9 @@ public sealed class InterconnectService : IInterconnectHandler
                     // This node as a keeper: the owner renews the "in sync" words it lists, said on this association.
                     long nowTicks = System.Diagnostics.Stopwatch.GetTimestamp();
                     long untilTicks = _pair.Clock.OwnDeadlineTicks(until, nowTicks);
-                    // A deadline further ahead than any lease (the clock's ±5.9 h window wrapped: a heartbeat read hours
-                    // late, after a freeze) renews nothing.
-                    if (untilTicks - nowTicks > Math.Max(2 * _pair.Config.HeartbeatTimeout.TotalSeconds, 60) * System.Diagnostics.Stopwatch.Frequency)
+                    // A deadline further ahead than any lease can be (the owner's heartbeat timeout, at most 120 s: the
+                    // clock's ±5.9 h window wrapped, a heartbeat read hours late after a freeze) renews nothing.
+                    if (untilTicks - nowTicks > MaxLeaseSeconds * System.Diagnostics.Stopwatch.Frequency)
                         untilTicks = 0;
                     ReadOnlySpan<byte> entries = req.DataSpan;
                     for (int at = 0; at + MirrorLease.EntryBytes <= entries.Length; at += MirrorLease.EntryBytes)
@@ -235,6 +235,9 @@ public sealed class InterconnectService : IInterconnectHandler
                 return;
         }
     }
+
+    // Twice the longest heartbeat timeout a node accepts (Cluster:HeartbeatTimeoutMs, at most 120 s), whatever the partner's.
+    private const long MaxLeaseSeconds = 240;
 
     /// <summary>
     /// Keeps what a replica in a file now holds (before the word is answered: a resync's copies start only after it, so

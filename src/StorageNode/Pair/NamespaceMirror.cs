@@ -69,6 +69,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
 
     // An operator decided that this node's data replaces what the partner's replica holds (cluster_replica_discard).
     private bool _overwrite;
+    // The keeper has taken this node's data once (Namespace.DataTaken called).
+    private int _dataTaken;
 
     /// <summary>Why the partner refused this node's resync (null: it did not).</summary>
     public string? RefusedReason { get; private set; }
@@ -358,7 +360,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
                 return;
             }
             if (answer != ReplicaAnswer.Applied) return;
-            // The keeper takes this node's data for the truth: the group may be served.
+            // The keeper takes this node's data for the truth: the group may be served (after a restart too).
+            if (Interlocked.Exchange(ref _dataTaken, 1) == 0) _ns.DataTaken?.Invoke();
             if (_link.Subsystem.ReleaseGroup(_ns.AnaGroupId, _ns))
                 _log.LogInformation("{Nqn}: NSID {Nsid}: the partner's replica takes this node's data (generation {Generation:x16}){How}; ANA group {Group} is served",
                     _link.Subsystem.Nqn, _ns.Nsid, _ns.DataGeneration, overwrite ? ", as an operator decided" : "", _ns.AnaGroupId);

@@ -51,8 +51,11 @@ public sealed class Namespace
     /// </summary>
     public long DataGeneration { get; init; }
 
-    /// <summary>Whether <see cref="DataGeneration"/> was made at this start (the data is new: RAM, or a file first mirrored now).</summary>
+    /// <summary>Whether <see cref="DataGeneration"/> is new data the partner's replica has not taken yet (RAM; a file first mirrored, or made anew).</summary>
     public bool DataGenerationIsNew { get; init; }
+
+    /// <summary>Called once when the partner's replica has taken new data (a file namespace keeps that it did); null: nothing to keep.</summary>
+    public Action? DataTaken { get; init; }
 
     /// <summary>While mirrored: overlapping writes reach the replica in the order they ran here.</summary>
     internal WriteOrder WriteOrder { get; } = new();
