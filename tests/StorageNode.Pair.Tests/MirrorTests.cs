@@ -296,9 +296,9 @@ public sealed unsafe class MirrorTests
             TestPair.WaitUntil(() => pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.ReplicaKnowledge.Holds == (generationA, true),
                 "B to hold a consistent copy of A's data again");
 
-            // Were A's data another generation's (as after A lost it), B restarted would refuse it: the record says so.
-            File.WriteAllText(record, $"{generationA ^ 0x5A5A:x16} consistent\n");
-            pair.RestartB();
+            // Were A's data another generation's (as after A lost it), B restarted would refuse it: the record says so
+            // (written while B is down: a running B writes its record after each word).
+            pair.RestartB(whileDown: () => File.WriteAllText(record, $"{generationA ^ 0x5A5A:x16} consistent\n"));
             TestPair.WaitUntil(() => MirrorOf(pair.A, 1).State == "refused", "A's resync refused by B's kept replica", TimeSpan.FromSeconds(30));
             Assert.Equal(AnaState.Inaccessible, pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetAnaState(1, ListenerRole.Combined));
             Assert.Equal($"{generationA ^ 0x5A5A:x16} consistent", File.ReadAllText(record).Trim());
