@@ -149,6 +149,7 @@ public sealed class Node : IDisposable
                         DataGeneration = generation,
                         DataGenerationIsNew = generationIsNew,
                         DataTaken = DataTakenFor(config, s, nc.Nsid, bdev, generation, generationIsNew),
+                        DirtyLog = DirtyLogFor(config, s, nc.Nsid, bdev, generation),
                     };
                     // New data (RAM starts empty) is not served until the partner's replica has taken it (the mirror releases
                     // this hold): held before any listener opens (docs/ha.md, "An owner that lost its data").
@@ -225,6 +226,33 @@ public sealed class Node : IDisposable
             }
     }
 
+    /// <summary>
+    /// The dirty-region record of a mirrored namespace this node owns in a file (<c>&lt;node&gt;-&lt;subsystem&gt;-ns&lt;N&gt;.dirty</c>
+    /// in the state directory): a restart resyncs the regions it marks, not everything (docs/ha.md, "The dirty-region
+    /// record"). None for RAM (its data does not survive a restart) or without a state directory.
+    /// </summary>
+    private DirtyRegionLog? DirtyLogFor(NodeConfig config, Subsystem s, uint nsid, Bdev bdev, long generation)
+    {
+        if (bdev is not FileBdev || config.Cluster is not { Mirror: true } cluster || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return null;
+        string path = Path.Combine(config.StateDirectory, $"{config.Name}-{SafeName(s.Nqn)}-ns{nsid}.dirty");
+        int regions = (int)((bdev.SizeBytes + (1UL << DirtyRegionLog.RegionShift) - 1) >> DirtyRegionLog.RegionShift);
+        try
+        {
+            DirtyRegionLog log = DirtyRegionLog.Open(path, generation, regions, cluster.DirtyRecordClearAfter, _log);
+            _dirtyLogs.Add(log);
+            if (log.Loaded)
+                _log.LogInformation("{Nqn}: NSID {Nsid}: the dirty-region record ({Path}) marks {Regions} region(s) of 1 MiB against the replica's epoch {Epoch}",
+                    s.Nqn, nsid, path, log.MarkedRegions, log.Epoch);
+            return log;
+        }
+        catch (IOException e)
+        {
+            throw new ConfigException("Node:StateDirectory", $"cannot keep the dirty-region record of {s.Nqn} NSID {nsid}: {e.Message}");
+        }
+    }
+
+    private readonly List<DirtyRegionLog> _dirtyLogs = [];
+
     /// <summary>The partner's replica has taken a file namespace's new data: a restart no longer holds the group for it.</summary>
     private Action? DataTakenFor(NodeConfig config, Subsystem s, uint nsid, Bdev bdev, long generation, bool isNew)
     {
@@ -251,11 +279,12 @@ public sealed class Node : IDisposable
         var k = new ReplicaKnowledge { HoldsPath = path };
         try
         {
-            (long g, bool consistent) = ReplicaHoldsFile.Load(path);
-            k.Restore(g, consistent);
-            if (g != 0)
-                _log.LogInformation("{Nqn}: NSID {Nsid}: this node's replica ({Bdev}) holds the owner's data generation {Generation:x16}, {State}",
-                    s.Nqn, nsid, replica.Name, g, consistent ? "consistent" : "torn (its last resync did not finish)");
+            ReplicaHolds held = ReplicaHoldsFile.Load(path);
+            k.Restore(held);
+            if (held.Generation != 0)
+                _log.LogInformation("{Nqn}: NSID {Nsid}: this node's replica ({Bdev}) holds the owner's data generation {Generation:x16}, {State}, epoch {Epoch}{Base}",
+                    s.Nqn, nsid, replica.Name, held.Generation, held.Consistent ? "consistent" : "torn (its last resync did not finish)", held.Epoch,
+                    held.Base ? "" : " (the next resync copies everything)");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
         {
@@ -558,6 +587,7 @@ public sealed class Node : IDisposable
         foreach (Subsystem s in Target?.Subsystems ?? [])
             foreach (Namespace ns in s.Namespaces) ns.CloseChannels();
         foreach (Reactor r in _reactors) r.Dispose();
+        foreach (DirtyRegionLog l in _dirtyLogs) l.Dispose();
         foreach (Bdev b in _bdevs.Values) b.Dispose();
         _bdevs.Clear();
         foreach (Bdev b in _replicas) b.Dispose();

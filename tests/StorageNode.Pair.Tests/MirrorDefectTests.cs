@@ -449,6 +449,58 @@ public sealed unsafe class MirrorDefectTests
         Assert.Equal(ReplicaAnswer.Refused, restored.Offer(a, 10, ReplicaWord.Resyncing, 1, 1, 10, generation: 80, overwrite: false));
     }
 
+    /// <summary>
+    /// The keeper's rule for incremental resyncs (docs/ha.md, "The dirty-region record"): only over the replica the
+    /// owner's record is kept against — the same generation and epoch, a replica whose last resync was incremental or
+    /// finished — is a resync incremental; an empty replica, another epoch, a whole resync that never finished, an
+    /// operator's overwrite, or a record kept by another boot of the machine get a whole one.
+    /// </summary>
+    [Fact]
+    public void TheKeeperAgreesToAnIncrementalResyncOnlyOverTheReplicaTheOwnersRecordIsKeptAgainst()
+    {
+        var k = new ReplicaKnowledge();
+        object a = new();
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 7, ReplicaWord.Resyncing, 1, 1, 7, 50, false, baseEpoch: 0, out bool whole));
+        Assert.True(whole); // empty
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 8, ReplicaWord.Resyncing, 2, 1, 8, 50, false, baseEpoch: 1, out whole));
+        Assert.True(whole); // torn by a whole resync that never finished: torn anywhere
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 8, ReplicaWord.InSync, 2, 2, 8, 50, false));
+        Assert.Equal(new ReplicaHolds(50, true, 2, true), k.Kept);
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 9, ReplicaWord.Resyncing, 3, 1, 9, 50, false, baseEpoch: 2, out whole));
+        Assert.False(whole); // the owner restarted with its record kept against epoch 2
+        Assert.Equal(new ReplicaHolds(50, false, 3, true), k.Kept); // torn only where the owner's record marks
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 10, ReplicaWord.Resyncing, 4, 1, 10, 50, false, baseEpoch: 3, out whole));
+        Assert.False(whole); // and again, before that resync ended
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 11, ReplicaWord.Resyncing, 5, 1, 11, 50, false, baseEpoch: 3, out whole));
+        Assert.True(whole); // a record that names an older epoch (the owner died before keeping epoch 4)
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 12, ReplicaWord.Resyncing, 6, 1, 12, 50, false, baseEpoch: 5, out whole));
+        Assert.True(whole); // no base until that whole resync ends
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 12, ReplicaWord.InSync, 6, 2, 12, 50, false));
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 12, ReplicaWord.Resyncing, 7, 3, 12, 50, true, baseEpoch: 6, out whole));
+        Assert.True(whole); // an operator's overwrite
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 12, ReplicaWord.InSync, 7, 4, 12, 50, false));
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 12, ReplicaWord.Resyncing, 8, 5, 12, 50, false, baseEpoch: null, out whole));
+        Assert.True(whole); // the owner has no record
+
+        // Kept in a file: read back as written by this boot; a record of another boot is no base.
+        string path = Path.Combine(Path.GetTempPath(), $"sn-holds-{Guid.NewGuid():N}.replica");
+        try
+        {
+            ReplicaHoldsFile.Save(path, new ReplicaHolds(50, true, 7, true));
+            Assert.Equal(new ReplicaHolds(50, true, 7, true), ReplicaHoldsFile.Load(path));
+            File.WriteAllText(path, $"{50:x16} consistent 7 base {Guid.NewGuid()}\n");
+            Assert.Equal(new ReplicaHolds(50, true, 7, false), ReplicaHoldsFile.Load(path));
+            File.WriteAllText(path, $"{50:x16} consistent\n"); // an older record: what it holds, no base
+            Assert.Equal(new ReplicaHolds(50, true, 0, false), ReplicaHoldsFile.Load(path));
+            File.WriteAllText(path, $"{50:x16} consistent seven base x\n");
+            Assert.Throws<InvalidDataException>(() => ReplicaHoldsFile.Load(path));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     /// <summary>Defect 2, the keeper's rules alone: stale words are ignored, a replaced incarnation's are refused, a new one resets, only the "in sync" word's own association and sequence number renew it, a resync is never whole, a lease expires and only a renewal with a later deadline renews it, copies only of the current epoch and association.</summary>
     [Fact]
     public void TheKeepersKnowledgeFollowsTheOwnersWordsInOrder()

@@ -209,12 +209,13 @@ public sealed unsafe class MirrorTests
         }
         AssertSame(pair, 1, 0, 32 << 20);
 
-        // B comes back empty (RAM), as another incarnation: nothing marked dirty on A says so, the incarnation does.
+        // B comes back empty (RAM): nothing marked dirty on A says so; B, whose replica holds nothing, asks for all of it.
         pair.RestartB();
         TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone >= 2 && MirrorOf(pair.A, 1).IsInSync, "A's replica resynced on the new B", TimeSpan.FromSeconds(30));
         Assert.Equal(32L << 20, MirrorOf(pair.A, 1).ResyncedBytes);
         AssertSame(pair, 1, 0, 32 << 20);
-        Assert.Contains("all of it (32 MiB; the partner restarted)", pair.Log('A'), StringComparison.Ordinal);
+        Assert.True(MirrorOf(pair.A, 1).LastResyncWhole);
+        Assert.Contains("all of it (32 MiB: it is not the replica", pair.Log('A'), StringComparison.Ordinal);
     }
 
     /// <summary>
@@ -287,12 +288,16 @@ public sealed unsafe class MirrorTests
             using TestPair pair = InSyncPair(moreB: FileReplica(1, Path.Combine(dir, "b-keeps-1.img"), state));
             long generationA = pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.DataGeneration;
             string record = Directory.GetFiles(state, "*-ns1.replica").Single();
-            TestPair.WaitUntil(() => File.ReadAllText(record).Trim() == $"{generationA:x16} consistent", "B's record: a consistent copy of A's data (once told in sync)");
+            TestPair.WaitUntil(() => File.ReadAllText(record).Trim().StartsWith($"{generationA:x16} consistent 1 base ", StringComparison.Ordinal),
+                "B's record: a consistent copy of A's data (once told in sync), of epoch 1, a base for an incremental resync");
 
-            // B restarts: it knows what its file holds, and A (same data) resyncs it.
+            // B restarts: it knows what its file holds, and A (same data) resyncs it: only what A marked (nothing was
+            // written meanwhile), since B's replica is the one A's record of missed writes is kept against.
             pair.RestartB();
-            pair.WaitLogged('B', $"holds the owner's data generation {generationA:x16}, consistent");
+            pair.WaitLogged('B', $"holds the owner's data generation {generationA:x16}, consistent, epoch 1");
             TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone >= 2 && MirrorOf(pair.A, 1).IsInSync, "A's replica resynced on the new B", TimeSpan.FromSeconds(30));
+            Assert.False(MirrorOf(pair.A, 1).LastResyncWhole);
+            Assert.Equal(0, MirrorOf(pair.A, 1).ResyncedBytes);
             TestPair.WaitUntil(() => pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.ReplicaKnowledge.Holds == (generationA, true),
                 "B to hold a consistent copy of A's data again");
 
@@ -352,6 +357,80 @@ public sealed unsafe class MirrorTests
         Assert.Equal(MirrorOfB()["generation"]!.GetValue<string>(), ReplicaOnA()["holds_generation"]!.GetValue<string>()); // B's data now
         using (NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid()))
             Assert.True(viaB.IoQueues[0].Write(2, 0, 8, new byte[4096]).IsSuccess);
+    }
+
+    /// <summary>
+    /// Two processes, B's clock hours off: B owns NSID 2 in a file and keeps a dirty-region record; A keeps B's replica
+    /// in a file. Regions written while the replica was whole are cleared from the record once idle. A is killed
+    /// (SIGKILL); B writes three regions while A is away; B is killed and started again, then A: B resyncs exactly those
+    /// three regions (3 MiB of 32), and A's file equals B's byte for byte. Before the record, a restarted owner copied
+    /// all of it.
+    /// </summary>
+    [Fact]
+    public void TwoProcessesAnOwnerKilledAndRestartedResyncsOnlyWhatItsReplicaMissed()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-record-").FullName;
+        try
+        {
+            string stateA = Path.Combine(dir, "state-a"), stateB = Path.Combine(dir, "state-b");
+            string owned = Path.Combine(dir, "b-owns-2.img"), kept = Path.Combine(dir, "a-keeps-2.img");
+            Directory.CreateDirectory(stateA);
+            Directory.CreateDirectory(stateB);
+            Dictionary<string, string?> b = With(Mirror, new()
+            {
+                ["Node:StateDirectory"] = stateB,
+                ["Bdevs:0:Type"] = "file",
+                ["Bdevs:0:Path"] = owned,
+                ["Cluster:DirtyRecordClearMs"] = "300",
+            });
+            using var pair = new ProcessPair(With(Mirror, FileReplica(2, kept, stateA)), b, clockOffsetSecondsB: -3 * 3600);
+            pair.WaitHealthy();
+            JsonObject MirrorOfB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!.AsObject();
+            JsonObject ReplicaOnA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!.AsObject();
+            int Marked() => MirrorOfB()["dirty_record"]!["marked_regions"]!.GetValue<int>();
+            TestPair.WaitUntil(() => MirrorOfB()["state"]!.GetValue<string>() == "in_sync" && ReplicaOnA()["whole"]!.GetValue<bool>(),
+                "B's replica on A in sync and whole", TimeSpan.FromSeconds(60));
+            Assert.True(MirrorOfB()["last_resync_whole"]!.GetValue<bool>()); // the first: all of it
+
+            const ulong Region = 2048; // blocks of 512 bytes in 1 MiB
+            var data = new byte[64 * 1024];
+            var rnd = new Random(11);
+            void WriteRegions(params ulong[] regions)
+            {
+                using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
+                foreach (ulong r in regions)
+                {
+                    rnd.NextBytes(data);
+                    Assert.True(viaB.IoQueues[0].Write(2, r * Region + 100, 128, data).IsSuccess);
+                }
+            }
+            // Written while the replica is whole: marked while the writes run, cleared once idle (the replica holds them).
+            WriteRegions(0, 1, 2, 3);
+            TestPair.WaitUntil(() => Marked() == 0 && MirrorOfB()["dirty_record"]!["cleared"]!.GetValue<long>() >= 4,
+                "B's record to clear the regions A's replica holds", TimeSpan.FromSeconds(30));
+
+            // A goes away; B writes three regions without it (once A's lease has run out).
+            pair.Kill('A');
+            WriteRegions(5, 9, 17);
+            Assert.Equal(3, Marked());
+            string epoch = MirrorOfB()["dirty_record"]!["epoch"]!.ToJsonString();
+
+            // B is killed and started again (A still away): its record marks the three regions, against A's epoch.
+            pair.KillAndRestart('B');
+            Assert.Equal(3, Marked());
+            Assert.Equal(epoch, MirrorOfB()["dirty_record"]!["epoch"]!.ToJsonString());
+            pair.Start('A');
+            pair.WaitHealthy(TimeSpan.FromSeconds(60));
+            TestPair.WaitUntil(() => MirrorOfB()["state"]!.GetValue<string>() == "in_sync" && ReplicaOnA()["whole"]!.GetValue<bool>(),
+                "B to resync A's replica", TimeSpan.FromSeconds(60));
+            Assert.False(MirrorOfB()["last_resync_whole"]!.GetValue<bool>());
+            Assert.Equal(3L << 20, MirrorOfB()["resynced_bytes"]!.GetValue<long>());
+            Assert.True(File.ReadAllBytes(kept).AsSpan().SequenceEqual(File.ReadAllBytes(owned)), "A's replica file = B's namespace file");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     /// <summary>

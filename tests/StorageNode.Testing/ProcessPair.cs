@@ -100,10 +100,25 @@ public sealed class ProcessPair : IPairRig
     /// </summary>
     public void KillAndRestart(char node)
     {
+        Kill(node);
+        Start(node);
+    }
+
+    /// <summary>Kills a node for real (SIGKILL) and leaves it dead until <see cref="Start"/>.</summary>
+    public void Kill(char node)
+    {
         Node old = node == 'A' ? _a : _b;
+        if (old.Process.HasExited) return;
         Signal(old.Process.Id, "CONT");
         Signal(old.Process.Id, "KILL");
         old.Process.WaitForExit();
+    }
+
+    /// <summary>Starts a node that was killed again, with the same settings, listener port and RPC socket (a new incarnation).</summary>
+    public void Start(char node)
+    {
+        Node old = node == 'A' ? _a : _b;
+        if (!old.Process.HasExited) throw new InvalidOperationException($"node {node} is running");
         old.Dispose();
         Node fresh = new(node.ToString(), node == 'A' ? _settingsA : _settingsB, _taken);
         if (node == 'A') _a = fresh;

@@ -73,6 +73,12 @@ public sealed record ClusterConfig
     /// write completes (docs/ha.md, "Mirroring").
     /// </summary>
     public bool Mirror { get; init; }
+
+    /// <summary>
+    /// How long a region of a mirrored namespace in a file stays marked in the dirty-region record after its last write
+    /// (the replica holding it): shorter resyncs after a crash against fewer flushes of the record (docs/ha.md).
+    /// </summary>
+    public TimeSpan DirtyRecordClearAfter { get; init; } = TimeSpan.FromSeconds(5);
     public InterconnectTransport InterconnectTransport { get; init; } = InterconnectTransport.Auto;
     /// <summary>NVMe/RDMA interconnect: the QPs' local ACK timeout exponent, both directions (0: rdma_cm's default).</summary>
     public int RdmaAckTimeout { get; init; }
@@ -117,7 +123,7 @@ public sealed record NodeConfig
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
     private static readonly string[] ControlKeys = ["RpcSocket"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
-        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror"];
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror", "DirtyRecordClearMs"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools", "StateDirectory"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
@@ -251,6 +257,7 @@ public sealed record NodeConfig
             RdmaAckTimeout = ackTimeout,
             ClockOffset = TimeSpan.FromSeconds(Int(c, "ClockOffsetSeconds", 0, -30 * 86400, 30 * 86400)),
             Mirror = Bool(c, "Mirror", false),
+            DirtyRecordClearAfter = TimeSpan.FromMilliseconds(Int(c, "DirtyRecordClearMs", 5000, 100, 3_600_000)),
         };
     }
 

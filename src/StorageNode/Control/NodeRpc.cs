@@ -342,6 +342,8 @@ public static class NodeRpc
             ["lease_ms"] = until > now ? (long)((until - now) * 1000 / System.Diagnostics.Stopwatch.Frequency) : 0,
             ["holds_generation"] = k.Holds.Generation == 0 ? null : k.Holds.Generation.ToString("x16"),
             ["holds_consistent"] = k.Holds.Consistent,
+            ["holds_epoch"] = k.Kept.Epoch,
+            ["holds_base"] = k.Kept.Base,
         };
     }
 
@@ -382,6 +384,14 @@ public static class NodeRpc
                     ["dirty_regions"] = m.DirtyRegions,
                     ["resyncs"] = m.ResyncsDone,
                     ["resynced_bytes"] = m.ResyncedBytes,
+                    ["last_resync_whole"] = m.LastResyncWhole,
+                    ["dirty_record"] = m.DirtyRecord is not { } r ? null : new JsonObject
+                    {
+                        ["marked_regions"] = r.MarkedRegions,
+                        ["epoch"] = r.Epoch,
+                        ["flushes"] = r.Flushes,
+                        ["cleared"] = r.Cleared,
+                    },
                 })]),
                 ["replicas"] = new JsonArray([.. l.Subsystem.Namespaces.Where(ns => ns.Replica != null).Select(ns => ReplicaJson(ns))]),
             });

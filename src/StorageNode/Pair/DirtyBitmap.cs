@@ -49,6 +49,9 @@ public sealed class DirtyBitmap
             if (taken[i] != 0) Interlocked.Or(ref _words[i], taken[i]);
     }
 
+    /// <summary>Whether region <paramref name="region"/> is marked now. Any thread.</summary>
+    public bool IsMarked(ulong region) => region < (ulong)Regions && (Volatile.Read(ref _words[region >> 6]) & (1L << (int)(region & 63))) != 0;
+
     /// <summary>Regions marked now (approximate while others mark).</summary>
     public int Count
     {

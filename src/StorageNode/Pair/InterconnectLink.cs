@@ -575,15 +575,26 @@ public sealed class InterconnectLink
     /// what it holds, null when it did not answer.
     /// </summary>
     internal ReplicaAnswer? SendReplicaState(uint nsid, ReplicaWord word, uint epoch, uint sequence, object? association, long generation = 0, bool overwrite = false)
+        => SendReplicaState(nsid, word, epoch, sequence, association, generation, overwrite, baseEpoch: null, out _);
+
+    /// <summary>
+    /// Tells the partner the replica's state (a notice thread); for a resync, <paramref name="baseEpoch"/> is the epoch
+    /// this node's dirty record is kept against (null: none), and <paramref name="whole"/> says whether the keeper asks for
+    /// everything. Null when it could not be told.
+    /// </summary>
+    internal ReplicaAnswer? SendReplicaState(uint nsid, ReplicaWord word, uint epoch, uint sequence, object? association, long generation, bool overwrite,
+        uint? baseEpoch, out bool whole)
     {
+        whole = true;
         NvmeHost? host = _host;
         if (!IsUp || host == null || (association != null && !ReferenceEquals(association, host))) return null;
         SubmissionQueueEntry sqe = default;
-        ReplicaStateFields.Set(ref sqe, nsid, word, epoch, sequence, _pair.Incarnation, generation, overwrite);
+        ReplicaStateFields.Set(ref sqe, nsid, word, epoch, sequence, _pair.Incarnation, generation, overwrite, baseEpoch);
         try
         {
             CompletionQueueEntry cqe = host.AdminCommand(sqe, default, DataDirection.None, _pair.Config.HeartbeatTimeout);
             NvmeHost.Check("replica state", cqe);
+            whole = (cqe.Dw0 & ReplicaStateFields.Whole) != 0;
             return (cqe.Dw0 & ReplicaStateFields.Applied) != 0 ? ReplicaAnswer.Applied
                 : (cqe.Dw0 & ReplicaStateFields.Refused) != 0 ? ReplicaAnswer.Refused
                 : ReplicaAnswer.Stale;

@@ -13,7 +13,7 @@ namespace StorageNode.Pair;
 public static class InterconnectOpcode
 {
     /// <summary>The version both nodes must speak (compared in the cluster descriptors).</summary>
-    public const int ProtocolVersion = 6;
+    public const int ProtocolVersion = 7;
 
     /// <summary>Register a host for relayed commands. Data: <see cref="HostIdentity"/>. DW0: its handle (the same one again for a host already registered on this association).</summary>
     public const byte RegisterHost = 0xC1;
@@ -126,12 +126,16 @@ public readonly record struct HostKey(ulong High, ulong Low)
 public static class ReplicaStateFields
 {
     public const uint Overwrite = 1u << 8;
+    /// <summary>CDW11 bit 9: a resync the owner would make incremental: its dirty-region record is kept against the epoch in MPTR bits 31:0.</summary>
+    public const uint Incremental = 1u << 9;
 
-    public static void Set(ref SubmissionQueueEntry sqe, uint nsid, Target.ReplicaWord word, uint epoch, uint sequence, long incarnation, long generation, bool overwrite)
+    public static void Set(ref SubmissionQueueEntry sqe, uint nsid, Target.ReplicaWord word, uint epoch, uint sequence, long incarnation, long generation, bool overwrite,
+        uint? baseEpoch = null)
     {
         sqe.Opcode = InterconnectOpcode.ReplicaState;
         sqe.Cdw10 = nsid;
-        sqe.Cdw11 = (uint)word | (overwrite ? Overwrite : 0);
+        sqe.Cdw11 = (uint)word | (overwrite ? Overwrite : 0) | (baseEpoch != null ? Incremental : 0);
+        sqe.Mptr = baseEpoch ?? 0;
         sqe.Cdw12 = epoch;
         sqe.Cdw13 = sequence;
         sqe.Cdw14 = (uint)incarnation;
@@ -142,6 +146,12 @@ public static class ReplicaStateFields
 
     public static (uint Nsid, uint Word, bool Overwrite, uint Epoch, uint Sequence, long Incarnation, long Generation) Read(in SubmissionQueueEntry sqe)
         => (sqe.Cdw10, sqe.Cdw11 & 0xFF, (sqe.Cdw11 & Overwrite) != 0, sqe.Cdw12, sqe.Cdw13, sqe.Cdw14 | ((long)sqe.Cdw15 << 32), sqe.Cdw2 | ((long)sqe.Cdw3 << 32));
+
+    /// <summary>The epoch an incremental resync would be against (null: the owner asks for none).</summary>
+    public static uint? BaseEpoch(in SubmissionQueueEntry sqe) => (sqe.Cdw11 & Incremental) != 0 ? (uint)sqe.Mptr : null;
+
+    /// <summary>DW0 bit of the answer to a resync: it must copy everything (the replica is no base for an incremental one).</summary>
+    public const uint Whole = 4;
 
     /// <summary>DW0 bit of the answer: a resync refused: the replica holds a consistent copy of another data generation (DW1: its low 32 bits).</summary>
     public const uint Refused = 2;

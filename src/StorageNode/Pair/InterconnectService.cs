@@ -195,11 +195,12 @@ public sealed class InterconnectService : IInterconnectHandler
                 }
                 ReplicaKnowledge k = ns.ReplicaKnowledge;
                 ReplicaWord before = k.Word;
-                (long, bool) heldBefore = k.Holds;
-                ReplicaAnswer answer = k.Offer(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation, generation, overwrite);
-                if (k.HoldsPath != null && k.Holds != heldBefore && !SaveHolds(ns, k))
+                ReplicaHolds heldBefore = k.Kept;
+                ReplicaAnswer answer = k.Offer(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation, generation, overwrite,
+                    ReplicaStateFields.BaseEpoch(req.Sqe), out bool whole);
+                if (k.HoldsPath != null && k.Kept != heldBefore && !SaveHolds(ns, k))
                 {
-                    k.Restore(heldBefore.Item1, heldBefore.Item2); // as the record says
+                    k.Restore(heldBefore); // as the record says
                     // Not answered as applied: the owner must not start copying over a replica whose record says it is
                     // consistent (it tries again).
                     req.Fail(NvmeStatus.Generic(GenericStatus.InternalError));
@@ -226,7 +227,8 @@ public sealed class InterconnectService : IInterconnectHandler
                         (ReplicaWord)word switch { ReplicaWord.InSync => "in sync", ReplicaWord.Resyncing => "resyncing", _ => "out of sync" }, epoch);
                 // Answered either way: applied, or older than what is held (a newer word replaced it; its sender must not
                 // take this answer for the keeper knowing).
-                req.Cqe.Dw0 = answer == ReplicaAnswer.Applied ? ReplicaStateFields.Applied : 0;
+                req.Cqe.Dw0 = answer != ReplicaAnswer.Applied ? 0
+                    : ReplicaStateFields.Applied | (word == (uint)ReplicaWord.Resyncing && whole ? ReplicaStateFields.Whole : 0);
                 req.Complete();
                 return;
             }
@@ -247,7 +249,7 @@ public sealed class InterconnectService : IInterconnectHandler
     {
         try
         {
-            ReplicaHoldsFile.Save(k.HoldsPath!, k.Holds);
+            ReplicaHoldsFile.Save(k.HoldsPath!, k.Kept);
             return true;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -21,8 +21,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
 {
     private const int OutOfSync = 0, Resyncing = 1, InSync = 2, Leaving = 3, Refused = 4;
     private const uint ChunkBytes = 128 * 1024;
-    /// <summary>The dirty bitmap's region: 1 MiB (a 1 TiB namespace: 128 KiB of bits).</summary>
-    private const int RegionShift = 20;
+    /// <summary>The dirty bitmap's region: 1 MiB (a 1 TiB namespace: 128 KiB of bits), as the dirty-region record's.</summary>
+    private const int RegionShift = DirtyRegionLog.RegionShift;
 
     private readonly InterconnectLink _link;
     private readonly Namespace _ns;
@@ -48,9 +48,11 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     // Regions written here that the replica may lack (out of sync). A resync takes them; it gives back what it did not
     // finish.
     private readonly DirtyBitmap _dirty;
-    // The partner's incarnation whose replica was last in sync (0: none yet). A partner with another one restarted: its
-    // replica is empty, and a resync copies everything.
-    private long _syncedIncarnation;
+    // Whether _dirty (with what a running resync took) marks every region where the replica may differ from this node's
+    // data, against the replica of epoch _epoch: a resync may then be incremental, if the keeper agrees that its replica
+    // is that one (a restarted keeper whose replica is in RAM has none, for one). True once the keeper applied a resync
+    // of this node's, or when the dirty-region record was kept across a restart of this node.
+    private bool _baseValid;
 
     internal NamespaceMirror(InterconnectLink link, Namespace ns, Reactor resyncReactor, ILogger log)
     {
@@ -59,6 +61,21 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         _reactor = resyncReactor;
         _log = log;
         _dirty = new DirtyBitmap(Regions);
+        if (ns.DirtyLog is { } record)
+        {
+            // The regions the record marks (a restart of this node): the replica may lack them, or hold writes this node
+            // lost in the crash (the record marks a region before any write to it starts).
+            if (record.Loaded)
+            {
+                _epoch = record.Epoch;
+                _baseValid = true;
+                _dirty.GiveBack(record.LoadedRegions);
+                log.LogInformation("{Nqn}: NSID {Nsid}: {Regions} region(s) of 1 MiB marked in the dirty-region record against the replica's epoch {Epoch}",
+                    link.Subsystem.Nqn, ns.Nsid, _dirty.Count, _epoch);
+            }
+            // A region no write is inside is cleared once the replica holds it: in sync, and not marked missed.
+            record.ReplicaHas = region => _state == InSync && !_dirty.IsMarked(region);
+        }
         // New data (RAM starts empty) is not served until the partner's replica has taken it for the truth: the replica
         // may hold data this node lost, and writes served meanwhile would be lost with it or lose it (docs/ha.md, "An
         // owner that lost its data"). The node took the hold (the namespace holds it) before its listeners opened.
@@ -144,6 +161,10 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// <summary>Resyncs finished, and the bytes the last one has copied so far (statistics).</summary>
     public int ResyncsDone { get; private set; }
     public long ResyncedBytes => Volatile.Read(ref _resyncedBytes);
+    /// <summary>Whether the last resync copied everything (the keeper's replica was no base for an incremental one).</summary>
+    public bool LastResyncWhole { get; private set; }
+    /// <summary>The namespace's dirty-region record (a file namespace with a state directory), or null.</summary>
+    public DirtyRegionLog? DirtyRecord => _ns.DirtyLog;
     private long _resyncedBytes;
 
     /// <summary>
@@ -353,13 +374,19 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
                 sequence = ++_sequence;
             }
             bool overwrite = Volatile.Read(ref _overwrite);
-            ReplicaAnswer? answer = _link.SendReplicaState(_ns.Nsid, ReplicaWord.Resyncing, epoch, sequence, association, _ns.DataGeneration, overwrite);
+            uint? baseEpoch;
+            lock (_lock) baseEpoch = _baseValid && !overwrite ? _epoch : null;
+            ReplicaAnswer? answer = _link.SendReplicaState(_ns.Nsid, ReplicaWord.Resyncing, epoch, sequence, association, _ns.DataGeneration, overwrite,
+                baseEpoch, out bool whole);
             if (answer == ReplicaAnswer.Refused)
             {
                 Refuse();
                 return;
             }
             if (answer != ReplicaAnswer.Applied) return;
+            // The keeper holds the replica of this epoch from now on: the dirty-region record is kept against it (written
+            // before any copy of the epoch is sent; a record that names an older one resyncs everything after a crash).
+            _ns.DirtyLog?.SetEpoch(epoch);
             // The keeper takes this node's data for the truth: the group may be served (after a restart too).
             if (Interlocked.Exchange(ref _dataTaken, 1) == 0) _ns.DataTaken?.Invoke();
             if (_link.Subsystem.ReleaseGroup(_ns.AnaGroupId, _ns))
@@ -372,11 +399,13 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
                 // replica in the order they happened.
                 if (_state != OutOfSync || _resyncRunning != 0) return;
                 _epoch = epoch;
+                _baseValid = true;
                 _resyncRunning = 1;
                 _state = Resyncing;
             }
             Volatile.Write(ref _resyncedBytes, 0);
-            _reactor.Post(new Resync(this, _link.PartnerIncarnation).Start);
+            LastResyncWhole = whole || baseEpoch == null;
+            _reactor.Post(new Resync(this, LastResyncWhole).Start);
         });
     }
 
@@ -404,15 +433,14 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// whole-namespace range lock, released at once): each has marked its blocks dirty or, completing after the switch,
     /// reached the replica; and a write starting now is mirrored, in order with the overlapping ones.
     /// </summary>
-    private long[] TakeWork(long partner)
+    private long[] TakeWork(bool whole)
     {
-        bool whole = partner != _syncedIncarnation;
         if (whole) _dirty.MarkAll();
         long[] work = _dirty.Take();
         int regions = DirtyBitmap.CountOf(work);
-        _log.LogInformation("{Nqn}: NSID {Nsid}: resyncing the partner's replica: {What}", _link.Subsystem.Nqn, _ns.Nsid,
-            whole ? $"all of it ({_ns.Bdev.SizeBytes >> 20} MiB; {(_syncedIncarnation == 0 ? "never in sync yet" : "the partner restarted")})"
-                  : $"{Math.Min(regions, Regions)} region(s) of 1 MiB written while it was out of sync");
+        _log.LogInformation("{Nqn}: NSID {Nsid}: resyncing the partner's replica (epoch {Epoch}): {What}", _link.Subsystem.Nqn, _ns.Nsid, Epoch,
+            whole ? $"all of it ({_ns.Bdev.SizeBytes >> 20} MiB: it is not the replica this node's record of missed writes is kept against)"
+                  : $"{Math.Min(regions, Regions)} region(s) of 1 MiB it may lack");
         return work;
     }
 
@@ -420,7 +448,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     private void GiveBack(long[] work) => _dirty.GiveBack(work);
 
     /// <summary>The resync ended; false when the replica fell out of sync meanwhile (its regions are then given back).</summary>
-    private bool ResyncEnded(bool completed, long elapsedTicks, long partner)
+    private bool ResyncEnded(bool completed, long elapsedTicks)
     {
         bool inSync = false;
         if (completed)
@@ -441,7 +469,6 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         }
         if (inSync)
         {
-            _syncedIncarnation = partner;
             ResyncsDone++;
             SayInSync();
             _log.LogInformation("{Nqn}: NSID {Nsid}: the partner's replica is in sync ({Bytes} MiB copied in {Seconds:0.00} s)",
@@ -452,7 +479,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     }
 
     /// <summary>One resync: chunk after chunk on one reactor, each read under a range lock and sent as a Write (or Write Zeroes).</summary>
-    private sealed class Resync(NamespaceMirror m, long partner) : IBdevCompletion, IMirrorCompletion
+    private sealed class Resync(NamespaceMirror m, bool whole) : IBdevCompletion, IMirrorCompletion
     {
         private readonly long _startedAt = Stopwatch.GetTimestamp();
         private long[] _work = [];
@@ -467,7 +494,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             ns.Locks.Lock(0, ns.Bdev.BlockCount, () => m._reactor.Post(() =>
             {
                 ns.Locks.Unlock();
-                _work = m.TakeWork(partner);
+                _work = m.TakeWork(whole);
                 _buffer = m._reactor.Pools.Borrow(ChunkBytes);
                 Next();
             }));
@@ -548,7 +575,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             if (!completed) m.GiveBack(_work);
             // A replica that fell out of sync while this resync ran gets its regions again in the next one: what fell out
             // may have been anything this resync copied.
-            if (!m.ResyncEnded(completed, Stopwatch.GetTimestamp() - _startedAt, partner) && completed) m.GiveBack(_work);
+            if (!m.ResyncEnded(completed, Stopwatch.GetTimestamp() - _startedAt) && completed) m.GiveBack(_work);
         }
     }
 }

@@ -62,6 +62,9 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     /// began meanwhile (its copy would not be ordered with the writes around it, and the resync would not repair it).
     /// </summary>
     internal bool RanUnmirrored;
+    /// <summary>Counted inside regions <see cref="DirtyFirst"/> to <see cref="DirtyLast"/> of its namespace's <see cref="DirtyRegionLog"/> until it completes.</summary>
+    internal bool DirtyLogged;
+    internal int DirtyFirst, DirtyLast;
 
     public NvmfRequest(QueuePair qpair, ushort slot)
     {
@@ -100,6 +103,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         MirrorOrdered = false;
         Ran = false;
         RanUnmirrored = false;
+        DirtyLogged = false;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
@@ -116,6 +120,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         if (MirrorPhase == MirrorPhase.Sending) return; // already waiting for the replica
         if (MirrorPhase == MirrorPhase.None && MirrorCommands.Hold(this)) return;
         if (MirrorOrdered) Namespace!.WriteOrder.Finished(this);
+        if (DirtyLogged) Namespace!.DirtyLog!.Leave(this);
         // A fused command that ends on its own (the HA gate failed it while it was held): its partner cannot run alone.
         if (FusedPartner != null) FusedCommands.Failed(this, Status);
         if (RangeLockChannel != null) RangeLockChannel.Finished(this);

@@ -71,11 +71,16 @@ public sealed class ReplicaKnowledge
     /// </summary>
     public (long Generation, bool Consistent) Holds
     {
-        get { lock (_lock) return (_heldGeneration, _heldConsistent); }
+        get { lock (_lock) return (_held.Generation, _held.Consistent); }
     }
 
-    private long _heldGeneration;
-    private bool _heldConsistent;
+    /// <summary>What the replica holds, with the epoch of its last resync and whether it is a base for an incremental one (kept in a file).</summary>
+    public ReplicaHolds Kept
+    {
+        get { lock (_lock) return _held; }
+    }
+
+    private ReplicaHolds _held;
 
     /// <summary>
     /// Where what the replica holds is kept across this node's restarts (a replica in a file, with a state directory:
@@ -84,13 +89,12 @@ public sealed class ReplicaKnowledge
     public string? HoldsPath { get; init; }
 
     /// <summary>At start: what a kept replica holds, as <see cref="HoldsPath"/> says.</summary>
-    public void Restore(long generation, bool consistent)
+    public void Restore(long generation, bool consistent) => Restore(new ReplicaHolds(generation, consistent, 0, false));
+
+    /// <summary>At start, or when a record could not be written: what the replica holds, as its record says.</summary>
+    public void Restore(ReplicaHolds held)
     {
-        lock (_lock)
-        {
-            _heldGeneration = generation;
-            _heldConsistent = consistent && generation != 0;
-        }
+        lock (_lock) _held = held.Generation == 0 ? default : held;
     }
 
     /// <summary>
@@ -101,7 +105,19 @@ public sealed class ReplicaKnowledge
     /// owner that lost its data").
     /// </summary>
     public ReplicaAnswer Offer(object association, long incarnation, ReplicaWord word, uint epoch, uint sequence, long knownIncarnation, long generation, bool overwrite)
+        => Offer(association, incarnation, word, epoch, sequence, knownIncarnation, generation, overwrite, baseEpoch: null, out _);
+
+    /// <summary>
+    /// <see cref="Offer(object, long, ReplicaWord, uint, uint, long, long, bool)"/>, for a resync that the owner would make
+    /// incremental against epoch <paramref name="baseEpoch"/> (its dirty-region record is kept against it; null: none).
+    /// <paramref name="whole"/>: the resync must copy everything — the replica is not the one the owner's record was kept
+    /// against (another generation or epoch, empty, torn by a whole resync that did not finish, or kept by a boot that
+    /// ended: a power loss may have lost copies its device had not flushed).
+    /// </summary>
+    public ReplicaAnswer Offer(object association, long incarnation, ReplicaWord word, uint epoch, uint sequence, long knownIncarnation, long generation, bool overwrite,
+        uint? baseEpoch, out bool whole)
     {
+        whole = true;
         lock (_lock)
         {
             if (knownIncarnation != 0 && incarnation != knownIncarnation) return ReplicaAnswer.Stale;
@@ -109,7 +125,7 @@ public sealed class ReplicaKnowledge
             if (incarnation != OwnerIncarnation) ResetLocked(incarnation);
             // Torn data (a resync that never finished) is refused as well: outside the regions that resync had left, it
             // is the last copy of what it held.
-            if (word == ReplicaWord.Resyncing && generation != 0 && _heldGeneration != 0 && _heldGeneration != generation && !overwrite)
+            if (word == ReplicaWord.Resyncing && generation != 0 && _held.Generation != 0 && _held.Generation != generation && !overwrite)
                 return ReplicaAnswer.Refused;
             Word = word;
             _epoch = epoch;
@@ -119,13 +135,15 @@ public sealed class ReplicaKnowledge
             _wholeUntil = 0; // an in-sync word holds from its first renewal on
             if (word == ReplicaWord.Resyncing)
             {
+                // Incremental only over the replica the owner's record was kept against: then it stays a base (torn only
+                // where the owner's record marks); a whole resync is a base again once it ends.
+                whole = !(baseEpoch is uint b && !overwrite && generation != 0 && _held.Base && _held.Generation == generation && _held.Epoch == b);
                 // Torn from now until the resync ends: whatever it held is being replaced by this generation's data.
-                _heldGeneration = generation;
-                _heldConsistent = false;
+                _held = new ReplicaHolds(generation, false, epoch, !whole);
             }
-            else if (word == ReplicaWord.InSync && generation == _heldGeneration)
+            else if (word == ReplicaWord.InSync && generation == _held.Generation)
             {
-                _heldConsistent = true;
+                _held = _held with { Consistent = true, Base = _held.Base || epoch == _held.Epoch };
             }
             return ReplicaAnswer.Applied;
         }
@@ -183,23 +201,39 @@ public sealed class ReplicaKnowledge
 /// </summary>
 public static class ReplicaHoldsFile
 {
-    public static (long Generation, bool Consistent) Load(string path)
+    /// <summary>
+    /// The record (<c>GENERATION consistent|torn EPOCH base|whole BOOT</c>; a record of an older version has the first two
+    /// only). A record kept by another boot of the machine is no base for an incremental resync: copies acknowledged and
+    /// not yet flushed by the device may have been lost with the power.
+    /// </summary>
+    public static ReplicaHolds Load(string path)
     {
-        if (!File.Exists(path)) return (0, false);
+        if (!File.Exists(path)) return default;
         string[] parts = File.ReadAllText(path).Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
-        if (parts.Length != 2 || !long.TryParse(parts[0], System.Globalization.NumberStyles.HexNumber, null, out long g))
-            throw new InvalidDataException($"{path}: not a replica record (expected 'GENERATION consistent|torn')");
-        return (g, parts[1] == "consistent");
+        if (parts.Length is not (2 or 5) || !long.TryParse(parts[0], System.Globalization.NumberStyles.HexNumber, null, out long g)
+            || parts.Length == 5 && (!uint.TryParse(parts[2], out _) || !Guid.TryParse(parts[4], out _)))
+            throw new InvalidDataException($"{path}: not a replica record (expected 'GENERATION consistent|torn EPOCH base|whole BOOT')");
+        if (parts.Length == 2) return new ReplicaHolds(g, parts[1] == "consistent", 0, false);
+        bool sameBoot = Guid.Parse(parts[4]) == BootId.Current && BootId.Current != Guid.Empty;
+        return new ReplicaHolds(g, parts[1] == "consistent", uint.Parse(parts[2]), parts[3] == "base" && sameBoot);
     }
 
-    public static void Save(string path, (long Generation, bool Consistent) holds)
+    public static void Save(string path, ReplicaHolds holds)
     {
         string tmp = path + ".tmp";
         using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
         {
-            f.Write(System.Text.Encoding.ASCII.GetBytes($"{holds.Generation:x16} {(holds.Consistent ? "consistent" : "torn")}\n"));
+            f.Write(System.Text.Encoding.ASCII.GetBytes(
+                $"{holds.Generation:x16} {(holds.Consistent ? "consistent" : "torn")} {holds.Epoch} {(holds.Base ? "base" : "whole")} {BootId.Current}\n"));
             f.Flush(flushToDisk: true);
         }
         File.Move(tmp, path, overwrite: true);
     }
 }
+
+/// <summary>
+/// What a replica holds: its owner's data generation (0: nothing), whether its last resync finished, that resync's epoch,
+/// and whether the replica is a base for an incremental resync against it (it differs from the owner's data only where
+/// the owner's dirty-region record marks).
+/// </summary>
+public readonly record struct ReplicaHolds(long Generation, bool Consistent, uint Epoch, bool Base);

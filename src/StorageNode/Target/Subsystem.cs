@@ -44,6 +44,9 @@ public sealed class Namespace
     /// <summary>On the owner with <c>Cluster:Mirror</c>: the replica on the partner that every write reaches before it completes.</summary>
     public INamespaceMirror? Mirror { get; set; }
 
+    /// <summary>On the owner with <c>Cluster:Mirror</c>, for a namespace in a file with a state directory: the dirty-region record (docs/ha.md).</summary>
+    public DirtyRegionLog? DirtyLog { get; init; }
+
     /// <summary>
     /// On the owner with <c>Cluster:Mirror</c>: the lineage of this namespace's data (docs/ha.md, "An owner that lost its
     /// data"): kept across restarts for a bdev whose data survives them (a file, with a state directory), new at each
