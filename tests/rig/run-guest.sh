@@ -135,7 +135,20 @@ stop_guest() {
   [ -n "$qp" ] && kill -9 "$qp" 2>/dev/null
   kill -9 "$q" 2>/dev/null
 }
-trap 'stop_guest; [ -n "${tailer:-}" ] && kill $tailer 2>/dev/null' EXIT
+# Before the limit ends the guest, what it was doing is recorded, so that a hang can be read afterwards: 20 s before
+# QEMU's timeout, the guest's blocked tasks and every CPU's backtrace (sysrq w and l, on the serial console: printed
+# with the script's output) and QEMU's view of its NICs and of this QEMU's Unix sockets (the private link's queues)
+# in the run folder's monitor.txt.
+diagnose() {
+  while kill -0 "$q" 2>/dev/null && [ $((SECONDS - started)) -lt $((limit - 20)) ]; do sleep 1; done
+  kill -0 "$q" 2>/dev/null || return 0
+  echo "$name| run-guest: $((SECONDS - started)) s, about to time out: the guest's blocked tasks and backtraces follow (sysrq w, l); QEMU's NICs and sockets in $run/monitor.txt" >&2
+  { printf 'info status\ninfo network\nsendkey alt-sysrq-w\n'; sleep 3; printf 'sendkey alt-sysrq-l\n'; sleep 3; } |
+    socat - UNIX-CONNECT:"$run/monitor.sock" 2>&1 | tr -d '\r' | grep -av '^(qemu)' > "$run/monitor.txt"
+  { echo "== ss -xp (this QEMU's Unix sockets: Recv-Q, Send-Q)"; ss -xp 2>/dev/null | grep -F "pid=$(cat "$run/qemu.pid" 2>/dev/null)," ; } >> "$run/monitor.txt"
+}
+diagnose & diagnoser=$!
+trap 'stop_guest; [ -n "${tailer:-}" ] && kill $tailer 2>/dev/null; kill $diagnoser 2>/dev/null' EXIT
 trap 'echo "$name| run-guest: interrupted; run folder: $run" >&2; exit 143' INT TERM HUP
 # The script's output (between the markers /init prints), live, each line prefixed with NAME.
 tail -s 0.2 --pid=$q -F "$run/serial.log" 2>/dev/null |
