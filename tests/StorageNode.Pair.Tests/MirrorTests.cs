@@ -24,6 +24,27 @@ public sealed unsafe class MirrorTests
             $"NSID {nsid}: the replica differs from the owner's data in [{offset}, {offset + (ulong)length})");
     }
 
+    /// <summary>
+    /// A host's Flush to a mirrored namespace reaches the replica's device before the host hears of it, sent directly to
+    /// the owner or relayed by the partner: what a host made durable survives a power loss of both nodes on the copy a
+    /// takeover would serve. (Before: the replica's bdev never saw a Flush.)
+    /// </summary>
+    [Fact]
+    public void AHostsFlushReachesTheReplicasDeviceBeforeTheHostHearsOfIt()
+    {
+        using TestPair pair = InSyncPair();
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        long Flushes() => Replica(pair.B, 1).Stats[IoStat.FlushOps];
+        long before = Flushes();
+        Assert.True(viaA.IoQueues[0].Write(1, 0, 8, Fill(0x5A, 4096)).IsSuccess);
+        Assert.True(viaA.IoQueues[0].Flush(1).IsSuccess);
+        Assert.Equal(before + 1, Flushes());
+        Assert.True(viaB.IoQueues[0].Flush(1).IsSuccess); // relayed to A, the owner
+        Assert.Equal(before + 2, Flushes());
+        Assert.True(MirrorOf(pair.A, 1).IsInSync);
+    }
+
     [Fact]
     public void EveryKindOfWriteIsOnTheReplicaWhenTheHostHearsOfIt()
     {

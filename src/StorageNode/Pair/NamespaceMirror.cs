@@ -201,8 +201,13 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     {
         if (!status.IsSuccess)
         {
-            if (Active) Lost($"a write's copy failed ({status})");
-            Missed(sqe);
+            bool flush = MirrorCommands.Original(sqe.Opcode) == IoOpcode.Flush;
+            if (Active) Lost(flush ? $"a Flush did not reach the replica's device ({status})" : $"a write's copy failed ({status})");
+            // A Flush changes no block; one the keeper's device failed may have lost any of them (a failed fsync drops
+            // dirty pages): then everything. One that never got there: nothing more than being out of sync.
+            if (!flush) Missed(sqe);
+            else if (status.Type == StatusCodeType.MediaDataIntegrity
+                     || (status.Type == StatusCodeType.Generic && status.Code == GenericStatus.InternalError)) _dirty.MarkAll();
             // The write is on this node and not on the replica: it completes once the partner no longer trusts it.
             if (HoldWhileLeaving(reactorId, done, status)) return;
         }

@@ -276,6 +276,9 @@ internal static unsafe class IoCommands
             case IoOpcode.DatasetManagement:
                 DatasetManagement(req, req.Namespace, ch);
                 break;
+            case IoOpcode.Flush:
+                ch.Flush(req);
+                break;
             default: // Copy
                 CopyCommand.Run(req);
                 break;
@@ -408,6 +411,9 @@ internal static unsafe class IoCommands
     public static void Completed(NvmfRequest req)
     {
         QueuePair qp = req.Qpair;
+        // A copy the replica's device failed (a failed fsync may have dropped any dirty page): the replica is no base for
+        // an incremental resync any more (docs/ha.md, "The dirty-region record").
+        if (req.ForReplica && req.FirstError != 0) req.Namespace!.ReplicaKnowledge.DeviceFailed();
         switch (req.Sqe.Opcode)
         {
             case IoOpcode.Read:

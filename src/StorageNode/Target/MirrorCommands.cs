@@ -51,7 +51,7 @@ internal static unsafe class MirrorCommands
     public const byte Bit = 0xA0;
 
     public static bool IsMirrorOpcode(byte op) => op is (Bit | IoOpcode.Write) or (Bit | IoOpcode.WriteZeroes)
-        or (Bit | IoOpcode.DatasetManagement) or (Bit | IoOpcode.Copy);
+        or (Bit | IoOpcode.DatasetManagement) or (Bit | IoOpcode.Copy) or (Bit | IoOpcode.Flush);
 
     public static byte Original(byte op) => (byte)(op & ~Bit);
 
@@ -85,8 +85,20 @@ internal static unsafe class MirrorCommands
     public static bool Hold(NvmfRequest req)
     {
         if (req.MirrorPhase != MirrorPhase.None || req.ForReplica || !req.Ran || req.Namespace is not { IsRemote: false, Mirror: { } mirror }
-            || req.Qpair.Qid == 0 || !Writes(req.Sqe))
+            || req.Qpair.Qid == 0)
             return false;
+        if (req.Sqe.Opcode == IoOpcode.Flush)
+        {
+            // A Flush that succeeded here reaches the replica's device too before its host hears of it: what a host made
+            // durable survives a power loss of both nodes on the copy a takeover would serve. Out of sync, the replica
+            // is not whole anyway (a resync copies what it lacks).
+            if (!req.Status.IsSuccess || !mirror.Active) return false;
+            req.MirrorPhase = MirrorPhase.Sending;
+            req.PendingOps = 1;
+            mirror.Send(req.Qpair.Reactor.Id, CopyOf(req.Sqe, IoOpcode.Flush), null, 0, req);
+            return true;
+        }
+        if (!Writes(req.Sqe)) return false;
         if (!req.Status.IsSuccess)
         {
             // A write that failed here may have changed some of its blocks (a range of several, a short file write): the

@@ -149,6 +149,15 @@ public sealed class ReplicaKnowledge
         }
     }
 
+    /// <summary>
+    /// The replica's device failed a copy: what it holds may differ from the owner's data anywhere, so it is no base for
+    /// an incremental resync (kept in the record at the next word that changes it). Any thread.
+    /// </summary>
+    public void DeviceFailed()
+    {
+        lock (_lock) _held = _held with { Base = false };
+    }
+
     /// <summary>The owner restarted (another incarnation): nothing it said before holds; its replica is not whole.</summary>
     public void Reset(long incarnation)
     {
