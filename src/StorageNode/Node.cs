@@ -586,8 +586,8 @@ public sealed class Node : IDisposable
         foreach (Reactor r in _reactors) r.Stop();
         foreach (Subsystem s in Target?.Subsystems ?? [])
             foreach (Namespace ns in s.Namespaces) ns.CloseChannels();
+        foreach (DirtyRegionLog l in _dirtyLogs) l.Dispose(); // its thread posts to reactors
         foreach (Reactor r in _reactors) r.Dispose();
-        foreach (DirtyRegionLog l in _dirtyLogs) l.Dispose();
         foreach (Bdev b in _bdevs.Values) b.Dispose();
         _bdevs.Clear();
         foreach (Bdev b in _replicas) b.Dispose();

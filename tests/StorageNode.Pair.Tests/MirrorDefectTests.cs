@@ -469,6 +469,8 @@ public sealed unsafe class MirrorDefectTests
         Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 9, ReplicaWord.Resyncing, 3, 1, 9, 50, false, baseEpoch: 2, out whole));
         Assert.False(whole); // the owner restarted with its record kept against epoch 2
         Assert.Equal(new ReplicaHolds(50, false, 3, true), k.Kept); // torn only where the owner's record marks
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 9, ReplicaWord.Resyncing, 3, 2, 9, 50, false, baseEpoch: 2, out whole));
+        Assert.False(whole); // the same resync announced again (its answer was lost)
         Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 10, ReplicaWord.Resyncing, 4, 1, 10, 50, false, baseEpoch: 3, out whole));
         Assert.False(whole); // and again, before that resync ended
         Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 11, ReplicaWord.Resyncing, 5, 1, 11, 50, false, baseEpoch: 3, out whole));

@@ -65,11 +65,13 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         {
             // The regions the record marks (a restart of this node): the replica may lack them, or hold writes this node
             // lost in the crash (the record marks a region before any write to it starts).
+            // Marked now, not only as loaded: the node's listeners opened before this mirror was made, and a write that
+            // completed meanwhile marked its regions in the record, with nothing here to mark it missed.
             if (record.Loaded)
             {
                 _epoch = record.Epoch;
                 _baseValid = true;
-                _dirty.GiveBack(record.LoadedRegions);
+                _dirty.GiveBack(record.MarkedNow());
                 log.LogInformation("{Nqn}: NSID {Nsid}: {Regions} region(s) of 1 MiB marked in the dirty-region record against the replica's epoch {Epoch}",
                     link.Subsystem.Nqn, ns.Nsid, _dirty.Count, _epoch);
             }
@@ -392,6 +394,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             // The keeper holds the replica of this epoch from now on: the dirty-region record is kept against it (written
             // before any copy of the epoch is sent; a record that names an older one resyncs everything after a crash).
             _ns.DirtyLog?.SetEpoch(epoch);
+            // An operator's overwrite is carried out by this resync (later ones are incremental again).
+            if (overwrite) Volatile.Write(ref _overwrite, false);
             // The keeper takes this node's data for the truth: the group may be served (after a restart too).
             if (Interlocked.Exchange(ref _dataTaken, 1) == 0) _ns.DataTaken?.Invoke();
             if (_link.Subsystem.ReleaseGroup(_ns.AnaGroupId, _ns))

@@ -86,6 +86,20 @@ public sealed unsafe class DirtyRegionLog : IDisposable
     public long[] LoadedRegions { get; }
 
     /// <summary>
+    /// The regions marked now, or being marked for a write that waits (bits, as <see cref="LoadedRegions"/>): what the
+    /// replica may lack once writes ran before the mirror was there to mark them missed (a restart's first writes).
+    /// Nothing is cleared before <see cref="ReplicaHas"/> is set.
+    /// </summary>
+    public long[] MarkedNow()
+    {
+        var bits = new long[(Regions + 63) / 64];
+        for (int r = 0; r < Regions; r++)
+            if (Volatile.Read(ref _state[r]) != Clean) bits[r >> 6] |= 1L << (r & 63);
+        for (int w = 0; w < bits.Length; w++) bits[w] |= Volatile.Read(ref _wanted[w]);
+        return bits;
+    }
+
+    /// <summary>
     /// Set by the mirror: whether the replica holds region <c>r</c> as this node does now (in sync, and not marked
     /// missed). Called by the clearing thread for a region no write is inside; null: nothing is cleared.
     /// </summary>
@@ -151,7 +165,7 @@ public sealed unsafe class DirtyRegionLog : IDisposable
         var boot = new Guid(header.AsSpan(28, 16));
         if (generation != _generation) return "it was kept for other data";
         if (regions != Regions || shift != RegionShift) return "the namespace's size changed";
-        if (boot != BootId.Current) return "the machine restarted since: writes its device had not flushed may be lost";
+        if (boot != BootId.Current || boot == Guid.Empty) return "the machine restarted since (or its boot cannot be told): writes its device had not flushed may be lost";
         if (ReadAt(_image, HeaderBytes) < _image.Length) return "its bitmap is cut short";
         for (int r = 0; r < Regions; r++)
         {
@@ -213,25 +227,53 @@ public sealed unsafe class DirtyRegionLog : IDisposable
     }
 
     /// <summary>
-    /// The regions a write touches, or null for one that writes none: Write, Write Zeroes, a fused or relayed Compare and
-    /// Write by their LBA range; a deallocating Dataset Management and a Copy (their ranges are in their data) every region.
+    /// The regions a write touches (from the first its blocks touch to the last), or null for one that writes none:
+    /// Write, Write Zeroes, a fused or relayed Compare and Write by their LBA range; a deallocating Dataset Management by
+    /// its ranges and a Copy by its destination (both in its data, here when it runs; a range beyond the namespace, which
+    /// the command then refuses, is clipped).
     /// </summary>
-    public (int First, int Last)? RegionsOf(in SubmissionQueueEntry sqe, int blockShift)
+    public (int First, int Last)? RegionsOf(NvmfRequest req, int blockShift)
     {
+        ref SubmissionQueueEntry sqe = ref req.Sqe;
         switch (sqe.Opcode)
         {
             case IoOpcode.Write or IoOpcode.WriteZeroes or FusedCommands.RelayedOpcode:
-            {
-                ulong first = (sqe.Slba << blockShift) >> RegionShift;
-                ulong last = (((sqe.Slba + sqe.BlockCount) << blockShift) - 1) >> RegionShift;
-                return ((int)Math.Min(first, (ulong)Regions - 1), (int)Math.Min(last, (ulong)Regions - 1));
-            }
+                return Span(sqe.Slba, sqe.BlockCount, blockShift);
             case IoOpcode.DatasetManagement when (sqe.Cdw11 & DsmAttribute.Deallocate) != 0:
+            {
+                ReadOnlySpan<byte> data = req.DataSpan;
+                int ranges = (int)Math.Min(sqe.DsmRangeCount(), (uint)data.Length / 16);
+                int first = int.MaxValue, last = -1;
+                for (int i = 0; i < ranges; i++)
+                {
+                    uint nlb = BinaryPrimitives.ReadUInt32LittleEndian(data[(i * 16 + 4)..]);
+                    if (nlb == 0) continue;
+                    (int f, int l) = Span(BinaryPrimitives.ReadUInt64LittleEndian(data[(i * 16 + 8)..]), nlb, blockShift);
+                    first = Math.Min(first, f);
+                    last = Math.Max(last, l);
+                }
+                return last < 0 ? null : (first, last);
+            }
             case IoOpcode.Copy:
-                return (0, Regions - 1);
+            {
+                ReadOnlySpan<byte> data = req.DataSpan;
+                int n = Math.Min(sqe.SourceRanges(), data.Length / CopyFields.EntrySize);
+                ulong blocks = 0;
+                for (int i = 0; i < n; i++) blocks += CopyFields.Entry(data, i).Blocks;
+                return blocks == 0 ? null : Span(sqe.DestinationLba(), blocks, blockShift);
+            }
             default:
                 return null;
         }
+    }
+
+    private (int First, int Last) Span(ulong slba, ulong blocks, int blockShift)
+    {
+        ulong max = (ulong)Regions - 1;
+        ulong first = slba >= (ulong.MaxValue >> blockShift) ? max : Math.Min((slba << blockShift) >> RegionShift, max);
+        ulong end = slba + blocks;
+        ulong last = end < slba || end - 1 >= (ulong.MaxValue >> blockShift) ? max : Math.Min((((end - 1) << blockShift)) >> RegionShift, max);
+        return ((int)first, (int)Math.Max(first, last));
     }
 
     /// <summary>

@@ -174,7 +174,7 @@ internal static unsafe class IoCommands
         }
         // A write to a mirrored namespace in a file starts only once its regions are marked in the dirty-region record
         // (docs/ha.md, "The dirty-region record"); it counts inside them until it completes.
-        if (ns.DirtyLog is { } log && !req.DirtyLogged && log.RegionsOf(sqe, shift) is (int first, int last) && !log.Enter(req, first, last)) return;
+        if (ns.DirtyLog is { } log && !req.DirtyLogged && log.RegionsOf(req, shift) is (int first, int last) && !log.Enter(req, first, last)) return;
         if (req.Fused is FusedRole.First or FusedRole.Second)
         {
             FusedCommands.Ready(req); // runs once both are here, under a range lock

@@ -137,7 +137,10 @@ public sealed class ReplicaKnowledge
             {
                 // Incremental only over the replica the owner's record was kept against: then it stays a base (torn only
                 // where the owner's record marks); a whole resync is a base again once it ends.
-                whole = !(baseEpoch is uint b && !overwrite && generation != 0 && _held.Base && _held.Generation == generation && _held.Epoch == b);
+                // The same resync announced again (its answer was lost, or the owner restarted before its record named
+                // the epoch) is still incremental: the replica has had copies of that epoch only, each marked first.
+                whole = !(baseEpoch is uint b && !overwrite && generation != 0 && _held.Base && _held.Generation == generation
+                          && (_held.Epoch == b || (_held.Epoch == epoch && b + 1 == epoch && !_held.Consistent)));
                 // Torn from now until the resync ends: whatever it held is being replaced by this generation's data.
                 _held = new ReplicaHolds(generation, false, epoch, !whole);
             }
