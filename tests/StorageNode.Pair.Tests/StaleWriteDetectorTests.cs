@@ -78,6 +78,53 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
         Assert.True(r.Violations.Count == 0, $"seed {seed}: {string.Join("\n", r.Violations.Take(10))}\n{pair.Problems()}");
     }
 
+    /// <summary>
+    /// The replica check with owner restarts: B owns NSID 2 in a file, with its dirty-region record, and every twentieth
+    /// of the 100 random faults cuts the interconnect off (partitioned both ways) long enough for B to complete writes
+    /// A's replica lacks, then restarts B (stopped and started again with its file and state directory: the writes it
+    /// completed alone are in its record only; the resync of A's replica is incremental, and B's replica of NSID 1, in
+    /// RAM, is resynced whole). Every replica its keeper calls whole holds every write the host had acknowledged. (With
+    /// the record's regions not taken into the restarted mirror, the check finds violations.)
+    /// </summary>
+    [Fact]
+    public void EveryAcknowledgedWriteIsOnAReplicaItsKeeperCallsWholeUnderRandomFaultsAndOwnerRestarts()
+    {
+        int seed = Random.Shared.Next();
+        output.WriteLine($"seed {seed}");
+        string dir = Directory.CreateTempSubdirectory("sn-detector-").FullName;
+        try
+        {
+            Dictionary<string, string?> b = MirrorRig.With(Settings(), new()
+            {
+                ["Node:StateDirectory"] = dir,
+                ["Bdevs:0:Type"] = "file",
+                ["Bdevs:0:Path"] = Path.Combine(dir, "b-owns-2.img"),
+                ["Cluster:DirtyRecordClearMs"] = "500",
+            });
+            using TestPair pair = MirrorRig.InSyncPair(moreA: Settings(), moreB: b);
+            int restarts = 0;
+            using var detector = new StaleWriteDetector(pair, new StaleWriteDetector.Options
+            {
+                Faults = 100, Seed = seed, Replica = ReplicaProbe(pair), Limit = TimeSpan.FromMinutes(5),
+                Restart = () =>
+                {
+                    pair.RestartB();
+                    restarts++;
+                    return "restart owner B";
+                },
+            });
+            StaleWriteDetector.Report r = Run(detector, pair);
+            Assert.True(r.Faults >= 100 && restarts == 5, $"{r.Faults} faults, {restarts} restarts");
+            Assert.True(r.Writes >= 500 && r.ReplicaChecksWhole >= 100, $"too little was checked: {r}");
+            Assert.True(r.Violations.Count == 0, $"seed {seed}: {string.Join("\n", r.Violations.Take(10))}\n{pair.Problems()}");
+            Assert.Contains("region(s) of 1 MiB it may lack", pair.Log('B'), StringComparison.Ordinal); // incremental resyncs
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     /// <summary>The replica check can fail: with the owner completing writes the replica lacks at once (the keeper's rule off), it finds a replica called whole that misses acknowledged writes.</summary>
     [Fact]
     public void TheReplicaCheckFindsAWholeReplicaMissingWritesWhenTheKeepersRuleIsOff()

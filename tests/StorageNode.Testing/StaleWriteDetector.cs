@@ -51,6 +51,16 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         /// the host had acknowledged before the check began. Null: no replica check.
         /// </summary>
         public Func<uint, ulong, int, (bool Whole, byte[] Bytes)>? Replica { get; init; }
+
+        /// <summary>
+        /// Restarts a node (the caller says which and how) and says what it did. Every <see cref="RestartEvery"/>th fault
+        /// (from the tenth on) partitions the interconnect both ways, and <see cref="RestartAfter"/> later, while the host
+        /// keeps writing (the owners complete writes their replicas lack, once the keepers' leases ran out), restarts the
+        /// node; the partitions heal half a second after. Null: none.
+        /// </summary>
+        public Func<string>? Restart { get; init; }
+        public int RestartEvery { get; init; } = 20;
+        public TimeSpan RestartAfter { get; init; } = TimeSpan.FromSeconds(4);
     }
 
     public sealed class Report
@@ -375,7 +385,19 @@ public sealed unsafe class StaleWriteDetector : IDisposable
     {
         int kind = _rng.Next(10);
         string name;
-        if (_o.PathPartitionsOnly)
+        if (_o.Restart != null && !_o.PathPartitionsOnly && _report.Faults % _o.RestartEvery == _o.RestartEvery / 2)
+        {
+            name = "partition the interconnect both ways, then restart";
+            long restartAt = now + (long)_o.RestartAfter.TotalMilliseconds;
+            for (int d = 0; d < 2; d++)
+            {
+                if (!_icPartitioned[d]) _interconnect[d].Forwarder.Partition();
+                _icPartitioned[d] = true;
+                _icHealAt[d] = restartAt + 500;
+            }
+            _restartAt = restartAt;
+        }
+        else if (_o.PathPartitionsOnly)
         {
             Path p = _paths[_rng.Next(2)];
             if (p.Partitioned || _paths[1 - p.Index].Partitioned) return;
@@ -424,8 +446,16 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         Event(name);
     }
 
+    // When the restart the last such fault scheduled is due (0: none).
+    private long _restartAt;
+
     private void HealDue(long now)
     {
+        if (_restartAt != 0 && now >= _restartAt)
+        {
+            _restartAt = 0;
+            Event(_o.Restart!());
+        }
         foreach (Path p in _paths)
         {
             if (!p.Partitioned || now < p.HealAt) continue;
@@ -444,7 +474,7 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         }
     }
 
-    private bool NothingPartitioned() => !_paths[0].Partitioned && !_paths[1].Partitioned && !_icPartitioned[0] && !_icPartitioned[1];
+    private bool NothingPartitioned() => !_paths[0].Partitioned && !_paths[1].Partitioned && !_icPartitioned[0] && !_icPartitioned[1] && _restartAt == 0;
 
     private long _nextReplicaCheck;
 
