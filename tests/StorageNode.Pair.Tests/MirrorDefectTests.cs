@@ -484,6 +484,30 @@ public sealed unsafe class MirrorDefectTests
         Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 12, ReplicaWord.Resyncing, 8, 5, 12, 50, false, baseEpoch: null, out whole));
         Assert.True(whole); // the owner has no record
 
+        // A copy the replica's device failed (a failed fsync may drop any page): no base until a whole resync ends, even
+        // if the owner says "in sync" of the current epoch again; kept in the record at once.
+        string kept = Path.Combine(Path.GetTempPath(), $"sn-holds-{Guid.NewGuid():N}.replica");
+        var f = new ReplicaKnowledge { HoldsPath = kept };
+        try
+        {
+            Assert.Equal(ReplicaAnswer.Applied, f.Offer(a, 20, ReplicaWord.Resyncing, 1, 1, 20, 50, false, baseEpoch: null, out whole));
+            Assert.Equal(ReplicaAnswer.Applied, f.Offer(a, 20, ReplicaWord.InSync, 1, 2, 20, 50, false));
+            Assert.True(f.Kept.Base);
+            f.DeviceFailed();
+            Assert.False(f.Kept.Base);
+            Assert.Equal(new ReplicaHolds(50, true, 1, false), ReplicaHoldsFile.Load(kept));
+            Assert.Equal(ReplicaAnswer.Applied, f.Offer(a, 20, ReplicaWord.InSync, 1, 3, 20, 50, false));
+            Assert.False(f.Kept.Base);
+            Assert.Equal(ReplicaAnswer.Applied, f.Offer(a, 20, ReplicaWord.Resyncing, 2, 4, 20, 50, false, baseEpoch: 1, out whole));
+            Assert.True(whole);
+            Assert.Equal(ReplicaAnswer.Applied, f.Offer(a, 20, ReplicaWord.InSync, 2, 5, 20, 50, false));
+            Assert.True(f.Kept.Base); // the whole resync ended
+        }
+        finally
+        {
+            File.Delete(kept);
+        }
+
         // Kept in a file: read back as written by this boot; a record of another boot is no base.
         string path = Path.Combine(Path.GetTempPath(), $"sn-holds-{Guid.NewGuid():N}.replica");
         try

@@ -60,6 +60,8 @@ public sealed class InterconnectLink
         var m = new NamespaceMirror(this, ns, _pair.Target.Reactors[0], _log);
         _mirrors.Add(m);
         ns.Mirror = m;
+        // Once writes see the mirror (they mark what the replica misses): what the dirty-region record marks by now.
+        m.TakeRecord();
     }
 
     internal InterconnectLink(PairNode pair, Subsystem subsystem, ILogger log)

@@ -61,22 +61,10 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         _reactor = resyncReactor;
         _log = log;
         _dirty = new DirtyBitmap(Regions);
-        if (ns.DirtyLog is { } record)
+        if (ns.DirtyLog is { Loaded: true } record)
         {
-            // The regions the record marks (a restart of this node): the replica may lack them, or hold writes this node
-            // lost in the crash (the record marks a region before any write to it starts).
-            // Marked now, not only as loaded: the node's listeners opened before this mirror was made, and a write that
-            // completed meanwhile marked its regions in the record, with nothing here to mark it missed.
-            if (record.Loaded)
-            {
-                _epoch = record.Epoch;
-                _baseValid = true;
-                _dirty.GiveBack(record.MarkedNow());
-                log.LogInformation("{Nqn}: NSID {Nsid}: {Regions} region(s) of 1 MiB marked in the dirty-region record against the replica's epoch {Epoch}",
-                    link.Subsystem.Nqn, ns.Nsid, _dirty.Count, _epoch);
-            }
-            // A region no write is inside is cleared once the replica holds it: in sync, and not marked missed.
-            record.ReplicaHas = region => _state == InSync && !_dirty.IsMarked(region);
+            _epoch = record.Epoch;
+            _baseValid = true;
         }
         // New data (RAM starts empty) is not served until the partner's replica has taken it for the truth: the replica
         // may hold data this node lost, and writes served meanwhile would be lost with it or lose it (docs/ha.md, "An
@@ -84,6 +72,26 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         if (ns.DataGenerationIsNew)
             log.LogInformation("{Nqn}: NSID {Nsid}: new data (generation {Generation:x16}): ANA group {Group} is served once the partner's replica takes it (or an operator decides: cluster_replica_discard)",
                 link.Subsystem.Nqn, ns.Nsid, ns.DataGeneration, ns.AnaGroupId);
+    }
+
+    /// <summary>
+    /// Takes what the namespace's dirty-region record marks (a restart of this node: the replica may lack those regions,
+    /// or hold writes this node lost in the crash; the record marks a region before any write to it starts) — marked
+    /// now, not only as loaded: the node's listeners opened before this mirror was made, and a write that completed
+    /// meanwhile marked its regions in the record with nothing here to mark it missed. Called once writes see this
+    /// mirror (a write from then on that misses the replica marks it here). From then on the record clears a region no
+    /// write is inside once the replica holds it: in sync, and not marked missed.
+    /// </summary>
+    internal void TakeRecord()
+    {
+        if (_ns.DirtyLog is not { } record) return;
+        if (record.Loaded)
+        {
+            _dirty.GiveBack(record.MarkedNow());
+            _log.LogInformation("{Nqn}: NSID {Nsid}: {Regions} region(s) of 1 MiB marked in the dirty-region record against the replica's epoch {Epoch}",
+                _link.Subsystem.Nqn, _ns.Nsid, _dirty.Count, _epoch);
+        }
+        record.ReplicaHas = region => _state == InSync && !_dirty.IsMarked(region);
     }
 
     // An operator decided that this node's data replaces what the partner's replica holds (cluster_replica_discard).

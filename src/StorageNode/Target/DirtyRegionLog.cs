@@ -195,7 +195,7 @@ public sealed unsafe class DirtyRegionLog : IDisposable
             }
             catch (IOException e)
             {
-                _log.LogError("{Path}: cannot keep the replica's epoch {Epoch} in the dirty-region record: {Error}; a restart resyncs everything", _path, epoch, e.Message);
+                _log.LogError("{Path}: cannot keep the replica's epoch {Epoch} in the dirty-region record: {Error}; it names the epoch before (its regions are still marked: a restart resyncs them, or everything if the keeper's replica moved on)", _path, epoch, e.Message);
                 return false;
             }
         }
@@ -232,23 +232,24 @@ public sealed unsafe class DirtyRegionLog : IDisposable
     /// its ranges and a Copy by its destination (both in its data, here when it runs; a range beyond the namespace, which
     /// the command then refuses, is clipped).
     /// </summary>
-    public (int First, int Last)? RegionsOf(NvmfRequest req, int blockShift)
+    public (int First, int Last)? RegionsOf(NvmfRequest req, int blockShift) => RegionsOf(req.Sqe, req.DataSpan, Regions, blockShift);
+
+    /// <summary><see cref="RegionsOf(NvmfRequest, int)"/> for a command <paramref name="sqe"/> with data <paramref name="data"/>, of a namespace of <paramref name="regions"/> regions.</summary>
+    internal static (int First, int Last)? RegionsOf(in SubmissionQueueEntry sqe, ReadOnlySpan<byte> data, int regions, int blockShift)
     {
-        ref SubmissionQueueEntry sqe = ref req.Sqe;
         switch (sqe.Opcode)
         {
             case IoOpcode.Write or IoOpcode.WriteZeroes or FusedCommands.RelayedOpcode:
-                return Span(sqe.Slba, sqe.BlockCount, blockShift);
+                return Span(sqe.Slba, sqe.BlockCount, regions, blockShift);
             case IoOpcode.DatasetManagement when (sqe.Cdw11 & DsmAttribute.Deallocate) != 0:
             {
-                ReadOnlySpan<byte> data = req.DataSpan;
                 int ranges = (int)Math.Min(sqe.DsmRangeCount(), (uint)data.Length / 16);
                 int first = int.MaxValue, last = -1;
                 for (int i = 0; i < ranges; i++)
                 {
                     uint nlb = BinaryPrimitives.ReadUInt32LittleEndian(data[(i * 16 + 4)..]);
                     if (nlb == 0) continue;
-                    (int f, int l) = Span(BinaryPrimitives.ReadUInt64LittleEndian(data[(i * 16 + 8)..]), nlb, blockShift);
+                    (int f, int l) = Span(BinaryPrimitives.ReadUInt64LittleEndian(data[(i * 16 + 8)..]), nlb, regions, blockShift);
                     first = Math.Min(first, f);
                     last = Math.Max(last, l);
                 }
@@ -256,23 +257,22 @@ public sealed unsafe class DirtyRegionLog : IDisposable
             }
             case IoOpcode.Copy:
             {
-                ReadOnlySpan<byte> data = req.DataSpan;
                 int n = Math.Min(sqe.SourceRanges(), data.Length / CopyFields.EntrySize);
                 ulong blocks = 0;
                 for (int i = 0; i < n; i++) blocks += CopyFields.Entry(data, i).Blocks;
-                return blocks == 0 ? null : Span(sqe.DestinationLba(), blocks, blockShift);
+                return blocks == 0 ? null : Span(sqe.DestinationLba(), blocks, regions, blockShift);
             }
             default:
                 return null;
         }
     }
 
-    private (int First, int Last) Span(ulong slba, ulong blocks, int blockShift)
+    private static (int First, int Last) Span(ulong slba, ulong blocks, int regions, int blockShift)
     {
-        ulong max = (ulong)Regions - 1;
+        ulong max = (ulong)regions - 1;
         ulong first = slba >= (ulong.MaxValue >> blockShift) ? max : Math.Min((slba << blockShift) >> RegionShift, max);
         ulong end = slba + blocks;
-        ulong last = end < slba || end - 1 >= (ulong.MaxValue >> blockShift) ? max : Math.Min((((end - 1) << blockShift)) >> RegionShift, max);
+        ulong last = end < slba || end - 1 >= (ulong.MaxValue >> blockShift) ? max : Math.Min(((end - 1) << blockShift) >> RegionShift, max);
         return ((int)first, (int)Math.Max(first, last));
     }
 

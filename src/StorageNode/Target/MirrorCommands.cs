@@ -92,7 +92,15 @@ internal static unsafe class MirrorCommands
             // A Flush that succeeded here reaches the replica's device too before its host hears of it: what a host made
             // durable survives a power loss of both nodes on the copy a takeover would serve. Out of sync, the replica
             // is not whole anyway (a resync copies what it lacks).
-            if (!req.Status.IsSuccess || !mirror.Active) return false;
+            if (!req.Status.IsSuccess) return false;
+            if (!mirror.Active)
+            {
+                // Leaving: the partner may still take the replica for whole, whose device this Flush never reached: held
+                // as a write the replica lacks is, until the partner no longer does.
+                if (!mirror.HoldWhileLeaving(req.Qpair.Reactor.Id, req, NvmeStatus.Success)) return false;
+                req.MirrorPhase = MirrorPhase.Sending; // completes again through OnMirrored
+                return true;
+            }
             req.MirrorPhase = MirrorPhase.Sending;
             req.PendingOps = 1;
             mirror.Send(req.Qpair.Reactor.Id, CopyOf(req.Sqe, IoOpcode.Flush), null, 0, req);

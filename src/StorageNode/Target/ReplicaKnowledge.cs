@@ -139,14 +139,15 @@ public sealed class ReplicaKnowledge
                 // where the owner's record marks); a whole resync is a base again once it ends.
                 // The same resync announced again (its answer was lost, or the owner restarted before its record named
                 // the epoch) is still incremental: the replica has had copies of that epoch only, each marked first.
-                whole = !(baseEpoch is uint b && !overwrite && generation != 0 && _held.Base && _held.Generation == generation
+                whole = _deviceFailed || !(baseEpoch is uint b && !overwrite && generation != 0 && _held.Base && _held.Generation == generation
                           && (_held.Epoch == b || (_held.Epoch == epoch && b + 1 == epoch && !_held.Consistent)));
+                if (whole) _deviceFailed = false; // this resync copies everything
                 // Torn from now until the resync ends: whatever it held is being replaced by this generation's data.
                 _held = new ReplicaHolds(generation, false, epoch, !whole);
             }
             else if (word == ReplicaWord.InSync && generation == _held.Generation)
             {
-                _held = _held with { Consistent = true, Base = _held.Base || epoch == _held.Epoch };
+                _held = _held with { Consistent = true, Base = !_deviceFailed && (_held.Base || epoch == _held.Epoch) };
             }
             return ReplicaAnswer.Applied;
         }
@@ -158,8 +159,25 @@ public sealed class ReplicaKnowledge
     /// </summary>
     public void DeviceFailed()
     {
-        lock (_lock) _held = _held with { Base = false };
+        lock (_lock)
+        {
+            _deviceFailed = true;
+            if (!_held.Base) return;
+            _held = _held with { Base = false };
+            // Kept before the failed copy is answered (on the reactor: a rare error path), so that a restart of this node
+            // before the next word still asks for everything.
+            if (HoldsPath == null) return;
+            try { ReplicaHoldsFile.Save(HoldsPath, _held); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { SaveFailed = e.Message; }
+        }
     }
+
+    // A copy the replica's device failed since the last whole resync began: no base, whatever the owner says, until one
+    // copies everything.
+    private bool _deviceFailed;
+
+    /// <summary>Why keeping the record after a device failure failed (null: it did not).</summary>
+    public string? SaveFailed { get; private set; }
 
     /// <summary>The owner restarted (another incarnation): nothing it said before holds; its replica is not whole.</summary>
     public void Reset(long incarnation)
