@@ -76,6 +76,9 @@ public unsafe class EndToEndBenchmarks : IHostCompletion
 [MemoryDiagnoser]
 public unsafe class PairEndToEndBenchmarks : IHostCompletion
 {
+    /// <summary>With <c>Cluster:Mirror</c>: every write also reaches the partner's replica before it completes.</summary>
+    protected virtual bool Mirrored => false;
+
     private const string Nqn = "nqn.2026-11.io.storagenode:bench-pair";
     private Node? _a, _b;
     private NvmeHost? _host;
@@ -97,11 +100,12 @@ public unsafe class PairEndToEndBenchmarks : IHostCompletion
         return port;
     }
 
-    private static Dictionary<string, string?> Settings(string me, string partner, int ic, int partnerIc, int hb, int partnerHb, int owned, int cntlMin)
+    private Dictionary<string, string?> Settings(string me, string partner, int ic, int partnerIc, int hb, int partnerHb, int owned, int cntlMin)
     {
         int other = 3 - owned;
         return new Dictionary<string, string?>
         {
+            ["Cluster:Mirror"] = Mirrored ? "true" : "false",
             ["Node:Name"] = me,
             // Three pollers (A, B, the benchmark) share this machine's cores: adaptive reactors yield while idle.
             ["Node:PollMode"] = "adaptive",
@@ -147,9 +151,11 @@ public unsafe class PairEndToEndBenchmarks : IHostCompletion
         _a.Start();
         _b.Start();
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        while (!(_a.Pair!.Status == StorageNode.Pair.PartnerStatus.Healthy && _b.Pair!.Status == StorageNode.Pair.PartnerStatus.Healthy))
+        // Healthy, and with the mirror each replica in sync (a RAM namespace is served once its replica took its data).
+        while (!(_a.Pair!.Status == StorageNode.Pair.PartnerStatus.Healthy && _b.Pair!.Status == StorageNode.Pair.PartnerStatus.Healthy
+                 && _a.Pair.Links.Concat(_b.Pair.Links).SelectMany(l => l.Mirrors).All(m => m.IsInSync)))
         {
-            if (sw.Elapsed > TimeSpan.FromSeconds(20)) throw new TimeoutException("the benchmark pair did not become healthy");
+            if (sw.Elapsed > TimeSpan.FromSeconds(30)) throw new TimeoutException("the benchmark pair did not become healthy (and its replicas in sync)");
             Thread.Sleep(20);
         }
         _host = NvmeHost.Connect(_a.TcpEndpoints[0], Nqn, new NvmeHostOptions { IoQueueDepth = 4 });
@@ -202,4 +208,14 @@ public unsafe class PairEndToEndBenchmarks : IHostCompletion
 
     [Benchmark]
     public void ProxiedWrite4KiBQd1() => RoundTrip(2, IoOpcode.Write, DataDirection.HostToController);
+}
+
+/// <summary>
+/// <see cref="PairEndToEndBenchmarks"/> with <c>Cluster:Mirror</c> on both nodes: a write completes once the partner's
+/// replica has it too (its copy over the interconnect), so DirectWrite4KiBQd1 here against the unmirrored suite's is
+/// what mirroring costs (issue 23's target: at most two loopback round trips at QD1).
+/// </summary>
+public class MirroredPairEndToEndBenchmarks : PairEndToEndBenchmarks
+{
+    protected override bool Mirrored => true;
 }
