@@ -49,6 +49,14 @@ public static class CommandFields
     public static byte IdentifyCsi(this in SubmissionQueueEntry sqe) => (byte)(sqe.Cdw11 >> 24);
     /// <summary>Dataset Management: how many ranges the data holds (1-based).</summary>
     public static uint DsmRangeCount(this in SubmissionQueueEntry sqe) => (sqe.Cdw10 & 0xFF) + 1;
+
+    /// <summary>Dataset Management's data: one 16-byte range each (NLB, 1-based, at byte 4; SLBA at byte 8).</summary>
+    public const int DsmRangeSize = 16;
+
+    /// <summary>Range <paramref name="i"/> of a Dataset Management's data.</summary>
+    public static (ulong Lba, uint Blocks) DsmRange(ReadOnlySpan<byte> data, int i)
+        => (System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(data[(i * DsmRangeSize + 8)..]),
+            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(data[(i * DsmRangeSize + 4)..]));
 }
 
 /// <summary>

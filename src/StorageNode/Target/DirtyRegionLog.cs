@@ -243,13 +243,13 @@ public sealed unsafe class DirtyRegionLog : IDisposable
                 return Span(sqe.Slba, sqe.BlockCount, regions, blockShift);
             case IoOpcode.DatasetManagement when (sqe.Cdw11 & DsmAttribute.Deallocate) != 0:
             {
-                int ranges = (int)Math.Min(sqe.DsmRangeCount(), (uint)data.Length / 16);
+                int ranges = (int)Math.Min(sqe.DsmRangeCount(), (uint)(data.Length / CommandFields.DsmRangeSize));
                 int first = int.MaxValue, last = -1;
                 for (int i = 0; i < ranges; i++)
                 {
-                    uint nlb = BinaryPrimitives.ReadUInt32LittleEndian(data[(i * 16 + 4)..]);
+                    (ulong lba, uint nlb) = CommandFields.DsmRange(data, i);
                     if (nlb == 0) continue;
-                    (int f, int l) = Span(BinaryPrimitives.ReadUInt64LittleEndian(data[(i * 16 + 8)..]), nlb, regions, blockShift);
+                    (int f, int l) = Span(lba, nlb, regions, blockShift);
                     first = Math.Min(first, f);
                     last = Math.Max(last, l);
                 }

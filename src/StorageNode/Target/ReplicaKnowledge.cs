@@ -140,7 +140,7 @@ public sealed class ReplicaKnowledge
                 // The same resync announced again (its answer was lost, or the owner restarted before its record named
                 // the epoch) is still incremental: the replica has had copies of that epoch only, each marked first.
                 whole = _deviceFailed || !(baseEpoch is uint b && !overwrite && generation != 0 && _held.Base && _held.Generation == generation
-                          && (_held.Epoch == b || (_held.Epoch == epoch && b + 1 == epoch && !_held.Consistent)));
+                          && (_held.Epoch == b || (_held.Epoch == epoch && !_held.Consistent)));
                 if (whole) _deviceFailed = false; // this resync copies everything
                 // Torn from now until the resync ends: whatever it held is being replaced by this generation's data.
                 _held = new ReplicaHolds(generation, false, epoch, !whole);
