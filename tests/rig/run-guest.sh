@@ -95,7 +95,7 @@ boot() {  # boot SECONDS: starts QEMU (in the background, $q) bounded by SECONDS
     -m "${RIG_MEM:-2048}" -smp "$cpus" -display none -monitor unix:"$run/monitor.sock",server=on,wait=off -no-reboot \
     -pidfile "$run/qemu.pid" -serial file:"$run/serial.log" \
     -kernel "$RIG_CACHE/vmlinuz" -initrd "$RIG_CACHE/initrd.gz" \
-    -append "console=ttyS0 quiet panic=-1 sysrq_always_enabled rig.node=$name ${link:+rig.eth1=$link}" \
+    -append "console=ttyS0 quiet panic=-1 sysrq_always_enabled nokaslr rig.node=$name ${link:+rig.eth1=$link}" \
     -fsdev local,id=root,path=/,readonly=on,security_model=none,multidevs=remap \
     -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
     -fsdev local,id=io,path="$run",security_model=none \
@@ -143,7 +143,10 @@ diagnose() {
   while kill -0 "$q" 2>/dev/null && [ $((SECONDS - started)) -lt $((limit - 20)) ]; do sleep 1; done
   kill -0 "$q" 2>/dev/null || return 0
   echo "$name| run-guest: $((SECONDS - started)) s, about to time out: the guest's blocked tasks and backtraces follow (sysrq w, l); QEMU's NICs and sockets in $run/monitor.txt" >&2
-  { printf 'info status\ninfo network\nsendkey alt-sysrq-w\n'; sleep 3; printf 'sendkey alt-sysrq-l\n'; sleep 3; } |
+  # The vCPU's registers three times, a second apart (a guest spinning with interrupts off answers no sysrq; its RIP
+  # does not lie: name-rips.sh names them, HLT=1 is an idle vCPU), then the sysrq dumps.
+  { printf 'info status\ninfo network\ninfo registers\n'; sleep 1; printf 'info registers\n'; sleep 1
+    printf 'info registers\nsendkey alt-sysrq-w\n'; sleep 3; printf 'sendkey alt-sysrq-l\n'; sleep 3; } |
     socat - UNIX-CONNECT:"$run/monitor.sock" 2>&1 | tr -d '\r' | grep -av '^(qemu)' > "$run/monitor.txt"
   { echo "== ss -xp (this QEMU's Unix sockets: Recv-Q, Send-Q)"; ss -xp 2>/dev/null | grep -F "pid=$(cat "$run/qemu.pid" 2>/dev/null)," ; } >> "$run/monitor.txt"
 }
