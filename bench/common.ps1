@@ -4,8 +4,8 @@ $Cpus = [Environment]::ProcessorCount
 
 function Pin([int]$cpu) { if ($Cpus -ge 2 -and $cpu -ge 0) { @('taskset', '-c', "$cpu") } else { @() } }
 
-function Wait-Port([int]$port) {
-    for ($i = 0; $i -lt 100; $i++) {
+function Wait-Port([int]$port, [int]$seconds = 10) {
+    for ($i = 0; $i -lt $seconds * 10; $i++) {
         $c = [Net.Sockets.TcpClient]::new()
         try { $c.Connect('127.0.0.1', $port); return } catch { Start-Sleep -Milliseconds 100 } finally { $c.Dispose() }
     }
@@ -51,4 +51,63 @@ function Pair-NodeArgs([string]$config) {
         if ($ns[$i].PSObject.Properties.Name -contains 'ReplicaBdev') { $a += "--Subsystems:0:Namespaces:${i}:ReplicaBdev=" }
     }
     return $a
+}
+
+# The mirror's cost (docs/ha.md, "Mirroring"): 4 KiB random writes to NSID 1 through node A, its owner, with the default
+# pair started with Cluster:Mirror (a write completes once B's replica has it too: one interconnect round trip) and
+# without, one pair at a time, alternately ($Pairs times each, unmirrored first), at each queue depth. Adaptive polling,
+# not pinned (two nodes and sn-perf on this machine's CPUs), as the proxied-vs-direct runs. With the limit built
+# (artifacts/native/limit), each pair also measures the loopback round trip: the limit's QD1 mean latency (72-byte
+# request, 4 KiB answer), unpinned too. Returns per depth the medians and the median of the pairs' differences (mean
+# latency) and ratios (IOPS), and the round trip's median (rtt_us, 0 without the limit).
+function Measure-MirrorCost([string]$root, [string]$nodeDll, [string]$perfDll, [string]$out, [int]$pairs, [double]$seconds, [int[]]$depths, [string[]]$nodeArgs = @()) {
+    $cfgA = Join-Path $root 'config/node-a.json'; $cfgB = Join-Path $root 'config/node-b.json'
+    $sockA = (Get-Content -Raw $cfgA | ConvertFrom-Json).Control.RpcSocket
+    $runs = @{}; foreach ($qd in $depths) { $runs[$qd] = @{ plain = @(); mirrored = @() } }
+    $limit = Join-Path $root 'artifacts/native/limit'
+    $rtts = @()
+    for ($i = 0; $i -lt $pairs; $i++) {
+        if (Test-Path $limit) {
+            $srv = Start-Pinned -1 @($limit, 'server', '5599')
+            try { Wait-Port 5599; $l = Run-Json -1 @($limit, 'client', '5599', '1', "$seconds") } finally { Stop-Proc $srv }
+            $rtts += $l.mean_us
+            Write-Host ("    pair {0}: loopback round trip (limit, QD1) {1:0.0} us" -f ($i + 1), $l.mean_us)
+        }
+        foreach ($mirrored in $false, $true) {
+            $argsA = @(if ($mirrored) { @('--config', $cfgA) } else { Pair-NodeArgs $cfgA }) + $nodeArgs
+            $argsB = @(if ($mirrored) { @('--config', $cfgB) } else { Pair-NodeArgs $cfgB }) + $nodeArgs
+            $tag = if ($mirrored) { 'mirrored' } else { 'plain' }
+            $pa = Start-Process -FilePath 'dotnet' -ArgumentList (@($nodeDll) + $argsA) -PassThru -RedirectStandardOutput (Join-Path $out "mirror-$tag-a.log") -RedirectStandardError (Join-Path $out "mirror-$tag-a.err")
+            $pb = Start-Process -FilePath 'dotnet' -ArgumentList (@($nodeDll) + $argsB) -PassThru -RedirectStandardOutput (Join-Path $out "mirror-$tag-b.log") -RedirectStandardError (Join-Path $out "mirror-$tag-b.err")
+            try {
+                Wait-Port 4420 60; Wait-Port 4421 60
+                # Mirrored: measured once NSID 1's replica is in sync (the first resync copies the namespace); bounded.
+                for ($w = 0; $w -lt 120; $w++) {
+                    $st = & dotnet $nodeDll rpc -s $sockA cluster_get_status 2>$null | ConvertFrom-Json -ErrorAction SilentlyContinue
+                    $up = $st -and @($st.links | Where-Object { $_.up }).Count -gt 0
+                    $ns1 = if ($st) { @($st.links | ForEach-Object { $_.mirrors } | Where-Object { $_ -and $_.nsid -eq 1 }) } else { @() }
+                    if ($up -and (-not $mirrored -or ($ns1.Count -eq 1 -and $ns1[0].state -eq 'in_sync'))) { break }
+                    Start-Sleep -Milliseconds 500
+                }
+                if ($w -eq 120) { throw "the $tag pair did not come up (NSID 1 in sync) within 60 s: see $out/mirror-$tag-*.log" }
+                foreach ($qd in $depths) {
+                    $null = Run-Json -1 @('dotnet', $perfDll, '-a', '127.0.0.1', '-s', '4420', '-n', 'nqn.2026-11.io.storagenode:pair', '--nsid', '1', '-w', 'randwrite', '-b', '4k', '-q', "$qd", '-t', '1', '--poll', 'adaptive', '--json')
+                    $r = Run-Json -1 @('dotnet', $perfDll, '-a', '127.0.0.1', '-s', '4420', '-n', 'nqn.2026-11.io.storagenode:pair', '--nsid', '1', '-w', 'randwrite', '-b', '4k', '-q', "$qd", '-t', "$seconds", '--poll', 'adaptive', '--json')
+                    $runs[$qd][$tag] += $r
+                    Write-Host ("    QD{0} pair {1}: {2,-8} {3,9:N0} IOPS {4,7:0.0} us" -f $qd, ($i + 1), $tag, $r.iops, $r.mean_us)
+                }
+            } finally { Stop-Proc $pa; Stop-Proc $pb }
+        }
+    }
+    $result = [ordered]@{ rtt_us = Median $rtts }
+    foreach ($qd in $depths) {
+        $p = $runs[$qd].plain; $m = $runs[$qd].mirrored
+        $result["qd$qd"] = [ordered]@{
+            plain_iops = Median ($p | ForEach-Object { $_.iops }); mirrored_iops = Median ($m | ForEach-Object { $_.iops })
+            plain_mean_us = Median ($p | ForEach-Object { $_.mean_us }); mirrored_mean_us = Median ($m | ForEach-Object { $_.mean_us })
+            iops_ratio = Median (0..($pairs - 1) | ForEach-Object { $m[$_].iops / $p[$_].iops })
+            added_us = Median (0..($pairs - 1) | ForEach-Object { $m[$_].mean_us - $p[$_].mean_us })
+        }
+    }
+    return $result
 }

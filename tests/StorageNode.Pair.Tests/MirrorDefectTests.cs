@@ -611,4 +611,102 @@ public sealed unsafe class MirrorDefectTests
         TestPair.WaitUntil(() => mirror.IsInSync, "the resync after the stall", TimeSpan.FromSeconds(30));
         Assert.True(Contents(pair.B, Replica(pair.B, 1), 900 * 512, 4096).SequenceEqual(Fill(0x5A, 4096)));
     }
+
+    /// <summary>
+    /// Defect 2 as two processes, B's clock three hours behind (B keeps A's replica of NSID 1 in a file, read from
+    /// outside; B's word from cluster_get_status): with A's interconnect association into B cut for good and the
+    /// heartbeats flowing, whenever B calls its replica whole, every write A has acknowledged is in it. Depends on the
+    /// pair's 2 s heartbeat timeout (the lease) only through the writes' pace: none fails.
+    /// </summary>
+    [Fact]
+    public void TwoProcessesTheKeeperNeverCallsItsReplicaWholeWhileTheOwnerAcknowledgesWritesItLacks()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-defect2-").FullName;
+        try
+        {
+            string kept = Path.Combine(dir, "b-keeps-1.img");
+            using var pair = new ProcessPair(Mirror, With(Mirror, FileReplica(1, kept)), clockOffsetSecondsB: -3 * 3600);
+            pair.WaitHealthy();
+            bool WholeOnB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!["whole"]!.GetValue<bool>();
+            string StateOnA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!["state"]!.GetValue<string>();
+            TestPair.WaitUntil(() => StateOnA() == "in_sync" && WholeOnB(), "A's replica on B in sync and whole", TimeSpan.FromSeconds(30));
+            using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+            pair.InterconnectAtoB.Blocked = true; // A's association into B dies and stays dead; the heartbeat channel lives
+            pair.InterconnectAtoB.Cut();
+            var violations = new List<string>();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            int acked = 0;
+            for (int i = 0; i < 200 && clock.Elapsed < TimeSpan.FromSeconds(60); i++)
+            {
+                ulong lba = (ulong)(i * 8);
+                byte tag = (byte)(i % 250 + 1);
+                NvmeStatus st = Write(h.IoQueues[0], tag, lba: lba);
+                Assert.True(st.IsSuccess, $"write {i}: {st}");
+                acked++;
+                if (!WholeOnB()) continue;
+                if (!FileBytes(kept, (long)lba * 512, 4096).AsSpan().SequenceEqual(Fill(tag, 4096)))
+                    violations.Add($"{clock.ElapsedMilliseconds} ms: write {i} acknowledged by A, not in B's replica file, which B calls whole");
+            }
+            Assert.True(violations.Count == 0, string.Join("\n", violations.Take(5)) + $"\n({violations.Count} in all)\n{pair.Problems()}");
+            Assert.Equal(200, acked);
+            Assert.Equal("out_of_sync", StateOnA());
+            Assert.False(WholeOnB());
+            Assert.Contains("the partner no longer takes its replica for whole", pair.Log('A'), StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// Defect 8 as two processes, B's clock three hours behind: A's copies to B are held on their way (the bytes of A's
+    /// association into B wait in the forwarder; B's answers to the heartbeat datagrams, on their own channel, keep
+    /// coming). The write waiting for its copy's answer completes, successfully, once the link is taken down — here by
+    /// the interconnect association's own keep-alive (C5, 2 s), which the held bytes stall too, before the copy timeout
+    /// (the longer of the heartbeat and relay timeouts, 3 s) — and B's lease (2 s) has run out; B then no longer calls
+    /// its replica whole. When the bytes flow again the resync brings the write to B's replica. Bounded: 30 s for the
+    /// write. (The copy timeout alone, with the admin path answering, is the in-process test above: only a hook can
+    /// stall one reactor of another process.)
+    /// </summary>
+    [Fact]
+    public void TwoProcessesACopyThePartnerNeverAnswersDoesNotHoldTheWriteForGood()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-defect8-").FullName;
+        try
+        {
+            string kept = Path.Combine(dir, "b-keeps-1.img");
+            using var pair = new ProcessPair(Mirror, With(Mirror, FileReplica(1, kept)), clockOffsetSecondsB: -3 * 3600);
+            pair.WaitHealthy();
+            bool WholeOnB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!["whole"]!.GetValue<bool>();
+            string StateOnA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!["state"]!.GetValue<string>();
+            TestPair.WaitUntil(() => StateOnA() == "in_sync" && WholeOnB(), "A's replica on B in sync and whole", TimeSpan.FromSeconds(30));
+            using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+            NvmeStatus st = default;
+            bool done;
+            pair.InterconnectAtoB.PauseUpstream = true;
+            try
+            {
+                var writer = new Thread(() => st = Write(h.IoQueues[0], 0x5A, lba: 900)) { IsBackground = true };
+                writer.Start();
+                done = writer.Join(TimeSpan.FromSeconds(30));
+                Assert.True(done, "the write waited for a copy B never got");
+                Assert.True(st.IsSuccess, $"the write: {st}");
+                Assert.False(WholeOnB(), "B calls its replica whole without the acknowledged write");
+                string logA = pair.Log('A');
+                Assert.True(logA.Contains("interconnect to B down", StringComparison.Ordinal)
+                    && logA.Contains("the partner no longer takes its replica for whole (the partner's lease expired); 1 held write(s) complete", StringComparison.Ordinal), logA);
+            }
+            finally
+            {
+                pair.InterconnectAtoB.PauseUpstream = false;
+            }
+            TestPair.WaitUntil(() => StateOnA() == "in_sync" && WholeOnB(), "the resync once the bytes flow again", TimeSpan.FromSeconds(30));
+            Assert.True(FileBytes(kept, 900L * 512, 4096).AsSpan().SequenceEqual(Fill(0x5A, 4096)), "B's replica file lacks the write after the resync");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

@@ -55,5 +55,19 @@ internal static unsafe class MirrorRig
         [$"Subsystems:0:Namespaces:{nsid - 1}:ReplicaBdev"] = "Replica",
     };
 
+    /// <summary>Bytes of a file another process writes (a node's file bdev), read at an offset.</summary>
+    public static byte[] FileBytes(string path, long offset, int length)
+    {
+        var bytes = new byte[length];
+        using Microsoft.Win32.SafeHandles.SafeFileHandle f = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        for (int done = 0; done < length;)
+        {
+            int n = RandomAccess.Read(f, bytes.AsSpan(done), offset + done);
+            if (n == 0) throw new EndOfStreamException($"{path}: {length} bytes at {offset} past its end");
+            done += n;
+        }
+        return bytes;
+    }
+
     public static byte[] Fill(byte b, int n) => [.. Enumerable.Repeat(b, n)];
 }
