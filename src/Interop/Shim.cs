@@ -121,7 +121,9 @@ public static unsafe partial class Uring
 /// <summary>File entry points used by the File bdev.</summary>
 public static unsafe partial class FileIo
 {
+    public const int O_RDONLY = 0x0;
     public const int O_RDWR = 0x2;
+    public const int O_DIRECTORY = 0x10000;
     public const int O_CREAT = 0x40;
     public const int O_DIRECT = 0x4000;
     public const int O_CLOEXEC = 0x80000;
@@ -138,6 +140,9 @@ public static unsafe partial class FileIo
 
     [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     public static partial int FDataSync(int fd);
+
+    [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
+    public static partial int FSync(int fd);
 
     [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
     public static partial int Close(int fd);

@@ -196,18 +196,10 @@ public sealed class Node : IDisposable
     }
 
     private static string GenerationPath(NodeConfig config, string nqn, uint nsid)
-        => Path.Combine(config.StateDirectory!, $"{config.Name}-{SafeName(nqn)}-ns{nsid}.generation");
+        => StateFile.PathOf(config.StateDirectory!, config.Name, nqn, nsid, "generation");
 
     private static void WriteGeneration(string path, long generation, bool taken)
-    {
-        string tmp = path + ".tmp";
-        using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
-        {
-            f.Write(System.Text.Encoding.ASCII.GetBytes($"{generation:x16} {(taken ? "taken" : "new")}\n"));
-            f.Flush(flushToDisk: true);
-        }
-        File.Move(tmp, path, overwrite: true);
-    }
+        => StateFile.Replace(path, System.Text.Encoding.ASCII.GetBytes($"{generation:x16} {(taken ? "taken" : "new")}\n"));
 
     /// <summary>The file of bdev <paramref name="bdevName"/> is gone: the generations kept for the namespaces on it no longer hold.</summary>
     private static void ForgetGenerations(NodeConfig config, string bdevName)
@@ -218,7 +210,7 @@ public sealed class Node : IDisposable
             {
                 if (nc.Bdev != bdevName) continue;
                 string path = GenerationPath(config, sc.Nqn, nc.Nsid);
-                try { File.Delete(path); }
+                try { StateFile.Delete(path); }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
                     throw new ConfigException("Node:StateDirectory", $"bdev '{bdevName}''s file is gone, and the data generation kept in {path} cannot be removed: {e.Message}");
@@ -234,7 +226,7 @@ public sealed class Node : IDisposable
     private DirtyRegionLog? DirtyLogFor(NodeConfig config, Subsystem s, uint nsid, Bdev bdev, long generation)
     {
         if (bdev is not FileBdev || config.Cluster is not { Mirror: true } cluster || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return null;
-        string path = Path.Combine(config.StateDirectory, $"{config.Name}-{SafeName(s.Nqn)}-ns{nsid}.dirty");
+        string path = StateFile.PathOf(config.StateDirectory, config.Name, s.Nqn, nsid, "dirty");
         int regions = (int)((bdev.SizeBytes + (1UL << DirtyRegionLog.RegionShift) - 1) >> DirtyRegionLog.RegionShift);
         try
         {
@@ -275,7 +267,7 @@ public sealed class Node : IDisposable
     private ReplicaKnowledge KnowledgeOf(NodeConfig config, Subsystem s, uint nsid, Bdev? replica)
     {
         if (replica is not FileBdev || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return new ReplicaKnowledge();
-        string path = Path.Combine(config.StateDirectory, $"{config.Name}-{SafeName(s.Nqn)}-ns{nsid}.replica");
+        string path = StateFile.PathOf(config.StateDirectory, config.Name, s.Nqn, nsid, "replica");
         var k = new ReplicaKnowledge { HoldsPath = path };
         try
         {
@@ -293,12 +285,6 @@ public sealed class Node : IDisposable
         return k;
     }
 
-    private static string SafeName(string nqn)
-    {
-        var sb = new System.Text.StringBuilder();
-        foreach (char c in nqn) sb.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' ? c : '_');
-        return sb.ToString();
-    }
 
     /// <summary>The node's metrics (meter <c>StorageNode</c>; docs/management.md).</summary>
     public Control.NodeMetrics? Metrics { get; }

@@ -344,6 +344,7 @@ public static class NodeRpc
             ["holds_consistent"] = k.Holds.Consistent,
             ["holds_epoch"] = k.Kept.Epoch,
             ["holds_base"] = k.Kept.Base,
+            ["record_error"] = k.SaveFailed,
         };
     }
 

@@ -198,7 +198,8 @@ public sealed class InterconnectService : IInterconnectHandler
                 ReplicaHolds heldBefore = k.Kept;
                 ReplicaAnswer answer = k.Offer(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation, generation, overwrite,
                     ReplicaStateFields.BaseEpoch(req.Sqe), out bool whole);
-                if (k.HoldsPath != null && k.Kept != heldBefore && !SaveHolds(ns, k))
+                // (saved again when an earlier save failed: a device failure's "no base" may not be in it yet)
+                if (k.HoldsPath != null && (k.Kept != heldBefore || k.SaveFailed != null) && !SaveHolds(ns, k))
                 {
                     k.Restore(heldBefore); // as the record says
                     // Not answered as applied: the owner must not start copying over a replica whose record says it is
@@ -249,7 +250,9 @@ public sealed class InterconnectService : IInterconnectHandler
     {
         try
         {
-            ReplicaHoldsFile.Save(k.HoldsPath!, k.Kept);
+            ReplicaHolds kept = k.Kept;
+            ReplicaHoldsFile.Save(k.HoldsPath!, kept);
+            k.RecordSaved(kept);
             return true;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -176,8 +176,19 @@ public sealed class ReplicaKnowledge
     // copies everything.
     private bool _deviceFailed;
 
-    /// <summary>Why keeping the record after a device failure failed (null: it did not).</summary>
+    /// <summary>
+    /// Why keeping the record after a device failure failed (null: it did not, or a later save succeeded): the record may
+    /// still call the replica a base. The next word from the owner saves it again (<see cref="RecordSaved"/>); shown in
+    /// cluster_get_status (<c>record_error</c>).
+    /// </summary>
     public string? SaveFailed { get; private set; }
+
+    /// <summary>The record was written with <paramref name="saved"/>: an earlier failure is mended if that is what is held now.</summary>
+    public void RecordSaved(ReplicaHolds saved)
+    {
+        lock (_lock)
+            if (_held == saved) SaveFailed = null;
+    }
 
     /// <summary>The owner restarted (another incarnation): nothing it said before holds; its replica is not whole.</summary>
     public void Reset(long incarnation)
@@ -249,16 +260,8 @@ public static class ReplicaHoldsFile
     }
 
     public static void Save(string path, ReplicaHolds holds)
-    {
-        string tmp = path + ".tmp";
-        using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
-        {
-            f.Write(System.Text.Encoding.ASCII.GetBytes(
-                $"{holds.Generation:x16} {(holds.Consistent ? "consistent" : "torn")} {holds.Epoch} {(holds.Base ? "base" : "whole")} {BootId.Current}\n"));
-            f.Flush(flushToDisk: true);
-        }
-        File.Move(tmp, path, overwrite: true);
-    }
+        => StateFile.Replace(path, System.Text.Encoding.ASCII.GetBytes(
+            $"{holds.Generation:x16} {(holds.Consistent ? "consistent" : "torn")} {holds.Epoch} {(holds.Base ? "base" : "whole")} {BootId.Current}\n"));
 }
 
 /// <summary>

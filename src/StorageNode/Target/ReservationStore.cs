@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
 
@@ -17,12 +16,7 @@ public sealed class ReservationStore(string directory, string nodeName, ILogger 
     public string Directory { get; } = directory;
 
     /// <summary>The file of one namespace: the node, the subsystem NQN (made safe for a file name) and the NSID.</summary>
-    public string PathFor(Subsystem s, uint nsid)
-    {
-        var sb = new StringBuilder();
-        foreach (char c in s.Nqn) sb.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' ? c : '_');
-        return Path.Combine(Directory, $"{nodeName}-{sb}-ns{nsid}.reservation.json");
-    }
+    public string PathFor(Subsystem s, uint nsid) => StateFile.PathOf(Directory, nodeName, s.Nqn, nsid, "reservation.json");
 
     /// <summary>Makes the namespace's PTPL settable, restores what was kept for it, and keeps it from now on.</summary>
     public void Attach(Subsystem s, Namespace ns)
@@ -65,16 +59,10 @@ public sealed class ReservationStore(string directory, string nodeName, ILogger 
             ReservationState.Saved saved = state.Snapshot() with { Nguid = nguid };
             if (!saved.Ptpl)
             {
-                File.Delete(path);
+                StateFile.Delete(path);
                 return;
             }
-            string tmp = path + ".tmp";
-            using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
-            {
-                f.Write(JsonSerializer.SerializeToUtf8Bytes(saved, Json));
-                f.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, path, overwrite: true);
+            StateFile.Replace(path, JsonSerializer.SerializeToUtf8Bytes(saved, Json));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
