@@ -621,15 +621,8 @@ public sealed unsafe class MirrorDefectTests
     [Fact]
     public void TwoProcessesTheKeeperNeverCallsItsReplicaWholeWhileTheOwnerAcknowledgesWritesItLacks()
     {
-        string dir = Directory.CreateTempSubdirectory("sn-defect2-").FullName;
-        try
+        WithFileReplica((pair, kept, WholeOnB, StateOnA) =>
         {
-            string kept = Path.Combine(dir, "b-keeps-1.img");
-            using var pair = new ProcessPair(Mirror, With(Mirror, FileReplica(1, kept)), clockOffsetSecondsB: -3 * 3600);
-            pair.WaitHealthy();
-            bool WholeOnB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!["whole"]!.GetValue<bool>();
-            string StateOnA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!["state"]!.GetValue<string>();
-            TestPair.WaitUntil(() => StateOnA() == "in_sync" && WholeOnB(), "A's replica on B in sync and whole", TimeSpan.FromSeconds(30));
             using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
             pair.InterconnectAtoB.Blocked = true; // A's association into B dies and stays dead; the heartbeat channel lives
             pair.InterconnectAtoB.Cut();
@@ -652,11 +645,7 @@ public sealed unsafe class MirrorDefectTests
             Assert.Equal("out_of_sync", StateOnA());
             Assert.False(WholeOnB());
             Assert.Contains("the partner no longer takes its replica for whole", pair.Log('A'), StringComparison.Ordinal);
-        }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
+        });
     }
 
     /// <summary>
@@ -672,15 +661,8 @@ public sealed unsafe class MirrorDefectTests
     [Fact]
     public void TwoProcessesACopyThePartnerNeverAnswersDoesNotHoldTheWriteForGood()
     {
-        string dir = Directory.CreateTempSubdirectory("sn-defect8-").FullName;
-        try
+        WithFileReplica((pair, kept, WholeOnB, StateOnA) =>
         {
-            string kept = Path.Combine(dir, "b-keeps-1.img");
-            using var pair = new ProcessPair(Mirror, With(Mirror, FileReplica(1, kept)), clockOffsetSecondsB: -3 * 3600);
-            pair.WaitHealthy();
-            bool WholeOnB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!["whole"]!.GetValue<bool>();
-            string StateOnA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!["state"]!.GetValue<string>();
-            TestPair.WaitUntil(() => StateOnA() == "in_sync" && WholeOnB(), "A's replica on B in sync and whole", TimeSpan.FromSeconds(30));
             using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
             NvmeStatus st = default;
             bool done;
@@ -703,6 +685,26 @@ public sealed unsafe class MirrorDefectTests
             }
             TestPair.WaitUntil(() => StateOnA() == "in_sync" && WholeOnB(), "the resync once the bytes flow again", TimeSpan.FromSeconds(30));
             Assert.True(FileBytes(kept, 900L * 512, 4096).AsSpan().SequenceEqual(Fill(0x5A, 4096)), "B's replica file lacks the write after the resync");
+        });
+    }
+
+    /// <summary>
+    /// Two processes, B's clock three hours behind, B keeping A's replica of NSID 1 in a file (<c>kept</c>, read from
+    /// outside); the body gets B's word on it (whole, from cluster_get_status) and A's state of it, once both say it is
+    /// in sync and whole.
+    /// </summary>
+    private static void WithFileReplica(Action<ProcessPair, string, Func<bool>, Func<string>> body)
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-file-replica-").FullName;
+        try
+        {
+            string kept = Path.Combine(dir, "b-keeps-1.img");
+            using var pair = new ProcessPair(Mirror, With(Mirror, FileReplica(1, kept)), clockOffsetSecondsB: -3 * 3600);
+            pair.WaitHealthy();
+            bool WholeOnB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!["whole"]!.GetValue<bool>();
+            string StateOnA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single()!["state"]!.GetValue<string>();
+            TestPair.WaitUntil(() => StateOnA() == "in_sync" && WholeOnB(), "A's replica on B in sync and whole", TimeSpan.FromSeconds(30));
+            body(pair, kept, WholeOnB, StateOnA);
         }
         finally
         {
