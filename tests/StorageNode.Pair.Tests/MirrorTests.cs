@@ -646,4 +646,55 @@ public sealed unsafe class MirrorTests
         pair.WaitLogged('A', "the partner's replica is out of sync");
         pair.WaitLogged('A', "the partner's replica is in sync");
     }
+
+    /// <summary>
+    /// A mirrored write's copy goes to the replica as the write starts, beside the local write, not after it (one
+    /// round trip in parallel with the local write: issue 23's speed). A's local write is held (its blocks changed, its
+    /// completion waiting): B's replica has the write meanwhile, and the host hears of it only once the local write
+    /// completes too. Before, the copy went only once the local write had completed. Also: a local write that fails
+    /// after its copy reached the replica makes the replica out of sync, and the resync makes both equal again.
+    /// </summary>
+    [Fact]
+    public void AWritesCopyGoesBesideItsLocalWriteAndTheWriteCompletesOnceBothHave()
+    {
+        using TestPair pair = InSyncPair();
+        var local = (MallocBdev)pair.A.GetBdev("Local");
+        Bdev replica = Replica(pair.B, 1);
+        using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        local.HoldWrites = true;
+        HostWrites.Pending w;
+        try
+        {
+            w = HostWrites.Submit(h.IoQueues[0], 0x77, lba: 300);
+            HostWrites.PollUntil(h.IoQueues[0], () => local.HeldWrites == 1 && Contents(pair.B, replica, 300 * 512, 4096).SequenceEqual(Fill(0x77, 4096)),
+                TimeSpan.FromSeconds(10));
+            Assert.True(Contents(pair.B, replica, 300 * 512, 4096).SequenceEqual(Fill(0x77, 4096)), "the copy did not reach B while A's own write was on its way");
+            Assert.Equal(1, local.HeldWrites);
+            Assert.False(w.Done, "the host heard of the write before A's own write completed");
+        }
+        finally
+        {
+            local.HoldWrites = false;
+            local.ReleaseHeldWrite();
+        }
+        HostWrites.PollUntil(h.IoQueues[0], () => w.Done, TimeSpan.FromSeconds(10));
+        Assert.True(w.Succeeded, $"the write: {w.Cqe.StatusField}");
+        Assert.True(MirrorOf(pair.A, 1).IsInSync);
+
+        // A local write that fails (its blocks changed, then EIO) after its copy went: out of sync, then resynced equal.
+        int resyncs = MirrorOf(pair.A, 1).ResyncsDone;
+        local.FailWrites = true;
+        NvmeStatus failed;
+        try
+        {
+            failed = HostWrites.Write(h.IoQueues[0], 0x78, lba: 308);
+        }
+        finally
+        {
+            local.FailWrites = false;
+        }
+        Assert.False(failed.IsSuccess);
+        TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone > resyncs && MirrorOf(pair.A, 1).IsInSync, "the resync after the failed write", TimeSpan.FromSeconds(30));
+        Assert.True(Contents(pair.B, replica, 308 * 512, 4096).SequenceEqual(Contents(pair.A, local, 308 * 512, 4096)), "the replica differs from A after the resync");
+    }
 }

@@ -235,7 +235,9 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         lock (_lock)
         {
             if (_state != Leaving) return false;
-            if (done is NvmfRequest req) req.PendingOps = 1; // the slot stays allocated while held, even if the connection closes
+            // The slot stays allocated while held, even if the connection closes (a write whose copy went early and whose
+            // local write is still on its way holds it by that, and is held once it completes: NvmfRequest.Complete).
+            if (done is NvmfRequest { MirrorPhase: not MirrorPhase.Early } req) req.PendingOps = 1;
             _held.Add((reactorId, done, status));
             return true;
         }

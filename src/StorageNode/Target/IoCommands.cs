@@ -205,6 +205,8 @@ internal static unsafe class IoCommands
         req.Ran = true; // from here it reaches the bdev: only such a write is mirrored (or marked missed)
         req.RanUnmirrored = unmirrored && !req.MirrorOrdered;
         req.PendingOps = 1;
+        // Its copy goes to the replica now, beside the local write (docs/ha.md, "Mirroring").
+        if (!unmirrored && ns.Mirror is { } mirror) MirrorCommands.SendEarly(req, mirror);
         switch (sqe.Opcode)
         {
             case IoOpcode.Read:

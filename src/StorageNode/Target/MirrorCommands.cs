@@ -77,8 +77,45 @@ internal static unsafe class MirrorCommands
     }
 
     /// <summary>
-    /// Called as a command completes (<see cref="NvmfRequest.Complete"/>): true when it is a successful write to a
-    /// namespace whose replica must have it first. Its copy is then sent, and the command completes again once the
+    /// As a write starts on this node (<see cref="IoCommands"/>' Run, after its range lock, its place in the write order
+    /// and its dirty-region mark): with the replica in sync or resyncing, its copy goes to the replica now, in parallel
+    /// with the local write — a mirrored write costs one interconnect round trip beside the local write, not after it.
+    /// The command completes once both have (<see cref="NvmfRequest.Complete"/>, <see cref="NvmfRequest.OnMirrored"/>).
+    /// A Copy while resyncing is not sent (the replica's source blocks may not be there yet: <see cref="Hold"/> restarts
+    /// the resync as it completes). Reactor thread.
+    /// </summary>
+    public static void SendEarly(NvmfRequest req, INamespaceMirror mirror)
+    {
+        ref SubmissionQueueEntry sqe = ref req.Sqe;
+        if (req.ForReplica || req.Qpair.Qid == 0 || !(Writes(sqe) || sqe.Opcode == IoOpcode.Flush)) return;
+        if (sqe.Opcode == IoOpcode.Copy && !mirror.IsInSync) return;
+        // Set before the send: a copy that cannot go (the link is down) is answered at once.
+        req.MirrorPhase = MirrorPhase.Early;
+        mirror.Send(req.Qpair.Reactor.Id, CopyOf(sqe, sqe.Opcode), sqe.Opcode == IoOpcode.Flush ? null : req.Data, sqe.Opcode == IoOpcode.Flush ? 0 : req.Length, req);
+    }
+
+    /// <summary>
+    /// A write whose copy went early (<see cref="SendEarly"/>) completed here (<see cref="NvmfRequest.Complete"/>): if it
+    /// failed, the replica may hold what this node does not — it is out of sync and the write's blocks go in the resync.
+    /// </summary>
+    public static void LocalDone(NvmfRequest req)
+    {
+        if (req.Sqe.Opcode == IoOpcode.Flush || !FailedMidway(req) || req.Namespace?.Mirror is not { } mirror) return;
+        if (mirror.Active) mirror.Lost($"a write failed on this node after its copy went to the replica ({req.Status})");
+        mirror.Missed(req.Sqe);
+    }
+
+    /// <summary>
+    /// A write that failed here and may have changed some of its blocks (a device error, a range of several, a short file
+    /// write), unlike one refused before it touched any (a range past the end: the replica refuses its copy alike).
+    /// </summary>
+    private static bool FailedMidway(NvmfRequest req) => !req.Status.IsSuccess
+        && (req.FirstError != 0 || (req.Status.Type == StatusCodeType.Generic && req.Status.Code == GenericStatus.InternalError));
+
+    /// <summary>
+    /// Called as a command completes (<see cref="NvmfRequest.Complete"/>) whose copy did not go early: true when it is a
+    /// successful write to a namespace whose replica must have it first (one that ran out of sync, or one that was ordered
+    /// while in sync and ran once the replica was not — its copy goes now if it is again). Its copy is then sent, and the command completes again once the
     /// replica answered (<see cref="NvmfRequest.OnMirrored"/>), still holding its range-lock count and its place in the
     /// HA gate meanwhile.
     /// </summary>
@@ -109,9 +146,8 @@ internal static unsafe class MirrorCommands
         if (!Writes(req.Sqe)) return false;
         if (!req.Status.IsSuccess)
         {
-            // A write that failed here may have changed some of its blocks (a range of several, a short file write): the
-            // replica cannot be trusted with them.
-            if (req.FirstError != 0 || (req.Status.Type == StatusCodeType.Generic && req.Status.Code == GenericStatus.InternalError))
+            // A write that failed here may have changed some of its blocks: the replica cannot be trusted with them.
+            if (FailedMidway(req))
             {
                 if (mirror.Active) mirror.Lost($"a write failed on this node ({req.Status})");
                 mirror.Missed(req.Sqe);
@@ -148,7 +184,18 @@ internal static unsafe class MirrorCommands
 }
 
 /// <summary>Where a command is in mirroring its write to the replica (<see cref="MirrorCommands"/>).</summary>
-internal enum MirrorPhase : byte { None, Sending, Done }
+internal enum MirrorPhase : byte
+{
+    None,
+    /// <summary>The copy went as the write started (<see cref="MirrorCommands.SendEarly"/>); both are on their way.</summary>
+    Early,
+    /// <summary>The copy was answered; the local write is still on its way.</summary>
+    Answered,
+    /// <summary>The local write completed (or was held); the copy's answer is awaited.</summary>
+    Sending,
+    /// <summary>Both done: the command completes.</summary>
+    Done,
+}
 
 /// <summary>
 /// Keeps writes to overlapping blocks in one order on both copies of a mirrored namespace. A write that starts while its

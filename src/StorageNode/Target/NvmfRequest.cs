@@ -117,8 +117,25 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     public void Complete()
     {
         // A write to a mirrored namespace completes once the replica has it too (OnMirrored completes it again).
-        if (MirrorPhase == MirrorPhase.Sending) return; // already waiting for the replica
-        if (MirrorPhase == MirrorPhase.None && MirrorCommands.Hold(this)) return;
+        switch (MirrorPhase)
+        {
+            case MirrorPhase.Sending:
+                return; // already waiting for the replica
+            case MirrorPhase.Early:
+                // Done here, its copy still on its way: the slot and the data buffer (which the copy reads) stay allocated
+                // until the replica answers, even if the connection closes meanwhile.
+                MirrorCommands.LocalDone(this);
+                MirrorPhase = MirrorPhase.Sending;
+                PendingOps = 1;
+                return;
+            case MirrorPhase.Answered:
+                MirrorCommands.LocalDone(this);
+                MirrorPhase = MirrorPhase.Done;
+                break;
+            case MirrorPhase.None:
+                if (MirrorCommands.Hold(this)) return;
+                break;
+        }
         if (MirrorOrdered) Namespace!.WriteOrder.Finished(this);
         if (DirtyLogged) Namespace!.DirtyLog!.Leave(this);
         // A fused command that ends on its own (the HA gate failed it while it was held): its partner cannot run alone.
@@ -130,9 +147,18 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         Qpair.CompleteRequest(this);
     }
 
-    /// <summary>The replica answered this command's copy (reactor thread): the command completes (the write succeeded here either way).</summary>
+    /// <summary>
+    /// The replica answered this command's copy (reactor thread): the command completes, or, while its local write is
+    /// still on its way (the copy went early), completes when that does. Its status is the local write's either way (a
+    /// copy that failed made the replica out of sync: NamespaceMirror.Completed).
+    /// </summary>
     public void OnMirrored(NvmeStatus status)
     {
+        if (MirrorPhase == MirrorPhase.Early)
+        {
+            MirrorPhase = MirrorPhase.Answered;
+            return;
+        }
         MirrorPhase = MirrorPhase.Done;
         PendingOps = 0; // held while the copy was on its way (MirrorCommands.Hold)
         Complete();
