@@ -697,4 +697,26 @@ public sealed unsafe class MirrorTests
         TestPair.WaitUntil(() => MirrorOf(pair.A, 1).ResyncsDone > resyncs && MirrorOf(pair.A, 1).IsInSync, "the resync after the failed write", TimeSpan.FromSeconds(30));
         Assert.True(Contents(pair.B, replica, 308 * 512, 4096).SequenceEqual(Contents(pair.A, local, 308 * 512, 4096)), "the replica differs from A after the resync");
     }
+
+    /// <summary>
+    /// A host's bad command leaves the mirror alone: a Dataset Management deallocate or a Copy with a range past the end
+    /// is refused here (LBA Out of Range) and never sent to the replica, which stays in sync (a review of the copy sent
+    /// beside the local write found these refused on the replica too, counted as a failed copy: out of sync, held
+    /// writes and a whole resync, for any host's malformed command).
+    /// </summary>
+    [Fact]
+    public void ARefusedDeallocateOrCopyLeavesTheReplicaInSync()
+    {
+        using TestPair pair = InSyncPair();
+        using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        NamespaceMirror mirror = MirrorOf(pair.A, 1);
+        int resyncs = mirror.ResyncsDone;
+        ulong blocks = pair.A.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.Bdev.BlockCount;
+        Assert.Equal(NvmeStatus.Generic(GenericStatus.LbaOutOfRange), h.IoQueues[0].Deallocate(1, [(0, 8), (blocks - 4, 8)]));
+        Assert.Equal(NvmeStatus.Generic(GenericStatus.LbaOutOfRange), h.IoQueues[0].Copy(1, 16, [(blocks - 4, 8)]));
+        Assert.True(HostWrites.Write(h.IoQueues[0], 0x31, lba: 64).IsSuccess);
+        Assert.True(mirror.IsInSync, $"the replica is {mirror.State}\n{pair.Log('A')}");
+        Assert.Equal(resyncs, mirror.ResyncsDone);
+        Assert.True(Contents(pair.B, Replica(pair.B, 1), 64 * 512, 4096).SequenceEqual(Fill(0x31, 4096)));
+    }
 }

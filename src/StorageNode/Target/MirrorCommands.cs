@@ -81,17 +81,19 @@ internal static unsafe class MirrorCommands
     /// and its dirty-region mark): with the replica in sync or resyncing, its copy goes to the replica now, in parallel
     /// with the local write — a mirrored write costs one interconnect round trip beside the local write, not after it.
     /// The command completes once both have (<see cref="NvmfRequest.Complete"/>, <see cref="NvmfRequest.OnMirrored"/>).
-    /// A Copy while resyncing is not sent (the replica's source blocks may not be there yet: <see cref="Hold"/> restarts
-    /// the resync as it completes). Reactor thread.
+    /// Write, Write Zeroes and Flush only: their blocks were checked when the command arrived, so what runs here runs
+    /// there. Dataset Management and Copy check their ranges as they run, and one refused here must not reach the
+    /// replica (its refusal there would count as a failed copy: out of sync for a host's bad command); they go as they
+    /// complete (<see cref="Hold"/>), as a Copy while resyncing must anyway. Reactor thread.
     /// </summary>
     public static void SendEarly(NvmfRequest req, INamespaceMirror mirror)
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
-        if (req.ForReplica || req.Qpair.Qid == 0 || !(Writes(sqe) || sqe.Opcode == IoOpcode.Flush)) return;
-        if (sqe.Opcode == IoOpcode.Copy && !mirror.IsInSync) return;
+        if (req.ForReplica || req.Qpair.Qid == 0 || sqe.Opcode is not (IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.Flush)) return;
         // Set before the send: a copy that cannot go (the link is down) is answered at once.
         req.MirrorPhase = MirrorPhase.Early;
-        mirror.Send(req.Qpair.Reactor.Id, CopyOf(sqe, sqe.Opcode), sqe.Opcode == IoOpcode.Flush ? null : req.Data, sqe.Opcode == IoOpcode.Flush ? 0 : req.Length, req);
+        bool data = sqe.Opcode == IoOpcode.Write;
+        mirror.Send(req.Qpair.Reactor.Id, CopyOf(sqe, sqe.Opcode), data ? req.Data : null, data ? req.Length : 0, req);
     }
 
     /// <summary>
