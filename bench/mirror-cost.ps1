@@ -19,6 +19,7 @@ $r = Measure-MirrorCost $Root $NodeDll $PerfDll $Out $Pairs $Seconds $Depths $No
 Write-Host ("loopback round trip (limit, QD1): {0:0.0} us" -f $r.rtt_us)
 foreach ($k in @($r.Keys | Where-Object { $_ -like 'qd*' })) {
     $x = $r[$k]
-    Write-Host ("{0}: unmirrored {1:N0} IOPS {2:0.0} us | mirrored {3:N0} IOPS {4:0.0} us | IOPS ratio {5:0.00}, added {6:0.0} us (medians of {7} pairs)" -f
-        $k.ToUpper(), $x.plain_iops, $x.plain_mean_us, $x.mirrored_iops, $x.mirrored_mean_us, $x.iops_ratio, $x.added_us, $Pairs)
+    $rtts = if ($r.rtt_us -gt 0) { " = {0:0.0} round trips" -f ($x.added_us / $r.rtt_us) } else { "" }
+    Write-Host ("{0}: unmirrored {1:N0} IOPS {2:0.0} us | mirrored {3:N0} IOPS {4:0.0} us | IOPS ratio {5:0.00}, added {6:0.0} us{7} (medians of {8} pairs)" -f
+        $k.ToUpper(), $x.plain_iops, $x.plain_mean_us, $x.mirrored_iops, $x.mirrored_mean_us, $x.iops_ratio, $x.added_us, $rtts, $Pairs)
 }

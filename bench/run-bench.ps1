@@ -112,6 +112,10 @@ try {
     Stop-Proc $pa; Stop-Proc $pb
 }
 
+# The mirror's cost: 4 KiB random writes to NSID 1 through A, the pair with Cluster:Mirror against without (bench/common.ps1).
+Write-Host "==> HA pair: mirrored vs unmirrored writes, $Pairs alternating pairs"
+$results.mirror = Measure-MirrorCost $Root $NodeDll $PerfDll $Out $Pairs $Seconds @(1, 32)
+
 # Scaling: IOPS and the node's resident memory with 1, 8 and 64 connections at queue depths 1 to 128
 # (4 KiB random read, one reactor, busy polling; one run each, sn-perf drives all connections from one thread).
 Write-Host "==> scaling: connections x queue depth"
@@ -194,6 +198,19 @@ foreach ($s in $results.scenarios) {
 foreach ($k in $results.pair.Keys) {
     $x = $results.pair[$k]
     [void]$md.AppendLine(("| {0} | {1:N0} IOPS, {2:0.0} us | {3:N0} IOPS, {4:0.0} us | {5:0.00} | {6:0.0} us |" -f $k.ToUpper(), $x.direct_iops, $x.direct_mean_us, $x.proxied_iops, $x.proxied_mean_us, $x.iops_ratio, $x.added_us))
+}
+
+[void]$md.AppendLine("")
+[void]$md.AppendLine("## HA pair: mirrored vs unmirrored writes (default pair, adaptive polling, not pinned)")
+[void]$md.AppendLine("")
+[void]$md.AppendLine(("4 KiB random writes to NSID 1 through node A, its owner; the pair started with ``Cluster:Mirror`` and without, alternately. Loopback round trip (bench/limit, QD1, unpinned, interleaved): {0:0.0} us." -f $results.mirror.rtt_us))
+[void]$md.AppendLine("")
+[void]$md.AppendLine("| 4 KiB random write | unmirrored | mirrored | IOPS ratio | added mean latency |")
+[void]$md.AppendLine("|---|---|---|---|---|")
+foreach ($k in @($results.mirror.Keys | Where-Object { $_ -like 'qd*' })) {
+    $x = $results.mirror[$k]
+    $rtts = if ($results.mirror.rtt_us -gt 0) { " ({0:0.0} round trips)" -f ($x.added_us / $results.mirror.rtt_us) } else { "" }
+    [void]$md.AppendLine(("| {0} | {1:N0} IOPS, {2:0.0} us | {3:N0} IOPS, {4:0.0} us | {5:0.00} | {6:0.0} us{7} |" -f $k.ToUpper(), $x.plain_iops, $x.plain_mean_us, $x.mirrored_iops, $x.mirrored_mean_us, $x.iops_ratio, $x.added_us, $rtts))
 }
 
 [void]$md.AppendLine("")

@@ -551,6 +551,8 @@ public sealed class Node : IDisposable
             }
             Pair.Start();
         }
+        // Calls are answered once everything above runs (a restarted node's status shows its mirrors from the first call).
+        Rpc?.Serve();
         _log.LogInformation("node {Name} up: {Reactors} reactor(s), poll mode {Mode}, {Subsystems} subsystem(s), pools {Pools} MiB per reactor",
             Config.Name, _reactors.Count, Config.PollMode.ToString().ToLowerInvariant(), Config.Subsystems.Count,
             _reactors.Count > 0 ? _reactors[0].Pools.TotalBytes >> 20 : 0);

@@ -195,7 +195,9 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
             });
             StaleWriteDetector.Report r = Run(detector, pair);
             Assert.True(r.Faults >= 100 && kills == 5, $"{r.Faults} faults, {kills} kills");
-            Assert.True(r.Writes >= 500 && r.ReplicaChecksWhole >= 100, $"too little was checked: {r}");
+            // (fewer checks find a replica whole than in one process: each asks the keeper twice over its socket, and the
+            // keepers are away or resyncing longer; about 100 of 700 under load)
+            Assert.True(r.Writes >= 500 && r.ReplicaChecksWhole >= 50, $"too little was checked: {r}");
             Assert.True(r.Violations.Count == 0, $"seed {seed}: {string.Join("\n", r.Violations.Take(10))}\n{pair.Problems()}");
             // Every resync of NSID 2 after a crash was incremental: the only whole one is the first, before the run.
             logsB.Append(pair.Log('B'));

@@ -186,8 +186,9 @@ public sealed class ProcessPair : IPairRig
             Process.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (_out) _out.AppendLine(e.Data); };
             Process.BeginOutputReadLine();
             Process.BeginErrorReadLine();
+            // Started once its management socket answers (the node answers calls once it has started: docs/management.md).
             var sw = Stopwatch.StartNew();
-            while (!File.Exists(_socket))
+            while (!Answers())
             {
                 if (Process.HasExited || sw.Elapsed > TimeSpan.FromSeconds(30))
                     throw new InvalidOperationException($"node {name} did not start (exit {(Process.HasExited ? Process.ExitCode : -1)}):\n{Output}");
@@ -210,6 +211,16 @@ public sealed class ProcessPair : IPairRig
         {
             using var c = new RpcClient(_socket, TimeSpan.FromSeconds(5));
             return c.Call(method, parameters);
+        }
+
+        private bool Answers()
+        {
+            if (!File.Exists(_socket)) return false;
+            try
+            {
+                return Call("rpc_get_methods") != null;
+            }
+            catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or InvalidOperationException or TimeoutException) { return false; }
         }
 
         public bool Healthy()

@@ -174,7 +174,8 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         while (true)
         {
             long now = Now;
-            bool faultsDone = _report.Faults >= _o.Faults || now > faultStop;
+            // (faults go on past the count while a restart it owes has not been scheduled yet)
+            bool faultsDone = (_report.Faults >= _o.Faults && _restartsScheduled >= RestartsDue(_o.Faults)) || now > faultStop;
             if (!faultsDone && now >= nextFault)
             {
                 InjectFault(now);
@@ -385,8 +386,11 @@ public sealed unsafe class StaleWriteDetector : IDisposable
     {
         int kind = _rng.Next(10);
         string name;
-        if (_o.Restart != null && !_o.PathPartitionsOnly && _report.Faults % _o.RestartEvery == _o.RestartEvery / 2)
+        // The restarts owed by now (one per RestartEvery faults, from the tenth on), each once the one before has run: a
+        // restart is never scheduled over one still waiting for its time (faults come faster than RestartAfter at times).
+        if (_restartAt == 0 && _restartsScheduled < RestartsDue(_report.Faults + 1))
         {
+            _restartsScheduled++;
             name = "partition the interconnect both ways, then restart";
             long restartAt = now + (long)_o.RestartAfter.TotalMilliseconds;
             for (int d = 0; d < 2; d++)
@@ -448,6 +452,15 @@ public sealed unsafe class StaleWriteDetector : IDisposable
 
     // When the restart the last such fault scheduled is due (0: none).
     private long _restartAt;
+    private int _restartsScheduled;
+
+    /// <summary>Restarts due once <paramref name="faults"/> faults have been injected (the ones whose index is RestartEvery / 2 modulo RestartEvery).</summary>
+    private int RestartsDue(long faults)
+    {
+        if (_o.Restart == null || _o.PathPartitionsOnly) return 0;
+        int first = _o.RestartEvery / 2;
+        return faults <= first ? 0 : (int)((faults - first - 1) / _o.RestartEvery + 1);
+    }
 
     private void HealDue(long now)
     {

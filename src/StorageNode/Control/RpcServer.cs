@@ -43,12 +43,15 @@ public sealed class RpcServer : IDisposable
     private readonly IReadOnlyDictionary<string, Func<JsonObject?, JsonNode?>> _methods;
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stop = new();
-    private readonly Task _accepting;
+    private Task? _accepting;
     private int _connections;
 
     public string Path => _path;
 
-    /// <summary>Binds <paramref name="path"/> (a stale socket file nobody listens on is replaced) and starts accepting.</summary>
+    /// <summary>
+    /// Binds <paramref name="path"/> (a stale socket file nobody listens on is replaced); calls are answered from
+    /// <see cref="Serve"/> on (a client that connects sooner waits in the listen queue).
+    /// </summary>
     public RpcServer(string path, IReadOnlyDictionary<string, Func<JsonObject?, JsonNode?>> methods, ILogger log)
     {
         _path = path;
@@ -66,9 +69,11 @@ public sealed class RpcServer : IDisposable
             _listener.Dispose();
             throw new ConfigException("Control:RpcSocket", $"cannot listen on {path}: {e.Message}");
         }
-        _accepting = Task.Run(AcceptLoop);
         _log.LogInformation("management RPC (JSON-RPC 2.0) listening on {Path}", path);
     }
+
+    /// <summary>Starts answering calls (the node calls it once it has started: what a call reads is the started node).</summary>
+    public void Serve() => _accepting ??= Task.Run(AcceptLoop);
 
     private static void RemoveStaleSocket(string path)
     {
@@ -330,7 +335,7 @@ public sealed class RpcServer : IDisposable
         _listener.Dispose();
         try
         {
-            _accepting.Wait(TimeSpan.FromSeconds(2));
+            _accepting?.Wait(TimeSpan.FromSeconds(2));
         }
         catch (AggregateException)
         {
