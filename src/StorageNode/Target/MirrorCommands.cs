@@ -97,13 +97,13 @@ internal static unsafe class MirrorCommands
     }
 
     /// <summary>
-    /// A write whose copy went early (<see cref="SendEarly"/>) completed here (<see cref="NvmfRequest.Complete"/>): if it
-    /// failed, the replica may hold what this node does not — it is out of sync and the write's blocks go in the resync.
+    /// A write completed here (<see cref="NvmfRequest.Complete"/>), its copy sent early or not: if it failed midway, the
+    /// replica may differ from this node in its blocks — it is out of sync and the write's blocks go in the resync.
     /// </summary>
     public static void LocalDone(NvmfRequest req)
     {
         if (req.Sqe.Opcode == IoOpcode.Flush || !FailedMidway(req) || req.Namespace?.Mirror is not { } mirror) return;
-        if (mirror.Active) mirror.Lost($"a write failed on this node after its copy went to the replica ({req.Status})");
+        if (mirror.Active) mirror.Lost($"a write failed on this node ({req.Status})");
         mirror.Missed(req.Sqe);
     }
 
@@ -117,8 +117,8 @@ internal static unsafe class MirrorCommands
     /// <summary>
     /// Called as a command completes (<see cref="NvmfRequest.Complete"/>) whose copy did not go early: true when it is a
     /// successful write to a namespace whose replica must have it first (one that ran out of sync, or one that was ordered
-    /// while in sync and ran once the replica was not — its copy goes now if it is again). Its copy is then sent, and the command completes again once the
-    /// replica answered (<see cref="NvmfRequest.OnMirrored"/>), still holding its range-lock count and its place in the
+    /// while in sync and ran once the replica was not — its copy goes now if it is again). Its copy is then sent, and the
+    /// command completes again once the replica answered (<see cref="NvmfRequest.OnMirrored"/>), still holding its range-lock count and its place in the
     /// HA gate meanwhile.
     /// </summary>
     public static bool Hold(NvmfRequest req)
@@ -149,11 +149,7 @@ internal static unsafe class MirrorCommands
         if (!req.Status.IsSuccess)
         {
             // A write that failed here may have changed some of its blocks: the replica cannot be trusted with them.
-            if (FailedMidway(req))
-            {
-                if (mirror.Active) mirror.Lost($"a write failed on this node ({req.Status})");
-                mirror.Missed(req.Sqe);
-            }
+            LocalDone(req);
             return false;
         }
         if (!mirror.Active || req.RanUnmirrored)
