@@ -313,6 +313,39 @@ public sealed unsafe class MirrorDefectTests
     }
 
     /// <summary>
+    /// Found by reading (a leftover of the device-failure rule): a Copy's copy whose write the replica's device failed
+    /// left the replica a base for an incremental resync (a Write's, Write Zeroes' or deallocate's failure did not): the
+    /// Copy command completes its own way and never reached the check. A device that failed a write may have lost
+    /// other pages too (a failed fsync drops them), so the next resync must copy everything.
+    /// </summary>
+    [Fact]
+    public void AReplicaDeviceThatFailsACopysWriteIsNoBaseForAnIncrementalResync()
+    {
+        using TestPair pair = InSyncPair();
+        using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        Namespace kept = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!;
+        var replica = (MallocBdev)Replica(pair.B, 1);
+        TestPair.WaitUntil(() => kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "B to hold its replica whole");
+        Assert.True(Write(h.IoQueues[0], 0x67, lba: 1000).IsSuccess);
+        Assert.True(kept.ReplicaKnowledge.Kept.Base, "after the first resync, B's replica is a base");
+        replica.FailWrites = true; // B's replica fails the Copy's write; the link is fine
+        NvmeStatus st;
+        try
+        {
+            st = h.IoQueues[0].Copy(1, 2000, [(1000UL, 8u)]);
+        }
+        finally
+        {
+            replica.FailWrites = false;
+        }
+        Assert.True(st.IsSuccess, $"the Copy (done on A): {st}");
+        Assert.False(kept.ReplicaKnowledge.Kept.Base, "B's replica is still a base after its device failed a Copy's write");
+        // The resync that follows copies it over, and the Copy's blocks are there.
+        TestPair.WaitUntil(() => MirrorOf(pair.A, 1).IsInSync && kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "the resync", TimeSpan.FromSeconds(30));
+        Assert.True(Contents(pair.B, replica, 2000 * 512, 4096).SequenceEqual(Fill(0x67, 4096)));
+    }
+
+    /// <summary>
     /// Found by CI (the keeper no longer called its replica whole at the end of MirrorTests' writes): heartbeats that
     /// reach the keeper late — each well inside the heartbeat timeout, so the link stays up and the owner's send gaps
     /// stay under the lease — let the keeper's lease run out between two renewals. The keeper never renewed an expired

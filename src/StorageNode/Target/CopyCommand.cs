@@ -103,6 +103,9 @@ internal sealed unsafe class CopyCommand : IBdevCompletion
     {
         if (result != 0 || _writing)
         {
+            // A replica's device that failed the copy's write: no base for an incremental resync any more, as for a Write
+            // (IoCommands.Completed; docs/ha.md, "The dirty-region record").
+            if (result != 0 && _writing && _req.ForReplica) _req.Namespace!.ReplicaKnowledge.DeviceFailed();
             _req.Qpair.Reactor.Pools.Release(_buf);
             _req.PendingOps = 0;
             // On a failure nothing, or all of it, may have reached the destination: DW0 0 says from range 0 on.

@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using StorageNode.Bdevs;
 using StorageNode.Nvme.Spec;
 
@@ -7,8 +6,6 @@ namespace StorageNode.Target;
 /// <summary>NVM command set I/O commands. The hot path: no allocation, no locks.</summary>
 internal static unsafe class IoCommands
 {
-    private const int DsmRangeSize = 16;
-
     public static NvmeStatus Validate(NvmfRequest req, Controller ctrl)
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
@@ -76,7 +73,7 @@ internal static unsafe class IoCommands
             case IoOpcode.DatasetManagement:
             {
                 uint ranges = sqe.DsmRangeCount();
-                if (req.Length < ranges * DsmRangeSize) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
+                if (req.Length < ranges * CommandFields.DsmRangeSize) return NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
                 break;
             }
             case IoOpcode.Copy:
@@ -313,15 +310,14 @@ internal static unsafe class IoCommands
 
     private static void DatasetManagement(NvmfRequest req, Namespace ns, BdevChannel ch)
     {
-        uint ranges = req.Sqe.DsmRangeCount();
+        int ranges = (int)req.Sqe.DsmRangeCount();
         bool deallocate = (req.Sqe.Cdw11 & DsmAttribute.Deallocate) != 0;
         Bdev bdev = ns.Bdev;
-        byte* p = req.Data;
+        ReadOnlySpan<byte> data = req.DataSpan;
         // Validate every range before touching any (all or nothing).
-        for (uint i = 0; i < ranges; i++)
+        for (int i = 0; i < ranges; i++)
         {
-            uint nlb = Unsafe.ReadUnaligned<uint>(p + i * DsmRangeSize + 4);
-            ulong slba = Unsafe.ReadUnaligned<ulong>(p + i * DsmRangeSize + 8);
+            (ulong slba, uint nlb) = CommandFields.DsmRange(data, i);
             if (slba > bdev.BlockCount || nlb > bdev.BlockCount - slba)
             {
                 req.PendingOps = 0;
@@ -338,10 +334,9 @@ internal static unsafe class IoCommands
         }
         // One extra reference so completions that arrive inline cannot finish the command early.
         req.PendingOps = 1;
-        for (uint i = 0; i < ranges; i++)
+        for (int i = 0; i < ranges; i++)
         {
-            uint nlb = Unsafe.ReadUnaligned<uint>(p + i * DsmRangeSize + 4);
-            ulong slba = Unsafe.ReadUnaligned<ulong>(p + i * DsmRangeSize + 8);
+            (ulong slba, uint nlb) = CommandFields.DsmRange(data, i);
             if (nlb == 0) continue;
             req.PendingOps++;
             ch.Deallocate(slba << bdev.BlockShift, (ulong)nlb << bdev.BlockShift, req);
@@ -382,9 +377,9 @@ internal static unsafe class IoCommands
             case IoOpcode.DatasetManagement when (req.Sqe.Cdw11 & DsmAttribute.Deallocate) != 0:
             {
                 st[(int)IoStat.UnmapOps]++;
-                uint ranges = Math.Min(req.Sqe.DsmRangeCount(), req.Length / DsmRangeSize);
-                for (uint i = 0; i < ranges; i++)
-                    st[(int)IoStat.BytesUnmapped] += (long)Unsafe.ReadUnaligned<uint>(req.Data + i * DsmRangeSize + 4) << bdev.BlockShift;
+                int ranges = (int)Math.Min(req.Sqe.DsmRangeCount(), req.Length / CommandFields.DsmRangeSize);
+                for (int i = 0; i < ranges; i++)
+                    st[(int)IoStat.BytesUnmapped] += (long)CommandFields.DsmRange(req.DataSpan, i).Blocks << bdev.BlockShift;
                 break;
             }
             case IoOpcode.Copy:
