@@ -89,7 +89,7 @@ public class StaleWriteTests
             Assert.True(Write(a, 0x22).IsSuccess);
             pair.WaitRelaysSettled();
             Assert.Equal(0x22, ReadTag(a));
-            Assert.Contains("commands now run through", pair.Log('A'));
+            pair.WaitLogged('A', "commands now run through"); // (two processes: A's output is read as it comes)
         }
     }
 

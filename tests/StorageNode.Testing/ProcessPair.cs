@@ -22,6 +22,12 @@ public interface IPairRig : IDisposable
     string Problems();
     /// <summary>Everything node 'A' or 'B' logged so far.</summary>
     string Log(char node);
+    /// <summary>
+    /// Waits (bounded) until node 'A' or 'B' has logged a line containing <paramref name="text"/>: what a test waits for
+    /// may be visible before the line that tells of it is written (a node process's console logger writes from a queue of
+    /// its own, and the test process reads the output as it comes).
+    /// </summary>
+    void WaitLogged(char node, string text, TimeSpan? timeout = null);
     /// <summary>Commands node 'A' or 'B' relayed to its partner (first subsystem).</summary>
     long Relayed(char node);
     /// <summary>
@@ -138,6 +144,9 @@ public sealed class ProcessPair : IPairRig
 
     /// <summary>Everything a node printed so far.</summary>
     public string Log(char node) => (node == 'A' ? _a : _b).Output;
+
+    public void WaitLogged(char node, string text, TimeSpan? timeout = null)
+        => TestPair.WaitUntil(() => Log(node).Contains(text, StringComparison.Ordinal), $"node {node} to log '{text}'", timeout);
 
     public long Relayed(char node) => Rpc(node, "cluster_get_status")!["links"]![0]!["relayed"]!.GetValue<long>();
 
