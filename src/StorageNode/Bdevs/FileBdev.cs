@@ -122,6 +122,26 @@ public sealed unsafe class FileBdev : Bdev
 
     private static int Errno() => -Libc.Errno;
 
+    private const int EOPNOTSUPP = 95;
+
+    /// <summary>
+    /// The file system has no FALLOC_FL_ZERO_RANGE (tmpfs, for one: found by the rig, whose replicas live in a guest's
+    /// /tmp): Write Zeroes punches a hole instead (with KEEP_SIZE), which reads back as zeroes just the same. Learned from
+    /// the first Write Zeroes that got EOPNOTSUPP; any reactor.
+    /// </summary>
+    private volatile bool _noZeroRange;
+
+    /// <summary>The fallocate mode of a Write Zeroes on this file.</summary>
+    private int ZeroMode => _noZeroRange ? Uring.FallocPunchHole | Uring.FallocKeepSize : Uring.FallocZeroRange | Uring.FallocKeepSize;
+
+    /// <summary>A Write Zeroes in <paramref name="mode"/> failed with <paramref name="result"/>: true when it should go again as a hole.</summary>
+    private bool RetryAsHole(int mode, int result)
+    {
+        if (result != -EOPNOTSUPP || (mode & Uring.FallocZeroRange) == 0) return false;
+        _noZeroRange = true;
+        return true;
+    }
+
     private sealed class SyncChannel(FileBdev bdev) : BdevChannel
     {
         public override void Read(ulong offset, byte* buffer, uint length, IBdevCompletion completion)
@@ -161,7 +181,12 @@ public sealed unsafe class FileBdev : Bdev
         public override void Flush(IBdevCompletion completion) => completion.OnBdevComplete(FileIo.FDataSync(bdev.Fd) < 0 ? Errno() : 0);
 
         public override void WriteZeroes(ulong offset, ulong length, IBdevCompletion completion)
-            => completion.OnBdevComplete(FileIo.FAllocate(bdev.Fd, Uring.FallocZeroRange | Uring.FallocKeepSize, (long)offset, (long)length) < 0 ? Errno() : 0);
+        {
+            int mode = bdev.ZeroMode;
+            int rc = FileIo.FAllocate(bdev.Fd, mode, (long)offset, (long)length) < 0 ? Errno() : 0;
+            if (bdev.RetryAsHole(mode, rc)) rc = FileIo.FAllocate(bdev.Fd, bdev.ZeroMode, (long)offset, (long)length) < 0 ? Errno() : 0;
+            completion.OnBdevComplete(rc);
+        }
 
         public override void Deallocate(ulong offset, ulong length, IBdevCompletion completion)
             => completion.OnBdevComplete(FileIo.FAllocate(bdev.Fd, Uring.FallocPunchHole | Uring.FallocKeepSize, (long)offset, (long)length) < 0 ? Errno() : 0);
@@ -203,6 +228,10 @@ public sealed unsafe class FileBdev : Bdev
         private readonly uint[] _expect = new uint[Entries];
         private readonly nint[] _buffers = new nint[Entries];
         private readonly bool[] _isRead = new bool[Entries];
+        // A Write Zeroes in flight: its fallocate mode, offset and length (to go again as a hole: RetryAsHole).
+        private readonly int[] _zeroMode = new int[Entries];
+        private readonly ulong[] _zeroOffset = new ulong[Entries];
+        private readonly ulong[] _zeroLength = new ulong[Entries];
         private readonly int[] _freeSlots = new int[Entries];
         private int _freeCount;
         private readonly SnCompletion* _cqes;
@@ -275,12 +304,13 @@ public sealed unsafe class FileBdev : Bdev
             if (_freeCount == 0) return false;
             int slot = _freeSlots[_freeCount - 1];
             int fd = _bdev.Fd;
+            int zeroMode = op.Op == Op.WriteZeroes ? _bdev.ZeroMode : 0;
             int rc = op.Op switch
             {
                 Op.Read => Uring.PrepRead(_ring, fd, op.Buffer, (uint)op.Length, op.Offset, FixedIndex(op.Buffer), (ulong)slot),
                 Op.Write => Uring.PrepWrite(_ring, fd, op.Buffer, (uint)op.Length, op.Offset, FixedIndex(op.Buffer), op.Fua ? Uring.RwfDsync : 0, (ulong)slot),
                 Op.Flush => Uring.PrepFsync(_ring, fd, Uring.FsyncDataSync, (ulong)slot),
-                Op.WriteZeroes => Uring.PrepFallocate(_ring, fd, Uring.FallocZeroRange | Uring.FallocKeepSize, op.Offset, op.Length, (ulong)slot),
+                Op.WriteZeroes => Uring.PrepFallocate(_ring, fd, zeroMode, op.Offset, op.Length, (ulong)slot),
                 _ => Uring.PrepFallocate(_ring, fd, Uring.FallocPunchHole | Uring.FallocKeepSize, op.Offset, op.Length, (ulong)slot),
             };
             if (rc != 0) return false;
@@ -289,6 +319,9 @@ public sealed unsafe class FileBdev : Bdev
             _expect[slot] = op.Op is Op.Read or Op.Write ? (uint)op.Length : 0;
             _buffers[slot] = (nint)op.Buffer;
             _isRead[slot] = op.Op == Op.Read;
+            _zeroMode[slot] = zeroMode;
+            _zeroOffset[slot] = op.Offset;
+            _zeroLength[slot] = op.Length;
             _unsubmitted++;
             return true;
         }
@@ -328,6 +361,11 @@ public sealed unsafe class FileBdev : Bdev
                         // A short transfer: reads past the end of the file are zeroes, a short write is an error.
                         if (_isRead[slot]) NativeMemory.Clear((byte*)_buffers[slot] + res, _expect[slot] - (uint)res);
                         else res = -5;
+                    }
+                    if (_bdev.RetryAsHole(_zeroMode[slot], res))
+                    {
+                        Submit(new Pending { Op = Op.WriteZeroes, Offset = _zeroOffset[slot], Length = _zeroLength[slot], Completion = c });
+                        continue;
                     }
                     c.OnBdevComplete(res < 0 ? res : 0);
                 }
