@@ -8,7 +8,7 @@ namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// Cluster:InterconnectTransport on this machine (no RDMA device: the NVMe/RDMA interconnect itself is tested in
-/// the rig, RigTests.HaPairRelaysOverTheRdmaInterconnectWithoutCopiesAndFailsOver).
+/// the rig, RigTests.HaPairRelaysAndMirrorsOverTheRdmaInterconnectWithoutCopiesAndFailsOver).
 /// </summary>
 public sealed class InterconnectTransportTests
 {

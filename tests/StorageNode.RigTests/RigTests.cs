@@ -179,11 +179,13 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
-    public void HaPairRelaysOverTheRdmaInterconnectWithoutCopiesAndFailsOver()
+    public void HaPairRelaysAndMirrorsOverTheRdmaInterconnectWithoutCopiesAndFailsOver()
     {
         _rig.Require();
         // One node per guest, the interconnect over soft-RoCE (the host kernel has no rdma_rxe), the kernel
         // NVMe/TCP host with native multipath in guest b next to node B: B relays NSID 1 (A's) over NVMe/RDMA.
+        // With Cluster:Mirror, B keeps its replica of NSID 1 in a file: A's writes' copies go over NVMe/RDMA too, B
+        // reading their data from A's registered pools (no copy on A); at the end the replica is whole and equals NSID 1.
         // Guest b starts 30 s after guest a (RIG_STAGGER), so the nodes' monotonic clocks differ as two machines'
         // do: both nodes must measure the partner's clock at least 25 s away (the margin: the guests' boot times
         // differ), and relaying and the failover under fio verify work across the two clocks.
@@ -203,6 +205,7 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
                 // Cluster:RdmaAckTimeout end to end: both sides' QPs report it (268 ms; rdma_cm's RoCE default is longer).
                 ["RDMA_ACK_TIMEOUT"] = "16",
                 ["STAGGER_EXPECT"] = "25",
+                ["MIRROR"] = "1",
             };
             // Each guest's timeout; a's and the whole run's are longer by the stagger (Rig.StartPair).
             GuestResult r = RunPair("ha-rdma", "ha-rdma.sh", env, TimeSpan.FromMinutes(9), stagger);
@@ -213,6 +216,9 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
                          "b| CHECK relayed-bounce-copies: ok", "b| CHECK relayed-temporary-registrations: ok",
                          "b| CHECK two-paths: ok", "b| CHECK owner-path-optimized: ok", "b| CHECK failover-fio-errors: ok",
                          "b| CHECK relayed-during-failover: ok", "b| CHECK owner-path-restored: ok",
+                         "b| CHECK replica-whole: ok", "b| CHECK replica-equals-namespace: ok",
+                         "a| CHECK mirror-copies-zero-copy-bytes: ok", "a| CHECK mirror-copies-in-capsule-bytes: ok",
+                         "a| CHECK mirror-copies-copied: ok", "a| CHECK mirror-copies-registered-per-command: ok",
                          "a| CHECK node-A0-exit: ok", "a| CHECK node-A0-log-errors: ok", "b| CHECK node-B0-exit: ok", "b| CHECK node-B0-log-errors: ok" })
                 Assert.Contains(check, r.Output);
         }

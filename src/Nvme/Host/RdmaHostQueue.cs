@@ -237,8 +237,16 @@ public sealed unsafe class RdmaHostQueue : IHostQueue
     public bool TrySubmit(in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection direction, IHostCompletion callback, long token)
         => Submit(sqe, data, length, direction, null, callback, token);
 
+    /// <summary>
+    /// As <see cref="TrySubmit(in SubmissionQueueEntry, byte*, uint, DataDirection, IHostCompletion, long)"/>, except that
+    /// data in a region added with <see cref="AddRegion"/> is read by the controller in place however small it is (no copy
+    /// here, not even into the capsule: a mirrored write's copy, read by the keeper from the owner's pools).
+    /// </summary>
+    public bool TrySubmitInPlace(in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection direction, IHostCompletion callback, long token)
+        => Submit(sqe, data, length, direction, length > 0 ? FindRegion(data, length) : null, callback, token, inPlace: true);
+
     private bool Submit(in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection direction, MemoryRegion? region,
-        IHostCompletion callback, long token)
+        IHostCompletion callback, long token, bool inPlace = false)
     {
         if (_error != null) throw new NvmeTransportException(_error);
         if (_freeCount == 0) return false;
@@ -252,7 +260,7 @@ public sealed unsafe class RdmaHostQueue : IHostQueue
         {
             e.Dptr = RdmaSgl.Keyed(0, 0, 0, invalidate: false);
         }
-        else if (direction == DataDirection.HostToController && length <= InCapsuleDataSize && 64 + length <= _stride)
+        else if (direction == DataDirection.HostToController && length <= InCapsuleDataSize && 64 + length <= _stride && !(inPlace && region != null))
         {
             e.Dptr = SglDescriptor.InCapsule(length);
             Buffer.MemoryCopy(data, buf + 64, length, length);

@@ -158,7 +158,11 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     private void SubmitMirror(MirrorOp op)
     {
         int token = _free[--_freeCount];
-        if (!_q.TrySubmit(op.Sqe, op.Data, op.Length, Opcodes.Direction(op.Sqe.Opcode), this, token))
+        DataDirection direction = Opcodes.Direction(op.Sqe.Opcode);
+        // Over RDMA the keeper reads the write's data from this node's registered pools, small writes too: no copy here.
+        bool sent = _rdma != null ? _rdma.TrySubmitInPlace(op.Sqe, op.Data, op.Length, direction, this, token)
+            : _q.TrySubmit(op.Sqe, op.Data, op.Length, direction, this, token);
+        if (!sent)
         {
             _free[_freeCount++] = token;
             FinishMirror(op, _link.UnavailableStatus);

@@ -15,6 +15,11 @@
 #   3. (unless FAILOVER=0) A's path through a local forwarder (socat on 127.0.0.1:5420 -> 192.168.100.1:4420):
 #      two paths (optimized + non-optimized); fio crc32c verify on NSID 1 while the owner path is cut (the
 #      forwarder killed, kept cut CUT_SECONDS), 0 errors, 0 verify failures, the path back afterwards.
+#   4. with MIRROR=1 (Cluster:Mirror; each node keeps its replica of the partner's namespace in a file,
+#      /tmp/replica-K.img, on io_uring): B's replica of NSID 1 whole (B's cluster_get_status), then equal to NSID 1
+#      as the host reads it through A (md5 of all 64 MiB: every write above, relayed or not, is on it); a checks that
+#      its writes' copies went with no copy on A: the keeper read them from A's registered pools (zero-copy bytes,
+#      nothing in-capsule, nothing copied).
 #  a: runs node(s) A until b reports (a TCP line on DONE_PORT), then both stop with SIGTERM: exit 0, no
 #     fail:/crit: in their logs ($RIG_OUT/node-*.log).
 #  Clocks: each guest prints its uptime (CLOCK_MONOTONIC since its boot) and wall clock at the start ("START ...");
@@ -24,7 +29,7 @@
 #  node-AK-partner-clock-offset).
 # Env: NODE_DLL (a path visible in the guests), HA_TRANSPORTS, FIO_RUNTIME (40), CUT_SECONDS (8), BENCH_ROUNDS (0),
 #      BENCH_SECONDS (10), FAILOVER (1), POLL_MODE (adaptive: the nodes' Node:PollMode),
-#      RDMA_ACK_TIMEOUT (0: rdma_cm's default; else Cluster:RdmaAckTimeout of the rdma pairs), DONE_PORT (7999),
+#      MIRROR (0), RDMA_ACK_TIMEOUT (0: rdma_cm's default; else Cluster:RdmaAckTimeout of the rdma pairs), DONE_PORT (7999),
 #      WAIT_DONE (600; a waits RIG_STAGGER s longer), STAGGER_EXPECT (0: no clock offset check; whole seconds).
 export SUBNQN=${SUBNQN:-nqn.2026-11.io.storagenode:ha-rdma}
 . "${RIG_LIB:?RIG_LIB must name tests/rig/guest/lib.sh}"
@@ -42,8 +47,12 @@ config() {
   local me=$1 k=$2 t=$3 partner mine theirs ns1 ns2 ids
   if [ "$me" = A ]; then partner=B mine=$IPA theirs=$IPB ids='"ControllerIdMin": 1, "ControllerIdMax": 32767'
   else partner=A mine=$IPB theirs=$IPA ids='"ControllerIdMin": 32768, "ControllerIdMax": 65519'; fi
-  local local_ns='"Bdev": "Malloc0"' remote_ns='"SizeMiB": 64, "BlockSize": 4096' ack=
+  local local_ns='"Bdev": "Malloc0"' remote_ns='"SizeMiB": 64, "BlockSize": 4096' ack= mirror= replica=
   [ "$t" != tcp ] && [ "${RDMA_ACK_TIMEOUT:-0}" != 0 ] && ack=", \"RdmaAckTimeout\": $RDMA_ACK_TIMEOUT"
+  if [ "${MIRROR:-0}" = 1 ]; then
+    mirror=', "Mirror": true' remote_ns="$remote_ns, \"ReplicaBdev\": \"Replica\""
+    replica=", { \"Name\": \"Replica\", \"Type\": \"file\", \"Path\": \"/tmp/replica-$k.img\", \"SizeMiB\": 64, \"BlockSize\": 4096 }"
+  fi
   if [ "$me" = A ]; then ns1=$local_ns ns2=$remote_ns; else ns1=$remote_ns ns2=$local_ns; fi
   cat <<EOF
 {
@@ -52,9 +61,10 @@ config() {
   "Cluster": { "Name": "ha$k", "Partner": "$partner", "InterconnectTransport": "$t",
                "Interconnect": "$mine:$((4430 + k))", "PartnerInterconnect": "$theirs:$((4430 + k))",
                "Heartbeat": "$mine:$((4440 + k))", "PartnerHeartbeat": "$theirs:$((4440 + k))",
-               "HeartbeatIntervalMs": 250, "HeartbeatTimeoutMs": 3000$ack },
+               "HeartbeatIntervalMs": 250, "HeartbeatTimeoutMs": 3000$ack$mirror },
+  "Control": { "RpcSocket": "/tmp/sn-$k.sock" },
   "Listeners": [ { "Transport": "tcp", "Address": "$mine", "Port": $((4420 + k)) } ],
-  "Bdevs": [ { "Name": "Malloc0", "Type": "malloc", "SizeMiB": 64, "BlockSize": 4096 } ],
+  "Bdevs": [ { "Name": "Malloc0", "Type": "malloc", "SizeMiB": 64, "BlockSize": 4096 }$replica ],
   "Subsystems": [ { "Nqn": "nqn.2026-11.io.storagenode:ha-$t", "SerialNumber": "SNHA000$k", "ModelNumber": "StorageNode HA", $ids,
                     "AnaGroups": [ { "Id": 1, "Owner": "A" }, { "Id": 2, "Owner": "B" } ],
                     "Namespaces": [ { "Nsid": 1, "AnaGroup": 1, $ns1 }, { "Nsid": 2, "AnaGroup": 2, $ns2 } ] } ]
@@ -84,6 +94,10 @@ cpu_pct() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x); split(b, y); t = 0; fo
   if (t > 0) printf "user %d%% sys %d%% softirq %d%% idle %d%%", 100*d[1]/t, 100*d[2]/t, 100*d[3]/t, 100*d[4]/t }'; }
 # rxe_counts: this guest's soft-RoCE "retransmission-timeouts duplicates-received" so far.
 rxe_counts() { rdma statistic show link rxe0/1 2>/dev/null | tr -s ' \n' ' ' | awk '{ for (i = 1; i < NF; i++) { if ($i == "completer_retry_err") r = $(i+1); if ($i == "duplicate_request") d = $(i+1) } } END { print r + 0, d + 0 }'; }
+# field NAME LINE: the number after NAME in a counters line ("relayed 9, zero-copy 16384 B, ...").
+field() { sed -nE "s/.*[ ,;]$1 ([0-9]+).*/\1/p" <<< "$2"; }
+# rpc K METHOD: node K's answer to a JSON-RPC call without parameters (its management socket; bounded).
+rpc() { echo "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$2\"}" | timeout 20 socat -t 10 - UNIX-CONNECT:"/tmp/sn-$1.sock"; }
 ME=$(echo "$RIG_NODE" | tr ab AB)
 PIDS=()
 for k in "${!TRS[@]}"; do
@@ -134,6 +148,20 @@ if [ "$RIG_NODE" = a ]; then
   for k in "${!TRS[@]}"; do clock_offset "node-A$k-partner-clock-offset" B "/tmp/node-$k.log"; done
   expect_eq host-result "$(head -c 200 /tmp/done.txt | tr -d '\n')" "b 0"
   for k in "${!TRS[@]}"; do kill -USR1 "${PIDS[$k]}" 2>/dev/null; done; sleep 1
+  if [ "${MIRROR:-0}" = 1 ] && [ "${TRS[0]}" = rdma ]; then
+    # A's interconnect carried its writes' copies (and nothing else written: the host writes NSID 1 only): the keeper
+    # read them in place from A's registered pools. The totals: the line A logs when its link to B goes down (b stops B
+    # once it has reported), else A's counters now.
+    end=$((SECONDS + 60))
+    while [ $SECONDS -lt $end ] && ! grep -q 'RDMA interconnect counters:' /tmp/node-0.log; do sleep 0.5; done
+    c=$(grep -E 'RDMA interconnect counters:|interconnect nqn' /tmp/node-0.log | grep -v ': down;' | tail -n 1)
+    echo "  A's counters: ${c#*counters: }"
+    expect_ge mirror-copies-zero-copy-bytes "$(field zero-copy "$c")" $((16 * 1024 * 1024))
+    # (the interconnect's own control commands put a few hundred bytes in capsules; one 4 KiB copy would be more)
+    n=$(field in-capsule "$c"); expect_true mirror-copies-in-capsule-bytes "${n:-?} B" test "${n:-4096}" -lt 4096
+    expect_eq mirror-copies-copied "$(field copied "$c")" 0
+    expect_eq mirror-copies-registered-per-command "$(field command "$c")" 0
+  fi
   stop_nodes
   finish
 fi
@@ -170,7 +198,6 @@ counters() {
 }
 # loops K: node K's reactor loop counts "iterations sleeps" (from its last stats; call counters first).
 loops() { grep 'reactor .*: iterations=' "/tmp/node-$1.log" | tail -n 1 | sed -E 's/.*iterations=([0-9]+) sleeps=([0-9]+).*/\1 \2/'; }
-field() { sed -nE "s/.*[ ,;]$1 ([0-9]+).*/\1/p" <<< "$2"; }
 
 # 1. Relayed only: B's path alone (non-optimized), 128 KiB writes and read-back verify, all through the proxy.
 for k in "${!TRS[@]}"; do
@@ -259,6 +286,25 @@ if [ "${FAILOVER:-1}" = 1 ]; then
   dmesg | grep -iE "nvme.*(reconnect|failover|ANA|error)" | tail -8 | sed 's/^/  dmesg: /'
   timeout 30 nvme disconnect -n "$N" > /dev/null 2>&1
   cut
+fi
+# 4. The replica: whole on B, and equal to what the host reads of NSID 1 (A's data).
+if [ "${MIRROR:-0}" = 1 ]; then
+  end=$((SECONDS + 120)) whole=
+  while [ $SECONDS -lt $end ]; do
+    whole=$(rpc 0 cluster_get_status | jq -r '.result.links[0].replicas[] | select(.nsid == 1) | .whole' 2>/dev/null)
+    [ "$whole" = true ] && break; sleep 1
+  done
+  rpc 0 cluster_get_status | jq -c '.result.links[0].replicas[]' 2>/dev/null | sed 's/^/  B replica: /'
+  expect_eq replica-whole "$whole" true
+  check connect-for-compare nvme connect -t tcp -a "$IPB" -s 4420 -n "$N"
+  wait_ns 1 30; dev=$(ns_dev 1)
+  # (awk, not cut: this script's cut() cuts the owner path)
+  sum_ns=$(run dd if="$dev" bs=1M count=64 iflag=direct 2>/dev/null | md5sum | awk '{print $1}')
+  sum_rep=$(md5sum < /tmp/replica-0.img | awk '{print $1}')
+  echo "  NSID 1 as the host reads it: $sum_ns; B's replica file: $sum_rep ($(stat -c %s /tmp/replica-0.img) B)"
+  if [[ $sum_ns =~ ^[0-9a-f]{32}$ ]] && [ "$sum_ns" != d41d8cd98f00b204e9800998ecf8427e ]; then expect_eq replica-equals-namespace "$sum_rep" "$sum_ns"
+  else fail replica-equals-namespace "(could not read NSID 1: '$sum_ns')"; fi
+  timeout 30 nvme disconnect -n "$N" > /dev/null 2>&1
 fi
 report $((FAILS > 0 ? 1 : 0))
 stop_nodes
