@@ -25,6 +25,17 @@ function Stop-Proc($p) {
     if (-not $p.HasExited) { $p.Kill($true); $p.WaitForExit() }
 }
 
+# A bench/limit process with LIMIT_YIELD=1 (it yields the core after a poll that found nothing, as the node's adaptive
+# reactors and sn-perf's adaptive polling do), not pinned.
+function Start-Yielding([string[]]$cmd) {
+    $psi = [Diagnostics.ProcessStartInfo]::new($cmd[0])
+    foreach ($a in $cmd[1..($cmd.Count - 1)]) { $psi.ArgumentList.Add($a) }
+    $psi.Environment['LIMIT_YIELD'] = '1'
+    $psi.RedirectStandardOutput = $true
+    $psi.RedirectStandardError = $true
+    return [Diagnostics.Process]::Start($psi)
+}
+
 function Run-Json([int]$cpu, [string[]]$cmd) {
     $all = (Pin $cpu) + $cmd
     $text = & $all[0] @($all[1..($all.Count - 1)])
@@ -59,11 +70,15 @@ function Pair-NodeArgs([string]$config) {
 # not pinned (two nodes and sn-perf on this machine's CPUs), as the proxied-vs-direct runs. With the limit built
 # (artifacts/native/limit), each pair also measures the loopback round trip: the limit's QD1 mean latency (72-byte
 # request, 4 KiB answer), unpinned too. Returns per depth the medians and the median of the pairs' differences (mean
-# latency) and ratios (IOPS), and the round trip's median (rtt_us, 0 without the limit).
+# latency) and ratios (IOPS), and the round trip's median (rtt_us, 0 without the limit). With the limit built, each pair
+# also measures the floor of the same comparison on this machine (floor_* per depth): bench/limit's write-shaped client
+# and server (72 + 4096-byte requests, 24-byte answers) directly, and through a relay that passes every request on to
+# the server and its answer back (the owner of a mirrored write with no work of its own: three processes, four hops),
+# all three yielding the core when idle as the nodes and sn-perf do.
 function Measure-MirrorCost([string]$root, [string]$nodeDll, [string]$perfDll, [string]$out, [int]$pairs, [double]$seconds, [int[]]$depths, [string[]]$nodeArgs = @()) {
     $cfgA = Join-Path $root 'config/node-a.json'; $cfgB = Join-Path $root 'config/node-b.json'
     $sockA = (Get-Content -Raw $cfgA | ConvertFrom-Json).Control.RpcSocket
-    $runs = @{}; foreach ($qd in $depths) { $runs[$qd] = @{ plain = @(); mirrored = @() } }
+    $runs = @{}; foreach ($qd in $depths) { $runs[$qd] = @{ plain = @(); mirrored = @(); floor_plain = @(); floor_mirrored = @() } }
     $limit = Join-Path $root 'artifacts/native/limit'
     $rtts = @()
     for ($i = 0; $i -lt $pairs; $i++) {
@@ -72,6 +87,23 @@ function Measure-MirrorCost([string]$root, [string]$nodeDll, [string]$perfDll, [
             try { Wait-Port 5599; $l = Run-Json -1 @($limit, 'client', '5599', '1', "$seconds") } finally { Stop-Proc $srv }
             $rtts += $l.mean_us
             Write-Host ("    pair {0}: loopback round trip (limit, QD1) {1:0.0} us" -f ($i + 1), $l.mean_us)
+            $ws = Start-Yielding @($limit, 'wserver', '5600'); $rl = Start-Yielding @($limit, 'relay', '5601', '5600')
+            try {
+                Wait-Port 5600; Wait-Port 5601
+                foreach ($qd in $depths) {
+                    foreach ($via in 5600, 5601) {
+                        $psi = [Diagnostics.ProcessStartInfo]::new($limit)
+                        foreach ($a in @('wclient', "$via", "$qd", "$seconds")) { $psi.ArgumentList.Add($a) }
+                        $psi.Environment['LIMIT_YIELD'] = '1'
+                        $psi.RedirectStandardOutput = $true
+                        $p = [Diagnostics.Process]::Start($psi); $text = $p.StandardOutput.ReadToEnd(); $p.WaitForExit()
+                        if ($p.ExitCode -ne 0) { throw "limit wclient $via $qd failed ($($p.ExitCode))" }
+                        $f = $text | ConvertFrom-Json
+                        $runs[$qd][$(if ($via -eq 5600) { 'floor_plain' } else { 'floor_mirrored' })] += $f
+                        Write-Host ("    QD{0} pair {1}: floor {2,-8} {3,9:N0} IOPS {4,7:0.0} us" -f $qd, ($i + 1), $(if ($via -eq 5600) { 'direct' } else { 'relayed' }), $f.iops, $f.mean_us)
+                    }
+                }
+            } finally { Stop-Proc $ws; Stop-Proc $rl }
         }
         foreach ($mirrored in $false, $true) {
             $argsA = @(if ($mirrored) { @('--config', $cfgA) } else { Pair-NodeArgs $cfgA }) + $nodeArgs
@@ -107,6 +139,11 @@ function Measure-MirrorCost([string]$root, [string]$nodeDll, [string]$perfDll, [
             plain_mean_us = Median ($p | ForEach-Object { $_.mean_us }); mirrored_mean_us = Median ($m | ForEach-Object { $_.mean_us })
             iops_ratio = Median (0..($pairs - 1) | ForEach-Object { $m[$_].iops / $p[$_].iops })
             added_us = Median (0..($pairs - 1) | ForEach-Object { $m[$_].mean_us - $p[$_].mean_us })
+        }
+        $fp = $runs[$qd].floor_plain; $fm = $runs[$qd].floor_mirrored
+        if ($fp.Count -eq $pairs) {
+            $result["qd$qd"].floor_iops_ratio = Median (0..($pairs - 1) | ForEach-Object { $fm[$_].iops / $fp[$_].iops })
+            $result["qd$qd"].floor_added_us = Median (0..($pairs - 1) | ForEach-Object { $fm[$_].mean_us - $fp[$_].mean_us })
         }
     }
     return $result

@@ -22,4 +22,8 @@ foreach ($k in @($r.Keys | Where-Object { $_ -like 'qd*' })) {
     $rtts = if ($r.rtt_us -gt 0) { " = {0:0.0} round trips" -f ($x.added_us / $r.rtt_us) } else { "" }
     Write-Host ("{0}: unmirrored {1:N0} IOPS {2:0.0} us | mirrored {3:N0} IOPS {4:0.0} us | IOPS ratio {5:0.00}, added {6:0.0} us{7} (medians of {8} pairs)" -f
         $k.ToUpper(), $x.plain_iops, $x.plain_mean_us, $x.mirrored_iops, $x.mirrored_mean_us, $x.iops_ratio, $x.added_us, $rtts, $Pairs)
+    if ($x.Contains('floor_added_us')) {
+        Write-Host ("{0} floor (bench/limit, a relay with no work of its own in place of node A, yielding when idle): IOPS ratio {1:0.00}, added {2:0.0} us" -f
+            $k.ToUpper(), $x.floor_iops_ratio, $x.floor_added_us)
+    }
 }
