@@ -316,7 +316,10 @@ public sealed unsafe class MirrorDefectTests
     /// Found by reading (a leftover of the device-failure rule): a Copy's copy whose write the replica's device failed
     /// left the replica a base for an incremental resync (a Write's, Write Zeroes' or deallocate's failure did not): the
     /// Copy command completes its own way and never reached the check. A device that failed a write may have lost
-    /// other pages too (a failed fsync drops them), so the next resync must copy everything.
+    /// other pages too (a failed fsync drops them), so the next resync must copy everything — not only the Copy's
+    /// blocks, which A's record of missed writes marks (without the fix the resync was incremental). The check is on the
+    /// resync that follows (a review found the first version racy: the replica is a base again once that whole resync
+    /// ends, which may be before the host's Copy returns).
     /// </summary>
     [Fact]
     public void AReplicaDeviceThatFailsACopysWriteIsNoBaseForAnIncrementalResync()
@@ -328,6 +331,8 @@ public sealed unsafe class MirrorDefectTests
         TestPair.WaitUntil(() => kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "B to hold its replica whole");
         Assert.True(Write(h.IoQueues[0], 0x67, lba: 1000).IsSuccess);
         Assert.True(kept.ReplicaKnowledge.Kept.Base, "after the first resync, B's replica is a base");
+        NamespaceMirror mirror = MirrorOf(pair.A, 1);
+        int resyncs = mirror.ResyncsDone;
         replica.FailWrites = true; // B's replica fails the Copy's write; the link is fine
         NvmeStatus st;
         try
@@ -339,9 +344,9 @@ public sealed unsafe class MirrorDefectTests
             replica.FailWrites = false;
         }
         Assert.True(st.IsSuccess, $"the Copy (done on A): {st}");
-        Assert.False(kept.ReplicaKnowledge.Kept.Base, "B's replica is still a base after its device failed a Copy's write");
-        // The resync that follows copies it over, and the Copy's blocks are there.
-        TestPair.WaitUntil(() => MirrorOf(pair.A, 1).IsInSync && kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "the resync", TimeSpan.FromSeconds(30));
+        // The resync that follows copies everything, and the Copy's blocks are there.
+        TestPair.WaitUntil(() => mirror.ResyncsDone > resyncs && mirror.IsInSync && kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "the resync", TimeSpan.FromSeconds(30));
+        Assert.True(mirror.LastResyncWhole, $"the resync after B's device failed a Copy's write was incremental ({mirror.ResyncedBytes} B copied)");
         Assert.True(Contents(pair.B, replica, 2000 * 512, 4096).SequenceEqual(Fill(0x67, 4096)));
     }
 

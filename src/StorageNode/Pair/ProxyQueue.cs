@@ -158,11 +158,8 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
     private void SubmitMirror(MirrorOp op)
     {
         int token = _free[--_freeCount];
-        DataDirection direction = Opcodes.Direction(op.Sqe.Opcode);
         // Over RDMA the keeper reads the write's data from this node's registered pools, small writes too: no copy here.
-        bool sent = _rdma != null ? _rdma.TrySubmitInPlace(op.Sqe, op.Data, op.Length, direction, this, token)
-            : _q.TrySubmit(op.Sqe, op.Data, op.Length, direction, this, token);
-        if (!sent)
+        if (!TrySend(op.Sqe, op.Data, op.Length, Opcodes.Direction(op.Sqe.Opcode), token, inPlace: true))
         {
             _free[_freeCount++] = token;
             FinishMirror(op, _link.UnavailableStatus);
@@ -170,6 +167,25 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         }
         _inflightMirror[token] = op;
         Volatile.Write(ref _mirrorSentAt[token], Stopwatch.GetTimestamp());
+    }
+
+    /// <summary>
+    /// Hands a command to the host queue (<paramref name="inPlace"/>: over RDMA, data in a registered pool is read by the
+    /// partner in place however small). False when it could not go — a broken queue or a registration that failed
+    /// included (they throw): the caller fails the command then, so it is never lost between this queue's lists (found by a
+    /// review); the queue closes at its next flush.
+    /// </summary>
+    private bool TrySend(in SubmissionQueueEntry sqe, byte* data, uint length, DataDirection direction, int token, bool inPlace)
+    {
+        try
+        {
+            return inPlace && _rdma != null ? _rdma.TrySubmitInPlace(sqe, data, length, direction, this, token)
+                : _q.TrySubmit(sqe, data, length, direction, this, token);
+        }
+        catch (Exception e) when (e is NvmeTransportException or StorageNode.Rdma.RdmaException)
+        {
+            return false;
+        }
     }
 
     /// <summary>How long the oldest copy still unanswered has waited (0: none). Any thread: the control thread's watch.</summary>
@@ -278,7 +294,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         SubmissionQueueEntry sqe = req.Sqe;
         RelayFields.Set(ref sqe, reg.Handle, deadline);
         Interlocked.Increment(ref reg.InFlight);
-        if (!_q.TrySubmit(sqe, req.Data, req.Length, req.Direction, this, token))
+        if (!TrySend(sqe, req.Data, req.Length, req.Direction, token, inPlace: false))
         {
             // Counted but not sent: the owner's drain waits for it until its deadline (never sooner than safe).
             _free[_freeCount++] = token;

@@ -17,7 +17,8 @@
 #      forwarder killed, kept cut CUT_SECONDS), 0 errors, 0 verify failures, the path back afterwards.
 #   4. with MIRROR=1 (Cluster:Mirror; each node keeps its replica of the partner's namespace in a file,
 #      /tmp/replica-K.img, on io_uring): B's replica of NSID 1 whole (B's cluster_get_status), then equal to NSID 1
-#      as the host reads it through A (md5 of all 64 MiB: every write above, relayed or not, is on it); a checks that
+#      as the host reads it through B's path, which B relays to A (md5 of all 64 MiB: every write above, relayed or
+#      not, is on it); a checks that
 #      its writes' copies went with no copy on A: the keeper read them from A's registered pools (zero-copy bytes,
 #      nothing in-capsule, nothing copied).
 #  a: runs node(s) A until b reports (a TCP line on DONE_PORT), then both stop with SIGTERM: exit 0, no
@@ -296,6 +297,7 @@ if [ "${MIRROR:-0}" = 1 ]; then
   done
   rpc 0 cluster_get_status | jq -c '.result.links[0].replicas[]' 2>/dev/null | sed 's/^/  B replica: /'
   expect_eq replica-whole "$whole" true
+  timeout 30 nvme disconnect -n "$N" > /dev/null 2>&1; wait_no_ctrl 20   # (still connected when FAILOVER=0)
   check connect-for-compare nvme connect -t tcp -a "$IPB" -s 4420 -n "$N"
   wait_ns 1 30; dev=$(ns_dev 1)
   # (awk, not cut: this script's cut() cuts the owner path)
