@@ -292,16 +292,7 @@ public sealed unsafe class MirrorDefectTests
         Namespace kept = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!;
         var replica = (MallocBdev)Replica(pair.B, 1);
         TestPair.WaitUntil(() => kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "B to hold its replica whole");
-        replica.FailWrites = true; // B's replica fails the next copy; the link is fine
-        NvmeStatus st;
-        try
-        {
-            st = Write(h.IoQueues[0], 0x66, lba: 700);
-        }
-        finally
-        {
-            replica.FailWrites = false;
-        }
+        NvmeStatus st = WhileFailingWrites(replica, () => Write(h.IoQueues[0], 0x66, lba: 700)); // the link is fine
         Assert.True(st.IsSuccess, $"the write (done on A): {st}");
         // When the host heard of it, B no longer called its replica whole (B had been told it is out of sync).
         Assert.Equal(ReplicaWord.OutOfSync, kept.ReplicaKnowledge.Word);
@@ -333,16 +324,7 @@ public sealed unsafe class MirrorDefectTests
         Assert.True(kept.ReplicaKnowledge.Kept.Base, "after the first resync, B's replica is a base");
         NamespaceMirror mirror = MirrorOf(pair.A, 1);
         int resyncs = mirror.ResyncsDone;
-        replica.FailWrites = true; // B's replica fails the Copy's write; the link is fine
-        NvmeStatus st;
-        try
-        {
-            st = h.IoQueues[0].Copy(1, 2000, [(1000UL, 8u)]);
-        }
-        finally
-        {
-            replica.FailWrites = false;
-        }
+        NvmeStatus st = WhileFailingWrites(replica, () => h.IoQueues[0].Copy(1, 2000, [(1000UL, 8u)])); // the link is fine
         Assert.True(st.IsSuccess, $"the Copy (done on A): {st}");
         // The resync that follows copies everything, and the Copy's blocks are there.
         TestPair.WaitUntil(() => mirror.ResyncsDone > resyncs && mirror.IsInSync && kept.ReplicaKnowledge.IsWhole(System.Diagnostics.Stopwatch.GetTimestamp()), "the resync", TimeSpan.FromSeconds(30));
@@ -725,6 +707,20 @@ public sealed unsafe class MirrorDefectTests
             TestPair.WaitUntil(() => StateOnA() == "in_sync" && WholeOnB(), "the resync once the bytes flow again", TimeSpan.FromSeconds(30));
             Assert.True(FileBytes(kept, 900L * 512, 4096).AsSpan().SequenceEqual(Fill(0x5A, 4096)), "B's replica file lacks the write after the resync");
         });
+    }
+
+    /// <summary>A host's command run while <paramref name="replica"/> fails every write it gets (its copies fail on B).</summary>
+    private static NvmeStatus WhileFailingWrites(MallocBdev replica, Func<NvmeStatus> command)
+    {
+        replica.FailWrites = true;
+        try
+        {
+            return command();
+        }
+        finally
+        {
+            replica.FailWrites = false;
+        }
     }
 
     /// <summary>

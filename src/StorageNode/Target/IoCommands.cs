@@ -378,8 +378,9 @@ internal static unsafe class IoCommands
             {
                 st[(int)IoStat.UnmapOps]++;
                 int ranges = (int)Math.Min(req.Sqe.DsmRangeCount(), req.Length / CommandFields.DsmRangeSize);
+                ReadOnlySpan<byte> data = req.DataSpan;
                 for (int i = 0; i < ranges; i++)
-                    st[(int)IoStat.BytesUnmapped] += (long)CommandFields.DsmRange(req.DataSpan, i).Blocks << bdev.BlockShift;
+                    st[(int)IoStat.BytesUnmapped] += (long)CommandFields.DsmRange(data, i).Blocks << bdev.BlockShift;
                 break;
             }
             case IoOpcode.Copy:
