@@ -1,5 +1,5 @@
 #!/bin/bash
-# run-guest.sh [-p GPORT[:HPORT]]... [-f HPORT[:GPORT]]... [-l LPORT:RPORT:IP/NN | -l listen|connect:SOCKET:IP/NN] [-n NAME] SCRIPT [PORT...]
+# run-guest.sh [-p GPORT[:HPORT]]... [-f HPORT[:GPORT]]... [-l LPORT:RPORT:IP/NN | -l listen|connect:SOCKET:IP/NN | -l dgram:LOCAL,REMOTE:IP/NN] [-n NAME] SCRIPT [PORT...]
 # Boots one rig guest (build it first with build-guest.sh) that runs SCRIPT with bash inside the
 # host's root, shared read-only, and exits with SCRIPT's exit status:
 #   124 the guest did not finish within RIG_TIMEOUT; 125 the guest died without a status (panic,
@@ -11,9 +11,11 @@
 #  -l LPORT:RPORT:IP/NN  a second NIC, eth1 with address IP/NN, whose frames travel as UDP datagrams
 #                    from 127.0.0.1:LPORT to 127.0.0.1:RPORT (lossy: a burst can overflow the host's
 #                    socket buffer); -l listen:SOCKET:IP/NN / -l connect:SOCKET:IP/NN: the frames travel
-#                    over one Unix stream socket at path SOCKET (lossless, like a RoCE fabric with PFC;
-#                    no Nagle delay as on TCP), the listening guest started first. The private link
-#                    run-pair.sh uses.
+#                    over one Unix stream socket at path SOCKET (lossless; no Nagle delay as on TCP), the
+#                    listening guest started first; -l dgram:LOCAL,REMOTE:IP/NN: each frame is one datagram
+#                    on a Unix datagram socket bound at path LOCAL, sent to path REMOTE (lossless: a full
+#                    receiver holds the sender back, like a RoCE fabric with PFC). Paths without ':' or ','.
+#                    The private link run-pair.sh uses.
 #  -n NAME           prefix of the output lines and name of the run folder ([A-Za-z0-9._-]).
 # Output: SCRIPT's output, live, each line prefixed "NAME| " (kernel warnings appear among them).
 # On failure (or with RIG_KEEP=1) the run folder is kept and "NAME| run folder: PATH" and
@@ -51,6 +53,7 @@ while getopts "p:f:l:n:" o; do case $o in
      case $lp in
        listen|connect) [ "$lp" = listen ] && srv=on || srv=off
                        nd="stream,id=n1,server=$srv,addr.type=unix,addr.path=$rp" ;;
+       dgram) nd="dgram,id=n1,local.type=unix,local.path=${rp%%,*},remote.type=unix,remote.path=${rp#*,}" ;;
        *) nd="socket,id=n1,udp=127.0.0.1:$rp,localaddr=127.0.0.1:$lp" ;;
      esac
      extra=(-netdev "$nd"
