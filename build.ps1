@@ -143,8 +143,19 @@ function Invoke-Run {
         Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-A.sock nvmf_get_subsystems"
         Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-B.sock cluster_get_status      # links, mirrors, replicas"
         Write-Host 'Ctrl-C stops both nodes.'
+        # A node that dies leaves its partner serving (its own groups; the dead node's until it is back: docs/ha.md).
+        $reported = @{}
         while ($true) {
-            foreach ($p in $procs) { if ($p.HasExited) { throw "node exited (exit code $($p.ExitCode))" } }
+            for ($i = 0; $i -lt $procs.Count; $i++) {
+                $p = $procs[$i]; $n = $nodes[$i]
+                if (-not $p.HasExited -or $reported.ContainsKey($n.Name)) { continue }
+                $reported[$n.Name] = $true
+                $other = $nodes[1 - $i].Name
+                Write-Host ''
+                Write-Host "node $($n.Name) exited (exit code $($p.ExitCode)); node $other keeps serving. Start $($n.Name) again (in another terminal):" -ForegroundColor Yellow
+                Write-Host "  dotnet $dll --config $($n.Config)"
+            }
+            if ($reported.Count -eq $procs.Count) { throw 'both nodes exited' }
             Start-Sleep -Milliseconds 500
         }
     }
