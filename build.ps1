@@ -114,9 +114,12 @@ function Invoke-Run {
     $dll = Join-Path $Root "src/StorageNode/bin/$Configuration/net10.0/storagenode.dll"
     $nqn = 'nqn.2026-11.io.storagenode:pair'
     $nodes = @(
-        @{ Name = 'A'; Config = Join-Path $Root 'config/node-a.json'; Port = 4420 },
-        @{ Name = 'B'; Config = Join-Path $Root 'config/node-b.json'; Port = 4421 }
+        @{ Name = 'A'; Config = Join-Path $Root 'config/node-a.json'; Port = 4420; Group = 1; Socket = '/var/tmp/storagenode-A.sock' },
+        @{ Name = 'B'; Config = Join-Path $Root 'config/node-b.json'; Port = 4421; Group = 2; Socket = '/var/tmp/storagenode-B.sock' }
     )
+    # Each run of this pair starts with new, empty RAM namespaces: who owned a group after a takeover in an earlier run
+    # (kept in the default state directory beside the configuration, docs/ha.md "Takeover") is void.
+    Remove-Item -Path (Join-Path $Root 'config/state/*.owner') -ErrorAction SilentlyContinue
     $procs = @()
     try {
         foreach ($n in $nodes) {
@@ -150,9 +153,11 @@ function Invoke-Run {
                 $p = $procs[$i]; $n = $nodes[$i]
                 if (-not $p.HasExited -or $reported.ContainsKey($n.Name)) { continue }
                 $reported[$n.Name] = $true
-                $other = $nodes[1 - $i].Name
+                $other = $nodes[1 - $i]
                 Write-Host ''
-                Write-Host "node $($n.Name) exited (exit code $($p.ExitCode)); node $other keeps serving. Start $($n.Name) again (in another terminal):" -ForegroundColor Yellow
+                Write-Host "node $($n.Name) exited (exit code $($p.ExitCode)); node $($other.Name) keeps serving its own group. To serve $($n.Name)'s from $($other.Name)'s replica:" -ForegroundColor Yellow
+                Write-Host "  dotnet $dll rpc -s $($other.Socket) cluster_takeover nqn=$nqn anagrpid=$($n.Group)"
+                Write-Host "Start $($n.Name) again (in another terminal):"
                 Write-Host "  dotnet $dll --config $($n.Config)"
             }
             if ($reported.Count -eq $procs.Count) { throw 'both nodes exited' }

@@ -73,11 +73,7 @@ public sealed class Node : IDisposable
                 var s = new Subsystem(sc.Nqn, SubsystemKind.Nvm, sc.SerialNumber, sc.ModelNumber, sc.FirmwareRevision,
                     sc.ControllerIdMin, sc.ControllerIdMax, sc.MaxNamespaces, sc.AllowAnyHost, sc.Hosts);
                 var groupOwners = new Dictionary<uint, string>();
-                foreach (AnaGroupConfig g in sc.AnaGroups)
-                {
-                    s.DefineAnaGroup(g.Id, g.Owner == config.Name);
-                    groupOwners[g.Id] = g.Owner;
-                }
+                foreach (AnaGroupConfig g in sc.AnaGroups) groupOwners[g.Id] = g.Owner;
                 foreach (NamespaceConfig nc in sc.Namespaces)
                     if (!groupOwners.ContainsKey(nc.AnaGroup)) groupOwners[nc.AnaGroup] = config.Name;
                 subsystems.Add((s, sc));
@@ -85,9 +81,17 @@ public sealed class Node : IDisposable
             }
             if (config.Cluster != null)
             {
-                Pair = new PairNode(config.Cluster, Target, owners);
+                Pair = new PairNode(config.Cluster, Target, owners, config.StateDirectory);
                 Target.CommandQuiesceTimeMs = (ushort)Math.Min(ushort.MaxValue, config.Cluster.RelayTimeout.TotalMilliseconds);
             }
+            // Each group is this node's as its kept ownership says (a takeover), else as configured.
+            foreach ((Subsystem s, SubsystemConfig sc) in subsystems)
+                foreach (AnaGroupConfig g in sc.AnaGroups)
+                {
+                    GroupOwnership? own = Pair?.OwnershipOf(s, g.Id);
+                    s.DefineAnaGroup(g.Id, own?.OwnedHere ?? g.Owner == config.Name);
+                    if (own is { OwnedHere: true, TakenOver: true }) s.SetGroupOwner(g.Id, local: true, takenOver: true);
+                }
             ReservationStore? store = null;
             if (config.StateDirectory != null)
             {
@@ -110,7 +114,18 @@ public sealed class Node : IDisposable
                 {
                     NamespaceConfig nc = sc.Namespaces[i];
                     Bdev bdev;
-                    if (nc.Bdev != null)
+                    // A group this node took over from its partner is served from the replica this node kept of it.
+                    GroupOwnership? own = Pair?.OwnershipOf(s, nc.AnaGroup);
+                    // (A replica in RAM started empty with this node: nothing to serve.)
+                    bool fromReplica = nc.Bdev == null && own is { OwnedHere: true } && config.Cluster!.Mirror && nc.ReplicaBdev != null
+                                       && _bdevs[nc.ReplicaBdev] is FileBdev;
+                    if (fromReplica)
+                    {
+                        bdev = _bdevs[nc.ReplicaBdev!];
+                        _log.LogWarning("{Nqn}: NSID {Nsid} is served from replica bdev {Bdev}: this node took ANA group {Group} over ({Owner})",
+                            s.Nqn, nc.Nsid, nc.ReplicaBdev, nc.AnaGroup, own!.Current);
+                    }
+                    else if (nc.Bdev != null)
                     {
                         bdev = _bdevs[nc.Bdev];
                         string key = $"Subsystems:{i}:Namespaces";
@@ -124,6 +139,13 @@ public sealed class Node : IDisposable
                     // With Cluster:Mirror this node keeps a replica of the partner's namespace (docs/ha.md, "Mirroring"):
                     // the bdev its ReplicaBdev names, or one in RAM.
                     Bdev? replica = null;
+                    if (bdev is PartnerBdev && own is { OwnedHere: true })
+                    {
+                        // Taken over, but the replica was in RAM: it went with this node's restart.
+                        _log.LogError("{Nqn}: this node took ANA group {Group} over ({Owner}), but NSID {Nsid}'s replica was in RAM and is gone: the group is held "
+                            + "inaccessible here. If the partner kept its data, stop this node and run cluster_takeover there", s.Nqn, nc.AnaGroup, own.Current, nc.Nsid);
+                        s.HoldGroup(nc.AnaGroup, Pair!.LostReplicaHold);
+                    }
                     if (bdev is PartnerBdev && config.Cluster!.Mirror)
                     {
                         if (nc.ReplicaBdev != null)
@@ -139,7 +161,7 @@ public sealed class Node : IDisposable
                             _replicas.Add(replica);
                         }
                     }
-                    (long generation, bool generationIsNew) = bdev is not PartnerBdev && config.Cluster is { Mirror: true }
+                    (long generation, bool generationIsNew) = bdev is not PartnerBdev && !fromReplica && config.Cluster is { Mirror: true }
                         ? DataGeneration(config, s, nc.Nsid, bdev)
                         : (0L, false);
                     var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup)
@@ -148,8 +170,8 @@ public sealed class Node : IDisposable
                         ReplicaKnowledge = KnowledgeOf(config, s, nc.Nsid, replica),
                         DataGeneration = generation,
                         DataGenerationIsNew = generationIsNew,
-                        DataTaken = DataTakenFor(config, s, nc.Nsid, bdev, generation, generationIsNew),
-                        DirtyLog = DirtyLogFor(config, s, nc.Nsid, bdev, generation),
+                        DataTaken = fromReplica ? null : DataTakenFor(config, s, nc.Nsid, bdev, generation, generationIsNew),
+                        DirtyLog = fromReplica ? null : DirtyLogFor(config, s, nc.Nsid, bdev, generation),
                     };
                     // New data (RAM starts empty) is not served until the partner's replica has taken it (the mirror releases
                     // this hold): held before any listener opens (docs/ha.md, "An owner that lost its data").
@@ -159,6 +181,8 @@ public sealed class Node : IDisposable
                     else if (store != null) ns.Reservations.PtplCapable = true; // answers with the owner's PTPL
                     s.AddNamespace(ns);
                 }
+                // A group this node owned when it stopped, or whose data it holds while the partner owns it, waits for the partner's view.
+                Pair?.HoldUntilConfirmed(s);
                 Target.AddSubsystem(s);
             }
             Metrics = new Control.NodeMetrics(this);

@@ -12,10 +12,14 @@ internal static class StateFile
 {
     /// <summary><c>DIR/NODE-NQN-nsNSID.KIND</c>, the NQN's characters other than letters, digits, '.' and '-' as '_'.</summary>
     public static string PathOf(string directory, string node, string nqn, uint nsid, string kind)
+        => PathOf(directory, node, nqn, FormattableString.Invariant($"ns{nsid}"), kind);
+
+    /// <summary><c>DIR/NODE-NQN-ITEM.KIND</c> (ITEM: <c>nsN</c> for a namespace, <c>groupG</c> for an ANA group), the NQN as above.</summary>
+    public static string PathOf(string directory, string node, string nqn, string item, string kind)
     {
         var safe = new System.Text.StringBuilder(nqn.Length);
         foreach (char c in nqn) safe.Append(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' ? c : '_');
-        return Path.Combine(directory, $"{node}-{safe}-ns{nsid}.{kind}");
+        return Path.Combine(directory, $"{node}-{safe}-{item}.{kind}");
     }
 
     /// <summary>Replaces the file's contents durably (see the class). Throws <see cref="IOException"/> on failure.</summary>

@@ -199,6 +199,27 @@ public static class NodeRpc
             });
         };
         m["cluster_get_status"] = p => { NoParams(p, "cluster_get_status"); return ClusterJson(node); };
+        m["cluster_takeover"] = p =>
+        {
+            // On the survivor: serve an ANA group of the dead partner from this node's replicas (docs/ha.md, "Takeover").
+            Allow(p, "nqn", "anagrpid", "force");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            uint group = RequiredUInt(p, "anagrpid");
+            bool force = p != null && p.ContainsKey("force") && RequiredBool(p, "force");
+            PairNode pair = node.Pair ?? throw new RpcException(RpcException.InvalidParams, "this node is not part of a pair (Cluster)");
+            if (pair.OwnershipOf(s, group) == null) throw new RpcException(RpcException.NoSuchDevice, $"ANA group {group} of {s.Nqn} is not a paired group");
+            TakeoverResult r;
+            try { r = pair.TakeOver(s, group, force); }
+            catch (InvalidOperationException e) { throw new RpcException(RpcException.InvalidParams, e.Message); }
+            catch (KeyNotFoundException e) { throw new RpcException(RpcException.NoSuchDevice, e.Message); }
+            return new JsonObject
+            {
+                ["owner"] = r.Term.Owner,
+                ["term"] = r.Term.Term,
+                ["from_replica"] = new JsonArray([.. r.FromReplica.Select(n => (JsonNode)n)]),
+                ["risks"] = new JsonArray([.. r.Risks.Select(x => (JsonNode)x)]),
+            };
+        };
         m["cluster_replica_discard"] = p =>
         {
             // On a namespace's owner: its data is the truth; the partner's replica is overwritten (docs/ha.md, "An owner
@@ -360,6 +381,16 @@ public static class NodeRpc
             {
                 ["nqn"] = l.Subsystem.Nqn,
                 ["up"] = l.IsUp,
+                ["groups"] = new JsonArray([.. c.GroupsOf(l.Subsystem).Select(o => (JsonNode)new JsonObject
+                {
+                    ["anagrpid"] = o.Group,
+                    ["owner"] = o.Current.Owner,
+                    ["term"] = o.Current.Term,
+                    ["configured_owner"] = o.ConfiguredOwner,
+                    ["confirmed"] = o.Confirmed,
+                    ["served_here"] = o.ServedHere,
+                    ["conflict"] = o.Conflict,
+                })]),
                 ["transport"] = l.Transport,
                 ["connects"] = l.ConnectCount,
                 ["proxy_queues"] = l.QueuesInstalled,

@@ -36,7 +36,8 @@ public sealed record ClusterDescriptor
 
     public sealed record NamespaceDescriptor(uint Nsid, string Nguid, string Uuid, uint BlockSize, ulong BlockCount, uint AnaGroup);
 
-    public sealed record GroupDescriptor(uint Id, string Owner);
+    /// <summary>A group: its owner as configured (compared), and who owns it now as of which term (docs/ha.md, "Takeover"; not compared).</summary>
+    public sealed record GroupDescriptor(uint Id, string Owner, ulong Term = 0, string? CurrentOwner = null);
 
     private static readonly JsonSerializerOptions Json = new() { DefaultIgnoreCondition = JsonIgnoreCondition.Never };
 
@@ -46,13 +47,17 @@ public sealed record ClusterDescriptor
         => JsonSerializer.Deserialize<ClusterDescriptor>(utf8, Json) ?? throw new JsonException("empty cluster descriptor");
 
     public static ClusterDescriptor For(Subsystem s, string cluster, string node, string partner, IReadOnlyDictionary<uint, string> groupOwners,
-        int relayTimeoutMs, long incarnation, bool mirror = false)
+        int relayTimeoutMs, long incarnation, bool mirror = false, Func<uint, GroupTerm?>? terms = null)
     {
         var namespaces = new List<NamespaceDescriptor>();
         foreach (Namespace ns in s.Namespaces)
             namespaces.Add(new NamespaceDescriptor(ns.Nsid, Convert.ToHexString(ns.Nguid), ns.Uuid.ToString(), ns.Bdev.BlockSize, ns.Bdev.BlockCount, ns.AnaGroupId));
         var groups = new List<GroupDescriptor>();
-        foreach (uint g in s.AnaGroupIds) groups.Add(new GroupDescriptor(g, groupOwners.TryGetValue(g, out string? o) ? o : node));
+        foreach (uint g in s.AnaGroupIds)
+        {
+            GroupTerm? t = terms?.Invoke(g);
+            groups.Add(new GroupDescriptor(g, groupOwners.TryGetValue(g, out string? o) ? o : node, t?.Term ?? 0, t?.Owner));
+        }
         return new ClusterDescriptor
         {
             Cluster = cluster,

@@ -50,6 +50,7 @@ public sealed class InterconnectLink
 
     /// <summary><c>Cluster:Mirror</c>: writes' copies share this link's queues with relayed commands.</summary>
     public bool MirrorEnabled => _pair.Config.Mirror;
+    internal PairNode Pair => _pair;
 
     /// <summary>With <c>Cluster:Mirror</c>: the replicas on the partner of the namespaces this node owns.</summary>
     public IReadOnlyList<NamespaceMirror> Mirrors => _mirrors;
@@ -347,6 +348,8 @@ public sealed class InterconnectLink
             }
             _pair.Membership.NoteIncarnation(theirs.Incarnation);
             PartnerIncarnation = theirs.Incarnation;
+            // Who owns each group now (a takeover while this node was away): learned before anything is served or relayed.
+            _pair.LearnOwnership(Subsystem, theirs);
 
             _host = host;
             Heartbeat(host);
@@ -357,7 +360,7 @@ public sealed class InterconnectLink
             IsUp = true;
             // The partner answers Get Features Reservation Persistence for the namespaces this node owns from what it was told.
             foreach (Namespace ns in Subsystem.Namespaces)
-                if (!ns.IsRemote) SendReservationNotice(Guid.Empty, ns.Nsid, 0, ns.Reservations.Ptpl);
+                if (!ns.IsRemote && _pair.MayServe(Subsystem, ns.AnaGroupId)) SendReservationNotice(Guid.Empty, ns.Nsid, 0, ns.Reservations.Ptpl);
             ConnectCount++;
             _lastConnectError = null;
             Transport = transport == HostTransport.Rdma ? "rdma" : "tcp";

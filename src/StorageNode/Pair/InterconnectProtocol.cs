@@ -13,7 +13,7 @@ namespace StorageNode.Pair;
 public static class InterconnectOpcode
 {
     /// <summary>The version both nodes must speak (compared in the cluster descriptors).</summary>
-    public const int ProtocolVersion = 8;
+    public const int ProtocolVersion = 9;
 
     /// <summary>Register a host for relayed commands. Data: <see cref="HostIdentity"/>. DW0: its handle (the same one again for a host already registered on this association).</summary>
     public const byte RegisterHost = 0xC1;

@@ -145,6 +145,9 @@ public sealed class Membership : IDisposable
         PartnerRestarted?.Invoke(old, incarnation);
     }
 
+    /// <summary>When the partner's last datagram arrived (Stopwatch ticks; 0: never).</summary>
+    public long LastHeardTicks => Interlocked.Read(ref _lastHeard);
+
     /// <summary>True while datagrams arrive within the heartbeat timeout.</summary>
     public bool PartnerHeard
     {

@@ -345,7 +345,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             if (again) SayInSync();
             return;
         }
-        if (state == OutOfSync) StartResync();
+        // Only the group's owner resyncs (a node that learned its partner took the group over holds it instead).
+        if (state == OutOfSync && _link.Pair.MayServe(_link.Subsystem, _ns.AnaGroupId)) StartResync();
     }
 
     /// <summary>The partner no longer takes the replica for whole: out of sync; the held writes complete (on their reactors).</summary>

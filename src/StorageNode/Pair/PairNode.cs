@@ -22,6 +22,12 @@ public sealed class PairNode : IDisposable
     private readonly ILogger _log;
     private readonly List<InterconnectLink> _links = [];
     private readonly Dictionary<string, Dictionary<uint, string>> _owners;
+    private readonly Dictionary<(string Nqn, uint Group), GroupOwnership> _ownership = [];
+    private readonly object _ownershipLock = new();
+    private readonly string? _stateDirectory;
+
+    /// <summary>Holds a group this node owns whose replicas, which it served from, went with a restart (RAM).</summary>
+    internal object LostReplicaHold { get; } = new();
     private readonly ConcurrentQueue<Action> _work = new();
     private readonly Thread _thread;
     private readonly AutoResetEvent _wake = new(false);
@@ -58,7 +64,8 @@ public sealed class PairNode : IDisposable
     public static Guid IdentityId(string cluster, string node)
         => new(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes($"{cluster}/{node}"))[..16]);
 
-    public PairNode(ClusterConfig cfg, NvmfTarget target, IReadOnlyDictionary<Subsystem, IReadOnlyDictionary<uint, string>> groupOwners)
+    /// <param name="stateDirectory">Where the groups' ownership is kept (null: nowhere; a takeover is then forgotten at a restart).</param>
+    public PairNode(ClusterConfig cfg, NvmfTarget target, IReadOnlyDictionary<Subsystem, IReadOnlyDictionary<uint, string>> groupOwners, string? stateDirectory = null)
     {
         Config = cfg;
         Target = target;
@@ -78,6 +85,24 @@ public sealed class PairNode : IDisposable
         Workers = new PairWorkers($"pair {cfg.LocalNode} opens", _log);
         Notices = new PairWorkers($"pair {cfg.LocalNode} words", _log);
         _owners = groupOwners.ToDictionary(kv => kv.Key.Nqn, kv => kv.Value.ToDictionary(x => x.Key, x => x.Value));
+        _stateDirectory = stateDirectory;
+        foreach ((Subsystem s, IReadOnlyDictionary<uint, string> owners) in groupOwners)
+            foreach ((uint g, string owner) in owners)
+            {
+                GroupTerm? kept = null;
+                if (stateDirectory != null && Directory.Exists(stateDirectory))
+                {
+                    string path = GroupOwnershipFile.PathOf(stateDirectory, cfg.LocalNode, s.Nqn, g);
+                    try { kept = GroupOwnershipFile.Load(path); }
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+                    {
+                        throw new ConfigException("Node:StateDirectory", $"cannot read who owns ANA group {g} of {s.Nqn}: {e.Message}");
+                    }
+                    if (kept is GroupTerm k && k.Owner != cfg.LocalNode && k.Owner != cfg.Partner)
+                        throw new ConfigException("Node:StateDirectory", $"{path} names '{k.Owner}', neither this node nor its partner");
+                }
+                _ownership[(s.Nqn, g)] = new GroupOwnership(g, cfg.LocalNode, owner, kept, mayChange: cfg.Mirror);
+            }
         foreach (Subsystem s in groupOwners.Keys) _links.Add(new InterconnectLink(this, s, target.LoggerFactory.CreateLogger("interconnect")));
         target.IoGate = Gate;
         target.Interconnect = Service;
@@ -106,7 +131,8 @@ public sealed class PairNode : IDisposable
             foreach (Namespace ns in link.Subsystem.Namespaces)
             {
                 if (ns.IsRemote) continue;
-                if (Config.Mirror) link.AddMirror(ns);
+                // A group taken over (by either node) has no mirror yet: its keeper rejoins in a later step (docs/ha.md, "Takeover").
+                if (Config.Mirror && OwnershipOf(link.Subsystem, ns.AnaGroupId) is not { TakenOver: true }) link.AddMirror(ns);
                 uint nsid = ns.Nsid;
                 ns.Reservations.Changed += st => link.SendReservationNotice(Guid.Empty, nsid, ReservationNotification.Empty, st.Ptpl);
             }
@@ -129,13 +155,204 @@ public sealed class PairNode : IDisposable
 
     internal ClusterDescriptor DescriptorFor(Subsystem s)
         => ClusterDescriptor.For(s, Config.Name, Config.LocalNode, Config.Partner, _owners.TryGetValue(s.Nqn, out var o) ? o : new Dictionary<uint, string>(),
-            (int)Config.RelayTimeout.TotalMilliseconds, Incarnation, Config.Mirror);
+            (int)Config.RelayTimeout.TotalMilliseconds, Incarnation, Config.Mirror, g => TermOf(s, g));
+
+    /// <summary>A group's owner and term as this node knows them (read under the ownership lock: a takeover changes them under it).</summary>
+    private GroupTerm? TermOf(Subsystem s, uint group)
+    {
+        lock (_ownershipLock) return _ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o) ? o.Current : null;
+    }
 
     internal void Refuse(string reason)
     {
         if (!Membership.Refuse(reason)) return;
         foreach (InterconnectLink l in _links) l.Down("configuration mismatch");
         Refused?.Invoke(reason);
+    }
+
+    // ------------------------------------------------------------------ ownership (docs/ha.md, "Takeover")
+
+    /// <summary>Who owns a group of a paired subsystem, as this node knows it (null: not a paired group).</summary>
+    public GroupOwnership? OwnershipOf(Subsystem s, uint group)
+    {
+        lock (_ownershipLock) return _ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o) ? o : null;
+    }
+
+    /// <summary>The subsystem's groups' ownership at one moment (status).</summary>
+    public IReadOnlyList<GroupStatus> GroupsOf(Subsystem s)
+    {
+        lock (_ownershipLock)
+            return [.. _ownership.Where(kv => kv.Key.Nqn == s.Nqn).OrderBy(kv => kv.Key.Group)
+                .Select(kv => new GroupStatus(kv.Key.Group, kv.Value.Current, kv.Value.ConfiguredOwner, kv.Value.Confirmed,
+                    kv.Value.MayServe && !s.IsGroupHeld(kv.Key.Group), kv.Value.Conflict))];
+    }
+
+    /// <summary>Whether this node may serve the group as its owner now (false while it has not heard whether its partner took it over).</summary>
+    public bool MayServe(Subsystem s, uint group)
+    {
+        lock (_ownershipLock) return _ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o) && o.MayServe;
+    }
+
+    /// <summary>
+    /// At start, before any listener opens: a group this node owned when it stopped is held inaccessible until it has
+    /// heard its partner's view (the partner may have taken it over meanwhile), and so is one the partner took over.
+    /// </summary>
+    internal void HoldUntilConfirmed(Subsystem s)
+    {
+        lock (_ownershipLock)
+            foreach (((string nqn, uint g), GroupOwnership o) in _ownership)
+                if (nqn == s.Nqn && !o.MayServe && (o.OwnedHere || HasLocalData(s, g))) s.HoldGroup(g, o);
+    }
+
+    /// <summary>Whether a namespace of the group is served from this node's own data (not relayed).</summary>
+    private static bool HasLocalData(Subsystem s, uint group)
+    {
+        foreach (Namespace ns in s.Namespaces)
+            if (ns.AnaGroupId == group && !ns.IsRemote) return true;
+        return false;
+    }
+
+    /// <summary>
+    /// The partner's view of the subsystem's groups (its descriptor, as the interconnect comes up): a higher term is
+    /// kept and taken; a group this node owns is served from now on, or held when the partner owns it or both claim it.
+    /// </summary>
+    internal void LearnOwnership(Subsystem s, ClusterDescriptor theirs)
+    {
+        lock (_ownershipLock)
+        {
+            foreach (ClusterDescriptor.GroupDescriptor pg in theirs.Groups)
+            {
+                if (!_ownership.TryGetValue((s.Nqn, pg.Id), out GroupOwnership? o)) continue;
+                GroupTerm partner = new(pg.Term, pg.CurrentOwner ?? pg.Owner);
+                bool owned = o.OwnedHere;
+                GroupTerm before = o.Current;
+                OwnershipLearned what = o.Learn(partner);
+                switch (what)
+                {
+                    case OwnershipLearned.Adopted:
+                        // Kept before acting on it; a record that cannot be written is logged (the one kept names an older
+                        // term, so at its next start this node holds the group again until it hears the partner).
+                        try { Keep(s, o); }
+                        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                        {
+                            _log.LogError("{Nqn}: ANA group {Group}: cannot keep its owner {Owner}: {Error}", s.Nqn, o.Group, o.Current, e.Message);
+                        }
+                        _log.LogWarning("{Nqn}: ANA group {Group} is owned by {Owner} (was {Before} here): {What}", s.Nqn, o.Group, o.Current, before,
+                            o.OwnedHere ? "served here" : owned ? "the partner took it over while this node was away; held inaccessible here (this node does not yet rejoin as its keeper)" : "as this node knew");
+                        break;
+                    case OwnershipLearned.Conflict:
+                        _log.LogError("{Nqn}: {Conflict}: the group is held inaccessible on this node; stop one node and run cluster_takeover on the other", s.Nqn, o.Conflict);
+                        break;
+                    case OwnershipLearned.PartnerBehind:
+                        _log.LogInformation("{Nqn}: ANA group {Group}: the partner still says {Theirs}; it is {Owner}", s.Nqn, o.Group, partner, o.Current);
+                        break;
+                }
+                if (o.MayServe) s.ReleaseGroup(o.Group, o);
+                else if (o.OwnedHere || HasLocalData(s, o.Group)) s.HoldGroup(o.Group, o);
+                if (o.OwnedHere != owned) s.SetGroupOwner(o.Group, o.OwnedHere, o.TakenOver);
+                // Owned here by a term this node had forgotten (no state directory), its replicas gone with a restart:
+                // nothing here to serve.
+                if (o.OwnedHere && s.Namespaces.Any(ns => ns.AnaGroupId == o.Group && ns.IsRemote) && s.HoldGroup(o.Group, LostReplicaHold))
+                    _log.LogError("{Nqn}: ANA group {Group} is this node's ({Owner}), but this node no longer has its replicas (they were lost with a restart): "
+                        + "held inaccessible. If the partner kept its data, stop this node and run cluster_takeover there", s.Nqn, o.Group, o.Current);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A manual takeover (<c>cluster_takeover</c>, docs/ha.md "Takeover"): this node becomes the group's owner at the next
+    /// term and serves its namespaces — the partner's from this node's replicas, without a reconnect or a rescan on the
+    /// hosts (an ANA change) — once it has kept that term. Refused while the partner answers on either channel; refused
+    /// for a replica that was not whole when the partner was last heard, or for data of this node's that the partner's
+    /// newer term replaced, unless <paramref name="force"/> (acknowledged writes may then be lost: logged). Throws
+    /// <see cref="InvalidOperationException"/> with the reason; <see cref="KeyNotFoundException"/> for an unknown group.
+    /// </summary>
+    public TakeoverResult TakeOver(Subsystem s, uint group, bool force)
+    {
+        InterconnectLink link = LinkFor(s) ?? throw new KeyNotFoundException($"{s.Nqn} is not a paired subsystem");
+        lock (_ownershipLock)
+        {
+            if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o)) throw new KeyNotFoundException($"{s.Nqn} has no ANA group {group}");
+            if (o.MayServe) throw new InvalidOperationException($"ANA group {group} is served by this node already (owner {o.Current})");
+            if (!Config.Mirror) throw new InvalidOperationException("a takeover needs Cluster:Mirror (this node's replicas of the partner's namespaces)");
+            // Checked under the ownership lock, which the descriptor this node gives its partner is read under too: a
+            // partner that connects from now on learns the new term before it serves anything.
+            string? answers = link.IsUp ? "its interconnect is up"
+                : Membership.PartnerHeard ? "its heartbeat datagrams arrive"
+                : s.Controllers.Any(c => c.IsInterconnect) ? "it has an interconnect association into this node"
+                : null;
+            if (answers != null)
+                throw new InvalidOperationException($"partner {Config.Partner} answers ({answers}): a takeover is for a partner that is gone");
+            var risks = new List<string>();
+            if (!o.Confirmed)
+                risks.Add($"this node has not heard {Config.Partner} since it started: it may have taken ANA group {group} over meanwhile");
+            var remote = new List<Namespace>();
+            // The partner, had it lived past its last datagram here until its replica's lease ended, would have sent
+            // another within an interval (two, for the datagrams' delays): only then is it known to have died first.
+            long lastAlive = Membership.LastHeardTicks + 2 * (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
+            foreach (Namespace ns in s.Namespaces)
+            {
+                if (ns.AnaGroupId != group) continue;
+                if (!ns.IsRemote)
+                {
+                    // This node's own data: the latest unless the partner took the group over meanwhile.
+                    if (!o.OwnedHere) risks.Add($"NSID {ns.Nsid} here is this node's data from before {o.Current} took the group over");
+                    continue;
+                }
+                if (ns.Replica == null) throw new InvalidOperationException($"NSID {ns.Nsid} has no replica on this node");
+                if (!ns.ReplicaKnowledge.WholeAtDeath(lastAlive))
+                    risks.Add($"NSID {ns.Nsid}'s replica was not whole when the partner was last heard (the owner said {ns.ReplicaKnowledge.Word})");
+                remote.Add(ns);
+            }
+            if (risks.Count > 0 && !force)
+                throw new InvalidOperationException(string.Join("; ", risks) + ": refused (force: true serves it anyway, and writes the partner acknowledged may be lost)");
+            GroupTerm term = o.NextTerm;
+            try { Keep(s, group, term); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new InvalidOperationException($"cannot keep the new owner of ANA group {group} ({term}): {e.Message}; nothing changed");
+            }
+            o.TookOver(term);
+            // Held while its namespaces change over; commands meanwhile get ANA Inaccessible, which the hosts retry.
+            s.HoldGroup(group, o);
+            try
+            {
+                foreach (Namespace keeper in remote)
+                {
+                    Target.ServeFromReplica(s, keeper, new Namespace(keeper.Nsid, keeper.Replica!, keeper.Nguid, keeper.Uuid, group));
+                    // A resync this node refused held the group (an operator decides): this takeover is that decision.
+                    s.ReleaseGroup(group, keeper.ReplicaKnowledge);
+                }
+                s.SetGroupOwner(group, local: true, takenOver: o.TakenOver);
+            }
+            finally
+            {
+                s.ReleaseGroup(group, o);
+            }
+            if (risks.Count > 0)
+                _log.LogCritical("{Nqn}: ANA group {Group} taken over by force ({Term}): {Risks}; writes the partner acknowledged may be lost", s.Nqn, group, term, string.Join("; ", risks));
+            else
+                _log.LogWarning("{Nqn}: ANA group {Group} taken over ({Term}): served here{From}{Kept}", s.Nqn, group, term,
+                    remote.Count > 0 ? $" from this node's replica of NSID {string.Join(", ", remote.Select(n => n.Nsid))}" : "",
+                    Keeps ? "" : " (no state directory: a restart of this node forgets it)");
+            return new TakeoverResult(term, [.. remote.Select(n => n.Nsid)], risks);
+        }
+    }
+
+    /// <summary>
+    /// Whether this node keeps its groups' owners across its restarts: with a state directory. (Kept whatever holds the
+    /// data here: a node whose replica was in RAM must still know, after a restart, that it had taken the group over, or
+    /// the partner's stale data would be served as the truth.)
+    /// </summary>
+    private bool Keeps => _stateDirectory != null && Directory.Exists(_stateDirectory);
+
+    /// <summary>Keeps a group's term in the state directory (before acting on it). Throws <see cref="IOException"/> when it cannot.</summary>
+    private void Keep(Subsystem s, GroupOwnership o) => Keep(s, o.Group, o.Current);
+
+    private void Keep(Subsystem s, uint group, GroupTerm term)
+    {
+        if (!Keeps) return;
+        GroupOwnershipFile.Save(GroupOwnershipFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, group), term);
     }
 
     // ------------------------------------------------------------------ hosts' associations
@@ -202,3 +419,9 @@ public sealed class PairNode : IDisposable
         _wake.Dispose();
     }
 }
+
+/// <summary>What a takeover did: the new term, the namespaces now served from this node's replicas, and what a forced one risked.</summary>
+public sealed record TakeoverResult(GroupTerm Term, IReadOnlyList<uint> FromReplica, IReadOnlyList<string> Risks);
+
+/// <summary>One group's ownership as <c>cluster_get_status</c> shows it.</summary>
+public sealed record GroupStatus(uint Group, GroupTerm Current, string ConfiguredOwner, bool Confirmed, bool ServedHere, string? Conflict);

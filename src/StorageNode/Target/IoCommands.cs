@@ -255,8 +255,9 @@ internal static unsafe class IoCommands
     private static void RunOnReplica(NvmfRequest req)
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
-        // Checked again as it runs: its data may have waited (an R2T, a stalled reactor) while the owner's word changed.
-        if (!req.Namespace!.ReplicaKnowledge.AcceptsCopy(req.Qpair.Controller, MirrorCommands.Epoch(sqe)))
+        // Checked again as it runs: its data may have waited (an R2T, a stalled reactor) while the owner's word changed,
+        // or this node took the namespace over meanwhile (it serves the replica now: a late copy would undo host writes).
+        if (req.Namespace!.Removed || !req.Namespace.ReplicaKnowledge.AcceptsCopy(req.Qpair.Controller, MirrorCommands.Epoch(sqe)))
         {
             req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
             return;

@@ -156,6 +156,25 @@ public sealed class NvmfTarget : IDisposable
         return ns;
     }
 
+    /// <summary>
+    /// A takeover (docs/ha.md): <paramref name="ns"/> — the partner's namespace <paramref name="keeper"/> served from this
+    /// node's replica of it — takes its place at once, on the replica's own channels (nothing that ran on them is closed
+    /// under it). The namespace replaced is marked removed, so a copy of the partner's that had arrived before the takeover
+    /// never lands on the data now served; a relay that had reached the partner's channel finishes there (a partner that
+    /// is gone fails it with a path status the host retries), and those channels close once the commands counted on them
+    /// have finished. The hosts see the same namespace (no Changed Namespace List).
+    /// </summary>
+    public void ServeFromReplica(Subsystem s, Namespace keeper, Namespace ns)
+    {
+        ns.TakeReplicaChannelsOf(keeper, Reactors);
+        keeper.Removed = true;
+        Namespace? old = s.ReplaceNamespace(ns);
+        if (old != keeper) throw new InvalidOperationException($"{s.Nqn}: NSID {ns.Nsid} changed while it was taken over");
+        // Granted once the commands counted before it on each reactor have finished; never released.
+        keeper.Locks.Lock(0, ulong.MaxValue, () => keeper.CloseChannelsOnTheirReactors(Reactors));
+        Log.LogInformation("{Nqn}: namespace {Nsid} is served from replica bdev {Bdev}", s.Nqn, ns.Nsid, ns.Bdev.Name);
+    }
+
     public Subsystem? FindSubsystem(string nqn)
     {
         lock (_lock) return _subsystems.TryGetValue(nqn, out Subsystem? s) ? s : null;

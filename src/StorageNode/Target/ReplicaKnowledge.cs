@@ -49,6 +49,17 @@ public sealed class ReplicaKnowledge
         get { lock (_lock) return _wholeUntil; }
     }
 
+    /// <summary>
+    /// Whole when the owner died (docs/ha.md, "Takeover"): its last word was "in sync" and that word's lease, renewed at
+    /// least once, outlived the owner's last sign of life (<paramref name="lastHeardTicks"/>: its last heartbeat datagram
+    /// here). An owner heard after the lease ended may have completed writes alone (the rule lets it, once the lease has
+    /// expired), so its replica is not whole then.
+    /// </summary>
+    public bool WholeAtDeath(long lastHeardTicks)
+    {
+        lock (_lock) return Word == ReplicaWord.InSync && _wholeUntil != 0 && _wholeUntil >= lastHeardTicks;
+    }
+
     /// <summary>Whole: the owner's last word is "in sync" and its lease has not expired.</summary>
     public bool IsWhole(long nowTicks)
     {

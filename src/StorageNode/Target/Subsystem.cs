@@ -91,6 +91,18 @@ public sealed class Namespace
         Reservations = new ReservationState(nsid);
     }
 
+    /// <summary>
+    /// Serves from the replica channels of <paramref name="keeper"/>, the partner's namespace this one replaces (a takeover):
+    /// the same bdev, and the channels its copies ran on, so nothing still running on them is closed under it.
+    /// </summary>
+    internal void TakeReplicaChannelsOf(Namespace keeper, IReadOnlyList<Reactor> reactors)
+    {
+        if (keeper.Replica != Bdev || keeper.ReplicaChannels.Length != reactors.Count)
+            throw new InvalidOperationException($"NSID {Nsid}: the namespace replaced has no replica channels on bdev {Bdev.Name}");
+        Locks.Open(reactors);
+        Channels = keeper.ReplicaChannels; // shared: the keeper, taken out, never closes them
+    }
+
     internal void OpenChannels(IReadOnlyList<Reactor> reactors)
     {
         var channels = new BdevChannel[reactors.Count];
@@ -105,7 +117,7 @@ public sealed class Namespace
         Channels = channels;
     }
 
-    /// <summary>Closes each channel on its own reactor (a namespace removed at run time, once nothing uses it).</summary>
+    /// <summary>Closes each channel on its own reactor (a namespace removed or replaced at run time, once nothing uses it).</summary>
     internal void CloseChannelsOnTheirReactors(IReadOnlyList<Reactor> reactors)
     {
         BdevChannel[] channels = Channels;
@@ -132,6 +144,8 @@ public sealed class Subsystem
     // ANA groups: whether this node owns each (the owner holds the data), and administrative overrides. Changed under
     // the lock (control path); the I/O path reads the published snapshot, with no lock.
     private readonly Dictionary<uint, bool> _groupIsLocal = [];
+    // Groups this node took over from its partner: served on its proxy ports as well (the hosts' paths to it).
+    private readonly HashSet<uint> _takenOver = [];
     private readonly Dictionary<uint, AnaState> _overrides = [];
     // Groups held inaccessible, and by what (the pair's mirrors: docs/ha.md, "An owner that lost its data").
     private readonly Dictionary<uint, HashSet<object>> _holds = [];
@@ -141,11 +155,11 @@ public sealed class Subsystem
     /// The subsystem's ANA configuration at one moment: immutable, replaced whole (one reference swap) whenever it
     /// changes, so that <see cref="GetAnaState"/> on the I/O path takes no lock.
     /// </summary>
-    private sealed class AnaSnapshot(FrozenDictionary<uint, (bool Local, AnaState? Forced)> groups, uint[] ids, PartnerAccess partner, ulong changeCount,
+    private sealed class AnaSnapshot(FrozenDictionary<uint, (bool Local, AnaState? Forced, bool TakenOver)> groups, uint[] ids, PartnerAccess partner, ulong changeCount,
         FrozenSet<uint>? held = null)
     {
-        public static readonly AnaSnapshot Empty = new(FrozenDictionary<uint, (bool, AnaState?)>.Empty, [], PartnerAccess.Unavailable, 1);
-        public readonly FrozenDictionary<uint, (bool Local, AnaState? Forced)> Groups = groups;
+        public static readonly AnaSnapshot Empty = new(FrozenDictionary<uint, (bool, AnaState?, bool)>.Empty, [], PartnerAccess.Unavailable, 1);
+        public readonly FrozenDictionary<uint, (bool Local, AnaState? Forced, bool TakenOver)> Groups = groups;
         public readonly FrozenSet<uint> Held = held ?? FrozenSet<uint>.Empty;
         public readonly uint[] Ids = ids;
         public readonly PartnerAccess Partner = partner;
@@ -158,9 +172,10 @@ public sealed class Subsystem
     /// </summary>
     private void PublishAna(PartnerAccess partner, bool changed)
     {
-        var groups = new Dictionary<uint, (bool, AnaState?)>();
-        foreach (var kv in _groupIsLocal) groups[kv.Key] = (kv.Value, _overrides.TryGetValue(kv.Key, out AnaState f) ? f : null);
-        foreach (var kv in _overrides) groups.TryAdd(kv.Key, (false, kv.Value));
+        var groups = new Dictionary<uint, (bool, AnaState?, bool)>();
+        foreach (var kv in _groupIsLocal)
+            groups[kv.Key] = (kv.Value, _overrides.TryGetValue(kv.Key, out AnaState f) ? f : null, kv.Value && _takenOver.Contains(kv.Key));
+        foreach (var kv in _overrides) groups.TryAdd(kv.Key, (false, kv.Value, false));
         uint[] ids = [.. _groupIsLocal.Keys];
         Array.Sort(ids);
         _ana = new AnaSnapshot(groups.ToFrozenDictionary(), ids, partner, _ana.ChangeCount + (changed ? 1UL : 0),
@@ -297,6 +312,40 @@ public sealed class Subsystem
 
     public bool IsLocalGroup(uint groupId) => _ana.Groups.TryGetValue(groupId, out var g) && g.Local;
 
+    /// <summary>
+    /// Moves a group to this node (<paramref name="local"/>) or to the partner at run time (a takeover, docs/ha.md); a
+    /// group this node owns although the configuration names the partner (<paramref name="takenOver"/>) is optimized on
+    /// its proxy ports too, where the hosts' paths to it end. The hosts are told (ANA change).
+    /// </summary>
+    public void SetGroupOwner(uint groupId, bool local, bool takenOver)
+    {
+        lock (_lock)
+        {
+            _groupIsLocal[groupId] = local;
+            if (takenOver && local) _takenOver.Add(groupId);
+            else _takenOver.Remove(groupId);
+            PublishAna(_ana.Partner, changed: true);
+        }
+        NotifyAnaChange();
+    }
+
+    /// <summary>
+    /// Puts <paramref name="ns"/> in place of the namespace with its NSID, at once (no Changed Namespace List: to the
+    /// hosts it is the same namespace, served from elsewhere). The one it replaced, or null when there was none.
+    /// </summary>
+    internal Namespace? ReplaceNamespace(Namespace ns)
+    {
+        lock (_lock)
+        {
+            if (ns.Nsid == 0 || ns.Nsid > MaxNamespaces) throw new ArgumentOutOfRangeException(nameof(ns), $"NSID {ns.Nsid} is outside 1..{MaxNamespaces}");
+            var copy = (Namespace?[])_namespaces.Clone();
+            Namespace? old = copy[ns.Nsid - 1];
+            copy[ns.Nsid - 1] = ns;
+            Volatile.Write(ref _namespaces, copy);
+            return old;
+        }
+    }
+
     /// <summary>How the partner's groups can be reached from here (set by the pair).</summary>
     public PartnerAccess PartnerAccess => _ana.Partner;
 
@@ -322,7 +371,7 @@ public sealed class Subsystem
         AnaSnapshot ana = _ana;
         if (!ana.Groups.TryGetValue(groupId, out var g) || ana.Held.Contains(groupId)) return AnaState.Inaccessible;
         if (g.Forced is AnaState forced) return forced;
-        if (g.Local) return role == ListenerRole.Proxy ? AnaState.Inaccessible : AnaState.Optimized;
+        if (g.Local) return role == ListenerRole.Proxy && !g.TakenOver ? AnaState.Inaccessible : AnaState.Optimized;
         if (role is ListenerRole.Direct or ListenerRole.Interconnect) return AnaState.Inaccessible;
         return ana.Partner switch
         {
