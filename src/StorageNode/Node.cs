@@ -125,6 +125,24 @@ public sealed class Node : IDisposable
                         _log.LogWarning("{Nqn}: NSID {Nsid} is served from replica bdev {Bdev}: this node took ANA group {Group} over ({Owner})",
                             s.Nqn, nc.Nsid, nc.ReplicaBdev, nc.AnaGroup, own!.Current);
                     }
+                    else if (nc.Bdev != null && own is { OwnedHere: false } && config.Cluster!.Mirror)
+                    {
+                        // The partner took this node's group over (a kept term): its data is this node's replica now, and
+                        // what this node kept as its owner (its data's generation, its dirty-region record) no longer holds.
+                        bdev = new PartnerBdev($"partner:{nc.Nsid}", _bdevs[nc.Bdev].BlockSize, _bdevs[nc.Bdev].BlockCount, Pair!.LinkFor(s)!);
+                        if (config.StateDirectory != null && Directory.Exists(config.StateDirectory))
+                            foreach (string kind in new[] { "generation", "dirty" })
+                            {
+                                string path = StateFile.PathOf(config.StateDirectory, config.Name, s.Nqn, nc.Nsid, kind);
+                                try { StateFile.Delete(path); }
+                                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                                {
+                                    throw new ConfigException("Node:StateDirectory", $"cannot remove {path}, kept while this node owned NSID {nc.Nsid}: {e.Message}");
+                                }
+                            }
+                        _log.LogWarning("{Nqn}: NSID {Nsid} is relayed to {Owner}, which took ANA group {Group} over; bdev {Bdev} keeps its replica",
+                            s.Nqn, nc.Nsid, own.Current, nc.AnaGroup, nc.Bdev);
+                    }
                     else if (nc.Bdev != null)
                     {
                         bdev = _bdevs[nc.Bdev];
@@ -148,7 +166,9 @@ public sealed class Node : IDisposable
                     }
                     if (bdev is PartnerBdev && config.Cluster!.Mirror)
                     {
-                        if (nc.ReplicaBdev != null)
+                        if (nc.Bdev != null)
+                            replica = _bdevs[nc.Bdev]; // this node's own data, kept as the replica (above)
+                        else if (nc.ReplicaBdev != null)
                         {
                             replica = _bdevs[nc.ReplicaBdev];
                             if (replica.BlockSize != bdev.BlockSize || replica.BlockCount != bdev.BlockCount)
@@ -161,7 +181,7 @@ public sealed class Node : IDisposable
                             _replicas.Add(replica);
                         }
                     }
-                    (long generation, bool generationIsNew) = bdev is not PartnerBdev && !fromReplica && config.Cluster is { Mirror: true }
+                    (long generation, bool generationIsNew) = bdev is not PartnerBdev && config.Cluster is { Mirror: true }
                         ? DataGeneration(config, s, nc.Nsid, bdev)
                         : (0L, false);
                     var ns = new Namespace(nc.Nsid, bdev, nc.Nguid, nc.Uuid, nc.AnaGroup)
@@ -170,8 +190,8 @@ public sealed class Node : IDisposable
                         ReplicaKnowledge = KnowledgeOf(config, s, nc.Nsid, replica),
                         DataGeneration = generation,
                         DataGenerationIsNew = generationIsNew,
-                        DataTaken = fromReplica ? null : DataTakenFor(config, s, nc.Nsid, bdev, generation, generationIsNew),
-                        DirtyLog = fromReplica ? null : DirtyLogFor(config, s, nc.Nsid, bdev, generation),
+                        DataTaken = DataTakenFor(config, s, nc.Nsid, bdev, generation, generationIsNew),
+                        DirtyLog = DirtyLogFor(config, s, nc.Nsid, bdev, generation),
                     };
                     // New data (RAM starts empty) is not served until the partner's replica has taken it (the mirror releases
                     // this hold): held before any listener opens (docs/ha.md, "An owner that lost its data").
@@ -220,10 +240,9 @@ public sealed class Node : IDisposable
     }
 
     private static string GenerationPath(NodeConfig config, string nqn, uint nsid)
-        => StateFile.PathOf(config.StateDirectory!, config.Name, nqn, nsid, "generation");
+        => DataGenerationFile.PathOf(config.StateDirectory!, config.Name, nqn, nsid);
 
-    private static void WriteGeneration(string path, long generation, bool taken)
-        => StateFile.Replace(path, System.Text.Encoding.ASCII.GetBytes($"{generation:x16} {(taken ? "taken" : "new")}\n"));
+    private static void WriteGeneration(string path, long generation, bool taken) => DataGenerationFile.Write(path, generation, taken);
 
     /// <summary>The file of bdev <paramref name="bdevName"/> is gone: the generations kept for the namespaces on it no longer hold.</summary>
     private static void ForgetGenerations(NodeConfig config, string bdevName)
@@ -232,12 +251,18 @@ public sealed class Node : IDisposable
         foreach (SubsystemConfig sc in config.Subsystems)
             foreach (NamespaceConfig nc in sc.Namespaces)
             {
-                if (nc.Bdev != bdevName) continue;
-                string path = GenerationPath(config, sc.Nqn, nc.Nsid);
-                try { StateFile.Delete(path); }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                // A namespace's own data, or a replica (which a takeover may have served as the data): what was kept of
+                // its contents — its generation, and what the replica held — went with the file.
+                if (nc.Bdev != bdevName && nc.ReplicaBdev != bdevName) continue;
+                string[] paths = nc.Bdev == bdevName ? [GenerationPath(config, sc.Nqn, nc.Nsid)]
+                    : [GenerationPath(config, sc.Nqn, nc.Nsid), StateFile.PathOf(config.StateDirectory, config.Name, sc.Nqn, nc.Nsid, "replica")];
+                foreach (string path in paths)
                 {
-                    throw new ConfigException("Node:StateDirectory", $"bdev '{bdevName}''s file is gone, and the data generation kept in {path} cannot be removed: {e.Message}");
+                    try { StateFile.Delete(path); }
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                    {
+                        throw new ConfigException("Node:StateDirectory", $"bdev '{bdevName}''s file is gone, and what was kept of it in {path} cannot be removed: {e.Message}");
+                    }
                 }
             }
     }

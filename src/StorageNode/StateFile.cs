@@ -59,3 +59,15 @@ internal static class StateFile
         }
     }
 }
+
+/// <summary>
+/// A mirrored namespace's data generation kept by its owner (docs/ha.md, "An owner that lost its data"):
+/// <c>NODE-NQN-nsN.generation</c>, <c>GENERATION new|taken</c>.
+/// </summary>
+internal static class DataGenerationFile
+{
+    public static string PathOf(string directory, string node, string nqn, uint nsid) => StateFile.PathOf(directory, node, nqn, nsid, "generation");
+
+    public static void Write(string path, long generation, bool taken)
+        => StateFile.Replace(path, System.Text.Encoding.ASCII.GetBytes($"{generation:x16} {(taken ? "taken" : "new")}\n"));
+}

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using StorageNode.Bdevs;
 using StorageNode.Control;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
@@ -52,7 +53,10 @@ public sealed class TakeoverTests
     /// Two processes, B's clock hours off, RAM namespaces: a host writes versioned blocks to NSID 1 (A's) through both
     /// nodes; the takeover is refused while A lives; A is killed (SIGKILL); B takes group 1 over and, on the host's
     /// existing connection to B, every block reads back as last acknowledged, and new writes succeed, with group 1
-    /// optimized there. A started again learns that B owns group 1 and holds it inaccessible (its RAM is empty).
+    /// optimized there. A started again learns that B owns group 1, keeps its (empty) RAM as B's replica, which B resyncs
+    /// whole, and relays the host's I/O to B; when B dies in turn, A takes the group back over with every write there.
+    /// B, started again, keeps A's replica; A restarted with its RAM empty is then refused by it (the group held), not
+    /// resynced over it.
     /// </summary>
     [Theory]
     [InlineData(3 * 3600)]
@@ -114,29 +118,66 @@ public sealed class TakeoverTests
         // Taking it over again is refused: it is served here.
         Assert.Contains("already", Assert.Throws<RpcException>(() => TakeOver(pair, 'B', 1)).Message, StringComparison.Ordinal);
 
-        // A comes back: it hears B's term before it serves group 1, and holds it (its RAM is empty).
+        // A comes back: it hears B's term before it serves group 1, and keeps its (empty) RAM as B's replica of NSID 1,
+        // which B resyncs; the hosts' path through A relays NSID 1 to B.
         pair.Start('A');
         TestPair.WaitUntil(() => Group(pair, 'A', 1)["term"]!.GetValue<ulong>() == 1, "A to learn B's term", TimeSpan.FromSeconds(30));
         JsonObject a1 = Group(pair, 'A', 1);
         Assert.Equal("B", a1["owner"]!.GetValue<string>());
         Assert.False(a1["served_here"]!.GetValue<bool>());
+        JsonObject MirrorOfB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single(m => m!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
+        JsonObject ReplicaOnA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single(r => r!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
+        TestPair.WaitUntil(() => MirrorOfB()["state"]!.GetValue<string>() == "in_sync" && ReplicaOnA()["whole"]!.GetValue<bool>(),
+            "B to resync A's replica of NSID 1", TimeSpan.FromSeconds(60));
+        Assert.True(MirrorOfB()["last_resync_whole"]!.GetValue<bool>());
         using NvmeHost viaA2 = pair.Connect(pair.EndpointA, Guid.NewGuid());
-        Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), viaA2.IoQueues[0].Write(1, 0, 1, Block(9999, 0)));
-        Assert.Equal((byte)Nvme.Spec.AnaState.Inaccessible, AnaState(viaA2, 1));
+        Assert.Equal((byte)Nvme.Spec.AnaState.NonOptimized, AnaState(viaA2, 1));
+        for (uint v = 2001; v <= 2050; v++)
+        {
+            ulong lba = (ulong)rnd.Next(0, 256);
+            NvmeStatus st = viaA2.IoQueues[0].Write(1, lba, 1, Block(v, lba));
+            Assert.True(st.IsSuccess, $"write {v} through A, relayed to B: {st}");
+            acked[lba] = v;
+        }
         foreach ((ulong lba, uint v) in acked)
         {
-            Assert.True(viaB.IoQueues[0].Read(1, lba, 1, buf).IsSuccess);
-            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} after A's return: not version {v}");
+            Assert.True(viaA2.IoQueues[0].Read(1, lba, 1, buf).IsSuccess);
+            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} through A after its return: not version {v}");
         }
         // Group 2 (B's) is served as before: directly on B.
         Assert.True(viaB.IoQueues[0].Write(2, 0, 1, Block(1, 0)).IsSuccess);
+
+        // The circle closes: B dies, A takes group 1 back over from its replica (term 2), everything acknowledged there.
+        pair.Kill('B');
+        TestPair.WaitUntil(() => pair.Rpc('A', "cluster_get_status")!["partner_status"]!.GetValue<string>() == "partner_down", "A to find B dead",
+            TimeSpan.FromSeconds(30));
+        JsonNode back = JsonNode.Parse(TakeOver(pair, 'A', 1))!;
+        Assert.Equal(2UL, back["term"]!.GetValue<ulong>());
+        Assert.Equal("[]", back["risks"]!.ToJsonString());
+        foreach ((ulong lba, uint v) in acked)
+        {
+            NvmeStatus st = viaA2.IoQueues[0].Read(1, lba, 1, buf);
+            Assert.True(st.IsSuccess, $"read LBA {lba} through A after taking it back: {st}");
+            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} after A took it back: not version {v}");
+        }
+
+        // B comes back (RAM: empty) and keeps A's replica, resynced; then A restarts with its RAM empty. The data's
+        // lineage went with the takeovers (the replica's generation), so B's replica refuses A's empty data instead of
+        // taking it for the truth: the group is held, and nothing reads zeros.
+        pair.Start('B');
+        TestPair.WaitUntil(() => MirrorOfA()["state"]!.GetValue<string>() == "in_sync", "A to resync B's replica of NSID 1", TimeSpan.FromSeconds(60));
+        pair.KillAndRestart('A');
+        pair.WaitLogged('B', "refused the owner's resync");
+        using NvmeHost viaB2 = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), viaB2.IoQueues[0].Read(1, 0, 1, buf));
     }
 
     /// <summary>
     /// The namespace and the replica in files, with state directories: the takeover is kept. After it, B dies too and A
     /// starts alone: A cannot know B took group 1 over, so it holds it (a write through A gets ANA Inaccessible). B
-    /// started again finds its term in its state directory; once they hear each other A keeps B's term and holds its stale
-    /// file, and B serves NSID 1 from its replica file with everything the host wrote before and after the takeover.
+    /// started again finds its term in its state directory; once they hear each other A keeps B's term, B serves NSID 1
+    /// from its replica file with everything the host wrote before and after the takeover, and resyncs A's stale file,
+    /// which is B's replica now: byte for byte the same once in sync.
     /// </summary>
     [Fact]
     public void TwoProcessesATakeoverIsKeptAndAnOwnerStartedAloneServesNothingUntilItHearsItsPartner()
@@ -183,21 +224,30 @@ public sealed class TakeoverTests
             // An operator's takeover on A alone is refused without force: A cannot know whether B took the group over.
             Assert.Contains("has not heard B since it started", Assert.Throws<RpcException>(() => TakeOver(pair, 'A', 1)).Message, StringComparison.Ordinal);
 
-            // B comes back: its kept term reaches A, which keeps it and holds its stale file; B serves from its replica.
+            // B comes back: its kept term reaches A, which keeps it and keeps its stale file as B's replica; B serves from
+            // its replica file and resyncs A's file whole.
             pair.Start('B');
             TestPair.WaitUntil(() => Group(pair, 'B', 1)["served_here"]!.GetValue<bool>(), "B, started again, to serve group 1 once it heard A",
                 TimeSpan.FromSeconds(30));
             TestPair.WaitUntil(() => Group(pair, 'A', 1)["term"]!.GetValue<ulong>() == 1, "A to learn B's term", TimeSpan.FromSeconds(30));
             Assert.Equal("1 B", File.ReadAllText(Directory.GetFiles(stateA, "*-group1.owner").Single()).Trim());
-            using (NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid()))
-                Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), viaA.IoQueues[0].Write(1, 40, 1, Block(3, 40)));
+            JsonObject MirrorOfB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single(m => m!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
+            TestPair.WaitUntil(() => MirrorOfB()["state"]!.GetValue<string>() == "in_sync", "B to resync A's file", TimeSpan.FromSeconds(60));
             using NvmeHost host = pair.Connect(pair.EndpointB, Guid.NewGuid());
+            using NvmeHost relayed = pair.Connect(pair.EndpointA, Guid.NewGuid());
             var buf = new byte[512];
             for (ulong lba = 0; lba < 96; lba++)
             {
+                uint v = lba < 32 ? 1u : 2u;
                 Assert.True(host.IoQueues[0].Read(1, lba, 1, buf).IsSuccess, $"read LBA {lba} through B");
-                Assert.True(buf.AsSpan().SequenceEqual(Block(lba < 32 ? 1u : 2u, lba)), $"LBA {lba}: not the last acknowledged version");
+                Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} through B: not the last acknowledged version");
+                Assert.True(relayed.IoQueues[0].Read(1, lba, 1, buf).IsSuccess, $"read LBA {lba} through A (relayed)");
+                Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} through A: not the last acknowledged version");
             }
+            Assert.True(relayed.IoQueues[0].Write(1, 40, 1, Block(3, 40)).IsSuccess, "a write through A, relayed to B");
+            Assert.True(host.IoQueues[0].Flush(1).IsSuccess);
+            Assert.True(File.ReadAllBytes(Path.Combine(dir, "a-owns-1.img")).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(dir, "b-keeps-1.img"))),
+                "A's file (B's replica now) = B's replica file (the namespace now)");
         }
         finally
         {
@@ -257,5 +307,61 @@ public sealed class TakeoverTests
         InvalidOperationException e = Assert.Throws<InvalidOperationException>(() => pair.B.Pair!.TakeOver(s, 1, force: true));
         Assert.Contains("it has an interconnect association into this node", e.Message, StringComparison.Ordinal);
         Assert.False(s.IsLocalGroup(1));
+    }
+
+    /// <summary>
+    /// A partition of both channels, taken by the operator for A's death: B takes group 1 over while A goes on serving a
+    /// host alone. When the partition heals, A learns B's term while that host's writes run through it: A's namespace
+    /// becomes B's replica under them (writes on it finish before the replica takes B's words; later ones get ANA
+    /// Inaccessible and the host retries them, relayed to B), and B resyncs it. Once in sync, A's replica equals B's
+    /// namespace byte for byte. (What A took alone during the partition is lost: that is what the operator's takeover
+    /// decided, and what a witness will prevent.)
+    /// </summary>
+    [Fact]
+    public void AnOwnerThatLearnsWhileServingThatItsGroupWasTakenOverBecomesItsKeeperUnderTheHostsWrites()
+    {
+        using TestPair pair = InSyncPair();
+        pair.A.Pair!.SilenceHeartbeatChannel();
+        pair.B.Pair!.SilenceHeartbeatChannel();
+        pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
+        pair.InterconnectAtoB.Cut();
+        pair.InterconnectBtoA.Cut();
+        TestPair.WaitUntil(() => pair.B.Pair!.Status == PartnerStatus.PartnerDown, "B to hear A on none of its channels", TimeSpan.FromSeconds(30));
+        Target.Subsystem sa = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sb = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
+        pair.B.Pair!.TakeOver(sb, 1, force: true);
+
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        long ok = 0, retried = 0, other = 0;
+        string? firstOther = null;
+        bool stop = false;
+        var writer = new Thread(() =>
+        {
+            var rnd = new Random(3);
+            var data = new byte[4096];
+            for (int i = 0; i < 200_000 && !Volatile.Read(ref stop); i++)
+            {
+                rnd.NextBytes(data);
+                NvmeStatus st = viaA.IoQueues[0].Write(1, (ulong)rnd.Next(0, 8192) * 8, 8, data);
+                if (st.IsSuccess) ok++;
+                else if (st == NvmeStatus.Path(PathStatus.AnaInaccessible) || st == NvmeStatus.Path(PathStatus.AnaTransition)) retried++;
+                else { other++; firstOther ??= st.ToString(); }
+            }
+        }) { IsBackground = true };
+        writer.Start();
+        TestPair.WaitUntil(() => Volatile.Read(ref ok) > 200, "A to serve the host alone", TimeSpan.FromSeconds(30));
+        pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = false;
+        TestPair.WaitUntil(() => pair.A.Pair!.OwnershipOf(sa, 1)!.Current == new GroupTerm(1, "B"), "A to learn B's term", TimeSpan.FromSeconds(30));
+        NamespaceMirror MirrorOfB() => pair.B.Pair!.Links[0].Mirrors.Single(m => m.Nsid == 1);
+        TestPair.WaitUntil(() => MirrorOfB().IsInSync, "B to resync A's replica under the host's writes", TimeSpan.FromSeconds(60));
+        long okBefore = Volatile.Read(ref ok);
+        TestPair.WaitUntil(() => Volatile.Read(ref ok) > okBefore + 100, "the host's writes through A to go on, relayed to B", TimeSpan.FromSeconds(30));
+        Volatile.Write(ref stop, true);
+        Assert.True(writer.Join(TimeSpan.FromSeconds(30)));
+        Assert.True(other == 0, $"{other} write(s) failed otherwise than with a path status the host retries: {firstOther}");
+        TestPair.WaitUntil(() => MirrorOfB().IsInSync, "B's mirror in sync once the writes stopped", TimeSpan.FromSeconds(30));
+        Bdev served = sb.GetNamespace(1)!.Bdev, kept = sa.GetNamespace(1)!.Replica!;
+        const int Chunk = 1 << 20;
+        for (ulong off = 0; off < served.SizeBytes; off += Chunk)
+            Assert.True(Contents(pair.B, served, off, Chunk).SequenceEqual(Contents(pair.A, kept, off, Chunk)), $"A's replica differs from B's namespace in [{off}, {off + Chunk})");
     }
 }

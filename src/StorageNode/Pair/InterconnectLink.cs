@@ -46,7 +46,9 @@ public sealed class InterconnectLink
     public long Relayed;
     /// <summary>Commands not relayed because they may have been sent before the owner's last drain of their host.</summary>
     public long DroppedBeforeFence;
-    private readonly List<NamespaceMirror> _mirrors = [];
+    // Replaced whole (under _mirrorsLock) when a mirror comes or goes: the control thread and the status read it unlocked.
+    private volatile NamespaceMirror[] _mirrors = [];
+    private readonly object _mirrorsLock = new();
 
     /// <summary><c>Cluster:Mirror</c>: writes' copies share this link's queues with relayed commands.</summary>
     public bool MirrorEnabled => _pair.Config.Mirror;
@@ -55,14 +57,27 @@ public sealed class InterconnectLink
     /// <summary>With <c>Cluster:Mirror</c>: the replicas on the partner of the namespaces this node owns.</summary>
     public IReadOnlyList<NamespaceMirror> Mirrors => _mirrors;
 
-    /// <summary>Mirrors the writes of a namespace this node owns to its replica on the partner (before <see cref="Tick"/> runs).</summary>
+    /// <summary>
+    /// Mirrors the writes of a namespace this node owns to its replica on the partner: at start, or when this node takes
+    /// a group over (its mirror starts out of sync; the partner's replica is resynced once it keeps one again). Any thread.
+    /// </summary>
     internal void AddMirror(Namespace ns)
     {
         var m = new NamespaceMirror(this, ns, _pair.Target.Reactors[0], _log);
-        _mirrors.Add(m);
+        lock (_mirrorsLock) _mirrors = [.. _mirrors, m];
         ns.Mirror = m;
         // Once writes see the mirror (they mark what the replica misses): what the dirty-region record marks by now.
         m.TakeRecord();
+    }
+
+    /// <summary>
+    /// This node no longer owns the mirror's namespace (the partner took its group over): the mirror goes, and the writes
+    /// it held fail with <paramref name="status"/> (a path status the host retries on the group's owner).
+    /// </summary>
+    internal void RetireMirror(NamespaceMirror m, NvmeStatus status)
+    {
+        lock (_mirrorsLock) _mirrors = [.. _mirrors.Where(x => x != m)];
+        m.Retire(status);
     }
 
     internal InterconnectLink(PairNode pair, Subsystem subsystem, ILogger log)
@@ -236,9 +251,10 @@ public sealed class InterconnectLink
         // uncertainty). Each mirror notes the send time before it is sent: from then on the partner may hold it.
         int renewed = 0;
         long sent = Stopwatch.GetTimestamp();
-        if (_mirrors.Count > 0 && _pair.Clock.TryToPartner(sent + MirrorLeaseTicks, out OwnerDeadline until))
+        NamespaceMirror[] mirrors = _mirrors;
+        if (mirrors.Length > 0 && _pair.Clock.TryToPartner(sent + MirrorLeaseTicks, out OwnerDeadline until))
         {
-            foreach (NamespaceMirror m in _mirrors)
+            foreach (NamespaceMirror m in mirrors)
             {
                 if (renewed * MirrorLease.EntryBytes >= _leases.Length) break;
                 uint sequence = m.RenewLease(sent);

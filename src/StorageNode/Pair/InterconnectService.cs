@@ -194,6 +194,13 @@ public sealed class InterconnectService : IInterconnectHandler
                     return;
                 }
                 ReplicaKnowledge k = ns.ReplicaKnowledge;
+                if (!k.Ready)
+                {
+                    // Its data was this node's own namespace a moment ago: commands on it are still finishing (the owner
+                    // tries again).
+                    req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+                    return;
+                }
                 ReplicaWord before = k.Word;
                 ReplicaHolds heldBefore = k.Kept;
                 ReplicaAnswer answer = k.Offer(association, incarnation, (ReplicaWord)word, epoch, sequence, _pair.Membership.PartnerIncarnation, generation, overwrite,

@@ -288,6 +288,28 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         }
     }
 
+    /// <summary>
+    /// The partner took this namespace's group over (this node learned a newer term): the mirror stops for good; writes
+    /// it held fail with <paramref name="status"/> (they ran here, on data that is no longer the truth), on their reactors.
+    /// </summary>
+    internal void Retire(NvmeStatus status)
+    {
+        List<(int Reactor, IMirrorCompletion Done, NvmeStatus Status)> release;
+        lock (_lock)
+        {
+            _state = OutOfSync;
+            _partnerMayTrust = false;
+            release = [.. _held];
+            _held.Clear();
+        }
+        IReadOnlyList<Reactor> reactors = _link.Reactors;
+        foreach ((int r, IMirrorCompletion done, _) in release)
+        {
+            IMirrorCompletion d = done;
+            reactors[r].Post(() => d.OnMirrored(status));
+        }
+    }
+
     /// <summary>Runs one word to the partner at a time, on the pair's notice threads; false when one is already on its way.</summary>
     private bool SendWord(Action send)
     {

@@ -131,8 +131,7 @@ public sealed class PairNode : IDisposable
             foreach (Namespace ns in link.Subsystem.Namespaces)
             {
                 if (ns.IsRemote) continue;
-                // A group taken over (by either node) has no mirror yet: its keeper rejoins in a later step (docs/ha.md, "Takeover").
-                if (Config.Mirror && OwnershipOf(link.Subsystem, ns.AnaGroupId) is not { TakenOver: true }) link.AddMirror(ns);
+                if (Config.Mirror && OwnershipOf(link.Subsystem, ns.AnaGroupId) is { OwnedHere: true }) link.AddMirror(ns);
                 uint nsid = ns.Nsid;
                 ns.Reservations.Changed += st => link.SendReservationNotice(Guid.Empty, nsid, ReservationNotification.Empty, st.Ptpl);
             }
@@ -238,7 +237,7 @@ public sealed class PairNode : IDisposable
                             _log.LogError("{Nqn}: ANA group {Group}: cannot keep its owner {Owner}: {Error}", s.Nqn, o.Group, o.Current, e.Message);
                         }
                         _log.LogWarning("{Nqn}: ANA group {Group} is owned by {Owner} (was {Before} here): {What}", s.Nqn, o.Group, o.Current, before,
-                            o.OwnedHere ? "served here" : owned ? "the partner took it over while this node was away; held inaccessible here (this node does not yet rejoin as its keeper)" : "as this node knew");
+                            o.OwnedHere ? "served here" : owned ? "the partner took it over while this node was away" : "as this node knew");
                         break;
                     case OwnershipLearned.Conflict:
                         _log.LogError("{Nqn}: {Conflict}: the group is held inaccessible on this node; stop one node and run cluster_takeover on the other", s.Nqn, o.Conflict);
@@ -247,9 +246,13 @@ public sealed class PairNode : IDisposable
                         _log.LogInformation("{Nqn}: ANA group {Group}: the partner still says {Theirs}; it is {Owner}", s.Nqn, o.Group, partner, o.Current);
                         break;
                 }
-                if (o.MayServe) s.ReleaseGroup(o.Group, o);
-                else if (o.OwnedHere || HasLocalData(s, o.Group)) s.HoldGroup(o.Group, o);
+                // The partner owns a group whose data this node holds (its own, from before the partner took the group
+                // over): this node keeps that data as its replica of the partner's, which the partner resyncs.
+                if (!o.OwnedHere && HasLocalData(s, o.Group)) BecomeKeeper(s, o);
                 if (o.OwnedHere != owned) s.SetGroupOwner(o.Group, o.OwnedHere, o.TakenOver);
+                if (o.MayServe || !(o.OwnedHere || HasLocalData(s, o.Group))) s.ReleaseGroup(o.Group, o);
+                else s.HoldGroup(o.Group, o);
+                if (!o.OwnedHere) s.ReleaseGroup(o.Group, LostReplicaHold); // not this node's to serve: nothing lost here
                 // Owned here by a term this node had forgotten (no state directory), its replicas gone with a restart:
                 // nothing here to serve.
                 if (o.OwnedHere && s.Namespaces.Any(ns => ns.AnaGroupId == o.Group && ns.IsRemote) && s.HoldGroup(o.Group, LostReplicaHold))
@@ -306,6 +309,25 @@ public sealed class PairNode : IDisposable
             }
             if (risks.Count > 0 && !force)
                 throw new InvalidOperationException(string.Join("; ", risks) + ": refused (force: true serves it anyway, and writes the partner acknowledged may be lost)");
+            // The data served is the lineage the replica holds (the owner's generation it was resynced from; a new one
+            // when it holds none), kept as this node's for a replica in a file; what was kept of the replica goes (it is
+            // the data now). Before the term: a failure here changes nothing that matters.
+            var generations = new Dictionary<uint, long>();
+            foreach (Namespace keeper in remote)
+            {
+                long g = keeper.ReplicaKnowledge.Holds.Generation;
+                generations[keeper.Nsid] = g != 0 ? g : Random.Shared.NextInt64(1, long.MaxValue);
+                if (!Keeps || keeper.Replica is not Bdevs.FileBdev) continue;
+                try
+                {
+                    DataGenerationFile.Write(DataGenerationFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid), generations[keeper.Nsid], taken: true);
+                    StateFile.Delete(StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid, "replica"));
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new InvalidOperationException($"cannot keep NSID {keeper.Nsid}'s data generation: {e.Message}; nothing changed");
+                }
+            }
             GroupTerm term = o.NextTerm;
             try { Keep(s, group, term); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -319,9 +341,12 @@ public sealed class PairNode : IDisposable
             {
                 foreach (Namespace keeper in remote)
                 {
-                    Target.ServeFromReplica(s, keeper, new Namespace(keeper.Nsid, keeper.Replica!, keeper.Nguid, keeper.Uuid, group));
+                    var served = new Namespace(keeper.Nsid, keeper.Replica!, keeper.Nguid, keeper.Uuid, group) { DataGeneration = generations[keeper.Nsid] };
+                    Target.ServeFromReplica(s, keeper, served);
                     // A resync this node refused held the group (an operator decides): this takeover is that decision.
                     s.ReleaseGroup(group, keeper.ReplicaKnowledge);
+                    // Mirrored to the partner's replica once it keeps one again (out of sync until then: nothing waits).
+                    link.AddMirror(served);
                 }
                 s.SetGroupOwner(group, local: true, takenOver: o.TakenOver);
             }
@@ -345,6 +370,65 @@ public sealed class PairNode : IDisposable
     /// the partner's stale data would be served as the truth.)
     /// </summary>
     private bool Keeps => _stateDirectory != null && Directory.Exists(_stateDirectory);
+
+    /// <summary>
+    /// The partner owns the group (a newer term): each namespace of it this node served from its own data is relayed to
+    /// the partner from now on, that data kept as this node's replica of the partner's — resynced whole by the partner
+    /// (it may lack writes the partner took since, and hold writes the partner never had). Its mirror goes; writes it held
+    /// fail with ANA Inaccessible (the host retries them on the owner). The group is held while the namespaces change over
+    /// (the caller releases it). Under the ownership lock.
+    /// </summary>
+    private void BecomeKeeper(Subsystem s, GroupOwnership o)
+    {
+        InterconnectLink link = LinkFor(s)!;
+        s.HoldGroup(o.Group, o);
+        foreach (Namespace owned in s.Namespaces.Where(ns => ns.AnaGroupId == o.Group && !ns.IsRemote).ToList())
+        {
+            if (owned.Mirror is NamespaceMirror m) link.RetireMirror(m, NvmeStatus.Path(PathStatus.AnaInaccessible));
+            var keeper = new Namespace(owned.Nsid, new PartnerBdev($"partner:{owned.Nsid}", owned.Bdev.BlockSize, owned.Bdev.BlockCount, link),
+                owned.Nguid, owned.Uuid, o.Group)
+            {
+                Replica = owned.Bdev,
+                ReplicaKnowledge = new ReplicaKnowledge
+                {
+                    HoldsPath = owned.Bdev is Bdevs.FileBdev && Keeps ? StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, owned.Nsid, "replica") : null,
+                },
+            };
+            // What this node kept as the namespace's owner (its data's generation, its dirty-region record) no longer
+            // holds: removed once nothing runs on it any more (no write of it marks the record again), before the replica
+            // takes a word. A record that cannot be removed keeps the replica from taking words (retried).
+            uint nsid = owned.Nsid;
+            ReplicaKnowledge k = keeper.ReplicaKnowledge;
+            Target.KeepAsReplica(s, owned, keeper, () => Enqueue(() => ForgetOwnerRecords(s, nsid, k)));
+            // What held the group for the namespace replaced (new data no replica had taken, a refused resync) is over.
+            s.ReleaseGroup(o.Group, owned);
+        }
+        _log.LogWarning("{Nqn}: ANA group {Group} is owned by {Owner}: this node relays it there and keeps its data as the replica, which {Owner2} resyncs",
+            s.Nqn, o.Group, o.Current, o.Current.Owner);
+    }
+
+    /// <summary>
+    /// Removes the records this node kept as the owner of namespace <paramref name="nsid"/> (control thread), then lets its
+    /// replica take the partner's words; retried at the next heartbeat interval when a record cannot be removed.
+    /// </summary>
+    private void ForgetOwnerRecords(Subsystem s, uint nsid, ReplicaKnowledge k)
+    {
+        if (Keeps)
+        {
+            try
+            {
+                foreach (string kind in new[] { "generation", "dirty" })
+                    StateFile.Delete(StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, nsid, kind));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                _log.LogError("{Nqn}: NSID {Nsid}: cannot remove what this node kept as its owner ({Error}); its replica takes no resync until it can", s.Nqn, nsid, e.Message);
+                _ = Task.Delay(Config.HeartbeatInterval).ContinueWith(_ => Enqueue(() => ForgetOwnerRecords(s, nsid, k)), TaskScheduler.Default);
+                return;
+            }
+        }
+        k.Ready = true;
+    }
 
     /// <summary>Keeps a group's term in the state directory (before acting on it). Throws <see cref="IOException"/> when it cannot.</summary>
     private void Keep(Subsystem s, GroupOwnership o) => Keep(s, o.Group, o.Current);

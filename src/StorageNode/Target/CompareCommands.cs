@@ -251,6 +251,13 @@ internal static unsafe class FusedCommands
 
         private void Read()
         {
+            // Granted after its namespace's group moved to the partner, or it was removed: it must not touch the bdev
+            // (a replica now, or nothing), and is not counted by the range locks that wait for commands to finish.
+            if (_ns.MovedAway || _ns.Removed)
+            {
+                End(BdevResult.FromStatus(_ns.Removed ? NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat) : NvmeStatus.Path(PathStatus.AnaInaccessible)), false);
+                return;
+            }
             uint len = Length;
             _scratch = req.Qpair.Reactor.Pools.Borrow(len);
             _ch.Read(Offset, _scratch, len, this);

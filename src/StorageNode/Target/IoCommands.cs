@@ -154,11 +154,13 @@ internal static unsafe class IoCommands
         Namespace ns = req.Namespace!;
         BdevChannel ch = req.Channel!;
         int shift = ns.Bdev.BlockShift;
-        if (ns.Removed)
+        if (ns.Removed || ns.MovedAway)
         {
-            // Taken out of the subsystem after this command arrived: it does not reach the bdev.
-            if (req.Fused != FusedRole.None) FusedCommands.Failed(req, NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat));
-            req.Fail(NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat));
+            // Taken out of the subsystem after this command arrived, or its group moved to the partner: it does not reach
+            // the bdev (a moved one is retried by the host on the group's owner).
+            NvmeStatus st = ns.Removed ? NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat) : NvmeStatus.Path(PathStatus.AnaInaccessible);
+            if (req.Fused != FusedRole.None) FusedCommands.Failed(req, st);
+            req.Fail(st);
             return;
         }
         // Checked when the command runs (not when it arrived): nothing of a host a reservation excludes starts after the

@@ -136,6 +136,9 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
                 if (MirrorCommands.Hold(this)) return;
                 break;
         }
+        // Its namespace's group moved to the partner while it ran (a takeover): what it did here is not the truth (a write
+        // landed on what is now the partner's replica, which the partner resyncs): the host retries it on the owner.
+        if (Status.IsSuccess && !ForReplica && Namespace is { MovedAway: true }) Status = NvmeStatus.Path(PathStatus.AnaInaccessible);
         if (MirrorOrdered) Namespace!.WriteOrder.Finished(this);
         if (DirtyLogged) Namespace!.DirtyLog!.Leave(this);
         // A fused command that ends on its own (the HA gate failed it while it was held): its partner cannot run alone.

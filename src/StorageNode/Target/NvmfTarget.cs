@@ -175,6 +175,32 @@ public sealed class NvmfTarget : IDisposable
         Log.LogInformation("{Nqn}: namespace {Nsid} is served from replica bdev {Bdev}", s.Nqn, ns.Nsid, ns.Bdev.Name);
     }
 
+    /// <summary>
+    /// The reverse of <see cref="ServeFromReplica"/>: the partner took the group of <paramref name="owned"/> over, and
+    /// <paramref name="keeper"/> — the namespace relayed to the partner, keeping this node's data as its replica — takes
+    /// its place at once. A command that was running on <paramref name="owned"/> finishes on its bdev (now the replica)
+    /// before the replica takes the partner's words; one that reaches it later fails with ANA Inaccessible (the host retries
+    /// it on the owner). <paramref name="drained"/> runs (on some reactor) once those have finished, instead of making the
+    /// replica ready to take words (it does, when it is). The hosts see the same namespace (no Changed Namespace List).
+    /// </summary>
+    public void KeepAsReplica(Subsystem s, Namespace owned, Namespace keeper, Action? drained = null)
+    {
+        keeper.KeepChannelsOf(owned, Reactors);
+        keeper.ReplicaKnowledge.Ready = false;
+        owned.MovedAway = true;
+        Namespace? old = s.ReplaceNamespace(keeper);
+        if (old != owned) throw new InvalidOperationException($"{s.Nqn}: NSID {keeper.Nsid} changed while its group changed owner");
+        // The replica takes the partner's words (and so its copies) once every command that was running on the namespace
+        // replaced has finished: none of them lands after a resync's copy. Those parked meanwhile fail (moved away).
+        owned.Locks.Lock(0, ulong.MaxValue, () =>
+        {
+            owned.Locks.Unlock();
+            if (drained != null) drained(); // which makes the replica ready when it is
+            else keeper.ReplicaKnowledge.Ready = true;
+        });
+        Log.LogInformation("{Nqn}: namespace {Nsid} is relayed to the partner; bdev {Bdev} keeps its replica", s.Nqn, keeper.Nsid, owned.Bdev.Name);
+    }
+
     public Subsystem? FindSubsystem(string nqn)
     {
         lock (_lock) return _subsystems.TryGetValue(nqn, out Subsystem? s) ? s : null;

@@ -37,6 +37,18 @@ public sealed class ReplicaKnowledge
     private object? _wordFrom;  // the association the last word came on: only its heartbeats renew the lease
     private volatile uint _epoch;
 
+    /// <summary>
+    /// False while the replica's bdev still finishes commands of the namespace this node served from it (its partner took
+    /// the group over a moment ago): no word is applied, and so no copy accepted, until they have finished.
+    /// </summary>
+    public bool Ready
+    {
+        get => _ready;
+        set => _ready = value;
+    }
+
+    private volatile bool _ready = true;
+
     public long OwnerIncarnation { get; private set; }
     public ReplicaWord Word { get; private set; }
     public uint Epoch => _epoch;

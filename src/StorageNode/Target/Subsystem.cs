@@ -35,6 +35,12 @@ public sealed class Namespace
     /// </summary>
     internal volatile bool Removed;
 
+    /// <summary>
+    /// Set when the namespace's group moved to the partner (a takeover) and another namespace took its place: a command
+    /// that reaches it after that fails with ANA Inaccessible, which the host retries on the group's owner.
+    /// </summary>
+    internal volatile bool MovedAway;
+
     /// <summary>LBA range locks (fused Compare and Write) over every reactor.</summary>
     public RangeLocks Locks { get; } = new();
 
@@ -101,6 +107,22 @@ public sealed class Namespace
             throw new InvalidOperationException($"NSID {Nsid}: the namespace replaced has no replica channels on bdev {Bdev.Name}");
         Locks.Open(reactors);
         Channels = keeper.ReplicaChannels; // shared: the keeper, taken out, never closes them
+    }
+
+    /// <summary>
+    /// Keeps the data of <paramref name="owned"/>, the namespace this one replaces (its partner took the group over), as
+    /// this node's replica of the partner's: on that namespace's own channels (nothing that ran on them is closed under it),
+    /// with channels of its own to the partner.
+    /// </summary>
+    internal void KeepChannelsOf(Namespace owned, IReadOnlyList<Reactor> reactors)
+    {
+        if (Replica != owned.Bdev || owned.Channels.Length != reactors.Count)
+            throw new InvalidOperationException($"NSID {Nsid}: the namespace replaced has no channels on bdev {owned.Bdev.Name}");
+        var channels = new BdevChannel[reactors.Count];
+        for (int i = 0; i < reactors.Count; i++) channels[i] = Bdev.CreateChannel(reactors[i]);
+        Locks.Open(reactors);
+        ReplicaChannels = owned.Channels; // shared: the namespace replaced, taken out, never closes them
+        Channels = channels;
     }
 
     internal void OpenChannels(IReadOnlyList<Reactor> reactors)
