@@ -130,16 +130,6 @@ public sealed class Node : IDisposable
                         // The partner took this node's group over (a kept term): its data is this node's replica now, and
                         // what this node kept as its owner (its data's generation, its dirty-region record) no longer holds.
                         bdev = new PartnerBdev($"partner:{nc.Nsid}", _bdevs[nc.Bdev].BlockSize, _bdevs[nc.Bdev].BlockCount, Pair!.LinkFor(s)!);
-                        if (config.StateDirectory != null && Directory.Exists(config.StateDirectory))
-                            foreach (string kind in new[] { "generation", "dirty" })
-                            {
-                                string path = StateFile.PathOf(config.StateDirectory, config.Name, s.Nqn, nc.Nsid, kind);
-                                try { StateFile.Delete(path); }
-                                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                                {
-                                    throw new ConfigException("Node:StateDirectory", $"cannot remove {path}, kept while this node owned NSID {nc.Nsid}: {e.Message}");
-                                }
-                            }
                         _log.LogWarning("{Nqn}: NSID {Nsid} is relayed to {Owner}, which took ANA group {Group} over; bdev {Bdev} keeps its replica",
                             s.Nqn, nc.Nsid, own.Current, nc.AnaGroup, nc.Bdev);
                     }
@@ -181,6 +171,7 @@ public sealed class Node : IDisposable
                             _replicas.Add(replica);
                         }
                     }
+                    if (bdev is PartnerBdev && replica != null) KeptAsReplica(config, s, nc.Nsid, replica);
                     (long generation, bool generationIsNew) = bdev is not PartnerBdev && config.Cluster is { Mirror: true }
                         ? DataGeneration(config, s, nc.Nsid, bdev)
                         : (0L, false);
@@ -244,6 +235,32 @@ public sealed class Node : IDisposable
 
     private static void WriteGeneration(string path, long generation, bool taken) => DataGenerationFile.Write(path, generation, taken);
 
+    /// <summary>
+    /// A namespace this node keeps a replica of (the partner owns it) whose data this node owned before (its own data, or
+    /// a replica a takeover served): what it kept as the owner no longer holds. Its data's generation, if a keeper had taken
+    /// it, becomes what the replica holds (unless the replica's own record says otherwise): a resync of other data over it
+    /// is refused as ever. Then the owner's records go.
+    /// </summary>
+    private static void KeptAsReplica(NodeConfig config, Subsystem s, uint nsid, Bdev replica)
+    {
+        if (replica is not FileBdev || config.StateDirectory == null || !Directory.Exists(config.StateDirectory)) return;
+        string generation = GenerationPath(config, s.Nqn, nsid), dirty = StateFile.PathOf(config.StateDirectory, config.Name, s.Nqn, nsid, "dirty");
+        string holds = StateFile.PathOf(config.StateDirectory, config.Name, s.Nqn, nsid, "replica");
+        try
+        {
+            if (!File.Exists(generation) && !File.Exists(dirty)) return;
+            string[] kept = File.Exists(generation) ? File.ReadAllText(generation).Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries) : [];
+            if (!File.Exists(holds) && kept.Length == 2 && kept[1] == "taken" && long.TryParse(kept[0], System.Globalization.NumberStyles.HexNumber, null, out long g) && g != 0)
+                ReplicaHoldsFile.Save(holds, new ReplicaHolds(g, true, 0, false));
+            StateFile.Delete(generation);
+            StateFile.Delete(dirty);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ConfigException("Node:StateDirectory", $"cannot turn what this node kept as the owner of {s.Nqn} NSID {nsid} into its replica's record: {e.Message}");
+        }
+    }
+
     /// <summary>The file of bdev <paramref name="bdevName"/> is gone: the generations kept for the namespaces on it no longer hold.</summary>
     private static void ForgetGenerations(NodeConfig config, string bdevName)
     {
@@ -254,10 +271,10 @@ public sealed class Node : IDisposable
                 // A namespace's own data, or a replica (which a takeover may have served as the data): what was kept of
                 // its contents — its generation, and what the replica held — went with the file.
                 if (nc.Bdev != bdevName && nc.ReplicaBdev != bdevName) continue;
-                string[] paths = nc.Bdev == bdevName ? [GenerationPath(config, sc.Nqn, nc.Nsid)]
-                    : [GenerationPath(config, sc.Nqn, nc.Nsid), StateFile.PathOf(config.StateDirectory, config.Name, sc.Nqn, nc.Nsid, "replica")];
-                foreach (string path in paths)
+                // (Either may have served as the other: a takeover serves a replica, a keeper keeps its own data.)
+                foreach (string kind in new[] { "generation", "replica", "dirty" })
                 {
+                    string path = StateFile.PathOf(config.StateDirectory, config.Name, sc.Nqn, nc.Nsid, kind);
                     try { StateFile.Delete(path); }
                     catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                     {

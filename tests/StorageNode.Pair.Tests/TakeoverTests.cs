@@ -364,4 +364,56 @@ public sealed class TakeoverTests
         for (ulong off = 0; off < served.SizeBytes; off += Chunk)
             Assert.True(Contents(pair.B, served, off, Chunk).SequenceEqual(Contents(pair.A, kept, off, Chunk)), $"A's replica differs from B's namespace in [{off}, {off + Chunk})");
     }
+
+    /// <summary>
+    /// After a takeover the survivor's replica file (its data now) is lost and it restarts: its data is new. The old owner
+    /// comes back as the keeper with its own file, which holds the data's lineage: it refuses the survivor's empty data
+    /// instead of being resynced with it (the group held on both), and its file keeps what it had.
+    /// </summary>
+    [Fact]
+    public void TwoProcessesAnOldOwnerBackAsTheKeeperRefusesASurvivorThatLostItsData()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-takeover-").FullName;
+        try
+        {
+            string stateA = Path.Combine(dir, "state-a"), stateB = Path.Combine(dir, "state-b");
+            string fileA = Path.Combine(dir, "a-owns-1.img"), fileB = Path.Combine(dir, "b-keeps-1.img");
+            Directory.CreateDirectory(stateA);
+            Directory.CreateDirectory(stateB);
+            Dictionary<string, string?> a = With(Mirror, new()
+            {
+                ["Node:StateDirectory"] = stateA,
+                ["Bdevs:0:Type"] = "file",
+                ["Bdevs:0:Path"] = fileA,
+            });
+            using var pair = new ProcessPair(a, With(Mirror, FileReplica(1, fileB, stateB)), clockOffsetSecondsB: -3 * 3600);
+            pair.WaitHealthy();
+            TestPair.WaitUntil(() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single()!["whole"]!.GetValue<bool>(),
+                "B's replica of NSID 1 whole", TimeSpan.FromSeconds(60));
+            using (NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid()))
+            {
+                for (ulong lba = 0; lba < 32; lba++) Assert.True(viaA.IoQueues[0].Write(1, lba, 1, Block(1, lba)).IsSuccess);
+                Assert.True(viaA.IoQueues[0].Flush(1).IsSuccess);
+            }
+            pair.Kill('A');
+            TestPair.WaitUntil(() => pair.Rpc('B', "cluster_get_status")!["partner_status"]!.GetValue<string>() == "partner_down", "B to find A dead",
+                TimeSpan.FromSeconds(30));
+            TakeOver(pair, 'B', 1);
+            pair.Kill('B');
+            File.Delete(fileB); // B's disk with the data it served is gone
+            pair.Start('B');
+            pair.Start('A');
+            TestPair.WaitUntil(() => Group(pair, 'A', 1)["term"]!.GetValue<ulong>() == 1, "A to learn B's term", TimeSpan.FromSeconds(30));
+            pair.WaitLogged('A', "refused the owner's resync", TimeSpan.FromSeconds(30));
+            using (NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid()))
+                Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), viaB.IoQueues[0].Read(1, 0, 1, new byte[512]));
+            byte[] kept = FileBytes(fileA, 0, 32 * 512);
+            for (int lba = 0; lba < 32; lba++)
+                Assert.True(kept.AsSpan(lba * 512, 512).SequenceEqual(Block(1, (ulong)lba)), $"A's file lost LBA {lba}");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

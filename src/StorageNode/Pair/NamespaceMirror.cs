@@ -99,6 +99,9 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     // The keeper has taken this node's data once (Namespace.DataTaken called).
     private int _dataTaken;
 
+    /// <summary>The keeper has taken this node's data (its first resync was applied), or the data was taken before this start.</summary>
+    public bool DataTakenOnce => Volatile.Read(ref _dataTaken) != 0 || !_ns.DataGenerationIsNew;
+
     /// <summary>Why the partner refused this node's resync (null: it did not).</summary>
     public string? RefusedReason { get; private set; }
 

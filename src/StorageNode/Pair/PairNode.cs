@@ -303,6 +303,7 @@ public sealed class PairNode : IDisposable
                     continue;
                 }
                 if (ns.Replica == null) throw new InvalidOperationException($"NSID {ns.Nsid} has no replica on this node");
+                if (!ns.ReplicaKnowledge.Ready) throw new InvalidOperationException($"NSID {ns.Nsid}'s replica is still changing over from this node's own namespace: try again");
                 if (!ns.ReplicaKnowledge.WholeAtDeath(lastAlive))
                     risks.Add($"NSID {ns.Nsid}'s replica was not whole when the partner was last heard (the owner said {ns.ReplicaKnowledge.Word})");
                 remote.Add(ns);
@@ -321,7 +322,8 @@ public sealed class PairNode : IDisposable
                 try
                 {
                     DataGenerationFile.Write(DataGenerationFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid), generations[keeper.Nsid], taken: true);
-                    StateFile.Delete(StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid, "replica"));
+                    // A dirty-region record left from an earlier time this node owned it marks nothing of what follows.
+                    StateFile.Delete(StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid, "dirty"));
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
@@ -335,6 +337,18 @@ public sealed class PairNode : IDisposable
                 throw new InvalidOperationException($"cannot keep the new owner of ANA group {group} ({term}): {e.Message}; nothing changed");
             }
             o.TookOver(term);
+            // What was kept of each replica no longer holds: it is the data now (a record left behind is read by no
+            // start while this node owns the group, and one that becomes a keeper again resyncs whole: logged only).
+            if (Keeps)
+                foreach (Namespace keeper in remote)
+                {
+                    string path = StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid, "replica");
+                    try { StateFile.Delete(path); }
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                    {
+                        _log.LogError("{Nqn}: NSID {Nsid}: cannot remove {Path} ({Error})", s.Nqn, keeper.Nsid, path, e.Message);
+                    }
+                }
             // Held while its namespaces change over; commands meanwhile get ANA Inaccessible, which the hosts retry.
             s.HoldGroup(group, o);
             try
@@ -384,6 +398,11 @@ public sealed class PairNode : IDisposable
         s.HoldGroup(o.Group, o);
         foreach (Namespace owned in s.Namespaces.Where(ns => ns.AnaGroupId == o.Group && !ns.IsRemote).ToList())
         {
+            // First: the writes the mirror held complete (with ANA Inaccessible) only once they see the move.
+            owned.MovedAway = true;
+            // What the replica holds from now on: this node's data of that generation — a consistent copy, if a keeper
+            // ever took it (a lineage), so that a resync of other data over it is refused as ever; nothing otherwise.
+            bool lineage = owned.DataGeneration != 0 && (owned.Mirror is NamespaceMirror { DataTakenOnce: true } || !owned.DataGenerationIsNew);
             if (owned.Mirror is NamespaceMirror m) link.RetireMirror(m, NvmeStatus.Path(PathStatus.AnaInaccessible));
             var keeper = new Namespace(owned.Nsid, new PartnerBdev($"partner:{owned.Nsid}", owned.Bdev.BlockSize, owned.Bdev.BlockCount, link),
                 owned.Nguid, owned.Uuid, o.Group)
@@ -399,6 +418,7 @@ public sealed class PairNode : IDisposable
             // takes a word. A record that cannot be removed keeps the replica from taking words (retried).
             uint nsid = owned.Nsid;
             ReplicaKnowledge k = keeper.ReplicaKnowledge;
+            if (lineage) k.Restore(new ReplicaHolds(owned.DataGeneration, true, 0, false));
             Target.KeepAsReplica(s, owned, keeper, () => Enqueue(() => ForgetOwnerRecords(s, nsid, k)));
             // What held the group for the namespace replaced (new data no replica had taken, a refused resync) is over.
             s.ReleaseGroup(o.Group, owned);
@@ -413,10 +433,14 @@ public sealed class PairNode : IDisposable
     /// </summary>
     private void ForgetOwnerRecords(Subsystem s, uint nsid, ReplicaKnowledge k)
     {
+        // Taken over again meanwhile (this node serves the replica now, with records of its own): nothing to forget.
+        if (s.GetNamespace(nsid)?.ReplicaKnowledge != k) return;
         if (Keeps)
         {
             try
             {
+                // What the replica holds first (a crash between the two leaves both, and the next start takes the replica's).
+                if (k.HoldsPath != null) ReplicaHoldsFile.Save(k.HoldsPath, k.Kept);
                 foreach (string kind in new[] { "generation", "dirty" })
                     StateFile.Delete(StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, nsid, kind));
             }
