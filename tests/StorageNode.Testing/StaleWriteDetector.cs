@@ -53,6 +53,13 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         public Func<uint, ulong, int, (bool Whole, byte[] Bytes)>? Replica { get; init; }
 
         /// <summary>
+        /// With <see cref="Replica"/>: once the faults are done, the host goes on writing, with no more faults, until this
+        /// many checks found a replica its keeper calls whole (how much of the run the replicas are whole depends on the
+        /// machine's speed, not on the faults alone); bounded by <see cref="Limit"/>.
+        /// </summary>
+        public int MinWholeChecks { get; init; }
+
+        /// <summary>
         /// Restarts a node (the caller says which and how) and says what it did. Every <see cref="RestartEvery"/>th fault
         /// (from the tenth on) partitions the interconnect both ways, and <see cref="RestartAfter"/> later, while the host
         /// keeps writing (the owners complete writes their replicas lack, once the keepers' leases ran out), restarts the
@@ -187,7 +194,7 @@ public sealed unsafe class StaleWriteDetector : IDisposable
                 CheckReplicas("");
                 _nextReplicaCheck = now + 100;
             }
-            if (faultsDone && NothingPartitioned()) break;
+            if (faultsDone && NothingPartitioned() && _report.ReplicaChecksWhole >= _o.MinWholeChecks) break;
             if (_o.StopAtFirstViolation && _report.Violations.Count > 0) break;
             if (now > _o.Limit.TotalMilliseconds) throw new TimeoutException($"the detector ran past {_o.Limit.TotalSeconds} s: {_report}");
             Step(now, issue: true);
