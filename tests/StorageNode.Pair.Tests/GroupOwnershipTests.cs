@@ -52,6 +52,38 @@ public sealed class GroupOwnershipTests
         Assert.Throws<InvalidOperationException>(() => b.TookOver(new GroupTerm(5, "A")));
     }
 
+    /// <summary>
+    /// A giveback offers the next term to the partner; taken (the partner's view at that term) it is the partner's; a
+    /// takeover while the offer is unsettled goes past the term offered (the partner may hold it); one offer at a time.
+    /// </summary>
+    [Fact]
+    public void AGivebackOffersTheNextTermAndATakeoverMeanwhileGoesPastIt()
+    {
+        GroupOwnership b = New("B");
+        b.Learn(new GroupTerm(0, "A"));
+        Assert.Throws<InvalidOperationException>(() => b.Offer("A")); // not B's to give
+        b.TookOver(b.NextTerm);
+        GroupTerm offered = b.Offer("A");
+        Assert.Equal(new GroupTerm(2, "A"), offered);
+        Assert.Throws<InvalidOperationException>(() => b.Offer("A"));
+        Assert.Equal(new GroupTerm(3, "B"), b.NextTerm);
+        Assert.Equal(OwnershipLearned.Adopted, b.Learn(offered));
+        Assert.Null(b.Offered);
+        Assert.False(b.OwnedHere);
+
+        GroupOwnership b2 = New("B");
+        b2.Learn(new GroupTerm(0, "A"));
+        b2.TookOver(b2.NextTerm);
+        b2.Offer("A");
+        b2.TookOver(b2.NextTerm); // the partner vanished with the offer unanswered: taken over past it
+        Assert.Equal(new GroupTerm(3, "B"), b2.Current);
+        Assert.Null(b2.Offered);
+        Assert.True(b2.MayServe);
+        b2.Offer("A");
+        b2.OfferEnded(); // refused
+        Assert.Equal(new GroupTerm(4, "B"), b2.NextTerm);
+    }
+
     [Fact]
     public void OneTermWithTwoOwnersIsAConflictNeitherNodeServesUntilANewerTerm()
     {

@@ -75,6 +75,12 @@ public sealed record ClusterConfig
     public bool Mirror { get; init; }
 
     /// <summary>
+    /// With <see cref="Mirror"/>: a group this node took over is given back to its configured owner as soon as that
+    /// node's replicas of it are in sync (docs/ha.md, "Giveback"); otherwise only on <c>cluster_giveback</c>.
+    /// </summary>
+    public bool AutoGiveback { get; init; }
+
+    /// <summary>
     /// How long a region of a mirrored namespace in a file stays marked in the dirty-region record after its last write
     /// (the replica holding it): shorter resyncs after a crash against fewer flushes of the record (docs/ha.md).
     /// </summary>
@@ -123,7 +129,7 @@ public sealed record NodeConfig
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
     private static readonly string[] ControlKeys = ["RpcSocket"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
-        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror", "DirtyRecordClearMs"];
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror", "AutoGiveback", "DirtyRecordClearMs"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools", "StateDirectory"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
@@ -240,6 +246,8 @@ public sealed record NodeConfig
         int ackTimeout = Int(c, "RdmaAckTimeout", 0, 0, 31);
         if (ackTimeout != 0 && transport == InterconnectTransport.Tcp)
             throw new ConfigException("Cluster:RdmaAckTimeout", "is for an NVMe/RDMA interconnect, and Cluster:InterconnectTransport is tcp");
+        if (Bool(c, "AutoGiveback", false) && !Bool(c, "Mirror", false))
+            throw new ConfigException("Cluster:AutoGiveback", "needs Cluster:Mirror = true (a group changes owner only with replicas)");
         return new ClusterConfig
         {
             Name = name,
@@ -257,6 +265,7 @@ public sealed record NodeConfig
             RdmaAckTimeout = ackTimeout,
             ClockOffset = TimeSpan.FromSeconds(Int(c, "ClockOffsetSeconds", 0, -30 * 86400, 30 * 86400)),
             Mirror = Bool(c, "Mirror", false),
+            AutoGiveback = Bool(c, "AutoGiveback", false),
             DirtyRecordClearAfter = TimeSpan.FromMilliseconds(Int(c, "DirtyRecordClearMs", 5000, 100, 3_600_000)),
         };
     }

@@ -220,6 +220,21 @@ public static class NodeRpc
                 ["risks"] = new JsonArray([.. r.Risks.Select(x => (JsonNode)x)]),
             };
         };
+        m["cluster_giveback"] = p =>
+        {
+            // On the node that took a group over: hand it back to its configured owner, whose replicas are in sync
+            // (docs/ha.md, "Giveback").
+            Allow(p, "nqn", "anagrpid");
+            Subsystem s = FindSubsystem(node, RequiredString(p, "nqn"));
+            uint group = RequiredUInt(p, "anagrpid");
+            PairNode pair = node.Pair ?? throw new RpcException(RpcException.InvalidParams, "this node is not part of a pair (Cluster)");
+            if (pair.OwnershipOf(s, group) == null) throw new RpcException(RpcException.NoSuchDevice, $"ANA group {group} of {s.Nqn} is not a paired group");
+            GroupTerm term;
+            try { term = pair.GiveBack(s, group); }
+            catch (InvalidOperationException e) { throw new RpcException(RpcException.InvalidParams, e.Message); }
+            catch (KeyNotFoundException e) { throw new RpcException(RpcException.NoSuchDevice, e.Message); }
+            return new JsonObject { ["owner"] = term.Owner, ["term"] = term.Term };
+        };
         m["cluster_replica_discard"] = p =>
         {
             // On a namespace's owner: its data is the truth; the partner's replica is overwritten (docs/ha.md, "An owner
@@ -390,6 +405,8 @@ public static class NodeRpc
                     ["confirmed"] = o.Confirmed,
                     ["served_here"] = o.ServedHere,
                     ["conflict"] = o.Conflict,
+                    // A giveback under way: the term offered to the partner (the group is held here until it is settled).
+                    ["giving_back_at"] = o.GivingBack is GroupTerm g ? g.Term : null,
                 })]),
                 ["transport"] = l.Transport,
                 ["connects"] = l.ConnectCount,

@@ -71,6 +71,7 @@ public sealed class GroupOwnership
         if (partner.Term > Current.Term)
         {
             Current = partner;
+            if (Offered is GroupTerm offered && offered.Term <= partner.Term) Offered = null;
             Confirmed = true;
             Conflict = null;
             return OwnershipLearned.Adopted;
@@ -89,8 +90,25 @@ public sealed class GroupOwnership
         return OwnershipLearned.Agreed;
     }
 
-    /// <summary>The term a takeover by this node makes (keep it, then <see cref="TookOver"/>).</summary>
-    public GroupTerm NextTerm => new(Current.Term + 1, Local);
+    /// <summary>
+    /// The term this node offered its partner in a giveback not yet settled (null: none): the partner may own the group
+    /// from it, so this node serves nothing of the group meanwhile, and a takeover by this node goes past it.
+    /// </summary>
+    public GroupTerm? Offered { get; private set; }
+
+    /// <summary>This node, the owner, offers the group to <paramref name="partner"/> at the next term (a giveback); settled by <see cref="Learn"/>, <see cref="TookOver"/> or <see cref="OfferEnded"/>.</summary>
+    public GroupTerm Offer(string partner)
+    {
+        if (!MayServe || Offered != null || partner == Local) throw new InvalidOperationException($"ANA group {Group}: no giveback from {Current}");
+        Offered = new GroupTerm(Current.Term + 1, partner);
+        return Offered.Value;
+    }
+
+    /// <summary>The partner did not take the offered term and never will (it refused it, or said a lower one on a newer association).</summary>
+    public void OfferEnded() => Offered = null;
+
+    /// <summary>The term a takeover by this node makes (keep it, then <see cref="TookOver"/>): past one it offered, which the partner may hold.</summary>
+    public GroupTerm NextTerm => new(Math.Max(Current.Term, Offered?.Term ?? 0) + 1, Local);
 
     /// <summary>This node made <paramref name="term"/> (from <see cref="NextTerm"/>, kept first): it owns the group from now on.</summary>
     public void TookOver(GroupTerm term)
@@ -98,6 +116,7 @@ public sealed class GroupOwnership
         if (term.Owner != Local || term.Term <= Current.Term)
             throw new InvalidOperationException($"ANA group {Group}: {term} does not follow {Current}");
         Current = term;
+        Offered = null;
         Confirmed = true;
         Conflict = null;
     }

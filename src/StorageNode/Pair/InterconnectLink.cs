@@ -118,6 +118,9 @@ public sealed class InterconnectLink
 
     /// <summary>This node's association into the partner now (null while down): a word meant for one association is sent on no other.</summary>
     internal object? Association => _host;
+
+    /// <summary>How many of the partner's descriptors this node learned (<see cref="PairNode.LearnOwnership"/>; under the pair's ownership lock).</summary>
+    internal long DescriptorsLearned { get; set; }
     internal long Incarnation => _pair.Incarnation;
 
     public ProxyQueue? QueueFor(int reactorId)
@@ -623,6 +626,43 @@ public sealed class InterconnectLink
         catch (Exception e) when (e is NvmeTransportException or TimeoutException or NvmeCommandException or InvalidOperationException)
         {
             _log.LogWarning("{Nqn}: NSID {Nsid}: telling the partner its replica is {Word} (epoch {Epoch}) failed: {Error}", Subsystem.Nqn, nsid, word, epoch, e.Message);
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// As a group's owner that stopped serving it (<see cref="PairNode.GiveBack"/>): offers the partner the group from
+    /// <paramref name="term"/>, with each namespace's data generation, and waits for its answer (at most
+    /// <paramref name="timeout"/>; a thread that may block). Null when it did not answer: the partner may have taken it or
+    /// not, which the next association's descriptor says.
+    /// </summary>
+    internal GivebackAnswer? SendGiveback(object association, uint group, ulong term, IReadOnlyList<(uint Nsid, long Generation)> namespaces, TimeSpan timeout,
+        out bool sent)
+    {
+        NvmeHost? host = _host;
+        sent = false;
+        if (!IsUp || host == null || !ReferenceEquals(association, host)) return null;
+        sent = true;
+        SubmissionQueueEntry sqe = default;
+        GivebackFields.Set(ref sqe, group, term);
+        var data = new byte[Math.Max(1, namespaces.Count) * GivebackFields.EntryBytes];
+        for (int i = 0; i < namespaces.Count; i++) GivebackFields.WriteEntry(data.AsSpan(i * GivebackFields.EntryBytes), namespaces[i].Nsid, namespaces[i].Generation);
+        try
+        {
+            CompletionQueueEntry cqe = host.AdminCommand(sqe, data.AsSpan(0, namespaces.Count * GivebackFields.EntryBytes), DataDirection.HostToController, timeout);
+            // Only the partner's own answer settles it: an error status may be this node's (a transport error completes what
+            // was outstanding) or the partner's failure half way (Internal Error): no answer.
+            if (!cqe.StatusField.IsSuccess)
+            {
+                _log.LogWarning("{Nqn}: ANA group {Group}: offering it to the partner at term {Term} failed: {Status}", Subsystem.Nqn, group, term, cqe.StatusField);
+                return null;
+            }
+            return cqe.Dw0 is (uint)GivebackAnswer.Taken or (uint)GivebackAnswer.NotYet or (uint)GivebackAnswer.Refused ? (GivebackAnswer)cqe.Dw0 : null;
+        }
+        catch (Exception e)
+        {
+            // Whatever failed, the word may have gone: no answer.
+            _log.LogWarning("{Nqn}: ANA group {Group}: offering it to the partner at term {Term} got no answer: {Error}", Subsystem.Nqn, group, term, e.Message);
             return null;
         }
     }

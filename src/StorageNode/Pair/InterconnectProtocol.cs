@@ -13,7 +13,7 @@ namespace StorageNode.Pair;
 public static class InterconnectOpcode
 {
     /// <summary>The version both nodes must speak (compared in the cluster descriptors).</summary>
-    public const int ProtocolVersion = 9;
+    public const int ProtocolVersion = 10;
 
     /// <summary>Register a host for relayed commands. Data: <see cref="HostIdentity"/>. DW0: its handle (the same one again for a host already registered on this association).</summary>
     public const byte RegisterHost = 0xC1;
@@ -52,9 +52,15 @@ public static class InterconnectOpcode
     /// sequence number. Completed once applied (or found stale).
     /// </summary>
     public const byte ReplicaState = 0xD4;
+    /// <summary>
+    /// Giveback, from a group's owner to the partner (<see cref="GivebackFields"/>): the owner has stopped serving the
+    /// group and drained it, and the partner's replicas are in sync; the partner owns the group from the term given once
+    /// it has kept that term. DW0: a <see cref="GivebackAnswer"/>.
+    /// </summary>
+    public const byte Giveback = 0xD5;
 
     public static bool IsVendor(byte opcode) => opcode is RegisterHost or GetDescriptor or Heartbeat or HeartbeatRenewing or RelayDrain or RelayOpen or UnregisterHost
-        or ReservationNotice or ReplicaState;
+        or ReservationNotice or ReplicaState or Giveback;
 }
 
 /// <summary>Vendor-specific statuses (SCT 7) of the interconnect's commands.</summary>
@@ -158,6 +164,47 @@ public static class ReplicaStateFields
 
 /// <summary>DW0 bit of the answer: the word was applied (clear: older than what the keeper holds, ignored).</summary>
     public const uint Applied = 1;
+}
+
+/// <summary>The partner's answer to a <see cref="InterconnectOpcode.Giveback"/> (DW0).</summary>
+public enum GivebackAnswer : uint
+{
+    /// <summary>The partner kept the term and serves the group from its replicas (not 0: an unset DW0 says nothing).</summary>
+    Taken = 3,
+    /// <summary>A replica's knowledge is not "in sync" with the generation given yet (a word on its way): ask again.</summary>
+    NotYet = 1,
+    /// <summary>Refused, and never taken from this word: the term does not follow the partner's, a replica is missing, holds another generation, or the word came on an association that was replaced.</summary>
+    Refused = 2,
+}
+
+/// <summary>
+/// The fields of a <see cref="InterconnectOpcode.Giveback"/>: CDW10 the ANA group; CDW11/12 the term the partner owns it
+/// from; the data one <see cref="EntryBytes"/> entry per namespace of the group (NSID, reserved, the owner's data
+/// generation, which the partner's replica must hold).
+/// </summary>
+public static class GivebackFields
+{
+    public const int EntryBytes = 16;
+
+    public static void Set(ref SubmissionQueueEntry sqe, uint group, ulong term)
+    {
+        sqe.Opcode = InterconnectOpcode.Giveback;
+        sqe.Cdw10 = group;
+        sqe.Cdw11 = (uint)term;
+        sqe.Cdw12 = (uint)(term >> 32);
+    }
+
+    public static (uint Group, ulong Term) Read(in SubmissionQueueEntry sqe) => (sqe.Cdw10, sqe.Cdw11 | ((ulong)sqe.Cdw12 << 32));
+
+    public static void WriteEntry(Span<byte> to, uint nsid, long generation)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(to, nsid);
+        BinaryPrimitives.WriteUInt32LittleEndian(to[4..], 0);
+        BinaryPrimitives.WriteInt64LittleEndian(to[8..], generation);
+    }
+
+    public static (uint Nsid, long Generation) ReadEntry(ReadOnlySpan<byte> from)
+        => (BinaryPrimitives.ReadUInt32LittleEndian(from), BinaryPrimitives.ReadInt64LittleEndian(from[8..]));
 }
 
 /// <summary>

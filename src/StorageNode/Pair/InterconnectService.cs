@@ -61,6 +61,17 @@ public sealed class InterconnectService : IInterconnectHandler
         foreach (Controller c in older) c.Destroy("replaced by a newer association from the partner");
     }
 
+    /// <summary>Whether <paramref name="association"/> is the partner's newest association for its subsystem (a word on an older one is from before it reconnected).</summary>
+    internal bool IsCurrent(Controller association)
+    {
+        lock (_inbound)
+        {
+            for (int i = _inbound.Count - 1; i >= 0; i--)
+                if (_inbound[i].Subsystem == association.Subsystem) return _inbound[i] == association;
+            return false;
+        }
+    }
+
     public void OnAssociationEnded(Controller association)
     {
         lock (_inbound) _inbound.Remove(association);
@@ -238,6 +249,41 @@ public sealed class InterconnectService : IInterconnectHandler
                 req.Cqe.Dw0 = answer != ReplicaAnswer.Applied ? 0
                     : ReplicaStateFields.Applied | (word == (uint)ReplicaWord.Resyncing && whole ? ReplicaStateFields.Whole : 0);
                 req.Complete();
+                return;
+            }
+            case InterconnectOpcode.Giveback:
+            {
+                // This node as the keeper of the group's replicas: the owner offers it back.
+                (uint group, ulong term) = GivebackFields.Read(req.Sqe);
+                if (req.Length % GivebackFields.EntryBytes != 0 || req.Length / GivebackFields.EntryBytes > association.Subsystem.MaxNamespaces)
+                {
+                    req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid));
+                    return;
+                }
+                var entries = new List<(uint Nsid, long Generation)>();
+                ReadOnlySpan<byte> data = req.DataSpan;
+                for (int at = 0; at + GivebackFields.EntryBytes <= (int)req.Length; at += GivebackFields.EntryBytes) entries.Add(GivebackFields.ReadEntry(data[at..]));
+                // On the pair's control thread (it changes namespaces over); answered on the request's reactor.
+                req.PendingOps = 1;
+                _pair.Enqueue(() =>
+                {
+                    uint dw0;
+                    NvmeStatus status = NvmeStatus.Success;
+                    try { dw0 = (uint)_pair.ReceiveGiveback(association, group, term, entries); }
+                    catch (Exception e)
+                    {
+                        _log.LogError(e, "{Nqn}: ANA group {Group}: taking the giveback failed", association.Subsystem.Nqn, group);
+                        dw0 = 0;
+                        status = NvmeStatus.Generic(GenericStatus.InternalError, dnr: false);
+                    }
+                    req.Qpair.Reactor.Post(() =>
+                    {
+                        req.PendingOps = 0;
+                        req.Cqe.Dw0 = dw0;
+                        if (status.IsSuccess || req.Qpair.IsClosed) req.Complete();
+                        else req.Fail(status);
+                    });
+                });
                 return;
             }
             default:

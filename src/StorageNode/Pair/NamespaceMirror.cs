@@ -157,6 +157,12 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     public string State => _state switch { InSync => "in_sync", Resyncing => "resyncing", Leaving => "leaving", Refused => "refused", _ => "out_of_sync" };
 
     public bool IsInSync => _state == InSync;
+
+    /// <summary>In sync, and the partner acknowledged the word that says so (its replica's knowledge says "in sync"): a giveback may go.</summary>
+    public bool PartnerKnowsInSync
+    {
+        get { lock (_lock) return _state == InSync && _partnerMayTrust && _trustAcknowledged; }
+    }
     public bool Active => _state is InSync or Resyncing;
 
     /// <summary>The epoch of the replica's contents: a new one with each resync (copies carry it; the partner refuses older ones).</summary>

@@ -183,7 +183,7 @@ public sealed class PairNode : IDisposable
         lock (_ownershipLock)
             return [.. _ownership.Where(kv => kv.Key.Nqn == s.Nqn).OrderBy(kv => kv.Key.Group)
                 .Select(kv => new GroupStatus(kv.Key.Group, kv.Value.Current, kv.Value.ConfiguredOwner, kv.Value.Confirmed,
-                    kv.Value.MayServe && !s.IsGroupHeld(kv.Key.Group), kv.Value.Conflict))];
+                    kv.Value.MayServe && !s.IsGroupHeld(kv.Key.Group), kv.Value.Conflict, kv.Value.Offered))];
     }
 
     /// <summary>Whether this node may serve the group as its owner now (false while it has not heard whether its partner took it over).</summary>
@@ -219,6 +219,7 @@ public sealed class PairNode : IDisposable
     {
         lock (_ownershipLock)
         {
+            if (LinkFor(s) is InterconnectLink learning) learning.DescriptorsLearned++;
             foreach (ClusterDescriptor.GroupDescriptor pg in theirs.Groups)
             {
                 if (!_ownership.TryGetValue((s.Nqn, pg.Id), out GroupOwnership? o)) continue;
@@ -246,20 +247,33 @@ public sealed class PairNode : IDisposable
                         _log.LogInformation("{Nqn}: ANA group {Group}: the partner still says {Theirs}; it is {Owner}", s.Nqn, o.Group, partner, o.Current);
                         break;
                 }
-                // The partner owns a group whose data this node holds (its own, from before the partner took the group
-                // over): this node keeps that data as its replica of the partner's, which the partner resyncs.
-                if (!o.OwnedHere && HasLocalData(s, o.Group)) BecomeKeeper(s, o);
-                if (o.OwnedHere != owned) s.SetGroupOwner(o.Group, o.OwnedHere, o.TakenOver);
-                if (o.MayServe || !(o.OwnedHere || HasLocalData(s, o.Group))) s.ReleaseGroup(o.Group, o);
-                else s.HoldGroup(o.Group, o);
-                if (!o.OwnedHere) s.ReleaseGroup(o.Group, LostReplicaHold); // not this node's to serve: nothing lost here
-                // Owned here by a term this node had forgotten (no state directory), its replicas gone with a restart:
-                // nothing here to serve.
-                if (o.OwnedHere && s.Namespaces.Any(ns => ns.AnaGroupId == o.Group && ns.IsRemote) && s.HoldGroup(o.Group, LostReplicaHold))
-                    _log.LogError("{Nqn}: ANA group {Group} is this node's ({Owner}), but this node no longer has its replicas (they were lost with a restart): "
-                        + "held inaccessible. If the partner kept its data, stop this node and run cluster_takeover there", s.Nqn, o.Group, o.Current);
+                ActOn(s, o, owned);
+                // A giveback this node offered and had no answer to is settled by what the partner says now, on an
+                // association that replaced the one the offer went on (the partner takes no word of that one any more).
+                if (_givebacks.TryGetValue((s.Nqn, o.Group), out GivebackInFlight? gb)) SettleUnanswered(gb, o);
             }
         }
+    }
+
+    /// <summary>
+    /// Acts on a group's ownership as it is now (under the ownership lock), <paramref name="owned"/> saying whether this
+    /// node owned it before: a group this node no longer owns whose data it holds is kept as the partner's replica; the
+    /// group's ANA state follows its owner; it is held while this node may not serve it.
+    /// </summary>
+    private void ActOn(Subsystem s, GroupOwnership o, bool owned)
+    {
+        // The partner owns a group whose data this node holds (its own, from before the partner took the group over):
+        // this node keeps that data as its replica of the partner's, which the partner resyncs.
+        if (!o.OwnedHere && HasLocalData(s, o.Group)) BecomeKeeper(s, o);
+        if (o.OwnedHere != owned) s.SetGroupOwner(o.Group, o.OwnedHere, o.TakenOver);
+        if (o.MayServe || !(o.OwnedHere || HasLocalData(s, o.Group))) s.ReleaseGroup(o.Group, o);
+        else s.HoldGroup(o.Group, o);
+        if (!o.OwnedHere) s.ReleaseGroup(o.Group, LostReplicaHold); // not this node's to serve: nothing lost here
+        // Owned here by a term this node had forgotten (no state directory), its replicas gone with a restart: nothing
+        // here to serve.
+        if (o.OwnedHere && s.Namespaces.Any(ns => ns.AnaGroupId == o.Group && ns.IsRemote) && s.HoldGroup(o.Group, LostReplicaHold))
+            _log.LogError("{Nqn}: ANA group {Group} is this node's ({Owner}), but this node no longer has its replicas (they were lost with a restart): "
+                + "held inaccessible. If the partner kept its data, stop this node and run cluster_takeover there", s.Nqn, o.Group, o.Current);
     }
 
     /// <summary>
@@ -276,7 +290,7 @@ public sealed class PairNode : IDisposable
         lock (_ownershipLock)
         {
             if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o)) throw new KeyNotFoundException($"{s.Nqn} has no ANA group {group}");
-            if (o.MayServe) throw new InvalidOperationException($"ANA group {group} is served by this node already (owner {o.Current})");
+            if (o.MayServe && o.Offered == null) throw new InvalidOperationException($"ANA group {group} is served by this node already (owner {o.Current})");
             if (!Config.Mirror) throw new InvalidOperationException("a takeover needs Cluster:Mirror (this node's replicas of the partner's namespaces)");
             // Checked under the ownership lock, which the descriptor this node gives its partner is read under too: a
             // partner that connects from now on learns the new term before it serves anything.
@@ -289,6 +303,8 @@ public sealed class PairNode : IDisposable
             var risks = new List<string>();
             if (!o.Confirmed)
                 risks.Add($"this node has not heard {Config.Partner} since it started: it may have taken ANA group {group} over meanwhile");
+            if (o.Offered is GroupTerm offered)
+                risks.Add($"this node gave ANA group {group} back to {offered.Owner} (term {offered.Term}) and had no answer: {offered.Owner} may have served it since");
             var remote = new List<Namespace>();
             // The partner, had it lived past its last datagram here until its replica's lease ended, would have sent
             // another within an interval (two, for the datagrams' delays): only then is it known to have died first.
@@ -311,63 +327,17 @@ public sealed class PairNode : IDisposable
             if (risks.Count > 0 && !force)
                 throw new InvalidOperationException(string.Join("; ", risks) + ": refused (force: true serves it anyway, and writes the partner acknowledged may be lost)");
             // The data served is the lineage the replica holds (the owner's generation it was resynced from; a new one
-            // when it holds none), kept as this node's for a replica in a file; what was kept of the replica goes (it is
-            // the data now). Before the term: a failure here changes nothing that matters.
+            // when it holds none).
             var generations = new Dictionary<uint, long>();
             foreach (Namespace keeper in remote)
             {
                 long g = keeper.ReplicaKnowledge.Holds.Generation;
                 generations[keeper.Nsid] = g != 0 ? g : Random.Shared.NextInt64(1, long.MaxValue);
-                if (!Keeps || keeper.Replica is not Bdevs.FileBdev) continue;
-                try
-                {
-                    DataGenerationFile.Write(DataGenerationFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid), generations[keeper.Nsid], taken: true);
-                    // A dirty-region record left from an earlier time this node owned it marks nothing of what follows.
-                    StateFile.Delete(StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid, "dirty"));
-                }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                {
-                    throw new InvalidOperationException($"cannot keep NSID {keeper.Nsid}'s data generation: {e.Message}; nothing changed");
-                }
             }
             GroupTerm term = o.NextTerm;
-            try { Keep(s, group, term); }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                throw new InvalidOperationException($"cannot keep the new owner of ANA group {group} ({term}): {e.Message}; nothing changed");
-            }
-            o.TookOver(term);
-            // What was kept of each replica no longer holds: it is the data now (a record left behind is read by no
-            // start while this node owns the group, and one that becomes a keeper again resyncs whole: logged only).
-            if (Keeps)
-                foreach (Namespace keeper in remote)
-                {
-                    string path = StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid, "replica");
-                    try { StateFile.Delete(path); }
-                    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                    {
-                        _log.LogError("{Nqn}: NSID {Nsid}: cannot remove {Path} ({Error})", s.Nqn, keeper.Nsid, path, e.Message);
-                    }
-                }
-            // Held while its namespaces change over; commands meanwhile get ANA Inaccessible, which the hosts retry.
-            s.HoldGroup(group, o);
-            try
-            {
-                foreach (Namespace keeper in remote)
-                {
-                    var served = new Namespace(keeper.Nsid, keeper.Replica!, keeper.Nguid, keeper.Uuid, group) { DataGeneration = generations[keeper.Nsid] };
-                    Target.ServeFromReplica(s, keeper, served);
-                    // A resync this node refused held the group (an operator decides): this takeover is that decision.
-                    s.ReleaseGroup(group, keeper.ReplicaKnowledge);
-                    // Mirrored to the partner's replica once it keeps one again (out of sync until then: nothing waits).
-                    link.AddMirror(served);
-                }
-                s.SetGroupOwner(group, local: true, takenOver: o.TakenOver);
-            }
-            finally
-            {
-                s.ReleaseGroup(group, o);
-            }
+            if (ServeReplicas(s, link, o, remote, generations, term) is string failed) throw new InvalidOperationException(failed);
+            // A giveback this node offered and had no answer to ends here: this node's term is past the one offered.
+            if (_givebacks.TryGetValue((s.Nqn, group), out GivebackInFlight? gb)) Resume(gb);
             if (risks.Count > 0)
                 _log.LogCritical("{Nqn}: ANA group {Group} taken over by force ({Term}): {Risks}; writes the partner acknowledged may be lost", s.Nqn, group, term, string.Join("; ", risks));
             else
@@ -376,6 +346,72 @@ public sealed class PairNode : IDisposable
                     Keeps ? "" : " (no state directory: a restart of this node forgets it)");
             return new TakeoverResult(term, [.. remote.Select(n => n.Nsid)], risks);
         }
+    }
+
+    /// <summary>
+    /// Makes this node the group's owner at <paramref name="term"/> (under the ownership lock) and serves the group's
+    /// namespaces relayed to the partner from this node's replicas (<paramref name="remote"/>), each with the data
+    /// generation given — kept as this node's own for a replica in a file, with the term, before anything changes (a
+    /// failure to keep them is returned, nothing changed; null: served). The group is held while the
+    /// namespaces change over; each is mirrored to the partner's replica from then on.
+    /// </summary>
+    private string? ServeReplicas(Subsystem s, InterconnectLink link, GroupOwnership o, List<Namespace> remote, Dictionary<uint, long> generations, GroupTerm term)
+    {
+        uint group = o.Group;
+        // The lineage, kept as this node's for a replica in a file; what was kept of the replica goes (it is the data
+        // now). Before the term: a failure here changes nothing that matters.
+        foreach (Namespace keeper in remote)
+        {
+            if (!Keeps || keeper.Replica is not Bdevs.FileBdev) continue;
+            try
+            {
+                DataGenerationFile.Write(DataGenerationFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid), generations[keeper.Nsid], taken: true);
+                // A dirty-region record left from an earlier time this node owned it marks nothing of what follows.
+                StateFile.Delete(StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid, "dirty"));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                return $"cannot keep NSID {keeper.Nsid}'s data generation: {e.Message}; nothing changed";
+            }
+        }
+        try { Keep(s, group, term); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return $"cannot keep the new owner of ANA group {group} ({term}): {e.Message}; nothing changed";
+        }
+        o.TookOver(term);
+        // What was kept of each replica no longer holds: it is the data now (a record left behind is read by no start
+        // while this node owns the group, and one that becomes a keeper again resyncs whole: logged only).
+        if (Keeps)
+            foreach (Namespace keeper in remote)
+            {
+                string path = StateFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, keeper.Nsid, "replica");
+                try { StateFile.Delete(path); }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    _log.LogError("{Nqn}: NSID {Nsid}: cannot remove {Path} ({Error})", s.Nqn, keeper.Nsid, path, e.Message);
+                }
+            }
+        // Held while its namespaces change over; commands meanwhile get ANA Inaccessible, which the hosts retry.
+        s.HoldGroup(group, o);
+        try
+        {
+            foreach (Namespace keeper in remote)
+            {
+                var served = new Namespace(keeper.Nsid, keeper.Replica!, keeper.Nguid, keeper.Uuid, group) { DataGeneration = generations[keeper.Nsid] };
+                Target.ServeFromReplica(s, keeper, served);
+                // A resync this node refused held the group (an operator decides): serving it is that decision.
+                s.ReleaseGroup(group, keeper.ReplicaKnowledge);
+                // Mirrored to the partner's replica once it keeps one again (out of sync until then: nothing waits).
+                link.AddMirror(served);
+            }
+            s.SetGroupOwner(group, local: true, takenOver: o.TakenOver);
+        }
+        finally
+        {
+            s.ReleaseGroup(group, o);
+        }
+        return null;
     }
 
     /// <summary>
@@ -463,6 +499,338 @@ public sealed class PairNode : IDisposable
         GroupOwnershipFile.Save(GroupOwnershipFile.PathOf(_stateDirectory!, Config.LocalNode, s.Nqn, group), term);
     }
 
+    // ------------------------------------------------------------------ giveback (docs/ha.md, "Giveback")
+
+    private readonly Dictionary<(string Nqn, uint Group), GivebackInFlight> _givebacks = [];
+
+    /// <summary>
+    /// Gives a group this node took over back to its configured owner, the partner (<c>cluster_giveback</c>, or
+    /// <c>Cluster:AutoGiveback</c>; docs/ha.md "Giveback"): with the interconnect up and every replica of the group in
+    /// sync (the partner acknowledged it), this node holds the group (new commands get ANA Inaccessible, which the
+    /// hosts retry), waits until nothing runs on its namespaces (those that arrived before wait behind a lock), and
+    /// offers the partner the next term. The partner keeps it and serves the group from its replicas; only then does
+    /// this node keep that term and become the keeper of the partner's namespaces (what waited fails with ANA
+    /// Inaccessible, and the hosts retry it on the new owner). A refusal serves the group here again. With no answer
+    /// (the interconnect failed under it) the group stays held here until the next association says whether the
+    /// partner took it. Blocks (the RPC's thread, or a pair worker); throws <see cref="InvalidOperationException"/> with
+    /// the reason, <see cref="KeyNotFoundException"/> for an unknown group.
+    /// </summary>
+    public GroupTerm GiveBack(Subsystem s, uint group)
+    {
+        InterconnectLink link = LinkFor(s) ?? throw new KeyNotFoundException($"{s.Nqn} is not a paired subsystem");
+        GivebackInFlight gb;
+        object? association;
+        var sw = Stopwatch.StartNew();
+        lock (_ownershipLock)
+        {
+            if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o)) throw new KeyNotFoundException($"{s.Nqn} has no ANA group {group}");
+            if (o.Offered is GroupTerm pending) throw new InvalidOperationException($"ANA group {group} is being given back to {pending.Owner} already (term {pending.Term})");
+            if (!o.MayServe) throw new InvalidOperationException($"ANA group {group} is not served by this node (owner {o.Current}): a giveback runs on its owner");
+            if (!o.TakenOver) throw new InvalidOperationException($"ANA group {group} is this node's by the configuration: nothing to give back");
+            association = link.Association;
+            if (!link.IsUp || association == null) throw new InvalidOperationException($"the interconnect to {Config.Partner} is down: a giveback needs it up");
+            // The partner mirrors the group to this node from then on, over its own association into this node.
+            if (!s.Controllers.Any(c => c.IsInterconnect))
+                throw new InvalidOperationException($"{Config.Partner} has no interconnect association into this node: it could not mirror the group here");
+            var namespaces = new List<Namespace>();
+            foreach (Namespace ns in s.Namespaces)
+            {
+                if (ns.AnaGroupId != group) continue;
+                if (ns.IsRemote || ns.Mirror is not NamespaceMirror m) throw new InvalidOperationException($"NSID {ns.Nsid} of ANA group {group} is not mirrored from this node");
+                if (!m.PartnerKnowsInSync)
+                    throw new InvalidOperationException($"NSID {ns.Nsid}'s replica on {Config.Partner} is {m.State}{(m.IsInSync ? " (the partner has not acknowledged it yet)" : "")}: a giveback waits until it is in sync");
+                if (HasReservations(ns))
+                    throw new InvalidOperationException($"NSID {ns.Nsid} has reservations (registrants or a holder): a giveback does not hand them over yet, and would drop them");
+                namespaces.Add(ns);
+            }
+            if (namespaces.Count == 0) throw new InvalidOperationException($"ANA group {group} has no namespace to give back");
+            gb = new GivebackInFlight(s, o, o.Offer(Config.Partner), namespaces);
+            _givebacks[(s.Nqn, group)] = gb;
+            // Held (commands that arrive get ANA Inaccessible) and quiesced (nothing starts on the namespaces: a command
+            // that arrived before fails with ANA Inaccessible when it would start, as do Flush and reservation commands,
+            // which no range lock stops), under the lock a takeover that ends this giveback takes too.
+            s.HoldGroup(group, gb);
+            foreach (Namespace ns in namespaces) ns.Quiesced = true;
+        }
+        // Locked whole: granted once what started before has finished (a mirrored write, once the partner has its copy).
+        gb.Lock();
+        TimeSpan drainLimit = Gate.DrainLimit;
+        string? why = !gb.AllGranted.Wait(drainLimit) ? $"commands on the group did not finish within {drainLimit.TotalSeconds:0.#} s" : null;
+        var entries = new List<(uint Nsid, long Generation)>();
+        foreach (Namespace ns in gb.Namespaces)
+        {
+            entries.Add((ns.Nsid, ns.DataGeneration));
+            if (why == null && ns.Mirror is not NamespaceMirror { PartnerKnowsInSync: true }) why = $"NSID {ns.Nsid}'s replica is {(ns.Mirror as NamespaceMirror)?.State ?? "gone"} now";
+            else if (why == null && HasReservations(ns)) why = $"NSID {ns.Nsid} has reservations now";
+        }
+        if (why != null)
+        {
+            lock (_ownershipLock)
+                if (IsCurrent(gb)) Resume(gb);
+            throw new InvalidOperationException($"giveback of ANA group {group} abandoned: {why}; the group is served here again");
+        }
+        // Offered at most until the heartbeat timeout while the partner's replica knowledge catches up ("not yet").
+        GivebackAnswer? answer;
+        bool sent;
+        long learnedAtSend;
+        do
+        {
+            lock (_ownershipLock) learnedAtSend = link.DescriptorsLearned;
+            answer = link.SendGiveback(association, group, gb.Offered.Term, entries, 2 * Config.HeartbeatTimeout, out sent);
+            if (answer != GivebackAnswer.NotYet) break;
+            Thread.Sleep(20);
+        }
+        while (sw.Elapsed < drainLimit + Config.HeartbeatTimeout);
+        lock (_ownershipLock)
+        {
+            GroupOwnership o = gb.Ownership;
+            if (!IsCurrent(gb)) throw new InvalidOperationException($"giveback of ANA group {group}: settled meanwhile (owner {o.Current})");
+            if (answer == GivebackAnswer.Taken)
+            {
+                Given(gb, "the partner took it");
+                return gb.Offered;
+            }
+            if (answer != null || !sent)
+            {
+                Resume(gb);
+                throw new InvalidOperationException(answer == GivebackAnswer.NotYet
+                    ? $"giveback of ANA group {group} abandoned: {Config.Partner} does not know its replicas are in sync yet; the group is served here again"
+                    : !sent ? $"giveback of ANA group {group} abandoned: the interconnect changed before the offer went; the group is served here again"
+                    : $"{Config.Partner} refused ANA group {group} at term {gb.Offered.Term} (see its log); the group is served here again");
+            }
+            // Offered, unanswered: the partner may have taken it. A descriptor learned since the offer went says which;
+            // else the next one does (the link goes down now, and its next association says).
+            gb.Unanswered = true;
+            if (link.DescriptorsLearned > learnedAtSend) SettleUnanswered(gb, o);
+            else Enqueue(() => { if (link.Association == association) link.Down($"ANA group {group}'s giveback got no answer"); });
+            throw new InvalidOperationException($"giveback of ANA group {group}: {Config.Partner} did not answer; the group stays inaccessible here until the interconnect's next association says whether {Config.Partner} took it");
+        }
+    }
+
+    private readonly Dictionary<(string Nqn, uint Group), long> _autoGivebackAfter = [];
+
+    /// <summary>
+    /// <c>Cluster:AutoGiveback</c> (control thread): each group this node took over whose replicas on its configured owner
+    /// are in sync (the partner acknowledged it) is given back, on a pair worker; one that failed is tried again after
+    /// ten heartbeat timeouts.
+    /// </summary>
+    private void StartAutoGivebacks(long now)
+    {
+        foreach (InterconnectLink link in _links)
+        {
+            if (!link.IsUp) continue;
+            Subsystem s = link.Subsystem;
+            lock (_ownershipLock)
+                foreach (((string nqn, uint g), GroupOwnership o) in _ownership)
+                {
+                    if (nqn != s.Nqn || !o.MayServe || !o.TakenOver || o.Offered != null || o.ConfiguredOwner != Config.Partner) continue;
+                    if (_autoGivebackAfter.TryGetValue((nqn, g), out long after) && now < after) continue;
+                    bool ready = true, any = false;
+                    foreach (Namespace ns in s.Namespaces)
+                        if (ns.AnaGroupId == g)
+                        {
+                            any = true;
+                            ready &= ns.Mirror is NamespaceMirror { PartnerKnowsInSync: true };
+                        }
+                    if (!ready || !any) continue;
+                    // Not again until this one has ended (a failure waits ten heartbeat timeouts; a success ends the group here).
+                    _autoGivebackAfter[(nqn, g)] = long.MaxValue;
+                    uint group = g;
+                    if (!Workers.Run(() => AutoGiveback(s, group))) _autoGivebackAfter.Remove((nqn, g));
+                }
+        }
+    }
+
+    private void AutoGiveback(Subsystem s, uint group)
+    {
+        long retry = 0;
+        try
+        {
+            GroupTerm term = GiveBack(s, group);
+            _log.LogInformation("{Nqn}: ANA group {Group} given back automatically (Cluster:AutoGiveback): {Term}", s.Nqn, group, term);
+        }
+        catch (Exception e)
+        {
+            _log.LogWarning("{Nqn}: automatic giveback of ANA group {Group}: {Error}; tried again in {Seconds:0.#} s", s.Nqn, group, e.Message,
+                10 * Config.HeartbeatTimeout.TotalSeconds);
+            retry = Stopwatch.GetTimestamp() + (long)(10 * Config.HeartbeatTimeout.TotalSeconds * Stopwatch.Frequency);
+        }
+        lock (_ownershipLock)
+        {
+            if (retry == 0) _autoGivebackAfter.Remove((s.Nqn, group));
+            else _autoGivebackAfter[(s.Nqn, group)] = retry;
+        }
+    }
+
+    /// <summary>Whether <paramref name="gb"/> is the giveback registered for its group (not settled yet). Under the ownership lock.</summary>
+    private bool IsCurrent(GivebackInFlight gb) => _givebacks.TryGetValue((gb.Subsystem.Nqn, gb.Ownership.Group), out GivebackInFlight? g) && g == gb;
+
+    /// <summary>Whether a namespace has reservation state (a registrant or a holder), which a giveback does not hand over yet.</summary>
+    private static bool HasReservations(Namespace ns) => ns.Reservations.Held || ns.Reservations.Snapshot().Registrants.Length > 0;
+
+    /// <summary>
+    /// The partner took the group this node offered (the answer, or a descriptor at its term): this node keeps the term
+    /// and becomes the keeper of its namespaces; what waited fails with ANA Inaccessible. Under the ownership lock.
+    /// </summary>
+    private void Given(GivebackInFlight gb, string how)
+    {
+        GroupOwnership o = gb.Ownership;
+        Subsystem s = gb.Subsystem;
+        try
+        {
+            if (o.Current != gb.Offered)
+            {
+                bool owned = o.OwnedHere;
+                o.Learn(gb.Offered);
+                try { Keep(s, o); }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    _log.LogError("{Nqn}: ANA group {Group}: cannot keep its owner {Owner}: {Error}", s.Nqn, o.Group, o.Current, e.Message);
+                }
+                ActOn(s, o, owned);
+            }
+        }
+        finally
+        {
+            // The namespaces replaced are moved away (what waited fails with ANA Inaccessible); released whatever happened.
+            _givebacks.Remove((s.Nqn, o.Group));
+            gb.End();
+        }
+        _log.LogWarning("{Nqn}: ANA group {Group} given back to {Owner} ({Term}; {How}): relayed there from now on, this node keeps its replica",
+            s.Nqn, o.Group, gb.Offered.Owner, gb.Offered, how);
+    }
+
+    /// <summary>The giveback did not happen (refused, abandoned, or taken over by this node since): the group is served here again. Under the ownership lock.</summary>
+    private void Resume(GivebackInFlight gb)
+    {
+        GroupOwnership o = gb.Ownership;
+        if (o.Offered == gb.Offered) o.OfferEnded();
+        _givebacks.Remove((gb.Subsystem.Nqn, o.Group));
+        foreach (Namespace ns in gb.Namespaces) ns.Quiesced = false;
+        gb.End();
+        _log.LogWarning("{Nqn}: ANA group {Group}: not given back to {Partner}: served here again ({Owner})", gb.Subsystem.Nqn, o.Group, gb.Offered.Owner, o.Current);
+    }
+
+    /// <summary>
+    /// An offer with no answer, settled by what the partner says on an association newer than the one the offer went on
+    /// (the partner took no word of that one once the newer existed): its term, or one before it. Under the ownership lock.
+    /// </summary>
+    private void SettleUnanswered(GivebackInFlight gb, GroupOwnership o)
+    {
+        if (!gb.Unanswered) return; // the offer's sender settles it
+        if (o.Current.Term >= gb.Offered.Term) Given(gb, "the partner's descriptor says so");
+        else Resume(gb);
+    }
+
+    /// <summary>
+    /// As the group's configured owner, the keeper of its replicas: the owner offers the group back at
+    /// <paramref name="term"/> (<see cref="InterconnectOpcode.Giveback"/>, on <paramref name="association"/>). Taken when
+    /// the offer came on the partner's current association, the term follows the one known here, and every replica of the
+    /// group is known in sync with the owner's data generation: this node keeps the term and serves the group from its
+    /// replicas before it answers. Control thread.
+    /// </summary>
+    internal GivebackAnswer ReceiveGiveback(Controller association, uint group, ulong term, IReadOnlyList<(uint Nsid, long Generation)> entries)
+    {
+        Subsystem s = association.Subsystem;
+        InterconnectLink? link = LinkFor(s);
+        lock (_ownershipLock)
+        {
+            string? refused = null;
+            GivebackAnswer answer = GivebackAnswer.Refused;
+            if (link == null || !_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o)) refused = "not a paired group";
+            else if (!Service.IsCurrent(association)) refused = "it came on an association the partner replaced";
+            else if (o.Current.Owner != Config.Partner || term != o.Current.Term + 1) refused = $"term {term} does not follow {o.Current}";
+            else
+            {
+                var remote = new List<Namespace>();
+                var generations = new Dictionary<uint, long>();
+                foreach (Namespace ns in s.Namespaces)
+                {
+                    if (ns.AnaGroupId != group) continue;
+                    int at = -1;
+                    for (int i = 0; i < entries.Count && at < 0; i++) if (entries[i].Nsid == ns.Nsid) at = i;
+                    ReplicaKnowledge k = ns.ReplicaKnowledge;
+                    if (!ns.IsRemote || ns.Replica == null) refused = $"NSID {ns.Nsid} has no replica here";
+                    else if (at < 0) refused = $"the offer does not name NSID {ns.Nsid}";
+                    else if (!k.Ready || k.Word != ReplicaWord.InSync || k.OwnerIncarnation != Membership.PartnerIncarnation) answer = GivebackAnswer.NotYet;
+                    else if (k.Holds != (entries[at].Generation, true))
+                        refused = $"NSID {ns.Nsid}'s replica holds data generation {k.Holds.Generation:x16}, the owner has {entries[at].Generation:x16}";
+                    if (refused != null) break;
+                    remote.Add(ns);
+                    generations[ns.Nsid] = entries[at].Generation;
+                }
+                if (refused == null && remote.Count != entries.Count) refused = "the offer names namespaces not in the group here";
+                if (refused == null && answer == GivebackAnswer.NotYet) return GivebackAnswer.NotYet;
+                if (refused == null)
+                {
+                    GroupTerm taken = new(term, Config.LocalNode);
+                    refused = ServeReplicas(s, link, o, remote, generations, taken);
+                    if (refused == null)
+                    {
+                        _log.LogWarning("{Nqn}: ANA group {Group} given back by {Partner} ({Term}): served here from this node's replica of NSID {Nsids}",
+                            s.Nqn, group, Config.Partner, taken, string.Join(", ", remote.Select(n => n.Nsid)));
+                        return GivebackAnswer.Taken;
+                    }
+                }
+            }
+            _log.LogWarning("{Nqn}: refused ANA group {Group} at term {Term} from {Partner}: {Why}", s.Nqn, group, term, Config.Partner, refused);
+            return GivebackAnswer.Refused;
+        }
+    }
+
+    /// <summary>A giveback this node started: the group held here and each of its namespaces locked whole (nothing runs on them) until it is settled.</summary>
+    private sealed class GivebackInFlight(Subsystem s, GroupOwnership o, GroupTerm offered, List<Namespace> namespaces)
+    {
+        /// <summary>The offer went and had no answer (under the ownership lock): the partner's next descriptor settles it.</summary>
+        public bool Unanswered { get; set; }
+        public Subsystem Subsystem { get; } = s;
+        public GroupOwnership Ownership { get; } = o;
+        public GroupTerm Offered { get; } = offered;
+        public List<Namespace> Namespaces { get; } = namespaces;
+        private readonly object _gate = new();
+        private readonly List<Namespace> _granted = [];
+        private bool _ended;
+        public readonly ManualResetEventSlim AllGranted = new(false);
+
+        /// <summary>Locks each namespace whole: <see cref="AllGranted"/> once nothing that started before runs on any of them.</summary>
+        public void Lock()
+        {
+            foreach (Namespace n in Namespaces)
+            {
+                Namespace ns = n;
+                ns.Locks.Lock(0, ulong.MaxValue, () =>
+                {
+                    bool ended;
+                    lock (_gate)
+                    {
+                        _granted.Add(ns);
+                        ended = _ended;
+                        if (!ended && _granted.Count == Namespaces.Count) AllGranted.Set();
+                    }
+                    if (ended) ns.Locks.Unlock(); // settled before its grant
+                });
+            }
+        }
+
+        /// <summary>
+        /// Releases the group and the namespaces' locks, once: commands parked behind them run (on a namespace that moved
+        /// away they fail with ANA Inaccessible). A lock granted later is released at its grant.
+        /// </summary>
+        public void End()
+        {
+            List<Namespace> unlock;
+            lock (_gate)
+            {
+                if (_ended) return;
+                _ended = true;
+                unlock = [.. _granted];
+            }
+            AllGranted.Set(); // (a sender still waiting finds it settled)
+            Subsystem.ReleaseGroup(Ownership.Group, this);
+            foreach (Namespace ns in unlock) ns.Locks.Unlock();
+        }
+    }
+
     // ------------------------------------------------------------------ hosts' associations
 
     /// <summary>A host's admin queue connected (reactor thread, before its Connect completes; must not block).</summary>
@@ -509,6 +877,7 @@ public sealed class PairNode : IDisposable
                 try { l.Tick(now); }
                 catch (Exception e) { _log.LogError(e, "{Nqn}: interconnect link failed", l.Subsystem.Nqn); }
             }
+            if (Config.AutoGiveback) StartAutoGivebacks(now);
             bool up = _links.Count > 0;
             foreach (InterconnectLink l in _links) up &= l.IsUp;
             Membership.Update(up);
@@ -532,4 +901,4 @@ public sealed class PairNode : IDisposable
 public sealed record TakeoverResult(GroupTerm Term, IReadOnlyList<uint> FromReplica, IReadOnlyList<string> Risks);
 
 /// <summary>One group's ownership as <c>cluster_get_status</c> shows it.</summary>
-public sealed record GroupStatus(uint Group, GroupTerm Current, string ConfiguredOwner, bool Confirmed, bool ServedHere, string? Conflict);
+public sealed record GroupStatus(uint Group, GroupTerm Current, string ConfiguredOwner, bool Confirmed, bool ServedHere, string? Conflict, GroupTerm? GivingBack);

@@ -154,10 +154,10 @@ internal static unsafe class IoCommands
         Namespace ns = req.Namespace!;
         BdevChannel ch = req.Channel!;
         int shift = ns.Bdev.BlockShift;
-        if (ns.Removed || ns.MovedAway)
+        if (ns.Removed || ns.MovedAway || (ns.Quiesced && !req.ForReplica))
         {
-            // Taken out of the subsystem after this command arrived, or its group moved to the partner: it does not reach
-            // the bdev (a moved one is retried by the host on the group's owner).
+            // Taken out of the subsystem after this command arrived, or its group moved (or is moving) to the partner: it
+            // does not reach the bdev (a moved one is retried by the host on the group's owner).
             NvmeStatus st = ns.Removed ? NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat) : NvmeStatus.Path(PathStatus.AnaInaccessible);
             if (req.Fused != FusedRole.None) FusedCommands.Failed(req, st);
             req.Fail(st);

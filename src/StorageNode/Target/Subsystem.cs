@@ -41,6 +41,12 @@ public sealed class Namespace
     /// </summary>
     internal volatile bool MovedAway;
 
+    /// <summary>
+    /// Set while the namespace's group is being given to the partner (a giveback): nothing starts on it (a command that
+    /// reaches it fails with ANA Inaccessible, which the host retries), so that what ran before can drain.
+    /// </summary>
+    internal volatile bool Quiesced;
+
     /// <summary>LBA range locks (fused Compare and Write) over every reactor.</summary>
     public RangeLocks Locks { get; } = new();
 
