@@ -15,18 +15,6 @@ namespace StorageNode.Pair.Tests;
 /// </summary>
 public sealed class GivebackTests
 {
-    private static byte[] Block(uint version, ulong lba)
-    {
-        var b = new byte[512];
-        BitConverter.TryWriteBytes(b.AsSpan(0), version);
-        BitConverter.TryWriteBytes(b.AsSpan(8), lba);
-        for (int i = 16; i < b.Length; i++) b[i] = (byte)(version * 31 + lba + (ulong)i);
-        return b;
-    }
-
-    private static JsonObject Group(ProcessPair pair, char node, uint group)
-        => pair.Rpc(node, "cluster_get_status")!["links"]![0]!["groups"]!.AsArray().Single(g => g!["anagrpid"]!.GetValue<uint>() == group)!.AsObject();
-
     private static JsonObject MirrorOf(ProcessPair pair, char node, uint nsid)
         => pair.Rpc(node, "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single(m => m!["nsid"]!.GetValue<uint>() == nsid)!.AsObject();
 
@@ -162,14 +150,7 @@ public sealed class GivebackTests
     public void AGivebackIsRefusedWhileTheNamespaceHasReservations()
     {
         using TestPair pair = InSyncPair();
-        pair.A.Pair!.SilenceHeartbeatChannel();
-        pair.B.Pair!.SilenceHeartbeatChannel();
-        pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
-        pair.InterconnectAtoB.Cut();
-        pair.InterconnectBtoA.Cut();
-        TestPair.WaitUntil(() => pair.B.Pair!.Status == PartnerStatus.PartnerDown, "B to hear A on none of its channels", TimeSpan.FromSeconds(30));
-        Target.Subsystem sa = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sb = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
-        pair.B.Pair!.TakeOver(sb, 1, force: true);
+        (Target.Subsystem sa, Target.Subsystem sb) = PartitionedAndTakenOverByB(pair);
         pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = false;
         TestPair.WaitUntil(() => pair.A.Pair!.OwnershipOf(sa, 1)!.Current == new GroupTerm(1, "B"), "A to learn B's term", TimeSpan.FromSeconds(30));
         NamespaceMirror mirrorOfB = pair.B.Pair!.Links[0].Mirrors.Single(m => m.Nsid == 1);

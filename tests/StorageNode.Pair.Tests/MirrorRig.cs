@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using StorageNode.Bdevs;
 using StorageNode.Pair;
 using StorageNode.Testing;
@@ -67,6 +68,38 @@ internal static unsafe class MirrorRig
             done += n;
         }
         return bytes;
+    }
+
+    /// <summary>A 512-byte block that says which version of which LBA it is (the takeover and giveback tests' writes).</summary>
+    public static byte[] Block(uint version, ulong lba)
+    {
+        var b = new byte[512];
+        BitConverter.TryWriteBytes(b.AsSpan(0), version);
+        BitConverter.TryWriteBytes(b.AsSpan(8), lba);
+        for (int i = 16; i < b.Length; i++) b[i] = (byte)(version * 31 + lba + (ulong)i);
+        return b;
+    }
+
+    /// <summary>An ANA group's ownership as a node of a process pair reports it (<c>cluster_get_status</c>).</summary>
+    public static JsonObject Group(ProcessPair pair, char node, uint group)
+        => pair.Rpc(node, "cluster_get_status")!["links"]![0]!["groups"]!.AsArray().Single(g => g!["anagrpid"]!.GetValue<uint>() == group)!.AsObject();
+
+    /// <summary>
+    /// Both channels of an in-process pair partitioned (heartbeats silenced, the interconnect blocked and cut both ways)
+    /// and group 1 taken over by B by force, as an operator who took the partition for A's death would: A still serves
+    /// it alone. The partition stays; the subsystems of A and B are returned.
+    /// </summary>
+    public static (Target.Subsystem A, Target.Subsystem B) PartitionedAndTakenOverByB(TestPair pair)
+    {
+        pair.A.Pair!.SilenceHeartbeatChannel();
+        pair.B.Pair!.SilenceHeartbeatChannel();
+        pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
+        pair.InterconnectAtoB.Cut();
+        pair.InterconnectBtoA.Cut();
+        TestPair.WaitUntil(() => pair.B.Pair!.Status == PartnerStatus.PartnerDown, "B to hear A on none of its channels", TimeSpan.FromSeconds(30));
+        Target.Subsystem sa = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sb = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
+        pair.B.Pair!.TakeOver(sb, 1, force: true);
+        return (sa, sb);
     }
 
     public static byte[] Fill(byte b, int n) => [.. Enumerable.Repeat(b, n)];

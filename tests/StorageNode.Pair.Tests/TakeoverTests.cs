@@ -15,15 +15,6 @@ namespace StorageNode.Pair.Tests;
 /// </summary>
 public sealed class TakeoverTests
 {
-    private static byte[] Block(uint version, ulong lba)
-    {
-        var b = new byte[512];
-        BitConverter.TryWriteBytes(b.AsSpan(0), version);
-        BitConverter.TryWriteBytes(b.AsSpan(8), lba);
-        for (int i = 16; i < b.Length; i++) b[i] = (byte)(version * 31 + lba + (ulong)i);
-        return b;
-    }
-
     private static byte AnaState(NvmeHost h, uint group)
     {
         byte[] log = h.GetLogPage(LogPageId.Ana, 4096, nsid: 0);
@@ -38,9 +29,6 @@ public sealed class TakeoverTests
         }
         throw new InvalidOperationException($"no ANA group {group} in the log");
     }
-
-    private static JsonObject Group(ProcessPair pair, char node, uint group)
-        => pair.Rpc(node, "cluster_get_status")!["links"]![0]!["groups"]!.AsArray().Single(g => g!["anagrpid"]!.GetValue<uint>() == group)!.AsObject();
 
     private static string TakeOver(ProcessPair pair, char node, uint group, bool force = false)
     {
@@ -321,14 +309,7 @@ public sealed class TakeoverTests
     public void AnOwnerThatLearnsWhileServingThatItsGroupWasTakenOverBecomesItsKeeperUnderTheHostsWrites()
     {
         using TestPair pair = InSyncPair();
-        pair.A.Pair!.SilenceHeartbeatChannel();
-        pair.B.Pair!.SilenceHeartbeatChannel();
-        pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
-        pair.InterconnectAtoB.Cut();
-        pair.InterconnectBtoA.Cut();
-        TestPair.WaitUntil(() => pair.B.Pair!.Status == PartnerStatus.PartnerDown, "B to hear A on none of its channels", TimeSpan.FromSeconds(30));
-        Target.Subsystem sa = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sb = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
-        pair.B.Pair!.TakeOver(sb, 1, force: true);
+        (Target.Subsystem sa, Target.Subsystem sb) = PartitionedAndTakenOverByB(pair);
 
         using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
         long ok = 0, retried = 0, other = 0;
