@@ -8,6 +8,8 @@ using StorageNode.Config;
 // Configuration sources, later ones win: the JSON file, SN_* environment variables, the command line.
 // storagenode rpc [-s SOCKET] METHOD [PARAMS]: a management call to a running node (docs/management.md).
 if (args.Length > 0 && args[0] == "rpc") return StorageNode.Control.RpcClient.Run(args[1..], Console.Out, Console.Error);
+bool witnessMode = args.Length > 0 && args[0] == "witness";
+if (witnessMode) args = args[1..];
 string? configFile = null;
 for (int i = 0; i < args.Length; i++)
 {
@@ -16,6 +18,7 @@ for (int i = 0; i < args.Length; i++)
     else if (args[i] is "--help" or "-h")
     {
         Console.WriteLine("usage: storagenode [--config FILE] [--Section:Key=value ...]");
+        Console.WriteLine("       storagenode witness [--config FILE] [--Witness:Key=value ...]   (a pair's witness: docs/ha.md)");
         Console.WriteLine("       storagenode rpc [-s SOCKET] METHOD [PARAMS_JSON | NAME=VALUE ...]   (a running node's management RPC)");
         Console.WriteLine("  Settings come from FILE (JSON), then SN_* environment variables (SN_Node__Name=A), then the command line.");
         Console.WriteLine("  Reference: docs/configuration.md");
@@ -23,7 +26,7 @@ for (int i = 0; i < args.Length; i++)
     }
 }
 
-NodeConfig config;
+IConfigurationRoot configuration;
 try
 {
     var builder = new ConfigurationBuilder();
@@ -38,7 +41,19 @@ try
     }
     builder.AddEnvironmentVariables("SN_");
     builder.AddCommandLine(args.Where(a => a is not ("--config" or "-c") && !a.StartsWith("--config=", StringComparison.Ordinal) && a != configFile).ToArray());
-    config = NodeConfig.Load(builder.Build());
+    configuration = builder.Build();
+}
+catch (Exception e) when (e is FormatException or InvalidDataException or IOException)
+{
+    Console.Error.WriteLine($"storagenode: cannot read configuration: {e.Message}");
+    return 2;
+}
+if (witnessMode) return StorageNode.Witness.WitnessMain.Run(configuration);
+
+NodeConfig config;
+try
+{
+    config = NodeConfig.Load(configuration);
     // State kept across restarts (reservations with PTPL) lives beside the configuration unless placed elsewhere; where
     // that default cannot be had (a read-only folder) the node runs without it and says so.
     if (config.StateDirectory == null && configFile != null)

@@ -90,6 +90,24 @@ public sealed record ClusterConfig
     public int RdmaAckTimeout { get; init; }
     /// <summary>Added to the clock this node shows its partner (<c>Cluster:ClockOffsetSeconds</c>; tests: two machines' clocks on one).</summary>
     public TimeSpan ClockOffset { get; init; }
+
+    /// <summary>
+    /// The witness (<c>Cluster:Witness</c>, a <c>storagenode witness</c> at ADDRESS:PORT; docs/ha.md, "The witness"): the
+    /// owner of a group holds a lease there, serves alone only once it said so there, and the partner takes a group over
+    /// on its own when the witness grants it. Null: no witness (takeover is manual).
+    /// </summary>
+    public IPEndPoint? Witness { get; init; }
+}
+
+/// <summary>A witness's configuration (<c>storagenode witness</c>; docs/configuration.md, "Witness").</summary>
+public sealed record WitnessConfig
+{
+    /// <summary>The UDP endpoint the witness answers on.</summary>
+    public required IPEndPoint Listen { get; init; }
+    /// <summary>Where the witness keeps its records (terms, owners, alone records); null: in memory only (a restart forgets them).</summary>
+    public string? StateDirectory { get; init; }
+    /// <summary>How long a lease lasts on the witness's clock from the arrival of the request that renewed it.</summary>
+    public TimeSpan Lease { get; init; } = TimeSpan.FromMilliseconds(1500);
 }
 
 public sealed record SubsystemConfig(
@@ -129,7 +147,8 @@ public sealed record NodeConfig
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
     private static readonly string[] ControlKeys = ["RpcSocket"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
-        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror", "AutoGiveback", "DirtyRecordClearMs"];
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror", "AutoGiveback", "DirtyRecordClearMs", "Witness"];
+    private static readonly string[] WitnessKeys = ["Listen", "StateDirectory", "LeaseMs"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools", "StateDirectory"];
     private static readonly string[] PoolKeys = ["SmallBufferSize", "SmallBufferCount", "MediumBufferSize", "MediumBufferCount", "LargeBufferSize", "LargeBufferCount"];
@@ -248,6 +267,15 @@ public sealed record NodeConfig
             throw new ConfigException("Cluster:RdmaAckTimeout", "is for an NVMe/RDMA interconnect, and Cluster:InterconnectTransport is tcp");
         if (Bool(c, "AutoGiveback", false) && !Bool(c, "Mirror", false))
             throw new ConfigException("Cluster:AutoGiveback", "needs Cluster:Mirror = true (a group changes owner only with replicas)");
+        IPEndPoint? witness = c["Witness"] is { Length: > 0 } ? Endpoint(c, "Witness") : null;
+        if (witness != null && !Bool(c, "Mirror", false))
+            throw new ConfigException("Cluster:Witness", "needs Cluster:Mirror = true (a group changes owner only with replicas)");
+        if (witness != null && (witness.Equals(hb) || witness.Equals(phb) || witness.Equals(ic) || witness.Equals(pic)))
+            throw new ConfigException("Cluster:Witness", $"{witness} is one of the pair's own endpoints: the witness is a third process (storagenode witness)");
+        if (witness != null)
+            foreach ((string key, string value) in new[] { ("Cluster:Name", name), ("Cluster:Partner", partner), ("Node:Name", localNode) })
+                if (!StorageNode.Witness.WitnessProtocol.IsName(value))
+                    throw new ConfigException(key, $"'{value}' has a space or a character that is not printable ASCII: the witness protocol carries it as one word");
         return new ClusterConfig
         {
             Name = name,
@@ -267,6 +295,24 @@ public sealed record NodeConfig
             Mirror = Bool(c, "Mirror", false),
             AutoGiveback = Bool(c, "AutoGiveback", false),
             DirtyRecordClearAfter = TimeSpan.FromMilliseconds(Int(c, "DirtyRecordClearMs", 5000, 100, 3_600_000)),
+            Witness = witness,
+        };
+    }
+
+    /// <summary>A witness's configuration (<c>storagenode witness</c>): the section <c>Witness</c> and nothing else.</summary>
+    public static WitnessConfig LoadWitness(IConfiguration root)
+    {
+        CheckKeys(root, "", ["Witness", "config"]);
+        IConfigurationSection w = root.GetSection("Witness");
+        CheckKeys(w, "Witness", WitnessKeys);
+        string? dir = w["StateDirectory"];
+        if (!string.IsNullOrEmpty(dir) && !Path.IsPathFullyQualified(dir))
+            throw new ConfigException("Witness:StateDirectory", $"'{dir}' is not an absolute path");
+        return new WitnessConfig
+        {
+            Listen = Endpoint(w, "Listen"),
+            StateDirectory = string.IsNullOrEmpty(dir) ? null : dir,
+            Lease = TimeSpan.FromMilliseconds(Int(w, "LeaseMs", 1500, 200, 600_000)),
         };
     }
 

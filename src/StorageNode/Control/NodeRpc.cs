@@ -407,6 +407,11 @@ public static class NodeRpc
                     ["conflict"] = o.Conflict,
                     // A giveback under way: the term offered to the partner (the group is held here until it is settled).
                     ["giving_back_at"] = o.GivingBack is GroupTerm g ? g.Term : null,
+                    // With a witness: the lease this node holds on the group (ms left), whether it fenced itself off the
+                    // group, and whether the witness records that the owner served it alone.
+                    ["witness_lease_ms"] = o.Witness?.LeaseMs,
+                    ["fenced"] = o.Witness?.Fenced,
+                    ["alone"] = o.Witness?.Alone,
                 })]),
                 ["transport"] = l.Transport,
                 ["connects"] = l.ConnectCount,
@@ -465,6 +470,11 @@ public static class NodeRpc
             ["interconnect"] = cfg.Interconnect.ToString(),
             ["partner_interconnect"] = cfg.PartnerInterconnect.ToString(),
             ["interconnect_transport"] = cfg.InterconnectTransport.ToString().ToLowerInvariant(),
+            ["witness"] = c.Witness is not { } w ? null : new JsonObject
+            {
+                ["address"] = w.Endpoint.ToString(),
+                ["answered_ms_ago"] = w.LastAnswerTicks == 0 ? null : (long)System.Diagnostics.Stopwatch.GetElapsedTime(w.LastAnswerTicks).TotalMilliseconds,
+            },
             ["links"] = links,
         };
     }

@@ -303,11 +303,25 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
     /// </summary>
     internal void Retire(NvmeStatus status)
     {
-        List<(int Reactor, IMirrorCompletion Done, NvmeStatus Status)> release;
         lock (_lock)
         {
             _state = OutOfSync;
             _partnerMayTrust = false;
+        }
+        // Nothing is held from now on (not leaving): what was fails.
+        FailHeld(status);
+    }
+
+    /// <summary>
+    /// This node fenced itself off the group (it hears neither its partner nor the witness): writes held while leaving
+    /// fail with <paramref name="status"/> (the hosts retry them on the partner, which may take the group over); the
+    /// replica stays leaving, their regions marked. Returns how many failed.
+    /// </summary>
+    internal int FailHeld(NvmeStatus status)
+    {
+        List<(int Reactor, IMirrorCompletion Done, NvmeStatus Status)> release;
+        lock (_lock)
+        {
             release = [.. _held];
             _held.Clear();
         }
@@ -317,6 +331,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             IMirrorCompletion d = done;
             reactors[r].Post(() => d.OnMirrored(status));
         }
+        return release.Count;
     }
 
     /// <summary>Runs one word to the partner at a time, on the pair's notice threads; false when one is already on its way.</summary>
@@ -364,7 +379,10 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             long lease = _link.MirrorLeaseTicks;
             long sent;
             lock (_lock) sent = _leaseSent;
-            if (nowTicks - sent > lease + MirrorLease.MarginTicks(lease)) PartnerNoLongerTrusts("the partner's lease expired");
+            // With a witness, the keeper may take the group over once the owner's lease there has run out: writes the
+            // replica lacks complete only once the witness has recorded that this node serves the group alone.
+            if (nowTicks - sent > lease + MirrorLease.MarginTicks(lease) && _link.Pair.EnsureAlone(_link.Subsystem, _ns.AnaGroupId))
+                PartnerNoLongerTrusts("the partner's lease expired");
             else TellPartnerOutOfSync();
             return;
         }

@@ -6,6 +6,7 @@ using StorageNode.Config;
 using StorageNode.Nvme.Spec;
 using StorageNode.Target;
 using StorageNode.Transport.Rdma;
+using StorageNode.Witness;
 
 namespace StorageNode.Pair;
 
@@ -17,7 +18,7 @@ namespace StorageNode.Pair;
 /// gate (<see cref="IIoGate"/>) and namespaces whose channels take whole commands (<see cref="PartnerBdev"/>). The
 /// control work runs on one thread of its own.
 /// </summary>
-public sealed class PairNode : IDisposable
+public sealed partial class PairNode : IDisposable
 {
     private readonly ILogger _log;
     private readonly List<InterconnectLink> _links = [];
@@ -137,6 +138,7 @@ public sealed class PairNode : IDisposable
             }
         }
         Membership.Start();
+        StartWitness();
         _thread.Start();
         _log.LogInformation("cluster {Cluster}: node {Node} (incarnation {Incarnation:x16}), partner {Partner} (interconnect {Ic}, heartbeat {Hb})",
             Config.Name, Config.LocalNode, Incarnation, Config.Partner, Config.PartnerInterconnect, Config.PartnerHeartbeat);
@@ -183,7 +185,8 @@ public sealed class PairNode : IDisposable
         lock (_ownershipLock)
             return [.. _ownership.Where(kv => kv.Key.Nqn == s.Nqn).OrderBy(kv => kv.Key.Group)
                 .Select(kv => new GroupStatus(kv.Key.Group, kv.Value.Current, kv.Value.ConfiguredOwner, kv.Value.Confirmed,
-                    kv.Value.MayServe && !s.IsGroupHeld(kv.Key.Group), kv.Value.Conflict, kv.Value.Offered))];
+                    kv.Value.MayServe && !s.IsGroupHeld(kv.Key.Group), kv.Value.Conflict, kv.Value.Offered,
+                    WitnessStatusOf(s, kv.Key.Group, kv.Value.Current)))];
     }
 
     /// <summary>Whether this node may serve the group as its owner now (false while it has not heard whether its partner took it over).</summary>
@@ -223,36 +226,44 @@ public sealed class PairNode : IDisposable
             foreach (ClusterDescriptor.GroupDescriptor pg in theirs.Groups)
             {
                 if (!_ownership.TryGetValue((s.Nqn, pg.Id), out GroupOwnership? o)) continue;
-                GroupTerm partner = new(pg.Term, pg.CurrentOwner ?? pg.Owner);
-                bool owned = o.OwnedHere;
-                GroupTerm before = o.Current;
-                OwnershipLearned what = o.Learn(partner);
-                switch (what)
-                {
-                    case OwnershipLearned.Adopted:
-                        // Kept before acting on it; a record that cannot be written is logged (the one kept names an older
-                        // term, so at its next start this node holds the group again until it hears the partner).
-                        try { Keep(s, o); }
-                        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                        {
-                            _log.LogError("{Nqn}: ANA group {Group}: cannot keep its owner {Owner}: {Error}", s.Nqn, o.Group, o.Current, e.Message);
-                        }
-                        _log.LogWarning("{Nqn}: ANA group {Group} is owned by {Owner} (was {Before} here): {What}", s.Nqn, o.Group, o.Current, before,
-                            o.OwnedHere ? "served here" : owned ? "the partner took it over while this node was away" : "as this node knew");
-                        break;
-                    case OwnershipLearned.Conflict:
-                        _log.LogError("{Nqn}: {Conflict}: the group is held inaccessible on this node; stop one node and run cluster_takeover on the other", s.Nqn, o.Conflict);
-                        break;
-                    case OwnershipLearned.PartnerBehind:
-                        _log.LogInformation("{Nqn}: ANA group {Group}: the partner still says {Theirs}; it is {Owner}", s.Nqn, o.Group, partner, o.Current);
-                        break;
-                }
-                ActOn(s, o, owned);
+                LearnGroup(s, o, new GroupTerm(pg.Term, pg.CurrentOwner ?? pg.Owner));
                 // A giveback this node offered and had no answer to is settled by what the partner says now, on an
                 // association that replaced the one the offer went on (the partner takes no word of that one any more).
                 if (_givebacks.TryGetValue((s.Nqn, o.Group), out GivebackInFlight? gb)) SettleUnanswered(gb, o);
             }
         }
+    }
+
+    /// <summary>
+    /// The partner's (or the witness's) view of one group (under the ownership lock): a higher term is kept and taken,
+    /// one term with two owners held, and the group acted on as it is now.
+    /// </summary>
+    private void LearnGroup(Subsystem s, GroupOwnership o, GroupTerm partner)
+    {
+        bool owned = o.OwnedHere;
+        GroupTerm before = o.Current;
+        OwnershipLearned what = o.Learn(partner);
+        switch (what)
+        {
+            case OwnershipLearned.Adopted:
+                // Kept before acting on it; a record that cannot be written is logged (the one kept names an older
+                // term, so at its next start this node holds the group again until it hears the partner).
+                try { Keep(s, o); }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    _log.LogError("{Nqn}: ANA group {Group}: cannot keep its owner {Owner}: {Error}", s.Nqn, o.Group, o.Current, e.Message);
+                }
+                _log.LogWarning("{Nqn}: ANA group {Group} is owned by {Owner} (was {Before} here): {What}", s.Nqn, o.Group, o.Current, before,
+                    o.OwnedHere ? "served here" : owned ? "the partner took it over while this node was away" : "as this node knew");
+                break;
+            case OwnershipLearned.Conflict:
+                _log.LogError("{Nqn}: {Conflict}: the group is held inaccessible on this node; stop one node and run cluster_takeover on the other", s.Nqn, o.Conflict);
+                break;
+            case OwnershipLearned.PartnerBehind:
+                _log.LogInformation("{Nqn}: ANA group {Group}: the partner still says {Theirs}; it is {Owner}", s.Nqn, o.Group, partner, o.Current);
+                break;
+        }
+        ActOn(s, o, owned);
     }
 
     /// <summary>
@@ -284,68 +295,123 @@ public sealed class PairNode : IDisposable
     /// newer term replaced, unless <paramref name="force"/> (acknowledged writes may then be lost: logged). Throws
     /// <see cref="InvalidOperationException"/> with the reason; <see cref="KeyNotFoundException"/> for an unknown group.
     /// </summary>
-    public TakeoverResult TakeOver(Subsystem s, uint group, bool force)
+    public TakeoverResult TakeOver(Subsystem s, uint group, bool force) => TakeOver(s, group, force, automatic: false);
+
+    /// <summary>
+    /// A takeover, manual or (<paramref name="automatic"/>) on the witness's grant. With a witness the term is granted
+    /// there first (outside the ownership lock): not while the owner holds its lease, nor (unless forced) after it served
+    /// alone; with no answer from it, only by force. Once granted, the partner answering again stops nothing: the
+    /// witness has let the owner's lease run out, and the partner learns the new term from this node.
+    /// </summary>
+    private TakeoverResult TakeOver(Subsystem s, uint group, bool force, bool automatic)
     {
         InterconnectLink link = LinkFor(s) ?? throw new KeyNotFoundException($"{s.Nqn} is not a paired subsystem");
+        string? witnessRisk = null;
+        bool granted = false;
+        GroupTerm asked = default;
+        if (Witness != null)
+        {
+            lock (_ownershipLock) asked = PlanTakeover(s, link, group, force, checkPartner: true).Term;
+            WitnessAnswer? a = Witness.Ask(WitnessVerb.Take, s.Nqn, group, asked.Term, force ? 1UL : 0, Config.HeartbeatTimeout);
+            if (a == null)
+            {
+                if (!force)
+                    throw new InvalidOperationException($"the witness at {Witness.Endpoint} does not answer: refused (force: true takes the group over without it, and {Config.Partner} may then serve it too)");
+                witnessRisk = $"the witness at {Witness.Endpoint} did not answer: {Config.Partner} may still hold its lease there and serve ANA group {group}";
+            }
+            else if (a.Value.Result != WitnessResult.Ok || a.Value.Term != asked.Term || a.Value.Owner != Config.LocalNode)
+            {
+                throw new InvalidOperationException(a.Value.Result == WitnessResult.Refused
+                    ? $"the witness refused ANA group {group} at term {asked.Term}: {a.Value.Reason}"
+                    : $"the witness says {a.Value.Owner} owns ANA group {group} at term {a.Value.Term}");
+            }
+            else granted = true;
+        }
         lock (_ownershipLock)
         {
-            if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o)) throw new KeyNotFoundException($"{s.Nqn} has no ANA group {group}");
-            if (o.MayServe && o.Offered == null) throw new InvalidOperationException($"ANA group {group} is served by this node already (owner {o.Current})");
-            if (!Config.Mirror) throw new InvalidOperationException("a takeover needs Cluster:Mirror (this node's replicas of the partner's namespaces)");
-            // Checked under the ownership lock, which the descriptor this node gives its partner is read under too: a
-            // partner that connects from now on learns the new term before it serves anything.
-            string? answers = link.IsUp ? "its interconnect is up"
-                : Membership.PartnerHeard ? "its heartbeat datagrams arrive"
-                : s.Controllers.Any(c => c.IsInterconnect) ? "it has an interconnect association into this node"
-                : null;
-            if (answers != null)
-                throw new InvalidOperationException($"partner {Config.Partner} answers ({answers}): a takeover is for a partner that is gone");
-            var risks = new List<string>();
-            if (!o.Confirmed)
-                risks.Add($"this node has not heard {Config.Partner} since it started: it may have taken ANA group {group} over meanwhile");
-            if (o.Offered is GroupTerm offered)
-                risks.Add($"this node gave ANA group {group} back to {offered.Owner} (term {offered.Term}) and had no answer: {offered.Owner} may have served it since");
-            var remote = new List<Namespace>();
-            // The partner, had it lived past its last datagram here until its replica's lease ended, would have sent
-            // another within an interval (two, for the datagrams' delays): only then is it known to have died first.
-            long lastAlive = Membership.LastHeardTicks + 2 * (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
-            foreach (Namespace ns in s.Namespaces)
+            TakeoverPlan plan = PlanTakeover(s, link, group, force, checkPartner: !granted);
+            if (Witness != null && plan.Term != asked)
+                throw new InvalidOperationException($"ANA group {group} changed while the witness was asked (now {plan.Ownership.Current}): try again");
+            if (witnessRisk != null) plan.Risks.Add(witnessRisk);
+            List<Namespace> remote = plan.Remote;
+            List<string> risks = plan.Risks;
+            GroupTerm term = plan.Term;
+            if (ServeReplicas(s, link, plan.Ownership, remote, plan.Generations, term) is string failed)
             {
-                if (ns.AnaGroupId != group) continue;
-                if (!ns.IsRemote)
-                {
-                    // This node's own data: the latest unless the partner took the group over meanwhile.
-                    if (!o.OwnedHere) risks.Add($"NSID {ns.Nsid} here is this node's data from before {o.Current} took the group over");
-                    continue;
-                }
-                if (ns.Replica == null) throw new InvalidOperationException($"NSID {ns.Nsid} has no replica on this node");
-                if (!ns.ReplicaKnowledge.Ready) throw new InvalidOperationException($"NSID {ns.Nsid}'s replica is still changing over from this node's own namespace: try again");
-                if (!ns.ReplicaKnowledge.WholeAtDeath(lastAlive))
-                    risks.Add($"NSID {ns.Nsid}'s replica was not whole when the partner was last heard (the owner said {ns.ReplicaKnowledge.Word})");
-                remote.Add(ns);
+                if (granted)
+                    _log.LogCritical("{Nqn}: ANA group {Group}: the witness granted {Term}, but this node cannot serve it: {Error}; nobody serves the group until an operator acts",
+                        s.Nqn, group, term, failed);
+                throw new InvalidOperationException(failed);
             }
-            if (risks.Count > 0 && !force)
-                throw new InvalidOperationException(string.Join("; ", risks) + ": refused (force: true serves it anyway, and writes the partner acknowledged may be lost)");
-            // The data served is the lineage the replica holds (the owner's generation it was resynced from; a new one
-            // when it holds none).
-            var generations = new Dictionary<uint, long>();
-            foreach (Namespace keeper in remote)
-            {
-                long g = keeper.ReplicaKnowledge.Holds.Generation;
-                generations[keeper.Nsid] = g != 0 ? g : Random.Shared.NextInt64(1, long.MaxValue);
-            }
-            GroupTerm term = o.NextTerm;
-            if (ServeReplicas(s, link, o, remote, generations, term) is string failed) throw new InvalidOperationException(failed);
             // A giveback this node offered and had no answer to ends here: this node's term is past the one offered.
             if (_givebacks.TryGetValue((s.Nqn, group), out GivebackInFlight? gb)) Resume(gb);
             if (risks.Count > 0)
                 _log.LogCritical("{Nqn}: ANA group {Group} taken over by force ({Term}): {Risks}; writes the partner acknowledged may be lost", s.Nqn, group, term, string.Join("; ", risks));
             else
-                _log.LogWarning("{Nqn}: ANA group {Group} taken over ({Term}): served here{From}{Kept}", s.Nqn, group, term,
+                _log.LogWarning("{Nqn}: ANA group {Group} taken over{How} ({Term}): served here{From}{Kept}", s.Nqn, group,
+                    automatic ? $" automatically ({Config.Partner} silent on both channels, the witness granted it)" : granted ? " (the witness granted it)" : "", term,
                     remote.Count > 0 ? $" from this node's replica of NSID {string.Join(", ", remote.Select(n => n.Nsid))}" : "",
                     Keeps ? "" : " (no state directory: a restart of this node forgets it)");
             return new TakeoverResult(term, [.. remote.Select(n => n.Nsid)], risks);
         }
+    }
+
+    private sealed record TakeoverPlan(GroupOwnership Ownership, GroupTerm Term, List<Namespace> Remote, Dictionary<uint, long> Generations, List<string> Risks);
+
+    /// <summary>
+    /// What a takeover of the group would do now (under the ownership lock): the term, the namespaces served from
+    /// replicas with their data generations, and what it risks. Throws with the reason when refused (a risk without
+    /// <paramref name="force"/>; with <paramref name="checkPartner"/>, a partner that answers on either channel).
+    /// </summary>
+    private TakeoverPlan PlanTakeover(Subsystem s, InterconnectLink link, uint group, bool force, bool checkPartner)
+    {
+        if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o)) throw new KeyNotFoundException($"{s.Nqn} has no ANA group {group}");
+        if (o.MayServe && o.Offered == null) throw new InvalidOperationException($"ANA group {group} is served by this node already (owner {o.Current})");
+        if (!Config.Mirror) throw new InvalidOperationException("a takeover needs Cluster:Mirror (this node's replicas of the partner's namespaces)");
+        // Checked under the ownership lock, which the descriptor this node gives its partner is read under too: a
+        // partner that connects from now on learns the new term before it serves anything.
+        string? answers = !checkPartner ? null
+            : link.IsUp ? "its interconnect is up"
+            : Membership.PartnerHeard ? "its heartbeat datagrams arrive"
+            : s.Controllers.Any(c => c.IsInterconnect) ? "it has an interconnect association into this node"
+            : null;
+        if (answers != null)
+            throw new InvalidOperationException($"partner {Config.Partner} answers ({answers}): a takeover is for a partner that is gone");
+        var risks = new List<string>();
+        if (!o.Confirmed)
+            risks.Add($"this node has not heard {Config.Partner} since it started: it may have taken ANA group {group} over meanwhile");
+        if (o.Offered is GroupTerm offered)
+            risks.Add($"this node gave ANA group {group} back to {offered.Owner} (term {offered.Term}) and had no answer: {offered.Owner} may have served it since");
+        var remote = new List<Namespace>();
+        // The partner, had it lived past its last datagram here until its replica's lease ended, would have sent
+        // another within an interval (two, for the datagrams' delays): only then is it known to have died first.
+        long lastAlive = Membership.LastHeardTicks + 2 * (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
+        foreach (Namespace ns in s.Namespaces)
+        {
+            if (ns.AnaGroupId != group) continue;
+            if (!ns.IsRemote)
+            {
+                // This node's own data: the latest unless the partner took the group over meanwhile.
+                if (!o.OwnedHere) risks.Add($"NSID {ns.Nsid} here is this node's data from before {o.Current} took the group over");
+                continue;
+            }
+            if (ns.Replica == null) throw new InvalidOperationException($"NSID {ns.Nsid} has no replica on this node");
+            if (!ns.ReplicaKnowledge.Ready) throw new InvalidOperationException($"NSID {ns.Nsid}'s replica is still changing over from this node's own namespace: try again");
+            if (!ns.ReplicaKnowledge.WholeAtDeath(lastAlive))
+                risks.Add($"NSID {ns.Nsid}'s replica was not whole when the partner was last heard (the owner said {ns.ReplicaKnowledge.Word})");
+            remote.Add(ns);
+        }
+        if (risks.Count > 0 && !force)
+            throw new InvalidOperationException(string.Join("; ", risks) + ": refused (force: true serves it anyway, and writes the partner acknowledged may be lost)");
+        // The data served is the lineage the replica holds (the owner's generation it was resynced from; a new one
+        // when it holds none).
+        var generations = new Dictionary<uint, long>();
+        foreach (Namespace keeper in remote)
+        {
+            long g = keeper.ReplicaKnowledge.Holds.Generation;
+            generations[keeper.Nsid] = g != 0 ? g : Random.Shared.NextInt64(1, long.MaxValue);
+        }
+        return new TakeoverPlan(o, o.NextTerm, remote, generations, risks);
     }
 
     /// <summary>
@@ -878,6 +944,7 @@ public sealed class PairNode : IDisposable
                 catch (Exception e) { _log.LogError(e, "{Nqn}: interconnect link failed", l.Subsystem.Nqn); }
             }
             if (Config.AutoGiveback) StartAutoGivebacks(now);
+            WitnessTick(now);
             bool up = _links.Count > 0;
             foreach (InterconnectLink l in _links) up &= l.IsUp;
             Membership.Update(up);
@@ -893,6 +960,7 @@ public sealed class PairNode : IDisposable
         Workers.Dispose();
         Notices.Dispose();
         Membership.Dispose();
+        StopWitness();
         _wake.Dispose();
     }
 }
@@ -901,4 +969,5 @@ public sealed class PairNode : IDisposable
 public sealed record TakeoverResult(GroupTerm Term, IReadOnlyList<uint> FromReplica, IReadOnlyList<string> Risks);
 
 /// <summary>One group's ownership as <c>cluster_get_status</c> shows it.</summary>
-public sealed record GroupStatus(uint Group, GroupTerm Current, string ConfiguredOwner, bool Confirmed, bool ServedHere, string? Conflict, GroupTerm? GivingBack);
+public sealed record GroupStatus(uint Group, GroupTerm Current, string ConfiguredOwner, bool Confirmed, bool ServedHere, string? Conflict, GroupTerm? GivingBack,
+    WitnessGroupStatus? Witness);

@@ -1,0 +1,295 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using StorageNode.Nvme.Spec;
+using StorageNode.Target;
+using StorageNode.Witness;
+
+namespace StorageNode.Pair;
+
+/// <summary>The pair's side of the witness (<c>Cluster:Witness</c>; docs/ha.md, "The witness").</summary>
+public sealed partial class PairNode
+{
+    /// <summary>The witness this node asks (null: none configured; takeover is manual).</summary>
+    public WitnessClient? Witness { get; private set; }
+
+    /// <summary>Holds a group this node owns while it hears neither its partner nor the witness (self-fenced).</summary>
+    internal object SelfFenceHold { get; } = new();
+
+    // Per group this node owns: whether the witness recorded that it serves the group alone, at which term and
+    // generation, and whether a word about it (alone, synced) is on its way — one at a time, so that a "synced" never
+    // overtakes an "alone" sent after it. Under _aloneLock.
+    private sealed class AloneState
+    {
+        public ulong Term;
+        public ulong Generation;
+        public bool Recorded;
+        public bool InFlight;
+    }
+
+    private readonly object _aloneLock = new();
+    private readonly Dictionary<(string Nqn, uint Group), AloneState> _alone = [];
+    // What the witness said last of each group's alone record, from any answer: (term, generation), or absent.
+    private readonly Dictionary<(string Nqn, uint Group), (ulong Term, ulong Generation)> _witnessSaysAlone = [];
+    // Groups self-fenced now (changed on the control thread; status reads it).
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(string Nqn, uint Group), bool> _fenced = new();
+    // Automatic takeovers running: one at a time per group (under _ownershipLock).
+    private readonly HashSet<(string Nqn, uint Group)> _autoTakeovers = [];
+    private PairWorkers? _witnessWork;
+
+    private void StartWitness()
+    {
+        if (Config.Witness == null) return;
+        _witnessWork = new PairWorkers($"pair {Config.LocalNode} witness", _log);
+        Witness = new WitnessClient(Config, OwnedGroups, _log);
+        Witness.Answered += OnWitnessAnswer;
+        Witness.Start();
+        _log.LogInformation("cluster {Cluster}: witness at udp {Witness}: leases renewed every {Interval} ms", Config.Name, Config.Witness, Config.HeartbeatInterval.TotalMilliseconds);
+    }
+
+    /// <summary>A group's witness state for status (null without a witness): the lease left here, fenced, alone recorded.</summary>
+    internal WitnessGroupStatus? WitnessStatusOf(Subsystem s, uint group, GroupTerm current)
+    {
+        if (Witness == null) return null;
+        WitnessClient.Lease l = Witness.LeaseOf(s.Nqn, group);
+        long left = l.Term == current.Term && current.Owner == Config.LocalNode ? l.UntilTicks - Stopwatch.GetTimestamp() : 0;
+        bool alone;
+        lock (_aloneLock) alone = _witnessSaysAlone.TryGetValue((s.Nqn, group), out var says) && says.Term == current.Term;
+        return new WitnessGroupStatus(Math.Max(0, left * 1000 / Stopwatch.Frequency), _fenced.ContainsKey((s.Nqn, group)), alone);
+    }
+
+    private void StopWitness()
+    {
+        Witness?.Dispose();
+        _witnessWork?.Dispose();
+    }
+
+    /// <summary>The groups this node serves as their owner now, with their terms: their leases are renewed.</summary>
+    private IReadOnlyList<(string Nqn, uint Group, ulong Term)> OwnedGroups()
+    {
+        lock (_ownershipLock)
+            return [.. _ownership.Where(kv => kv.Value.MayServe).Select(kv => (kv.Key.Nqn, kv.Key.Group, kv.Value.Current.Term))];
+    }
+
+    private Subsystem? SubsystemOf(string nqn)
+    {
+        foreach (InterconnectLink l in _links) if (l.Subsystem.Nqn == nqn) return l.Subsystem;
+        return null;
+    }
+
+    /// <summary>An answer from the witness (its receiving thread): a newer term it knows is learned on the control thread.</summary>
+    private void OnWitnessAnswer(WitnessKey key, WitnessRequest request, WitnessAnswer a)
+    {
+        if (key.Cluster != Config.Name || SubsystemOf(key.Nqn) is not Subsystem s || a.Term == 0 && a.Owner.Length == 0) return;
+        var term = new GroupTerm(a.Term, a.Owner);
+        GroupTerm? mine = TermOf(s, key.Group);
+        if (mine is not GroupTerm m) return;
+        // A term naming the partner is learned. One naming this node is its own take (whose caller serves the group
+        // before it keeps the term) or one it forgot: learning it here would own the group without serving it.
+        if (term.Owner == Config.Partner && (term.Term > m.Term || (term.Term == m.Term && term.Owner != m.Owner && a.Result == WitnessResult.Superseded)))
+            Enqueue(() => LearnFromWitness(s, key.Group, term));
+        lock (_aloneLock)
+        {
+            if (a.Alone) _witnessSaysAlone[(key.Nqn, key.Group)] = (a.Term, a.AloneGeneration);
+            else _witnessSaysAlone.Remove((key.Nqn, key.Group));
+        }
+    }
+
+    /// <summary>The witness knows a term this node did not (control thread): taken as the partner's view is.</summary>
+    private void LearnFromWitness(Subsystem s, uint group, GroupTerm term)
+    {
+        lock (_ownershipLock)
+        {
+            if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o)) return;
+            if (term.Term < o.Current.Term || term == o.Current) return;
+            _log.LogWarning("{Nqn}: ANA group {Group}: the witness says {Term} (this node knew {Mine})", s.Nqn, group, term, o.Current);
+            LearnGroup(s, o, term);
+            if (_givebacks.TryGetValue((s.Nqn, group), out GivebackInFlight? gb)) SettleUnanswered(gb, o);
+        }
+    }
+
+    /// <summary>
+    /// Whether writes the partner's replica lacks may complete on this node for the group (a mirror whose lease ran out,
+    /// control thread): always without a witness; with one, once it has recorded that this node serves the group alone
+    /// at its term (asked here, answered on a worker: false until then).
+    /// </summary>
+    internal bool EnsureAlone(Subsystem s, uint group)
+    {
+        if (Witness == null) return true;
+        GroupTerm? current = TermOf(s, group);
+        if (current is not GroupTerm t || t.Owner != Config.LocalNode) return false;
+        AloneState st;
+        lock (_aloneLock)
+        {
+            if (!_alone.TryGetValue((s.Nqn, group), out st!)) _alone[(s.Nqn, group)] = st = new AloneState();
+            if (st.Recorded && st.Term == t.Term) return true;
+            if (st.InFlight) return false;
+            st.InFlight = true;
+        }
+        WitnessClient w = Witness;
+        if (!_witnessWork!.Run(() =>
+            {
+                WitnessAnswer? a = null;
+                try { a = w.Ask(WitnessVerb.Alone, s.Nqn, group, t.Term, 0, Config.HeartbeatTimeout); }
+                finally
+                {
+                    lock (_aloneLock)
+                    {
+                        st.InFlight = false;
+                        if (a is { Result: WitnessResult.Ok, Alone: true } ok && ok.Term == t.Term && ok.Owner == Config.LocalNode)
+                        {
+                            st.Recorded = true;
+                            st.Term = t.Term;
+                            st.Generation = ok.AloneGeneration;
+                        }
+                    }
+                }
+                if (a is { Result: WitnessResult.Ok, Alone: true })
+                    _log.LogWarning("{Nqn}: ANA group {Group}: the witness recorded that this node serves it alone (term {Term}): writes the partner's replica lacks complete from now on",
+                        s.Nqn, group, t.Term);
+                else
+                    _log.LogWarning("{Nqn}: ANA group {Group}: the witness did not record this node alone ({Answer}): writes the partner's replica lacks wait",
+                        s.Nqn, group, a == null ? "no answer" : $"{a.Value.Result}: {a.Value.Owner} at term {a.Value.Term} {a.Value.Reason}".TrimEnd());
+            }))
+        {
+            lock (_aloneLock) st.InFlight = false;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// The witness's work on the control thread, every heartbeat interval: a group this node owns is fenced while it
+    /// holds no lease and its interconnect is down (and served again when either comes back); an alone record whose
+    /// replicas are in sync again (the partner acknowledged) is cleared; a group the partner owns is taken over when the
+    /// partner is silent on both channels and the replicas here were whole when it was last heard (the witness decides).
+    /// </summary>
+    private void WitnessTick(long now)
+    {
+        if (Witness == null) return;
+        foreach (InterconnectLink link in _links)
+        {
+            Subsystem s = link.Subsystem;
+            var owned = new List<(uint Group, ulong Term)>();
+            var partners = new List<uint>();
+            lock (_ownershipLock)
+                foreach (((string nqn, uint g), GroupOwnership o) in _ownership)
+                {
+                    if (nqn != s.Nqn) continue;
+                    if (o.MayServe) owned.Add((g, o.Current.Term));
+                    else if (!o.OwnedHere && o.Conflict == null) partners.Add(g);
+                }
+            foreach ((uint g, ulong term) in owned)
+            {
+                Fence(s, link, g, fence: !Witness.LeaseHeld(s.Nqn, g, term, now) && !link.IsUp);
+                ClearAloneWhenSynced(s, g, term);
+            }
+            // Fenced groups this node no longer owns are released (it learned a newer term: the group follows that).
+            foreach ((string nqn, uint g) in _fenced.Keys)
+                if (nqn == s.Nqn && !owned.Any(x => x.Group == g)) Fence(s, link, g, fence: false);
+            if (Membership.Status == PartnerStatus.PartnerDown)
+                foreach (uint g in partners) StartAutoTakeover(s, g);
+        }
+    }
+
+    private void Fence(Subsystem s, InterconnectLink link, uint group, bool fence)
+    {
+        var key = (s.Nqn, group);
+        if (fence)
+        {
+            bool first = _fenced.TryAdd(key, true);
+            if (first) s.HoldGroup(group, SelfFenceHold);
+            // Writes held for the replica fail (the hosts retry them on the partner, which may take the group over).
+            int failed = 0;
+            foreach (Namespace ns in s.Namespaces)
+                if (ns.AnaGroupId == group && ns.Mirror is NamespaceMirror m) failed += m.FailHeld(NvmeStatus.Path(PathStatus.AnaInaccessible));
+            if (first)
+                _log.LogError("{Nqn}: ANA group {Group}: fenced: this node hears neither {Partner} (interconnect down) nor the witness at {Witness} (no lease): it serves nothing of the group until one comes back, before the witness may grant it to {Partner}{Failed}",
+                    s.Nqn, group, Config.Partner, Witness!.Endpoint, Config.Partner, failed > 0 ? $"; {failed} held write(s) failed" : "");
+        }
+        else if (_fenced.TryRemove(key, out _))
+        {
+            s.ReleaseGroup(group, SelfFenceHold);
+            _log.LogWarning("{Nqn}: ANA group {Group}: fence lifted ({Why})", s.Nqn, group, link.IsUp ? "the interconnect is up" : "the witness renewed the lease");
+        }
+    }
+
+    /// <summary>An alone record the witness keeps for a group whose replicas are all in sync (the partner acknowledged) is cleared.</summary>
+    private void ClearAloneWhenSynced(Subsystem s, uint group, ulong term)
+    {
+        AloneState st;
+        ulong generation;
+        lock (_aloneLock)
+        {
+            if (!_alone.TryGetValue((s.Nqn, group), out st!)) _alone[(s.Nqn, group)] = st = new AloneState();
+            if (st.InFlight) return;
+            if (st.Recorded && st.Term == term) generation = st.Generation;
+            else if (_witnessSaysAlone.TryGetValue((s.Nqn, group), out var says) && says.Term == term) generation = says.Generation;
+            else return;
+            bool synced = false;
+            foreach (Namespace ns in s.Namespaces)
+            {
+                if (ns.AnaGroupId != group) continue;
+                if (ns.IsRemote || ns.Mirror is not NamespaceMirror { PartnerKnowsInSync: true }) return;
+                synced = true;
+            }
+            if (!synced) return;
+            // Not alone from now on, before the word goes: a write that misses the replica from now on asks again.
+            st.Recorded = false;
+            st.InFlight = true;
+        }
+        WitnessClient w = Witness!;
+        if (!_witnessWork!.Run(() =>
+            {
+                WitnessAnswer? a = null;
+                try { a = w.Ask(WitnessVerb.Synced, s.Nqn, group, term, generation, Config.HeartbeatTimeout); }
+                finally
+                {
+                    lock (_aloneLock)
+                    {
+                        st.InFlight = false;
+                        if (a is { Alone: false }) _witnessSaysAlone.Remove((s.Nqn, group));
+                    }
+                }
+                if (a is { Result: WitnessResult.Ok, Alone: false })
+                    _log.LogInformation("{Nqn}: ANA group {Group}: the witness no longer records this node alone: its partner's replicas are whole (term {Term})", s.Nqn, group, term);
+            }))
+        {
+            lock (_aloneLock) st.InFlight = false;
+        }
+    }
+
+    /// <summary>Starts an automatic takeover of a group the partner owns, on the witness's worker; one at a time per group.</summary>
+    private void StartAutoTakeover(Subsystem s, uint group)
+    {
+        lock (_ownershipLock)
+            if (!_autoTakeovers.Add((s.Nqn, group))) return;
+        if (_witnessWork!.Run(() => AutoTakeover(s, group))) return;
+        lock (_ownershipLock) _autoTakeovers.Remove((s.Nqn, group));
+    }
+
+    private void AutoTakeover(Subsystem s, uint group)
+    {
+        try { TakeOver(s, group, force: false, automatic: true); }
+        catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException)
+        {
+            // Tried every heartbeat interval while the partner is silent: said at most every ten seconds.
+            long now = Stopwatch.GetTimestamp();
+            bool say;
+            lock (_ownershipLock)
+            {
+                say = !_autoTakeoverSaid.TryGetValue((s.Nqn, group), out long said) || now - said > 10 * Stopwatch.Frequency;
+                if (say) _autoTakeoverSaid[(s.Nqn, group)] = now;
+            }
+            if (say)
+                _log.LogWarning("{Nqn}: ANA group {Group}: {Partner} is silent on both channels, and this node does not take the group over yet: {Reason}", s.Nqn, group, Config.Partner, e.Message);
+        }
+        finally
+        {
+            lock (_ownershipLock) _autoTakeovers.Remove((s.Nqn, group));
+        }
+    }
+
+    private readonly Dictionary<(string Nqn, uint Group), long> _autoTakeoverSaid = [];
+}
+
+/// <summary>A group's witness state as <c>cluster_get_status</c> shows it: the lease left on this node (ms), fenced, alone recorded.</summary>
+public sealed record WitnessGroupStatus(long LeaseMs, bool Fenced, bool Alone);

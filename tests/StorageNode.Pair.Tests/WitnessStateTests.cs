@@ -1,0 +1,177 @@
+using StorageNode.Witness;
+
+namespace StorageNode.Pair.Tests;
+
+/// <summary>The witness's state machine (docs/ha.md, "The witness") on its own: no sockets, no files; its clock is given (ticks of 1 ms).</summary>
+public sealed class WitnessStateTests
+{
+    private const long Ms = 1;
+    private static readonly WitnessKey Key = new("pair", "nqn.2026-11.io.storagenode:pair", 1);
+    private ulong _id;
+
+    private static WitnessState New(long start = 0, IEnumerable<KeyValuePair<WitnessKey, WitnessRecord>>? kept = null)
+        => new(TimeSpan.FromMilliseconds(1000), start, 1000, kept ?? []);
+
+    private WitnessAnswer Ask(WitnessState w, long now, WitnessVerb verb, string node, ulong term, ulong arg = 0)
+    {
+        WitnessDecision d = w.Decide(new WitnessRequest(++_id, verb, Key, node, term, arg), now);
+        w.Apply(d, now);
+        Assert.Equal(_id, d.Answer.Id);
+        return d.Answer;
+    }
+
+    [Fact]
+    public void TheOwnersLeaseKeepsThePartnerOutUntilItRunsOutOnTheWitnessClock()
+    {
+        WitnessState w = New();
+        WitnessAnswer a = Ask(w, 10 * Ms, WitnessVerb.Renew, "A", 0);
+        Assert.Equal((WitnessResult.Ok, 0UL, "A", 1000U), (a.Result, a.Term, a.Owner, a.LeaseMs));
+        a = Ask(w, 1500 * Ms, WitnessVerb.Renew, "A", 0); // renewed at 1500: held until 2500
+        Assert.Equal(WitnessResult.Ok, a.Result);
+
+        a = Ask(w, 2499 * Ms, WitnessVerb.Take, "B", 1);
+        Assert.Equal(WitnessResult.Refused, a.Result);
+        Assert.Contains("holds its lease", a.Reason);
+        Assert.Equal((0UL, "A"), (a.Term, a.Owner));
+
+        a = Ask(w, 2500 * Ms, WitnessVerb.Take, "B", 1);
+        Assert.Equal((WitnessResult.Ok, 1UL, "B", 1000U), (a.Result, a.Term, a.Owner, a.LeaseMs));
+        // The old owner learns it on its next renewal: no lease, the new term named.
+        a = Ask(w, 2600 * Ms, WitnessVerb.Renew, "A", 0);
+        Assert.Equal((WitnessResult.Superseded, 1UL, "B", 0U), (a.Result, a.Term, a.Owner, a.LeaseMs));
+        a = Ask(w, 2600 * Ms, WitnessVerb.Alone, "A", 0);
+        Assert.Equal(WitnessResult.Superseded, a.Result);
+        Assert.False(a.Alone);
+        // The new owner holds the lease from its take: the old one cannot take it back before it runs out.
+        a = Ask(w, 3000 * Ms, WitnessVerb.Take, "A", 2);
+        Assert.Equal(WitnessResult.Refused, a.Result);
+        // A retried take that was granted is granted again (its first answer may have been lost).
+        a = Ask(w, 3000 * Ms, WitnessVerb.Take, "B", 1);
+        Assert.Equal((WitnessResult.Ok, 1UL, "B"), (a.Result, a.Term, a.Owner));
+    }
+
+    [Fact]
+    public void AnOwnerThatServedAloneIsNotReplacedByAStaleReplicaUnlessForced()
+    {
+        WitnessState w = New();
+        Ask(w, 0, WitnessVerb.Renew, "A", 3);
+        WitnessAnswer a = Ask(w, 100 * Ms, WitnessVerb.Alone, "A", 3);
+        Assert.Equal((WitnessResult.Ok, true, 1UL), (a.Result, a.Alone, a.AloneGeneration));
+        // Its lease long gone, the owner served alone: the partner's replica lacks acknowledged writes.
+        a = Ask(w, 60_000 * Ms, WitnessVerb.Take, "B", 4);
+        Assert.Equal(WitnessResult.Refused, a.Result);
+        Assert.Contains("served alone", a.Reason);
+        a = Ask(w, 60_000 * Ms, WitnessVerb.Take, "B", 4, arg: 1);
+        Assert.Equal((WitnessResult.Ok, 4UL, "B", false), (a.Result, a.Term, a.Owner, a.Alone));
+    }
+
+    [Fact]
+    public void SyncedClearsOnlyTheAloneRecordItNames()
+    {
+        WitnessState w = New();
+        Ask(w, 0, WitnessVerb.Renew, "A", 0);
+        ulong g1 = Ask(w, 10 * Ms, WitnessVerb.Alone, "A", 0).AloneGeneration;
+        Assert.True(Ask(w, 20 * Ms, WitnessVerb.Alone, "A", 0).Alone); // a retry: the same record
+        Assert.Equal(g1, Ask(w, 20 * Ms, WitnessVerb.Renew, "A", 0).AloneGeneration);
+        Assert.False(Ask(w, 30 * Ms, WitnessVerb.Synced, "A", 0, g1).Alone);
+        ulong g2 = Ask(w, 40 * Ms, WitnessVerb.Alone, "A", 0).AloneGeneration;
+        Assert.NotEqual(g1, g2);
+        // A "synced" of the earlier episode, delayed past the new "alone", clears nothing.
+        WitnessAnswer a = Ask(w, 50 * Ms, WitnessVerb.Synced, "A", 0, g1);
+        Assert.True(a.Alone);
+        Assert.Equal(WitnessResult.Refused, Ask(w, 5000 * Ms, WitnessVerb.Take, "B", 1).Result);
+        // Only the owner at its term clears it.
+        Assert.True(Ask(w, 60 * Ms, WitnessVerb.Synced, "B", 0, g2).Alone);
+        Assert.False(Ask(w, 70 * Ms, WitnessVerb.Synced, "A", 0, g2).Alone);
+    }
+
+    [Fact]
+    public void AWitnessThatStartedGrantsNothingBeforeALeaseHasPassed()
+    {
+        var kept = new Dictionary<WitnessKey, WitnessRecord> { [Key] = new(5, "A", false, 0) };
+        WitnessState w = New(start: 100_000 * Ms, kept);
+        WitnessAnswer a = Ask(w, 100_500 * Ms, WitnessVerb.Take, "B", 6);
+        Assert.Equal(WitnessResult.Refused, a.Result);
+        Assert.Contains("started", a.Reason);
+        Assert.Equal((5UL, "A"), (a.Term, a.Owner));
+        a = Ask(w, 101_000 * Ms, WitnessVerb.Take, "B", 6);
+        Assert.Equal((WitnessResult.Ok, 6UL, "B"), (a.Result, a.Term, a.Owner));
+    }
+
+    [Fact]
+    public void ATermMadeWithoutTheWitnessIsLearnedFromItsOwnerAndAStaleOneIsNot()
+    {
+        WitnessState w = New();
+        Ask(w, 0, WitnessVerb.Renew, "B", 1);
+        // A giveback over the interconnect made term 2 (A's): A says so first.
+        WitnessAnswer a = Ask(w, 100 * Ms, WitnessVerb.Renew, "A", 2);
+        Assert.Equal((WitnessResult.Ok, 2UL, "A"), (a.Result, a.Term, a.Owner));
+        WitnessAnswer old = Ask(w, 150 * Ms, WitnessVerb.Renew, "B", 1);
+        Assert.Equal((WitnessResult.Superseded, 2UL, "A"), (old.Result, old.Term, old.Owner));
+        // One term, two owners: the second is told the first's.
+        a = Ask(w, 200 * Ms, WitnessVerb.Renew, "B", 2);
+        Assert.Equal((WitnessResult.Superseded, 2UL, "A"), (a.Result, a.Term, a.Owner));
+        // A take at a term not past the witness's is told the witness's.
+        a = Ask(w, 10_000 * Ms, WitnessVerb.Take, "B", 2);
+        Assert.Equal((WitnessResult.Superseded, 2UL, "A"), (a.Result, a.Term, a.Owner));
+    }
+
+    [Fact]
+    public void AThirdNodeNameIsRefusedAndAQueryChangesNothing()
+    {
+        WitnessState w = New();
+        Ask(w, 0, WitnessVerb.Renew, "A", 0);
+        Ask(w, 0, WitnessVerb.Query, "B", 0);
+        WitnessAnswer a = Ask(w, 5000 * Ms, WitnessVerb.Take, "C", 1);
+        Assert.Equal(WitnessResult.Refused, a.Result);
+        Assert.Contains("not a node of pair", a.Reason);
+        a = Ask(w, 5000 * Ms, WitnessVerb.Query, "B", 0);
+        Assert.Equal((WitnessResult.State, 0UL, "A", 0U), (a.Result, a.Term, a.Owner, a.LeaseMs));
+        Assert.False(w.LeaseHeld(Key, 5000 * Ms));
+        Assert.True(w.LeaseHeld(Key, 999 * Ms));
+    }
+
+    [Fact]
+    public void RecordsSurviveTheStateFileAndABadFileIsNamed()
+    {
+        var records = new Dictionary<WitnessKey, WitnessRecord>
+        {
+            [Key] = new(7, "B", true, 3),
+            [Key with { Group = 2 }] = new(0, "A", false, 0),
+        };
+        string text = WitnessState.Format(records);
+        Dictionary<WitnessKey, WitnessRecord> back = WitnessState.Parse(text, "w.state");
+        Assert.Equal(records.OrderBy(r => r.Key.Group), back.OrderBy(r => r.Key.Group));
+        var e = Assert.Throws<InvalidDataException>(() => WitnessState.Parse(text + "pair nqn 3 x A 0 0\n", "w.state"));
+        Assert.Contains("w.state:3", e.Message);
+        Assert.Throws<InvalidDataException>(() => WitnessState.Parse(text + text, "w.state")); // a group twice
+    }
+
+    [Theory]
+    [InlineData("SNW1 1 renew pair A nqn 1 0")]
+    [InlineData("SNW1 x renew pair A nqn 1 0 0")]
+    [InlineData("SNW1 1 steal pair A nqn 1 0 0")]
+    [InlineData("SNW1 1 renew pair A nqn 0 0 0")]
+    [InlineData("SNW1 1 renew pair A nqn 1 -1 0")]
+    [InlineData("SNW2 1 renew pair A nqn 1 0 0")]
+    [InlineData("")]
+    public void AMalformedRequestIsRefusedWithAReason(string text)
+    {
+        Assert.False(WitnessProtocol.TryParseRequest(System.Text.Encoding.UTF8.GetBytes(text), out _, out string error));
+        Assert.NotEmpty(error);
+    }
+
+    [Fact]
+    public void RequestsAndAnswersSurviveTheWire()
+    {
+        var r = new WitnessRequest(42, WitnessVerb.Synced, Key, "A", 9, 3);
+        Assert.True(WitnessProtocol.TryParseRequest(r.Encode(), out WitnessRequest back, out _));
+        Assert.Equal(r, back);
+        var a = new WitnessAnswer(42, WitnessResult.Refused, 9, "B", true, 3, 0, "B holds its lease (renewed 5 ms ago)");
+        Assert.True(WitnessProtocol.TryParseAnswer(a.Encode(), out WitnessAnswer ab));
+        Assert.Equal(a, ab);
+        var none = new WitnessAnswer(1, WitnessResult.State, 0, "", false, 0, 0);
+        Assert.True(WitnessProtocol.TryParseAnswer(none.Encode(), out WitnessAnswer nb));
+        Assert.Equal(none, nb);
+    }
+}

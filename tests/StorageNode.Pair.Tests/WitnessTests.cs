@@ -1,0 +1,164 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using StorageNode.Control;
+using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
+using StorageNode.Testing;
+using static StorageNode.Pair.Tests.MirrorRig;
+
+namespace StorageNode.Pair.Tests;
+
+/// <summary>
+/// The witness (docs/ha.md, "The witness"): three processes — two nodes, B's clock hours off, and a
+/// <c>storagenode witness</c> — killed for real.
+/// </summary>
+public sealed class WitnessTests
+{
+    private static Dictionary<string, string?> WithWitness(WitnessProcess w, Dictionary<string, string?>? more = null)
+    {
+        Dictionary<string, string?> s = With(Mirror, more);
+        s[w.Setting.Key] = w.Setting.Value;
+        return s;
+    }
+
+    private static void WaitInSync(ProcessPair pair)
+    {
+        JsonObject MirrorOfA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single(m => m!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
+        JsonObject ReplicaOnB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single(r => r!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
+        TestPair.WaitUntil(() => MirrorOfA()["state"]!.GetValue<string>() == "in_sync" && ReplicaOnB()["whole"]!.GetValue<bool>(),
+            "A's NSID 1 in sync and whole on B", TimeSpan.FromSeconds(60));
+    }
+
+    /// <summary>
+    /// Versioned blocks written through both nodes; A (group 1's owner) holds its lease at the witness. A is killed
+    /// (SIGKILL): B, finding A silent on both channels, asks the witness, which grants group 1 once A's lease has run out;
+    /// B serves it from its replica with no operator, on the host's existing connection: every acknowledged block reads
+    /// back, new writes succeed. A started again learns B's term before it serves anything.
+    /// </summary>
+    [Theory]
+    [InlineData(3 * 3600)]
+    [InlineData(-3 * 3600)]
+    public void TheSurvivorTakesADeadOwnersGroupOverOnItsOwnWithEveryAcknowledgedWrite(int clockOffsetB)
+    {
+        using var witness = new WitnessProcess(leaseMs: 1500);
+        using var pair = new ProcessPair(WithWitness(witness), WithWitness(witness), clockOffsetB);
+        pair.WaitHealthy();
+        WaitInSync(pair);
+        TestPair.WaitUntil(() => Group(pair, 'A', 1)["witness_lease_ms"]!.GetValue<long>() > 0, "A to hold group 1's lease at the witness");
+        Assert.Equal(0, Group(pair, 'B', 1)["witness_lease_ms"]!.GetValue<long>());
+        Assert.NotNull(pair.Rpc('A', "cluster_get_status")!["witness"]!["answered_ms_ago"]);
+
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        var acked = new Dictionary<ulong, uint>();
+        var rnd = new Random(11);
+        for (uint v = 1; v <= 300; v++)
+        {
+            ulong lba = (ulong)rnd.Next(0, 256);
+            NvmeHost h = v % 2 == 0 ? viaA : viaB;
+            NvmeStatus st = h.IoQueues[0].Write(1, lba, 1, Block(v, lba));
+            Assert.True(st.IsSuccess, $"write {v}: {st}\n{pair.Problems()}");
+            acked[lba] = v;
+        }
+
+        pair.Kill('A');
+        var stall = Stopwatch.StartNew();
+        // Bounded by the heartbeat timeout, the lease, and the machine's load: generous.
+        try { TestPair.WaitUntil(() => Group(pair, 'B', 1)["served_here"]!.GetValue<bool>(), "B to take group 1 over on its own", TimeSpan.FromSeconds(30)); }
+        catch (TimeoutException) { Console.WriteLine(pair.Log('B')); Console.WriteLine(witness.Output); throw; }
+        TimeSpan took = stall.Elapsed;
+        pair.WaitLogged('B', "taken over automatically");
+        JsonObject g1 = Group(pair, 'B', 1);
+        Assert.Equal(("B", 1UL), (g1["owner"]!.GetValue<string>(), g1["term"]!.GetValue<ulong>()));
+        Assert.True(g1["witness_lease_ms"]!.GetValue<long>() > 0, "B holds the lease it was granted");
+        Assert.Contains("granted to B at term 1", witness.Output, StringComparison.Ordinal);
+
+        var buf = new byte[512];
+        foreach ((ulong lba, uint v) in acked)
+        {
+            NvmeStatus st = viaB.IoQueues[0].Read(1, lba, 1, buf);
+            Assert.True(st.IsSuccess, $"read LBA {lba} through B after the takeover: {st}");
+            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba}: not version {v}, the last acknowledged (version {BitConverter.ToUInt32(buf)})");
+        }
+        for (uint v = 1001; v <= 1100; v++)
+        {
+            ulong lba = (ulong)rnd.Next(0, 256);
+            Assert.True(viaB.IoQueues[0].Write(1, lba, 1, Block(v, lba)).IsSuccess, $"write {v} through B after the takeover");
+            acked[lba] = v;
+        }
+
+        // A comes back: it learns B's term and serves nothing of group 1 itself; B resyncs A's replica.
+        pair.Start('A');
+        TestPair.WaitUntil(() => Group(pair, 'A', 1)["term"]!.GetValue<ulong>() == 1, "A to learn B's term", TimeSpan.FromSeconds(30));
+        Assert.False(Group(pair, 'A', 1)["served_here"]!.GetValue<bool>());
+        foreach ((ulong lba, uint v) in acked)
+        {
+            Assert.True(viaB.IoQueues[0].Read(1, lba, 1, buf).IsSuccess);
+            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} after A's return: not version {v}");
+        }
+        Console.WriteLine($"[witness takeover] clock offset {clockOffsetB} s: group 1 served on B {took.TotalMilliseconds:0} ms after A was killed");
+    }
+
+    /// <summary>
+    /// The witness is killed: A keeps serving (its interconnect is up). The interconnect is cut too (the heartbeats still
+    /// flow, so B takes nothing over): A hears neither and fences itself off group 1 — writes through A get ANA
+    /// Inaccessible. The witness started again renews A's lease: the fence lifts, and A, its replica on B unreachable,
+    /// has the witness record that it serves group 1 alone (kept in its state file) before its writes complete. When A
+    /// dies then, B does not take group 1 over on its own (its replica lacks those writes): an operator's forced
+    /// takeover is what serves it, and the witness keeps B's term.
+    /// </summary>
+    [Fact]
+    public void AnOwnerThatHearsNeitherPartnerNorWitnessFencesItselfAndOneThatServedAloneIsNotReplacedByAStaleReplica()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-witness-").FullName;
+        try
+        {
+            using var witness = new WitnessProcess(leaseMs: 1000, stateDirectory: dir);
+            using var pair = new ProcessPair(WithWitness(witness), WithWitness(witness), clockOffsetSecondsB: 2 * 3600);
+            pair.WaitHealthy();
+            WaitInSync(pair);
+            TestPair.WaitUntil(() => Group(pair, 'A', 1)["witness_lease_ms"]!.GetValue<long>() > 0, "A to hold group 1's lease at the witness");
+            using NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid());
+
+            witness.Kill();
+            TestPair.WaitUntil(() => Group(pair, 'A', 1)["witness_lease_ms"]!.GetValue<long>() == 0, "A's lease to run out", TimeSpan.FromSeconds(10));
+            Assert.True(viaA.IoQueues[0].Write(1, 0, 1, Block(1, 0)).IsSuccess, "A serves with its interconnect up, the witness gone");
+            Assert.False(Group(pair, 'A', 1)["fenced"]!.GetValue<bool>());
+
+            pair.InterconnectAtoB.Blocked = true;
+            pair.InterconnectAtoB.Cut();
+            TestPair.WaitUntil(() => Group(pair, 'A', 1)["fenced"]!.GetValue<bool>(), "A to fence itself off group 1", TimeSpan.FromSeconds(10));
+            pair.WaitLogged('A', "ANA group 1: fenced");
+            // B still hears A (heartbeats, and its own association into A): it takes nothing over.
+            Assert.NotEqual("partner_down", pair.Rpc('B', "cluster_get_status")!["partner_status"]!.GetValue<string>());
+            NvmeStatus fenced = viaA.IoQueues[0].Write(1, 1, 1, Block(2, 1));
+            Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), fenced);
+
+            // The witness comes back (it kept A's term): the fence lifts; writes the replica lacks complete once the
+            // witness has recorded A alone.
+            witness.Start();
+            TestPair.WaitUntil(() => !Group(pair, 'A', 1)["fenced"]!.GetValue<bool>(), "A's fence to lift", TimeSpan.FromSeconds(10));
+            NvmeStatus alone = NvmeStatus.Path(PathStatus.AnaInaccessible);
+            TestPair.WaitUntil(() => (alone = viaA.IoQueues[0].Write(1, 2, 1, Block(3, 2))).IsSuccess, "a write through A to complete alone", TimeSpan.FromSeconds(20));
+            Assert.True(Group(pair, 'A', 1)["alone"]!.GetValue<bool>());
+            pair.WaitLogged('A', "the witness recorded that this node serves it alone");
+
+            // The witness keeps it: A, term 0, alone.
+            Assert.Contains($"{TestPair.Nqn} 1 0 A 1 ", File.ReadAllText(Path.Combine(dir, "witness.state")), StringComparison.Ordinal);
+
+            // A dies: B finds it silent on both channels and does not take group 1 over (its replica lacks A's writes).
+            pair.Kill('A');
+            pair.WaitLogged('B', "does not take the group over yet", TimeSpan.FromSeconds(30));
+            Assert.False(Group(pair, 'B', 1)["served_here"]!.GetValue<bool>());
+            // An operator decides: a forced takeover serves the replica (the write A completed alone is lost with A).
+            JsonNode took = pair.Rpc('B', "cluster_takeover", new JsonObject { ["nqn"] = TestPair.Nqn, ["anagrpid"] = 1, ["force"] = true })!;
+            Assert.Equal(1UL, took["term"]!.GetValue<ulong>());
+            Assert.True(Group(pair, 'B', 1)["served_here"]!.GetValue<bool>());
+            Assert.Contains($"{TestPair.Nqn} 1 1 B 0 ", File.ReadAllText(Path.Combine(dir, "witness.state")), StringComparison.Ordinal);
+        }
+        finally
+        {
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
+    }
+}
