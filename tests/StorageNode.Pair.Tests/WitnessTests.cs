@@ -161,4 +161,84 @@ public sealed class WitnessTests
             try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
         }
     }
+    /// <summary>
+    /// A's namespace in a file, with a state directory. B dies; A goes on alone (the witness records it), then dies too
+    /// and starts again with B still dead: it has not heard B, and the witness says A owns group 1 and records it alone
+    /// again, so A serves it — every write read back. Started once more with the witness dead as well, A serves nothing
+    /// of group 1 and says why in one line; the witness started again (it kept its records) lets A serve it.
+    /// </summary>
+    [Fact]
+    public void AnOwnerStartedWithoutItsPartnerServesOnlyOnceTheWitnessSaysItStillOwnsTheGroup()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-witness-").FullName;
+        try
+        {
+            string stateA = Path.Combine(dir, "state-a"), wdir = Path.Combine(dir, "witness");
+            Directory.CreateDirectory(stateA);
+            using var witness = new WitnessProcess(leaseMs: 1000, stateDirectory: wdir);
+            Dictionary<string, string?> a = WithWitness(witness, new()
+            {
+                ["Node:StateDirectory"] = stateA,
+                ["Bdevs:0:Type"] = "file",
+                ["Bdevs:0:Path"] = Path.Combine(dir, "a-owns-1.img"),
+            });
+            using var pair = new ProcessPair(a, WithWitness(witness), clockOffsetSecondsB: -2 * 3600);
+            pair.WaitHealthy();
+            WaitInSync(pair);
+            var acked = new Dictionary<ulong, uint>();
+            using (NvmeHost viaA = pair.Connect(pair.EndpointA, Guid.NewGuid()))
+            {
+                for (ulong lba = 0; lba < 64; lba++)
+                {
+                    Assert.True(viaA.IoQueues[0].Write(1, lba, 1, Block(1, lba)).IsSuccess);
+                    acked[lba] = 1;
+                }
+                pair.Kill('B');
+                TestPair.WaitUntil(() => pair.Rpc('A', "cluster_get_status")!["partner_status"]!.GetValue<string>() == "partner_down", "A to find B dead",
+                    TimeSpan.FromSeconds(30));
+                for (ulong lba = 0; lba < 32; lba++)
+                {
+                    NvmeStatus st = viaA.IoQueues[0].Write(1, lba, 1, Block(2, lba));
+                    Assert.True(st.IsSuccess, $"write LBA {lba} through A alone: {st}\n{pair.Problems()}");
+                    acked[lba] = 2;
+                }
+                Assert.True(Group(pair, 'A', 1)["alone"]!.GetValue<bool>());
+            }
+
+            void ReadBack(string when)
+            {
+                using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
+                var buf = new byte[512];
+                foreach ((ulong lba, uint v) in acked)
+                {
+                    NvmeStatus st = h.IoQueues[0].Read(1, lba, 1, buf);
+                    Assert.True(st.IsSuccess, $"read LBA {lba} through A {when}: {st}");
+                    Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} {when}: not version {v}");
+                }
+            }
+
+            // A starts again, B still dead: the witness says A owns group 1.
+            pair.KillAndRestart('A');
+            TestPair.WaitUntil(() => Group(pair, 'A', 1)["served_here"]!.GetValue<bool>(), "A to serve group 1 on the witness's word", TimeSpan.FromSeconds(30));
+            pair.WaitLogged('A', "the witness says this node owns it");
+            ReadBack("started again without B");
+
+            // Neither B nor the witness: held, said once.
+            pair.Kill('A');
+            witness.Kill();
+            pair.Start('A');
+            pair.WaitLogged('A', "has heard neither B nor the witness", TimeSpan.FromSeconds(30));
+            Assert.False(Group(pair, 'A', 1)["served_here"]!.GetValue<bool>());
+            using (NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid()))
+                Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), h.IoQueues[0].Read(1, 0, 1, new byte[512]));
+
+            witness.Start();
+            TestPair.WaitUntil(() => Group(pair, 'A', 1)["served_here"]!.GetValue<bool>(), "A to serve group 1 once the witness answers", TimeSpan.FromSeconds(30));
+            ReadBack("once the witness came back");
+        }
+        finally
+        {
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
+    }
 }

@@ -91,6 +91,18 @@ public sealed class GroupOwnership
     }
 
     /// <summary>
+    /// The witness says this node owns the group at the term it kept, and has recorded that it serves it alone
+    /// (docs/ha.md, "The witness"): as good as the partner's view — the partner could have taken the group over only
+    /// through the witness. False (nothing changes) for any other term.
+    /// </summary>
+    public bool ConfirmByWitness(GroupTerm witness)
+    {
+        if (witness != Current || !OwnedHere || Conflict != null) return false;
+        Confirmed = true;
+        return true;
+    }
+
+    /// <summary>
     /// The term this node offered its partner in a giveback not yet settled (null: none): the partner may own the group
     /// from it, so this node serves nothing of the group meanwhile, and a takeover by this node goes past it.
     /// </summary>

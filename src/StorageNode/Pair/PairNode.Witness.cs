@@ -36,9 +36,15 @@ public sealed partial class PairNode
     private readonly HashSet<(string Nqn, uint Group)> _autoTakeovers = [];
     private PairWorkers? _witnessWork;
 
+    private long _witnessStarted;
+    // Groups a restarted node owned that it has asked the witness about (control thread), and those it said it could not.
+    private readonly HashSet<(string Nqn, uint Group)> _confirming = [];
+    private readonly HashSet<(string Nqn, uint Group)> _unconfirmedSaid = [];
+
     private void StartWitness()
     {
         if (Config.Witness == null) return;
+        _witnessStarted = Stopwatch.GetTimestamp();
         _witnessWork = new PairWorkers($"pair {Config.LocalNode} witness", _log);
         Witness = new WitnessClient(Config, OwnedGroups, _log);
         Witness.Answered += OnWitnessAnswer;
@@ -170,13 +176,19 @@ public sealed partial class PairNode
             Subsystem s = link.Subsystem;
             var owned = new List<(uint Group, ulong Term)>();
             var partners = new List<uint>();
+            var unconfirmed = new List<uint>();
             lock (_ownershipLock)
                 foreach (((string nqn, uint g), GroupOwnership o) in _ownership)
                 {
                     if (nqn != s.Nqn) continue;
                     if (o.MayServe) owned.Add((g, o.Current.Term));
                     else if (!o.OwnedHere && o.Conflict == null) partners.Add(g);
+                    else if (o.OwnedHere && !o.Confirmed && o.Conflict == null) unconfirmed.Add(g);
                 }
+            // A group this node owned when it stopped, its partner not heard since this node started (a heartbeat timeout
+            // and more): the witness says whether the partner took it over meanwhile, and records this node alone if not.
+            if (!link.IsUp && !Membership.PartnerHeard && now - _witnessStarted > (long)(Config.HeartbeatTimeout.TotalSeconds * Stopwatch.Frequency))
+                foreach (uint g in unconfirmed) ConfirmByWitness(s, g);
             foreach ((uint g, ulong term) in owned)
             {
                 Fence(s, link, g, fence: !Witness.LeaseHeld(s.Nqn, g, term, now) && !link.IsUp);
@@ -187,6 +199,52 @@ public sealed partial class PairNode
                 if (nqn == s.Nqn && !owned.Any(x => x.Group == g)) Fence(s, link, g, fence: false);
             if (Membership.Status == PartnerStatus.PartnerDown)
                 foreach (uint g in partners) StartAutoTakeover(s, g);
+        }
+    }
+
+    /// <summary>
+    /// Asks the witness, on its worker, to record this node alone on a group it owned when it stopped and has not heard
+    /// its partner about: granted, the group is served (the partner could have taken it over only through the witness);
+    /// told a newer term, that is learned; with no answer the group stays held, said once.
+    /// </summary>
+    private void ConfirmByWitness(Subsystem s, uint group)
+    {
+        if (!_confirming.Add((s.Nqn, group))) return;
+        GroupTerm? kept = TermOf(s, group);
+        if (kept is not GroupTerm t) return;
+        WitnessClient w = Witness!;
+        if (_witnessWork!.Run(() =>
+            {
+                WitnessAnswer? a = null;
+                try { a = w.Ask(WitnessVerb.Alone, s.Nqn, group, t.Term, 0, Config.HeartbeatTimeout); }
+                finally { Enqueue(() => Confirmed(s, group, t, a)); }
+            }))
+            return;
+        _confirming.Remove((s.Nqn, group));
+    }
+
+    private void Confirmed(Subsystem s, uint group, GroupTerm kept, WitnessAnswer? a)
+    {
+        _confirming.Remove((s.Nqn, group));
+        lock (_ownershipLock)
+        {
+            if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o) || o.Confirmed) return;
+            if (a is { Result: WitnessResult.Ok, Alone: true } ok && o.ConfirmByWitness(new GroupTerm(ok.Term, ok.Owner)))
+            {
+                lock (_aloneLock)
+                {
+                    if (!_alone.TryGetValue((s.Nqn, group), out AloneState? st)) _alone[(s.Nqn, group)] = st = new AloneState();
+                    (st.Recorded, st.Term, st.Generation) = (true, ok.Term, ok.AloneGeneration);
+                }
+                _log.LogWarning("{Nqn}: ANA group {Group}: {Partner} not heard since this node started; the witness says this node owns it ({Term}) and recorded it alone: served",
+                    s.Nqn, group, Config.Partner, kept);
+                ActOn(s, o, owned: true);
+                return;
+            }
+            // A newer term naming the partner is learned from the answer (OnWitnessAnswer); anything else leaves it held.
+            if (_unconfirmedSaid.Add((s.Nqn, group)))
+                _log.LogError("{Nqn}: ANA group {Group}: held inaccessible: this node owned it ({Term}) when it stopped, and has heard neither {Partner} nor the witness ({Answer}) since it started: either may know that {Partner} took it over",
+                    s.Nqn, group, kept, Config.Partner, a == null ? "no answer" : $"{a.Value.Result}: {a.Value.Owner} at term {a.Value.Term} {a.Value.Reason}".TrimEnd(), Config.Partner);
         }
     }
 
