@@ -241,4 +241,128 @@ public sealed class WitnessTests
             try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
         }
     }
+    /// <summary>
+    /// Split brain: A, group 1's owner, is cut off from B on both channels (interconnect and heartbeats) and from the
+    /// witness, all three alive; B still reaches the witness. Host 1 writes versioned blocks to NSID 1 through A only,
+    /// host 2 through B only, each retrying what fails. With the self-fence, A stops completing writes before the
+    /// witness lets B have group 1: every write host 1 got acknowledged after the cut was acknowledged before the first
+    /// write host 2 got acknowledged from B as the new owner, and every acknowledged block reads back from B.
+    /// </summary>
+    [Fact]
+    public void SplitBrainWithTheSelfFenceAtMostOneNodeAcceptsWritesAndNoAcknowledgedWriteIsLost()
+    {
+        (List<string> violations, string report) = SplitBrain(selfFence: true);
+        Assert.True(violations.Count == 0, $"{string.Join("\n", violations.Take(10))}\n{report}");
+    }
+
+    /// <summary>The same cut with <c>Cluster:SelfFence</c> false: both nodes accept writes, and writes A acknowledged are lost (the test can fail).</summary>
+    [Fact]
+    public void SplitBrainWithoutTheSelfFenceBothNodesAcceptWritesAndAcknowledgedWritesAreLost()
+    {
+        (List<string> violations, string report) = SplitBrain(selfFence: false);
+        Assert.True(violations.Count > 0, $"no violation without the self-fence:\n{report}");
+    }
+
+    private sealed record Ack(ulong Lba, uint Version, long Ticks);
+
+    private static (List<string> Violations, string Report) SplitBrain(bool selfFence)
+    {
+        using var witness = new WitnessProcess(leaseMs: 1500);
+        using var toWitness = new UdpRelay(null, witness.Endpoint); // A's path to the witness
+        Dictionary<string, string?> a = WithWitness(witness), b = WithWitness(witness);
+        a["Cluster:Witness"] = toWitness.ForA.ToString();
+        if (!selfFence) a["Cluster:SelfFence"] = b["Cluster:SelfFence"] = "false";
+        using var pair = new ProcessPair(a, b, clockOffsetSecondsB: 3 * 3600, relayHeartbeats: true);
+        pair.WaitHealthy();
+        WaitInSync(pair);
+        TestPair.WaitUntil(() => Group(pair, 'A', 1)["witness_lease_ms"]!.GetValue<long>() > 0, "A to hold group 1's lease at the witness");
+
+        using NvmeHost host1 = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        using NvmeHost host2 = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        var acks1 = new List<Ack>();
+        var acks2 = new List<Ack>();
+        long failed1 = 0, failed2 = 0;
+        long firstFail2AfterCut = long.MaxValue, cut = long.MaxValue;
+        var stop = new ManualResetEventSlim();
+        // One writer per host, one write at a time, versions rising; a write that fails is retried (the same version).
+        Thread Writer(NvmeHost h, ulong first, List<Ack> acks, Func<long> fail) => new(() =>
+        {
+            uint v = 0;
+            var rnd = new Random((int)first + 1);
+            ulong lba = first;
+            bool retry = false;
+            while (!stop.IsSet)
+            {
+                if (!retry)
+                {
+                    v++;
+                    lba = first + (ulong)rnd.Next(0, 64);
+                }
+                NvmeStatus st = h.IoQueues[0].Write(1, lba, 1, Block(v, lba));
+                retry = !st.IsSuccess;
+                if (st.IsSuccess)
+                {
+                    lock (acks) acks.Add(new Ack(lba, v, Stopwatch.GetTimestamp()));
+                }
+                else
+                {
+                    fail();
+                    stop.Wait(20);
+                }
+            }
+        }) { IsBackground = true };
+        Thread w1 = Writer(host1, 0, acks1, () => Interlocked.Increment(ref failed1));
+        Thread w2 = Writer(host2, 64, acks2, () =>
+        {
+            long now = Stopwatch.GetTimestamp();
+            if (now > Volatile.Read(ref cut) && firstFail2AfterCut == long.MaxValue) Volatile.Write(ref firstFail2AfterCut, now);
+            return Interlocked.Increment(ref failed2);
+        });
+        w1.Start();
+        w2.Start();
+        Thread.Sleep(1000);
+
+        Volatile.Write(ref cut, Stopwatch.GetTimestamp());
+        pair.HeartbeatRelay!.Blocked = true;
+        toWitness.Blocked = true;
+        pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
+        pair.InterconnectAtoB.Cut();
+        pair.InterconnectBtoA.Cut();
+        int AcksAfter(List<Ack> l, long t) { lock (l) return l.Count(x => x.Ticks > t); }
+        try
+        {
+            TestPair.WaitUntil(() => Group(pair, 'B', 1)["served_here"]!.GetValue<bool>(), "B to take group 1 over", TimeSpan.FromSeconds(40));
+            long took = Stopwatch.GetTimestamp();
+            TestPair.WaitUntil(() => AcksAfter(acks2, took) >= 50, "host 2 to write through B, the new owner", TimeSpan.FromSeconds(30));
+            // A, fenced or not, has had time to show what it does.
+            Thread.Sleep(selfFence ? 500 : 3000);
+        }
+        finally
+        {
+            stop.Set();
+            w1.Join(TimeSpan.FromSeconds(30));
+            w2.Join(TimeSpan.FromSeconds(30));
+        }
+
+        var violations = new List<string>();
+        // After the cut, host 2's writes through B fail (B relays to A no more) until B owns group 1: those acknowledged
+        // after its first failure were accepted by B as the owner.
+        List<Ack> a1 = [.. acks1.Where(x => x.Ticks > cut)], a2 = [.. acks2.Where(x => x.Ticks > firstFail2AfterCut)];
+        if (firstFail2AfterCut == long.MaxValue) violations.Add("host 2's writes through B never failed after the cut: the cut did not hold");
+        if (a1.Count > 0 && a2.Count > 0 && a1.Max(x => x.Ticks) > a2.Min(x => x.Ticks))
+            violations.Add($"both nodes accepted writes: host 1's last acknowledgement through A came {Stopwatch.GetElapsedTime(a2.Min(x => x.Ticks), a1.Max(x => x.Ticks)).TotalMilliseconds:0} ms after host 2's first through B as the owner");
+        // Every acknowledged block, through B (the owner now): the newest version acknowledged, or a newer one.
+        var newest = new Dictionary<ulong, uint>();
+        foreach (Ack x in acks1.Concat(acks2)) newest[x.Lba] = Math.Max(newest.GetValueOrDefault(x.Lba), x.Version);
+        var buf = new byte[512];
+        foreach ((ulong lba, uint v) in newest.OrderBy(x => x.Key))
+        {
+            NvmeStatus st = host2.IoQueues[0].Read(1, lba, 1, buf);
+            if (!st.IsSuccess) violations.Add($"LBA {lba}: read through B failed: {st}");
+            else if (BitConverter.ToUInt32(buf) < v) violations.Add($"LBA {lba}: version {BitConverter.ToUInt32(buf)} through B, but version {v} was acknowledged");
+        }
+        string report = $"self-fence {selfFence}: host 1 {acks1.Count} acknowledged ({a1.Count} after the cut), {failed1} failed; host 2 {acks2.Count} acknowledged ({a2.Count} after the cut), {failed2} failed; {violations.Count} violation(s)";
+        Console.WriteLine($"[split brain] {report}");
+        return (violations, report + "\n" + pair.Problems());
+    }
 }

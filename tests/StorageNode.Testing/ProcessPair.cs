@@ -58,13 +58,24 @@ public sealed class ProcessPair : IPairRig
     public int ProcessIdA => _a.Process.Id;
     public int ProcessIdB => _b.Process.Id;
 
-    public ProcessPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int clockOffsetSecondsB = 0, int reactors = 1)
+    /// <summary>The heartbeat channel's relay (<c>relayHeartbeats</c>; null: the nodes' datagrams go straight to each other).</summary>
+    public UdpRelay? HeartbeatRelay { get; }
+
+    /// <param name="relayHeartbeats">The heartbeat datagrams go through a <see cref="UdpRelay"/> (<see cref="HeartbeatRelay"/>), which a test can block.</param>
+    public ProcessPair(Dictionary<string, string?>? overridesA = null, Dictionary<string, string?>? overridesB = null, int clockOffsetSecondsB = 0, int reactors = 1,
+        bool relayHeartbeats = false)
     {
         (int icA, int icB, TcpForwarder atoB, TcpForwarder btoA) = TestPair.InterconnectPorts();
         InterconnectAtoB = atoB;
         InterconnectBtoA = btoA;
         int hbA = TestPair.FreeUdpPort(), hbB = TestPair.FreeUdpPort();
         (Dictionary<string, string?> a, Dictionary<string, string?> b) = TestPair.PairSettings(icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port, hbA, hbB, reactors, 1);
+        if (relayHeartbeats)
+        {
+            HeartbeatRelay = new UdpRelay(new IPEndPoint(IPAddress.Loopback, hbA), new IPEndPoint(IPAddress.Loopback, hbB));
+            a["Cluster:PartnerHeartbeat"] = HeartbeatRelay.ForA.ToString();
+            b["Cluster:PartnerHeartbeat"] = HeartbeatRelay.ForB.ToString();
+        }
         b["Cluster:ClockOffsetSeconds"] = clockOffsetSecondsB.ToString();
         foreach (var kv in overridesA ?? []) a[kv.Key] = kv.Value;
         foreach (var kv in overridesB ?? []) b[kv.Key] = kv.Value;
@@ -79,6 +90,7 @@ public sealed class ProcessPair : IPairRig
         catch
         {
             _a.Dispose();
+            HeartbeatRelay?.Dispose();
             throw;
         }
     }
@@ -161,6 +173,7 @@ public sealed class ProcessPair : IPairRig
     {
         InterconnectAtoB.Dispose();
         InterconnectBtoA.Dispose();
+        HeartbeatRelay?.Dispose();
         _a.Dispose();
         _b.Dispose();
     }

@@ -97,6 +97,13 @@ public sealed record ClusterConfig
     /// on its own when the witness grants it. Null: no witness (takeover is manual).
     /// </summary>
     public IPEndPoint? Witness { get; init; }
+
+    /// <summary>
+    /// With a witness: an owner that hears neither its partner nor the witness stops serving its groups, and completes
+    /// writes its partner's replica lacks only once the witness recorded it alone (docs/ha.md, "The witness"). False
+    /// (<c>Cluster:SelfFence</c>) is unsafe, for tests that show what the fence prevents: split brain, lost writes.
+    /// </summary>
+    public bool SelfFence { get; init; } = true;
 }
 
 /// <summary>A witness's configuration (<c>storagenode witness</c>; docs/configuration.md, "Witness").</summary>
@@ -147,7 +154,7 @@ public sealed record NodeConfig
     private static readonly string[] TopKeys = ["Node", "Target", "Listeners", "Bdevs", "Subsystems", "Cluster", "Control", "config"];
     private static readonly string[] ControlKeys = ["RpcSocket"];
     private static readonly string[] ClusterKeys = ["Name", "Partner", "Interconnect", "PartnerInterconnect", "Heartbeat", "PartnerHeartbeat",
-        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror", "AutoGiveback", "DirtyRecordClearMs", "Witness"];
+        "HeartbeatIntervalMs", "HeartbeatTimeoutMs", "RelayTimeoutMs", "ReconnectIntervalMs", "InterconnectTransport", "RdmaAckTimeout", "ClockOffsetSeconds", "Mirror", "AutoGiveback", "DirtyRecordClearMs", "Witness", "SelfFence"];
     private static readonly string[] WitnessKeys = ["Listen", "StateDirectory", "LeaseMs"];
     private static readonly string[] AnaGroupKeys = ["Id", "Owner"];
     private static readonly string[] NodeKeys = ["Name", "Reactors", "PollMode", "AdaptiveSpinMicroseconds", "Pools", "StateDirectory"];
@@ -272,6 +279,8 @@ public sealed record NodeConfig
             throw new ConfigException("Cluster:Witness", "needs Cluster:Mirror = true (a group changes owner only with replicas)");
         if (witness != null && (witness.Equals(hb) || witness.Equals(phb) || witness.Equals(ic) || witness.Equals(pic)))
             throw new ConfigException("Cluster:Witness", $"{witness} is one of the pair's own endpoints: the witness is a third process (storagenode witness)");
+        if (!Bool(c, "SelfFence", true) && witness == null)
+            throw new ConfigException("Cluster:SelfFence", "is for a pair with a witness (Cluster:Witness)");
         if (witness != null)
             foreach ((string key, string value) in new[] { ("Cluster:Name", name), ("Cluster:Partner", partner), ("Node:Name", localNode) })
                 if (!StorageNode.Witness.WitnessProtocol.IsName(value))
@@ -296,6 +305,7 @@ public sealed record NodeConfig
             AutoGiveback = Bool(c, "AutoGiveback", false),
             DirtyRecordClearAfter = TimeSpan.FromMilliseconds(Int(c, "DirtyRecordClearMs", 5000, 100, 3_600_000)),
             Witness = witness,
+            SelfFence = Bool(c, "SelfFence", true),
         };
     }
 

@@ -329,7 +329,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
         foreach ((int r, IMirrorCompletion done, _) in release)
         {
             IMirrorCompletion d = done;
-            reactors[r].Post(() => d.OnMirrored(status));
+            reactors[r].Post(() => d.Abandon(status));
         }
         return release.Count;
     }
@@ -623,6 +623,8 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             sqe = MirrorCommands.CopyOf(sqe, zero ? IoOpcode.WriteZeroes : IoOpcode.Write);
             m.Send(m._reactor.Id, sqe, zero ? null : _buffer, zero ? 0 : length, this);
         }
+
+        public void Abandon(NvmeStatus status) => OnMirrored(status);
 
         public void OnMirrored(NvmeStatus status)
         {

@@ -49,6 +49,8 @@ public sealed partial class PairNode
         Witness = new WitnessClient(Config, OwnedGroups, _log);
         Witness.Answered += OnWitnessAnswer;
         Witness.Start();
+        if (!Config.SelfFence)
+            _log.LogCritical("cluster {Cluster}: Cluster:SelfFence is false: an owner cut off from its partner and the witness goes on serving, and both nodes may accept writes (for tests only)", Config.Name);
         _log.LogInformation("cluster {Cluster}: witness at udp {Witness}: leases renewed every {Interval} ms", Config.Name, Config.Witness, Config.HeartbeatInterval.TotalMilliseconds);
     }
 
@@ -120,7 +122,7 @@ public sealed partial class PairNode
     /// </summary>
     internal bool EnsureAlone(Subsystem s, uint group)
     {
-        if (Witness == null) return true;
+        if (Witness == null || !Config.SelfFence) return true;
         GroupTerm? current = TermOf(s, group);
         if (current is not GroupTerm t || t.Owner != Config.LocalNode) return false;
         AloneState st;
@@ -191,7 +193,7 @@ public sealed partial class PairNode
                 foreach (uint g in unconfirmed) ConfirmByWitness(s, g);
             foreach ((uint g, ulong term) in owned)
             {
-                Fence(s, link, g, fence: !Witness.LeaseHeld(s.Nqn, g, term, now) && !link.IsUp);
+                Fence(s, link, g, fence: Config.SelfFence && !Witness.LeaseHeld(s.Nqn, g, term, now) && !link.IsUp);
                 ClearAloneWhenSynced(s, g, term);
             }
             // Fenced groups this node no longer owns are released (it learned a newer term: the group follows that).

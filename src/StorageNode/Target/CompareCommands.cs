@@ -312,13 +312,22 @@ internal static unsafe class FusedCommands
 
         public void OnMirrored(NvmeStatus status) => End(0, _matched);
 
+        public void Abandon(NvmeStatus status)
+        {
+            _abandoned = status;
+            End(0, _matched);
+        }
+
+        // Set when the pair's Write may not complete as done (IMirrorCompletion.Abandon): the commands fail with it.
+        private NvmeStatus? _abandoned;
+
         private void End(int result, bool compareMatched)
         {
             // The pair's Write is mirrored here, under the lock, or not at all: not again as it completes.
             req.MirrorPhase = MirrorPhase.Done;
             if (second != null) second.MirrorPhase = MirrorPhase.Done;
             if (_locked) _ns.Locks.Unlock();
-            NvmeStatus st = BdevResult.ToStatus(result);
+            NvmeStatus st = _abandoned ?? BdevResult.ToStatus(result);
             if (second != null)
             {
                 Complete(req, second, st, compareMatched);

@@ -5,7 +5,15 @@ namespace StorageNode.Target;
 /// <summary>Told when a write's copy reached (or could not reach) the namespace's replica on the partner. Reactor thread.</summary>
 public interface IMirrorCompletion
 {
+    /// <summary>The copy was answered (or failed: the replica is then out of sync); the write completes with its own status.</summary>
     void OnMirrored(NvmeStatus status);
+
+    /// <summary>
+    /// The write ran here, its copy is not on the replica, and it may not complete as done (the replica's keeper may
+    /// take the group over: this node fenced itself off it, or the group moved): it fails with <paramref name="status"/>,
+    /// which the host retries on another path.
+    /// </summary>
+    void Abandon(NvmeStatus status);
 }
 
 /// <summary>

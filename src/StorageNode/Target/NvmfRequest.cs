@@ -167,6 +167,12 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         Complete();
     }
 
+    public void Abandon(NvmeStatus status)
+    {
+        Status = status;
+        OnMirrored(status);
+    }
+
     public void OnBdevComplete(int result)
     {
         if (result != 0 && FirstError == 0) FirstError = result;
