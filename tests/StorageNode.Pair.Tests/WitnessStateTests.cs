@@ -1,3 +1,5 @@
+using Microsoft.Extensions.Configuration;
+using StorageNode.Config;
 using StorageNode.Witness;
 
 namespace StorageNode.Pair.Tests;
@@ -173,5 +175,47 @@ public sealed class WitnessStateTests
         var none = new WitnessAnswer(1, WitnessResult.State, 0, "", false, 0, 0);
         Assert.True(WitnessProtocol.TryParseAnswer(none.Encode(), out WitnessAnswer nb));
         Assert.Equal(none, nb);
+    }
+    private static Dictionary<string, string?> Cluster(Dictionary<string, string?> more)
+    {
+        var d = new Dictionary<string, string?>
+        {
+            ["Node:Name"] = "A",
+            ["Cluster:Name"] = "c",
+            ["Cluster:Partner"] = "B",
+            ["Cluster:Interconnect"] = "127.0.0.1:4430",
+            ["Cluster:PartnerInterconnect"] = "127.0.0.1:4431",
+            ["Cluster:Heartbeat"] = "127.0.0.1:4440",
+            ["Cluster:PartnerHeartbeat"] = "127.0.0.1:4441",
+        };
+        foreach (var kv in more) d[kv.Key] = kv.Value;
+        return d;
+    }
+
+    private static IConfiguration Config(Dictionary<string, string?> d) => new ConfigurationBuilder().AddInMemoryCollection(d).Build();
+
+    [Fact]
+    public void TheWitnessSettingsAreCheckedWithTheKeyNamed()
+    {
+        ClusterConfig c = NodeConfig.Load(Config(Cluster(new() { ["Cluster:Mirror"] = "true", ["Cluster:Witness"] = "127.0.0.1:4460" }))).Cluster!;
+        Assert.Equal("127.0.0.1:4460", c.Witness!.ToString());
+        Assert.True(c.SelfFence);
+        Assert.Null(NodeConfig.Load(Config(Cluster(new()))).Cluster!.Witness);
+
+        string Bad(Dictionary<string, string?> more) => Assert.Throws<ConfigException>(() => NodeConfig.Load(Config(Cluster(more)))).Key;
+        Assert.Equal("Cluster:Witness", Bad(new() { ["Cluster:Witness"] = "127.0.0.1:4460" })); // without Mirror
+        Assert.Equal("Cluster:Witness", Bad(new() { ["Cluster:Mirror"] = "true", ["Cluster:Witness"] = "127.0.0.1:4441" })); // the partner's heartbeat
+        Assert.Equal("Cluster:Witness", Bad(new() { ["Cluster:Mirror"] = "true", ["Cluster:Witness"] = "witness" }));
+        Assert.Equal("Cluster:SelfFence", Bad(new() { ["Cluster:SelfFence"] = "false" })); // without a witness
+        Assert.Equal("Cluster:Name", Bad(new() { ["Cluster:Mirror"] = "true", ["Cluster:Witness"] = "127.0.0.1:4460", ["Cluster:Name"] = "my pair" }));
+
+        WitnessConfig w = NodeConfig.LoadWitness(Config(new() { ["Witness:Listen"] = "127.0.0.1:4460" }));
+        Assert.Equal((1500.0, (string?)null), (w.Lease.TotalMilliseconds, w.StateDirectory));
+        string BadWitness(Dictionary<string, string?> d) => Assert.Throws<ConfigException>(() => NodeConfig.LoadWitness(Config(d))).Key;
+        Assert.Equal("Witness:Listen", BadWitness(new()));
+        Assert.Equal("Witness:LeaseMs", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460", ["Witness:LeaseMs"] = "100" }));
+        Assert.Equal("Witness:StateDirectory", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460", ["Witness:StateDirectory"] = "relative" }));
+        Assert.Equal("Witness:Lease", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460", ["Witness:Lease"] = "1" }));
+        Assert.Equal("Cluster", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460", ["Cluster:Name"] = "c" }));
     }
 }
