@@ -1,6 +1,5 @@
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Console;
 using StorageNode;
 using StorageNode.Config;
 
@@ -80,14 +79,7 @@ for (int i = 0; i < config.Listeners.Count; i++)
     return 2;
 }
 
-using ILoggerFactory loggerFactory = LoggerFactory.Create(b => b
-    .AddSimpleConsole(o =>
-    {
-        o.SingleLine = true;
-        o.TimestampFormat = "HH:mm:ss.fff ";
-        o.ColorBehavior = LoggerColorBehavior.Disabled;
-    })
-    .SetMinimumLevel(LogLevel.Information));
+using ILoggerFactory loggerFactory = ConsoleLog.Create();
 
 Node node;
 try

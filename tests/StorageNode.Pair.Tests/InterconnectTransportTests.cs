@@ -12,7 +12,8 @@ namespace StorageNode.Pair.Tests;
 /// </summary>
 public sealed class InterconnectTransportTests
 {
-    private static Dictionary<string, string?> Cluster(string? transport)
+    /// <summary>A paired node's settings (A of pair c), with the interconnect transport given (null: the default).</summary>
+    internal static Dictionary<string, string?> Cluster(string? transport)
     {
         var d = new Dictionary<string, string?>
         {

@@ -1,5 +1,7 @@
 using System.Text.Json.Nodes;
 using StorageNode.Bdevs;
+using StorageNode.Nvme.Host;
+using StorageNode.Nvme.Spec;
 using StorageNode.Pair;
 using StorageNode.Testing;
 
@@ -78,6 +80,33 @@ internal static unsafe class MirrorRig
         BitConverter.TryWriteBytes(b.AsSpan(8), lba);
         for (int i = 16; i < b.Length; i++) b[i] = (byte)(version * 31 + lba + (ulong)i);
         return b;
+    }
+
+    /// <summary>
+    /// Writes versions <paramref name="first"/> to <paramref name="last"/> of NSID 1, each to a random LBA below 256, through
+    /// <paramref name="hosts"/> in turn; each must be acknowledged, and is noted in <paramref name="acked"/> (LBA: version).
+    /// </summary>
+    public static void WriteVersions(Dictionary<ulong, uint> acked, Random rnd, uint first, uint last, string through, params NvmeHost[] hosts)
+    {
+        for (uint v = first; v <= last; v++)
+        {
+            ulong lba = (ulong)rnd.Next(0, 256);
+            NvmeStatus st = hosts[(int)(v % (uint)hosts.Length)].IoQueues[0].Write(1, lba, 1, Block(v, lba));
+            Assert.True(st.IsSuccess, $"write {v} {through}: {st}");
+            acked[lba] = v;
+        }
+    }
+
+    /// <summary>Reads every block in <paramref name="acked"/> of NSID 1 through <paramref name="h"/>: each must hold the version last acknowledged.</summary>
+    public static void ReadBack(NvmeHost h, Dictionary<ulong, uint> acked, string when)
+    {
+        var buf = new byte[512];
+        foreach ((ulong lba, uint v) in acked)
+        {
+            NvmeStatus st = h.IoQueues[0].Read(1, lba, 1, buf);
+            Assert.True(st.IsSuccess, $"read LBA {lba} {when}: {st}");
+            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} {when}: not version {v}, the last acknowledged (version {BitConverter.ToUInt32(buf)})");
+        }
     }
 
     /// <summary>An ANA group's ownership as a node of a process pair reports it (<c>cluster_get_status</c>).</summary>

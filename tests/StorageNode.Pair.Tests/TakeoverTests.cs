@@ -62,14 +62,7 @@ public sealed class TakeoverTests
         using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
         var acked = new Dictionary<ulong, uint>();
         var rnd = new Random(7);
-        for (uint v = 1; v <= 400; v++)
-        {
-            ulong lba = (ulong)rnd.Next(0, 256);
-            NvmeHost h = v % 2 == 0 ? viaA : viaB;
-            NvmeStatus st = h.IoQueues[0].Write(1, lba, 1, Block(v, lba));
-            Assert.True(st.IsSuccess, $"write {v} through {(h == viaA ? 'A' : 'B')}: {st}\n{pair.Problems()}");
-            acked[lba] = v;
-        }
+        WriteVersions(acked, rnd, 1, 400, "through A and B", viaA, viaB);
 
         // A answers: no takeover.
         RpcException alive = Assert.Throws<RpcException>(() => TakeOver(pair, 'B', 1));
@@ -90,19 +83,8 @@ public sealed class TakeoverTests
 
         // The host's existing connection to B: group 1 optimized, every acknowledged block there, new writes served.
         Assert.Equal((byte)Nvme.Spec.AnaState.Optimized, AnaState(viaB, 1));
-        var buf = new byte[512];
-        foreach ((ulong lba, uint v) in acked)
-        {
-            NvmeStatus st = viaB.IoQueues[0].Read(1, lba, 1, buf);
-            Assert.True(st.IsSuccess, $"read LBA {lba} through B after the takeover: {st}");
-            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba}: not version {v}, the last acknowledged (version {BitConverter.ToUInt32(buf)})");
-        }
-        for (uint v = 1001; v <= 1100; v++)
-        {
-            ulong lba = (ulong)rnd.Next(0, 256);
-            Assert.True(viaB.IoQueues[0].Write(1, lba, 1, Block(v, lba)).IsSuccess, $"write {v} through B after the takeover");
-            acked[lba] = v;
-        }
+        ReadBack(viaB, acked, "through B after the takeover");
+        WriteVersions(acked, rnd, 1001, 1100, "through B after the takeover", viaB);
         // Taking it over again is refused: it is served here.
         Assert.Contains("already", Assert.Throws<RpcException>(() => TakeOver(pair, 'B', 1)).Message, StringComparison.Ordinal);
 
@@ -120,18 +102,8 @@ public sealed class TakeoverTests
         Assert.True(MirrorOfB()["last_resync_whole"]!.GetValue<bool>());
         using NvmeHost viaA2 = pair.Connect(pair.EndpointA, Guid.NewGuid());
         Assert.Equal((byte)Nvme.Spec.AnaState.NonOptimized, AnaState(viaA2, 1));
-        for (uint v = 2001; v <= 2050; v++)
-        {
-            ulong lba = (ulong)rnd.Next(0, 256);
-            NvmeStatus st = viaA2.IoQueues[0].Write(1, lba, 1, Block(v, lba));
-            Assert.True(st.IsSuccess, $"write {v} through A, relayed to B: {st}");
-            acked[lba] = v;
-        }
-        foreach ((ulong lba, uint v) in acked)
-        {
-            Assert.True(viaA2.IoQueues[0].Read(1, lba, 1, buf).IsSuccess);
-            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} through A after its return: not version {v}");
-        }
+        WriteVersions(acked, rnd, 2001, 2050, "through A, relayed to B", viaA2);
+        ReadBack(viaA2, acked, "through A after its return");
         // Group 2 (B's) is served as before: directly on B.
         Assert.True(viaB.IoQueues[0].Write(2, 0, 1, Block(1, 0)).IsSuccess);
 
@@ -142,12 +114,7 @@ public sealed class TakeoverTests
         JsonNode back = JsonNode.Parse(TakeOver(pair, 'A', 1))!;
         Assert.Equal(2UL, back["term"]!.GetValue<ulong>());
         Assert.Equal("[]", back["risks"]!.ToJsonString());
-        foreach ((ulong lba, uint v) in acked)
-        {
-            NvmeStatus st = viaA2.IoQueues[0].Read(1, lba, 1, buf);
-            Assert.True(st.IsSuccess, $"read LBA {lba} through A after taking it back: {st}");
-            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} after A took it back: not version {v}");
-        }
+        ReadBack(viaA2, acked, "through A after taking it back");
 
         // B comes back (RAM: empty) and keeps A's replica, resynced; then A restarts with its RAM empty. The data's
         // lineage went with the takeovers (the replica's generation), so B's replica refuses A's empty data instead of
@@ -157,7 +124,7 @@ public sealed class TakeoverTests
         pair.KillAndRestart('A');
         pair.WaitLogged('B', "refused the owner's resync");
         using NvmeHost viaB2 = pair.Connect(pair.EndpointB, Guid.NewGuid());
-        Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), viaB2.IoQueues[0].Read(1, 0, 1, buf));
+        Assert.Equal(NvmeStatus.Path(PathStatus.AnaInaccessible), viaB2.IoQueues[0].Read(1, 0, 1, new byte[512]));
     }
 
     /// <summary>

@@ -176,18 +176,10 @@ public sealed class WitnessStateTests
         Assert.True(WitnessProtocol.TryParseAnswer(none.Encode(), out WitnessAnswer nb));
         Assert.Equal(none, nb);
     }
+
     private static Dictionary<string, string?> Cluster(Dictionary<string, string?> more)
     {
-        var d = new Dictionary<string, string?>
-        {
-            ["Node:Name"] = "A",
-            ["Cluster:Name"] = "c",
-            ["Cluster:Partner"] = "B",
-            ["Cluster:Interconnect"] = "127.0.0.1:4430",
-            ["Cluster:PartnerInterconnect"] = "127.0.0.1:4431",
-            ["Cluster:Heartbeat"] = "127.0.0.1:4440",
-            ["Cluster:PartnerHeartbeat"] = "127.0.0.1:4441",
-        };
+        Dictionary<string, string?> d = InterconnectTransportTests.Cluster(null);
         foreach (var kv in more) d[kv.Key] = kv.Value;
         return d;
     }

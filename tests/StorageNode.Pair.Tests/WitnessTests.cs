@@ -52,14 +52,7 @@ public sealed class WitnessTests
         using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
         var acked = new Dictionary<ulong, uint>();
         var rnd = new Random(11);
-        for (uint v = 1; v <= 300; v++)
-        {
-            ulong lba = (ulong)rnd.Next(0, 256);
-            NvmeHost h = v % 2 == 0 ? viaA : viaB;
-            NvmeStatus st = h.IoQueues[0].Write(1, lba, 1, Block(v, lba));
-            Assert.True(st.IsSuccess, $"write {v}: {st}\n{pair.Problems()}");
-            acked[lba] = v;
-        }
+        WriteVersions(acked, rnd, 1, 300, "through A and B", viaA, viaB);
 
         pair.Kill('A');
         var stall = Stopwatch.StartNew();
@@ -73,29 +66,14 @@ public sealed class WitnessTests
         Assert.True(g1["witness_lease_ms"]!.GetValue<long>() > 0, "B holds the lease it was granted");
         Assert.Contains("granted to B at term 1", witness.Output, StringComparison.Ordinal);
 
-        var buf = new byte[512];
-        foreach ((ulong lba, uint v) in acked)
-        {
-            NvmeStatus st = viaB.IoQueues[0].Read(1, lba, 1, buf);
-            Assert.True(st.IsSuccess, $"read LBA {lba} through B after the takeover: {st}");
-            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba}: not version {v}, the last acknowledged (version {BitConverter.ToUInt32(buf)})");
-        }
-        for (uint v = 1001; v <= 1100; v++)
-        {
-            ulong lba = (ulong)rnd.Next(0, 256);
-            Assert.True(viaB.IoQueues[0].Write(1, lba, 1, Block(v, lba)).IsSuccess, $"write {v} through B after the takeover");
-            acked[lba] = v;
-        }
+        ReadBack(viaB, acked, "through B after the takeover");
+        WriteVersions(acked, rnd, 1001, 1100, "through B after the takeover", viaB);
 
         // A comes back: it learns B's term and serves nothing of group 1 itself; B resyncs A's replica.
         pair.Start('A');
         TestPair.WaitUntil(() => Group(pair, 'A', 1)["term"]!.GetValue<ulong>() == 1, "A to learn B's term", TimeSpan.FromSeconds(30));
         Assert.False(Group(pair, 'A', 1)["served_here"]!.GetValue<bool>());
-        foreach ((ulong lba, uint v) in acked)
-        {
-            Assert.True(viaB.IoQueues[0].Read(1, lba, 1, buf).IsSuccess);
-            Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} after A's return: not version {v}");
-        }
+        ReadBack(viaB, acked, "through B after A's return");
         Console.WriteLine($"[witness takeover] clock offset {clockOffsetB} s: group 1 served on B {took.TotalMilliseconds:0} ms after A was killed");
     }
 
@@ -161,6 +139,7 @@ public sealed class WitnessTests
             try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
         }
     }
+
     /// <summary>
     /// A's namespace in a file, with a state directory. B dies; A goes on alone (the witness records it), then dies too
     /// and starts again with B still dead: it has not heard B, and the witness says A owns group 1 and records it alone
@@ -205,23 +184,17 @@ public sealed class WitnessTests
                 Assert.True(Group(pair, 'A', 1)["alone"]!.GetValue<bool>());
             }
 
-            void ReadBack(string when)
+            void ReadBackThroughA(string when)
             {
                 using NvmeHost h = pair.Connect(pair.EndpointA, Guid.NewGuid());
-                var buf = new byte[512];
-                foreach ((ulong lba, uint v) in acked)
-                {
-                    NvmeStatus st = h.IoQueues[0].Read(1, lba, 1, buf);
-                    Assert.True(st.IsSuccess, $"read LBA {lba} through A {when}: {st}");
-                    Assert.True(buf.AsSpan().SequenceEqual(Block(v, lba)), $"LBA {lba} {when}: not version {v}");
-                }
+                ReadBack(h, acked, $"through A {when}");
             }
 
             // A starts again, B still dead: the witness says A owns group 1.
             pair.KillAndRestart('A');
             TestPair.WaitUntil(() => Group(pair, 'A', 1)["served_here"]!.GetValue<bool>(), "A to serve group 1 on the witness's word", TimeSpan.FromSeconds(30));
             pair.WaitLogged('A', "the witness says this node owns it");
-            ReadBack("started again without B");
+            ReadBackThroughA("started again without B");
 
             // Neither B nor the witness: held, said once.
             pair.Kill('A');
@@ -234,13 +207,14 @@ public sealed class WitnessTests
 
             witness.Start();
             TestPair.WaitUntil(() => Group(pair, 'A', 1)["served_here"]!.GetValue<bool>(), "A to serve group 1 once the witness answers", TimeSpan.FromSeconds(30));
-            ReadBack("once the witness came back");
+            ReadBackThroughA("once the witness came back");
         }
         finally
         {
             try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
         }
     }
+
     /// <summary>
     /// Split brain: A, group 1's owner, is cut off from B on both channels (interconnect and heartbeats) and from the
     /// witness, all three alive; B still reaches the witness. Host 1 writes versioned blocks to NSID 1 through A only,

@@ -1,6 +1,5 @@
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Console;
 using StorageNode.Config;
 
 namespace StorageNode.Witness;
@@ -17,14 +16,7 @@ public static class WitnessMain
             Console.Error.WriteLine($"storagenode witness: invalid configuration: {e.Message}");
             return 2;
         }
-        using ILoggerFactory loggerFactory = LoggerFactory.Create(b => b
-            .AddSimpleConsole(o =>
-            {
-                o.SingleLine = true;
-                o.TimestampFormat = "HH:mm:ss.fff ";
-                o.ColorBehavior = LoggerColorBehavior.Disabled;
-            })
-            .SetMinimumLevel(LogLevel.Information));
+        using ILoggerFactory loggerFactory = ConsoleLog.Create();
         WitnessService service;
         try
         {
