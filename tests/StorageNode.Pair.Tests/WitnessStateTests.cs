@@ -63,7 +63,9 @@ public sealed class WitnessStateTests
         a = Ask(w, 60_000 * Ms, WitnessVerb.Take, "B", 4);
         Assert.Equal(WitnessResult.Refused, a.Result);
         Assert.Contains("served alone", a.Reason);
-        a = Ask(w, 60_000 * Ms, WitnessVerb.Take, "B", 4, arg: 1);
+        // Forced: granted — a lease after B first asked (A's lease ran out long before).
+        Assert.Equal(WitnessResult.Refused, Ask(w, 60_500 * Ms, WitnessVerb.Take, "B", 4, arg: 1).Result);
+        a = Ask(w, 61_000 * Ms, WitnessVerb.Take, "B", 4, arg: 1);
         Assert.Equal((WitnessResult.Ok, 4UL, "B", false), (a.Result, a.Term, a.Owner, a.Alone));
     }
 
@@ -72,8 +74,12 @@ public sealed class WitnessStateTests
     {
         WitnessState w = New();
         Ask(w, 0, WitnessVerb.Renew, "A", 0);
+        ulong g0 = Ask(w, 5 * Ms, WitnessVerb.Alone, "A", 0).AloneGeneration;
+        // Asked again (a retry, or said again): a new generation, so that a "synced" of the first, delayed past it,
+        // clears nothing.
         ulong g1 = Ask(w, 10 * Ms, WitnessVerb.Alone, "A", 0).AloneGeneration;
-        Assert.True(Ask(w, 20 * Ms, WitnessVerb.Alone, "A", 0).Alone); // a retry: the same record
+        Assert.Equal(g0 + 1, g1);
+        Assert.True(Ask(w, 15 * Ms, WitnessVerb.Synced, "A", 0, g0).Alone);
         Assert.Equal(g1, Ask(w, 20 * Ms, WitnessVerb.Renew, "A", 0).AloneGeneration);
         Assert.False(Ask(w, 30 * Ms, WitnessVerb.Synced, "A", 0, g1).Alone);
         ulong g2 = Ask(w, 40 * Ms, WitnessVerb.Alone, "A", 0).AloneGeneration;
@@ -96,8 +102,33 @@ public sealed class WitnessStateTests
         Assert.Equal(WitnessResult.Refused, a.Result);
         Assert.Contains("started", a.Reason);
         Assert.Equal((5UL, "A"), (a.Term, a.Owner));
-        a = Ask(w, 101_000 * Ms, WitnessVerb.Take, "B", 6);
+        // No renewal from A since the witness started: a lease from B's first ask.
+        Assert.Equal(WitnessResult.Refused, Ask(w, 101_000 * Ms, WitnessVerb.Take, "B", 6).Result);
+        a = Ask(w, 101_500 * Ms, WitnessVerb.Take, "B", 6);
         Assert.Equal((WitnessResult.Ok, 6UL, "B"), (a.Result, a.Term, a.Owner));
+    }
+
+    [Fact]
+    public void AnOwnerWhoseLeaseRanOutBeforeThePartnerAskedGetsALeaseToFenceItself()
+    {
+        WitnessState w = New();
+        Ask(w, 0, WitnessVerb.Renew, "A", 0);
+        // A lost the witness at 0 (its lease ended at 1000) and may still serve with its interconnect up; B, finding it
+        // silent at 5000, waits a lease from its first ask: A finds its interconnect down meanwhile and fences itself.
+        WitnessAnswer a = Ask(w, 5000 * Ms, WitnessVerb.Take, "B", 1);
+        Assert.Equal(WitnessResult.Refused, a.Result);
+        Assert.Contains("ran out before B asked", a.Reason);
+        Assert.Equal(WitnessResult.Refused, Ask(w, 5999 * Ms, WitnessVerb.Take, "B", 1).Result);
+        Assert.Equal(WitnessResult.Ok, Ask(w, 6000 * Ms, WitnessVerb.Take, "B", 1).Result);
+
+        // An owner that renews again ends the asking: the next ask starts a new wait.
+        w = New();
+        Ask(w, 0, WitnessVerb.Renew, "A", 0);
+        Ask(w, 5000 * Ms, WitnessVerb.Take, "B", 1);
+        Ask(w, 5100 * Ms, WitnessVerb.Renew, "A", 0);
+        Assert.Equal(WitnessResult.Refused, Ask(w, 6200 * Ms, WitnessVerb.Take, "B", 1).Result);
+        Assert.Equal(WitnessResult.Refused, Ask(w, 7100 * Ms, WitnessVerb.Take, "B", 1).Result);
+        Assert.Equal(WitnessResult.Ok, Ask(w, 7200 * Ms, WitnessVerb.Take, "B", 1).Result);
     }
 
     [Fact]
@@ -123,7 +154,8 @@ public sealed class WitnessStateTests
     {
         WitnessState w = New();
         Ask(w, 0, WitnessVerb.Renew, "A", 0);
-        Ask(w, 0, WitnessVerb.Query, "B", 0);
+        Ask(w, 0, WitnessVerb.Query, "C", 0); // a query makes nobody a member
+        Assert.Equal(WitnessResult.Refused, Ask(w, 0, WitnessVerb.Take, "B", 1).Result); // A holds its lease; B is the pair's other node
         WitnessAnswer a = Ask(w, 5000 * Ms, WitnessVerb.Take, "C", 1);
         Assert.Equal(WitnessResult.Refused, a.Result);
         Assert.Contains("not a node of pair", a.Reason);
@@ -201,13 +233,20 @@ public sealed class WitnessStateTests
         Assert.Equal("Cluster:SelfFence", Bad(new() { ["Cluster:SelfFence"] = "false" })); // without a witness
         Assert.Equal("Cluster:Name", Bad(new() { ["Cluster:Mirror"] = "true", ["Cluster:Witness"] = "127.0.0.1:4460", ["Cluster:Name"] = "my pair" }));
 
-        WitnessConfig w = NodeConfig.LoadWitness(Config(new() { ["Witness:Listen"] = "127.0.0.1:4460" }));
-        Assert.Equal((1500.0, (string?)null), (w.Lease.TotalMilliseconds, w.StateDirectory));
+        Dictionary<string, string?> Witness(Dictionary<string, string?> more)
+        {
+            var d = new Dictionary<string, string?> { ["Witness:Listen"] = "127.0.0.1:4460", ["Witness:StateDirectory"] = "/var/lib/sn-witness" };
+            foreach (var kv in more) d[kv.Key] = kv.Value;
+            return d;
+        }
+        WitnessConfig w = NodeConfig.LoadWitness(Config(Witness(new())));
+        Assert.Equal((1500.0, "/var/lib/sn-witness"), (w.Lease.TotalMilliseconds, w.StateDirectory));
         string BadWitness(Dictionary<string, string?> d) => Assert.Throws<ConfigException>(() => NodeConfig.LoadWitness(Config(d))).Key;
-        Assert.Equal("Witness:Listen", BadWitness(new()));
-        Assert.Equal("Witness:LeaseMs", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460", ["Witness:LeaseMs"] = "100" }));
-        Assert.Equal("Witness:StateDirectory", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460", ["Witness:StateDirectory"] = "relative" }));
-        Assert.Equal("Witness:Lease", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460", ["Witness:Lease"] = "1" }));
-        Assert.Equal("Cluster", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460", ["Cluster:Name"] = "c" }));
+        Assert.Equal("Witness:Listen", BadWitness(new() { ["Witness:StateDirectory"] = "/var/lib/sn-witness" }));
+        Assert.Equal("Witness:StateDirectory", BadWitness(new() { ["Witness:Listen"] = "127.0.0.1:4460" })); // required
+        Assert.Equal("Witness:LeaseMs", BadWitness(Witness(new() { ["Witness:LeaseMs"] = "100" })));
+        Assert.Equal("Witness:StateDirectory", BadWitness(Witness(new() { ["Witness:StateDirectory"] = "relative" })));
+        Assert.Equal("Witness:Lease", BadWitness(Witness(new() { ["Witness:Lease"] = "1" })));
+        Assert.Equal("Cluster", BadWitness(Witness(new() { ["Cluster:Name"] = "c" })));
     }
 }

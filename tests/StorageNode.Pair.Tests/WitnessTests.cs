@@ -40,7 +40,8 @@ public sealed class WitnessTests
     [InlineData(-3 * 3600)]
     public void TheSurvivorTakesADeadOwnersGroupOverOnItsOwnWithEveryAcknowledgedWrite(int clockOffsetB)
     {
-        using var witness = new WitnessProcess(leaseMs: 1500);
+        // The lease outlasts the heartbeat timeout (2 s here), as docs/ha.md advises: B asks while A's lease still runs.
+        using var witness = new WitnessProcess(leaseMs: 2500);
         using var pair = new ProcessPair(WithWitness(witness), WithWitness(witness), clockOffsetB);
         pair.WaitHealthy();
         WaitInSync(pair);
@@ -129,8 +130,15 @@ public sealed class WitnessTests
             pair.WaitLogged('B', "does not take the group over yet", TimeSpan.FromSeconds(30));
             Assert.False(Group(pair, 'B', 1)["served_here"]!.GetValue<bool>());
             // An operator decides: a forced takeover serves the replica (the write A completed alone is lost with A).
-            JsonNode took = pair.Rpc('B', "cluster_takeover", new JsonObject { ["nqn"] = TestPair.Nqn, ["anagrpid"] = 1, ["force"] = true })!;
-            Assert.Equal(1UL, took["term"]!.GetValue<ulong>());
+            // (The witness grants it a lease after B first asked: A's lease ran out before that. Tried until then.)
+            JsonNode? took = null;
+            TestPair.WaitUntil(() =>
+            {
+                try { took = pair.Rpc('B', "cluster_takeover", new JsonObject { ["nqn"] = TestPair.Nqn, ["anagrpid"] = 1, ["force"] = true }); }
+                catch (RpcException e) when (e.Message.Contains("after its first ask", StringComparison.Ordinal)) { return false; }
+                return true;
+            }, "the forced takeover on B", TimeSpan.FromSeconds(20));
+            Assert.Equal(1UL, took!["term"]!.GetValue<ulong>());
             Assert.True(Group(pair, 'B', 1)["served_here"]!.GetValue<bool>());
             Assert.Contains($"{TestPair.Nqn} 1 1 B 0 ", File.ReadAllText(Path.Combine(dir, "witness.state")), StringComparison.Ordinal);
         }

@@ -13,7 +13,8 @@ public sealed class WitnessProcess : IDisposable
 {
     private readonly StringBuilder _out = new();
     private readonly int _leaseMs;
-    private readonly string? _stateDirectory;
+    private readonly string _stateDirectory;
+    private readonly bool _ownDirectory;
     private Process? _process;
 
     public IPEndPoint Endpoint { get; }
@@ -21,10 +22,12 @@ public sealed class WitnessProcess : IDisposable
     /// <summary>The setting a node of the pair takes to use it (<c>Cluster:Witness</c>).</summary>
     public KeyValuePair<string, string?> Setting => new("Cluster:Witness", Endpoint.ToString());
 
+    /// <param name="stateDirectory">Where it keeps its records (null: a temporary folder, removed with it).</param>
     public WitnessProcess(int leaseMs = 1500, string? stateDirectory = null)
     {
         _leaseMs = leaseMs;
-        _stateDirectory = stateDirectory;
+        _ownDirectory = stateDirectory == null;
+        _stateDirectory = stateDirectory ?? Directory.CreateTempSubdirectory("sn-witness-state-").FullName;
         Endpoint = new IPEndPoint(IPAddress.Loopback, TestPair.FreeUdpPort());
         Start();
     }
@@ -38,7 +41,7 @@ public sealed class WitnessProcess : IDisposable
         psi.ArgumentList.Add("witness");
         psi.ArgumentList.Add($"--Witness:Listen={Endpoint}");
         psi.ArgumentList.Add($"--Witness:LeaseMs={_leaseMs}");
-        if (_stateDirectory != null) psi.ArgumentList.Add($"--Witness:StateDirectory={_stateDirectory}");
+        psi.ArgumentList.Add($"--Witness:StateDirectory={_stateDirectory}");
         Process p = ChildProcesses.Start(psi);
         p.OutputDataReceived += (_, e) => { if (e.Data != null) lock (_out) _out.AppendLine(e.Data); };
         p.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (_out) _out.AppendLine(e.Data); };
@@ -72,5 +75,7 @@ public sealed class WitnessProcess : IDisposable
     {
         Kill();
         _process?.Dispose();
+        if (_ownDirectory)
+            try { Directory.Delete(_stateDirectory, recursive: true); } catch (IOException) { }
     }
 }

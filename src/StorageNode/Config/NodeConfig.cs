@@ -111,8 +111,8 @@ public sealed record WitnessConfig
 {
     /// <summary>The UDP endpoint the witness answers on.</summary>
     public required IPEndPoint Listen { get; init; }
-    /// <summary>Where the witness keeps its records (terms, owners, alone records); null: in memory only (a restart forgets them).</summary>
-    public string? StateDirectory { get; init; }
+    /// <summary>Where the witness keeps its records (terms, owners, alone records): required.</summary>
+    public required string StateDirectory { get; init; }
     /// <summary>How long a lease lasts on the witness's clock from the arrival of the request that renewed it.</summary>
     public TimeSpan Lease { get; init; } = TimeSpan.FromMilliseconds(1500);
 }
@@ -315,13 +315,15 @@ public sealed record NodeConfig
         CheckKeys(root, "", ["Witness", "config"]);
         IConfigurationSection w = root.GetSection("Witness");
         CheckKeys(w, "Witness", WitnessKeys);
-        string? dir = w["StateDirectory"];
-        if (!string.IsNullOrEmpty(dir) && !Path.IsPathFullyQualified(dir))
+        // Required: a witness that forgot an owner's alone record after a restart would grant its group to a partner whose
+        // replica lacks writes the owner acknowledged (if the owner died meanwhile, nothing says it again).
+        string dir = Required(w, "StateDirectory");
+        if (!Path.IsPathFullyQualified(dir))
             throw new ConfigException("Witness:StateDirectory", $"'{dir}' is not an absolute path");
         return new WitnessConfig
         {
             Listen = Endpoint(w, "Listen"),
-            StateDirectory = string.IsNullOrEmpty(dir) ? null : dir,
+            StateDirectory = dir,
             Lease = TimeSpan.FromMilliseconds(Int(w, "LeaseMs", 1500, 200, 600_000)),
         };
     }

@@ -46,9 +46,11 @@ public sealed partial class PairNode
         if (Config.Witness == null) return;
         _witnessStarted = Stopwatch.GetTimestamp();
         _witnessWork = new PairWorkers($"pair {Config.LocalNode} witness", _log);
-        Witness = new WitnessClient(Config, OwnedGroups, _log);
+        Witness = new WitnessClient(Config, () => [.. OwnedGroups().Select(g => (g.S.Nqn, g.Group, g.Term))], _log);
         Witness.Answered += OnWitnessAnswer;
         Witness.Start();
+        _fenceThread = new Thread(FenceLoop) { IsBackground = true, Name = $"pair {Config.LocalNode} fence" };
+        _fenceThread.Start();
         if (!Config.SelfFence)
             _log.LogCritical("cluster {Cluster}: Cluster:SelfFence is false: an owner cut off from its partner and the witness goes on serving, and both nodes may accept writes (for tests only)", Config.Name);
         _log.LogInformation("cluster {Cluster}: witness at udp {Witness}: leases renewed every {Interval} ms", Config.Name, Config.Witness, Config.HeartbeatInterval.TotalMilliseconds);
@@ -67,15 +69,62 @@ public sealed partial class PairNode
 
     private void StopWitness()
     {
+        _fenceStop = true;
+        _fenceThread?.Join(TimeSpan.FromSeconds(2));
         Witness?.Dispose();
         _witnessWork?.Dispose();
     }
 
-    /// <summary>The groups this node serves as their owner now, with their terms: their leases are renewed.</summary>
-    private IReadOnlyList<(string Nqn, uint Group, ulong Term)> OwnedGroups()
+    private readonly record struct OwnedGroup(Subsystem S, InterconnectLink Link, uint Group, ulong Term);
+    private volatile OwnedGroup[] _owned = [];
+    private Thread? _fenceThread;
+    private volatile bool _fenceStop;
+
+    /// <summary>
+    /// The groups this node serves as their owner, with their terms (their leases are renewed, their fence checked): as
+    /// now, or — while the ownership lock is held longer than a few milliseconds (it is held across the fsyncs that keep a
+    /// term) — as last seen, so that neither a renewal nor a fence waits on a disk.
+    /// </summary>
+    private OwnedGroup[] OwnedGroups()
     {
-        lock (_ownershipLock)
-            return [.. _ownership.Where(kv => kv.Value.MayServe).Select(kv => (kv.Key.Nqn, kv.Key.Group, kv.Value.Current.Term))];
+        if (!Monitor.TryEnter(_ownershipLock, 5)) return _owned;
+        try
+        {
+            var owned = new List<OwnedGroup>();
+            foreach (((string nqn, uint g), GroupOwnership o) in _ownership)
+                if (o.MayServe && SubsystemOf(nqn) is Subsystem s && LinkFor(s) is InterconnectLink l) owned.Add(new OwnedGroup(s, l, g, o.Current.Term));
+            return _owned = [.. owned];
+        }
+        finally
+        {
+            Monitor.Exit(_ownershipLock);
+        }
+    }
+
+    /// <summary>
+    /// The self-fence, on a thread of its own that waits on nothing (the control thread can block on the partner for a
+    /// heartbeat timeout and more): every half heartbeat interval, with the clock read then, a group this node owns is
+    /// fenced while it holds no lease and its interconnect is down, and served again when either comes back.
+    /// </summary>
+    private void FenceLoop()
+    {
+        var wait = TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, Config.HeartbeatInterval.Ticks / 2));
+        while (!_fenceStop)
+        {
+            try
+            {
+                OwnedGroup[] owned = OwnedGroups();
+                long now = Stopwatch.GetTimestamp();
+                foreach (OwnedGroup g in owned)
+                    Fence(g.S, g.Link, g.Group, fence: Config.SelfFence && !Witness!.LeaseHeld(g.S.Nqn, g.Group, g.Term, now) && !g.Link.IsUp);
+                // Fenced groups this node no longer owns are released (it learned a newer term: the group follows that).
+                foreach ((string nqn, uint group) in _fenced.Keys)
+                    if (!owned.Any(x => x.S.Nqn == nqn && x.Group == group) && SubsystemOf(nqn) is Subsystem s)
+                        Fence(s, LinkFor(s)!, group, fence: false);
+            }
+            catch (Exception e) { _log.LogError(e, "the self-fence check failed"); }
+            Thread.Sleep(wait);
+        }
     }
 
     private Subsystem? SubsystemOf(string nqn)
@@ -165,10 +214,10 @@ public sealed partial class PairNode
     }
 
     /// <summary>
-    /// The witness's work on the control thread, every heartbeat interval: a group this node owns is fenced while it
-    /// holds no lease and its interconnect is down (and served again when either comes back); an alone record whose
-    /// replicas are in sync again (the partner acknowledged) is cleared; a group the partner owns is taken over when the
-    /// partner is silent on both channels and the replicas here were whole when it was last heard (the witness decides).
+    /// The witness's work on the control thread, every heartbeat interval (the fence has a thread of its own): the alone
+    /// records of the groups this node owns are kept true (<see cref="WitnessAlone"/>); a group it owned when it stopped
+    /// is confirmed by the witness when the partner is not heard; a group the partner owns is taken over when the partner
+    /// is silent on both channels and the replicas here were whole when it was last heard (the witness decides).
     /// </summary>
     private void WitnessTick(long now)
     {
@@ -191,14 +240,7 @@ public sealed partial class PairNode
             // and more): the witness says whether the partner took it over meanwhile, and records this node alone if not.
             if (!link.IsUp && !Membership.PartnerHeard && now - _witnessStarted > (long)(Config.HeartbeatTimeout.TotalSeconds * Stopwatch.Frequency))
                 foreach (uint g in unconfirmed) ConfirmByWitness(s, g);
-            foreach ((uint g, ulong term) in owned)
-            {
-                Fence(s, link, g, fence: Config.SelfFence && !Witness.LeaseHeld(s.Nqn, g, term, now) && !link.IsUp);
-                ClearAloneWhenSynced(s, g, term);
-            }
-            // Fenced groups this node no longer owns are released (it learned a newer term: the group follows that).
-            foreach ((string nqn, uint g) in _fenced.Keys)
-                if (nqn == s.Nqn && !owned.Any(x => x.Group == g)) Fence(s, link, g, fence: false);
+            foreach ((uint g, ulong term) in owned) WitnessAlone(s, g, term);
             if (Membership.Status == PartnerStatus.PartnerDown)
                 foreach (uint g in partners) StartAutoTakeover(s, g);
         }
@@ -272,26 +314,36 @@ public sealed partial class PairNode
         }
     }
 
-    /// <summary>An alone record the witness keeps for a group whose replicas are all in sync (the partner acknowledged) is cleared.</summary>
-    private void ClearAloneWhenSynced(Subsystem s, uint group, ulong term)
+    /// <summary>
+    /// The alone record of a group this node owns, kept true at the witness (control thread): said again when the witness
+    /// no longer has it (a witness started again without its records), cleared once every replica of the group is in
+    /// sync and the partner acknowledged it.
+    /// </summary>
+    private void WitnessAlone(Subsystem s, uint group, ulong term)
     {
         AloneState st;
         ulong generation;
+        bool again;
         lock (_aloneLock)
         {
             if (!_alone.TryGetValue((s.Nqn, group), out st!)) _alone[(s.Nqn, group)] = st = new AloneState();
             if (st.InFlight) return;
+            again = st.Recorded && st.Term == term && !(_witnessSaysAlone.TryGetValue((s.Nqn, group), out var has) && has.Term == term);
+        }
+        if (again && !InSync(s, group))
+        {
+            _log.LogWarning("{Nqn}: ANA group {Group}: the witness no longer records this node alone (term {Term}): said again", s.Nqn, group, term);
+            lock (_aloneLock) st.Recorded = false;
+            EnsureAlone(s, group);
+            return;
+        }
+        lock (_aloneLock)
+        {
+            if (st.InFlight) return;
             if (st.Recorded && st.Term == term) generation = st.Generation;
             else if (_witnessSaysAlone.TryGetValue((s.Nqn, group), out var says) && says.Term == term) generation = says.Generation;
             else return;
-            bool synced = false;
-            foreach (Namespace ns in s.Namespaces)
-            {
-                if (ns.AnaGroupId != group) continue;
-                if (ns.IsRemote || ns.Mirror is not NamespaceMirror { PartnerKnowsInSync: true }) return;
-                synced = true;
-            }
-            if (!synced) return;
+            if (!InSync(s, group)) return;
             // Not alone from now on, before the word goes: a write that misses the replica from now on asks again.
             st.Recorded = false;
             st.InFlight = true;
@@ -315,6 +367,19 @@ public sealed partial class PairNode
         {
             lock (_aloneLock) st.InFlight = false;
         }
+    }
+
+    /// <summary>Whether every namespace of the group is this node's, mirrored, and in sync as its partner knows (at least one).</summary>
+    private static bool InSync(Subsystem s, uint group)
+    {
+        bool any = false;
+        foreach (Namespace ns in s.Namespaces)
+        {
+            if (ns.AnaGroupId != group) continue;
+            if (ns.IsRemote || ns.Mirror is not NamespaceMirror { PartnerKnowsInSync: true }) return false;
+            any = true;
+        }
+        return any;
     }
 
     /// <summary>Starts an automatic takeover of a group the partner owns, on the witness's worker; one at a time per group.</summary>

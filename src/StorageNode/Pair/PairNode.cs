@@ -307,7 +307,8 @@ public sealed partial class PairNode : IDisposable
     {
         InterconnectLink link = LinkFor(s) ?? throw new KeyNotFoundException($"{s.Nqn} is not a paired subsystem");
         string? witnessRisk = null;
-        bool granted = false;
+        bool granted = false, reconnect;
+        TakeoverResult result;
         GroupTerm asked = default;
         if (Witness != null)
         {
@@ -317,7 +318,7 @@ public sealed partial class PairNode : IDisposable
             {
                 if (!force)
                     throw new InvalidOperationException($"the witness at {Witness.Endpoint} does not answer: refused (force: true takes the group over without it, and {Config.Partner} may then serve it too)");
-                witnessRisk = $"the witness at {Witness.Endpoint} did not answer: {Config.Partner} may still hold its lease there and serve ANA group {group}";
+                witnessRisk = $"the witness at {Witness.Endpoint} did not answer: {Config.Partner} may still hold its lease there and serve ANA group {group}, and, started again, may be told by the witness that it still owns it";
             }
             else if (a.Value.Result != WitnessResult.Ok || a.Value.Term != asked.Term || a.Value.Owner != Config.LocalNode)
             {
@@ -345,6 +346,7 @@ public sealed partial class PairNode : IDisposable
             }
             // A giveback this node offered and had no answer to ends here: this node's term is past the one offered.
             if (_givebacks.TryGetValue((s.Nqn, group), out GivebackInFlight? gb)) Resume(gb);
+            reconnect = granted && (link.IsUp || s.Controllers.Any(c => c.IsInterconnect));
             if (risks.Count > 0)
                 _log.LogCritical("{Nqn}: ANA group {Group} taken over by force ({Term}): {Risks}; writes the partner acknowledged may be lost", s.Nqn, group, term, string.Join("; ", risks));
             else
@@ -352,8 +354,17 @@ public sealed partial class PairNode : IDisposable
                     automatic ? $" automatically ({Config.Partner} silent on both channels, the witness granted it)" : granted ? " (the witness granted it)" : "", term,
                     remote.Count > 0 ? $" from this node's replica of NSID {string.Join(", ", remote.Select(n => n.Nsid))}" : "",
                     Keeps ? "" : " (no state directory: a restart of this node forgets it)");
-            return new TakeoverResult(term, [.. remote.Select(n => n.Nsid)], risks);
+            result = new TakeoverResult(term, [.. remote.Select(n => n.Nsid)], risks);
         }
+        // Granted while the partner came back (it reconnected while the witness was asked): its associations, which read
+        // this node's descriptor before the new term, are closed (outside the ownership lock), so that it learns the term
+        // as it reconnects.
+        if (reconnect)
+        {
+            Service.CloseInbound(s, 0, $"ANA group {group} taken over at {result.Term}: the partner learns it as it reconnects");
+            Enqueue(() => link.Down($"ANA group {group} taken over at {result.Term}"));
+        }
+        return result;
     }
 
     private sealed record TakeoverPlan(GroupOwnership Ownership, GroupTerm Term, List<Namespace> Remote, Dictionary<uint, long> Generations, List<string> Risks);

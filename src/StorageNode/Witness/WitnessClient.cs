@@ -30,6 +30,7 @@ public sealed class WitnessClient : IDisposable
     private readonly ConcurrentDictionary<(string Nqn, uint Group), Lease> _leases = new();
     private long _nextId = Random.Shared.NextInt64(1, long.MaxValue / 2);
     private long _lastAnswer;
+    private int _shortLeaseSaid;
     private volatile bool _stop;
     private volatile bool _silenced;
 
@@ -163,6 +164,11 @@ public sealed class WitnessClient : IDisposable
             if (a.Result == WitnessResult.Ok && a.LeaseMs > 0 && a.Owner == _cfg.LocalNode && a.Term == r.Term)
             {
                 long until = p.SentTicks + a.LeaseMs * Stopwatch.Frequency / 1000 - MarginTicks(a.LeaseMs);
+                // A lease that does not outlast the next renewal (a heartbeat interval) lapses between renewals: the
+                // group would be fenced whenever the interconnect is down.
+                if (until - p.SentTicks <= (long)(_cfg.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency) && Interlocked.Exchange(ref _shortLeaseSaid, 1) == 0)
+                    _log.LogError("the witness's lease ({Lease} ms) is too short for this node's heartbeat interval ({Interval} ms): it lapses between renewals; give the witness a longer Witness:LeaseMs (more than the heartbeat timeout)",
+                        a.LeaseMs, _cfg.HeartbeatInterval.TotalMilliseconds);
                 _leases.AddOrUpdate((r.Key.Nqn, r.Key.Group), new Lease(r.Term, until),
                     (_, old) => old.Term > r.Term || (old.Term == r.Term && old.UntilTicks >= until) ? old : new Lease(r.Term, until));
             }

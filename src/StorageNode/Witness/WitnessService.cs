@@ -20,7 +20,7 @@ public sealed class WitnessService : IDisposable
     private readonly Socket _udp;
     private readonly Thread _thread;
     private readonly WitnessState _state;
-    private readonly string? _path;
+    private readonly string _path;
     private volatile bool _stop;
     private long _lastUnexpectedLog;
 
@@ -33,12 +33,9 @@ public sealed class WitnessService : IDisposable
         _cfg = cfg;
         _log = log;
         Dictionary<WitnessKey, WitnessRecord> kept = [];
-        if (cfg.StateDirectory != null)
-        {
-            Directory.CreateDirectory(cfg.StateDirectory);
-            _path = Path.Combine(cfg.StateDirectory, "witness.state");
-            if (File.Exists(_path)) kept = WitnessState.Parse(File.ReadAllText(_path), _path);
-        }
+        Directory.CreateDirectory(cfg.StateDirectory);
+        _path = Path.Combine(cfg.StateDirectory, "witness.state");
+        if (File.Exists(_path)) kept = WitnessState.Parse(File.ReadAllText(_path), _path);
         _state = new WitnessState(cfg.Lease, Stopwatch.GetTimestamp(), Stopwatch.Frequency, kept);
         _udp = new Socket(cfg.Listen.AddressFamily, SocketType.Dgram, ProtocolType.Udp) { ReceiveTimeout = 200 };
         _thread = new Thread(Run) { IsBackground = true, Name = "witness" };
@@ -50,8 +47,7 @@ public sealed class WitnessService : IDisposable
     public void Start()
     {
         _udp.Bind(_cfg.Listen);
-        _log.LogInformation("witness on udp {Endpoint}: lease {Lease} ms, {Groups} group(s) kept{Where}", Endpoint, _state.LeaseMs, _state.Records.Count,
-            _path == null ? " (no state directory: a restart forgets them)" : $" in {_path}");
+        _log.LogInformation("witness on udp {Endpoint}: lease {Lease} ms, {Groups} group(s) kept in {Path}", Endpoint, _state.LeaseMs, _state.Records.Count, _path);
         _thread.Start();
     }
 
@@ -82,7 +78,7 @@ public sealed class WitnessService : IDisposable
     {
         long now = Stopwatch.GetTimestamp();
         WitnessDecision d = _state.Decide(request, now);
-        if (d.Keep != null && _path != null)
+        if (d.Keep != null)
         {
             var next = new Dictionary<WitnessKey, WitnessRecord>(_state.Records) { [d.Key] = d.Keep };
             try { StateFile.Replace(_path, System.Text.Encoding.UTF8.GetBytes(WitnessState.Format(next))); }

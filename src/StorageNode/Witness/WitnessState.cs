@@ -9,7 +9,7 @@ public sealed record WitnessRecord(ulong Term, string Owner, bool Alone, ulong A
 /// The witness's answer to one request and what it changes: the record to keep (durably, before the answer goes; null:
 /// unchanged) and whether the requester holds the lease from the request's arrival.
 /// </summary>
-public readonly record struct WitnessDecision(WitnessKey Key, WitnessAnswer Answer, WitnessRecord? Keep, bool Lease, string? Log);
+public readonly record struct WitnessDecision(WitnessKey Key, WitnessAnswer Answer, WitnessRecord? Keep, bool Lease, string? Log, string? Asked = null);
 
 /// <summary>
 /// The witness of one or more pairs (docs/ha.md, "The witness"): a state machine with no sockets, files or clock, which
@@ -30,6 +30,8 @@ public sealed class WitnessState
     private readonly Dictionary<WitnessKey, WitnessRecord> _records = [];
     // When (the witness's clock) the owner last renewed its lease on the group; absent: not since the witness started.
     private readonly Dictionary<WitnessKey, long> _renewed = [];
+    // A take refused, by whom and since when (the witness's clock), until a lease is granted to anyone.
+    private readonly Dictionary<WitnessKey, (string Node, long Since)> _asked = [];
     // The two nodes of each pair, as they first spoke: a third name is refused.
     private readonly Dictionary<string, List<string>> _members = new(StringComparer.Ordinal);
 
@@ -67,7 +69,7 @@ public sealed class WitnessState
     {
         WitnessKey key = r.Key;
         _records.TryGetValue(key, out WitnessRecord? rec);
-        if (!Member(key.Cluster, r.Node))
+        if (r.Verb != WitnessVerb.Query && !Member(key.Cluster, r.Node))
             return Refuse(r, rec, $"{r.Node} is not a node of pair {key.Cluster} ({string.Join(" and ", _members[key.Cluster])} are)");
         switch (r.Verb)
         {
@@ -89,10 +91,12 @@ public sealed class WitnessState
                     next = new WitnessRecord(r.Term, r.Node, alone, alone ? (rec?.AloneGeneration ?? 0) + 1 : rec?.AloneGeneration ?? 0);
                     log = FormattableString.Invariant($"{key}: {r.Node} owns it at term {r.Term} (was {(rec == null ? "unknown here" : $"{rec.Owner} at term {rec.Term}")}){(alone ? ", alone" : "")}");
                 }
-                else if (alone && !rec.Alone)
+                else if (alone)
                 {
+                    // Every "alone" is a new generation, recorded already or not: a "synced" of an earlier one, delayed
+                    // past it, clears nothing the owner counts on.
                     next = rec with { Alone = true, AloneGeneration = rec.AloneGeneration + 1 };
-                    log = FormattableString.Invariant($"{key}: {r.Node} serves alone at term {r.Term} (its partner's replica lacks what it writes from now on)");
+                    if (!rec.Alone) log = FormattableString.Invariant($"{key}: {r.Node} serves alone at term {r.Term} (its partner's replica lacks what it writes from now on)");
                 }
                 else next = rec;
                 return new WitnessDecision(key, Answer(r, WitnessResult.Ok, next, LeaseMs), ReferenceEquals(next, rec) ? null : next, true, log);
@@ -122,12 +126,19 @@ public sealed class WitnessState
                 if (rec != null && rec.Owner != r.Node)
                 {
                     if (LeaseHeld(key, now))
-                        return Refuse(r, rec, FormattableString.Invariant($"{rec.Owner} holds its lease (renewed {(now - _renewed[key]) / _ticksPerMs} ms ago)"));
+                        return Refuse(r, rec, FormattableString.Invariant($"{rec.Owner} holds its lease (renewed {(now - _renewed[key]) / _ticksPerMs} ms ago)"), asked: true);
                     if (rec.Alone && !force)
-                        return Refuse(r, rec, FormattableString.Invariant($"{rec.Owner} served alone at term {rec.Term}: {r.Node}'s replica lacks writes it acknowledged"));
+                        return Refuse(r, rec, FormattableString.Invariant($"{rec.Owner} served alone at term {rec.Term}: {r.Node}'s replica lacks writes it acknowledged"), asked: true);
                 }
                 if (now - _startTicks < _leaseTicks && !LeaseHeld(key, now))
-                    return Refuse(r, rec, FormattableString.Invariant($"the witness started {(now - _startTicks) / _ticksPerMs} ms ago: it grants nothing before a lease ({LeaseMs} ms) has passed"));
+                    return Refuse(r, rec, FormattableString.Invariant($"the witness started {(now - _startTicks) / _ticksPerMs} ms ago: it grants nothing before a lease ({LeaseMs} ms) has passed"), asked: true);
+                // The owner fenced itself when its lease ran out if it heard its partner no more by then. When its lease
+                // ran out before this node asked (it lost the witness first, or never renewed here), it fences once it
+                // finds its interconnect down, which it may not have yet: a lease from this node's first ask.
+                long since = _asked.TryGetValue(key, out (string Node, long Since) a) && a.Node == r.Node ? a.Since : now;
+                bool leaseEndedWhileAsked = rec != null && rec.Owner != r.Node && _renewed.TryGetValue(key, out long renewed) && renewed + _leaseTicks >= since;
+                if (!leaseEndedWhileAsked && now - since < _leaseTicks)
+                    return Refuse(r, rec, FormattableString.Invariant($"the owner's lease ran out before {r.Node} asked: granted a lease ({LeaseMs} ms) after its first ask ({(now - since) / _ticksPerMs} ms ago), once the owner has fenced itself"), asked: true);
                 var taken = new WitnessRecord(r.Term, r.Node, false, rec?.AloneGeneration ?? 0);
                 return new WitnessDecision(key, Answer(r, WitnessResult.Ok, taken, LeaseMs), taken, true,
                     FormattableString.Invariant($"{key}: granted to {r.Node} at term {r.Term} (was {(rec == null ? "unknown here" : $"{rec.Owner} at term {rec.Term}{(rec.Alone ? ", alone" : "")}")}){(force && rec is { Alone: true } ? " by force" : "")}"));
@@ -143,13 +154,19 @@ public sealed class WitnessState
         if (d.Lease) _renewed[d.Key] = now;
         // A lease is the owner's: a new owner's starts now, an old owner's is gone.
         else if (d.Keep != null) _renewed.Remove(d.Key);
+        // A take refused is remembered from its first ask (by the same node); a lease granted ends the asking.
+        if (d.Asked != null)
+        {
+            if (!_asked.TryGetValue(d.Key, out (string Node, long Since) a) || a.Node != d.Asked) _asked[d.Key] = (d.Asked, now);
+        }
+        else if (d.Lease) _asked.Remove(d.Key);
     }
 
     private static WitnessAnswer Answer(in WitnessRequest r, WitnessResult result, WitnessRecord? rec, uint leaseMs, string reason = "")
         => new(r.Id, result, rec?.Term ?? 0, rec?.Owner ?? "", rec?.Alone ?? false, rec?.AloneGeneration ?? 0, leaseMs, reason);
 
-    private WitnessDecision Refuse(in WitnessRequest r, WitnessRecord? rec, string reason)
-        => new(r.Key, Answer(r, WitnessResult.Refused, rec, 0, reason), null, false, null);
+    private WitnessDecision Refuse(in WitnessRequest r, WitnessRecord? rec, string reason, bool asked = false)
+        => new(r.Key, Answer(r, WitnessResult.Refused, rec, 0, reason), null, false, null, asked ? r.Node : null);
 
     /// <summary>The records as kept in the witness's state file: one line per group, <c>CLUSTER NQN GROUP TERM OWNER ALONE GENERATION</c>.</summary>
     public static string Format(IReadOnlyDictionary<WitnessKey, WitnessRecord> records)
