@@ -3,7 +3,7 @@
 #   build   install build prerequisites (apt), build the native shim (CMake) and every .NET project
 #   test    build, then run the whole test suite (unit, integration, rig); ends with "N passed, N failed, N skipped"
 #   rig     build, then run only the rig tests (QEMU guests with the Linux NVMe/TCP host)
-#   run     build, then start the default pair: node A on 127.0.0.1:4420, node B on 127.0.0.1:4421 (Ctrl-C stops)
+#   run     build, then start the default pair: node A on 127.0.0.1:4420, node B on 127.0.0.1:4421, a witness on udp 127.0.0.1:4460 (Ctrl-C stops)
 #   bench   build, then run the BenchmarkDotNet suites and write a report under artifacts/bench/
 [CmdletBinding()]
 param(
@@ -117,15 +117,21 @@ function Invoke-Run {
         @{ Name = 'A'; Config = Join-Path $Root 'config/node-a.json'; Port = 4420; Group = 1; Socket = '/var/tmp/storagenode-A.sock' },
         @{ Name = 'B'; Config = Join-Path $Root 'config/node-b.json'; Port = 4421; Group = 2; Socket = '/var/tmp/storagenode-B.sock' }
     )
+    # The pair's witness (docs/ha.md, "The witness"): with it, a node takes a dead partner's group over on its own.
+    $witness = '127.0.0.1:4460'
+    $witnessState = Join-Path $Root 'config/state/witness'
     # Each run of this pair starts with new, empty RAM namespaces: who owned a group after a takeover in an earlier run
-    # (kept in the default state directory beside the configuration, docs/ha.md "Takeover") is void.
-    Remove-Item -Path (Join-Path $Root 'config/state/*.owner') -ErrorAction SilentlyContinue
+    # (kept in the default state directory beside the configuration, docs/ha.md "Takeover", and by the witness) is void.
+    Remove-Item -Path (Join-Path $Root 'config/state/*.owner'), (Join-Path $witnessState 'witness.state') -ErrorAction SilentlyContinue
     $procs = @()
+    $witnessProc = $null
     try {
+        $witnessProc = Start-Process -FilePath 'dotnet' -ArgumentList @($dll, 'witness', "--Witness:Listen=$witness", "--Witness:StateDirectory=$witnessState") -NoNewWindow -PassThru
         foreach ($n in $nodes) {
-            $procs += Start-Process -FilePath 'dotnet' -ArgumentList @($dll, '--config', $n.Config) -NoNewWindow -PassThru
+            $procs += Start-Process -FilePath 'dotnet' -ArgumentList @($dll, '--config', $n.Config, "--Cluster:Witness=$witness") -NoNewWindow -PassThru
         }
         Start-Sleep -Seconds 3
+        if ($witnessProc.HasExited) { throw "the witness exited at start (exit code $($witnessProc.ExitCode)); see its message above" }
         foreach ($p in $procs) { if ($p.HasExited) { throw "a node exited at start (exit code $($p.ExitCode)); see its message above" } }
         $perf = Join-Path $Root "src/Perf/bin/$Configuration/net10.0/sn-perf.dll"
         Write-Host ''
@@ -133,6 +139,8 @@ function Invoke-Run {
         Write-Host '  NSID 1 (ANA group 1) is owned by node A, NSID 2 (ANA group 2) by node B; each node serves the'
         Write-Host "  other's namespace non-optimized through the proxy (interconnect 127.0.0.1:4430 <-> 4431),"
         Write-Host "  and keeps a RAM replica of it (Cluster:Mirror: a write completes once the replica has it too)."
+        Write-Host "  A witness on udp $witness is the third vote: when a node dies, the other serves its namespace from"
+        Write-Host '  its replica on its own (about 1.5 s later; try kill -9 on a node).'
         Write-Host 'Connect both paths with nvme-cli (native multipath picks the optimized one per namespace):'
         Write-Host '  nvme discover -t tcp -a 127.0.0.1 -s 4420'
         foreach ($n in $nodes) {
@@ -144,10 +152,11 @@ function Invoke-Run {
         Write-Host "  dotnet $perf -a 127.0.0.1 -s 4420 -n $nqn --nsid 2 -w randread -b 4k -q 32 -t 10"
         Write-Host 'Management (JSON-RPC, docs/management.md):'
         Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-A.sock nvmf_get_subsystems"
-        Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-B.sock cluster_get_status      # links, mirrors, replicas"
-        Write-Host 'Ctrl-C stops both nodes.'
-        # A node that dies leaves its partner serving (its own groups; the dead node's until it is back: docs/ha.md).
+        Write-Host "  dotnet $dll rpc -s /var/tmp/storagenode-B.sock cluster_get_status      # links, mirrors, replicas, groups"
+        Write-Host 'Ctrl-C stops both nodes and the witness.'
+        # A node that dies: its partner takes its group over (the witness grants it) and serves it from its replica.
         $reported = @{}
+        $witnessReported = $false
         while ($true) {
             for ($i = 0; $i -lt $procs.Count; $i++) {
                 $p = $procs[$i]; $n = $nodes[$i]
@@ -155,19 +164,27 @@ function Invoke-Run {
                 $reported[$n.Name] = $true
                 $other = $nodes[1 - $i]
                 Write-Host ''
-                Write-Host "node $($n.Name) exited (exit code $($p.ExitCode)); node $($other.Name) keeps serving its own group. To serve $($n.Name)'s from $($other.Name)'s replica:" -ForegroundColor Yellow
-                Write-Host "  dotnet $dll rpc -s $($other.Socket) cluster_takeover nqn=$nqn anagrpid=$($n.Group)"
-                Write-Host "Start $($n.Name) again (in another terminal):"
-                Write-Host "  dotnet $dll --config $($n.Config)"
+                Write-Host "node $($n.Name) exited (exit code $($p.ExitCode)); node $($other.Name) takes ANA group $($n.Group) over on its own once the witness grants it, and serves NSID $($n.Group) from its replica on the hosts' connections. Watch it:" -ForegroundColor Yellow
+                Write-Host "  dotnet $dll rpc -s $($other.Socket) cluster_get_status      # groups: owner $($other.Name), term 1, served_here"
+                Write-Host "Start $($n.Name) again (in another terminal): it comes back as $($other.Name)'s keeper and is resynced:"
+                Write-Host "  dotnet $dll --config $($n.Config) --Cluster:Witness=$witness"
+                Write-Host "Once its replica is in sync (cluster_get_status on $($other.Name): mirrors in_sync), hand the group back:"
+                Write-Host "  dotnet $dll rpc -s $($other.Socket) cluster_giveback nqn=$nqn anagrpid=$($n.Group)"
             }
             if ($reported.Count -eq $procs.Count) { throw 'both nodes exited' }
+            if ($witnessProc.HasExited -and -not $witnessReported) {
+                $witnessReported = $true
+                Write-Host ''
+                Write-Host "the witness exited (exit code $($witnessProc.ExitCode)): the nodes go on serving while they see each other; a node's death is no longer taken over on its own (cluster_takeover with force). Start it again:" -ForegroundColor Yellow
+                Write-Host "  dotnet $dll witness --Witness:Listen=$witness --Witness:StateDirectory=$witnessState"
+            }
             Start-Sleep -Milliseconds 500
         }
     }
     finally {
-        # Ctrl-C reaches the nodes too (same process group); give them time to stop cleanly.
-        foreach ($p in $procs) {
-            if (-not $p.HasExited -and -not $p.WaitForExit(5000)) { $p.Kill($true) }
+        # Ctrl-C reaches the nodes and the witness too (same process group); give them time to stop cleanly.
+        foreach ($p in @($procs) + @($witnessProc)) {
+            if ($null -ne $p -and -not $p.HasExited -and -not $p.WaitForExit(5000)) { $p.Kill($true) }
         }
     }
 }

@@ -63,9 +63,7 @@ public sealed class WitnessStateTests
         a = Ask(w, 60_000 * Ms, WitnessVerb.Take, "B", 4);
         Assert.Equal(WitnessResult.Refused, a.Result);
         Assert.Contains("served alone", a.Reason);
-        // Forced: granted — a lease after B first asked (A's lease ran out long before).
-        Assert.Equal(WitnessResult.Refused, Ask(w, 60_500 * Ms, WitnessVerb.Take, "B", 4, arg: 1).Result);
-        a = Ask(w, 61_000 * Ms, WitnessVerb.Take, "B", 4, arg: 1);
+        a = Ask(w, 60_000 * Ms, WitnessVerb.Take, "B", 4, arg: WitnessProtocol.TakeArgument(force: true, TimeSpan.Zero));
         Assert.Equal((WitnessResult.Ok, 4UL, "B", false), (a.Result, a.Term, a.Owner, a.Alone));
     }
 
@@ -102,33 +100,39 @@ public sealed class WitnessStateTests
         Assert.Equal(WitnessResult.Refused, a.Result);
         Assert.Contains("started", a.Reason);
         Assert.Equal((5UL, "A"), (a.Term, a.Owner));
-        // No renewal from A since the witness started: a lease from B's first ask.
-        Assert.Equal(WitnessResult.Refused, Ask(w, 101_000 * Ms, WitnessVerb.Take, "B", 6).Result);
-        a = Ask(w, 101_500 * Ms, WitnessVerb.Take, "B", 6);
+        a = Ask(w, 101_000 * Ms, WitnessVerb.Take, "B", 6);
         Assert.Equal((WitnessResult.Ok, 6UL, "B"), (a.Result, a.Term, a.Owner));
     }
 
     [Fact]
-    public void AnOwnerWhoseLeaseRanOutBeforeThePartnerAskedGetsALeaseToFenceItself()
+    public void ATakeIsGrantedOnceTheTakerHasAskedForItsHeartbeatInterval()
     {
+        // The owner fences itself (no lease) once its partner has answered none of its heartbeats for a heartbeat
+        // timeout, checked every half interval; the taker asks once it has heard nothing for as long: granted once it has
+        // asked for its interval.
+        ulong every100 = WitnessProtocol.TakeArgument(force: false, TimeSpan.FromMilliseconds(100));
         WitnessState w = New();
         Ask(w, 0, WitnessVerb.Renew, "A", 0);
-        // A lost the witness at 0 (its lease ended at 1000) and may still serve with its interconnect up; B, finding it
-        // silent at 5000, waits a lease from its first ask: A finds its interconnect down meanwhile and fences itself.
-        WitnessAnswer a = Ask(w, 5000 * Ms, WitnessVerb.Take, "B", 1);
-        Assert.Equal(WitnessResult.Refused, a.Result);
-        Assert.Contains("ran out before B asked", a.Reason);
-        Assert.Equal(WitnessResult.Refused, Ask(w, 5999 * Ms, WitnessVerb.Take, "B", 1).Result);
-        Assert.Equal(WitnessResult.Ok, Ask(w, 6000 * Ms, WitnessVerb.Take, "B", 1).Result);
+        WitnessAnswer a = Ask(w, 5000 * Ms, WitnessVerb.Take, "B", 1, every100);
+        Assert.Equal(WitnessResult.Wait, a.Result);
+        Assert.Contains("has asked for 0 ms", a.Reason);
+        Assert.Equal(WitnessResult.Wait, Ask(w, 5099 * Ms, WitnessVerb.Take, "B", 1, every100).Result);
+        Assert.Equal(WitnessResult.Ok, Ask(w, 5100 * Ms, WitnessVerb.Take, "B", 1, every100).Result);
 
-        // An owner that renews again ends the asking: the next ask starts a new wait.
+        // Asks further apart than twice the interval start over; an owner's lease held counts as asking.
         w = New();
         Ask(w, 0, WitnessVerb.Renew, "A", 0);
-        Ask(w, 5000 * Ms, WitnessVerb.Take, "B", 1);
-        Ask(w, 5100 * Ms, WitnessVerb.Renew, "A", 0);
-        Assert.Equal(WitnessResult.Refused, Ask(w, 6200 * Ms, WitnessVerb.Take, "B", 1).Result);
-        Assert.Equal(WitnessResult.Refused, Ask(w, 7100 * Ms, WitnessVerb.Take, "B", 1).Result);
-        Assert.Equal(WitnessResult.Ok, Ask(w, 7200 * Ms, WitnessVerb.Take, "B", 1).Result);
+        Assert.Equal(WitnessResult.Refused, Ask(w, 900 * Ms, WitnessVerb.Take, "B", 1, every100).Result); // A's lease
+        Assert.Equal(WitnessResult.Ok, Ask(w, 1000 * Ms, WitnessVerb.Take, "B", 2, every100).Result); // asked since 900
+        w = New();
+        Ask(w, 0, WitnessVerb.Renew, "A", 0);
+        Assert.Equal(WitnessResult.Wait, Ask(w, 5000 * Ms, WitnessVerb.Take, "B", 1, every100).Result);
+        Assert.Equal(WitnessResult.Wait, Ask(w, 5500 * Ms, WitnessVerb.Take, "B", 1, every100).Result); // a new first ask
+        Assert.Equal(WitnessResult.Ok, Ask(w, 5600 * Ms, WitnessVerb.Take, "B", 1, every100).Result);
+        // The new owner's lease (renewed at 5700) ended at 6700: A, asking at 6800, waits its interval too.
+        Assert.Equal(WitnessResult.Ok, Ask(w, 5700 * Ms, WitnessVerb.Renew, "B", 1).Result);
+        Assert.Equal(WitnessResult.Wait, Ask(w, 6800 * Ms, WitnessVerb.Take, "A", 2, every100).Result);
+        Assert.Equal(WitnessResult.Ok, Ask(w, 6900 * Ms, WitnessVerb.Take, "A", 2, every100).Result);
     }
 
     [Fact]

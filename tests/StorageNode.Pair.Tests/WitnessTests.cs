@@ -130,12 +130,12 @@ public sealed class WitnessTests
             pair.WaitLogged('B', "does not take the group over yet", TimeSpan.FromSeconds(30));
             Assert.False(Group(pair, 'B', 1)["served_here"]!.GetValue<bool>());
             // An operator decides: a forced takeover serves the replica (the write A completed alone is lost with A).
-            // (The witness grants it a lease after B first asked: A's lease ran out before that. Tried until then.)
+            // (The witness grants it once B has asked for a heartbeat interval: tried until then.)
             JsonNode? took = null;
             TestPair.WaitUntil(() =>
             {
                 try { took = pair.Rpc('B', "cluster_takeover", new JsonObject { ["nqn"] = TestPair.Nqn, ["anagrpid"] = 1, ["force"] = true }); }
-                catch (RpcException e) when (e.Message.Contains("after its first ask", StringComparison.Ordinal)) { return false; }
+                catch (RpcException e) when (e.Message.Contains("has asked for", StringComparison.Ordinal)) { return false; }
                 return true;
             }, "the forced takeover on B", TimeSpan.FromSeconds(20));
             Assert.Equal(1UL, took!["term"]!.GetValue<ulong>());

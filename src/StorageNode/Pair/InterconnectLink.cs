@@ -278,7 +278,17 @@ public sealed class InterconnectLink
         long t1 = _pair.Clock.WireNow;
         NvmeHost.Check("interconnect heartbeat", cqe);
         _pair.Clock.Sample(t0, cqe.Dw0 | ((long)cqe.Dw1 << 32), t1);
+        Volatile.Write(ref _lastHeartbeatSent, sent);
     }
+
+    private long _lastHeartbeatSent;
+
+    /// <summary>
+    /// When (Stopwatch ticks, this node's clock) the last interconnect heartbeat the partner answered was sent (0: none):
+    /// the partner heard this node then. The self-fence reads it, on a thread of its own, rather than <see cref="IsUp"/>,
+    /// which the control thread changes only once a heartbeat has timed out.
+    /// </summary>
+    public long LastHeartbeatAnsweredTicks => Volatile.Read(ref _lastHeartbeatSent);
 
     private void TryConnect()
     {

@@ -24,6 +24,10 @@ public sealed partial class PairNode
         public ulong Generation;
         public bool Recorded;
         public bool InFlight;
+        // Writes the partner's replica lacks have completed at this term: the witness must keep the record until a synced
+        // clears it (said again, every heartbeat interval, while an answer shows it lacks it).
+        public bool MustRecord;
+        public ulong MustTerm;
     }
 
     private readonly object _aloneLock = new();
@@ -104,7 +108,8 @@ public sealed partial class PairNode
     /// <summary>
     /// The self-fence, on a thread of its own that waits on nothing (the control thread can block on the partner for a
     /// heartbeat timeout and more): every half heartbeat interval, with the clock read then, a group this node owns is
-    /// fenced while it holds no lease and its interconnect is down, and served again when either comes back.
+    /// fenced while it holds no lease and its partner has answered no interconnect heartbeat sent in the last heartbeat
+    /// timeout, and served again when either comes back.
     /// </summary>
     private void FenceLoop()
     {
@@ -115,8 +120,12 @@ public sealed partial class PairNode
             {
                 OwnedGroup[] owned = OwnedGroups();
                 long now = Stopwatch.GetTimestamp();
+                long timeout = (long)(Config.HeartbeatTimeout.TotalSeconds * Stopwatch.Frequency);
+                // Not heard by the partner for a heartbeat timeout: the partner may have stopped hearing this node as
+                // long ago, and may ask the witness for the group from then on.
                 foreach (OwnedGroup g in owned)
-                    Fence(g.S, g.Link, g.Group, fence: Config.SelfFence && !Witness!.LeaseHeld(g.S.Nqn, g.Group, g.Term, now) && !g.Link.IsUp);
+                    Fence(g.S, g.Link, g.Group, fence: Config.SelfFence && !Witness!.LeaseHeld(g.S.Nqn, g.Group, g.Term, now)
+                        && now - g.Link.LastHeartbeatAnsweredTicks > timeout);
                 // Fenced groups this node no longer owns are released (it learned a newer term: the group follows that).
                 foreach ((string nqn, uint group) in _fenced.Keys)
                     if (!owned.Any(x => x.S.Nqn == nqn && x.Group == group) && SubsystemOf(nqn) is Subsystem s)
@@ -197,6 +206,7 @@ public sealed partial class PairNode
                             st.Recorded = true;
                             st.Term = t.Term;
                             st.Generation = ok.AloneGeneration;
+                            (st.MustRecord, st.MustTerm) = (true, t.Term);
                         }
                     }
                 }
@@ -222,6 +232,7 @@ public sealed partial class PairNode
     private void WitnessTick(long now)
     {
         if (Witness == null) return;
+        ReleaseGrantHolds(now);
         foreach (InterconnectLink link in _links)
         {
             Subsystem s = link.Subsystem;
@@ -278,7 +289,7 @@ public sealed partial class PairNode
                 lock (_aloneLock)
                 {
                     if (!_alone.TryGetValue((s.Nqn, group), out AloneState? st)) _alone[(s.Nqn, group)] = st = new AloneState();
-                    (st.Recorded, st.Term, st.Generation) = (true, ok.Term, ok.AloneGeneration);
+                    (st.Recorded, st.Term, st.Generation, st.MustRecord, st.MustTerm) = (true, ok.Term, ok.AloneGeneration, true, ok.Term);
                 }
                 _log.LogWarning("{Nqn}: ANA group {Group}: {Partner} not heard since this node started; the witness says this node owns it ({Term}) and recorded it alone: served",
                     s.Nqn, group, Config.Partner, kept);
@@ -310,7 +321,7 @@ public sealed partial class PairNode
         else if (_fenced.TryRemove(key, out _))
         {
             s.ReleaseGroup(group, SelfFenceHold);
-            _log.LogWarning("{Nqn}: ANA group {Group}: fence lifted ({Why})", s.Nqn, group, link.IsUp ? "the interconnect is up" : "the witness renewed the lease");
+            _log.LogWarning("{Nqn}: ANA group {Group}: fence lifted ({Why})", s.Nqn, group, link.IsUp ? "the partner answers on the interconnect" : "the witness renewed the lease");
         }
     }
 
@@ -328,12 +339,17 @@ public sealed partial class PairNode
         {
             if (!_alone.TryGetValue((s.Nqn, group), out st!)) _alone[(s.Nqn, group)] = st = new AloneState();
             if (st.InFlight) return;
-            again = st.Recorded && st.Term == term && !(_witnessSaysAlone.TryGetValue((s.Nqn, group), out var has) && has.Term == term);
+            again = st.MustRecord && st.MustTerm == term && !(_witnessSaysAlone.TryGetValue((s.Nqn, group), out var has) && has.Term == term);
         }
         if (again && !InSync(s, group))
         {
-            _log.LogWarning("{Nqn}: ANA group {Group}: the witness no longer records this node alone (term {Term}): said again", s.Nqn, group, term);
-            lock (_aloneLock) st.Recorded = false;
+            // Said again every heartbeat interval until the witness has it (a refusal or no answer leaves MustRecord).
+            lock (_aloneLock)
+            {
+                if (st.Recorded)
+                    _log.LogWarning("{Nqn}: ANA group {Group}: the witness no longer records this node alone (term {Term}): said again", s.Nqn, group, term);
+                st.Recorded = false;
+            }
             EnsureAlone(s, group);
             return;
         }
@@ -359,6 +375,8 @@ public sealed partial class PairNode
                     {
                         st.InFlight = false;
                         if (a is { Alone: false }) _witnessSaysAlone.Remove((s.Nqn, group));
+                        // Cleared: the replicas were in sync, and the partner knew, when the synced went.
+                        if (a is { Result: WitnessResult.Ok, Alone: false }) st.MustRecord = false;
                     }
                 }
                 if (a is { Result: WitnessResult.Ok, Alone: false })
@@ -367,6 +385,36 @@ public sealed partial class PairNode
         {
             lock (_aloneLock) st.InFlight = false;
         }
+    }
+
+    // Groups taken over while the partner answered, held until it has fenced itself: when (Stopwatch ticks) each is released.
+    private readonly Dictionary<(string Nqn, uint Group), long> _heldAfterGrant = [];
+    internal object GrantHold { get; } = new();
+
+    /// <summary>
+    /// Holds a group this node was granted while its partner still answered (under the ownership lock): released a
+    /// heartbeat timeout and two intervals later (<see cref="ReleaseGrantHolds"/>), by when the partner, which holds no
+    /// lease and whose heartbeats this node no longer answers, has fenced itself (two intervals: its fence's check, and
+    /// the close of its associations just after this).
+    /// </summary>
+    private void HoldAfterGrant(Subsystem s, uint group)
+    {
+        s.HoldGroup(group, GrantHold);
+        TimeSpan hold = Config.HeartbeatTimeout + 2 * Config.HeartbeatInterval;
+        _heldAfterGrant[(s.Nqn, group)] = Stopwatch.GetTimestamp() + (long)(hold.TotalSeconds * Stopwatch.Frequency);
+        _log.LogWarning("{Nqn}: ANA group {Group}: granted while {Partner} still answered: its associations are closed, and the group is held here for {Ms} ms, until it has fenced itself",
+            s.Nqn, group, Config.Partner, hold.TotalMilliseconds);
+    }
+
+    private void ReleaseGrantHolds(long now)
+    {
+        lock (_ownershipLock)
+            foreach (((string nqn, uint g), long until) in _heldAfterGrant.ToList())
+            {
+                if (now < until || SubsystemOf(nqn) is not Subsystem s) continue;
+                _heldAfterGrant.Remove((nqn, g));
+                s.ReleaseGroup(g, GrantHold);
+            }
     }
 
     /// <summary>Whether every namespace of the group is this node's, mirrored, and in sync as its partner knows (at least one).</summary>

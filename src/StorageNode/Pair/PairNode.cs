@@ -313,7 +313,15 @@ public sealed partial class PairNode : IDisposable
         if (Witness != null)
         {
             lock (_ownershipLock) asked = PlanTakeover(s, link, group, force, checkPartner: true).Term;
-            WitnessAnswer? a = Witness.Ask(WitnessVerb.Take, s.Nqn, group, asked.Term, force ? 1UL : 0, Config.HeartbeatTimeout);
+            // Asked again while the witness says wait (it grants once this node has asked for a heartbeat interval).
+            WitnessAnswer? a;
+            var asking = Stopwatch.StartNew();
+            while (true)
+            {
+                a = Witness.Ask(WitnessVerb.Take, s.Nqn, group, asked.Term, WitnessProtocol.TakeArgument(force, Config.HeartbeatInterval), Config.HeartbeatTimeout);
+                if (a is not { Result: WitnessResult.Wait } || asking.Elapsed > Config.HeartbeatTimeout + 4 * Config.HeartbeatInterval) break;
+                Thread.Sleep(Config.HeartbeatInterval);
+            }
             if (a == null)
             {
                 if (!force)
@@ -322,7 +330,7 @@ public sealed partial class PairNode : IDisposable
             }
             else if (a.Value.Result != WitnessResult.Ok || a.Value.Term != asked.Term || a.Value.Owner != Config.LocalNode)
             {
-                throw new InvalidOperationException(a.Value.Result == WitnessResult.Refused
+                throw new InvalidOperationException(a.Value.Result is WitnessResult.Refused or WitnessResult.Wait
                     ? $"the witness refused ANA group {group} at term {asked.Term}: {a.Value.Reason}"
                     : $"the witness says {a.Value.Owner} owns ANA group {group} at term {a.Value.Term}");
             }
@@ -346,7 +354,12 @@ public sealed partial class PairNode : IDisposable
             }
             // A giveback this node offered and had no answer to ends here: this node's term is past the one offered.
             if (_givebacks.TryGetValue((s.Nqn, group), out GivebackInFlight? gb)) Resume(gb);
+            // Granted while the partner came back (it reconnected while the witness was asked): it may serve the group
+            // until it learns the term or fences itself. Its associations, which read this node's descriptor before the
+            // new term, are closed (below, outside the lock), so that it learns the term as it reconnects, and its
+            // heartbeats go unanswered meanwhile: the group is held here until it has fenced itself (it holds no lease).
             reconnect = granted && (link.IsUp || s.Controllers.Any(c => c.IsInterconnect));
+            if (reconnect) HoldAfterGrant(s, group);
             if (risks.Count > 0)
                 _log.LogCritical("{Nqn}: ANA group {Group} taken over by force ({Term}): {Risks}; writes the partner acknowledged may be lost", s.Nqn, group, term, string.Join("; ", risks));
             else
@@ -356,9 +369,6 @@ public sealed partial class PairNode : IDisposable
                     Keeps ? "" : " (no state directory: a restart of this node forgets it)");
             result = new TakeoverResult(term, [.. remote.Select(n => n.Nsid)], risks);
         }
-        // Granted while the partner came back (it reconnected while the witness was asked): its associations, which read
-        // this node's descriptor before the new term, are closed (outside the ownership lock), so that it learns the term
-        // as it reconnects.
         if (reconnect)
         {
             Service.CloseInbound(s, 0, $"ANA group {group} taken over at {result.Term}: the partner learns it as it reconnects");
@@ -967,11 +977,12 @@ public sealed partial class PairNode : IDisposable
         _stop = true;
         _wake.Set();
         if (_thread.IsAlive) _thread.Join(TimeSpan.FromSeconds(5));
+        // The fence first: with the links down it would fence every group this node owns as it stops.
+        StopWitness();
         foreach (InterconnectLink l in _links) l.Down("node stopping");
         Workers.Dispose();
         Notices.Dispose();
         Membership.Dispose();
-        StopWitness();
         _wake.Dispose();
     }
 }

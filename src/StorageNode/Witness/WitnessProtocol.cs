@@ -29,6 +29,8 @@ public enum WitnessResult
     Refused,
     /// <summary>An answer to <see cref="WitnessVerb.Query"/>.</summary>
     State,
+    /// <summary>A take not granted yet: ask again every heartbeat interval (the reason says until when).</summary>
+    Wait,
 }
 
 /// <summary>The key of a group at the witness: one cluster (a pair), one subsystem, one ANA group.</summary>
@@ -60,6 +62,14 @@ public static class WitnessProtocol
 {
     public const string Magic = "SNW1";
     public const int MaxBytes = 1024;
+
+    /// <summary>
+    /// A take's argument: bit 0 force, the rest the taker's heartbeat interval in ms — how often it asks, and how late the
+    /// owner's self-fence may run (the witness grants once the taker has asked for at least that long).
+    /// </summary>
+    public static ulong TakeArgument(bool force, TimeSpan heartbeatInterval) => (force ? 1UL : 0) | ((ulong)heartbeatInterval.TotalMilliseconds << 1);
+
+    public static (bool Force, long IntervalMs) ReadTakeArgument(ulong arg) => ((arg & 1) != 0, (long)Math.Min(arg >> 1, 600_000));
 
     /// <summary>A name the protocol carries (cluster, node, NQN): printable ASCII, no spaces, 1-223 bytes.</summary>
     public static bool IsName(string s)
@@ -108,6 +118,7 @@ public static class WitnessProtocol
             "superseded" => WitnessResult.Superseded,
             "refused" => WitnessResult.Refused,
             "state" => WitnessResult.State,
+            "wait" => WitnessResult.Wait,
             _ => null,
         };
         if (result == null

@@ -9,7 +9,7 @@ public sealed record WitnessRecord(ulong Term, string Owner, bool Alone, ulong A
 /// The witness's answer to one request and what it changes: the record to keep (durably, before the answer goes; null:
 /// unchanged) and whether the requester holds the lease from the request's arrival.
 /// </summary>
-public readonly record struct WitnessDecision(WitnessKey Key, WitnessAnswer Answer, WitnessRecord? Keep, bool Lease, string? Log, string? Asked = null);
+public readonly record struct WitnessDecision(WitnessKey Key, WitnessAnswer Answer, WitnessRecord? Keep, bool Lease, string? Log, string? Asked = null, long? AskedSince = null);
 
 /// <summary>
 /// The witness of one or more pairs (docs/ha.md, "The witness"): a state machine with no sockets, files or clock, which
@@ -30,8 +30,9 @@ public sealed class WitnessState
     private readonly Dictionary<WitnessKey, WitnessRecord> _records = [];
     // When (the witness's clock) the owner last renewed its lease on the group; absent: not since the witness started.
     private readonly Dictionary<WitnessKey, long> _renewed = [];
-    // A take refused, by whom and since when (the witness's clock), until a lease is granted to anyone.
-    private readonly Dictionary<WitnessKey, (string Node, long Since)> _asked = [];
+    // A take refused, by whom, since when and when last (the witness's clock), until a lease is granted to anyone.
+    private readonly record struct Asking(string Node, long Since, long Last);
+    private readonly Dictionary<WitnessKey, Asking> _asked = [];
     // The two nodes of each pair, as they first spoke: a third name is refused.
     private readonly Dictionary<string, List<string>> _members = new(StringComparer.Ordinal);
 
@@ -116,7 +117,13 @@ public sealed class WitnessState
 
             case WitnessVerb.Take:
             {
-                bool force = r.Arg != 0;
+                (bool force, long intervalMs) = WitnessProtocol.ReadTakeArgument(r.Arg);
+                // The taker asks once its partner has not heard it answer for a heartbeat timeout, and the owner fences
+                // itself (no lease) once its partner has answered none of its heartbeats for as long — checked every half
+                // interval: granted once the taker has asked for a heartbeat interval (its asks no further apart than
+                // twice that, else this is a new first ask).
+                long wait = intervalMs * _ticksPerMs;
+                long since = _asked.TryGetValue(key, out Asking a) && a.Node == r.Node && now - a.Last <= 2 * wait + 50 * _ticksPerMs ? a.Since : now;
                 if (rec != null && r.Term <= rec.Term)
                 {
                     if (r.Term == rec.Term && rec.Owner == r.Node) // a retry of a take granted
@@ -126,19 +133,17 @@ public sealed class WitnessState
                 if (rec != null && rec.Owner != r.Node)
                 {
                     if (LeaseHeld(key, now))
-                        return Refuse(r, rec, FormattableString.Invariant($"{rec.Owner} holds its lease (renewed {(now - _renewed[key]) / _ticksPerMs} ms ago)"), asked: true);
+                        return Refuse(r, rec, FormattableString.Invariant($"{rec.Owner} holds its lease (renewed {(now - _renewed[key]) / _ticksPerMs} ms ago)"), asked: true, since: since);
                     if (rec.Alone && !force)
-                        return Refuse(r, rec, FormattableString.Invariant($"{rec.Owner} served alone at term {rec.Term}: {r.Node}'s replica lacks writes it acknowledged"), asked: true);
+                        return Refuse(r, rec, FormattableString.Invariant($"{rec.Owner} served alone at term {rec.Term}: {r.Node}'s replica lacks writes it acknowledged"), asked: true, since: since);
                 }
                 if (now - _startTicks < _leaseTicks && !LeaseHeld(key, now))
-                    return Refuse(r, rec, FormattableString.Invariant($"the witness started {(now - _startTicks) / _ticksPerMs} ms ago: it grants nothing before a lease ({LeaseMs} ms) has passed"), asked: true);
-                // The owner fenced itself when its lease ran out if it heard its partner no more by then. When its lease
-                // ran out before this node asked (it lost the witness first, or never renewed here), it fences once it
-                // finds its interconnect down, which it may not have yet: a lease from this node's first ask.
-                long since = _asked.TryGetValue(key, out (string Node, long Since) a) && a.Node == r.Node ? a.Since : now;
-                bool leaseEndedWhileAsked = rec != null && rec.Owner != r.Node && _renewed.TryGetValue(key, out long renewed) && renewed + _leaseTicks >= since;
-                if (!leaseEndedWhileAsked && now - since < _leaseTicks)
-                    return Refuse(r, rec, FormattableString.Invariant($"the owner's lease ran out before {r.Node} asked: granted a lease ({LeaseMs} ms) after its first ask ({(now - since) / _ticksPerMs} ms ago), once the owner has fenced itself"), asked: true);
+                    return Refuse(r, rec, FormattableString.Invariant($"the witness started {(now - _startTicks) / _ticksPerMs} ms ago: it grants nothing before a lease ({LeaseMs} ms) has passed"), asked: true, since: since);
+                if (now - since < wait)
+                {
+                    WitnessDecision notYet = Refuse(r, rec, FormattableString.Invariant($"{r.Node} has asked for {(now - since) / _ticksPerMs} ms: granted once it has asked for its heartbeat interval ({intervalMs} ms), by when the owner has fenced itself"), asked: true, since: since);
+                    return notYet with { Answer = notYet.Answer with { Result = WitnessResult.Wait } };
+                }
                 var taken = new WitnessRecord(r.Term, r.Node, false, rec?.AloneGeneration ?? 0);
                 return new WitnessDecision(key, Answer(r, WitnessResult.Ok, taken, LeaseMs), taken, true,
                     FormattableString.Invariant($"{key}: granted to {r.Node} at term {r.Term} (was {(rec == null ? "unknown here" : $"{rec.Owner} at term {rec.Term}{(rec.Alone ? ", alone" : "")}")}){(force && rec is { Alone: true } ? " by force" : "")}"));
@@ -155,18 +160,16 @@ public sealed class WitnessState
         // A lease is the owner's: a new owner's starts now, an old owner's is gone.
         else if (d.Keep != null) _renewed.Remove(d.Key);
         // A take refused is remembered from its first ask (by the same node); a lease granted ends the asking.
-        if (d.Asked != null)
-        {
-            if (!_asked.TryGetValue(d.Key, out (string Node, long Since) a) || a.Node != d.Asked) _asked[d.Key] = (d.Asked, now);
-        }
+        if (d.Asked != null) _asked[d.Key] = new Asking(d.Asked, d.AskedSince ?? now, now);
         else if (d.Lease) _asked.Remove(d.Key);
     }
 
     private static WitnessAnswer Answer(in WitnessRequest r, WitnessResult result, WitnessRecord? rec, uint leaseMs, string reason = "")
         => new(r.Id, result, rec?.Term ?? 0, rec?.Owner ?? "", rec?.Alone ?? false, rec?.AloneGeneration ?? 0, leaseMs, reason);
 
-    private WitnessDecision Refuse(in WitnessRequest r, WitnessRecord? rec, string reason, bool asked = false)
-        => new(r.Key, Answer(r, WitnessResult.Refused, rec, 0, reason), null, false, null, asked ? r.Node : null);
+    /// <summary>A refusal; <paramref name="asked"/>: a take, which counts as asking (since its episode's first ask, or now).</summary>
+    private WitnessDecision Refuse(in WitnessRequest r, WitnessRecord? rec, string reason, bool asked = false, long? since = null)
+        => new(r.Key, Answer(r, WitnessResult.Refused, rec, 0, reason), null, false, null, asked ? r.Node : null, since);
 
     /// <summary>The records as kept in the witness's state file: one line per group, <c>CLUSTER NQN GROUP TERM OWNER ALONE GENERATION</c>.</summary>
     public static string Format(IReadOnlyDictionary<WitnessKey, WitnessRecord> records)
