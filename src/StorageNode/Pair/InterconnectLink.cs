@@ -364,8 +364,12 @@ public sealed class InterconnectLink
             SubmissionQueueEntry sqe = default;
             sqe.Opcode = InterconnectOpcode.GetDescriptor;
             sqe.Cdw10 = (uint)(buf.Length / 4 - 1) << 16;
+            long asked = Stopwatch.GetTimestamp();
             CompletionQueueEntry cqe = host.AdminCommand(sqe, buf, DataDirection.ControllerToHost);
             NvmeHost.Check("interconnect descriptor", cqe);
+            // The partner heard this node then (as a heartbeat answered does): a group learned from its descriptor is
+            // not fenced for lack of one before the first heartbeat goes.
+            Volatile.Write(ref _lastHeartbeatSent, asked);
             ClusterDescriptor theirs = ClusterDescriptor.FromJson(buf.AsSpan(0, (int)Math.Min(cqe.Dw0, (uint)buf.Length)));
             string? problem = mine.Disagreement(theirs);
             if (problem != null)
