@@ -276,4 +276,83 @@ public class FenceTests(ITestOutputHelper output)
         }
         Assert.DoesNotContain(pair.LogsA.Lines, l => l.Contains("commands now run through"));
     }
+    /// <summary>
+    /// Issue 21's stale write (the stress series, seed 7): the host relays through B for A's namespace, then makes a new
+    /// direct association to A — after its relay opened, so the fence lets it be. Its write there is held in the network;
+    /// the host gives the association up without closing it, retries the write through B's relay and writes a newer
+    /// version. Then the partition heals and the old copy reaches A: A holds it, drains the relay, and must not run it,
+    /// since the host never shows it still uses that association. Depends on the relay timeout (1 s here): A gives the
+    /// host twice that and a second to answer before it closes the association.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AnOldWriteOnAnAssociationMadeWhileTheHostRelayedNeverLandsAfterItsRelayedRetry(string kind, int clockOffsetB)
+    {
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB, Slow("1000"), Slow("1000"));
+        pair.WaitHealthy();
+        using var toA = new TcpForwarder(pair.EndpointA);
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, hostId, new NvmeHostOptions { AsyncEvents = true });
+        IoQueue b = viaB.IoQueues[0];
+        Assert.True(WriteRetryingPathErrors(b, 0x70).IsSuccess);  // through B's relay: it opens on A
+        using NvmeHost viaA = pair.Connect(toA.Endpoint, hostId, new NvmeHostOptions { AsyncEvents = true });
+        IoQueue a = viaA.IoQueues[0];
+        toA.PauseUpstream = true;                                  // the new path stops delivering, nothing is closed
+        Pending old = Submit(a, 0x71);
+        PollUntil(a, () => old.Done, TimeSpan.FromMilliseconds(300));
+        Assert.False(old.Done);
+        // The host gives that association up (it never polls it again) and retries through B, then writes anew.
+        Assert.True(WriteRetryingPathErrors(b, 0x71).IsSuccess);
+        Assert.True(Write(b, 0x72).IsSuccess);
+        toA.PauseUpstream = false;                                 // the old copy reaches A
+        // A holds it, drains B's relay, asks the host, gets no answer and closes the association (after 3 s).
+        PollUntil(a, () => old.Done || a.Transport.IsBroken, TimeSpan.FromSeconds(15));
+        Assert.False(old.Succeeded, "the old copy ran after the host's relayed retry");
+        pair.WaitLogged('A', "has not shown within");
+        pair.WaitRelaysSettled();
+        // (The host's association with B is quarantined by B's fence for KATO after A's drain: read on a new one.)
+        using NvmeHost reader = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        Assert.Equal(0x72, ReadTag(reader.IoQueues[0]));
+    }
+
+    /// <summary>
+    /// The other side of the test above: a host that moves back from B's relay to a new association with A and still
+    /// uses it answers A's question (an ANA change notice on its Asynchronous Event Request, which it sends again), and
+    /// its write held meanwhile runs.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AWriteOnAnAssociationMadeWhileTheHostRelayedRunsOnceTheHostAnswers(string kind, int clockOffsetB)
+    {
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB, Slow("1000"), Slow("1000"));
+        pair.WaitHealthy();
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, hostId, new NvmeHostOptions { AsyncEvents = true });
+        Assert.True(WriteRetryingPathErrors(viaB.IoQueues[0], 0x80).IsSuccess);
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId, new NvmeHostOptions { AsyncEvents = true });
+        using var stop = new CancellationTokenSource();
+        var admin = new Thread(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                viaA.PollAdmin(); // the host takes its asynchronous events as they come (Linux: an interrupt)
+                Thread.Sleep(1);
+            }
+        }) { IsBackground = true };
+        admin.Start();
+        try
+        {
+            Assert.True(Write(viaA.IoQueues[0], 0x81).IsSuccess);
+            Assert.True(Write(viaA.IoQueues[0], 0x82).IsSuccess);
+        }
+        finally
+        {
+            stop.Cancel();
+            admin.Join();
+        }
+        pair.WaitLogged('A', "the host still uses this association");
+        Assert.Equal(0x82, ReadTag(viaA.IoQueues[0]));
+        Assert.True(viaA.TryGetEvent(out uint ev));
+        Assert.Equal(AsyncEvent.NoticeAnaChange, (byte)(ev >> 8));
+    }
 }

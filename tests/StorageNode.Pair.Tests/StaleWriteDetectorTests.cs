@@ -22,6 +22,11 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
     {
         StaleWriteDetector.Report r = detector.Run();
         output.WriteLine(r.ToString());
+        string logs = pair.Log('A') + pair.Log('B');
+        int Count(string what) => logs.Split('\n').Count(l => l.Contains(what));
+        output.WriteLine($"associations made while the host relayed: {Count("the host still uses this association")} answered, " +
+                         $"{Count("has not shown within")} closed unanswered, {Count("ended before the host showed")} ended first, " +
+                         $"{Count("cannot be asked")} could not be asked");
         if (r.Violations.Count > 0)
         {
             string dir = Path.Combine(AppContext.BaseDirectory, "stale-write-detector");
@@ -257,6 +262,11 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
         });
         StaleWriteDetector.Report r = detector.Run();
         output.WriteLine(r.ToString());
+        string logs = pair.Log('A') + pair.Log('B');
+        int Count(string what) => logs.Split('\n').Count(l => l.Contains(what));
+        output.WriteLine($"associations made while the host relayed: {Count("the host still uses this association")} answered, " +
+                         $"{Count("has not shown within")} closed unanswered, {Count("ended before the host showed")} ended first, " +
+                         $"{Count("cannot be asked")} could not be asked");
         foreach (string v in r.Violations.Take(5)) output.WriteLine(v);
         Assert.NotEmpty(r.Violations);
     }

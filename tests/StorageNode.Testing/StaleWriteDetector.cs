@@ -14,7 +14,9 @@ namespace StorageNode.Testing;
 /// The host behaves like a multipath host: it uses each namespace's owner path when it can and the other one
 /// otherwise (now and then the other one anyway), gives a command up after <see cref="Options.IoTimeout"/>, then
 /// abandons that association — closing it, or leaving it half open with its keep-alive stopped — and retries the same
-/// version elsewhere before writing a newer one; it reconnects later. The invariant: a block never goes back to an
+/// version elsewhere before writing a newer one; it reconnects later. Like Linux it keeps an Asynchronous Event Request
+/// with ANA change notices on each association it uses and takes its completions as they come (never again on one it
+/// abandoned). The invariant: a block never goes back to an
 /// older version than the host saw acknowledged or read (its "floor"). Every read checks it; so does a final read of
 /// every unit after all faults healed and every relay deadline passed.
 /// </summary>
@@ -215,6 +217,7 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         foreach (Path p in _paths)
         {
             if (p.Host == null) continue;
+            p.Host.PollAdmin(); // asynchronous events, as Linux takes them (an abandoned association is never polled again)
             try { work += p.Host.IoQueues[0].Transport.Poll(); }
             catch (NvmeTransportException) { }
             if (p.Host.IoQueues[0].Transport.IsBroken) Abandon(p, "connection lost", close: true);
@@ -254,7 +257,7 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         var ep = p.Forwarder.Endpoint;
         var options = new NvmeHostOptions
         {
-            HostId = _hostId, KatoMs = _o.KatoMs, SendKeepAlive = true, IoQueueDepth = _o.QueueDepth + 2,
+            HostId = _hostId, KatoMs = _o.KatoMs, SendKeepAlive = true, IoQueueDepth = _o.QueueDepth + 2, AsyncEvents = true,
             CommandTimeout = TimeSpan.FromSeconds(2), ConnectTimeout = TimeSpan.FromSeconds(2),
         };
         p.Connecting = Task.Run(() =>

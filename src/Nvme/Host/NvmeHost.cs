@@ -42,6 +42,12 @@ public sealed record NvmeHostOptions
     public int MaxR2T { get; init; } = 4;
     /// <summary>NVMe/TCP: the local address the connections leave from (null: the system chooses).</summary>
     public IPAddress? LocalAddress { get; init; }
+    /// <summary>
+    /// As Linux does: enable ANA change notices and keep one Asynchronous Event Request outstanding; after each ANA
+    /// notice read the ANA log (which lets the controller report the next one) and send the request again. Completions
+    /// are taken when the admin queue is polled (<see cref="NvmeHost.PollAdmin"/> or any admin command).
+    /// </summary>
+    public bool AsyncEvents { get; init; }
 
     public string EffectiveHostNqn => HostNqn ?? $"nqn.2014-08.org.nvmexpress:uuid:{HostId}";
 }
@@ -143,6 +149,7 @@ public sealed unsafe class NvmeHost : IDisposable
             host.PropertySet(Property.Cc, CcRegister.Make(true));
             host.WaitReady(true);
             host.IdentifyControllerData = host.Identify(Cns.Controller, 0);
+            if (!discovery && options.AsyncEvents) host.EnableAsyncEvents(AsyncEvent.ConfigAnaChange);
             if (!discovery && options.IoQueues > 0)
             {
                 int granted = host.SetQueueCount(options.IoQueues);
@@ -501,12 +508,49 @@ public sealed unsafe class NvmeHost : IDisposable
         return _events.TryDequeue(out dw0);
     }
 
+    /// <summary>Takes the admin queue's completions (asynchronous events) if no other thread is using it; never blocks.</summary>
+    public void PollAdmin()
+    {
+        if (!Monitor.TryEnter(_adminLock)) return;
+        try
+        {
+            if (!_disposed && !_admin.IsBroken) _admin.Poll();
+        }
+        catch (NvmeTransportException)
+        {
+            // The association is gone; the next explicit command reports it.
+        }
+        finally
+        {
+            Monitor.Exit(_adminLock);
+        }
+    }
+
+    private readonly byte[] _anaLog = GC.AllocateArray<byte>(4096, pinned: true);
+    private readonly IgnoreCompletion _ignore = new();
+
+    /// <summary>Reads the ANA log without waiting for it (admin lock held): reading it lets the controller report the next ANA change.</summary>
+    private void ReadAnaLogInBackground()
+    {
+        SubmissionQueueEntry sqe = default;
+        sqe.Opcode = AdminOpcode.GetLogPage;
+        sqe.Nsid = 0xFFFFFFFF;
+        sqe.SetLogPage(LogPageId.Ana, (uint)(_anaLog.Length / 4), 0, 0, false);
+        fixed (byte* p = _anaLog) _admin.TrySubmit(sqe, p, (uint)_anaLog.Length, DataDirection.ControllerToHost, _ignore, 0);
+    }
+
+    private sealed class IgnoreCompletion : IHostCompletion
+    {
+        public void OnHostComplete(long token, in CompletionQueueEntry cqe) { }
+    }
+
     private sealed class AerCallback(NvmeHost host) : IHostCompletion
     {
         public void OnHostComplete(long token, in CompletionQueueEntry cqe)
         {
             if (!cqe.StatusField.IsSuccess) return;
-            host._events.Enqueue(cqe.Dw0);
+            if (host._events.Count < 1024) host._events.Enqueue(cqe.Dw0);
+            if (host.Options.AsyncEvents && AsyncEvent.LogPageOf(cqe.Dw0) == LogPageId.Ana) host.ReadAnaLogInBackground();
             host.SubmitAer();
         }
     }

@@ -51,6 +51,10 @@ public sealed class GateEntry
     internal int Associations;
     internal int Bindings;
     internal bool Removed;
+    /// <summary>The host's associations here from the relay's time, running nothing until the host shows it still uses them.</summary>
+    internal readonly List<UnprovenAssociation> Unproven = [];
+    /// <summary><see cref="Unproven"/>'s count, read without the lock by the fast path.</summary>
+    internal int UnprovenCount;
 
     public Subsystem Subsystem { get; }
     public string HostNqn { get; }
@@ -73,11 +77,27 @@ public sealed class GateEntry
     public GatePath Switching => (GatePath)Volatile.Read(ref SwitchingTo);
     public int LocalOutstanding => Volatile.Read(ref LocalPath.Outstanding);
     public int RelayOutstanding => Volatile.Read(ref RelayPath.Outstanding);
+    /// <summary>Associations of the host here waiting to show the host still uses them (after a switch from the relay).</summary>
+    public int UnprovenAssociations => Volatile.Read(ref UnprovenCount);
 
     internal bool Idle => Associations == 0 && Bindings == 0 && SwitchingTo == 0 && Held.Count == 0 && PendingOpens.Count == 0
-                          && LocalOutstanding == 0 && RelayOutstanding == 0;
+                          && Unproven.Count == 0 && LocalOutstanding == 0 && RelayOutstanding == 0;
 
     public override string ToString() => $"{HostNqn} ({HostId}) on {Subsystem.Nqn}";
+}
+
+/// <summary>
+/// An association of a host made while its commands ran through the partner's relay, when they switch back here: it
+/// may carry commands the host sent before it gave the association up and retried through the relay, so it runs
+/// nothing until the host shows it still uses it (<see cref="Controller.ProveHostStillHere"/>).
+/// </summary>
+internal sealed class UnprovenAssociation(Controller controller, AssociationState state)
+{
+    public readonly Controller Controller = controller;
+    public readonly AssociationState State = state;
+    /// <summary>Its commands that arrived meanwhile (under the entry's lock).</summary>
+    public readonly List<NvmfRequest> Held = [];
+    public readonly Stopwatch Since = Stopwatch.StartNew();
 }
 
 /// <summary>The owner's record of one host the partner relays for, on one of the partner's associations.</summary>
@@ -262,7 +282,7 @@ public sealed class HostGate : IIoGate
         GateEntry e = p.Entry;
         // Count (a full fence) came first; a switch publishes SwitchingTo before it reads the counts. So either this
         // command sees the switch, or the switch sees this command.
-        if (Volatile.Read(ref e.SwitchingTo) == 0 && Volatile.Read(ref e.ActiveValue) == (int)p.Path)
+        if (Volatile.Read(ref e.SwitchingTo) == 0 && Volatile.Read(ref e.ActiveValue) == (int)p.Path && Volatile.Read(ref e.UnprovenCount) == 0)
             return p.Path != GatePath.Relay || InTime(req);
         if (DisabledForTest) return p.Path != GatePath.Relay || InTime(req);
         return AdmitSlow(req, p, e);
@@ -308,6 +328,12 @@ public sealed class HostGate : IIoGate
             if (ctrl.CreatedTicks <= e.LocalFencedAt)
             {
                 req.Fail(FenceLocal(ctrl, e));
+                return false;
+            }
+            if (ctrl.PairState is AssociationState { Unproven: { } unproven })
+            {
+                req.PendingOps = 1;
+                unproven.Held.Add(req);
                 return false;
             }
             switch (switching)
@@ -466,6 +492,7 @@ public sealed class HostGate : IIoGate
             // Every association of the host here that exists now may still deliver old copies: fence them (a command
             // on one closes it), then wait for what they started.
             Volatile.Write(ref e.LocalFencedAt, Stopwatch.GetTimestamp());
+            FenceUnproven(e);
             Interlocked.Exchange(ref e.SwitchingTo, (int)GatePath.Relay);
             int gen = ++e.Generation;
             _ = Task.Run(() => OpenRelayAsync(e, gen));
@@ -485,6 +512,97 @@ public sealed class HostGate : IIoGate
             return;
         }
         Finish(e, gen, GatePath.Relay, sw, "the host's own associations fenced and drained");
+    }
+
+    /// <summary>
+    /// The host's relay opens while associations of the relay's time have not shown the host still uses them: they are
+    /// fenced with the rest, and what they hold never runs (entry lock held).
+    /// </summary>
+    private void FenceUnproven(GateEntry e)
+    {
+        foreach (UnprovenAssociation u in e.Unproven)
+        {
+            u.State.Unproven = null;
+            foreach (NvmfRequest r in u.Held) Post(r, static x => { x.PendingOps = 0; x.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion)); });
+            u.Held.Clear();
+            FenceLocal(u.Controller, e);
+        }
+        e.Unproven.Clear();
+        Interlocked.Exchange(ref e.UnprovenCount, 0);
+    }
+
+    // ------------------------------------------------------------------ after relay -> local: is the host still there?
+
+    /// <summary>
+    /// After the relay drained, the host's associations made while it relayed (made before the drain ended, after the
+    /// last relay open) may carry commands the host sent before it gave them up and retried through the relay — the
+    /// retries already ran, so these would land over newer data. The owner cannot order them by arrival. It runs nothing
+    /// from such an association until the host answers something sent after the drain on it: then the host had not
+    /// given it up when the relay closed, so nothing it sent there was retried through the relay (a later relay open
+    /// fences it). Entry lock held; returns the associations to ask.
+    /// </summary>
+    private static List<UnprovenAssociation> MarkUnproven(GateEntry e, IReadOnlyList<Controller> controllers, long drained)
+    {
+        var ask = new List<UnprovenAssociation>();
+        foreach (Controller c in controllers)
+        {
+            if (c.IsInterconnect || c.Destroyed || c.PairState is not AssociationState { Owner: { } owner } st || owner != e) continue;
+            if (c.CreatedTicks <= e.LocalFencedAt || c.CreatedTicks > drained || st.Unproven != null) continue;
+            var u = new UnprovenAssociation(c, st);
+            st.Unproven = u;
+            e.Unproven.Add(u);
+            ask.Add(u);
+        }
+        Interlocked.Exchange(ref e.UnprovenCount, e.Unproven.Count);
+        return ask;
+    }
+
+    private void AskHost(GateEntry e, UnprovenAssociation u)
+    {
+        u.Controller.ProveHostStillHere(r => OnProof(e, u, r));
+        _ = Task.Run(async () =>
+        {
+            await Task.Delay(DrainLimit);
+            bool still;
+            lock (e.Lock) still = u.State.Unproven == u;
+            if (!still) return;
+            _log.LogWarning("{Ctrl}: {Host} has not shown within {Seconds:0.#} s that it still uses this association, made while it relayed; closing it (its held commands never run)",
+                u.Controller, e, DrainLimit.TotalSeconds);
+            u.Controller.Destroy("the host did not show it still uses this association after its relay closed");
+        });
+    }
+
+    private void OnProof(GateEntry e, UnprovenAssociation u, HostProof result)
+    {
+        List<NvmfRequest> held;
+        lock (e.Lock)
+        {
+            if (u.State.Unproven != u) return; // fenced by a relay open meanwhile
+            u.State.Unproven = null;
+            e.Unproven.Remove(u);
+            Interlocked.Exchange(ref e.UnprovenCount, e.Unproven.Count);
+            held = [.. u.Held];
+            u.Held.Clear();
+        }
+        switch (result)
+        {
+            case HostProof.Proven:
+                _log.LogInformation("{Ctrl}: the host still uses this association (answered in {Ms:0.0} ms); {Held} held command(s) run",
+                    u.Controller, u.Since.Elapsed.TotalMilliseconds, held.Count);
+                foreach (NvmfRequest r in held) Post(r, CommandDispatcher.Resume);
+                break;
+            case HostProof.CannotAsk:
+                _log.LogInformation("{Ctrl}: the host cannot be asked whether it still uses this association (no Asynchronous Event Request, or ANA change notices off); {Held} held command(s) run",
+                    u.Controller, held.Count);
+                foreach (NvmfRequest r in held) Post(r, CommandDispatcher.Resume);
+                break;
+            default:
+                _log.LogInformation("{Ctrl}: the association ended before the host showed it still uses it; {Held} held command(s) never run",
+                    u.Controller, held.Count);
+                foreach (NvmfRequest r in held) Post(r, static x => { x.PendingOps = 0; x.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion)); });
+                break;
+        }
+        Prune(e);
     }
 
     private void CancelSwitchToRelay(GateEntry e, string why)
@@ -531,9 +649,14 @@ public sealed class HostGate : IIoGate
     private void Finish(GateEntry e, int gen, GatePath to, Stopwatch sw, string how)
     {
         List<NvmfRequest> release, opens;
+        List<UnprovenAssociation> ask = [];
+        long drained = Stopwatch.GetTimestamp();
+        IReadOnlyList<Controller> controllers = to == GatePath.Local ? e.Subsystem.Controllers : [];
         lock (e.Lock)
         {
             if (e.Generation != gen) return;
+            // Before the switch is published: a command that sees it sees these too (Admit's fast path).
+            if (to == GatePath.Local) ask = MarkUnproven(e, controllers, drained);
             Volatile.Write(ref e.ActiveValue, (int)to);
             Interlocked.Exchange(ref e.SwitchingTo, 0);
             release = [.. e.Held];
@@ -543,8 +666,10 @@ public sealed class HostGate : IIoGate
             e.Switches++;
             foreach (NvmfRequest open in opens) AnswerOpen(open, NvmeStatus.Success, e.LastDrainId, e);
         }
-        _log.LogInformation("{Entry}: commands now run through {To}; barrier took {Ms:0.0} ms ({How}), {Held} command(s) held",
-            e, to == GatePath.Relay ? "the partner's relay" : "the host's own associations", sw.Elapsed.TotalMilliseconds, how, release.Count);
+        _log.LogInformation("{Entry}: commands now run through {To}; barrier took {Ms:0.0} ms ({How}), {Held} command(s) held{Asking}",
+            e, to == GatePath.Relay ? "the partner's relay" : "the host's own associations", sw.Elapsed.TotalMilliseconds, how, release.Count,
+            ask.Count == 0 ? "" : $"; {ask.Count} association(s) made while it relayed run once the host shows it still uses them");
+        foreach (UnprovenAssociation u in ask) AskHost(e, u);
         foreach (NvmfRequest r in release) Post(r, CommandDispatcher.Resume);
         Prune(e);
     }
@@ -573,4 +698,6 @@ public sealed class AssociationState
     public GateEntry? Owner { get; init; }
     /// <summary>Proxy side: the host's relay state in the subsystem.</summary>
     public HostRelay? Relay { get; init; }
+    /// <summary>Owner side: set while the association, made while the host relayed, runs nothing (entry lock).</summary>
+    internal UnprovenAssociation? Unproven;
 }

@@ -224,6 +224,7 @@ public sealed class Controller
             _enabled = false;
             DisconnectIoQueues(reason);
         }
+        AdminQueue.Reactor.Post(() => FinishProof(HostProof.Ended));
         Subsystem.RemoveController(this);
         AdminQueue.Disconnect(reason);
         Target.OnControllerDestroyed(this, reason);
@@ -233,8 +234,18 @@ public sealed class Controller
 
     internal bool TryQueueAer(NvmfRequest req)
     {
-        if (_aers.Count >= MaxOutstandingAers) return false;
+        if (_aers.Count >= MaxOutstandingAers)
+        {
+            _aersCompleted++; // refused: the host gets a completion for it, so it may send another
+            return false;
+        }
         _aers.Enqueue(req);
+        _aersAccepted++;
+        if (_proofBound >= 0)
+        {
+            if (_aersAccepted > _proofBound) FinishProof(HostProof.Proven);
+            else AskForProof();
+        }
         DeliverEvents();
         return true;
     }
@@ -269,6 +280,7 @@ public sealed class Controller
             _pendingEvents.RemoveAt(i);
             _maskedLogPages.Add(logPage);
             NvmfRequest aer = _aers.Dequeue();
+            _aersCompleted++;
             aer.Cqe.Dw0 = dw0;
             aer.Complete();
         }
@@ -285,6 +297,7 @@ public sealed class Controller
             if (!found && aer.Sqe.Cid == cid)
             {
                 found = true;
+                _aersCompleted++;
                 aer.Fail(NvmeStatus.Generic(GenericStatus.AbortedByRequest));
             }
             else
@@ -297,6 +310,60 @@ public sealed class Controller
 
     /// <summary>Drops outstanding AERs (their queue pair is going away).</summary>
     internal void ClearAers() => _aers.Clear();
+
+    // ---- Evidence that the host still uses the association (admin queue reactor, except ProveHostStillHere) ----
+
+    private long _aersAccepted, _aersCompleted;
+    /// <summary>-1: no proof asked for; else the host has proved itself once more AERs than this were accepted.</summary>
+    private long _proofBound = -1;
+    private readonly List<Action<HostProof>> _proofWaiters = [];
+
+    /// <summary>
+    /// Asks the host for evidence that it still uses this association now: a command it can only have sent after it
+    /// received a completion this controller sent after the call. The completion is of an outstanding Asynchronous
+    /// Event Request (an ANA change notice); the evidence is an AER accepted past the most the host could have sent
+    /// before that: one more than the AERs completed so far plus AERL + 1, the most a host may have outstanding. A host
+    /// that keeps fewer outstanding (Linux keeps one) is asked again, one notice per AER it sends back, until it gets
+    /// there. <paramref name="done"/> runs on the admin queue's reactor: <see cref="HostProof.Proven"/>;
+    /// <see cref="HostProof.CannotAsk"/> when the host never sent an AER or did not enable ANA change notices;
+    /// <see cref="HostProof.Ended"/> when the association ends first. Any thread.
+    /// </summary>
+    public void ProveHostStillHere(Action<HostProof> done)
+    {
+        AdminQueue.Reactor.Post(() =>
+        {
+            if (_destroyed)
+            {
+                done(HostProof.Ended);
+                return;
+            }
+            if (_aersAccepted == 0 || (AsyncEventConfig & AsyncEvent.ConfigAnaChange) == 0)
+            {
+                done(HostProof.CannotAsk);
+                return;
+            }
+            _proofWaiters.Add(done);
+            // A later request raises the bound for every waiter: the evidence must postdate the newest request.
+            _proofBound = _aersCompleted + MaxOutstandingAers;
+            AskForProof();
+        });
+    }
+
+    private void AskForProof()
+    {
+        uint dw0 = AsyncEvent.Dw0(AsyncEvent.TypeNotice, AsyncEvent.NoticeAnaChange, LogPageId.Ana);
+        if (!_pendingEvents.Contains(dw0)) _pendingEvents.Add(dw0);
+        DeliverEvents();
+    }
+
+    private void FinishProof(HostProof result)
+    {
+        _proofBound = -1;
+        if (_proofWaiters.Count == 0) return;
+        Action<HostProof>[] waiters = [.. _proofWaiters];
+        _proofWaiters.Clear();
+        foreach (Action<HostProof> w in waiters) w(result);
+    }
 
     // ---- Changed Namespace List (any thread) ----
 
@@ -441,4 +508,15 @@ public sealed class Controller
     public AnaState AnaState(uint groupId) => Subsystem.GetAnaState(groupId, Role);
 
     public override string ToString() => $"{Subsystem.Nqn} cntlid {Cntlid} host {HostNqn}";
+}
+
+/// <summary>The answer to <see cref="Controller.ProveHostStillHere"/>.</summary>
+public enum HostProof
+{
+    /// <summary>The host sent a command it could only have sent after the request: it still uses the association.</summary>
+    Proven,
+    /// <summary>The host gives no way to ask (no Asynchronous Event Request ever sent, or ANA change notices disabled).</summary>
+    CannotAsk,
+    /// <summary>The association ended first.</summary>
+    Ended,
 }
