@@ -98,6 +98,8 @@ internal sealed class UnprovenAssociation(Controller controller, AssociationStat
     /// <summary>Its commands that arrived meanwhile (under the entry's lock).</summary>
     public readonly List<NvmfRequest> Held = [];
     public readonly Stopwatch Since = Stopwatch.StartNew();
+    /// <summary>No answer within the drain limit: it is being closed (under the entry's lock).</summary>
+    public bool TimedOut;
 }
 
 /// <summary>The owner's record of one host the partner relays for, on one of the partner's associations.</summary>
@@ -492,8 +494,8 @@ public sealed class HostGate : IIoGate
             // Every association of the host here that exists now may still deliver old copies: fence them (a command
             // on one closes it), then wait for what they started.
             Volatile.Write(ref e.LocalFencedAt, Stopwatch.GetTimestamp());
-            FenceUnproven(e);
             Interlocked.Exchange(ref e.SwitchingTo, (int)GatePath.Relay);
+            FenceUnproven(e); // (after the switch is published: the fast path never sees neither)
             int gen = ++e.Generation;
             _ = Task.Run(() => OpenRelayAsync(e, gen));
         }
@@ -563,12 +565,15 @@ public sealed class HostGate : IIoGate
         _ = Task.Run(async () =>
         {
             await Task.Delay(DrainLimit);
-            bool still;
-            lock (e.Lock) still = u.State.Unproven == u;
-            if (!still) return;
+            lock (e.Lock)
+            {
+                if (u.State.Unproven != u) return;
+                u.TimedOut = true; // an answer from now on comes too late: it is closed
+            }
             _log.LogWarning("{Ctrl}: {Host} has not shown within {Seconds:0.#} s that it still uses this association, made while it relayed; closing it (its held commands never run)",
                 u.Controller, e, DrainLimit.TotalSeconds);
             u.Controller.Destroy("the host did not show it still uses this association after its relay closed");
+            OnProof(e, u, HostProof.Ended); // (destroyed: nothing of it runs any more, held or new)
         });
     }
 
@@ -577,7 +582,8 @@ public sealed class HostGate : IIoGate
         List<NvmfRequest> held;
         lock (e.Lock)
         {
-            if (u.State.Unproven != u) return; // fenced by a relay open meanwhile
+            if (u.State.Unproven != u) return; // fenced by a relay open meanwhile, or concluded already
+            if (u.TimedOut && result != HostProof.Ended) return; // being closed
             u.State.Unproven = null;
             e.Unproven.Remove(u);
             Interlocked.Exchange(ref e.UnprovenCount, e.Unproven.Count);

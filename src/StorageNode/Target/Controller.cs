@@ -113,8 +113,13 @@ public sealed class Controller
             }
             else if (!en && wasEn)
             {
-                // Controller reset: I/O queues are gone, the host must reconnect them.
+                // Controller reset: I/O queues are gone, the host must reconnect them; outstanding AERs are aborted.
                 _enabled = false;
+                while (_aers.TryDequeue(out NvmfRequest? aer))
+                {
+                    _aersCompleted++;
+                    aer.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion));
+                }
                 Csts &= ~(CstsRegister.Ready | CstsRegister.Fatal);
                 DisconnectIoQueues("controller reset (CC.EN cleared)");
             }
@@ -308,8 +313,12 @@ public sealed class Controller
         return found;
     }
 
-    /// <summary>Drops outstanding AERs (their queue pair is going away).</summary>
-    internal void ClearAers() => _aers.Clear();
+    /// <summary>Drops outstanding AERs (their queue pair is going away, or a controller reset aborted them).</summary>
+    internal void ClearAers()
+    {
+        _aersCompleted += _aers.Count; // the host may send as many again: counted as answered (ProveHostStillHere)
+        _aers.Clear();
+    }
 
     // ---- Evidence that the host still uses the association (admin queue reactor, except ProveHostStillHere) ----
 
@@ -325,7 +334,7 @@ public sealed class Controller
     /// before that: one more than the AERs completed so far plus AERL + 1, the most a host may have outstanding. A host
     /// that keeps fewer outstanding (Linux keeps one) is asked again, one notice per AER it sends back, until it gets
     /// there. <paramref name="done"/> runs on the admin queue's reactor: <see cref="HostProof.Proven"/>;
-    /// <see cref="HostProof.CannotAsk"/> when the host never sent an AER or did not enable ANA change notices;
+    /// <see cref="HostProof.CannotAsk"/> when the host did not enable ANA change notices;
     /// <see cref="HostProof.Ended"/> when the association ends first. Any thread.
     /// </summary>
     public void ProveHostStillHere(Action<HostProof> done)
@@ -337,7 +346,7 @@ public sealed class Controller
                 done(HostProof.Ended);
                 return;
             }
-            if (_aersAccepted == 0 || (AsyncEventConfig & AsyncEvent.ConfigAnaChange) == 0)
+            if ((AsyncEventConfig & AsyncEvent.ConfigAnaChange) == 0)
             {
                 done(HostProof.CannotAsk);
                 return;
@@ -515,7 +524,7 @@ public enum HostProof
 {
     /// <summary>The host sent a command it could only have sent after the request: it still uses the association.</summary>
     Proven,
-    /// <summary>The host gives no way to ask (no Asynchronous Event Request ever sent, or ANA change notices disabled).</summary>
+    /// <summary>The host gives no way to ask (ANA change notices disabled).</summary>
     CannotAsk,
     /// <summary>The association ended first.</summary>
     Ended,

@@ -131,6 +131,12 @@ internal static unsafe class IoCommands
             else ((ICommandChannel)req.Channel!).Submit(req);
             return;
         }
+        if (req.Qpair.Controller!.Destroyed)
+        {
+            // The association ended (keep-alive expired, fenced, closed) after this command arrived: nothing more of it runs.
+            req.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion));
+            return;
+        }
         IIoGate? gate = req.Qpair.Target.IoGate;
         if (gate != null && !gate.Admit(req)) return; // held until the host's previous path drained, or failed
         Run(req);
@@ -143,6 +149,11 @@ internal static unsafe class IoCommands
         if (req.Qpair.IsClosed)
         {
             req.Complete(); // releases the slot; nothing executes
+            return;
+        }
+        if (req.Qpair.Controller!.Destroyed)
+        {
+            req.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion)); // its association ended while it was held
             return;
         }
         if (req.Qpair.Target.IoGate!.Admit(req)) Run(req);
