@@ -285,6 +285,14 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         output.WriteLine($"relayed through B: {pair.B.Pair!.Links[0].Relayed} command(s)");
         Assert.True(pair.B.Pair!.Links[0].Relayed > 0, "nothing went through the proxy path");
         Assert.Equal(0, rc);
+        // The kernel host came back to A on an association made while it relayed: A asked it (ANA change notices on its
+        // Asynchronous Event Request) whether it still uses it before running anything from it (docs/ha.md); Linux answers.
+        int asked = pair.LogsA.Lines.Count(l => l.Contains("run once the host shows it still uses them"));
+        int answered = pair.LogsA.Lines.Count(l => l.Contains("the host still uses this association"));
+        int unanswered = pair.LogsA.Lines.Count(l => l.Contains("has not shown within"));
+        output.WriteLine($"A asked the kernel host about associations made while it relayed {asked} time(s): {answered} answered, {unanswered} closed unanswered");
+        Assert.Equal(0, unanswered);
+        Assert.True(asked == 0 || answered > 0, "the kernel host never answered A's question");
         if (replica == null) return;
         Assert.True(replica.IsInSync, $"B's replica is {replica.State}");
         const int size = 64 << 20;
