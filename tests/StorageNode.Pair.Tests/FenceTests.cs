@@ -301,7 +301,9 @@ public class FenceTests(ITestOutputHelper output)
         Pending old = Submit(a, 0x71);
         PollUntil(a, () => old.Done, TimeSpan.FromMilliseconds(300));
         Assert.False(old.Done);
-        // The host gives that association up (it never polls it again) and retries through B, then writes anew.
+        // The host gives that association up (it never polls it again, and sends no more keep-alives) and retries through
+        // B, then writes anew.
+        viaA.StopKeepAlive();
         Assert.True(WriteRetryingPathErrors(b, 0x71).IsSuccess);
         Assert.True(Write(b, 0x72).IsSuccess);
         toA.PauseUpstream = false;                                 // the old copy reaches A

@@ -223,7 +223,7 @@ public class AdminTests : IDisposable
     public void AsyncEventRequestLimit()
     {
         // AERL + 1 outstanding requests are accepted; one more is refused.
-        _host.EnableAsyncEvents(AsyncEvent.ConfigAnaChange, count: 4);
+        _host.EnableAsyncEvents(AsyncEvent.ConfigAnaChange, count: Controller.MaxOutstandingAers);
         SubmissionQueueEntry sqe = default;
         sqe.Opcode = AdminOpcode.AsyncEventRequest;
         CompletionQueueEntry cqe = _host.AdminCommand(sqe, default, DataDirection.None);

@@ -41,21 +41,25 @@ public class HostProofTests : IDisposable
     }
 
     [Fact]
-    public void AHostKeepingOneRequestLikeLinuxAnswersAfterAerlPlusOneNotices()
+    public void AHostKeepingOneRequestLikeLinuxAnswersAfterOneNotice()
     {
+        Assert.Equal(1, Controller.MaxOutstandingAers); // AERL 0: a host may keep one, so the request after a notice answers
         using NvmeHost host = _node.Connect(new NvmeHostOptions { AsyncEvents = true });
         Assert.Equal(HostProof.Proven, Ask(ControllerOf(host), host, TimeSpan.FromSeconds(10)));
-        // It could have sent AERL + 1 before the first notice reached it: only the request after that many proves it.
-        Assert.Equal(Controller.MaxOutstandingAers, AnaNotices(host));
+        Assert.Equal(1, AnaNotices(host));
     }
 
     [Fact]
-    public void AHostKeepingAsManyAsItMayAnswersAfterOneNotice()
+    public void AHostThatNeverReadsTheAnaLogIsAskedDespiteTheMask()
     {
+        // Linux without native multipath enables ANA notices and sends its request again, but never reads the ANA log:
+        // after one notice that log's events are masked. A second question still reaches it.
         using NvmeHost host = _node.Connect();
-        host.EnableAsyncEvents(AsyncEvent.ConfigAnaChange, count: Controller.MaxOutstandingAers);
-        Assert.Equal(HostProof.Proven, Ask(ControllerOf(host), host, TimeSpan.FromSeconds(10)));
-        Assert.Equal(1, AnaNotices(host));
+        host.EnableAsyncEvents(AsyncEvent.ConfigAnaChange);
+        Controller c = ControllerOf(host);
+        Assert.Equal(HostProof.Proven, Ask(c, host, TimeSpan.FromSeconds(10)));
+        Assert.Equal(HostProof.Proven, Ask(c, host, TimeSpan.FromSeconds(10)));
+        Assert.Equal(2, AnaNotices(host));
     }
 
     [Fact]

@@ -10,7 +10,11 @@ namespace StorageNode.Target;
 /// </summary>
 public sealed class Controller
 {
-    public const int MaxOutstandingAers = 4;
+    /// <summary>
+    /// AERL + 1. One, as Linux's host keeps (SPDK's keeps AERL + 1): a host that keeps as many as it may answers the
+    /// question of <see cref="ProveHostStillHere"/> after one notice (events wait in order for the next request).
+    /// </summary>
+    public const int MaxOutstandingAers = 1;
     private const int ErrorLogEntries = 64;
 
     private readonly object _lock = new();
@@ -330,10 +334,10 @@ public sealed class Controller
     /// <summary>
     /// Asks the host for evidence that it still uses this association now: a command it can only have sent after it
     /// received a completion this controller sent after the call. The completion is of an outstanding Asynchronous
-    /// Event Request (an ANA change notice); the evidence is an AER accepted past the most the host could have sent
-    /// before that: one more than the AERs completed so far plus AERL + 1, the most a host may have outstanding. A host
-    /// that keeps fewer outstanding (Linux keeps one) is asked again, one notice per AER it sends back, until it gets
-    /// there. <paramref name="done"/> runs on the admin queue's reactor: <see cref="HostProof.Proven"/>;
+    /// Event Request (an ANA change notice; sent even while an earlier one's mask is on, the ANA log unchanged); the
+    /// evidence is an AER accepted past the most the host could have sent before that: one more than the AERs completed
+    /// so far plus AERL + 1, the most a host may have outstanding. A host that keeps fewer outstanding than that would be
+    /// asked again, one notice per AER it sends back, until it gets there. <paramref name="done"/> runs on the admin queue's reactor: <see cref="HostProof.Proven"/>;
     /// <see cref="HostProof.CannotAsk"/> when the host did not enable ANA change notices;
     /// <see cref="HostProof.Ended"/> when the association ends first. Any thread.
     /// </summary>
@@ -361,6 +365,17 @@ public sealed class Controller
     private void AskForProof()
     {
         uint dw0 = AsyncEvent.Dw0(AsyncEvent.TypeNotice, AsyncEvent.NoticeAnaChange, LogPageId.Ana);
+        if (_maskedLogPages.Contains(LogPageId.Ana))
+        {
+            // The host has not read the ANA log since the last ANA notice (Linux without native multipath never reads
+            // it): the question goes anyway rather than wait for a read that may never come.
+            if (_aers.Count == 0) return; // asked again when the next request arrives
+            NvmfRequest aer = _aers.Dequeue();
+            _aersCompleted++;
+            aer.Cqe.Dw0 = dw0;
+            aer.Complete();
+            return;
+        }
         if (!_pendingEvents.Contains(dw0)) _pendingEvents.Add(dw0);
         DeliverEvents();
     }

@@ -131,12 +131,6 @@ internal static unsafe class IoCommands
             else ((ICommandChannel)req.Channel!).Submit(req);
             return;
         }
-        if (req.Qpair.Controller!.Destroyed)
-        {
-            // The association ended (keep-alive expired, fenced, closed) after this command arrived: nothing more of it runs.
-            req.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion));
-            return;
-        }
         IIoGate? gate = req.Qpair.Target.IoGate;
         if (gate != null && !gate.Admit(req)) return; // held until the host's previous path drained, or failed
         Run(req);
@@ -151,11 +145,6 @@ internal static unsafe class IoCommands
             req.Complete(); // releases the slot; nothing executes
             return;
         }
-        if (req.Qpair.Controller!.Destroyed)
-        {
-            req.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion)); // its association ended while it was held
-            return;
-        }
         if (req.Qpair.Target.IoGate!.Admit(req)) Run(req);
     }
 
@@ -165,6 +154,16 @@ internal static unsafe class IoCommands
         Namespace ns = req.Namespace!;
         BdevChannel ch = req.Channel!;
         int shift = ns.Bdev.BlockShift;
+        if (req.Qpair.Controller!.Destroyed)
+        {
+            // Its association ended (keep-alive expired, fenced, closed, or not shown still in use after a switch back
+            // from the relay) after the command arrived: nothing more of it runs. Read after the gate admitted it: the
+            // gate lets an association go (HostGate's unproven count) only after it was destroyed.
+            NvmeStatus st = NvmeStatus.Generic(GenericStatus.AbortedSqDeletion);
+            if (req.Fused != FusedRole.None) FusedCommands.Failed(req, st);
+            req.Fail(st);
+            return;
+        }
         if (ns.Removed || ns.MovedAway || (ns.Quiesced && !req.ForReplica))
         {
             // Taken out of the subsystem after this command arrived, or its group moved (or is moving) to the partner: it
