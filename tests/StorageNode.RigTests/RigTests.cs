@@ -290,9 +290,15 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         int asked = pair.LogsA.Lines.Count(l => l.Contains("run once the host shows it still uses them"));
         int answered = pair.LogsA.Lines.Count(l => l.Contains("the host still uses this association"));
         int unanswered = pair.LogsA.Lines.Count(l => l.Contains("has not shown within"));
-        output.WriteLine($"A asked the kernel host about associations made while it relayed {asked} time(s): {answered} answered, {unanswered} closed unanswered");
+        int endedFirst = pair.LogsA.Lines.Count(l => l.Contains("ended before the host showed"));
+        int cannotAsk = pair.LogsA.Lines.Count(l => l.Contains("cannot be asked"));
+        output.WriteLine($"A asked the kernel host about associations made while it relayed {asked} time(s): {answered} answered, {unanswered} closed unanswered, {endedFirst} ended first, {cannotAsk} could not be asked");
+        foreach (string l in pair.LogsA.Lines.Where(l => l.Contains("while it relayed") || l.Contains("uses this association") || l.Contains("cannot be asked")
+                                                       || l.Contains("ended before the host showed") || l.Contains("commands now run through")))
+            output.WriteLine($"A| {l}");
+        // A live kernel host answers (an association it replaced may end first: one made during the cut, killed with it).
         Assert.Equal(0, unanswered);
-        Assert.True(asked == 0 || answered > 0, "the kernel host never answered A's question");
+        Assert.Equal(0, cannotAsk);
         if (replica == null) return;
         Assert.True(replica.IsInSync, $"B's replica is {replica.State}");
         const int size = 64 << 20;
