@@ -77,8 +77,6 @@ public sealed class GateEntry
     public GatePath Switching => (GatePath)Volatile.Read(ref SwitchingTo);
     public int LocalOutstanding => Volatile.Read(ref LocalPath.Outstanding);
     public int RelayOutstanding => Volatile.Read(ref RelayPath.Outstanding);
-    /// <summary>Associations of the host here waiting to show the host still uses them (after a switch from the relay).</summary>
-    public int UnprovenAssociations => Volatile.Read(ref UnprovenCount);
 
     internal bool Idle => Associations == 0 && Bindings == 0 && SwitchingTo == 0 && Held.Count == 0 && PendingOpens.Count == 0
                           && Unproven.Count == 0 && LocalOutstanding == 0 && RelayOutstanding == 0;
@@ -525,13 +523,16 @@ public sealed class HostGate : IIoGate
         foreach (UnprovenAssociation u in e.Unproven)
         {
             u.State.Unproven = null;
-            foreach (NvmfRequest r in u.Held) Post(r, static x => { x.PendingOps = 0; x.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion)); });
+            FailLater(u.Held, NvmeStatus.Generic(GenericStatus.AbortedSqDeletion));
             u.Held.Clear();
             FenceLocal(u.Controller, e);
         }
         e.Unproven.Clear();
-        Interlocked.Exchange(ref e.UnprovenCount, 0);
+        PublishUnproven(e);
     }
+
+    /// <summary>Mirrors the unproven list's count for Admit's fast path (entry lock held).</summary>
+    private static void PublishUnproven(GateEntry e) => Interlocked.Exchange(ref e.UnprovenCount, e.Unproven.Count);
 
     // ------------------------------------------------------------------ after relay -> local: is the host still there?
 
@@ -555,7 +556,7 @@ public sealed class HostGate : IIoGate
             e.Unproven.Add(u);
             ask.Add(u);
         }
-        Interlocked.Exchange(ref e.UnprovenCount, e.Unproven.Count);
+        PublishUnproven(e);
         return ask;
     }
 
@@ -586,7 +587,7 @@ public sealed class HostGate : IIoGate
             if (u.TimedOut && result != HostProof.Ended) return; // being closed
             u.State.Unproven = null;
             e.Unproven.Remove(u);
-            Interlocked.Exchange(ref e.UnprovenCount, e.Unproven.Count);
+            PublishUnproven(e);
             held = [.. u.Held];
             u.Held.Clear();
         }
@@ -598,14 +599,14 @@ public sealed class HostGate : IIoGate
                 foreach (NvmfRequest r in held) Post(r, CommandDispatcher.Resume);
                 break;
             case HostProof.CannotAsk:
-                _log.LogInformation("{Ctrl}: the host cannot be asked whether it still uses this association (no Asynchronous Event Request, or ANA change notices off); {Held} held command(s) run",
+                _log.LogInformation("{Ctrl}: the host cannot be asked whether it still uses this association (ANA change notices off); {Held} held command(s) run",
                     u.Controller, held.Count);
                 foreach (NvmfRequest r in held) Post(r, CommandDispatcher.Resume);
                 break;
             default:
                 _log.LogInformation("{Ctrl}: the association ended before the host showed it still uses it; {Held} held command(s) never run",
                     u.Controller, held.Count);
-                foreach (NvmfRequest r in held) Post(r, static x => { x.PendingOps = 0; x.Fail(NvmeStatus.Generic(GenericStatus.AbortedSqDeletion)); });
+                FailLater(held, NvmeStatus.Generic(GenericStatus.AbortedSqDeletion));
                 break;
         }
         Prune(e);
@@ -649,7 +650,13 @@ public sealed class HostGate : IIoGate
             held = [.. e.Held];
             e.Held.Clear();
         }
-        foreach (NvmfRequest r in held) Post(r, static x => { x.PendingOps = 0; x.Fail(NvmeStatus.Path(PathStatus.AnaTransition)); });
+        FailLater(held, NvmeStatus.Path(PathStatus.AnaTransition));
+    }
+
+    /// <summary>Fails held commands on their reactors (their slots were kept while held).</summary>
+    private static void FailLater(List<NvmfRequest> held, NvmeStatus status)
+    {
+        foreach (NvmfRequest r in held) Post(r, x => { x.PendingOps = 0; x.Fail(status); });
     }
 
     private void Finish(GateEntry e, int gen, GatePath to, Stopwatch sw, string how)

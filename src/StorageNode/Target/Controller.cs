@@ -288,11 +288,17 @@ public sealed class Controller
             if (_maskedLogPages.Contains(logPage)) { i++; continue; }
             _pendingEvents.RemoveAt(i);
             _maskedLogPages.Add(logPage);
-            NvmfRequest aer = _aers.Dequeue();
-            _aersCompleted++;
-            aer.Cqe.Dw0 = dw0;
-            aer.Complete();
+            CompleteAer(dw0);
         }
+    }
+
+    /// <summary>Completes the oldest outstanding AER with an event (counted for <see cref="ProveHostStillHere"/>).</summary>
+    private void CompleteAer(uint dw0)
+    {
+        NvmfRequest aer = _aers.Dequeue();
+        _aersCompleted++;
+        aer.Cqe.Dw0 = dw0;
+        aer.Complete();
     }
 
     /// <summary>Abort of an outstanding Asynchronous Event Request: it completes with Command Abort Requested. Admin reactor.</summary>
@@ -317,7 +323,7 @@ public sealed class Controller
         return found;
     }
 
-    /// <summary>Drops outstanding AERs (their queue pair is going away, or a controller reset aborted them).</summary>
+    /// <summary>Drops outstanding AERs (their queue pair is going away).</summary>
     internal void ClearAers()
     {
         _aersCompleted += _aers.Count; // the host may send as many again: counted as answered (ProveHostStillHere)
@@ -337,8 +343,9 @@ public sealed class Controller
     /// Event Request (an ANA change notice; sent even while an earlier one's mask is on, the ANA log unchanged); the
     /// evidence is an AER accepted past the most the host could have sent before that: one more than the AERs completed
     /// so far plus AERL + 1, the most a host may have outstanding. A host that keeps fewer outstanding than that would be
-    /// asked again, one notice per AER it sends back, until it gets there. <paramref name="done"/> runs on the admin queue's reactor: <see cref="HostProof.Proven"/>;
-    /// <see cref="HostProof.CannotAsk"/> when the host did not enable ANA change notices;
+    /// asked again, one notice per AER it sends back, until it gets there. <paramref name="done"/> runs on the admin
+    /// queue's reactor: <see cref="HostProof.Proven"/>; <see cref="HostProof.CannotAsk"/> when the host did not enable
+    /// ANA change notices;
     /// <see cref="HostProof.Ended"/> when the association ends first. Any thread.
     /// </summary>
     public void ProveHostStillHere(Action<HostProof> done)
@@ -369,11 +376,7 @@ public sealed class Controller
         {
             // The host has not read the ANA log since the last ANA notice (Linux without native multipath never reads
             // it): the question goes anyway rather than wait for a read that may never come.
-            if (_aers.Count == 0) return; // asked again when the next request arrives
-            NvmfRequest aer = _aers.Dequeue();
-            _aersCompleted++;
-            aer.Cqe.Dw0 = dw0;
-            aer.Complete();
+            if (_aers.Count > 0) CompleteAer(dw0); // else asked again when the next request arrives
             return;
         }
         if (!_pendingEvents.Contains(dw0)) _pendingEvents.Add(dw0);
