@@ -276,6 +276,59 @@ public class FenceTests(ITestOutputHelper output)
         }
         Assert.DoesNotContain(pair.LogsA.Lines, l => l.Contains("commands now run through"));
     }
+
+    /// <summary>
+    /// Issue 21's stale write (stress series s3, run 8): the host writes through its own association with A, A's
+    /// namespace; a write it sent through B (the proxy) is held in the network. The host gives that association up
+    /// without closing it, retries the write on A, writes a newer version, and goes quiet. Then the partition heals: the
+    /// old copy reaches B after the host's last command to A, so B asks A to open the host's relay, and A does. B must
+    /// not relay the old copy: the host never shows it still uses the association it came on.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AnOldWriteHeldOnTheWayToTheProxyNeverLandsAfterItsRetryOnTheOwner(string kind, int clockOffsetB)
+    {
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB, Slow("1000"), Slow("1000"));
+        pair.WaitHealthy();
+        using var toB = new TcpForwarder(pair.EndpointB);
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost viaA = pair.Connect(pair.EndpointA, hostId, new NvmeHostOptions { AsyncEvents = true });
+        using NvmeHost viaB = pair.Connect(toB.Endpoint, hostId, new NvmeHostOptions { AsyncEvents = true });
+        IoQueue a = viaA.IoQueues[0], b = viaB.IoQueues[0];
+        // Another host keeps B's reactor busy (as the detector's NSID 2 traffic does), so B dates the old copy's arrival
+        // when it comes, not from a long idle wait before the host's last command to A.
+        using NvmeHost other = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        using var stop = new CancellationTokenSource();
+        var busy = new Thread(() =>
+        {
+            for (int i = 0; i < 1_000_000 && !stop.IsCancellationRequested; i++) Write(other.IoQueues[0], (byte)i, nsid: 2);
+        }) { IsBackground = true };
+        busy.Start();
+        Pending old;
+        try
+        {
+            Assert.True(Write(a, 0xA0).IsSuccess);
+            toB.PauseUpstream = true;                              // the path to B stops delivering, nothing is closed
+            old = Submit(b, 0xA1);
+            PollUntil(b, () => old.Done, TimeSpan.FromMilliseconds(300));
+            Assert.False(old.Done);
+            viaB.StopKeepAlive();                                  // given up: never polled again, no keep-alives
+            Assert.True(Write(a, 0xA1).IsSuccess);
+            Assert.True(Write(a, 0xA2).IsSuccess);
+            Thread.Sleep(50);
+            toB.PauseUpstream = false;                             // the old copy reaches B; the host is quiet
+            PollUntil(b, () => old.Done || b.Transport.IsBroken, TimeSpan.FromSeconds(15));
+        }
+        finally
+        {
+            stop.Cancel();
+            busy.Join();
+        }
+        Assert.False(old.Succeeded, "the old copy was relayed after the host's retry on the owner");
+        pair.WaitRelaysSettled();
+        using NvmeHost reader = pair.Connect(pair.EndpointA, Guid.NewGuid());
+        Assert.Equal(0xA2, ReadTag(reader.IoQueues[0]));
+    }
     /// <summary>
     /// Issue 21's stale write (the stress series, seed 7): the host relays through B for A's namespace, then makes a new
     /// direct association to A — after its relay opened, so the fence lets it be. Its write there is held in the network;
