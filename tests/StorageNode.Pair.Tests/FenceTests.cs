@@ -278,6 +278,59 @@ public class FenceTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// No relay between them: the host's write on an association with the owner is held in the network; the host gives
+    /// the association up without closing it, connects a new one to the same node, retries the write there and writes a
+    /// newer version. Then the old copy arrives (TCP retransmits after a partition heals, and a new connection's data can
+    /// overtake it): it must not land over the newer data. The new association's first command makes the old one run
+    /// nothing until the host shows it still uses it, which it never does.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AnOldWriteOnAnAssociationTheHostGaveUpNeverLandsAfterItsRetryOnANewerOneWithTheSameNode(string kind, int clockOffsetB)
+    {
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB, Slow("1000"), Slow("1000"));
+        pair.WaitHealthy();
+        using var toA = new TcpForwarder(pair.EndpointA);
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost old = pair.Connect(toA.Endpoint, hostId, new NvmeHostOptions { AsyncEvents = true });
+        IoQueue a1 = old.IoQueues[0];
+        Assert.True(Write(a1, 0x90).IsSuccess);
+        toA.PauseUpstream = true;                                  // the path stops delivering, nothing is closed
+        Pending held = Submit(a1, 0x91);
+        PollUntil(a1, () => held.Done, TimeSpan.FromMilliseconds(300));
+        Assert.False(held.Done);
+        old.StopKeepAlive();                                       // given up: never polled again, no keep-alives
+        using NvmeHost fresh = pair.Connect(pair.EndpointA, hostId, new NvmeHostOptions { AsyncEvents = true });
+        IoQueue a2 = fresh.IoQueues[0];
+        Assert.True(Write(a2, 0x91).IsSuccess);
+        Assert.True(Write(a2, 0x92).IsSuccess);
+        toA.PauseUpstream = false;                                 // the old copy reaches A
+        PollUntil(a1, () => held.Done || a1.Transport.IsBroken, TimeSpan.FromSeconds(15));
+        Assert.False(held.Succeeded, "the old copy ran after the host's retry on its newer association");
+        pair.WaitLogged('A', "older than one the host started since; closing it");
+        Assert.Equal(0x92, ReadTag(a2));
+    }
+
+    /// <summary>
+    /// The other side: a host with two live associations with the owner (two ports, both used) answers the question its
+    /// newer association's first command raises on the older one, and the older one's writes run.
+    /// </summary>
+    [Fact]
+    public void AnOlderAssociationTheHostStillUsesRunsOnceItAnswers()
+    {
+        using var pair = new TestPair(new() { ["Listeners:1:Address"] = "127.0.0.1", ["Listeners:1:Port"] = "0" });
+        pair.WaitHealthy();
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost p1 = pair.Connect(pair.A.TcpEndpoints[0], hostId, new NvmeHostOptions { AsyncEvents = true });
+        Assert.True(Write(p1.IoQueues[0], 0xC0).IsSuccess);
+        using NvmeHost p2 = pair.Connect(pair.A.TcpEndpoints[1], hostId, new NvmeHostOptions { AsyncEvents = true });
+        Assert.True(Write(p2.IoQueues[0], 0xC1).IsSuccess);
+        Assert.True(Write(p1.IoQueues[0], 0xC2).IsSuccess);
+        pair.WaitLogged('A', "the host still uses this association");
+        Assert.Equal(0xC2, ReadTag(p2.IoQueues[0]));
+    }
+
+    /// <summary>
     /// Issue 21's stale write (stress series s3, run 8): the host writes through its own association with A, A's
     /// namespace; a write it sent through B (the proxy) is held in the network. The host gives that association up
     /// without closing it, retries the write on A, writes a newer version, and goes quiet. Then the partition heals: the
@@ -325,9 +378,51 @@ public class FenceTests(ITestOutputHelper output)
             busy.Join();
         }
         Assert.False(old.Succeeded, "the old copy was relayed after the host's retry on the owner");
+        pair.WaitLogged('B', "since its relay opened; closing it");
         pair.WaitRelaysSettled();
         using NvmeHost reader = pair.Connect(pair.EndpointA, Guid.NewGuid());
         Assert.Equal(0xA2, ReadTag(reader.IoQueues[0]));
+    }
+
+    /// <summary>
+    /// The other side of the test above: a host that wrote through A and moves to B's relay (its path to A cut) answers
+    /// B's question on the association it uses (an ANA change notice on its Asynchronous Event Request, which it sends
+    /// again), and its writes through B run.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AHostThatMovesToTheRelayAnswersAndItsWritesRun(string kind, int clockOffsetB)
+    {
+        using IPairRig pair = PairRigs.Create(kind, clockOffsetB, Slow("1000"), Slow("1000"));
+        pair.WaitHealthy();
+        using var toA = new TcpForwarder(pair.EndpointA);
+        Guid hostId = Guid.NewGuid();
+        using NvmeHost viaA = pair.Connect(toA.Endpoint, hostId, new NvmeHostOptions { AsyncEvents = true });
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, hostId, new NvmeHostOptions { AsyncEvents = true });
+        Assert.True(Write(viaA.IoQueues[0], 0xB0).IsSuccess);
+        toA.Cut();
+        using var stop = new CancellationTokenSource();
+        var admin = new Thread(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                viaB.PollAdmin(); // the host takes its asynchronous events as they come (Linux: an interrupt)
+                Thread.Sleep(1);
+            }
+        }) { IsBackground = true };
+        admin.Start();
+        try
+        {
+            Assert.True(WriteRetryingPathErrors(viaB.IoQueues[0], 0xB1).IsSuccess);
+            Assert.True(Write(viaB.IoQueues[0], 0xB2).IsSuccess);
+        }
+        finally
+        {
+            stop.Cancel();
+            admin.Join();
+        }
+        pair.WaitLogged('B', "the host answered on this association since its relay opened");
+        Assert.Equal(0xB2, ReadTag(viaB.IoQueues[0]));
     }
     /// <summary>
     /// Issue 21's stale write (the stress series, seed 7): the host relays through B for A's namespace, then makes a new

@@ -45,7 +45,10 @@ public sealed record NvmeHostOptions
     /// <summary>
     /// As Linux does: enable ANA change notices and keep one Asynchronous Event Request outstanding; after each ANA
     /// notice read the ANA log (which lets the controller report the next one) and send the request again. Completions
-    /// are taken when the admin queue is polled (<see cref="NvmeHost.PollAdmin"/> or any admin command).
+    /// are taken as they come, as Linux takes them (an interrupt): every few milliseconds while the keep-alive runs (a
+    /// host that gave the association up, <see cref="NvmeHost.StopKeepAlive"/>, takes none; so for events armed by
+    /// <see cref="NvmeHost.EnableAsyncEvents"/>), and whenever the admin queue is polled (<see cref="NvmeHost.PollAdmin"/>
+    /// or any admin command).
     /// </summary>
     public bool AsyncEvents { get; init; }
 
@@ -74,6 +77,9 @@ public sealed unsafe class NvmeHost : IDisposable
     private long _lastAdminToken = 1;
     private volatile string? _adminTimedOut;
     private readonly Timer? _keepAlive;
+    private Timer? _eventPoll;
+    private bool _keepAliveStopped;
+    private readonly object _eventPollLock = new(); // (not the admin lock: an admin command may hold that for its timeout)
     private readonly List<IoQueue> _ioQueues = [];
     private readonly ConcurrentQueue<uint> _events = new();
     private readonly AerCallback _aerCallback;
@@ -480,6 +486,12 @@ public sealed unsafe class NvmeHost : IDisposable
             for (int i = 0; i < count; i++) SubmitAer();
             _admin.Poll();
         }
+        // Events are taken as they come while the host keeps the association (Linux: an interrupt).
+        lock (_eventPollLock)
+        {
+            if (_keepAlive != null && !_keepAliveStopped && !_disposed && _eventPoll == null)
+                _eventPoll = new Timer(_ => PollAdmin(), null, EventPollMs, EventPollMs);
+        }
     }
 
     private void SubmitAer()
@@ -566,8 +578,18 @@ public sealed unsafe class NvmeHost : IDisposable
         return list;
     }
 
-    /// <summary>Stops sending Keep Alive (a host that abandoned the association without closing it).</summary>
-    public void StopKeepAlive() => _keepAlive?.Dispose();
+    private const int EventPollMs = 5;
+
+    /// <summary>Stops sending Keep Alive and taking asynchronous events (a host that abandoned the association without closing it).</summary>
+    public void StopKeepAlive()
+    {
+        lock (_eventPollLock)
+        {
+            _keepAliveStopped = true;
+            _keepAlive?.Dispose();
+            _eventPoll?.Dispose();
+        }
+    }
 
     /// <summary>True once the admin queue's connection failed.</summary>
     public bool AdminBroken => _admin.IsBroken;
@@ -594,6 +616,7 @@ public sealed unsafe class NvmeHost : IDisposable
         if (_disposed) return;
         _disposed = true;
         _keepAlive?.Dispose();
+        lock (_eventPollLock) _eventPoll?.Dispose();
         foreach (IoQueue q in _ioQueues) q.Transport.Dispose();
         lock (_adminLock) _admin.Dispose();
     }

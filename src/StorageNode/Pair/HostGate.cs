@@ -85,14 +85,17 @@ public sealed class GateEntry
 }
 
 /// <summary>
-/// An association of a host made while its commands ran through the partner's relay, when they switch back here: it
-/// may carry commands the host sent before it gave the association up and retried through the relay, so it runs
-/// nothing until the host shows it still uses it (<see cref="Controller.ProveHostStillHere"/>).
+/// An association of a host made while its commands ran through the partner's relay, when they switch back here, or
+/// older than an association of the host that just started here: it may carry commands the host sent before it gave
+/// the association up and retried elsewhere, so it runs nothing until the host shows it still uses it
+/// (<see cref="Controller.ProveHostStillHere"/>).
 /// </summary>
-internal sealed class UnprovenAssociation(Controller controller, AssociationState state)
+internal sealed class UnprovenAssociation(Controller controller, AssociationState state, string why)
 {
     public readonly Controller Controller = controller;
     public readonly AssociationState State = state;
+    /// <summary>Why it is asked, for the logs ("made while it relayed", "older than one the host started since").</summary>
+    public readonly string Why = why;
     /// <summary>Its commands that arrived meanwhile (under the entry's lock).</summary>
     public readonly List<NvmfRequest> Held = [];
     public readonly Stopwatch Since = Stopwatch.StartNew();
@@ -266,8 +269,9 @@ public sealed class HostGate : IIoGate
         }
         else
         {
-            if (ctrl.PairState is not AssociationState { Owner: { } e }) return NvmeStatus.Success;
+            if (ctrl.PairState is not AssociationState { Owner: { } e } st) return NvmeStatus.Success;
             if (ctrl.CreatedTicks <= Volatile.Read(ref e.LocalFencedAt) && !DisabledForTest) return FenceLocal(ctrl, e);
+            if (Volatile.Read(ref st.Started) == 0 && !DisabledForTest) FirstCommand(ctrl, e, st);
             Volatile.Write(ref e.LastLocalArrival, Stopwatch.GetTimestamp());
             path = e.LocalPath;
         }
@@ -378,6 +382,30 @@ public sealed class HostGate : IIoGate
             ctrl.Destroy("fenced: the host moved to the partner's relay after this association was made");
         }
         return NvmeStatus.Generic(GenericStatus.AbortedSqDeletion);
+    }
+
+    /// <summary>
+    /// The first command of a host's association here, while its commands run here (reactor thread, once per
+    /// association). The host's older associations here may carry commands it sent before it gave them up and retried on
+    /// this one — a reconnection after a partition, the old copies held in the network landing after the retries. Like
+    /// the associations made while it relayed, they run nothing more until the host answers something sent on them now:
+    /// then it had not given them up, so nothing they carry was retried here (docs/ha.md). While the host relays, or is
+    /// switching, the relay's own rules cover them (fenced, or asked after the drain).
+    /// </summary>
+    private void FirstCommand(Controller ctrl, GateEntry e, AssociationState st)
+    {
+        if (Interlocked.Exchange(ref st.Started, 1) != 0) return;
+        IReadOnlyList<Controller> controllers = e.Subsystem.Controllers;
+        List<UnprovenAssociation> ask;
+        lock (e.Lock)
+        {
+            if (e.SwitchingTo != 0 || (GatePath)e.ActiveValue == GatePath.Relay) return;
+            ask = MarkUnproven(e, controllers, ctrl.CreatedTicks - 1, "older than one the host started since");
+        }
+        if (ask.Count == 0) return;
+        _log.LogInformation("{Ctrl}: the host's first command on this association; {Count} older association(s) of the host here run once it shows it still uses them",
+            ctrl, ask.Count);
+        foreach (UnprovenAssociation u in ask) AskHost(e, u);
     }
 
     // ------------------------------------------------------------------ relay -> local
@@ -542,16 +570,18 @@ public sealed class HostGate : IIoGate
     /// retries already ran, so these would land over newer data. The owner cannot order them by arrival. It runs nothing
     /// from such an association until the host answers something sent after the drain on it: then the host had not
     /// given it up when the relay closed, so nothing it sent there was retried through the relay (a later relay open
-    /// fences it). Entry lock held; returns the associations to ask.
+    /// fences it). Entry lock held; returns the associations to ask. Also for the associations older than one that
+    /// started (<see cref="FirstCommand"/>): those made after the last relay open and no later than
+    /// <paramref name="madeBy"/>.
     /// </summary>
-    private static List<UnprovenAssociation> MarkUnproven(GateEntry e, IReadOnlyList<Controller> controllers, long drained)
+    private static List<UnprovenAssociation> MarkUnproven(GateEntry e, IReadOnlyList<Controller> controllers, long madeBy, string since)
     {
         var ask = new List<UnprovenAssociation>();
         foreach (Controller c in controllers)
         {
             if (c.IsInterconnect || c.Destroyed || c.PairState is not AssociationState { Owner: { } owner } st || owner != e) continue;
-            if (c.CreatedTicks <= e.LocalFencedAt || c.CreatedTicks > drained || st.Unproven != null) continue;
-            var u = new UnprovenAssociation(c, st);
+            if (c.CreatedTicks <= e.LocalFencedAt || c.CreatedTicks > madeBy || st.Unproven != null) continue;
+            var u = new UnprovenAssociation(c, st, since);
             st.Unproven = u;
             e.Unproven.Add(u);
             ask.Add(u);
@@ -571,8 +601,8 @@ public sealed class HostGate : IIoGate
                 if (u.State.Unproven != u) return;
                 u.TimedOut = true; // an answer from now on comes too late: it is closed
             }
-            _log.LogWarning("{Ctrl}: {Host} has not shown within {Seconds:0.#} s that it still uses this association, made while it relayed; closing it (its held commands never run)",
-                u.Controller, e, DrainLimit.TotalSeconds);
+            _log.LogWarning("{Ctrl}: {Host} has not shown within {Seconds:0.#} s that it still uses this association, {Why}; closing it (its held commands never run)",
+                u.Controller, e, DrainLimit.TotalSeconds, u.Why);
             u.Controller.Destroy("the host did not show it still uses this association after its relay closed");
             OnProof(e, u, HostProof.Ended); // (destroyed: nothing of it runs any more, held or new)
         });
@@ -670,7 +700,7 @@ public sealed class HostGate : IIoGate
         {
             if (e.Generation != gen) return;
             // Before the switch is published: a command that sees it sees these too (Admit's fast path).
-            if (to == GatePath.Local) ask = MarkUnproven(e, controllers, drained);
+            if (to == GatePath.Local) ask = MarkUnproven(e, controllers, drained, "made while it relayed");
             Volatile.Write(ref e.ActiveValue, (int)to);
             Interlocked.Exchange(ref e.SwitchingTo, 0);
             release = [.. e.Held];
@@ -712,6 +742,12 @@ public sealed class AssociationState
     public GateEntry? Owner { get; init; }
     /// <summary>Proxy side: the host's relay state in the subsystem.</summary>
     public HostRelay? Relay { get; init; }
-    /// <summary>Owner side: set while the association, made while the host relayed, runs nothing (entry lock).</summary>
+    /// <summary>Owner side: set while the association, made while the host relayed (or older than one of the host's
+    /// associations that started since), runs nothing (entry lock).</summary>
     internal UnprovenAssociation? Unproven;
+    /// <summary>Owner side: 1 once the association's first I/O command arrived.</summary>
+    internal int Started;
+    /// <summary>Proxy side: set from the host's relay opening until the host shows it still uses this association;
+    /// nothing it carries is relayed meanwhile (written under the host's relay lock).</summary>
+    internal RelayProof? RelayUnproven;
 }

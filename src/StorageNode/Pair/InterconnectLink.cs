@@ -94,6 +94,9 @@ public sealed class InterconnectLink
     /// <summary>Status for commands that cannot be relayed now (link down, or coming up).</summary>
     public NvmeStatus UnavailableStatus => NvmeStatus.Path(PathStatus.AnaInaccessible);
 
+    /// <summary>How long a host has to show it still uses an association here once its relay opened (the gate's drain limit).</summary>
+    internal TimeSpan ProofLimit => _pair.Gate.DrainLimit;
+
     /// <summary>How long a relayed command may live after it reached this node, in Stopwatch ticks.</summary>
     public long RelayTimeoutTicks => (long)(_pair.Config.RelayTimeout.TotalSeconds * Stopwatch.Frequency);
 

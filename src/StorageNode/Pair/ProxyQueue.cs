@@ -233,6 +233,8 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         HostWaits,
         /// <summary>The queue cannot send now (no slot, no clock estimate): everything waits.</summary>
         QueueWaits,
+        /// <summary>Its association has not shown since the relay opened that the host still uses it: its commands wait.</summary>
+        AssociationWaits,
     }
 
     /// <summary>Hands the command to the host queue, or says what it waits for (the caller keeps it then).</summary>
@@ -250,7 +252,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             Finish(req, NvmeStatus.Path(PathStatus.AnaTransition));
             return Submitted.Done;
         }
-        if (ctrl.PairState is not AssociationState { Relay: { } host })
+        if (ctrl.PairState is not AssociationState { Relay: { } host } state)
         {
             Finish(req, _link.UnavailableStatus);
             return Submitted.Done;
@@ -272,6 +274,8 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             _link.Relays.RequestOpen(reg);
             return Submitted.HostWaits;
         }
+        // (Read after the open bit: an open marks the host's associations before it sets the bit.)
+        if (Volatile.Read(ref state.RelayUnproven) != null) return Submitted.AssociationWaits;
         // With mirroring, relayed commands leave slots to the writes' copies: a relayed write may wait on the partner for
         // its own copy to this node, so copies must never wait behind relays (both nodes' queues full: a deadlock).
         if (_freeCount <= _mirrorReserve) return Submitted.QueueWaits;
@@ -289,6 +293,12 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         {
             _link.Relays.RequestOpen(reg); // a drain closed the relay meanwhile
             return Submitted.HostWaits;
+        }
+        if (Volatile.Read(ref state.RelayUnproven) != null)
+        {
+            // A drain and a new open came between the check above and the count: counted but not sent (the owner's drain
+            // waits for it until its deadline, never sooner than safe); it waits for the host's answer with the rest.
+            return Submitted.AssociationWaits;
         }
         int token = _free[--_freeCount];
         SubmissionQueueEntry sqe = req.Sqe;
@@ -398,7 +408,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
                         continue;
                     }
                     if (r == Submitted.QueueWaits) stop = true;
-                    else if (host != null) _waitingHosts.Add(host);
+                    else if (r == Submitted.HostWaits && host != null) _waitingHosts.Add(host);
                 }
             }
             _backlog[(_backlogHead + kept++) % len] = req; // kept <= i: never over one not yet looked at

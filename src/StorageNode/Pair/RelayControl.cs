@@ -29,6 +29,21 @@ public sealed class HostRelay(HostKey key, string hostNqn, Guid hostId)
 }
 
 /// <summary>
+/// Proxy side: one of a host's associations here, from the host's relay opening until the host shows it still uses it
+/// (<see cref="Controller.ProveHostStillHere"/>). It may carry commands the host sent before it gave it up and retried
+/// on the owner, held in the network on their way here; relayed now, they would land over newer data. Nothing it
+/// carries is relayed meanwhile (docs/ha.md).
+/// </summary>
+internal sealed class RelayProof(Controller controller, AssociationState state)
+{
+    public readonly Controller Controller = controller;
+    public readonly AssociationState State = state;
+    public readonly Stopwatch Since = Stopwatch.StartNew();
+    /// <summary>No answer within the limit: it is being closed (under the host's relay lock).</summary>
+    public bool TimedOut;
+}
+
+/// <summary>
 /// A host's registration on the proxy's current association into the owner. One word holds the relay's open bit and
 /// the count of commands relayed under the handle, so a drain closes the relay and reads the count in one atomic step:
 /// a reactor either counted its command before (the owner waits for it) or sees the relay closed (it asks to open).
@@ -316,6 +331,7 @@ public sealed class RelayControl
             CompletionQueueEntry cqe = _link.RelayOpen(reg.Handle, fenceId);
             NvmeStatus st = cqe.StatusField;
             long ownerDrainId = cqe.Dw0;
+            List<RelayProof>? ask = null;
             lock (h)
             {
                 if (st.IsSuccess)
@@ -324,6 +340,7 @@ public sealed class RelayControl
                     if (ownerDrainId >= h.LastFenceId && h.Registration == reg)
                     {
                         Volatile.Write(ref reg.LocalBoundTicks, cqe.Dw1 == 0 ? 0 : _link.Clock.FromPartnerLatest(cqe.Dw1, Stopwatch.GetTimestamp()));
+                        ask = MarkUnproven(h); // before the open bit: a reactor that counts a command under this open sees them
                         reg.Open();
                     }
                 }
@@ -333,6 +350,7 @@ public sealed class RelayControl
                     _log.LogInformation("{Host}: the owner asked for drain {Id}'s fence before the relay opens", h, ownerDrainId);
                 }
             }
+            foreach (RelayProof p in ask ?? []) AskHost(h, p);
             if (!st.IsSuccess && st != InterconnectStatus.FenceFirst)
                 Thread.Sleep(20); // NotNow or an error: the commands wait (bounded by their deadlines) and ask again
         }
@@ -343,5 +361,75 @@ public sealed class RelayControl
         }
         Volatile.Write(ref reg.Opening, 0);
         _link.WakeQueues(); // waiting commands try again: relay, ask again, or meet the fence
+    }
+
+    // ------------------------------------------------------------------ after local -> relay: is the host still there?
+
+    /// <summary>
+    /// The host's relay opened: each of its associations here may carry commands it sent before it gave the association
+    /// up and retried on the owner, still on their way here (held in a partition; they reach this node after the host's
+    /// last command to the owner, so <see cref="ProxyRegistration.LocalBoundTicks"/> cannot tell them). Nothing from such
+    /// an association is relayed until the host answers something sent on it after the open: then it had not given the
+    /// association up when the relay opened, so nothing it sent there was retried on the owner before (a later retry
+    /// there drains the relay, and the drain's fence stops the rest). Host's relay lock held; returns the ones to ask.
+    /// </summary>
+    private static List<RelayProof> MarkUnproven(HostRelay h)
+    {
+        var ask = new List<RelayProof>();
+        foreach (Controller c in h.Associations)
+        {
+            // (An association whose state is not set yet is still connecting its admin queue: it carries no command.)
+            if (c.Destroyed || c.PairState is not AssociationState st) continue;
+            var p = new RelayProof(c, st);
+            Volatile.Write(ref st.RelayUnproven, p);
+            ask.Add(p);
+        }
+        return ask;
+    }
+
+    private void AskHost(HostRelay h, RelayProof p)
+    {
+        p.Controller.ProveHostStillHere(r => Concluded(h, p, r));
+        TimeSpan limit = _link.ProofLimit;
+        _ = Task.Run(async () =>
+        {
+            await Task.Delay(limit);
+            lock (h)
+            {
+                // (Concluded already, or ended: nothing to close.)
+                if (p.State.RelayUnproven != p || p.Controller.Destroyed) return;
+                p.TimedOut = true; // an answer from now on comes too late: it is closed
+            }
+            _log.LogWarning("{Ctrl}: {Host} has not shown within {Seconds:0.#} s that it still uses this association since its relay opened; closing it (what it carries is never relayed)",
+                p.Controller, h, limit.TotalSeconds);
+            p.Controller.Destroy("the host did not show it still uses this association after its relay opened");
+        });
+    }
+
+    /// <summary>The host answered, cannot be asked, or the association ended (admin queue's reactor).</summary>
+    private void Concluded(HostRelay h, RelayProof p, HostProof result)
+    {
+        lock (h)
+        {
+            if (p.State.RelayUnproven != p || p.TimedOut) return;
+            // An association that ended stays marked: nothing of it is ever relayed (its commands are dropped).
+            if (result != HostProof.Ended) Volatile.Write(ref p.State.RelayUnproven, null);
+        }
+        switch (result)
+        {
+            case HostProof.Proven:
+                _log.LogInformation("{Ctrl}: the host answered on this association since its relay opened ({Ms:0.0} ms); its commands are relayed",
+                    p.Controller, p.Since.Elapsed.TotalMilliseconds);
+                break;
+            case HostProof.CannotAsk:
+                _log.LogInformation("{Ctrl}: the host cannot be asked whether it still uses this association (ANA change notices off); its commands are relayed",
+                    p.Controller);
+                break;
+            default:
+                _log.LogInformation("{Ctrl}: the association ended before the host showed it still uses it since its relay opened; what it carried is never relayed",
+                    p.Controller);
+                break;
+        }
+        _link.WakeQueues();
     }
 }
