@@ -279,36 +279,54 @@ public class FenceTests(ITestOutputHelper output)
 
     /// <summary>
     /// No relay between them: the host's write on an association with the owner is held in the network; the host gives
-    /// the association up without closing it, connects a new one to the same node, retries the write there and writes a
-    /// newer version. Then the old copy arrives (TCP retransmits after a partition heals, and a new connection's data can
-    /// overtake it): it must not land over the newer data. The new association's first command makes the old one run
-    /// nothing until the host shows it still uses it, which it never does.
+    /// the association up without closing it, retries the write on another association with the same node — a new one
+    /// (it reconnected), or one it made earlier and had not used (a second port) — and writes a newer version. Then the
+    /// old copy arrives (TCP retransmits after a partition heals, and the other connection's data can overtake it): it
+    /// must not land over the newer data. The other association's first command makes the given-up one run nothing until
+    /// the host shows it still uses it, which it never does.
     /// </summary>
     [Theory]
     [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
-    public void AnOldWriteOnAnAssociationTheHostGaveUpNeverLandsAfterItsRetryOnANewerOneWithTheSameNode(string kind, int clockOffsetB)
+    public void AnOldWriteOnAnAssociationTheHostGaveUpNeverLandsAfterItsRetryOnANewOneWithTheSameNode(string kind, int clockOffsetB)
+        => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, retryOnOneMadeBefore: false);
+
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AnOldWriteOnAnAssociationTheHostGaveUpNeverLandsAfterItsRetryOnAnUnusedOneWithTheSameNode(string kind, int clockOffsetB)
+        => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, retryOnOneMadeBefore: true);
+
+    private static void OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(string kind, int clockOffsetB, bool retryOnOneMadeBefore)
     {
         using IPairRig pair = PairRigs.Create(kind, clockOffsetB, Slow("1000"), Slow("1000"));
         pair.WaitHealthy();
         using var toA = new TcpForwarder(pair.EndpointA);
         Guid hostId = Guid.NewGuid();
-        using NvmeHost old = pair.Connect(toA.Endpoint, hostId, new NvmeHostOptions { AsyncEvents = true });
-        IoQueue a1 = old.IoQueues[0];
-        Assert.True(Write(a1, 0x90).IsSuccess);
-        toA.PauseUpstream = true;                                  // the path stops delivering, nothing is closed
-        Pending held = Submit(a1, 0x91);
-        PollUntil(a1, () => held.Done, TimeSpan.FromMilliseconds(300));
-        Assert.False(held.Done);
-        old.StopKeepAlive();                                       // given up: never polled again, no keep-alives
-        using NvmeHost fresh = pair.Connect(pair.EndpointA, hostId, new NvmeHostOptions { AsyncEvents = true });
-        IoQueue a2 = fresh.IoQueues[0];
-        Assert.True(Write(a2, 0x91).IsSuccess);
-        Assert.True(Write(a2, 0x92).IsSuccess);
-        toA.PauseUpstream = false;                                 // the old copy reaches A
-        PollUntil(a1, () => held.Done || a1.Transport.IsBroken, TimeSpan.FromSeconds(15));
-        Assert.False(held.Succeeded, "the old copy ran after the host's retry on its newer association");
-        pair.WaitLogged('A', "older than one the host started since; closing it");
-        Assert.Equal(0x92, ReadTag(a2));
+        var options = new NvmeHostOptions { AsyncEvents = true };
+        NvmeHost? unused = retryOnOneMadeBefore ? pair.Connect(pair.EndpointA, hostId, options) : null;
+        try
+        {
+            using NvmeHost old = pair.Connect(toA.Endpoint, hostId, options);
+            IoQueue a1 = old.IoQueues[0];
+            Assert.True(Write(a1, 0x90).IsSuccess);
+            toA.PauseUpstream = true;                              // the path stops delivering, nothing is closed
+            Pending held = Submit(a1, 0x91);
+            PollUntil(a1, () => held.Done, TimeSpan.FromMilliseconds(300));
+            Assert.False(held.Done);
+            old.StopKeepAlive();                                   // given up: never polled again, no keep-alives
+            unused ??= pair.Connect(pair.EndpointA, hostId, options);
+            IoQueue a2 = unused.IoQueues[0];
+            Assert.True(Write(a2, 0x91).IsSuccess);
+            Assert.True(Write(a2, 0x92).IsSuccess);
+            toA.PauseUpstream = false;                             // the old copy reaches A
+            PollUntil(a1, () => held.Done || a1.Transport.IsBroken, TimeSpan.FromSeconds(15));
+            Assert.False(held.Succeeded, "the old copy ran after the host's retry on another association");
+            pair.WaitLogged('A', "started since; closing it");
+            Assert.Equal(0x92, ReadTag(a2));
+        }
+        finally
+        {
+            unused?.Dispose();
+        }
     }
 
     /// <summary>

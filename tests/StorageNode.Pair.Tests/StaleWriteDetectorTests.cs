@@ -37,14 +37,14 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
 
     /// <summary>
     /// What became of the nodes' questions whether the host still uses an association (docs/ha.md): the owner's, about
-    /// associations made while it relayed or older than one it started since, and the proxy's, once a relay opened.
+    /// associations made while it relayed or when another of its associations started, and the proxy's, once a relay opened.
     /// </summary>
     private static string Questions(string logs)
     {
         string[] lines = logs.Split('\n');
         int Count(string what, string? and = null) => lines.Count(l => l.Contains(what) && (and == null || l.Contains(and)));
         return $"questions whether the host still uses an association: owner, made while it relayed: {Count("run once the host shows it still uses them", "made while it relayed")} times; " +
-               $"owner, older than one the host started: {Count("older association(s) of the host here run once")} times; " +
+               $"owner, when another of its associations started: {Count("other association(s) of the host here run once")} times; " +
                $"{Count("the host still uses this association")} answered, {Count("has not shown within", "made while it relayed")} + {Count("has not shown within", "started since")} closed unanswered; " +
                $"proxy, since a relay opened: {Count("the host answered on this association since its relay opened")} answered, {Count("since its relay opened; closing it")} closed unanswered; " +
                $"{Count("ended before the host showed")} ended first, {Count("cannot be asked")} could not be asked";

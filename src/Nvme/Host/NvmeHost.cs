@@ -45,10 +45,10 @@ public sealed record NvmeHostOptions
     /// <summary>
     /// As Linux does: enable ANA change notices and keep one Asynchronous Event Request outstanding; after each ANA
     /// notice read the ANA log (which lets the controller report the next one) and send the request again. Completions
-    /// are taken as they come, as Linux takes them (an interrupt): every few milliseconds while the keep-alive runs (a
-    /// host that gave the association up, <see cref="NvmeHost.StopKeepAlive"/>, takes none; so for events armed by
+    /// are taken as they come, as Linux takes them (an interrupt): every few milliseconds once events are armed (also by
     /// <see cref="NvmeHost.EnableAsyncEvents"/>), and whenever the admin queue is polled (<see cref="NvmeHost.PollAdmin"/>
-    /// or any admin command).
+    /// or any admin command). A host that gave the association up (<see cref="NvmeHost.StopKeepAlive"/>) takes none and
+    /// sends no request again.
     /// </summary>
     public bool AsyncEvents { get; init; }
 
@@ -78,7 +78,7 @@ public sealed unsafe class NvmeHost : IDisposable
     private volatile string? _adminTimedOut;
     private readonly Timer? _keepAlive;
     private Timer? _eventPoll;
-    private bool _keepAliveStopped;
+    private volatile bool _keepAliveStopped;
     private readonly object _eventPollLock = new(); // (not the admin lock: an admin command may hold that for its timeout)
     private readonly List<IoQueue> _ioQueues = [];
     private readonly ConcurrentQueue<uint> _events = new();
@@ -489,7 +489,7 @@ public sealed unsafe class NvmeHost : IDisposable
         // Events are taken as they come while the host keeps the association (Linux: an interrupt).
         lock (_eventPollLock)
         {
-            if (_keepAlive != null && !_keepAliveStopped && !_disposed && _eventPoll == null)
+            if (!_keepAliveStopped && !_disposed && _eventPoll == null)
                 _eventPoll = new Timer(_ => PollAdmin(), null, EventPollMs, EventPollMs);
         }
     }
@@ -562,6 +562,9 @@ public sealed unsafe class NvmeHost : IDisposable
         {
             if (!cqe.StatusField.IsSuccess) return;
             if (host._events.Count < 1024) host._events.Enqueue(cqe.Dw0);
+            // A host that gave the association up answers nothing more on it (a keep-alive already waiting on the admin
+            // queue when it did may still take this completion).
+            if (host._keepAliveStopped) return;
             if (host.Options.AsyncEvents && AsyncEvent.LogPageOf(cqe.Dw0) == LogPageId.Ana) host.ReadAnaLogInBackground();
             host.SubmitAer();
         }

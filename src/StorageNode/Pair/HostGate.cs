@@ -86,15 +86,15 @@ public sealed class GateEntry
 
 /// <summary>
 /// An association of a host made while its commands ran through the partner's relay, when they switch back here, or
-/// older than an association of the host that just started here: it may carry commands the host sent before it gave
-/// the association up and retried elsewhere, so it runs nothing until the host shows it still uses it
+/// any other of the host's associations here when one starts: it may carry commands the host sent before it gave the
+/// association up and retried elsewhere, so it runs nothing until the host shows it still uses it
 /// (<see cref="Controller.ProveHostStillHere"/>).
 /// </summary>
 internal sealed class UnprovenAssociation(Controller controller, AssociationState state, string why)
 {
     public readonly Controller Controller = controller;
     public readonly AssociationState State = state;
-    /// <summary>Why it is asked, for the logs ("made while it relayed", "older than one the host started since").</summary>
+    /// <summary>Why it is asked, for the logs ("made while it relayed", "another of the host's associations here started since").</summary>
     public readonly string Why = why;
     /// <summary>Its commands that arrived meanwhile (under the entry's lock).</summary>
     public readonly List<NvmfRequest> Held = [];
@@ -385,25 +385,33 @@ public sealed class HostGate : IIoGate
     }
 
     /// <summary>
-    /// The first command of a host's association here, while its commands run here (reactor thread, once per
-    /// association). The host's older associations here may carry commands it sent before it gave them up and retried on
-    /// this one — a reconnection after a partition, the old copies held in the network landing after the retries. Like
-    /// the associations made while it relayed, they run nothing more until the host answers something sent on them now:
-    /// then it had not given them up, so nothing they carry was retried here (docs/ha.md). While the host relays, or is
-    /// switching, the relay's own rules cover them (fenced, or asked after the drain).
+    /// The first command of a host's association here (reactor thread, once per association). The host's other
+    /// associations here may carry commands it sent before it gave them up and retried on this one — a reconnection
+    /// after a partition, or a second port it had not used yet — the old copies, held in the network, landing after the
+    /// retries. Like the associations made while it relayed, they run nothing more until the host answers something sent
+    /// on them now: then it had not given them up, so nothing they carry was retried here (docs/ha.md). While the host
+    /// relays or switches back here, the switch's end asks them after the drain (as the relay's rule needs).
     /// </summary>
     private void FirstCommand(Controller ctrl, GateEntry e, AssociationState st)
     {
-        if (Interlocked.Exchange(ref st.Started, 1) != 0) return;
+        // (One made after this snapshot is newer than this command: what it carries was sent after, never retried here.)
         IReadOnlyList<Controller> controllers = e.Subsystem.Controllers;
-        List<UnprovenAssociation> ask;
+        List<UnprovenAssociation> ask = [];
         lock (e.Lock)
         {
-            if (e.SwitchingTo != 0 || (GatePath)e.ActiveValue == GatePath.Relay) return;
-            ask = MarkUnproven(e, controllers, ctrl.CreatedTicks - 1, "older than one the host started since");
+            if (st.Started != 0) return;
+            // While the host relays, or switches back here, the switch's end asks those made while it relayed (after the
+            // drain, as it must); while it switches to the relay they are asked now (the open fences them if it wins,
+            // and this association's command cancels it if it does not).
+            var switching = (GatePath)e.SwitchingTo;
+            if (switching != GatePath.Local && !(switching == GatePath.None && (GatePath)e.ActiveValue == GatePath.Relay))
+                ask = MarkUnproven(e, controllers, long.MaxValue, "another of the host's associations here started since", except: ctrl);
+            // Only after the marks are published: another command of this association (on another queue's reactor) that
+            // sees it started finds the older ones unproven.
+            Volatile.Write(ref st.Started, 1);
         }
         if (ask.Count == 0) return;
-        _log.LogInformation("{Ctrl}: the host's first command on this association; {Count} older association(s) of the host here run once it shows it still uses them",
+        _log.LogInformation("{Ctrl}: the host's first command on this association; {Count} other association(s) of the host here run once it shows it still uses them",
             ctrl, ask.Count);
         foreach (UnprovenAssociation u in ask) AskHost(e, u);
     }
@@ -570,16 +578,16 @@ public sealed class HostGate : IIoGate
     /// retries already ran, so these would land over newer data. The owner cannot order them by arrival. It runs nothing
     /// from such an association until the host answers something sent after the drain on it: then the host had not
     /// given it up when the relay closed, so nothing it sent there was retried through the relay (a later relay open
-    /// fences it). Entry lock held; returns the associations to ask. Also for the associations older than one that
-    /// started (<see cref="FirstCommand"/>): those made after the last relay open and no later than
-    /// <paramref name="madeBy"/>.
+    /// fences it). Entry lock held; returns the associations to ask. Also for the host's other associations when one
+    /// starts (<see cref="FirstCommand"/>): those made after the last relay open and no later than
+    /// <paramref name="madeBy"/>, but <paramref name="except"/>.
     /// </summary>
-    private static List<UnprovenAssociation> MarkUnproven(GateEntry e, IReadOnlyList<Controller> controllers, long madeBy, string since)
+    private static List<UnprovenAssociation> MarkUnproven(GateEntry e, IReadOnlyList<Controller> controllers, long madeBy, string since, Controller? except = null)
     {
         var ask = new List<UnprovenAssociation>();
         foreach (Controller c in controllers)
         {
-            if (c.IsInterconnect || c.Destroyed || c.PairState is not AssociationState { Owner: { } owner } st || owner != e) continue;
+            if (c == except || c.IsInterconnect || c.Destroyed || c.PairState is not AssociationState { Owner: { } owner } st || owner != e) continue;
             if (c.CreatedTicks <= e.LocalFencedAt || c.CreatedTicks > madeBy || st.Unproven != null) continue;
             var u = new UnprovenAssociation(c, st, since);
             st.Unproven = u;
@@ -603,7 +611,7 @@ public sealed class HostGate : IIoGate
             }
             _log.LogWarning("{Ctrl}: {Host} has not shown within {Seconds:0.#} s that it still uses this association, {Why}; closing it (its held commands never run)",
                 u.Controller, e, DrainLimit.TotalSeconds, u.Why);
-            u.Controller.Destroy("the host did not show it still uses this association after its relay closed");
+            u.Controller.Destroy($"the host did not show it still uses this association ({u.Why})");
             OnProof(e, u, HostProof.Ended); // (destroyed: nothing of it runs any more, held or new)
         });
     }
@@ -742,10 +750,11 @@ public sealed class AssociationState
     public GateEntry? Owner { get; init; }
     /// <summary>Proxy side: the host's relay state in the subsystem.</summary>
     public HostRelay? Relay { get; init; }
-    /// <summary>Owner side: set while the association, made while the host relayed (or older than one of the host's
-    /// associations that started since), runs nothing (entry lock).</summary>
+    /// <summary>Owner side: set while the association, made while the host relayed (or one of the host's associations
+    /// when another started), runs nothing (entry lock).</summary>
     internal UnprovenAssociation? Unproven;
-    /// <summary>Owner side: 1 once the association's first I/O command arrived.</summary>
+    /// <summary>Owner side: 1 once the association's first I/O command arrived and the host's older associations here
+    /// were marked (written under the entry lock).</summary>
     internal int Started;
     /// <summary>Proxy side: set from the host's relay opening until the host shows it still uses this association;
     /// nothing it carries is relayed meanwhile (written under the host's relay lock).</summary>
