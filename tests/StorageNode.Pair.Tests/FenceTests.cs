@@ -1,3 +1,4 @@
+using System.Net;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 using StorageNode.Pair;
@@ -288,44 +289,59 @@ public class FenceTests(ITestOutputHelper output)
     [Theory]
     [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
     public void AnOldWriteOnAnAssociationTheHostGaveUpNeverLandsAfterItsRetryOnANewOneWithTheSameNode(string kind, int clockOffsetB)
-        => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, retryOnOneMadeBefore: false);
+        => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, 'A', retryOnOneMadeBefore: false);
 
     [Theory]
     [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
     public void AnOldWriteOnAnAssociationTheHostGaveUpNeverLandsAfterItsRetryOnAnUnusedOneWithTheSameNode(string kind, int clockOffsetB)
-        => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, retryOnOneMadeBefore: true);
+        => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, 'A', retryOnOneMadeBefore: true);
 
-    private static void OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(string kind, int clockOffsetB, bool retryOnOneMadeBefore)
+    /// <summary>The same through the proxy, its relay open all along: nothing else would stop the old copy there.</summary>
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AnOldWriteOnAProxyAssociationTheHostGaveUpNeverLandsAfterItsRetryOnANewOne(string kind, int clockOffsetB)
+        => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, 'B', retryOnOneMadeBefore: false);
+
+    [Theory]
+    [MemberData(nameof(PairRigs.Kinds), MemberType = typeof(PairRigs))]
+    public void AnOldWriteOnAProxyAssociationTheHostGaveUpNeverLandsAfterItsRetryOnAnUnusedOne(string kind, int clockOffsetB)
+        => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, 'B', retryOnOneMadeBefore: true);
+
+    /// <param name="node">The node the host's associations are with: the owner of NSID 1 (A), or the proxy (B).</param>
+    private static void OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(string kind, int clockOffsetB, char node, bool retryOnOneMadeBefore)
     {
         using IPairRig pair = PairRigs.Create(kind, clockOffsetB, Slow("1000"), Slow("1000"));
         pair.WaitHealthy();
-        using var toA = new TcpForwarder(pair.EndpointA);
+        IPEndPoint endpoint = node == 'A' ? pair.EndpointA : pair.EndpointB;
+        using var path = new TcpForwarder(endpoint);
         Guid hostId = Guid.NewGuid();
         var options = new NvmeHostOptions { AsyncEvents = true };
-        NvmeHost? unused = retryOnOneMadeBefore ? pair.Connect(pair.EndpointA, hostId, options) : null;
+        NvmeHost? other = retryOnOneMadeBefore ? pair.Connect(endpoint, hostId, options) : null;
         try
         {
-            using NvmeHost old = pair.Connect(toA.Endpoint, hostId, options);
-            IoQueue a1 = old.IoQueues[0];
-            Assert.True(Write(a1, 0x90).IsSuccess);
-            toA.PauseUpstream = true;                              // the path stops delivering, nothing is closed
-            Pending held = Submit(a1, 0x91);
-            PollUntil(a1, () => held.Done, TimeSpan.FromMilliseconds(300));
+            using NvmeHost old = pair.Connect(path.Endpoint, hostId, options);
+            IoQueue q1 = old.IoQueues[0];
+            Assert.True(WriteRetryingPathErrors(q1, 0x90).IsSuccess);
+            path.PauseUpstream = true;                             // the path stops delivering, nothing is closed
+            Pending held = Submit(q1, 0x91);
+            PollUntil(q1, () => held.Done, TimeSpan.FromMilliseconds(300));
             Assert.False(held.Done);
             old.StopKeepAlive();                                   // given up: never polled again, no keep-alives
-            unused ??= pair.Connect(pair.EndpointA, hostId, options);
-            IoQueue a2 = unused.IoQueues[0];
-            Assert.True(Write(a2, 0x91).IsSuccess);
-            Assert.True(Write(a2, 0x92).IsSuccess);
-            toA.PauseUpstream = false;                             // the old copy reaches A
-            PollUntil(a1, () => held.Done || a1.Transport.IsBroken, TimeSpan.FromSeconds(15));
+            other ??= pair.Connect(endpoint, hostId, options);
+            IoQueue q2 = other.IoQueues[0];
+            Assert.True(WriteRetryingPathErrors(q2, 0x91).IsSuccess);
+            Assert.True(WriteRetryingPathErrors(q2, 0x92).IsSuccess);
+            path.PauseUpstream = false;                            // the old copy reaches the node
+            PollUntil(q1, () => held.Done || q1.Transport.IsBroken, TimeSpan.FromSeconds(15));
             Assert.False(held.Succeeded, "the old copy ran after the host's retry on another association");
-            pair.WaitLogged('A', "started since; closing it");
-            Assert.Equal(0x92, ReadTag(a2));
+            pair.WaitLogged(node, node == 'A' ? "started since; closing it" : "started relaying; closing it");
+            pair.WaitRelaysSettled();
+            using NvmeHost reader = pair.Connect(pair.EndpointA, Guid.NewGuid());
+            Assert.Equal(0x92, ReadTag(reader.IoQueues[0]));
         }
         finally
         {
-            unused?.Dispose();
+            other?.Dispose();
         }
     }
 

@@ -46,7 +46,9 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
         return $"questions whether the host still uses an association: owner, made while it relayed: {Count("run once the host shows it still uses them", "made while it relayed")} times; " +
                $"owner, when another of its associations started: {Count("other association(s) of the host here run once")} times; " +
                $"{Count("the host still uses this association")} answered, {Count("has not shown within", "made while it relayed")} + {Count("has not shown within", "started since")} closed unanswered; " +
-               $"proxy, since a relay opened: {Count("the host answered on this association since its relay opened")} answered, {Count("since its relay opened; closing it")} closed unanswered; " +
+               $"proxy, when a relay opened: {Count("the host answered on this association since its relay opened")} answered, {Count("since its relay opened; closing it")} closed unanswered; " +
+               $"proxy, when another of its associations started relaying: {Count("other association(s) of the host here relay once")} times, " +
+               $"{Count("the host answered on this association since another")} answered, {Count("started relaying; closing it")} closed unanswered; " +
                $"{Count("ended before the host showed")} ended first, {Count("cannot be asked")} could not be asked";
     }
 

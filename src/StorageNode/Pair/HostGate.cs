@@ -759,4 +759,7 @@ public sealed class AssociationState
     /// <summary>Proxy side: set from the host's relay opening until the host shows it still uses this association;
     /// nothing it carries is relayed meanwhile (written under the host's relay lock).</summary>
     internal RelayProof? RelayUnproven;
+    /// <summary>Proxy side: 1 once the association's first command met the host's open relay and the host's other
+    /// associations here were marked (written under the host's relay lock).</summary>
+    internal int RelayStarted;
 }

@@ -274,6 +274,7 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
             _link.Relays.RequestOpen(reg);
             return Submitted.HostWaits;
         }
+        if (Volatile.Read(ref state.RelayStarted) == 0) _link.Relays.FirstRelayed(host, ctrl, state);
         // (Read after the open bit: an open marks the host's associations before it sets the bit.)
         if (Volatile.Read(ref state.RelayUnproven) != null) return Submitted.AssociationWaits;
         // With mirroring, relayed commands leave slots to the writes' copies: a relayed write may wait on the partner for

@@ -29,15 +29,17 @@ public sealed class HostRelay(HostKey key, string hostNqn, Guid hostId)
 }
 
 /// <summary>
-/// Proxy side: one of a host's associations here, from the host's relay opening until the host shows it still uses it
-/// (<see cref="Controller.ProveHostStillHere"/>). It may carry commands the host sent before it gave it up and retried
-/// on the owner, held in the network on their way here; relayed now, they would land over newer data. Nothing it
-/// carries is relayed meanwhile (docs/ha.md).
+/// Proxy side: one of a host's associations here, from the host's relay opening (or another of its associations here
+/// starting to relay) until the host shows it still uses it (<see cref="Controller.ProveHostStillHere"/>). It may carry
+/// commands the host sent before it gave it up and retried elsewhere, held in the network on their way here; relayed
+/// now, they would land over newer data. Nothing it carries is relayed meanwhile (docs/ha.md).
 /// </summary>
-internal sealed class RelayProof(Controller controller, AssociationState state)
+internal sealed class RelayProof(Controller controller, AssociationState state, string why)
 {
     public readonly Controller Controller = controller;
     public readonly AssociationState State = state;
+    /// <summary>Why it is asked, for the logs ("since its relay opened", "since another of its associations here started relaying").</summary>
+    public readonly string Why = why;
     public readonly Stopwatch Since = Stopwatch.StartNew();
     /// <summary>No answer within the limit: it is being closed (under the host's relay lock).</summary>
     public bool TimedOut;
@@ -340,7 +342,7 @@ public sealed class RelayControl
                     if (ownerDrainId >= h.LastFenceId && h.Registration == reg)
                     {
                         Volatile.Write(ref reg.LocalBoundTicks, cqe.Dw1 == 0 ? 0 : _link.Clock.FromPartnerLatest(cqe.Dw1, Stopwatch.GetTimestamp()));
-                        ask = MarkUnproven(h); // before the open bit: a reactor that counts a command under this open sees them
+                        ask = MarkUnproven(h, null, "since its relay opened"); // before the open bit: a reactor that counts a command under this open sees them
                         reg.Open();
                     }
                 }
@@ -373,18 +375,43 @@ public sealed class RelayControl
     /// association up when the relay opened, so nothing it sent there was retried on the owner before (a later retry
     /// there drains the relay, and the drain's fence stops the rest). Host's relay lock held; returns the ones to ask.
     /// </summary>
-    private static List<RelayProof> MarkUnproven(HostRelay h)
+    private static List<RelayProof> MarkUnproven(HostRelay h, Controller? except, string why)
     {
         var ask = new List<RelayProof>();
         foreach (Controller c in h.Associations)
         {
-            // (An association whose state is not set yet is still connecting its admin queue: it carries no command.)
-            if (c.Destroyed || c.PairState is not AssociationState st) continue;
-            var p = new RelayProof(c, st);
+            // (An association whose state is not set yet is still connecting its admin queue: it carries no command.
+            // One already asked is asked again: the answer must postdate this question.)
+            if (c == except || c.Destroyed || c.PairState is not AssociationState st) continue;
+            var p = new RelayProof(c, st, why);
             Volatile.Write(ref st.RelayUnproven, p);
             ask.Add(p);
         }
         return ask;
+    }
+
+    /// <summary>
+    /// The first command of one of the host's associations here to meet its open relay (reactor thread, once per
+    /// association). The host's other associations here may carry commands it sent before it gave them up and retried
+    /// on this one (a reconnection, or a second port it had not used), held in the network on their way here; the relay
+    /// being open already, nothing else would stop them. They relay nothing more until the host answers on them, as at
+    /// an open.
+    /// </summary>
+    internal void FirstRelayed(HostRelay h, Controller ctrl, AssociationState st)
+    {
+        List<RelayProof> ask;
+        lock (h)
+        {
+            if (st.RelayStarted != 0) return;
+            ask = MarkUnproven(h, ctrl, "since another of its associations here started relaying");
+            // Only after the marks: another command of this association (another queue's reactor) that sees it started
+            // finds the others marked.
+            Volatile.Write(ref st.RelayStarted, 1);
+        }
+        if (ask.Count == 0) return;
+        _log.LogInformation("{Ctrl}: the host's first relayed command on this association; {Count} other association(s) of the host here relay once it shows it still uses them",
+            ctrl, ask.Count);
+        foreach (RelayProof p in ask) AskHost(h, p);
     }
 
     private void AskHost(HostRelay h, RelayProof p)
@@ -400,9 +427,9 @@ public sealed class RelayControl
                 if (p.State.RelayUnproven != p || p.Controller.Destroyed) return;
                 p.TimedOut = true; // an answer from now on comes too late: it is closed
             }
-            _log.LogWarning("{Ctrl}: {Host} has not shown within {Seconds:0.#} s that it still uses this association since its relay opened; closing it (what it carries is never relayed)",
-                p.Controller, h, limit.TotalSeconds);
-            p.Controller.Destroy("the host did not show it still uses this association after its relay opened");
+            _log.LogWarning("{Ctrl}: {Host} has not shown within {Seconds:0.#} s that it still uses this association {Why}; closing it (what it carries is never relayed)",
+                p.Controller, h, limit.TotalSeconds, p.Why);
+            p.Controller.Destroy($"the host did not show it still uses this association {p.Why}");
         });
     }
 
@@ -418,16 +445,16 @@ public sealed class RelayControl
         switch (result)
         {
             case HostProof.Proven:
-                _log.LogInformation("{Ctrl}: the host answered on this association since its relay opened ({Ms:0.0} ms); its commands are relayed",
-                    p.Controller, p.Since.Elapsed.TotalMilliseconds);
+                _log.LogInformation("{Ctrl}: the host answered on this association {Why} ({Ms:0.0} ms); its commands are relayed",
+                    p.Controller, p.Why, p.Since.Elapsed.TotalMilliseconds);
                 break;
             case HostProof.CannotAsk:
                 _log.LogInformation("{Ctrl}: the host cannot be asked whether it still uses this association (ANA change notices off); its commands are relayed",
                     p.Controller);
                 break;
             default:
-                _log.LogInformation("{Ctrl}: the association ended before the host showed it still uses it since its relay opened; what it carried is never relayed",
-                    p.Controller);
+                _log.LogInformation("{Ctrl}: the association ended before the host showed it still uses it {Why}; what it carried is never relayed",
+                    p.Controller, p.Why);
                 break;
         }
         _link.WakeQueues();
