@@ -307,6 +307,29 @@ public class FenceTests(ITestOutputHelper output)
     public void AnOldWriteOnAProxyAssociationTheHostGaveUpNeverLandsAfterItsRetryOnAnUnusedOne(string kind, int clockOffsetB)
         => OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(kind, clockOffsetB, 'B', retryOnOneMadeBefore: true);
 
+    /// <summary>
+    /// A host with two associations on the proxy, both in use, answers the questions each one's start raises on the
+    /// other, and its writes through both are relayed.
+    /// </summary>
+    [Fact]
+    public void TwoAssociationsOnTheProxyBothInUseAnswerAndTheirWritesAreRelayed()
+    {
+        using var pair = new TestPair();
+        pair.WaitHealthy();
+        Guid hostId = Guid.NewGuid();
+        var options = new NvmeHostOptions { AsyncEvents = true };
+        using NvmeHost p1 = pair.Connect(pair.EndpointB, hostId, options);
+        using NvmeHost p2 = pair.Connect(pair.EndpointB, hostId, options);
+        for (int i = 0; i < 10; i++)
+        {
+            Assert.True(WriteRetryingPathErrors(p1.IoQueues[0], (byte)(0xD0 + 2 * i)).IsSuccess);
+            Assert.True(WriteRetryingPathErrors(p2.IoQueues[0], (byte)(0xD1 + 2 * i)).IsSuccess);
+        }
+        pair.WaitLogged('B', "the host answered on this association since another of its associations here started relaying");
+        Assert.DoesNotContain(pair.LogsB.Lines, l => l.Contains("what it carries is never relayed"));
+        Assert.Equal(0xD1 + 18, ReadTag(p1.IoQueues[0]));
+    }
+
     /// <param name="node">The node the host's associations are with: the owner of NSID 1 (A), or the proxy (B).</param>
     private static void OldWriteOnAGivenUpAssociationAndItsRetryOnAnotherWithTheSameNode(string kind, int clockOffsetB, char node, bool retryOnOneMadeBefore)
     {

@@ -405,7 +405,7 @@ public sealed class HostGate : IIoGate
             // and this association's command cancels it if it does not).
             var switching = (GatePath)e.SwitchingTo;
             if (switching != GatePath.Local && !(switching == GatePath.None && (GatePath)e.ActiveValue == GatePath.Relay))
-                ask = MarkUnproven(e, controllers, long.MaxValue, "another of the host's associations here started since", except: ctrl);
+                ask = MarkUnproven(e, controllers, long.MaxValue, "another of the host's associations here started since", except: ctrl, again: true);
             // Only after the marks are published: another command of this association (on another queue's reactor) that
             // sees it started finds the older ones unproven.
             Volatile.Write(ref st.Started, 1);
@@ -580,15 +580,24 @@ public sealed class HostGate : IIoGate
     /// given it up when the relay closed, so nothing it sent there was retried through the relay (a later relay open
     /// fences it). Entry lock held; returns the associations to ask. Also for the host's other associations when one
     /// starts (<see cref="FirstCommand"/>): those made after the last relay open and no later than
-    /// <paramref name="madeBy"/>, but <paramref name="except"/>.
+    /// <paramref name="madeBy"/>, but <paramref name="except"/>; with <paramref name="again"/>, those already asked are
+    /// asked again.
     /// </summary>
-    private static List<UnprovenAssociation> MarkUnproven(GateEntry e, IReadOnlyList<Controller> controllers, long madeBy, string since, Controller? except = null)
+    private static List<UnprovenAssociation> MarkUnproven(GateEntry e, IReadOnlyList<Controller> controllers, long madeBy, string since,
+        Controller? except = null, bool again = false)
     {
         var ask = new List<UnprovenAssociation>();
         foreach (Controller c in controllers)
         {
             if (c == except || c.IsInterconnect || c.Destroyed || c.PairState is not AssociationState { Owner: { } owner } st || owner != e) continue;
-            if (c.CreatedTicks <= e.LocalFencedAt || c.CreatedTicks > madeBy || st.Unproven != null) continue;
+            if (c.CreatedTicks <= e.LocalFencedAt || c.CreatedTicks > madeBy) continue;
+            if (st.Unproven is { } pending)
+            {
+                // Asked already: asked again when the answer must postdate a later event (its answer may still be on
+                // its way, sent before the host gave the association up); the controller raises the bound for both.
+                if (again && !pending.TimedOut) ask.Add(pending);
+                continue;
+            }
             var u = new UnprovenAssociation(c, st, since);
             st.Unproven = u;
             e.Unproven.Add(u);

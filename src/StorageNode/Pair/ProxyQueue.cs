@@ -297,8 +297,9 @@ public sealed unsafe class ProxyQueue : ReactorSource, IHostCompletion, IReactor
         }
         if (Volatile.Read(ref state.RelayUnproven) != null)
         {
-            // A drain and a new open came between the check above and the count: counted but not sent (the owner's drain
-            // waits for it until its deadline, never sooner than safe); it waits for the host's answer with the rest.
+            // Marked between the check above and the count (a drain and a new open, or another association of the host
+            // starting): counted but not sent (the owner's drain waits for it until its deadline, never sooner than
+            // safe); it waits for the host's answer with the rest.
             return Submitted.AssociationWaits;
         }
         int token = _free[--_freeCount];

@@ -385,6 +385,9 @@ public sealed class RelayControl
             if (c == except || c.Destroyed || c.PairState is not AssociationState st) continue;
             var p = new RelayProof(c, st, why);
             Volatile.Write(ref st.RelayUnproven, p);
+            // An open starts every association anew: the first command of each to meet it asks the others again (an
+            // association used before a drain and unused since may take the retries of another given up after it).
+            if (except == null) Volatile.Write(ref st.RelayStarted, 0);
             ask.Add(p);
         }
         return ask;
@@ -392,10 +395,11 @@ public sealed class RelayControl
 
     /// <summary>
     /// The first command of one of the host's associations here to meet its open relay (reactor thread, once per
-    /// association). The host's other associations here may carry commands it sent before it gave them up and retried
-    /// on this one (a reconnection, or a second port it had not used), held in the network on their way here; the relay
-    /// being open already, nothing else would stop them. They relay nothing more until the host answers on them, as at
-    /// an open.
+    /// association and open). The host's other associations here may carry commands it sent before it gave them up and
+    /// retried on this one (a reconnection, or a second port it had not used since the open), held in the network on
+    /// their way here; the relay being open already, nothing else would stop them. They relay nothing more until the
+    /// host answers on them, as at an open — asked again if they were asked before: the answer must postdate this
+    /// command.
     /// </summary>
     internal void FirstRelayed(HostRelay h, Controller ctrl, AssociationState st)
     {
@@ -409,7 +413,7 @@ public sealed class RelayControl
             Volatile.Write(ref st.RelayStarted, 1);
         }
         if (ask.Count == 0) return;
-        _log.LogInformation("{Ctrl}: the host's first relayed command on this association; {Count} other association(s) of the host here relay once it shows it still uses them",
+        _log.LogInformation("{Ctrl}: the host's first command on this association to meet its open relay; {Count} other association(s) of the host here relay once it shows it still uses them",
             ctrl, ask.Count);
         foreach (RelayProof p in ask) AskHost(h, p);
     }
