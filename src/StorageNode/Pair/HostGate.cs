@@ -656,7 +656,8 @@ public sealed class HostGate : IIoGate
     /// <summary>Fails held commands on their reactors (their slots were kept while held).</summary>
     private static void FailLater(List<NvmfRequest> held, NvmeStatus status)
     {
-        foreach (NvmfRequest r in held) Post(r, x => { x.PendingOps = 0; x.Fail(status); });
+        Action<NvmfRequest> fail = x => { x.PendingOps = 0; x.Fail(status); }; // one delegate for the list
+        foreach (NvmfRequest r in held) Post(r, fail);
     }
 
     private void Finish(GateEntry e, int gen, GatePath to, Stopwatch sw, string how)

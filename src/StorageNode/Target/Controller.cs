@@ -345,8 +345,7 @@ public sealed class Controller
     /// so far plus AERL + 1, the most a host may have outstanding. A host that keeps fewer outstanding than that would be
     /// asked again, one notice per AER it sends back, until it gets there. <paramref name="done"/> runs on the admin
     /// queue's reactor: <see cref="HostProof.Proven"/>; <see cref="HostProof.CannotAsk"/> when the host did not enable
-    /// ANA change notices;
-    /// <see cref="HostProof.Ended"/> when the association ends first. Any thread.
+    /// ANA change notices; <see cref="HostProof.Ended"/> when the association ends first. Any thread.
     /// </summary>
     public void ProveHostStillHere(Action<HostProof> done)
     {
