@@ -25,8 +25,11 @@ public class StaleWriteDetectorTests(ITestOutputHelper output)
         output.WriteLine(Questions(pair.Log('A') + pair.Log('B')));
         if (r.Violations.Count > 0)
         {
-            string dir = Path.Combine(AppContext.BaseDirectory, "stale-write-detector");
+            // One folder per test (a later test's violation must not overwrite this one's), with each violation and the
+            // last commands on its block.
+            string dir = Path.Combine(AppContext.BaseDirectory, "stale-write-detector", TestContext.Current.TestMethod?.MethodName ?? "test");
             Directory.CreateDirectory(dir);
+            File.WriteAllLines(Path.Combine(dir, "violations.log"), r.Violations);
             File.WriteAllLines(Path.Combine(dir, "host-events.log"), r.Events);
             File.WriteAllText(Path.Combine(dir, "node-A.log"), pair.Log('A'));
             File.WriteAllText(Path.Combine(dir, "node-B.log"), pair.Log('B'));

@@ -109,6 +109,19 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         /// <summary>A write whose fate is unknown: it is retried with this version before any newer one.</summary>
         public ulong Retry;
         public bool Busy;
+        /// <summary>The unit's last commands (issued, completed, abandoned), for the failure message of a violation on it.</summary>
+        public readonly Queue<string> History = new();
+
+        /// <summary>Every write of each version: when and where it was sent, and what became of it.</summary>
+        public readonly Dictionary<ulong, string> Writes = [];
+
+        public void Note(string what, ulong writeVersion = 0)
+        {
+            string line = $"{DateTime.UtcNow:HH:mm:ss.fff} {what}";
+            if (History.Count == 32) History.Dequeue();
+            History.Enqueue(line);
+            if (writeVersion != 0) Writes[writeVersion] = Writes.TryGetValue(writeVersion, out string? before) ? before + "; " + line : line;
+        }
     }
 
     private sealed class Op : IHostCompletion
@@ -312,6 +325,7 @@ public sealed unsafe class StaleWriteDetector : IDisposable
                 dir = DataDirection.ControllerToHost;
             }
             SubmissionQueueEntry sqe = IoQueue.ReadWriteSqe(op.IsWrite ? IoOpcode.Write : IoOpcode.Read, u.Nsid, u.Lba, BlocksPerUnit);
+            u.Note($"{(op.IsWrite ? $"write v{op.Version}" : "read")} sent on path {p.Name} cntlid {p.Host.Cntlid}", op.IsWrite ? op.Version : 0);
             fixed (byte* b = op.Buffer)
             {
                 if (!p.Host.IoQueues[0].Transport.TrySubmit(sqe, b, UnitBytes, dir, op, 0))
@@ -332,6 +346,8 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         u.Busy = false;
         _free.Push(op);
         NvmeStatus st = op.Cqe.StatusField;
+        u.Note($"{(op.IsWrite ? $"write v{op.Version}" : "read")} on path {op.Path.Name} cntlid {op.Association.Cntlid}: {(st.IsSuccess ? "done" : st.ToString())}"
+            + (op.IsWrite || !st.IsSuccess ? "" : $" (v{Parse(op.Buffer, u, out _)})"), op.IsWrite ? op.Version : 0);
         if (op.IsWrite)
         {
             if (st.IsSuccess)
@@ -352,9 +368,9 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         if (!st.IsSuccess) return;
         _report.Reads++;
         ulong v = Parse(op.Buffer, u, out string? bad);
-        if (bad != null) Violation($"read of {Describe(u)} through {op.Path.Name}: {bad}");
-        else if (v < op.FloorAtIssue) Violation($"{Describe(u)} went back to version {v} (read through {op.Path.Name}) after version {op.FloorAtIssue} was acknowledged or read");
-        else if (v > u.Issued) Violation($"{Describe(u)} holds version {v}, never written (newest {u.Issued})");
+        if (bad != null) Violation($"read of {Describe(u)} through {op.Path.Name}: {bad}", u);
+        else if (v < op.FloorAtIssue) Violation($"{Describe(u)} went back to version {v} (read through {op.Path.Name}) after version {op.FloorAtIssue} was acknowledged or read", u, v);
+        else if (v > u.Issued) Violation($"{Describe(u)} holds version {v}, never written (newest {u.Issued})", u, v);
         else u.Floor = Math.Max(u.Floor, v);
     }
 
@@ -378,6 +394,8 @@ public sealed unsafe class StaleWriteDetector : IDisposable
             _inflight.RemoveAt(i);
             ops.Add(op);
             op.Unit.Busy = false;
+            op.Unit.Note($"{(op.IsWrite ? $"write v{op.Version}" : "read")} on path {p.Name} cntlid {host.Cntlid}: abandoned ({why}, {(close ? "closed" : "left half open")})",
+                op.IsWrite ? op.Version : 0);
             if (op.IsWrite)
             {
                 op.Unit.Retry = op.Version;
@@ -559,8 +577,8 @@ public sealed unsafe class StaleWriteDetector : IDisposable
                 continue;
             }
             ulong v = Parse(buf, u, out string? bad);
-            if (bad != null) Violation($"final read of {Describe(u)}: {bad}");
-            else if (v < u.Floor) Violation($"{Describe(u)} went back to version {v} after version {u.Floor} was acknowledged or read (final read)");
+            if (bad != null) Violation($"final read of {Describe(u)}: {bad}", u);
+            else if (v < u.Floor) Violation($"{Describe(u)} went back to version {v} after version {u.Floor} was acknowledged or read (final read)", u, v);
         }
         if (_o.Replica != null) CheckReplicas(" (at the end)");
     }
@@ -571,10 +589,13 @@ public sealed unsafe class StaleWriteDetector : IDisposable
         _report.Events.Enqueue($"{DateTime.UtcNow:HH:mm:ss.fff} {what}");
     }
 
-    private void Violation(string what)
+    private void Violation(string what, Unit? u = null, ulong landed = 0)
     {
         Event("VIOLATION " + what);
-        _report.Violations.Add($"{_clock.Elapsed.TotalSeconds:0.000} s: {what}");
+        // Which association carried the version that landed and what became of it, and the unit's last commands.
+        string history = u == null ? "" : (landed != 0 && u.Writes.TryGetValue(landed, out string? w) ? $"\n  version {landed}: {w}" : "")
+            + "\n  its last commands:\n    " + string.Join("\n    ", u.History);
+        _report.Violations.Add($"{_clock.Elapsed.TotalSeconds:0.000} s: {what}{history}");
     }
 
     private static string Describe(Unit u) => $"NSID {u.Nsid} LBA {u.Lba}";
