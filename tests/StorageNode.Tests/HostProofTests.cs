@@ -66,6 +66,7 @@ public class HostProofTests : IDisposable
     public void AHostThatNoLongerTakesItsEventsNeverAnswersAndTheAssociationsEndSaysSo()
     {
         using NvmeHost host = _node.Connect(new NvmeHostOptions { AsyncEvents = true });
+        host.StopKeepAlive(); // the host gives the association up: it takes no more events there
         Controller c = ControllerOf(host);
         HostProof? result = null;
         c.ProveHostStillHere(r => result = r);
