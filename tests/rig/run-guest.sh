@@ -44,7 +44,7 @@
 #               /proc/*/cmdline and kills them by PID to cut that path from outside.
 set -uo pipefail
 RIG_CACHE=${RIG_CACHE:-/var/tmp/storagenode-rig}
-ports=() net="user,id=n0,restrict=on" link="" name=guest extra=()
+ports=() net="user,id=n0,restrict=on" link="" linkpaths="" name=guest extra=()
 usage() { sed -n '2,6p' "$0" >&2; exit 2; }
 while getopts "p:f:l:n:" o; do case $o in
   p) ports+=("$OPTARG") ;;
@@ -57,7 +57,8 @@ while getopts "p:f:l:n:" o; do case $o in
        *) nd="socket,id=n1,udp=127.0.0.1:$rp,localaddr=127.0.0.1:$lp" ;;
      esac
      extra=(-netdev "$nd"
-            -device "virtio-net-pci,netdev=n1,mac=52:54:00:00:01:$(printf %02x "$o")") ;;
+            -device "virtio-net-pci,netdev=n1,id=eth1,mac=52:54:00:00:01:$(printf %02x "$o")")
+     linkpaths=$rp ;;
   n) name=$OPTARG ;;
   *) usage ;;
 esac; done
@@ -140,18 +141,37 @@ stop_guest() {
 }
 # Before the limit ends the guest, what it was doing is recorded, so that a hang can be read afterwards: 20 s before
 # QEMU's timeout, the guest's blocked tasks and every CPU's backtrace (sysrq w and l, on the serial console: printed
-# with the script's output) and QEMU's view of its NICs and of this QEMU's Unix sockets (the private link's queues)
+# with the script's output), and, for a guest on a private link, the link's state (see link_state)
 # in the run folder's monitor.txt.
 diagnose() {
   while kill -0 "$q" 2>/dev/null && [ $((SECONDS - started)) -lt $((limit - 20)) ]; do sleep 1; done
   kill -0 "$q" 2>/dev/null || return 0
-  echo "$name| run-guest: $((SECONDS - started)) s, about to time out: the guest's blocked tasks and backtraces follow (sysrq w, l); QEMU's NICs and sockets in $run/monitor.txt" >&2
+  echo "$name| run-guest: $((SECONDS - started)) s, about to time out: the guest's blocked tasks and backtraces follow (sysrq w, l); QEMU's NICs and the link's state in $run/monitor.txt" >&2
   # The vCPU's registers three times, a second apart (a guest spinning with interrupts off answers no sysrq; its RIP
   # does not lie: name-rips.sh names them, HLT=1 is an idle vCPU), then the sysrq dumps.
   { printf 'info status\ninfo network\ninfo registers\n'; sleep 1; printf 'info registers\n'; sleep 1
     printf 'info registers\nsendkey alt-sysrq-w\n'; sleep 3; printf 'sendkey alt-sysrq-l\n'; sleep 3; } |
     socat - UNIX-CONNECT:"$run/monitor.sock" 2>&1 | tr -d '\r' | grep -av '^(qemu)' > "$run/monitor.txt"
-  { echo "== ss -xp (this QEMU's Unix sockets: Recv-Q, Send-Q)"; ss -xp 2>/dev/null | grep -F "pid=$(cat "$run/qemu.pid" 2>/dev/null)," ; } >> "$run/monitor.txt"
+  [ -n "$link" ] && link_state >> "$run/monitor.txt"
+}
+# link_state: the private link as QEMU and the host see it, twice, 2 s apart (what moves and what does not): eth1's
+# virtqueues in QEMU (0 receive, 1 transmit: the device's avail/used indexes against the guest's), the link's
+# sockets on the host (Recv-Q, Send-Q: ss names no process here, so the sockets are found by their paths), and the
+# CPU time of each QEMU thread (a main loop spinning on a socket that never drains shows here).
+link_state() {
+  local qp i p; qp=$(cat "$run/qemu.pid" 2>/dev/null)
+  for i in 1 2; do
+    echo "== link state, sample $i ($(date +%T.%N | cut -c1-12))"
+    { printf 'info virtio-queue-status /machine/peripheral/eth1/virtio-backend 0\n'
+      printf 'info virtio-queue-status /machine/peripheral/eth1/virtio-backend 1\n'; sleep 1; } |
+      socat - UNIX-CONNECT:"$run/monitor.sock" 2>&1 | tr -d '\r' | grep -av '^(qemu)\|^QEMU .* monitor'
+    echo "-- host sockets of the link ($linkpaths)"
+    for p in ${linkpaths//,/ }; do ss -xa 2>/dev/null | grep -F " $p " ; done
+    echo "-- QEMU threads: name, user and system CPU ticks"
+    [ -n "$qp" ] && for t in /proc/"$qp"/task/*; do
+      printf '%s %s\n' "$(cat "$t/comm" 2>/dev/null)" "$(awk '{print $14, $15}' "$t/stat" 2>/dev/null)"; done
+    [ "$i" = 1 ] && sleep 2
+  done
 }
 diagnose & diagnoser=$!
 trap 'stop_guest; [ -n "${tailer:-}" ] && kill $tailer 2>/dev/null; kill $diagnoser 2>/dev/null' EXIT
