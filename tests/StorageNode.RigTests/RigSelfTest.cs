@@ -77,7 +77,7 @@ public sealed class RigSelfTest(ITestOutputHelper output) : IDisposable
         _rig.Require();
         // The guest reaches its own nvmet the way it will reach a target on the host: 10.0.2.100:4420 ->
         // a forwarder (socat) per connection -> host 127.0.0.1:hostPort -> QEMU's hostfwd -> guest eth0:4420.
-        int hostPort = FreeLoopbackPort();
+        int hostPort = TestPair.FreeTcpPort();
         Dictionary<string, string> env = NvmetEnv("nvmet-setup.sh fio-verify.sh filesystem.sh keepalive.sh");
         env["NVMET_ADDR"] = "10.0.2.15";
         env["NVMET_PORT"] = "4420";
@@ -223,12 +223,5 @@ public sealed class RigSelfTest(ITestOutputHelper output) : IDisposable
         Task<Socket> accept = listener.AcceptSocketAsync(TestContext.Current.CancellationToken).AsTask();
         Assert.True(accept.Wait(timeout, TestContext.Current.CancellationToken), "no connection from the guest reached the host");
         return accept.Result;
-    }
-
-    private static int FreeLoopbackPort()
-    {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 }
