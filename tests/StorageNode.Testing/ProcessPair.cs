@@ -48,7 +48,6 @@ public sealed class ProcessPair : IPairRig
 {
     private Node _a, _b;
     private readonly Dictionary<string, string?> _settingsA, _settingsB;
-    private readonly HashSet<int> _taken;
 
     public string Kind => "two processes";
     public IPEndPoint EndpointA => _a.Endpoint;
@@ -79,13 +78,11 @@ public sealed class ProcessPair : IPairRig
         b["Cluster:ClockOffsetSeconds"] = clockOffsetSecondsB.ToString();
         foreach (var kv in overridesA ?? []) a[kv.Key] = kv.Value;
         foreach (var kv in overridesB ?? []) b[kv.Key] = kv.Value;
-        // The nodes' listener ports, distinct from the interconnect's four (found free, then bound by the nodes).
-        var taken = new HashSet<int> { icA, icB, InterconnectAtoB.Endpoint.Port, InterconnectBtoA.Endpoint.Port };
-        (_settingsA, _settingsB, _taken) = (a, b, taken);
-        _a = new Node("A", a, taken);
+        (_settingsA, _settingsB) = (a, b);
+        _a = new Node("A", a);
         try
         {
-            _b = new Node("B", b, taken);
+            _b = new Node("B", b);
         }
         catch
         {
@@ -138,7 +135,7 @@ public sealed class ProcessPair : IPairRig
         Node old = node == 'A' ? _a : _b;
         if (!old.Process.HasExited) throw new InvalidOperationException($"node {node} is running");
         old.Dispose();
-        Node fresh = new(node.ToString(), node == 'A' ? _settingsA : _settingsB, _taken);
+        Node fresh = new(node.ToString(), node == 'A' ? _settingsA : _settingsB);
         if (node == 'A') _a = fresh;
         else _b = fresh;
     }
@@ -190,12 +187,12 @@ public sealed class ProcessPair : IPairRig
         /// <summary>The node's reactor count (Node:Reactors).</summary>
         public int Reactors { get; }
 
-        public Node(string name, Dictionary<string, string?> settings, HashSet<int> taken)
+        public Node(string name, Dictionary<string, string?> settings)
         {
             Reactors = int.Parse(settings["Node:Reactors"]!, System.Globalization.CultureInfo.InvariantCulture);
+            // Never a port this process was given before (the interconnect's, the partner's), and never a forwarder's:
+            // those stay bound while the pair lives.
             int port = TestPair.FreeTcpPort();
-            for (int i = 0; i < 10 && taken.Contains(port); i++) port = TestPair.FreeTcpPort();
-            taken.Add(port);
             settings["Listeners:0:Port"] = port.ToString();
             _socket = Path.Combine(Path.GetTempPath(), $"sn-pair-{Environment.ProcessId}-{Guid.NewGuid():N}-{name}.sock");
             settings["Control:RpcSocket"] = _socket;
