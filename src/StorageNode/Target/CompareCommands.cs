@@ -93,7 +93,11 @@ internal static unsafe class FusedCommands
         return true;
     }
 
-    /// <summary>A fused command failed before it ran (validation, reservation): its partner is aborted.</summary>
+    /// <summary>
+    /// A fused command failed before it ran (validation, reservation, a path): its partner is aborted — with the same path
+    /// status when it is one, whichever of the two failed first (the Write's path can fail while the Compare still waits
+    /// for the gate), so that a multipath host retries the whole operation elsewhere rather than failing it.
+    /// </summary>
     public static void Failed(NvmfRequest req, NvmeStatus status)
     {
         if (req.Qpair.FusedFirst == req)
@@ -105,7 +109,7 @@ internal static unsafe class FusedCommands
         {
             req.FusedPartner = null;
             p.FusedPartner = null;
-            Abort(p, NvmeStatus.Generic(GenericStatus.AbortedFailedFused));
+            Abort(p, status.Type == StatusCodeType.PathRelated ? status : NvmeStatus.Generic(GenericStatus.AbortedFailedFused));
         }
     }
 
