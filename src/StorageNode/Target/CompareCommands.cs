@@ -71,7 +71,7 @@ internal static unsafe class FusedCommands
             // The first failed as it arrived: the second is aborted too (with the same path status, so that a multipath
             // host retries the whole operation elsewhere), or it never came.
             if (firstFailed.IsSuccess) return NvmeStatus.Generic(GenericStatus.AbortedMissingFused);
-            return firstFailed.Type == StatusCodeType.PathRelated ? firstFailed : NvmeStatus.Generic(GenericStatus.AbortedFailedFused);
+            return PartnerOfFailed(firstFailed);
         }
         if (sqe.Opcode != IoOpcode.Write || sqe.Nsid != pending.Sqe.Nsid || sqe.Slba != pending.Sqe.Slba || sqe.BlockCount != pending.Sqe.BlockCount)
         {
@@ -109,9 +109,16 @@ internal static unsafe class FusedCommands
         {
             req.FusedPartner = null;
             p.FusedPartner = null;
-            Abort(p, status.Type == StatusCodeType.PathRelated ? status : NvmeStatus.Generic(GenericStatus.AbortedFailedFused));
+            Abort(p, PartnerOfFailed(status));
         }
     }
+
+    /// <summary>
+    /// The status of a fused command whose partner failed with <paramref name="failed"/>: the same path status when it is
+    /// one (a multipath host then retries the whole operation elsewhere), else Aborted Failed Fused.
+    /// </summary>
+    private static NvmeStatus PartnerOfFailed(NvmeStatus failed)
+        => failed.Type == StatusCodeType.PathRelated ? failed : NvmeStatus.Generic(GenericStatus.AbortedFailedFused);
 
     /// <summary>Fails a fused command now if it is waiting, or when it becomes ready.</summary>
     private static void Abort(NvmfRequest req, NvmeStatus status)
@@ -218,7 +225,7 @@ internal static unsafe class FusedCommands
         {
             // A path status (the owner could not be reached) is for both: the host retries the whole operation.
             Finish(first, status);
-            Finish(second, status.Type == StatusCodeType.PathRelated ? status : NvmeStatus.Generic(GenericStatus.AbortedFailedFused));
+            Finish(second, PartnerOfFailed(status));
         }
     }
 
