@@ -113,6 +113,23 @@ internal static unsafe class MirrorRig
     public static JsonObject Group(ProcessPair pair, char node, uint group)
         => pair.Rpc(node, "cluster_get_status")!["links"]![0]!["groups"]!.AsArray().Single(g => g!["anagrpid"]!.GetValue<uint>() == group)!.AsObject();
 
+    /// <summary>A node's settings with <c>Cluster:Mirror</c> and the witness <paramref name="w"/>, and <paramref name="more"/>.</summary>
+    public static Dictionary<string, string?> WithWitness(WitnessProcess w, Dictionary<string, string?>? more = null)
+    {
+        Dictionary<string, string?> s = With(Mirror, more);
+        s[w.Setting.Key] = w.Setting.Value;
+        return s;
+    }
+
+    /// <summary>A process pair's NSID 1 (A's) in sync on A and whole on B (its replica).</summary>
+    public static void WaitInSync(ProcessPair pair)
+    {
+        JsonObject MirrorOfA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single(m => m!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
+        JsonObject ReplicaOnB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single(r => r!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
+        TestPair.WaitUntil(() => MirrorOfA()["state"]!.GetValue<string>() == "in_sync" && ReplicaOnB()["whole"]!.GetValue<bool>(),
+            "A's NSID 1 in sync and whole on B", TimeSpan.FromSeconds(60));
+    }
+
     /// <summary>
     /// Both channels of an in-process pair partitioned (heartbeats silenced, the interconnect blocked and cut both ways)
     /// and group 1 taken over by B by force, as an operator who took the partition for A's death would: A still serves

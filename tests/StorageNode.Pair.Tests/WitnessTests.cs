@@ -14,21 +14,6 @@ namespace StorageNode.Pair.Tests;
 /// </summary>
 public sealed class WitnessTests
 {
-    private static Dictionary<string, string?> WithWitness(WitnessProcess w, Dictionary<string, string?>? more = null)
-    {
-        Dictionary<string, string?> s = With(Mirror, more);
-        s[w.Setting.Key] = w.Setting.Value;
-        return s;
-    }
-
-    private static void WaitInSync(ProcessPair pair)
-    {
-        JsonObject MirrorOfA() => pair.Rpc('A', "cluster_get_status")!["links"]![0]!["mirrors"]!.AsArray().Single(m => m!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
-        JsonObject ReplicaOnB() => pair.Rpc('B', "cluster_get_status")!["links"]![0]!["replicas"]!.AsArray().Single(r => r!["nsid"]!.GetValue<uint>() == 1)!.AsObject();
-        TestPair.WaitUntil(() => MirrorOfA()["state"]!.GetValue<string>() == "in_sync" && ReplicaOnB()["whole"]!.GetValue<bool>(),
-            "A's NSID 1 in sync and whole on B", TimeSpan.FromSeconds(60));
-    }
-
     /// <summary>
     /// Versioned blocks written through both nodes; A (group 1's owner) holds its lease at the witness. A is killed
     /// (SIGKILL): B, finding A silent on both channels, asks the witness, which grants group 1 once A's lease has run out;
