@@ -110,8 +110,8 @@ public sealed class ProcessPair : IPairRig
     public JsonNode? Rpc(char node, string method, JsonObject? parameters = null) => (node == 'A' ? _a : _b).Call(method, parameters);
 
     /// <summary>
-    /// Kills a node for real (SIGKILL: nothing it held in memory survives) and starts it again with the same settings,
-    /// listener port and RPC socket (a new incarnation).
+    /// Kills a node for real (SIGKILL: nothing it held in memory survives) and starts it again with the same settings
+    /// (a new incarnation, on a new listener port: <see cref="Start"/>).
     /// </summary>
     public void KillAndRestart(char node)
     {
@@ -129,13 +129,16 @@ public sealed class ProcessPair : IPairRig
         old.Process.WaitForExit();
     }
 
-    /// <summary>Starts a node that was killed again, with the same settings, listener port and RPC socket (a new incarnation).</summary>
-    public void Start(char node)
+    /// <summary>
+    /// Starts a node that was killed again, with the same settings (a new incarnation): on a new listener port, or with
+    /// <paramref name="samePort"/> on the one it had, as a machine started again would be (a host's path to it comes back).
+    /// </summary>
+    public void Start(char node, bool samePort = false)
     {
         Node old = node == 'A' ? _a : _b;
         if (!old.Process.HasExited) throw new InvalidOperationException($"node {node} is running");
         old.Dispose();
-        Node fresh = new(node.ToString(), node == 'A' ? _settingsA : _settingsB);
+        Node fresh = new(node.ToString(), node == 'A' ? _settingsA : _settingsB, samePort ? old.Endpoint.Port : null);
         if (node == 'A') _a = fresh;
         else _b = fresh;
     }
@@ -187,16 +190,17 @@ public sealed class ProcessPair : IPairRig
         /// <summary>The node's reactor count (Node:Reactors).</summary>
         public int Reactors { get; }
 
-        public Node(string name, Dictionary<string, string?> settings)
+        /// <param name="port">The listener's port (null: a free one).</param>
+        public Node(string name, Dictionary<string, string?> settings, int? port = null)
         {
             Reactors = int.Parse(settings["Node:Reactors"]!, System.Globalization.CultureInfo.InvariantCulture);
             // Never a port this process was given before (the interconnect's, the partner's), and never a forwarder's:
             // those stay bound while the pair lives.
-            int port = TestPair.FreeTcpPort();
-            settings["Listeners:0:Port"] = port.ToString();
+            port ??= TestPair.FreeTcpPort();
+            settings["Listeners:0:Port"] = port.Value.ToString();
             _socket = Path.Combine(Path.GetTempPath(), $"sn-pair-{Environment.ProcessId}-{Guid.NewGuid():N}-{name}.sock");
             settings["Control:RpcSocket"] = _socket;
-            Endpoint = new IPEndPoint(IPAddress.Loopback, port);
+            Endpoint = new IPEndPoint(IPAddress.Loopback, port.Value);
             var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
             psi.ArgumentList.Add(Path.Combine(Repo.BuiltOutput("src/StorageNode"), "storagenode.dll"));
             foreach (var kv in settings) psi.ArgumentList.Add($"--{kv.Key}={kv.Value}");
