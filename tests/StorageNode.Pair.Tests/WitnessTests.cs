@@ -1,16 +1,21 @@
 using System.Diagnostics;
+using System.Net;
 using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using StorageNode.Config;
 using StorageNode.Control;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 using StorageNode.Testing;
+using StorageNode.Witness;
 using static StorageNode.Pair.Tests.MirrorRig;
 
 namespace StorageNode.Pair.Tests;
 
 /// <summary>
 /// The witness (docs/ha.md, "The witness"): three processes — two nodes, B's clock hours off, and a
-/// <c>storagenode witness</c> — killed for real.
+/// <c>storagenode witness</c> — killed for real; and one pair in this process with a witness in it, to see every ANA state a
+/// takeover on the witness's grant publishes.
 /// </summary>
 public sealed class WitnessTests
 {
@@ -228,6 +233,105 @@ public sealed class WitnessTests
     {
         (List<string> violations, string report) = SplitBrain(selfFence: false);
         Assert.True(violations.Count > 0, $"no violation without the self-fence:\n{report}");
+    }
+
+    /// <summary>
+    /// One process, an in-process witness (lease 1 s): A, group 1's owner, is cut off from B on both channels and from
+    /// the witness (a UDP relay on A's way to it); B finds A silent and asks the witness, which grants group 1 once A's
+    /// lease has run out. At the grant (<see cref="Pair.PairNode.AfterWitnessGrant"/>, before B changes anything) the
+    /// interconnect comes back — A's association into B, or B's link to A — so that B takes the group over while its
+    /// partner answers again, and A, fence lifted, may serve group 1 until it learns B's term. Every ANA state B
+    /// publishes for group 1 is recorded (<see cref="Target.Subsystem.AnaPublished"/>) with whether the grant's hold
+    /// holds it: from the grant on, group 1 must never be Optimized on B before that hold was placed — B goes from held
+    /// for the change-over straight to held for the grant, released a heartbeat timeout and two intervals later, and
+    /// only then serves it. (Before the fix B published group 1 Optimized and unheld as the change-over's hold was
+    /// released, then held it: every run.) A learns B's term.
+    /// </summary>
+    [Fact]
+    public void AGroupGrantedWhileThePartnerReconnectsIsNeverServedUnheld()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-witness-").FullName;
+        var witnessLogs = new StringWriterLoggerProvider();
+        using ILoggerFactory lf = LoggerFactory.Create(b => b.AddProvider(witnessLogs));
+        try
+        {
+            using var witness = new WitnessService(
+                new WitnessConfig { Listen = new IPEndPoint(IPAddress.Loopback, 0), StateDirectory = dir, Lease = TimeSpan.FromMilliseconds(1000) },
+                lf.CreateLogger("witness"));
+            witness.Start();
+            using var toWitness = new UdpRelay(null, witness.Endpoint); // A's way to the witness
+            using TestPair pair = InSyncPair(moreA: new() { ["Cluster:Witness"] = toWitness.ForA.ToString() },
+                moreB: new() { ["Cluster:Witness"] = witness.Endpoint.ToString() });
+            Target.Subsystem sa = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sb = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
+            PairNode b = pair.B.Pair!;
+            TestPair.WaitUntil(() => pair.A.Pair!.Witness!.LeaseHeld(TestPair.Nqn, 1, 0, Stopwatch.GetTimestamp()), "A to hold group 1's lease at the witness");
+            // A's "in sync" word renewed at least once (B's takeover checks that it outlived A's last heartbeat datagram).
+            TestPair.WaitUntil(() => sb.GetNamespace(1)!.ReplicaKnowledge.IsWhole(Stopwatch.GetTimestamp()), "B's replica of NSID 1 whole");
+
+            // Every ANA state of group 1 on B from now on, with whether the grant's hold holds it, and when.
+            var trace = new List<(AnaState State, bool GrantHeld, long Ticks)>();
+            int grantedAt = -1, hooked = 0;
+            string? hookFailed = null;
+            sb.AnaPublished = () =>
+            {
+                lock (trace) trace.Add((sb.GetAnaState(1, ListenerRole.Direct), sb.IsGroupHeldBy(1, b.GrantHold), Stopwatch.GetTimestamp()));
+            };
+            b.AfterWitnessGrant = (s, g) =>
+            {
+                if (s != sb || g != 1 || Interlocked.Exchange(ref hooked, 1) != 0) return;
+                lock (trace) grantedAt = trace.Count;
+                // The partner comes back while B was asking: the interconnect heals (the heartbeats stay silent).
+                pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = false;
+                try
+                {
+                    TestPair.WaitUntil(() => b.Links[0].IsUp || sb.Controllers.Any(c => c.IsInterconnect), "A back on B's interconnect", TimeSpan.FromSeconds(20));
+                }
+                catch (TimeoutException e) { hookFailed = e.Message; }
+            };
+
+            // A cut off from B on both channels and from the witness: its lease runs out, it fences itself, and B, hearing
+            // A on neither channel, asks the witness for group 1.
+            pair.A.Pair!.SilenceHeartbeatChannel();
+            b.SilenceHeartbeatChannel();
+            toWitness.Blocked = true;
+            pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
+            pair.InterconnectAtoB.Cut();
+            pair.InterconnectBtoA.Cut();
+            try
+            {
+                pair.WaitLogged('B', "taken over automatically", TimeSpan.FromSeconds(40));
+                Assert.True(hooked == 1 && hookFailed == null, $"the grant's hook: {(hooked == 0 ? "not run" : hookFailed)}");
+                pair.WaitLogged('B', "granted while A ");
+                TestPair.WaitUntil(() => sb.GetAnaState(1, ListenerRole.Direct) == AnaState.Optimized, "B to serve group 1 once the grant's hold is released",
+                    TimeSpan.FromSeconds(20));
+            }
+            catch (Exception e) when (e is TimeoutException or Xunit.Sdk.XunitException)
+            {
+                throw new InvalidOperationException($"{e.Message}\n{pair.Problems()}\nwitness: {string.Join("\n", witnessLogs.Lines)}", e);
+            }
+
+            List<(AnaState State, bool GrantHeld, long Ticks)> since;
+            lock (trace) since = trace.Skip(grantedAt).ToList();
+            string shown = string.Join(", ", since.Select(x => $"{x.State}{(x.GrantHeld ? " (grant hold)" : "")}"));
+            Console.WriteLine($"[grant while the partner reconnects] B's group 1 from the grant on: {shown}");
+            int held = since.FindIndex(x => x.GrantHeld), optimized = since.FindIndex(x => x.State == AnaState.Optimized);
+            Assert.True(held >= 0, $"the grant's hold was never placed: {shown}");
+            Assert.True(optimized > held, $"group 1 was Optimized on B, unheld, before the grant's hold was placed: {shown}");
+            // Released no earlier than a heartbeat timeout after it was placed (timeout 2 s, interval 100 ms here).
+            double heldMs = Stopwatch.GetElapsedTime(since[held].Ticks, since[optimized].Ticks).TotalMilliseconds;
+            Assert.True(heldMs >= 2000, $"the grant's hold lasted {heldMs:0} ms: {shown}");
+            Assert.False(sb.IsGroupHeldBy(1, b.GrantHold));
+
+            // A learns B's term (over the interconnect: the witness is still cut off from it) and does not serve group 1.
+            TestPair.WaitUntil(() => pair.A.Pair!.OwnershipOf(sa, 1)!.Current == new GroupTerm(1, "B"), "A to learn B's term", TimeSpan.FromSeconds(20));
+            TestPair.WaitUntil(() => sa.GetAnaState(1, ListenerRole.Direct) != AnaState.Optimized, "A to stop serving group 1");
+            sb.AnaPublished = null;
+            b.AfterWitnessGrant = null;
+        }
+        finally
+        {
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
     }
 
     private sealed record Ack(ulong Lba, uint Version, long Ticks);

@@ -392,18 +392,27 @@ public sealed partial class PairNode
     internal object GrantHold { get; } = new();
 
     /// <summary>
-    /// Holds a group this node was granted while its partner still answered (under the ownership lock): released a
-    /// heartbeat timeout and two intervals later (<see cref="ReleaseGrantHolds"/>), by when the partner, which holds no
-    /// lease and whose heartbeats this node no longer answers, has fenced itself (two intervals: its fence's check, and
-    /// the close of its associations just after this).
+    /// Holds a group this node was granted while its partner answers again (under the ownership lock, before the group
+    /// is served here): released a heartbeat timeout and two intervals later (<see cref="ReleaseGrantHolds"/>), by when
+    /// the partner, which holds no lease and whose heartbeats this node no longer answers, has fenced itself (two
+    /// intervals: its fence's check, and the close of its associations once the takeover is done).
     /// </summary>
     private void HoldAfterGrant(Subsystem s, uint group)
     {
         s.HoldGroup(group, GrantHold);
         TimeSpan hold = Config.HeartbeatTimeout + 2 * Config.HeartbeatInterval;
         _heldAfterGrant[(s.Nqn, group)] = Stopwatch.GetTimestamp() + (long)(hold.TotalSeconds * Stopwatch.Frequency);
-        _log.LogWarning("{Nqn}: ANA group {Group}: granted while {Partner} still answered: its associations are closed, and the group is held here for {Ms} ms, until it has fenced itself",
-            s.Nqn, group, Config.Partner, hold.TotalMilliseconds);
+        _log.LogWarning("{Nqn}: ANA group {Group}: granted while {Partner} answers again (it reconnected while the witness was asked): the group is held here for {Ms} ms from now, "
+            + "by when {Partner2} has fenced itself, and served only then; its associations are closed as this node takes the group over, so that it learns the new term",
+            s.Nqn, group, Config.Partner, hold.TotalMilliseconds, Config.Partner);
+    }
+
+    /// <summary>A takeover that held the group for its grant failed before it changed anything (under the ownership lock): the hold goes.</summary>
+    private void UndoHoldAfterGrant(Subsystem s, uint group)
+    {
+        _heldAfterGrant.Remove((s.Nqn, group));
+        s.ReleaseGroup(group, GrantHold);
+        _log.LogWarning("{Nqn}: ANA group {Group}: the takeover failed: the hold placed for its grant is released", s.Nqn, group);
     }
 
     private void ReleaseGrantHolds(long now)

@@ -298,6 +298,12 @@ public sealed partial class PairNode : IDisposable
     public TakeoverResult TakeOver(Subsystem s, uint group, bool force) => TakeOver(s, group, force, automatic: false);
 
     /// <summary>
+    /// Test hook: runs in a takeover the witness has just granted, before the ownership lock is taken (the moment a
+    /// partner that reconnects while the witness is asked comes back).
+    /// </summary>
+    internal Action<Subsystem, uint>? AfterWitnessGrant;
+
+    /// <summary>
     /// A takeover, manual or (<paramref name="automatic"/>) on the witness's grant. With a witness the term is granted
     /// there first (outside the ownership lock): not while the owner holds its lease, nor (unless forced) after it served
     /// alone; with no answer from it, only by force. Once granted, the partner answering again stops nothing: the
@@ -334,7 +340,11 @@ public sealed partial class PairNode : IDisposable
                     ? $"the witness refused ANA group {group} at term {asked.Term}: {a.Value.Reason}"
                     : $"the witness says {a.Value.Owner} owns ANA group {group} at term {a.Value.Term}");
             }
-            else granted = true;
+            else
+            {
+                granted = true;
+                AfterWitnessGrant?.Invoke(s, group);
+            }
         }
         lock (_ownershipLock)
         {
@@ -345,8 +355,19 @@ public sealed partial class PairNode : IDisposable
             List<Namespace> remote = plan.Remote;
             List<string> risks = plan.Risks;
             GroupTerm term = plan.Term;
+            // Granted while the partner came back (it reconnected while the witness was asked): it may serve the group
+            // until it learns the term or fences itself. Its associations, which read this node's descriptor before the
+            // new term, are closed (below, outside the lock), so that it learns the term as it reconnects, and its
+            // heartbeats go unanswered meanwhile: the group is held here until it has fenced itself (it holds no lease).
+            // Held before it is served here: the group goes from this hold to the change-over's and back, never served
+            // in between (served once the change-over's hold is released, it could be written through both nodes). A
+            // partner that connects from now on reads this node's descriptor under this lock: it learns the new term.
+            reconnect = granted && (link.IsUp || s.Controllers.Any(c => c.IsInterconnect));
+            if (reconnect) HoldAfterGrant(s, group);
             if (ServeReplicas(s, link, plan.Ownership, remote, plan.Generations, term) is string failed)
             {
+                // Nothing changed (the group is still the partner's here): the grant's hold goes with the takeover.
+                if (reconnect) UndoHoldAfterGrant(s, group);
                 if (granted)
                     _log.LogCritical("{Nqn}: ANA group {Group}: the witness granted {Term}, but this node cannot serve it: {Error}; nobody serves the group until an operator acts",
                         s.Nqn, group, term, failed);
@@ -354,12 +375,6 @@ public sealed partial class PairNode : IDisposable
             }
             // A giveback this node offered and had no answer to ends here: this node's term is past the one offered.
             if (_givebacks.TryGetValue((s.Nqn, group), out GivebackInFlight? gb)) Resume(gb);
-            // Granted while the partner came back (it reconnected while the witness was asked): it may serve the group
-            // until it learns the term or fences itself. Its associations, which read this node's descriptor before the
-            // new term, are closed (below, outside the lock), so that it learns the term as it reconnects, and its
-            // heartbeats go unanswered meanwhile: the group is held here until it has fenced itself (it holds no lease).
-            reconnect = granted && (link.IsUp || s.Controllers.Any(c => c.IsInterconnect));
-            if (reconnect) HoldAfterGrant(s, group);
             if (risks.Count > 0)
                 _log.LogCritical("{Nqn}: ANA group {Group} taken over by force ({Term}): {Risks}; writes the partner acknowledged may be lost", s.Nqn, group, term, string.Join("; ", risks));
             else

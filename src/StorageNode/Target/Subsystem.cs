@@ -208,7 +208,14 @@ public sealed class Subsystem
         Array.Sort(ids);
         _ana = new AnaSnapshot(groups.ToFrozenDictionary(), ids, partner, _ana.ChangeCount + (changed ? 1UL : 0),
             _holds.Where(kv => kv.Value.Count > 0).Select(kv => kv.Key).ToFrozenSet());
+        AnaPublished?.Invoke();
     }
+
+    /// <summary>
+    /// Test hook: runs after each snapshot is published (under the subsystem's lock, on the control path; never on the
+    /// I/O path), so that a test sees every ANA state the subsystem ever had, in order.
+    /// </summary>
+    internal Action? AnaPublished;
 
     public string Nqn { get; }
     public SubsystemKind Kind { get; }
@@ -443,6 +450,12 @@ public sealed class Subsystem
 
     /// <summary>Whether a group is held inaccessible (<see cref="HoldGroup"/>).</summary>
     public bool IsGroupHeld(uint groupId) => _ana.Held.Contains(groupId);
+
+    /// <summary>Whether <paramref name="holder"/> holds a group (<see cref="HoldGroup"/>).</summary>
+    internal bool IsGroupHeldBy(uint groupId, object holder)
+    {
+        lock (_lock) return _holds.TryGetValue(groupId, out HashSet<object>? set) && set.Contains(holder);
+    }
 
     /// <summary>Forces a group's state on this node (administrative; null removes the override).</summary>
     public void SetAnaState(uint groupId, AnaState? state)
