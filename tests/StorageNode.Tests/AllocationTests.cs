@@ -67,6 +67,35 @@ public class AllocationTests(ITestOutputHelper output)
         Assert.True(pair.A.Pair!.Links[0].Relayed >= ios);
     }
 
+    /// <summary>
+    /// With <c>Cluster:Mirror</c>: writes to the namespace A owns (each copied to B's replica before it completes) and
+    /// to B's (relayed to B, copied back to A's replica) allocate nothing on either reactor.
+    /// </summary>
+    [Fact]
+    public void MirroredWritesAllocateNothingOnEitherReactor()
+    {
+        var mirror = new Dictionary<string, string?> { ["Cluster:Mirror"] = "true" };
+        using var pair = new TestPair(mirror, new Dictionary<string, string?>(mirror));
+        pair.WaitHealthy();
+        TestPair.WaitUntil(() => pair.A.Pair!.Links[0].Mirrors.Concat(pair.B.Pair!.Links[0].Mirrors).All(m => m.IsInSync), "both replicas in sync",
+            TimeSpan.FromSeconds(30));
+        using NvmeHost a = pair.Connect(pair.EndpointA, Guid.NewGuid(), new NvmeHostOptions { IoQueueDepth = 8 });
+        Run(a.IoQueues[0], 1, 5000, 1);
+        Run(a.IoQueues[0], 2, 5000, 2);
+        using var ticks = new AllocationTicks();
+        long a0 = AllocatedOn(pair.A.Reactors[0]), b0 = AllocatedOn(pair.B.Reactors[0]);
+        const long ios = 20_000;
+        Bdevs.Bdev replicaOnB = pair.B.Target.FindSubsystem(TestPair.Nqn)!.GetNamespace(1)!.Replica!;
+        long copies0 = replicaOnB.Stats[Bdevs.IoStat.WriteOps];
+        Run(a.IoQueues[0], 1, ios, 3);
+        Run(a.IoQueues[0], 2, ios, 4);
+        long a1 = AllocatedOn(pair.A.Reactors[0]), b1 = AllocatedOn(pair.B.Reactors[0]);
+        output.WriteLine($"{ios} mirrored I/Os on A's namespace and {ios} relayed to B's (mirrored back): A's reactor allocated {a1 - a0} B, B's {b1 - b0} B");
+        Assert.True(a1 - a0 <= ProbeAllowance && b1 - b0 <= ProbeAllowance, $"A {a1 - a0} B, B {b1 - b0} B; sampled types: {ticks}");
+        long copies = replicaOnB.Stats[Bdevs.IoStat.WriteOps] - copies0;
+        Assert.True(copies >= ios / 4, $"B's replica of NSID 1 took {copies} writes of about {ios / 2}: the writes were not mirrored");
+    }
+
     /// <summary>Samples allocation types (GCAllocationTick, every ~100 KB) to say what allocated when a test fails.</summary>
     private sealed class AllocationTicks : EventListener
     {
