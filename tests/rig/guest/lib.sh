@@ -69,6 +69,20 @@ wait_no_ctrl() { local end=$((SECONDS + ${1:-20})); while [ $SECONDS -lt $end ];
 wait_live() { local end=$((SECONDS + ${2:-20})); while [ $SECONDS -lt $end ]; do
   [ "$(< "/sys/class/nvme/$1/state")" = live ] 2>/dev/null && return 0; sleep 0.2; done; return 1; }
 
+# check_optimized NAME DEV PORT SECONDS: checks (waiting up to SECONDS) that DEV's path through PORT is live and
+# optimized; prints the last `nvme list-subsys` (in /tmp/ls2.txt) and the kernel's recent path events.
+check_optimized() {
+  local i
+  for i in $(seq "$4"); do
+    nvme list-subsys "$2" > /tmp/ls2.txt 2>&1
+    grep -q "trsvcid=$3.* live optimized" /tmp/ls2.txt && break
+    sleep 1
+  done
+  cat /tmp/ls2.txt
+  check "$1" grep -q "trsvcid=$3.* live optimized" /tmp/ls2.txt
+  dmesg | grep -iE "nvme.*(reconnect|failover|ANA|error)" | tail -8
+}
+
 # connect NAME [nvme connect options...]: connects to $A:$P/$N (bounded), waits for namespace 1,
 # sets CTRL and DEV. Finishes the script when that fails: nothing else can be checked then.
 connect() {

@@ -33,13 +33,6 @@ check fio-verified-something sh -c "[ $(jq -r '.jobs[0].read.io_kbytes' /tmp/fio
 
 # The cut has ended (the host stops killing forwarders when fio-done appears); the path comes back.
 touch "$RIG_OUT/fio-done"
-for i in $(seq 40); do
-  nvme list-subsys "$dev" > /tmp/ls2.txt 2>&1
-  grep -q "trsvcid=$P.* live optimized" /tmp/ls2.txt && break
-  sleep 1
-done
-cat /tmp/ls2.txt
-check owner-path-restored grep -q "trsvcid=$P.* live optimized" /tmp/ls2.txt
-dmesg | grep -iE "nvme.*(reconnect|failover|ANA|error)" | tail -8
+check_optimized owner-path-restored "$dev" "$P" 40
 nvme disconnect -n "$N" >/dev/null 2>&1
 finish

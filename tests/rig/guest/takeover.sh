@@ -42,13 +42,6 @@ for j in 1 2; do
 done
 
 # Node A is back and owns NSID 1 again: its path is optimized once more.
-for i in $(seq 60); do
-  nvme list-subsys "$dev1" > /tmp/ls2.txt 2>&1
-  grep -q "trsvcid=$P.* live optimized" /tmp/ls2.txt && break
-  sleep 1
-done
-cat /tmp/ls2.txt
-check a-optimized-again grep -q "trsvcid=$P.* live optimized" /tmp/ls2.txt
-dmesg | grep -iE "nvme.*(reconnect|failover|ANA|error)" | tail -8
+check_optimized a-optimized-again "$dev1" "$P" 60
 nvme disconnect -n "$N" >/dev/null 2>&1
 finish
