@@ -354,23 +354,26 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
         int rc = Run("takeover", "takeover.sh", env, TimeSpan.FromMinutes(8), g =>
         {
             if (!g.WaitForSignal("fio-started", TimeSpan.FromMinutes(4))) return;
+            // The guest's STALL lines count from fio's start; these events are said on about the same scale.
+            var sinceFio = Stopwatch.StartNew();
             Thread.Sleep(5000); // fio runs through both nodes for a while (the workload, not a wait for a condition)
             pair.Kill('A');
             var sinceKill = Stopwatch.StartNew();
+            said.Add($"A killed {sinceFio.Elapsed.TotalSeconds:0.00} s after fio started");
             TestPair.WaitUntil(() => ServedHere(pair, 'B', 1), "B to take group 1 over", TimeSpan.FromSeconds(30));
             said.Add($"B serves group 1 {sinceKill.ElapsedMilliseconds} ms after A was killed");
             Thread.Sleep(5000); // fio runs on B alone for a while
             pair.Start('A', samePort: true);
             var sinceStart = Stopwatch.StartNew();
             TestPair.WaitUntil(() => ServedHere(pair, 'A', 1), "group 1 given back to A", TimeSpan.FromSeconds(90));
-            said.Add($"group 1 given back to A {sinceStart.ElapsedMilliseconds} ms after A's process was started");
+            said.Add($"group 1 given back to A {sinceStart.ElapsedMilliseconds} ms after A's process was started ({sinceFio.Elapsed.TotalSeconds:0.00} s after fio started)");
             gaveBackWhileFioRan = !g.Signalled("fio-done");
         }, (GuestPort, portA), (GuestPortB, portB));
         foreach (string l in said) output.WriteLine(l);
         foreach (string l in pair.Log('B').Split('\n').Where(l => l.Contains("resync", StringComparison.OrdinalIgnoreCase) || l.Contains("taken over") || l.Contains("given back")))
             output.WriteLine($"B| {l}");
         Assert.Equal(0, rc);
-        Assert.Equal(2, said.Count);
+        Assert.Equal(3, said.Count);
         Assert.True(gaveBackWhileFioRan, "group 1 was given back only after fio ended");
         Assert.True(witness.Output.Contains("granted to B at term 1", StringComparison.Ordinal), witness.Output);
     }
