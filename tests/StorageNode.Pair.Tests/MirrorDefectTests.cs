@@ -470,6 +470,39 @@ public sealed unsafe class MirrorDefectTests
     }
 
     /// <summary>
+    /// The keeper's knowledge frozen while it asks the witness to take the replica over (docs/ha.md, "The partner's side"):
+    /// the owner's words are answered NotNow and change nothing, renewals of its "in sync" still apply, a restart of the
+    /// owner heard meanwhile is applied when the last ask ends, and words are applied again after it.
+    /// </summary>
+    [Fact]
+    public void TheKeepersKnowledgeIsFrozenWhileItAsksToTakeTheReplicaOver()
+    {
+        var k = new ReplicaKnowledge();
+        object a = new();
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 7, ReplicaWord.InSync, 1, 1, 7, generation: 0, overwrite: false));
+        k.Renew(a, 1, 1000);
+        k.BeginTake();
+        k.BeginTake(); // two asks at once (an operator's and an automatic one)
+        Assert.True(k.Taking);
+        Assert.Equal(ReplicaAnswer.NotNow, k.Offer(a, 7, ReplicaWord.OutOfSync, 1, 2, 7, generation: 0, overwrite: false));
+        Assert.Equal(ReplicaWord.InSync, k.Word);
+        k.Renew(a, 1, 2000); // the lease still renews
+        Assert.True(k.WholeAtDeath(1500));
+        k.Reset(8); // the owner restarted: waits for the end of the asks
+        Assert.True(k.IsWhole(1500));
+        k.EndTake();
+        Assert.True(k.Taking);
+        Assert.Equal(ReplicaWord.InSync, k.Word);
+        k.EndTake();
+        Assert.False(k.Taking);
+        Assert.Equal((8L, ReplicaWord.OutOfSync), (k.OwnerIncarnation, k.Word)); // the restart, applied now
+        Assert.False(k.WholeAtDeath(1500));
+        Assert.Equal(ReplicaAnswer.Applied, k.Offer(a, 8, ReplicaWord.InSync, 1, 1, 8, generation: 0, overwrite: false));
+        k.EndTake(); // unmatched: nothing
+        Assert.False(k.Taking);
+    }
+
+    /// <summary>
     /// The keeper's rule for incremental resyncs (docs/ha.md, "The dirty-region record"): only over the replica the
     /// owner's record is kept against — the same generation and epoch, a replica whose last resync was incremental or
     /// finished — is a resync incremental; an empty replica, another epoch, a whole resync that never finished, an

@@ -334,6 +334,79 @@ public sealed class WitnessTests
         }
     }
 
+    /// <summary>
+    /// The model's finding (docs/ha.md, "The model"): A cut off from B on both channels and from the witness; B asks the
+    /// witness for group 1, and as it is granted (<see cref="Pair.PairNode.AfterWitnessGrant"/>) the heartbeat channel
+    /// heals — B hears A's datagrams again, so A's last sign of life moves past the end of B's replica lease. B must still
+    /// take the group over, its replica checked as of A's last sign of life before it asked (its knowledge frozen while
+    /// it asked): before, B declined the grant ("not whole when the partner was last heard") while the witness kept B's
+    /// term, and nobody served group 1. The interconnect stays cut, so A, fenced, serves nothing meanwhile.
+    /// </summary>
+    [Fact]
+    public void AGrantIsNotDeclinedWhenThePartnerIsHeardAgainDuringTheAsk()
+    {
+        string dir = Directory.CreateTempSubdirectory("sn-witness-").FullName;
+        var witnessLogs = new StringWriterLoggerProvider();
+        using ILoggerFactory lf = LoggerFactory.Create(b => b.AddProvider(witnessLogs));
+        try
+        {
+            using var witness = new WitnessService(
+                new WitnessConfig { Listen = new IPEndPoint(IPAddress.Loopback, 0), StateDirectory = dir, Lease = TimeSpan.FromMilliseconds(1000) },
+                lf.CreateLogger("witness"));
+            witness.Start();
+            using var toWitness = new UdpRelay(null, witness.Endpoint); // A's way to the witness
+            using TestPair pair = InSyncPair(moreA: new() { ["Cluster:Witness"] = toWitness.ForA.ToString() },
+                moreB: new() { ["Cluster:Witness"] = witness.Endpoint.ToString() });
+            Target.Subsystem sa = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sb = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
+            PairNode a = pair.A.Pair!, b = pair.B.Pair!;
+            TestPair.WaitUntil(() => a.Witness!.LeaseHeld(TestPair.Nqn, 1, 0, Stopwatch.GetTimestamp()), "A to hold group 1's lease at the witness");
+            TestPair.WaitUntil(() => sb.GetNamespace(1)!.ReplicaKnowledge.IsWhole(Stopwatch.GetTimestamp()), "B's replica of NSID 1 whole");
+
+            int hooked = 0;
+            bool frozenAtGrant = false;
+            string? hookFailed = null;
+            b.AfterWitnessGrant = (s, g) =>
+            {
+                if (s != sb || g != 1 || Interlocked.Exchange(ref hooked, 1) != 0) return;
+                frozenAtGrant = sb.GetNamespace(1)!.ReplicaKnowledge.Taking;
+                // The heartbeat channel heals as the witness grants: B hears A again (the interconnect stays cut).
+                long before = b.Membership.LastHeardTicks;
+                a.SilenceHeartbeatChannel(false);
+                b.SilenceHeartbeatChannel(false);
+                try { TestPair.WaitUntil(() => b.Membership.LastHeardTicks > before && b.Membership.PartnerHeard, "B to hear A's datagrams again", TimeSpan.FromSeconds(20)); }
+                catch (TimeoutException e) { hookFailed = e.Message; }
+            };
+
+            a.SilenceHeartbeatChannel();
+            b.SilenceHeartbeatChannel();
+            toWitness.Blocked = true;
+            pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
+            pair.InterconnectAtoB.Cut();
+            pair.InterconnectBtoA.Cut();
+            try
+            {
+                TestPair.WaitUntil(() => hooked == 1, "the witness to grant group 1 to B", TimeSpan.FromSeconds(40));
+                Assert.True(hookFailed == null, hookFailed);
+                TestPair.WaitUntil(() => sb.GetAnaState(1, ListenerRole.Direct) == AnaState.Optimized, "B to serve group 1 on the grant", TimeSpan.FromSeconds(20));
+                pair.WaitLogged('B', "taken over automatically");
+            }
+            catch (Exception e) when (e is TimeoutException or Xunit.Sdk.XunitException)
+            {
+                throw new InvalidOperationException($"{e.Message}\n{pair.Problems()}\nwitness: {string.Join("\n", witnessLogs.Lines)}", e);
+            }
+            Assert.True(frozenAtGrant, "B's knowledge of its replica was not frozen while it asked the witness");
+            Assert.False(sb.GetNamespace(1)!.ReplicaKnowledge.Taking);
+            Assert.Equal(new GroupTerm(1, "B"), b.OwnershipOf(sb, 1)!.Current);
+            // A, cut off from B's interconnect and from the witness, stays fenced: it serves nothing of group 1.
+            Assert.NotEqual(AnaState.Optimized, sa.GetAnaState(1, ListenerRole.Direct));
+            b.AfterWitnessGrant = null;
+        }
+        finally
+        {
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
+    }
+
     private sealed record Ack(ulong Lba, uint Version, long Ticks);
 
     private static (List<string> Violations, string Report) SplitBrain(bool selfFence)

@@ -372,6 +372,7 @@ public static class NodeRpc
             ["nsid"] = ns.Nsid,
             ["bdev"] = ns.Replica?.Name,
             ["whole"] = k.IsWhole(now),
+            ["taking"] = k.Taking,
             ["owner_says"] = k.Word switch { ReplicaWord.InSync => "in_sync", ReplicaWord.Resyncing => "resyncing", _ => "out_of_sync" },
             ["epoch"] = k.Epoch,
             ["since"] = k.SinceUtc == default ? null : k.SinceUtc.ToString("O"),

@@ -225,6 +225,12 @@ public sealed class InterconnectService : IInterconnectHandler
                     req.Fail(NvmeStatus.Generic(GenericStatus.InternalError));
                     return;
                 }
+                if (answer == ReplicaAnswer.NotNow)
+                {
+                    // This node asks the witness for the group: the owner says it again once the ask is over.
+                    req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+                    return;
+                }
                 if (answer == ReplicaAnswer.Refused)
                 {
                     // The owner would resync data it did not have when this replica was whole over it: the group stays

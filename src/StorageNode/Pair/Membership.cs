@@ -85,8 +85,8 @@ public sealed class Membership : IDisposable
         }
     }
 
-    /// <summary>Test hook: stops sending and hearing on the heartbeat channel (a dead partner, seen from the other node).</summary>
-    public void Silence() => _silenced = true;
+    /// <summary>Test hook: stops (or, <paramref name="silenced"/> false, resumes) sending and hearing on the heartbeat channel (a dead partner, seen from the other node).</summary>
+    public void Silence(bool silenced = true) => _silenced = silenced;
 
     private byte[] Datagram() => Encoding.UTF8.GetBytes(FormattableString.Invariant($"SNHB1 {_cfg.Name} {_cfg.LocalNode} {_incarnation}"));
 

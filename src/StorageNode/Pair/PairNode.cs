@@ -152,7 +152,7 @@ public sealed partial class PairNode : IDisposable
     }
 
     /// <summary>Test hook: stops answering and sending on the heartbeat channel (simulates a dead partner with the interconnect).</summary>
-    public void SilenceHeartbeatChannel() => Membership.Silence();
+    public void SilenceHeartbeatChannel(bool silenced = true) => Membership.Silence(silenced);
 
     internal ClusterDescriptor DescriptorFor(Subsystem s)
         => ClusterDescriptor.For(s, Config.Name, Config.LocalNode, Config.Partner, _owners.TryGetValue(s.Nqn, out var o) ? o : new Dictionary<uint, string>(),
@@ -312,13 +312,38 @@ public sealed partial class PairNode : IDisposable
     private TakeoverResult TakeOver(Subsystem s, uint group, bool force, bool automatic)
     {
         InterconnectLink link = LinkFor(s) ?? throw new KeyNotFoundException($"{s.Nqn} is not a paired subsystem");
+        // With a witness, this node's knowledge of its replicas of the group is frozen while it asks (the owner's words
+        // wait: ReplicaKnowledge.BeginTake), and a grant is checked as of the partner's last sign of life before asking:
+        // a partner heard again during the ask (a partition that heals) neither changes what the replicas were when it
+        // was last heard nor has its "out of sync" acknowledged meanwhile, so a grant is never declined for it.
+        var frozen = new List<ReplicaKnowledge>();
+        try { return TakeOver(s, link, group, force, automatic, frozen); }
+        finally
+        {
+            foreach (ReplicaKnowledge k in frozen) k.EndTake();
+        }
+    }
+
+    private TakeoverResult TakeOver(Subsystem s, InterconnectLink link, uint group, bool force, bool automatic, List<ReplicaKnowledge> frozen)
+    {
         string? witnessRisk = null;
         bool granted = false, reconnect;
         TakeoverResult result;
         GroupTerm asked = default;
+        long askedLastAlive = 0;
         if (Witness != null)
         {
-            lock (_ownershipLock) asked = PlanTakeover(s, link, group, force, checkPartner: true).Term;
+            lock (_ownershipLock)
+            {
+                foreach (Namespace ns in s.Namespaces)
+                    if (ns.AnaGroupId == group && ns.IsRemote)
+                    {
+                        ns.ReplicaKnowledge.BeginTake();
+                        frozen.Add(ns.ReplicaKnowledge);
+                    }
+                askedLastAlive = LastAlive();
+                asked = PlanTakeover(s, link, group, force, checkPartner: true, askedLastAlive).Term;
+            }
             // Asked again while the witness says wait (it grants once this node has asked for a heartbeat interval).
             WitnessAnswer? a;
             var asking = Stopwatch.StartNew();
@@ -348,7 +373,7 @@ public sealed partial class PairNode : IDisposable
         }
         lock (_ownershipLock)
         {
-            TakeoverPlan plan = PlanTakeover(s, link, group, force, checkPartner: !granted);
+            TakeoverPlan plan = PlanTakeover(s, link, group, force, checkPartner: !granted, granted ? askedLastAlive : LastAlive());
             if (Witness != null && plan.Term != asked)
                 throw new InvalidOperationException($"ANA group {group} changed while the witness was asked (now {plan.Ownership.Current}): try again");
             if (witnessRisk != null) plan.Risks.Add(witnessRisk);
@@ -392,6 +417,13 @@ public sealed partial class PairNode : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// The partner's last sign of life as a takeover counts it: had it lived past its last datagram here until its
+    /// replica's lease ended, it would have sent another within an interval (two, for the datagrams' delays); only then
+    /// is it known to have died first.
+    /// </summary>
+    private long LastAlive() => Membership.LastHeardTicks + 2 * (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
+
     private sealed record TakeoverPlan(GroupOwnership Ownership, GroupTerm Term, List<Namespace> Remote, Dictionary<uint, long> Generations, List<string> Risks);
 
     /// <summary>
@@ -399,7 +431,7 @@ public sealed partial class PairNode : IDisposable
     /// replicas with their data generations, and what it risks. Throws with the reason when refused (a risk without
     /// <paramref name="force"/>; with <paramref name="checkPartner"/>, a partner that answers on either channel).
     /// </summary>
-    private TakeoverPlan PlanTakeover(Subsystem s, InterconnectLink link, uint group, bool force, bool checkPartner)
+    private TakeoverPlan PlanTakeover(Subsystem s, InterconnectLink link, uint group, bool force, bool checkPartner, long lastAlive)
     {
         if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o)) throw new KeyNotFoundException($"{s.Nqn} has no ANA group {group}");
         if (o.MayServe && o.Offered == null) throw new InvalidOperationException($"ANA group {group} is served by this node already (owner {o.Current})");
@@ -419,9 +451,6 @@ public sealed partial class PairNode : IDisposable
         if (o.Offered is GroupTerm offered)
             risks.Add($"this node gave ANA group {group} back to {offered.Owner} (term {offered.Term}) and had no answer: {offered.Owner} may have served it since");
         var remote = new List<Namespace>();
-        // The partner, had it lived past its last datagram here until its replica's lease ended, would have sent
-        // another within an interval (two, for the datagrams' delays): only then is it known to have died first.
-        long lastAlive = Membership.LastHeardTicks + 2 * (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
         foreach (Namespace ns in s.Namespaces)
         {
             if (ns.AnaGroupId != group) continue;

@@ -9,6 +9,8 @@ public enum ReplicaAnswer
     Stale,
     /// <summary>A resync of another data generation over a consistent copy of data: refused until an operator decides.</summary>
     Refused,
+    /// <summary>Not now: this node is asking the witness to take the replica over (<see cref="ReplicaKnowledge.BeginTake"/>); the owner says it again.</summary>
+    NotNow,
 }
 
 /// <summary>What the owner last said of a replica (docs/ha.md, "The keeper's knowledge").</summary>
@@ -143,6 +145,7 @@ public sealed class ReplicaKnowledge
         whole = true;
         lock (_lock)
         {
+            if (_taking > 0) return ReplicaAnswer.NotNow;
             if (knownIncarnation != 0 && incarnation != knownIncarnation) return ReplicaAnswer.Stale;
             if (incarnation == OwnerIncarnation && sequence <= Sequence) return ReplicaAnswer.Stale;
             if (incarnation != OwnerIncarnation) ResetLocked(incarnation);
@@ -213,10 +216,51 @@ public sealed class ReplicaKnowledge
             if (_held == saved) SaveFailed = null;
     }
 
-    /// <summary>The owner restarted (another incarnation): nothing it said before holds; its replica is not whole.</summary>
+    /// <summary>
+    /// The owner restarted (another incarnation): nothing it said before holds; its replica is not whole. While this node
+    /// asks the witness to take the replica over (<see cref="BeginTake"/>) the reset waits for the end of the ask: what is
+    /// known is what the owner's last incarnation left, which a takeover may serve (the owner died then).
+    /// </summary>
     public void Reset(long incarnation)
     {
-        lock (_lock) ResetLocked(incarnation);
+        lock (_lock)
+        {
+            if (_taking > 0) _resetAfterTake = incarnation;
+            else ResetLocked(incarnation);
+        }
+    }
+
+    private int _taking;
+    private long? _resetAfterTake;
+
+    /// <summary>Whether this node is asking the witness to take the replica over (its knowledge frozen).</summary>
+    public bool Taking
+    {
+        get { lock (_lock) return _taking > 0; }
+    }
+
+    /// <summary>
+    /// This node asks the witness for the group (docs/ha.md, "The partner's side"): until <see cref="EndTake"/>, no word of
+    /// the owner is applied (each is answered <see cref="ReplicaAnswer.NotNow"/>, and the owner says it again), and a
+    /// restart of the owner is applied at the end — so that what the takeover checks once the witness has granted is what
+    /// it checked before asking. Without it, an "out of sync" the keeper acknowledged during the ask would let the owner
+    /// complete writes the replica lacks without the witness, and a takeover granted then would have to be declined,
+    /// the witness keeping a term nobody serves. Lease renewals still apply (they only say the replica stayed whole).
+    /// </summary>
+    public void BeginTake()
+    {
+        lock (_lock) _taking++;
+    }
+
+    /// <summary>Ends <see cref="BeginTake"/>: words are applied again, and an owner's restart heard meanwhile now.</summary>
+    public void EndTake()
+    {
+        lock (_lock)
+        {
+            if (_taking == 0 || --_taking > 0 || _resetAfterTake is not long incarnation) return;
+            _resetAfterTake = null;
+            if (incarnation != OwnerIncarnation) ResetLocked(incarnation);
+        }
     }
 
     private void ResetLocked(long incarnation)
