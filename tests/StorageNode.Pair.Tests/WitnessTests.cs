@@ -6,6 +6,7 @@ using StorageNode.Config;
 using StorageNode.Control;
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
+using StorageNode.Target;
 using StorageNode.Testing;
 using StorageNode.Witness;
 using static StorageNode.Pair.Tests.MirrorRig;
@@ -340,7 +341,8 @@ public sealed class WitnessTests
     /// heals — B hears A's datagrams again, so A's last sign of life moves past the end of B's replica lease. B must still
     /// take the group over, its replica checked as of A's last sign of life before it asked (its knowledge frozen while
     /// it asked): before, B declined the grant ("not whole when the partner was last heard") while the witness kept B's
-    /// term, and nobody served group 1. The interconnect stays cut, so A, fenced, serves nothing meanwhile.
+    /// term, and nobody served group 1. The interconnect heals too, and A's association into B is refused B's descriptor
+    /// until the ask is over (<see cref="Pair.PairNode.AskingToTakeOver"/>): A stays fenced, then learns B's term.
     /// </summary>
     [Fact]
     public void AGrantIsNotDeclinedWhenThePartnerIsHeardAgainDuringTheAsk()
@@ -363,17 +365,27 @@ public sealed class WitnessTests
             TestPair.WaitUntil(() => sb.GetNamespace(1)!.ReplicaKnowledge.IsWhole(Stopwatch.GetTimestamp()), "B's replica of NSID 1 whole");
 
             int hooked = 0;
-            bool frozenAtGrant = false;
+            bool frozenAtGrant = false, descriptorRefused = false, aUpDuringAsk = true;
             string? hookFailed = null;
+            ReplicaKnowledge keeper = sb.GetNamespace(1)!.ReplicaKnowledge; // replaced by the namespace served once taken over
             b.AfterWitnessGrant = (s, g) =>
             {
                 if (s != sb || g != 1 || Interlocked.Exchange(ref hooked, 1) != 0) return;
-                frozenAtGrant = sb.GetNamespace(1)!.ReplicaKnowledge.Taking;
+                frozenAtGrant = keeper.Taking;
+                descriptorRefused = b.AskingToTakeOver(sb);
                 // The heartbeat channel heals as the witness grants: B hears A again (the interconnect stays cut).
                 long before = b.Membership.LastHeardTicks;
                 a.SilenceHeartbeatChannel(false);
                 b.SilenceHeartbeatChannel(false);
-                try { TestPair.WaitUntil(() => b.Membership.LastHeardTicks > before && b.Membership.PartnerHeard, "B to hear A's datagrams again", TimeSpan.FromSeconds(20)); }
+                try
+                {
+                    TestPair.WaitUntil(() => b.Membership.LastHeardTicks > before && b.Membership.PartnerHeard, "B to hear A's datagrams again", TimeSpan.FromSeconds(20));
+                    // The interconnect heals too: A's association into B gets no descriptor while B asks (it would learn
+                    // the old term from it, its fence lifted by B's answers, and serve while B serves its replica).
+                    pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = false;
+                    pair.WaitLogged('A', "interconnect descriptor", TimeSpan.FromSeconds(20));
+                    aUpDuringAsk = a.Links[0].IsUp;
+                }
                 catch (TimeoutException e) { hookFailed = e.Message; }
             };
 
@@ -395,9 +407,13 @@ public sealed class WitnessTests
                 throw new InvalidOperationException($"{e.Message}\n{pair.Problems()}\nwitness: {string.Join("\n", witnessLogs.Lines)}", e);
             }
             Assert.True(frozenAtGrant, "B's knowledge of its replica was not frozen while it asked the witness");
-            Assert.False(sb.GetNamespace(1)!.ReplicaKnowledge.Taking);
+            Assert.True(descriptorRefused, "B would have given A's new interconnect associations its descriptor while it asked");
+            Assert.False(keeper.Taking);
+            Assert.False(b.AskingToTakeOver(sb));
             Assert.Equal(new GroupTerm(1, "B"), b.OwnershipOf(sb, 1)!.Current);
-            // A, cut off from B's interconnect and from the witness, stays fenced: it serves nothing of group 1.
+            Assert.False(aUpDuringAsk, "A's interconnect came up while B asked the witness");
+            // Once the ask is over A connects, learns B's term and serves nothing of group 1.
+            TestPair.WaitUntil(() => a.OwnershipOf(sa, 1)!.Current == new GroupTerm(1, "B"), "A to learn B's term", TimeSpan.FromSeconds(20));
             Assert.NotEqual(AnaState.Optimized, sa.GetAnaState(1, ListenerRole.Direct));
             b.AfterWitnessGrant = null;
         }

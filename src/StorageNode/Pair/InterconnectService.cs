@@ -123,6 +123,13 @@ public sealed class InterconnectService : IInterconnectHandler
                 return;
             case InterconnectOpcode.GetDescriptor:
             {
+                if (_pair.AskingToTakeOver(association.Subsystem))
+                {
+                    // The partner comes back while this node asks the witness for one of its groups: it learns the
+                    // outcome once the ask is over (it connects again; PairNode.AskingToTakeOver).
+                    req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+                    return;
+                }
                 byte[] json = _pair.DescriptorFor(association.Subsystem).ToJson();
                 if (json.Length > req.Length) { req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid)); return; }
                 Span<byte> dest = req.DataSpan;

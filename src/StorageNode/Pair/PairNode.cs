@@ -316,15 +316,40 @@ public sealed partial class PairNode : IDisposable
         // wait: ReplicaKnowledge.BeginTake), and a grant is checked as of the partner's last sign of life before asking:
         // a partner heard again during the ask (a partition that heals) neither changes what the replicas were when it
         // was last heard nor has its "out of sync" acknowledged meanwhile, so a grant is never declined for it.
-        var frozen = new List<ReplicaKnowledge>();
-        try { return TakeOver(s, link, group, force, automatic, frozen); }
+        var ask = new TakeoverAsk();
+        try { return TakeOver(s, link, group, force, automatic, ask); }
         finally
         {
-            foreach (ReplicaKnowledge k in frozen) k.EndTake();
+            foreach (ReplicaKnowledge k in ask.Frozen) k.EndTake();
+            if (ask.Asking)
+                lock (_ownershipLock) _asking[s.Nqn]--;
         }
     }
 
-    private TakeoverResult TakeOver(Subsystem s, InterconnectLink link, uint group, bool force, bool automatic, List<ReplicaKnowledge> frozen)
+    /// <summary>What a takeover that asks the witness has frozen (ended however the takeover ends).</summary>
+    private sealed class TakeoverAsk
+    {
+        public readonly List<ReplicaKnowledge> Frozen = [];
+        public bool Asking;
+    }
+
+    // Takeovers asking the witness now, per subsystem (under the ownership lock): the partner's new interconnect
+    // associations get no descriptor meanwhile (InterconnectService, GetDescriptor).
+    private readonly Dictionary<string, int> _asking = [];
+
+    /// <summary>
+    /// Whether this node is asking the witness to take a group of the subsystem over. The partner's interconnect
+    /// association that starts meanwhile is refused its descriptor (it tries again): a partner that comes back during the
+    /// ask — a partition that heals, or a restart — would otherwise learn the old term from it and serve (confirmed by
+    /// it, its fence lifted by this node's answers) while this node is about to serve its replica, checked as of before
+    /// the ask. It learns the new term, or serves on, once the ask is over.
+    /// </summary>
+    internal bool AskingToTakeOver(Subsystem s)
+    {
+        lock (_ownershipLock) return _asking.TryGetValue(s.Nqn, out int n) && n > 0;
+    }
+
+    private TakeoverResult TakeOver(Subsystem s, InterconnectLink link, uint group, bool force, bool automatic, TakeoverAsk ask)
     {
         string? witnessRisk = null;
         bool granted = false, reconnect;
@@ -339,8 +364,12 @@ public sealed partial class PairNode : IDisposable
                     if (ns.AnaGroupId == group && ns.IsRemote)
                     {
                         ns.ReplicaKnowledge.BeginTake();
-                        frozen.Add(ns.ReplicaKnowledge);
+                        ask.Frozen.Add(ns.ReplicaKnowledge);
                     }
+                // Set with the check below that the partner has no association into this node (PlanTakeover): one that
+                // starts from now on gets no descriptor until the ask is over.
+                _asking[s.Nqn] = _asking.GetValueOrDefault(s.Nqn) + 1;
+                ask.Asking = true;
                 askedLastAlive = LastAlive();
                 asked = PlanTakeover(s, link, group, force, checkPartner: true, askedLastAlive).Term;
             }

@@ -240,7 +240,7 @@ public sealed class ReplicaKnowledge
     }
 
     /// <summary>
-    /// This node asks the witness for the group (docs/ha.md, "The partner's side"): until <see cref="EndTake"/>, no word of
+    /// This node asks the witness for the group (docs/ha.md, "The witness", the partner's side): until <see cref="EndTake"/>, no word of
     /// the owner is applied (each is answered <see cref="ReplicaAnswer.NotNow"/>, and the owner says it again), and a
     /// restart of the owner is applied at the end — so that what the takeover checks once the witness has granted is what
     /// it checked before asking. Without it, an "out of sync" the keeper acknowledged during the ask would let the owner
