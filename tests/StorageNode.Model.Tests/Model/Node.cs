@@ -89,6 +89,11 @@ public sealed class NodeModel
     private bool _confirming, _takeover;
     private long _takeStart, _takeRetryAt, _grantHoldUntil;
     private GroupTerm _asked;
+    // PairNode.TakeOver: the knowledge frozen while the witness is asked (ReplicaKnowledge.BeginTake; null: none), and the
+    // partner's last sign of life as counted before asking, which a grant is checked against.
+    private ReplicaKnowledge? _frozen;
+    private long _askedLastAlive;
+    private bool _asking;
     private bool _wasServing;
 
     private sealed record Write(long Op, int Block, int Version);
@@ -138,6 +143,9 @@ public sealed class NodeModel
         _witnessSaysAlone = null;
         Fenced = false;
         _confirming = _takeover = false;
+        _frozen = null;
+        _askedLastAlive = 0;
+        _asking = false;
         _grantHoldUntil = 0;
         _takeRetryAt = 0;
         _wasServing = false;
@@ -346,9 +354,24 @@ public sealed class NodeModel
         }
     }
 
+    /// <summary>
+    /// PairNode.AskingToTakeOver: this node asks the witness for the group; the partner's new interconnect associations get
+    /// no descriptor meanwhile (InterconnectService, GetDescriptor: they connect again).
+    /// </summary>
+    public bool AskingToTakeOver => Up && _asking;
+
     private void OnConnect(long c, Connect req)
     {
         if (c <= Conn) return;
+        // The one association stands for both of the pair's: none comes up while either node asks the witness — the
+        // asking node refuses its descriptor to the partner's association into it, which the partner needs (it learns the
+        // term from it, and its heartbeats, answered on it, lift its fence). The partner is refused and connects again.
+        if (AskingToTakeOver || _sim.Nodes[Partner].AskingToTakeOver)
+        {
+            Log($"interconnect c{c} refused: {(AskingToTakeOver ? Name : PartnerName)} asks the witness for the group (no descriptor)");
+            _sim.Send(Me, Partner, Channel.Interconnect, c, new Reset());
+            return;
+        }
         if (Conn != 0) LinkDown("the partner connected again", sendReset: false);
         Conn = c;
         _connecting = 0;
@@ -458,6 +481,9 @@ public sealed class NodeModel
             long known = Bug == SeededBug.KeeperTakesOtherIncarnation ? 0 : _partnerIncarnation;
             answer = Knowledge.Offer(_sim.Assoc(c), w.Incarnation, w.Word, w.Epoch, w.Sequence, known, w.Generation, overwrite: false);
             if (answer == ReplicaAnswer.Applied) Disk.Holds = Knowledge.Kept;
+            // InterconnectService: NotNow (this node asks the witness for the group) fails the word; the owner's answer
+            // handler takes it as not applied, as any answer but Applied, and says the word again at its next tick.
+            else if (answer == ReplicaAnswer.NotNow) Log($"not now: the word {w.Word} #{w.Sequence} waits for the end of the ask");
             CheckWhole($"the word {w.Word} #{w.Sequence}");
         }
         _sim.Send(Me, Partner, Channel.Interconnect, c, new WordAns(w.Id, answer));
@@ -848,11 +874,29 @@ public sealed class NodeModel
         });
     }
 
+    /// <summary>PairNode.LastAlive: the partner's last sign of life as a takeover counts it (its last datagram and two intervals).</summary>
+    private long LastAlive => _lastHeard + 2 * Interval;
+
+    /// <summary>
+    /// PairNode.TakeOver with a witness: the replica's knowledge frozen first (the owner's words answered NotNow until the
+    /// attempt ends, however it ends: <see cref="EndTake"/>) and the partner's new associations refused
+    /// (<see cref="AskingToTakeOver"/>), the partner's last sign of life captured, then the first check; with the seeded
+    /// bug <see cref="SeededBug.NoFreezeDuringTake"/>, none of it (the defect the model found); with
+    /// <see cref="SeededBug.NoRefusalDuringTake"/>, no refusal (the fix's first step, whose defect the model found too).
+    /// </summary>
     private void StartAutoTakeover(long now)
     {
         if (_takeover) return;
-        if (PlanTakeover(checkPartner: true, out GroupTerm term, out _) is string refused)
+        if (Bug != SeededBug.NoFreezeDuringTake)
         {
+            _frozen = Knowledge;
+            _frozen.BeginTake();
+            _asking = Bug != SeededBug.NoRefusalDuringTake;
+        }
+        _askedLastAlive = LastAlive;
+        if (PlanTakeover(checkPartner: true, _askedLastAlive, out GroupTerm term, out _) is string refused)
+        {
+            EndTake();
             _sim.TraceOnce($"{Name}: no takeover: {refused}");
             return;
         }
@@ -860,6 +904,14 @@ public sealed class NodeModel
         _asked = term;
         _takeStart = now;
         AskTake(now);
+    }
+
+    /// <summary>The takeover attempt ends (granted or not, served or declined): the knowledge thaws (an owner's restart heard meanwhile applies now), the partner may connect.</summary>
+    private void EndTake()
+    {
+        _frozen?.EndTake();
+        _frozen = null;
+        _asking = false;
     }
 
     private void AskTake(long now) => StartAsk(WitnessVerb.Take, _asked.Term, WitnessProtocol.TakeArgument(false, TimeSpan.FromMilliseconds(P.IntervalMs)), a =>
@@ -871,18 +923,26 @@ public sealed class NodeModel
             return;
         }
         _takeover = false;
-        if (a is not { Result: WitnessResult.Ok } ok || ok.Term != _asked.Term || ok.Owner != Name) return;
-        string? refused = PlanTakeover(checkPartner: false, out GroupTerm term, out bool whole);
-        if (refused != null || term != _asked)
+        try
         {
-            Log($"granted {_asked}, but the takeover no longer holds: {refused ?? "the group changed"}");
-            return;
+            if (a is not { Result: WitnessResult.Ok } ok || ok.Term != _asked.Term || ok.Owner != Name) return;
+            // Granted: checked as of the partner's last sign of life before asking (the seeded bug: as of now).
+            string? refused = PlanTakeover(checkPartner: false, Bug == SeededBug.NoFreezeDuringTake ? LastAlive : _askedLastAlive, out GroupTerm term, out bool whole);
+            if (refused != null || term != _asked)
+            {
+                Log($"granted {_asked}, but the takeover no longer holds: {refused ?? "the group changed"}");
+                return;
+            }
+            ServeReplica(term, whole);
         }
-        ServeReplica(term, whole);
+        finally
+        {
+            EndTake();
+        }
     });
 
     /// <summary>PairNode.PlanTakeover: null when the takeover may go ahead (no force), else why not.</summary>
-    private string? PlanTakeover(bool checkPartner, out GroupTerm term, out bool whole)
+    private string? PlanTakeover(bool checkPartner, long lastAlive, out GroupTerm term, out bool whole)
     {
         term = Own.NextTerm;
         whole = false;
@@ -892,7 +952,6 @@ public sealed class NodeModel
         if (checkPartner && (Conn != 0 || heard)) return "the partner answers";
         if (!Own.Confirmed) return "the partner not heard since this node started";
         if (Own.OwnedHere) return "this node's data is from before the partner's term";
-        long lastAlive = _lastHeard + 2 * Interval;
         whole = Knowledge.WholeAtDeath(lastAlive);
         if (!whole) return $"the replica was not whole when the partner was last heard (the owner said {Knowledge.Word})";
         return null;

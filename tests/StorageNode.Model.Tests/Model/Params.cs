@@ -16,6 +16,18 @@ public enum SeededBug
     AloneWithoutWitness,
     /// <summary>The keeper takes words of another incarnation (a restarted owner's old self, delivered late): it neither checks nor resets.</summary>
     KeeperTakesOtherIncarnation,
+    /// <summary>
+    /// The takeover as it was before the fix: the keeper's knowledge is not frozen while it asks the witness (the owner's
+    /// words apply meanwhile), the partner's associations are not refused meanwhile, and a grant is checked as of the
+    /// partner's last sign of life after the grant.
+    /// </summary>
+    NoFreezeDuringTake,
+    /// <summary>
+    /// The fix's first step alone: the knowledge frozen and the grant checked as of before the ask, but the partner's new
+    /// associations not refused meanwhile (a restarted owner, confirmed by the asking node's descriptor, serves writes the
+    /// replica lacks while that node's reset of its knowledge waits).
+    /// </summary>
+    NoRefusalDuringTake,
 }
 
 /// <summary>The failures one test explores: each is a kind of fault the world may inject, at times it chooses.</summary>
