@@ -251,23 +251,11 @@ public sealed class WitnessTests
     [Fact]
     public void AGroupGrantedWhileThePartnerReconnectsIsNeverServedUnheld()
     {
-        string dir = Directory.CreateTempSubdirectory("sn-witness-").FullName;
-        var witnessLogs = new StringWriterLoggerProvider();
-        using ILoggerFactory lf = LoggerFactory.Create(b => b.AddProvider(witnessLogs));
-        try
+        using var w = new InProcessWitnessPair();
+        TestPair pair = w.Pair;
+        Target.Subsystem sa = w.SA, sb = w.SB;
+        PairNode b = w.B;
         {
-            using var witness = new WitnessService(
-                new WitnessConfig { Listen = new IPEndPoint(IPAddress.Loopback, 0), StateDirectory = dir, Lease = TimeSpan.FromMilliseconds(1000) },
-                lf.CreateLogger("witness"));
-            witness.Start();
-            using var toWitness = new UdpRelay(null, witness.Endpoint); // A's way to the witness
-            using TestPair pair = InSyncPair(moreA: new() { ["Cluster:Witness"] = toWitness.ForA.ToString() },
-                moreB: new() { ["Cluster:Witness"] = witness.Endpoint.ToString() });
-            Target.Subsystem sa = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sb = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
-            PairNode b = pair.B.Pair!;
-            TestPair.WaitUntil(() => pair.A.Pair!.Witness!.LeaseHeld(TestPair.Nqn, 1, 0, Stopwatch.GetTimestamp()), "A to hold group 1's lease at the witness");
-            // A's "in sync" word renewed at least once (B's takeover checks that it outlived A's last heartbeat datagram).
-            TestPair.WaitUntil(() => sb.GetNamespace(1)!.ReplicaKnowledge.IsWhole(Stopwatch.GetTimestamp()), "B's replica of NSID 1 whole");
 
             // Every ANA state of group 1 on B from now on, with whether the grant's hold holds it, and when.
             var trace = new List<(AnaState State, bool GrantHeld, long Ticks)>();
@@ -290,14 +278,7 @@ public sealed class WitnessTests
                 catch (TimeoutException e) { hookFailed = e.Message; }
             };
 
-            // A cut off from B on both channels and from the witness: its lease runs out, it fences itself, and B, hearing
-            // A on neither channel, asks the witness for group 1.
-            pair.A.Pair!.SilenceHeartbeatChannel();
-            b.SilenceHeartbeatChannel();
-            toWitness.Blocked = true;
-            pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
-            pair.InterconnectAtoB.Cut();
-            pair.InterconnectBtoA.Cut();
+            w.CutAOff();
             try
             {
                 pair.WaitLogged('B', "taken over automatically", TimeSpan.FromSeconds(40));
@@ -308,7 +289,7 @@ public sealed class WitnessTests
             }
             catch (Exception e) when (e is TimeoutException or Xunit.Sdk.XunitException)
             {
-                throw new InvalidOperationException($"{e.Message}\n{pair.Problems()}\nwitness: {string.Join("\n", witnessLogs.Lines)}", e);
+                throw new InvalidOperationException($"{e.Message}\n{w.Problems()}", e);
             }
 
             List<(AnaState State, bool GrantHeld, long Ticks)> since;
@@ -329,10 +310,6 @@ public sealed class WitnessTests
             sb.AnaPublished = null;
             b.AfterWitnessGrant = null;
         }
-        finally
-        {
-            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
-        }
     }
 
     /// <summary>
@@ -347,22 +324,11 @@ public sealed class WitnessTests
     [Fact]
     public void AGrantIsNotDeclinedWhenThePartnerIsHeardAgainDuringTheAsk()
     {
-        string dir = Directory.CreateTempSubdirectory("sn-witness-").FullName;
-        var witnessLogs = new StringWriterLoggerProvider();
-        using ILoggerFactory lf = LoggerFactory.Create(b => b.AddProvider(witnessLogs));
-        try
+        using var w = new InProcessWitnessPair();
+        TestPair pair = w.Pair;
+        Target.Subsystem sa = w.SA, sb = w.SB;
+        PairNode a = w.A, b = w.B;
         {
-            using var witness = new WitnessService(
-                new WitnessConfig { Listen = new IPEndPoint(IPAddress.Loopback, 0), StateDirectory = dir, Lease = TimeSpan.FromMilliseconds(1000) },
-                lf.CreateLogger("witness"));
-            witness.Start();
-            using var toWitness = new UdpRelay(null, witness.Endpoint); // A's way to the witness
-            using TestPair pair = InSyncPair(moreA: new() { ["Cluster:Witness"] = toWitness.ForA.ToString() },
-                moreB: new() { ["Cluster:Witness"] = witness.Endpoint.ToString() });
-            Target.Subsystem sa = pair.A.Target.FindSubsystem(TestPair.Nqn)!, sb = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
-            PairNode a = pair.A.Pair!, b = pair.B.Pair!;
-            TestPair.WaitUntil(() => a.Witness!.LeaseHeld(TestPair.Nqn, 1, 0, Stopwatch.GetTimestamp()), "A to hold group 1's lease at the witness");
-            TestPair.WaitUntil(() => sb.GetNamespace(1)!.ReplicaKnowledge.IsWhole(Stopwatch.GetTimestamp()), "B's replica of NSID 1 whole");
 
             int hooked = 0;
             bool frozenAtGrant = false, descriptorRefused = false, aUpDuringAsk = true;
@@ -389,12 +355,7 @@ public sealed class WitnessTests
                 catch (TimeoutException e) { hookFailed = e.Message; }
             };
 
-            a.SilenceHeartbeatChannel();
-            b.SilenceHeartbeatChannel();
-            toWitness.Blocked = true;
-            pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = true;
-            pair.InterconnectAtoB.Cut();
-            pair.InterconnectBtoA.Cut();
+            w.CutAOff();
             try
             {
                 TestPair.WaitUntil(() => hooked == 1, "the witness to grant group 1 to B", TimeSpan.FromSeconds(40));
@@ -404,7 +365,7 @@ public sealed class WitnessTests
             }
             catch (Exception e) when (e is TimeoutException or Xunit.Sdk.XunitException)
             {
-                throw new InvalidOperationException($"{e.Message}\n{pair.Problems()}\nwitness: {string.Join("\n", witnessLogs.Lines)}", e);
+                throw new InvalidOperationException($"{e.Message}\n{w.Problems()}", e);
             }
             Assert.True(frozenAtGrant, "B's knowledge of its replica was not frozen while it asked the witness");
             Assert.True(descriptorRefused, "B would have given A's new interconnect associations its descriptor while it asked");
@@ -416,10 +377,6 @@ public sealed class WitnessTests
             TestPair.WaitUntil(() => a.OwnershipOf(sa, 1)!.Current == new GroupTerm(1, "B"), "A to learn B's term", TimeSpan.FromSeconds(20));
             Assert.NotEqual(AnaState.Optimized, sa.GetAnaState(1, ListenerRole.Direct));
             b.AfterWitnessGrant = null;
-        }
-        finally
-        {
-            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
         }
     }
 
@@ -524,5 +481,66 @@ public sealed class WitnessTests
         string report = $"self-fence {selfFence}: host 1 {acks1.Count} acknowledged ({a1.Count} after the cut), {failed1} failed; host 2 {acks2.Count} acknowledged ({a2.Count} after the cut), {failed2} failed; {violations.Count} violation(s)";
         Console.WriteLine($"[split brain] {report}");
         return (violations, report + "\n" + pair.Problems());
+    }
+    /// <summary>
+    /// A pair in this process with Cluster:Mirror and a witness in it too (lease 1 s), A reaching the witness through a
+    /// relay (<see cref="CutAOff"/> blocks it); healthy, A holding group 1's lease, B's replica of NSID 1 whole.
+    /// </summary>
+    private sealed class InProcessWitnessPair : IDisposable
+    {
+        private readonly string _dir = Directory.CreateTempSubdirectory("sn-witness-").FullName;
+        private readonly StringWriterLoggerProvider _witnessLogs = new();
+        private readonly ILoggerFactory _lf;
+        private readonly WitnessService _witness;
+        private readonly UdpRelay _toWitness;
+
+        public TestPair Pair { get; }
+        public Target.Subsystem SA { get; }
+        public Target.Subsystem SB { get; }
+        public PairNode A => Pair.A.Pair!;
+        public PairNode B => Pair.B.Pair!;
+
+        public InProcessWitnessPair()
+        {
+            _lf = LoggerFactory.Create(b => b.AddProvider(_witnessLogs));
+            _witness = new WitnessService(
+                new WitnessConfig { Listen = new IPEndPoint(IPAddress.Loopback, 0), StateDirectory = _dir, Lease = TimeSpan.FromMilliseconds(1000) },
+                _lf.CreateLogger("witness"));
+            _witness.Start();
+            _toWitness = new UdpRelay(null, _witness.Endpoint); // A's way to the witness
+            Pair = InSyncPair(moreA: new() { ["Cluster:Witness"] = _toWitness.ForA.ToString() },
+                moreB: new() { ["Cluster:Witness"] = _witness.Endpoint.ToString() });
+            SA = Pair.A.Target.FindSubsystem(TestPair.Nqn)!;
+            SB = Pair.B.Target.FindSubsystem(TestPair.Nqn)!;
+            TestPair.WaitUntil(() => A.Witness!.LeaseHeld(TestPair.Nqn, 1, 0, Stopwatch.GetTimestamp()), "A to hold group 1's lease at the witness");
+            // A's "in sync" word renewed at least once (B's takeover checks that it outlived A's last heartbeat datagram).
+            Target.Subsystem sb = SB;
+            TestPair.WaitUntil(() => sb.GetNamespace(1)!.ReplicaKnowledge.IsWhole(Stopwatch.GetTimestamp()), "B's replica of NSID 1 whole");
+        }
+
+        /// <summary>
+        /// A cut off from B on both channels (heartbeats silenced both ways, the interconnect blocked and cut) and from the
+        /// witness: its lease runs out, it fences itself, and B, hearing A on neither channel, asks the witness for group 1.
+        /// </summary>
+        public void CutAOff()
+        {
+            A.SilenceHeartbeatChannel();
+            B.SilenceHeartbeatChannel();
+            _toWitness.Blocked = true;
+            Pair.InterconnectAtoB.Blocked = Pair.InterconnectBtoA.Blocked = true;
+            Pair.InterconnectAtoB.Cut();
+            Pair.InterconnectBtoA.Cut();
+        }
+
+        public string Problems() => $"{Pair.Problems()}\nwitness: {string.Join("\n", _witnessLogs.Lines)}";
+
+        public void Dispose()
+        {
+            Pair.Dispose();
+            _toWitness.Dispose();
+            _witness.Dispose();
+            _lf.Dispose();
+            try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+        }
     }
 }
