@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text.Json.Nodes;
 using StorageNode.Bdevs;
 using StorageNode.Control;
@@ -260,8 +261,44 @@ public sealed class TakeoverTests
         Assert.True(pair.A.Pair!.Links[0].IsUp, "A's association into B is up");
         Target.Subsystem s = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
         InvalidOperationException e = Assert.Throws<InvalidOperationException>(() => pair.B.Pair!.TakeOver(s, 1, force: true));
-        Assert.Contains("it has an interconnect association into this node", e.Message, StringComparison.Ordinal);
+        Assert.Contains("its interconnect association into this node carries its heartbeats", e.Message, StringComparison.Ordinal);
         Assert.False(s.IsLocalGroup(1));
+    }
+
+    /// <summary>
+    /// A's machine loses power as the pair runs: no FIN, no reset — both interconnect connections are held open and carry
+    /// nothing (the forwarders' partition), and A's datagrams stop. A's association into B lives on B until its keep-alive
+    /// (4 × the heartbeat timeout) ends it, but it carries no heartbeat: silent for a heartbeat timeout, it does not count as
+    /// A answering, and B takes group 1 over while it is still there, from its replica (whole when A was last heard).
+    /// Before, the takeover was refused until the keep-alive ended the association ("it has an interconnect association
+    /// into this node").
+    /// </summary>
+    [Fact]
+    public void AnAssociationThatCarriesNoHeartbeatForAHeartbeatTimeoutDoesNotHoldATakeoverOff()
+    {
+        using TestPair pair = InSyncPair();
+        Target.Subsystem s = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
+        using NvmeHost viaB = pair.Connect(pair.EndpointB, Guid.NewGuid());
+        NvmeStatus written = HostWrites.WriteRetryingPathErrors(viaB.IoQueues[0], 0x5A, 1, 77);
+        Assert.True(written.IsSuccess, $"a write to NSID 1 relayed through B to A: {written}");
+        TestPair.WaitUntil(() => s.GetNamespace(1)!.ReplicaKnowledge.IsWhole(Stopwatch.GetTimestamp()), "B's replica of NSID 1 whole (A's lease renewed)");
+        pair.A.Pair!.SilenceHeartbeatChannel();
+        pair.InterconnectAtoB.Partition();
+        pair.InterconnectBtoA.Partition();
+        try
+        {
+            TestPair.WaitUntil(() => pair.B.Pair!.Status == PartnerStatus.PartnerDown, "B to hear A on none of its channels", TimeSpan.FromSeconds(30));
+            // The keep-alive ends it 4 heartbeat timeouts after A's last heartbeat: 8 s here, where B finds A silent after 2.
+            Assert.True(s.Controllers.Any(c => c.IsInterconnect), "A's association into B is still there (its keep-alive has not ended it)");
+            pair.B.Pair!.TakeOver(s, 1, force: false);
+            Assert.True(s.IsLocalGroup(1), "B serves group 1");
+            Assert.Equal(0x5A, HostWrites.ReadTag(viaB.IoQueues[0], 1, 77)); // A's acknowledged write, from B's replica
+        }
+        finally
+        {
+            pair.InterconnectAtoB.Cut();
+            pair.InterconnectBtoA.Cut();
+        }
     }
 
     /// <summary>

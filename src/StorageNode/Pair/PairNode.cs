@@ -453,6 +453,19 @@ public sealed partial class PairNode : IDisposable
     /// </summary>
     private long LastAlive() => Membership.LastHeardTicks + 2 * (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
 
+    /// <summary>
+    /// Whether the partner's interconnect association into this node carries its heartbeats: one arrived within the
+    /// heartbeat timeout (a live partner sends one every interval, and its link goes down when one goes unanswered for the
+    /// timeout). An association that carries nothing for that long does not count as the partner answering: after a
+    /// power cut of the partner's machine (no FIN, no reset) it lives here until its keep-alive ends it — 4 × the
+    /// heartbeat timeout — and a takeover held off by it would stall the partner's groups that much longer.
+    /// </summary>
+    private bool PartnerAssociationAnswers(Subsystem s)
+    {
+        long now = Stopwatch.GetTimestamp(), timeout = (long)(Config.HeartbeatTimeout.TotalSeconds * Stopwatch.Frequency);
+        return s.Controllers.Any(c => c.IsInterconnect && !c.Destroyed && now - c.LastKeepAliveTicks <= timeout);
+    }
+
     private sealed record TakeoverPlan(GroupOwnership Ownership, GroupTerm Term, List<Namespace> Remote, Dictionary<uint, long> Generations, List<string> Risks);
 
     /// <summary>
@@ -470,7 +483,7 @@ public sealed partial class PairNode : IDisposable
         string? answers = !checkPartner ? null
             : link.IsUp ? "its interconnect is up"
             : Membership.PartnerHeard ? "its heartbeat datagrams arrive"
-            : s.Controllers.Any(c => c.IsInterconnect) ? "it has an interconnect association into this node"
+            : PartnerAssociationAnswers(s) ? "its interconnect association into this node carries its heartbeats"
             : null;
         if (answers != null)
             throw new InvalidOperationException($"partner {Config.Partner} answers ({answers}): a takeover is for a partner that is gone");
