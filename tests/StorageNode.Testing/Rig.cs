@@ -352,6 +352,19 @@ public sealed partial class RigGuest : IDisposable
         foreach ((_, string folder) in _guests) File.WriteAllText(Path.Combine(folder, file), content);
     }
 
+    /// <summary>
+    /// Powers guest <paramref name="guest"/> off at once (a pair's "a" or "b"; one guest: its name): its QEMU is killed
+    /// (SIGKILL), so the guest's connections end with no FIN and no reset and its datagrams stop, as when a machine loses
+    /// power. run-guest.sh then reports the guest as ended on purpose (status 0): the test checks what the other guest saw.
+    /// </summary>
+    public void PowerOff(string guest)
+    {
+        string folder = _guests.Single(g => g.Name == guest).Folder;
+        int pid = int.Parse(File.ReadAllText(Path.Combine(folder, "qemu.pid")).Trim(), CultureInfo.InvariantCulture);
+        File.WriteAllText(Path.Combine(folder, "powered-off"), "");
+        ProcessRunner.Run("kill", ["-KILL", pid.ToString(CultureInfo.InvariantCulture)], null, TimeSpan.FromSeconds(10));
+    }
+
     /// <summary>PIDs of the forwarders of host port <paramref name="hostPort"/> (all ports when null): one per open
     /// guest connection.</summary>
     public IReadOnlyList<int> ForwarderPids(int? hostPort = null)

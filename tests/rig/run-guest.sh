@@ -181,6 +181,7 @@ tail -s 0.2 --pid=$q -F "$run/serial.log" 2>/dev/null |
   sed -nu "/^RIG-START/,/^RIG-EXIT/{s/\r//;s/^/$name| /;p}" & tailer=$!
 wait $q; qrc=$?; wait $tailer; tailer=
 if [ -f "$run/exit" ]; then rc=$(cat "$run/exit")
+elif [ -f "$run/powered-off" ]; then rc=0; echo "$name| run-guest: powered off as the test asked (its QEMU killed: $run/powered-off)" >&2
 elif [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then rc=124; echo "$name| run-guest: timed out after ${RIG_TIMEOUT:-600} s" >&2
 else rc=125; echo "$name| run-guest: the guest died without an exit status (qemu: $qrc)" >&2
 fi

@@ -1,0 +1,137 @@
+# Two-guest mode (run-pair.sh): the owner's machine loses power. Node A runs in guest a (192.168.100.1) and owns
+# NSID 1 (ANA group 1); guest b (192.168.100.2) runs node B (owner of NSID 2, ANA group 2), the witness, and the Linux
+# kernel NVMe/TCP host with native multipath. The interconnect is NVMe/TCP over eth1, Cluster:Mirror on (each node
+# keeps its replica of the partner's namespace in RAM), both nodes' clocks their own guests' (b boots later).
+#  b: waits for the interconnect and for B's replica of NSID 1 to be whole, connects the host to both nodes, runs fio
+#     crc32c verify on both namespaces and creates $RIG_OUT/fio-started: the host side then powers guest a off (kills
+#     its QEMU: no FIN, no reset, A's datagrams and witness renewals stop). B takes group 1 over on the witness's grant
+#     and the host's I/O goes on through B. After fio: 0 I/O errors, 0 verify failures, each namespace verified; B
+#     serves group 1 (term 1, granted by the witness) and its path is optimized for NSID 1; B's log holds no fail: or
+#     crit: line (B never fenced its own group 2); B and the witness stop cleanly. Prints fio's longest I/O per
+#     namespace ("MAX-LATENCY-MS nsidN MS"), every 250 ms window over 200 ms ("STALL nsidN AT-S MS", seconds since fio
+#     started) and B's takeover lines.
+#  a: runs node A until it is powered off; a guest a that is not powered off within WAIT_POWEROFF s fails.
+# Env: NODE_DLL (a path visible in the guests), FIO_RUNTIME (40), HEARTBEAT_INTERVAL_MS (200), HEARTBEAT_TIMEOUT_MS
+#      (2000), WITNESS_LEASE_MS (3000), HOST_KATO (the host's keep-alive timeout in seconds, nvme connect
+#      --keep-alive-tmo; empty: nvme-cli's default), WAIT_POWEROFF (600).
+export SUBNQN=${SUBNQN:-nqn.2026-11.io.storagenode:ha-poweroff}
+. "${RIG_LIB:?RIG_LIB must name tests/rig/guest/lib.sh}"
+export DOTNET_CLI_HOME=/tmp HOME=/tmp
+IPA=192.168.100.1 IPB=192.168.100.2 PORT=4420 WPORT=4450
+read -r UP0 _ < /proc/uptime
+echo "START $RIG_NODE uptime ${UP0} s"
+ME=$(echo "$RIG_NODE" | tr ab AB)
+
+config() {
+  local me=$1 partner mine theirs ns1 ns2 ids
+  if [ "$me" = A ]; then partner=B mine=$IPA theirs=$IPB ids='"ControllerIdMin": 1, "ControllerIdMax": 32767'
+  else partner=A mine=$IPB theirs=$IPA ids='"ControllerIdMin": 32768, "ControllerIdMax": 65519'; fi
+  local local_ns='"Bdev": "Malloc0"' remote_ns='"SizeMiB": 64, "BlockSize": 4096'
+  if [ "$me" = A ]; then ns1=$local_ns ns2=$remote_ns; else ns1=$remote_ns ns2=$local_ns; fi
+  cat <<EOF
+{
+  "Node": { "Name": "$me", "Reactors": 1 },
+  "Cluster": { "Name": "poweroff", "Partner": "$partner", "InterconnectTransport": "tcp", "Mirror": true,
+               "Interconnect": "$mine:4430", "PartnerInterconnect": "$theirs:4430",
+               "Heartbeat": "$mine:4440", "PartnerHeartbeat": "$theirs:4440", "Witness": "$IPB:$WPORT",
+               "HeartbeatIntervalMs": ${HEARTBEAT_INTERVAL_MS:-200}, "HeartbeatTimeoutMs": ${HEARTBEAT_TIMEOUT_MS:-2000} },
+  "Control": { "RpcSocket": "/tmp/sn.sock" },
+  "Listeners": [ { "Transport": "tcp", "Address": "$mine", "Port": $PORT } ],
+  "Bdevs": [ { "Name": "Malloc0", "Type": "malloc", "SizeMiB": 64, "BlockSize": 4096 } ],
+  "Subsystems": [ { "Nqn": "$SUBNQN", "SerialNumber": "SNPOWEROFF01", "ModelNumber": "StorageNode HA", $ids,
+                    "AnaGroups": [ { "Id": 1, "Owner": "A" }, { "Id": 2, "Owner": "B" } ],
+                    "Namespaces": [ { "Nsid": 1, "AnaGroup": 1, $ns1 }, { "Nsid": 2, "AnaGroup": 2, $ns2 } ] } ]
+}
+EOF
+}
+# rpc METHOD: this guest's node's answer to a JSON-RPC call without parameters (bounded).
+rpc() { echo "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\"}" | timeout 20 socat -t 10 - UNIX-CONNECT:/tmp/sn.sock; }
+# started NAME LOG PID: waits (bounded) for the process's "ready." line.
+started() {
+  local end=$((SECONDS + 150))
+  while [ $SECONDS -lt $end ] && kill -0 "$3" 2>/dev/null && ! grep -q 'ready\.' "$2"; do sleep 0.5; done
+  if grep -q 'ready\.' "$2"; then ok "$1"; else fail "$1" "($(tail -n 5 "$2" | tr '\n' ' '))"; finish; fi
+}
+
+if [ "$RIG_NODE" = b ]; then
+  mkdir -p /tmp/witness
+  dotnet "${NODE_DLL:?}" witness --Witness:Listen="$IPB:$WPORT" --Witness:LeaseMs="${WITNESS_LEASE_MS:-3000}" \
+    --Witness:StateDirectory=/tmp/witness > /tmp/witness.log 2>&1 & WPID=$!
+fi
+config "$ME" > /tmp/node.json
+dotnet "${NODE_DLL:?}" --config /tmp/node.json > /tmp/node.log 2>&1 & NPID=$!
+started "node-$ME-started" /tmp/node.log "$NPID"
+
+if [ "$RIG_NODE" = a ]; then
+  # Until the host side powers this guest off: nothing after this loop should run.
+  end=$((SECONDS + ${WAIT_POWEROFF:-600}))
+  while [ $SECONDS -lt $end ] && kill -0 "$NPID" 2>/dev/null; do sleep 1; done
+  cp /tmp/node.log "$RIG_OUT/node-A.log" 2>/dev/null
+  tail -n 20 /tmp/node.log | sed 's/^/  node A: /'
+  fail a-powered-off "(guest a still ran after ${WAIT_POWEROFF:-600} s, or node A ended on its own)"
+  finish
+fi
+
+# ---- b: the witness, B and the Linux host
+end=$((SECONDS + 180))
+while [ $SECONDS -lt $end ] && ! grep -q "interconnect to A up over NVMe/TCP" /tmp/node.log; do sleep 1; done
+need interconnect-up grep -q "interconnect to A up over NVMe/TCP" /tmp/node.log
+# B's replica of NSID 1 whole (A's mirror in sync and its lease renewed): what the takeover will serve.
+whole() { rpc cluster_get_status | jq -e '.result.links[0].replicas[] | select(.nsid == 1) | .whole' > /dev/null; }
+end=$((SECONDS + 120)); while [ $SECONDS -lt $end ] && ! whole; do sleep 1; done
+need replica-whole whole
+A=$IPA
+wait_target "$PORT" || { fail target-a "(A did not answer discovery)"; finish; }
+kato=(); [ -n "${HOST_KATO:-}" ] && kato=(--keep-alive-tmo "$HOST_KATO")
+need connect-a nvme connect -t tcp -a "$IPA" -s "$PORT" -n "$N" "${kato[@]}"
+need connect-b nvme connect -t tcp -a "$IPB" -s "$PORT" -n "$N" "${kato[@]}"
+wait_ns 1 || { fail nsid1 "(no namespace 1)"; finish; }
+wait_ns 2 || { fail nsid2 "(no namespace 2)"; finish; }
+sleep 2
+dev1=$(ns_dev 1) dev2=$(ns_dev 2)
+nvme list-subsys "$dev1" | tee /tmp/ls.txt
+expect_eq two-paths "$(grep -c ' live ' /tmp/ls.txt)" 2
+check a-optimized-for-nsid1 grep -q "traddr=$IPA.* live optimized" /tmp/ls.txt
+for c in $(ctrls_of); do echo "  $c: $(< /sys/class/nvme/$c/address), kato $(cat /sys/class/nvme/$c/kato 2>/dev/null || echo ?) s"; done
+
+touch "$RIG_OUT/fio-started"   # the host side powers guest a off from now on
+fio --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=8 --size=32M --time_based --runtime="${FIO_RUNTIME:-40}" \
+    --verify=crc32c --verify_backlog=128 --verify_fatal=1 --eta=never --output-format=json --output=/tmp/fio.json \
+    --write_lat_log=/tmp/lat --log_avg_msec=250 --log_max_value=1 \
+    --name=nsid1 --filename="$dev1" --name=nsid2 --filename="$dev2"
+rc=$?
+touch "$RIG_OUT/fio-done"
+sed -n '/^{/,$p' /tmp/fio.json > /tmp/fio.clean && mv /tmp/fio.clean /tmp/fio.json
+cp /tmp/fio.json "$RIG_OUT/fio.json"
+for j in 0 1; do
+  jq -r ".jobs[$j] | \"\(.jobname): write \(.write.io_kbytes) KiB, \(.write.iops|floor) IOPS, verified \(.read.io_kbytes) KiB, errors \(.error)\"" /tmp/fio.json
+  echo "MAX-LATENCY-MS $(jq -r ".jobs[$j] | .jobname + \" \" + ([.write.lat_ns.max, .read.lat_ns.max] | max / 1000000 | floor | tostring)" /tmp/fio.json)"
+  expect_eq "fio-errors-$(jq -r ".jobs[$j].jobname" /tmp/fio.json)" "$(jq -r ".jobs[$j].error" /tmp/fio.json)" 0
+  check "fio-verified-$(jq -r ".jobs[$j].jobname" /tmp/fio.json)" sh -c "[ $(jq -r ".jobs[$j].read.io_kbytes" /tmp/fio.json) -gt 0 ]"
+done
+expect_eq fio-exit "$rc" 0
+for j in 1 2; do
+  for f in /tmp/lat_clat."$j".log /tmp/lat_lat."$j".log; do [ -r "$f" ] && break; done
+  [ -r "$f" ] && awk -F', *' -v n="nsid$j" '$2 > 200000000 { printf "STALL %s %.2f %d\n", n, $1 / 1000, $2 / 1000000 }' "$f"
+done
+
+# B owns group 1 now, granted by the witness, and the host's path to B is the optimized one for NSID 1.
+g1=$(rpc cluster_get_status | jq -c '.result.links[0].groups[] | select(.anagrpid == 1) | {owner, term, served_here}')
+expect_eq b-serves-group1 "$g1" '{"owner":"B","term":1,"served_here":true}'
+check witness-granted grep -q "granted to B at term 1" /tmp/witness.log
+check_optimized b-optimized-for-nsid1 "$dev1" "$PORT" 30
+grep -q "traddr=$IPB.* live optimized" /tmp/ls2.txt || fail b-path-is-the-optimized-one "($(grep -E 'traddr' /tmp/ls2.txt | tr '\n' ' '))"
+grep -E 'taken over|silent|fenc|lease|witness' /tmp/node.log | tail -n 15 | sed 's/^/  node B: /'
+nvme disconnect -n "$N" > /dev/null 2>&1
+
+kill -TERM "$NPID" "$WPID" 2>/dev/null
+for p in "$NPID" "$WPID"; do
+  end=$((SECONDS + 30)); while [ $SECONDS -lt $end ] && kill -0 "$p" 2>/dev/null; do sleep 0.2; done
+  kill -0 "$p" 2>/dev/null && kill -9 "$p"
+done
+wait "$NPID"; expect_eq node-B-exit "$?" 0
+wait "$WPID"; expect_eq witness-exit "$?" 0
+cp /tmp/node.log "$RIG_OUT/node-B.log"; cp /tmp/witness.log "$RIG_OUT/witness.log"
+expect_eq node-B-log-errors "$(grep -cE ' (fail|crit): |Unhandled exception' /tmp/node.log)" 0
+grep -m 10 -E ' (fail|crit): |Unhandled exception' -A 3 /tmp/node.log | sed 's/^/  node B: /'
+finish
