@@ -450,24 +450,47 @@ public sealed partial class PairNode
 
     private void AutoTakeover(Subsystem s, uint group)
     {
-        try { TakeOver(s, group, force: false, automatic: true); }
-        catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException)
+        try
         {
-            // Tried every heartbeat interval while the partner is silent: said at most every ten seconds.
-            long now = Stopwatch.GetTimestamp();
-            bool say;
-            lock (_ownershipLock)
+            // Tried again every interval here, on the witness's worker, while the partner stays silent (bounded: then the
+            // next control tick starts it again): the control thread, which would start the next try, can be held for a
+            // connect timeout by an attempt to reach a partner whose machine lost power (no reset), and the first tries
+            // are refused while the partner's lease runs at the witness.
+            var trying = Stopwatch.StartNew();
+            TimeSpan bound = 2 * Config.HeartbeatTimeout + 10 * Config.HeartbeatInterval;
+            while (true)
             {
-                say = !_autoTakeoverSaid.TryGetValue((s.Nqn, group), out long said) || now - said > 10 * Stopwatch.Frequency;
-                if (say) _autoTakeoverSaid[(s.Nqn, group)] = now;
+                try
+                {
+                    TakeOver(s, group, force: false, automatic: true);
+                    return;
+                }
+                catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException)
+                {
+                    SayNoTakeoverYet(s, group, e);
+                    if (_fenceStop || trying.Elapsed >= bound || Membership.Status != PartnerStatus.PartnerDown || Membership.PartnerHeard) return;
+                }
+                Thread.Sleep(Config.HeartbeatInterval);
             }
-            if (say)
-                _log.LogWarning("{Nqn}: ANA group {Group}: {Partner} is silent on both channels, and this node does not take the group over yet: {Reason}", s.Nqn, group, Config.Partner, e.Message);
         }
         finally
         {
             lock (_ownershipLock) _autoTakeovers.Remove((s.Nqn, group));
         }
+    }
+
+    /// <summary>Why an automatic takeover was not made: tried every heartbeat interval while the partner is silent, said at most every ten seconds.</summary>
+    private void SayNoTakeoverYet(Subsystem s, uint group, Exception e)
+    {
+        long now = Stopwatch.GetTimestamp();
+        bool say;
+        lock (_ownershipLock)
+        {
+            say = !_autoTakeoverSaid.TryGetValue((s.Nqn, group), out long said) || now - said > 10 * Stopwatch.Frequency;
+            if (say) _autoTakeoverSaid[(s.Nqn, group)] = now;
+        }
+        if (say)
+            _log.LogWarning("{Nqn}: ANA group {Group}: {Partner} is silent on both channels, and this node does not take the group over yet: {Reason}", s.Nqn, group, Config.Partner, e.Message);
     }
 
     private readonly Dictionary<(string Nqn, uint Group), long> _autoTakeoverSaid = [];

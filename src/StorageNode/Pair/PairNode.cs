@@ -1045,13 +1045,16 @@ public sealed partial class PairNode : IDisposable
             long now = Stopwatch.GetTimestamp();
             if (now < nextBeat) continue;
             nextBeat = now + (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
+            // The witness's work first (its asks and records run on the witness's workers): a link's tick can hold this
+            // thread for a heartbeat timeout (a heartbeat, or a connect to a partner whose machine lost power: no reset),
+            // and a takeover or an alone record started after it would wait that long.
+            WitnessTick(now);
             foreach (InterconnectLink l in _links)
             {
                 try { l.Tick(now); }
                 catch (Exception e) { _log.LogError(e, "{Nqn}: interconnect link failed", l.Subsystem.Nqn); }
             }
             if (Config.AutoGiveback) StartAutoGivebacks(now);
-            WitnessTick(now);
             bool up = _links.Count > 0;
             foreach (InterconnectLink l in _links) up &= l.IsUp;
             Membership.Update(up);
