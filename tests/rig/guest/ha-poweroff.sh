@@ -94,26 +94,7 @@ expect_eq two-paths "$(grep -c ' live ' /tmp/ls.txt)" 2
 check a-optimized-for-nsid1 grep -q "traddr=$IPA.* live optimized" /tmp/ls.txt
 for c in $(ctrls_of); do echo "  $c: $(< /sys/class/nvme/$c/address), kato $(cat /sys/class/nvme/$c/kato 2>/dev/null || echo ?) s"; done
 
-touch "$RIG_OUT/fio-started"   # the host side powers guest a off from now on
-fio --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=8 --size=32M --time_based --runtime="${FIO_RUNTIME:-40}" \
-    --verify=crc32c --verify_backlog=128 --verify_fatal=1 --eta=never --output-format=json --output=/tmp/fio.json \
-    --write_lat_log=/tmp/lat --log_avg_msec=250 --log_max_value=1 \
-    --name=nsid1 --filename="$dev1" --name=nsid2 --filename="$dev2"
-rc=$?
-touch "$RIG_OUT/fio-done"
-sed -n '/^{/,$p' /tmp/fio.json > /tmp/fio.clean && mv /tmp/fio.clean /tmp/fio.json
-cp /tmp/fio.json "$RIG_OUT/fio.json"
-for j in 0 1; do
-  jq -r ".jobs[$j] | \"\(.jobname): write \(.write.io_kbytes) KiB, \(.write.iops|floor) IOPS, verified \(.read.io_kbytes) KiB, errors \(.error)\"" /tmp/fio.json
-  echo "MAX-LATENCY-MS $(jq -r ".jobs[$j] | .jobname + \" \" + ([.write.lat_ns.max, .read.lat_ns.max] | max / 1000000 | floor | tostring)" /tmp/fio.json)"
-  expect_eq "fio-errors-$(jq -r ".jobs[$j].jobname" /tmp/fio.json)" "$(jq -r ".jobs[$j].error" /tmp/fio.json)" 0
-  check "fio-verified-$(jq -r ".jobs[$j].jobname" /tmp/fio.json)" sh -c "[ $(jq -r ".jobs[$j].read.io_kbytes" /tmp/fio.json) -gt 0 ]"
-done
-expect_eq fio-exit "$rc" 0
-for j in 1 2; do
-  for f in /tmp/lat_clat."$j".log /tmp/lat_lat."$j".log; do [ -r "$f" ] && break; done
-  [ -r "$f" ] && awk -F', *' -v n="nsid$j" '$2 > 200000000 { printf "STALL %s %.2f %d\n", n, $1 / 1000, $2 / 1000000 }' "$f"
-done
+fio_through_failure "$dev1" "$dev2" "${FIO_RUNTIME:-40}"   # the host side powers guest a off meanwhile
 
 # B owns group 1 now, granted by the witness, and the host's path to B is the optimized one for NSID 1.
 g1=$(rpc cluster_get_status | jq -c '.result.links[0].groups[] | select(.anagrpid == 1) | {owner, term, served_here}')

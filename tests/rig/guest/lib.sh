@@ -97,6 +97,36 @@ disconnect() {
   expect_true "$1-gone" "controllers left: $(ctrls_of | tr '\n' ' ')" wait_no_ctrl 20
 }
 
+# fio_through_failure DEV1 DEV2 RUNTIME: fio crc32c verify on two namespaces while the host side fails a node: signals
+# fio-started (the host side acts from then on) and fio-done, one job per namespace (reported apart: random 4 KiB
+# writes, each verified as it is read back); checks 0 errors, data verified and fio's exit status; prints each job's
+# longest I/O ("MAX-LATENCY-MS nsidN MS") and every 250 ms window whose longest I/O took over 200 ms ("STALL nsidN
+# AT-S MS", AT-S in seconds since fio started; the host side prints its events on the same scale).
+fio_through_failure() {
+  local rc j f
+  touch "$RIG_OUT/fio-started"
+  fio --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=8 --size=32M --time_based --runtime="$3" \
+      --verify=crc32c --verify_backlog=128 --verify_fatal=1 --eta=never --output-format=json --output=/tmp/fio.json \
+      --write_lat_log=/tmp/lat --log_avg_msec=250 --log_max_value=1 \
+      --name=nsid1 --filename="$1" --name=nsid2 --filename="$2"
+  rc=$?
+  touch "$RIG_OUT/fio-done"
+  sed -n '/^{/,$p' /tmp/fio.json > /tmp/fio.clean && mv /tmp/fio.clean /tmp/fio.json
+  cp /tmp/fio.json "$RIG_OUT/fio.json"
+  for j in 0 1; do
+    jq -r ".jobs[$j] | \"\(.jobname): write \(.write.io_kbytes) KiB, \(.write.iops|floor) IOPS, verified \(.read.io_kbytes) KiB, errors \(.error)\"" /tmp/fio.json
+    echo "MAX-LATENCY-MS $(jq -r ".jobs[$j] | .jobname + \" \" + ([.write.lat_ns.max, .read.lat_ns.max] | max / 1000000 | floor | tostring)" /tmp/fio.json)"
+    expect_eq "fio-errors-$(jq -r ".jobs[$j].jobname" /tmp/fio.json)" "$(jq -r ".jobs[$j].error" /tmp/fio.json)" 0
+    check "fio-verified-$(jq -r ".jobs[$j].jobname" /tmp/fio.json)" sh -c "[ $(jq -r ".jobs[$j].read.io_kbytes" /tmp/fio.json) -gt 0 ]"
+  done
+  expect_eq fio-exit "$rc" 0
+  for j in 1 2; do
+    for f in /tmp/lat_clat."$j".log /tmp/lat_lat."$j".log; do [ -r "$f" ] && break; done
+    [ -r "$f" ] && awk -F', *' -v n="nsid$j" '$2 > 200000000 { printf "STALL %s %.2f %d\n", n, $1 / 1000, $2 / 1000000 }' "$f"
+  done
+  return 0
+}
+
 # On exit, whatever happened: unmount and disconnect, so the next script in the same guest starts clean.
 rig_cleanup() {
   mountpoint -q "$MNT" 2>/dev/null && timeout 30 umount "$MNT"
