@@ -260,6 +260,9 @@ public sealed class TakeoverTests
         TestPair.WaitUntil(() => pair.B.Pair!.Status == PartnerStatus.PartnerDown, "B to hear A on neither of its channels", TimeSpan.FromSeconds(30));
         Assert.True(pair.A.Pair!.Links[0].IsUp, "A's association into B is up");
         Target.Subsystem s = pair.B.Target.FindSubsystem(TestPair.Nqn)!;
+        // A's heartbeats arrive on it (one every 100 ms; the check counts the last 2 s).
+        TestPair.WaitUntil(() => Stopwatch.GetElapsedTime(pair.B.Pair!.Links[0].PartnerHeardTicks) < TimeSpan.FromMilliseconds(500),
+            "a heartbeat of A's on its association into B");
         InvalidOperationException e = Assert.Throws<InvalidOperationException>(() => pair.B.Pair!.TakeOver(s, 1, force: true));
         Assert.Contains("its interconnect association into this node carries its heartbeats", e.Message, StringComparison.Ordinal);
         Assert.False(s.IsLocalGroup(1));
@@ -287,7 +290,11 @@ public sealed class TakeoverTests
         pair.InterconnectBtoA.Partition();
         try
         {
-            TestPair.WaitUntil(() => pair.B.Pair!.Status == PartnerStatus.PartnerDown, "B to hear A on none of its channels", TimeSpan.FromSeconds(30));
+            // B finds A silent on its own channels, and A's association silent for a heartbeat timeout (a heartbeat of A's
+            // can land just after B's own last one was answered).
+            TestPair.WaitUntil(() => pair.B.Pair!.Status == PartnerStatus.PartnerDown
+                && Stopwatch.GetElapsedTime(pair.B.Pair!.Links[0].PartnerHeardTicks) > TimeSpan.FromMilliseconds(2000),
+                "B to hear A on none of its channels, A's association silent for the heartbeat timeout", TimeSpan.FromSeconds(30));
             // The keep-alive ends it 4 heartbeat timeouts after A's last heartbeat: 8 s here, where B finds A silent after 2.
             Assert.True(s.Controllers.Any(c => c.IsInterconnect), "A's association into B is still there (its keep-alive has not ended it)");
             pair.B.Pair!.TakeOver(s, 1, force: false);
@@ -299,6 +306,45 @@ public sealed class TakeoverTests
             pair.InterconnectAtoB.Cut();
             pair.InterconnectBtoA.Cut();
         }
+    }
+
+    /// <summary>
+    /// No witness: A's process is frozen (SIGSTOP) for longer than a heartbeat timeout, and the operator takes group 1
+    /// over on B, A's association into B still there but silent. When A thaws, it learns B's term and stops serving the
+    /// group, and B closed A's old association as it took the group over (refusing its heartbeats first), so A cannot
+    /// go on through it. (Before, a manual takeover left that association open, its heartbeats answered: A learned the
+    /// term in the 2 runs tried only because B's own link reconnected into A and told it — the close fails the test
+    /// then.)
+    /// </summary>
+    [Fact]
+    public void AFrozenOwnerThatThawsAfterAManualTakeoverLearnsTheNewTerm()
+    {
+        using var pair = new ProcessPair(Mirror, Mirror, clockOffsetSecondsB: 2 * 3600);
+        pair.WaitHealthy();
+        WaitInSync(pair);
+        Assert.True(Group(pair, 'A', 1)["served_here"]!.GetValue<bool>());
+        pair.Freeze('A', true);
+        try
+        {
+            TestPair.WaitUntil(() => pair.Rpc('B', "cluster_get_status")!["partner_status"]!.GetValue<string>() == "partner_down", "B to find A silent",
+                TimeSpan.FromSeconds(30));
+            // The keep-alive would end A's association 4 heartbeat timeouts (8 s) after its last heartbeat: taken over before.
+            string took = "";
+            TestPair.WaitUntil(() =>
+            {
+                try { took = TakeOver(pair, 'B', 1); return true; }
+                catch (RpcException e) when (e.Message.Contains("answers", StringComparison.Ordinal)) { return false; }
+            }, "B to take group 1 over (A's association silent for a heartbeat timeout)", TimeSpan.FromSeconds(5));
+            Assert.Contains("\"term\":1", took, StringComparison.Ordinal);
+        }
+        finally
+        {
+            pair.Freeze('A', false);
+        }
+        TestPair.WaitUntil(() => Group(pair, 'A', 1) is var g && g["term"]!.GetValue<ulong>() == 1 && !g["served_here"]!.GetValue<bool>(),
+            "A, thawed, to learn B's term and stop serving group 1", TimeSpan.FromSeconds(30));
+        Assert.True(Group(pair, 'B', 1)["served_here"]!.GetValue<bool>());
+        pair.WaitLogged('B', "closing the partner's association");
     }
 
     /// <summary>

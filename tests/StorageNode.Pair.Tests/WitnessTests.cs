@@ -240,12 +240,12 @@ public sealed class WitnessTests
     /// One process, an in-process witness (lease 1 s): A, group 1's owner, is cut off from B on both channels and from
     /// the witness (a UDP relay on A's way to it); B finds A silent and asks the witness, which grants group 1 once A's
     /// lease has run out. At the grant (<see cref="Pair.PairNode.AfterWitnessGrant"/>, before B changes anything) the
-    /// interconnect comes back — A's association into B, or B's link to A — so that B takes the group over while its
-    /// partner answers again, and A, fence lifted, may serve group 1 until it learns B's term. Every ANA state B
+    /// interconnect comes back and B's link into A comes up, so that B takes the group over while its partner answers
+    /// again, and A may serve group 1 until it learns B's term. Every ANA state B
     /// publishes for group 1 is recorded (<see cref="Target.Subsystem.AnaPublished"/>) with whether the grant's hold
     /// holds it: from the grant on, group 1 must never be Optimized on B before that hold was placed — B goes from held
-    /// for the change-over straight to held for the grant, released a heartbeat timeout and two intervals later, and
-    /// only then serves it. (Before the fix B published group 1 Optimized and unheld as the change-over's hold was
+    /// for the change-over straight to held for the grant, released a heartbeat timeout and two intervals after it last
+    /// heard A, and only then serves it. (Before the fix B published group 1 Optimized and unheld as the change-over's hold was
     /// released, then held it: every run.) A learns B's term.
     /// </summary>
     [Fact]
@@ -261,6 +261,7 @@ public sealed class WitnessTests
             var trace = new List<(AnaState State, bool GrantHeld, long Ticks)>();
             int grantedAt = -1, hooked = 0;
             string? hookFailed = null;
+            long heardAtGrant = 0; // when B had last heard A once A was back (at least): the hold runs 2.2 s past it
             sb.AnaPublished = () =>
             {
                 lock (trace) trace.Add((sb.GetAnaState(1, ListenerRole.Direct), sb.IsGroupHeldBy(1, b.GrantHold), Stopwatch.GetTimestamp()));
@@ -269,11 +270,17 @@ public sealed class WitnessTests
             {
                 if (s != sb || g != 1 || Interlocked.Exchange(ref hooked, 1) != 0) return;
                 lock (trace) grantedAt = trace.Count;
-                // The partner comes back while B was asking: the interconnect heals (the heartbeats stay silent).
+                // The partner comes back while B was asking: the interconnect heals, and the heartbeats (A, hearing B
+                // again, stops asking the witness for B's group: its descriptor is not refused to B's link any more).
                 pair.InterconnectAtoB.Blocked = pair.InterconnectBtoA.Blocked = false;
+                w.A.SilenceHeartbeatChannel(false);
+                b.SilenceHeartbeatChannel(false);
                 try
                 {
-                    TestPair.WaitUntil(() => b.Links[0].IsUp || sb.Controllers.Any(c => c.IsInterconnect), "A back on B's interconnect", TimeSpan.FromSeconds(20));
+                    // B's own link into A up: A answers B again. (A's association into B alone would not do: refused B's
+                    // descriptor while B asks, it carries no heartbeat, and A — hearing nothing of B — needs no hold.)
+                    TestPair.WaitUntil(() => b.Links[0].IsUp, "B's interconnect into A up again", TimeSpan.FromSeconds(20));
+                    heardAtGrant = Stopwatch.GetTimestamp();
                 }
                 catch (TimeoutException e) { hookFailed = e.Message; }
             };
@@ -299,17 +306,74 @@ public sealed class WitnessTests
             int held = since.FindIndex(x => x.GrantHeld), optimized = since.FindIndex(x => x.State == AnaState.Optimized);
             Assert.True(held >= 0, $"the grant's hold was never placed: {shown}");
             Assert.True(optimized > held, $"group 1 was Optimized on B, unheld, before the grant's hold was placed: {shown}");
-            // Released no earlier than a heartbeat timeout after it was placed (timeout 2 s, interval 100 ms here).
-            double heldMs = Stopwatch.GetElapsedTime(since[held].Ticks, since[optimized].Ticks).TotalMilliseconds;
-            Assert.True(heldMs >= 2000, $"the grant's hold lasted {heldMs:0} ms: {shown}");
+            // Released no earlier than a heartbeat timeout and two intervals after B last heard A (timeout 2 s, interval
+            // 100 ms here): by then A, which holds no lease and whose heartbeats B no longer answers, has fenced itself.
+            double heldMs = Stopwatch.GetElapsedTime(heardAtGrant, since[optimized].Ticks).TotalMilliseconds;
+            Assert.True(heardAtGrant != 0 && heldMs >= 2200, $"group 1 served {heldMs:0} ms after B last heard A: {shown}");
             Assert.False(sb.IsGroupHeldBy(1, b.GrantHold));
 
             // A learns B's term (over the interconnect: the witness is still cut off from it) and does not serve group 1.
-            TestPair.WaitUntil(() => pair.A.Pair!.OwnershipOf(sa, 1)!.Current == new GroupTerm(1, "B"), "A to learn B's term", TimeSpan.FromSeconds(20));
+            try { TestPair.WaitUntil(() => pair.A.Pair!.OwnershipOf(sa, 1)!.Current == new GroupTerm(1, "B"), "A to learn B's term", TimeSpan.FromSeconds(20)); }
+            catch (TimeoutException e) { throw new InvalidOperationException($"{e.Message}\nA:\n{pair.Log('A')}\nB:\n{pair.Log('B')}", e); }
             TestPair.WaitUntil(() => sa.GetAnaState(1, ListenerRole.Direct) != AnaState.Optimized, "A to stop serving group 1");
             sb.AnaPublished = null;
             b.AfterWitnessGrant = null;
         }
+    }
+
+    /// <summary>
+    /// A's machine loses power, as far as B can tell: both interconnect connections held open and silent (the forwarders'
+    /// partition: no FIN, no reset), A's datagrams and witness renewals stopped. B takes group 1 over on the witness's
+    /// grant with A's silent association still there. The grant's hold, meant for a partner that may still hear B, ends a
+    /// heartbeat timeout and two intervals after A's last heartbeat reached B, by when A has fenced itself: B serves
+    /// group 1 at once or nearly. (Before, the group was held that long from the grant — 2.2 s more, each power cut.)
+    /// </summary>
+    [Fact]
+    public void AGroupGrantedWhileThePartnersAssociationIsSilentIsHeldOnlyUntilThePartnerHasFencedItself()
+    {
+        using var w = new InProcessWitnessPair();
+        TestPair pair = w.Pair;
+        Target.Subsystem sb = w.SB;
+        PairNode b = w.B;
+        int associationAtGrant = -1;
+        long heldUntil = 0, heardAtGrant = 0;
+        b.AfterWitnessGrant = (s, g) =>
+        {
+            if (s != sb || g != 1) return;
+            Interlocked.Exchange(ref heardAtGrant, b.Links[0].PartnerHeardTicks);
+            Interlocked.CompareExchange(ref associationAtGrant, sb.Controllers.Any(c => c.IsInterconnect) ? 1 : 0, -1);
+        };
+        b.OnGrantHold = (s, g, until) =>
+        {
+            if (s == sb && g == 1) Interlocked.Exchange(ref heldUntil, until);
+        };
+        long partitioned = w.PartitionAOff();
+        try
+        {
+            pair.WaitLogged('B', "taken over automatically", TimeSpan.FromSeconds(40));
+            TestPair.WaitUntil(() => sb.GetAnaState(1, ListenerRole.Direct) == AnaState.Optimized, "B to serve group 1", TimeSpan.FromSeconds(20));
+        }
+        catch (Exception e) when (e is TimeoutException or Xunit.Sdk.XunitException)
+        {
+            throw new InvalidOperationException($"{e.Message}\n{w.Problems()}", e);
+        }
+        finally
+        {
+            b.AfterWitnessGrant = null;
+            b.OnGrantHold = null;
+            pair.InterconnectAtoB.Cut();
+            pair.InterconnectBtoA.Cut();
+        }
+        // The keep-alive would have ended A's association 8 s after its last heartbeat; B was granted the group before.
+        Assert.True(associationAtGrant == 1, $"A's association into B at the grant: {(associationAtGrant < 0 ? "no grant seen" : "gone")}");
+        long until = Interlocked.Read(ref heldUntil), heard = Interlocked.Read(ref heardAtGrant);
+        Console.WriteLine($"[grant, the partner's association silent] A's last heartbeat {Stopwatch.GetElapsedTime(partitioned, heard).TotalMilliseconds:0} ms after the partition began; group 1 held for its grant: "
+            + (until == 0 ? "no" : $"until {Stopwatch.GetElapsedTime(partitioned, until).TotalMilliseconds:0} ms after it"));
+        // Held (if at all) until a heartbeat timeout and two intervals (2 s + 2 × 100 ms here) after A's last heartbeat
+        // reached B — before the partition, or as it began — not that long from the grant.
+        Assert.True(heard != 0 && Stopwatch.GetElapsedTime(partitioned, heard) < TimeSpan.FromSeconds(1), "A's last heartbeat came as the partition began");
+        Assert.True(until == 0 || until <= heard + (long)(2.2 * Stopwatch.Frequency),
+            $"group 1 held for its grant until {Stopwatch.GetElapsedTime(heard, until).TotalMilliseconds:0} ms after A's last heartbeat");
     }
 
     /// <summary>
@@ -530,6 +594,20 @@ public sealed class WitnessTests
             Pair.InterconnectAtoB.Blocked = Pair.InterconnectBtoA.Blocked = true;
             Pair.InterconnectAtoB.Cut();
             Pair.InterconnectBtoA.Cut();
+        }
+
+        /// <summary>
+        /// A's machine loses power, as far as B can tell: both interconnect connections held open and silent (no FIN, no
+        /// reset), heartbeats silenced both ways, A cut off from the witness. Returns when (Stopwatch ticks).
+        /// </summary>
+        public long PartitionAOff()
+        {
+            A.SilenceHeartbeatChannel();
+            B.SilenceHeartbeatChannel();
+            _toWitness.Blocked = true;
+            Pair.InterconnectAtoB.Partition();
+            Pair.InterconnectBtoA.Partition();
+            return Stopwatch.GetTimestamp();
         }
 
         public string Problems() => $"{Pair.Problems()}\nwitness: {string.Join("\n", _witnessLogs.Lines)}";

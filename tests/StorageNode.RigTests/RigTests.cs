@@ -42,9 +42,9 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
     /// <summary>Two guests joined by a private link (run-pair.sh), both running <paramref name="script"/>; their output
     /// and how they ended go to the test output.</summary>
     private GuestResult RunPair(string name, string script, Dictionary<string, string> env, TimeSpan timeout, TimeSpan stagger = default,
-        Action<RigGuest>? during = null, int? cpus = null)
+        Action<RigGuest>? during = null, int? cpus = null, bool restartA = false)
     {
-        using RigGuest g = _rig.StartPair(new GuestOptions(script) { Name = name, Env = env, Timeout = timeout, Cpus = cpus }, stagger);
+        using RigGuest g = _rig.StartPair(new GuestOptions(script) { Name = name, Env = env, Timeout = timeout, Cpus = cpus, RestartA = restartA }, stagger);
         during?.Invoke(g);
         GuestResult r = g.WaitForExit();
         _rig.Report(r);
@@ -385,11 +385,13 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
     /// host (native multipath, fio crc32c verify on both namespaces through both nodes) in guest b, the two guests' clocks
     /// their own (b boots 20 s later). Guest a is powered off (its QEMU killed) 5 s into fio: no FIN, no reset — A's
     /// interconnect association into B and the host's connections to A stay open and silent. B takes group 1 over on the
-    /// witness's grant, and the host's I/O goes on through B: 0 I/O errors, 0 verify failures (tests/rig/guest/ha-poweroff.sh).
-    /// The longest I/O per namespace and each stall are printed.
+    /// witness's grant, and the host's I/O goes on through B. Then guest a is booted again: node A, its RAM empty, learns
+    /// B's term, is resynced whole and takes group 1 back (Cluster:AutoGiveback) while fio runs, its path optimized again.
+    /// 0 I/O errors, 0 verify failures (tests/rig/guest/ha-poweroff.sh). The longest I/O per namespace, each stall, the
+    /// takeover's and the giveback's times and the resync's rate are printed.
     /// </summary>
     [Fact]
-    public void TheKernelHostWritesOnThroughAPowerCutOfTheOwnersMachine()
+    public void TheKernelHostWritesOnThroughAPowerCutOfTheOwnersMachineAndItsReturn()
     {
         _rig.Require();
         string copy = Path.Combine(Rig.Cache, $"ha-poweroff-{Environment.ProcessId}");
@@ -399,24 +401,31 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
             var env = new Dictionary<string, string>
             {
                 ["NODE_DLL"] = Path.Combine(copy, "storagenode.dll"),
-                ["FIO_RUNTIME"] = "40",
+                ["FIO_RUNTIME"] = "150",
+                ["RESTART"] = "1",
             };
             var said = new List<string>();
-            GuestResult r = RunPair("ha-poweroff", "ha-poweroff.sh", env, TimeSpan.FromMinutes(10), TimeSpan.FromSeconds(20), g =>
+            GuestResult r = RunPair("ha-poweroff", "ha-poweroff.sh", env, TimeSpan.FromMinutes(12), TimeSpan.FromSeconds(20), g =>
             {
                 if (!g.WaitForSignal("fio-started", TimeSpan.FromMinutes(8))) return;
                 var sinceFio = Stopwatch.StartNew();
                 Thread.Sleep(5000); // fio runs through both nodes for a while (the workload, not a wait for a condition)
                 g.PowerOff("a");
                 said.Add($"guest a powered off {sinceFio.Elapsed.TotalSeconds:0.00} s after fio started");
-            }, cpus: 2);
+                if (!g.WaitForSignal("taken-over", TimeSpan.FromSeconds(60))) return;
+                said.Add($"B serves group 1 ({sinceFio.Elapsed.TotalSeconds:0.00} s after fio started, as the host side saw it)");
+                g.PowerOn("a");
+                said.Add($"guest a booted again {sinceFio.Elapsed.TotalSeconds:0.00} s after fio started");
+            }, cpus: 2, restartA: true);
             foreach (string l in said) output.WriteLine(l);
             Assert.Equal(0, r.ExitCode);
-            Assert.Single(said);
+            Assert.Equal(3, said.Count);
             foreach (string check in new[] { "replica-whole", "two-paths", "a-optimized-for-nsid1", "fio-errors-nsid1", "fio-errors-nsid2",
-                         "fio-verified-nsid1", "fio-verified-nsid2", "fio-exit", "b-serves-group1", "witness-granted", "b-optimized-for-nsid1",
-                         "node-B-exit", "witness-exit", "node-B-log-errors" })
+                         "fio-verified-nsid1", "fio-verified-nsid2", "fio-exit", "b-took-group1-over", "witness-granted", "given-back-during-fio",
+                         "a-owns-group1-again", "a-optimized-again", "resync-done", "node-B-exit", "witness-exit", "node-B-log-errors" })
                 Assert.Contains($"b| CHECK {check}: ok", r.Output);
+            foreach (string check in new[] { "host-result", "node-A-exit", "node-A-log-errors" })
+                Assert.Contains($"a| CHECK {check}: ok", r.Output);
             Assert.Contains("a| run-guest: powered off as the test asked", r.Output);
         }
         finally

@@ -40,6 +40,10 @@ public sealed record GuestOptions
 
     public int? Cpus { get; init; }
     public int? MemoryMiB { get; init; }
+
+    /// <summary>A pair's guest a, powered off (<see cref="RigGuest.PowerOff"/>), can be booted again
+    /// (<see cref="RigGuest.PowerOn"/>; run-pair.sh's RIG_RESTART_A): a fresh QEMU on the same link.</summary>
+    public bool RestartA { get; init; }
 }
 
 /// <summary>One "CHECK name: ok|FAIL detail" line of a guest script.</summary>
@@ -304,6 +308,7 @@ public sealed partial class RigGuest : IDisposable
         psi.Environment["RIG_GUEST_DIR"] = Rig.GuestDir;
         if (o.Cpus is { } cpus) psi.Environment["RIG_CPUS"] = cpus.ToString(CultureInfo.InvariantCulture);
         if (o.MemoryMiB is { } mem) psi.Environment["RIG_MEM"] = mem.ToString(CultureInfo.InvariantCulture);
+        if (o.RestartA) psi.Environment["RIG_RESTART_A"] = "1";
         if (staggerSeconds > 0) psi.Environment["RIG_STAGGER"] = staggerSeconds.ToString(CultureInfo.InvariantCulture);
 
         output?.WriteLine($"rig: starting {(stagger is null ? "guest" : "pair")} {Name}: {o.Script}{(o.InlineScript != null ? "(inline)" : "")}, " +
@@ -363,6 +368,16 @@ public sealed partial class RigGuest : IDisposable
         int pid = int.Parse(File.ReadAllText(Path.Combine(folder, "qemu.pid")).Trim(), CultureInfo.InvariantCulture);
         File.WriteAllText(Path.Combine(folder, "powered-off"), "");
         ProcessRunner.Run("kill", ["-KILL", pid.ToString(CultureInfo.InvariantCulture)], null, TimeSpan.FromSeconds(10));
+    }
+
+    /// <summary>
+    /// Boots a pair's guest a again after <see cref="PowerOff"/> (the pair started with <see cref="GuestOptions.RestartA"/>):
+    /// a fresh QEMU on the same link, its script told RIG_RESTARTED=1, its run folder RUN/a2.
+    /// </summary>
+    public void PowerOn(string guest)
+    {
+        if (guest != "a" || _guests.Length != 2) throw new ArgumentException("only a pair's guest a can be booted again", nameof(guest));
+        File.WriteAllText(Path.Combine(_guests[0].Folder, "power-on"), "");
     }
 
     /// <summary>PIDs of the forwarders of host port <paramref name="hostPort"/> (all ports when null): one per open

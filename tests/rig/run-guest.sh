@@ -53,7 +53,8 @@ while getopts "p:f:l:n:" o; do case $o in
      case $lp in
        listen|connect) [ "$lp" = listen ] && srv=on || srv=off
                        nd="stream,id=n1,server=$srv,addr.type=unix,addr.path=$rp" ;;
-       dgram) nd="dgram,id=n1,local.type=unix,local.path=${rp%%,*},remote.type=unix,remote.path=${rp#*,}" ;;
+       # (a socket left by a guest of this link that was powered off is replaced: a guest booted again binds it)
+       dgram) rm -f "${rp%%,*}"; nd="dgram,id=n1,local.type=unix,local.path=${rp%%,*},remote.type=unix,remote.path=${rp#*,}" ;;
        *) nd="socket,id=n1,udp=127.0.0.1:$rp,localaddr=127.0.0.1:$lp" ;;
      esac
      extra=(-netdev "$nd"

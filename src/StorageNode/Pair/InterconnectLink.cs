@@ -286,6 +286,51 @@ public sealed class InterconnectLink
 
     private long _lastHeartbeatSent;
 
+    // The partner's side (its associations into this node): when it last asked something whose answer makes it hear this
+    // node (a heartbeat, this node's descriptor), and the associations made until when refuse those from now on.
+    private long _partnerHeard, _refuseMadeUntil;
+
+    /// <summary>
+    /// When (Stopwatch ticks, 0: never) the partner last sent, on any of its associations into this node (ended ones
+    /// too), a heartbeat or a descriptor request: what the takeover counts as the partner answering there, and — answered —
+    /// the last time it heard this node (its self-fence counts from it; NVMe Keep Alive, which its host sends on a timer
+    /// of its own, does not count).
+    /// </summary>
+    internal long PartnerHeardTicks => Volatile.Read(ref _partnerHeard);
+
+    /// <summary>
+    /// Notes that the partner asked, on an association made at <paramref name="madeTicks"/>, something whose answer makes
+    /// it hear this node; true when it must be refused instead (<see cref="RefusePartnerAssociations"/>). With the full
+    /// fence between, either this sees the refusal or that caller sees this note.
+    /// </summary>
+    internal bool NotePartnerHeard(long madeTicks)
+    {
+        long now = Stopwatch.GetTimestamp(), seen = Volatile.Read(ref _partnerHeard);
+        while (now > seen)
+        {
+            long was = Interlocked.CompareExchange(ref _partnerHeard, now, seen);
+            if (was == seen) break;
+            seen = was;
+        }
+        Interlocked.MemoryBarrier();
+        return madeTicks <= Volatile.Read(ref _refuseMadeUntil);
+    }
+
+    /// <summary>
+    /// A takeover of one of the partner's groups: the partner's associations made until now answer no heartbeat and no
+    /// descriptor request from now on (they are closed; it reconnects and learns the new term). Returns
+    /// <see cref="PartnerHeardTicks"/> read after a full fence: every request of the partner's answered, now or later, is
+    /// counted in it.
+    /// </summary>
+    internal long RefusePartnerAssociations()
+    {
+        Interlocked.Exchange(ref _refuseMadeUntil, Stopwatch.GetTimestamp());
+        return Volatile.Read(ref _partnerHeard);
+    }
+
+    /// <summary>Until when (Stopwatch ticks) the partner's associations made are refused (<see cref="RefusePartnerAssociations"/>).</summary>
+    internal long RefusedMadeUntil => Volatile.Read(ref _refuseMadeUntil);
+
     /// <summary>
     /// When (Stopwatch ticks, this node's clock) the last interconnect heartbeat the partner answered was sent (0: none):
     /// the partner heard this node then. The self-fence reads it, on a thread of its own, rather than <see cref="IsUp"/>,

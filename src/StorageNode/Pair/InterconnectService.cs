@@ -82,10 +82,15 @@ public sealed class InterconnectService : IInterconnectHandler
     /// Closes the partner's associations for a subsystem except the one with CNTLID <paramref name="keep"/> (0: all).
     /// Returns them: once their queues are closed (<see cref="Controller.QueuesClosed"/>) nothing more arrives on them.
     /// </summary>
-    public IReadOnlyList<Controller> CloseInbound(Subsystem s, ushort keep, string reason)
+    public IReadOnlyList<Controller> CloseInbound(Subsystem s, ushort keep, string reason) => CloseInbound(s, c => c.Cntlid != keep, reason);
+
+    /// <summary>Closes the partner's associations for a subsystem made at or before <paramref name="madeUntil"/> (Stopwatch ticks).</summary>
+    public IReadOnlyList<Controller> CloseInboundMadeUntil(Subsystem s, long madeUntil, string reason) => CloseInbound(s, c => c.CreatedTicks <= madeUntil, reason);
+
+    private IReadOnlyList<Controller> CloseInbound(Subsystem s, Predicate<Controller> which, string reason)
     {
         List<Controller> close;
-        lock (_inbound) close = _inbound.FindAll(c => c.Subsystem == s && c.Cntlid != keep);
+        lock (_inbound) close = _inbound.FindAll(c => c.Subsystem == s && which(c));
         foreach (Controller c in close)
         {
             _log.LogInformation("{Ctrl}: closing the partner's association: {Reason}", c, reason);
@@ -130,6 +135,13 @@ public sealed class InterconnectService : IInterconnectHandler
                     req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
                     return;
                 }
+                // Answered, the descriptor makes the partner hear this node (its self-fence counts from its request), as
+                // a heartbeat does: noted, or refused on an association a takeover has refused.
+                if (_pair.LinkFor(association.Subsystem) is { } link && link.NotePartnerHeard(association.CreatedTicks))
+                {
+                    req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+                    return;
+                }
                 byte[] json = _pair.DescriptorFor(association.Subsystem).ToJson();
                 if (json.Length > req.Length) { req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid)); return; }
                 Span<byte> dest = req.DataSpan;
@@ -143,6 +155,13 @@ public sealed class InterconnectService : IInterconnectHandler
             case InterconnectOpcode.HeartbeatRenewing:
             {
                 association.TouchKeepAlive();
+                if (_pair.LinkFor(association.Subsystem) is { } heard && heard.NotePartnerHeard(association.CreatedTicks))
+                {
+                    // This node took a group of the partner's over: the partner no longer hears it here (its link goes
+                    // down; it reconnects and learns the new term).
+                    req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+                    return;
+                }
                 if (req.Sqe.Opcode == InterconnectOpcode.HeartbeatRenewing && MirrorLease.TryRead(req.Sqe, out OwnerDeadline until))
                 {
                     // This node as a keeper: the owner renews the "in sync" words it lists, said on this association.

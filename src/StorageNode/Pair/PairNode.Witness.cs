@@ -392,20 +392,33 @@ public sealed partial class PairNode
     internal object GrantHold { get; } = new();
 
     /// <summary>
-    /// Holds a group this node was granted while its partner answers again (under the ownership lock, before the group
-    /// is served here): released a heartbeat timeout and two intervals later (<see cref="ReleaseGrantHolds"/>), by when
-    /// the partner, which holds no lease and whose heartbeats this node no longer answers, has fenced itself (two
-    /// intervals: its fence's check, and the close of its associations once the takeover is done).
+    /// How long after the partner last heard this node a group granted meanwhile is held (<see cref="HoldAfterGrant"/>):
+    /// a heartbeat timeout and two intervals, by when the partner, which holds no lease and whose heartbeats this node no
+    /// longer answers, has fenced itself: it counts its heartbeat timeout from when it sent the request this node last
+    /// answered (no later than its arrival here, which this node counts from), and checks every half interval; the rest
+    /// is slack for its fence thread's scheduling.
     /// </summary>
-    private void HoldAfterGrant(Subsystem s, uint group)
+    private TimeSpan GrantHoldLength => Config.HeartbeatTimeout + 2 * Config.HeartbeatInterval;
+
+    /// <summary>
+    /// Holds a group this node was granted while its partner may still hear it (under the ownership lock, before the
+    /// group is served here) until <paramref name="untilTicks"/> (<see cref="ReleaseGrantHolds"/>): <see cref="GrantHoldLength"/>
+    /// after the partner last heard this node.
+    /// </summary>
+    private void HoldAfterGrant(Subsystem s, uint group, long untilTicks)
     {
         s.HoldGroup(group, GrantHold);
-        TimeSpan hold = Config.HeartbeatTimeout + 2 * Config.HeartbeatInterval;
-        _heldAfterGrant[(s.Nqn, group)] = Stopwatch.GetTimestamp() + (long)(hold.TotalSeconds * Stopwatch.Frequency);
-        _log.LogWarning("{Nqn}: ANA group {Group}: granted while {Partner} answers again (it reconnected while the witness was asked): the group is held here for {Ms} ms from now, "
-            + "by when {Partner2} has fenced itself, and served only then; its associations are closed as this node takes the group over, so that it learns the new term",
-            s.Nqn, group, Config.Partner, hold.TotalMilliseconds, Config.Partner);
+        _heldAfterGrant[(s.Nqn, group)] = untilTicks;
+        OnGrantHold?.Invoke(s, group, untilTicks);
+        long ms = (untilTicks - Stopwatch.GetTimestamp()) * 1000 / Stopwatch.Frequency;
+        _log.LogWarning("{Nqn}: ANA group {Group}: granted while {Partner} may still hear this node (it reconnected while the witness was asked, or its heartbeats "
+            + "arrived within {Hold} ms): the group is held here for {Ms} ms from now, by when {Partner2} has fenced itself, and served only then; its "
+            + "associations are closed as this node takes the group over, so that it learns the new term",
+            s.Nqn, group, Config.Partner, GrantHoldLength.TotalMilliseconds, ms, Config.Partner);
     }
+
+    /// <summary>For tests: called (under the ownership lock) as a group granted is held, with until when (Stopwatch ticks).</summary>
+    internal Action<Subsystem, uint, long>? OnGrantHold;
 
     /// <summary>A takeover that held the group for its grant failed before it changed anything (under the ownership lock): the hold goes.</summary>
     private void UndoHoldAfterGrant(Subsystem s, uint group)
@@ -468,9 +481,14 @@ public sealed partial class PairNode
                 catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException)
                 {
                     SayNoTakeoverYet(s, group, e);
-                    if (_fenceStop || trying.Elapsed >= bound || Membership.Status != PartnerStatus.PartnerDown || Membership.PartnerHeard) return;
+                    if (trying.Elapsed >= bound) return;
                 }
                 Thread.Sleep(Config.HeartbeatInterval);
+                // Not again once the node stops, the partner is heard, or the group is this node's (an operator's
+                // takeover, say).
+                if (_fenceStop || Membership.Status != PartnerStatus.PartnerDown || Membership.PartnerHeard) return;
+                lock (_ownershipLock)
+                    if (!_ownership.TryGetValue((s.Nqn, group), out GroupOwnership? o) || o.OwnedHere) return;
             }
         }
         finally

@@ -352,7 +352,10 @@ public sealed partial class PairNode : IDisposable
     private TakeoverResult TakeOver(Subsystem s, InterconnectLink link, uint group, bool force, bool automatic, TakeoverAsk ask)
     {
         string? witnessRisk = null;
-        bool granted = false, reconnect;
+        bool granted = false, reconnect = false, served = false;
+        GroupTerm takenAt = default;
+        long refusedUntil = 0;
+        object? ownAssociation = null;
         TakeoverResult result;
         GroupTerm asked = default;
         long askedLastAlive = 0;
@@ -400,48 +403,72 @@ public sealed partial class PairNode : IDisposable
                 AfterWitnessGrant?.Invoke(s, group);
             }
         }
-        lock (_ownershipLock)
+        try
         {
-            TakeoverPlan plan = PlanTakeover(s, link, group, force, checkPartner: !granted, granted ? askedLastAlive : LastAlive());
-            if (Witness != null && plan.Term != asked)
-                throw new InvalidOperationException($"ANA group {group} changed while the witness was asked (now {plan.Ownership.Current}): try again");
-            if (witnessRisk != null) plan.Risks.Add(witnessRisk);
-            List<Namespace> remote = plan.Remote;
-            List<string> risks = plan.Risks;
-            GroupTerm term = plan.Term;
-            // Granted while the partner came back (it reconnected while the witness was asked): it may serve the group
-            // until it learns the term or fences itself. Its associations, which read this node's descriptor before the
-            // new term, are closed (below, outside the lock), so that it learns the term as it reconnects, and its
-            // heartbeats go unanswered meanwhile: the group is held here until it has fenced itself (it holds no lease).
-            // Held before it is served here: the group goes from this hold to the change-over's and back, never served
-            // in between (served once the change-over's hold is released, it could be written through both nodes). A
-            // partner that connects from now on reads this node's descriptor under this lock: it learns the new term.
-            reconnect = granted && (link.IsUp || s.Controllers.Any(c => c.IsInterconnect));
-            if (reconnect) HoldAfterGrant(s, group);
-            if (ServeReplicas(s, link, plan.Ownership, remote, plan.Generations, term) is string failed)
+            lock (_ownershipLock)
             {
-                // Nothing changed (the group is still the partner's here): the grant's hold goes with the takeover.
-                if (reconnect) UndoHoldAfterGrant(s, group);
-                if (granted)
-                    _log.LogCritical("{Nqn}: ANA group {Group}: the witness granted {Term}, but this node cannot serve it: {Error}; nobody serves the group until an operator acts",
-                        s.Nqn, group, term, failed);
-                throw new InvalidOperationException(failed);
+                TakeoverPlan plan = PlanTakeover(s, link, group, force, checkPartner: !granted, granted ? askedLastAlive : LastAlive());
+                if (Witness != null && plan.Term != asked)
+                    throw new InvalidOperationException($"ANA group {group} changed while the witness was asked (now {plan.Ownership.Current}): try again");
+                if (witnessRisk != null) plan.Risks.Add(witnessRisk);
+                List<Namespace> remote = plan.Remote;
+                List<string> risks = plan.Risks;
+                GroupTerm term = plan.Term;
+                // The partner's associations into this node, which read this node's descriptor before the new term, answer no
+                // heartbeat from this check on (refused first: one answered after it would lift the partner's fence unseen;
+                // one answered before counts) and are closed (below, outside the lock), so that it learns the term as it
+                // reconnects — after any takeover: without a witness too, a partner that was only frozen would otherwise go on
+                // on its old association, never told. Granted while the partner may still hear this node (it reconnected
+                // while the witness was asked, or its association into this node carried a heartbeat lately), it may serve
+                // the group until it learns the term or fences itself: the group is held here until it has (it holds no
+                // lease) — a heartbeat timeout and two intervals after it last heard this node. Held before it is served
+                // here: the group goes from this hold to the change-over's and back, never served in between (served once
+                // the change-over's hold is released, it could be written through both nodes). A partner that connects from
+                // now on reads this node's descriptor under this lock: it learns the new term. (A partner whose association
+                // is silent — its machine lost power — is past that long ago, or nearly: no hold, or a short one.)
+                long heardThere = link.RefusePartnerAssociations(), heldFrom = Stopwatch.GetTimestamp();
+                refusedUntil = link.RefusedMadeUntil;
+                ownAssociation = link.IsUp ? link.Association : null;
+                reconnect = link.IsUp || s.Controllers.Any(c => c.IsInterconnect);
+                takenAt = term;
+                long lastHeard = link.IsUp ? heldFrom : heardThere, holdUntil = 0;
+                if (granted && lastHeard != 0) holdUntil = lastHeard + (long)(GrantHoldLength.TotalSeconds * Stopwatch.Frequency);
+                if (holdUntil <= heldFrom) holdUntil = 0;
+                if (holdUntil != 0) HoldAfterGrant(s, group, holdUntil);
+                if (ServeReplicas(s, link, plan.Ownership, remote, plan.Generations, term) is string failed)
+                {
+                    // Nothing changed (the group is still the partner's here): the grant's hold goes with the takeover.
+                    if (holdUntil != 0) UndoHoldAfterGrant(s, group);
+                    if (granted)
+                        _log.LogCritical("{Nqn}: ANA group {Group}: the witness granted {Term}, but this node cannot serve it: {Error}; nobody serves the group until an operator acts",
+                            s.Nqn, group, term, failed);
+                    throw new InvalidOperationException(failed);
+                }
+                // A giveback this node offered and had no answer to ends here: this node's term is past the one offered.
+                if (_givebacks.TryGetValue((s.Nqn, group), out GivebackInFlight? gb)) Resume(gb);
+                if (risks.Count > 0)
+                    _log.LogCritical("{Nqn}: ANA group {Group} taken over by force ({Term}): {Risks}; writes the partner acknowledged may be lost", s.Nqn, group, term, string.Join("; ", risks));
+                else
+                    _log.LogWarning("{Nqn}: ANA group {Group} taken over{How} ({Term}): served here{From}{Kept}", s.Nqn, group,
+                        automatic ? $" automatically ({Config.Partner} silent on both channels, the witness granted it)" : granted ? " (the witness granted it)" : "", term,
+                        remote.Count > 0 ? $" from this node's replica of NSID {string.Join(", ", remote.Select(n => n.Nsid))}" : "",
+                        Keeps ? "" : " (no state directory: a restart of this node forgets it)");
+                result = new TakeoverResult(term, [.. remote.Select(n => n.Nsid)], risks);
+                served = true;
             }
-            // A giveback this node offered and had no answer to ends here: this node's term is past the one offered.
-            if (_givebacks.TryGetValue((s.Nqn, group), out GivebackInFlight? gb)) Resume(gb);
-            if (risks.Count > 0)
-                _log.LogCritical("{Nqn}: ANA group {Group} taken over by force ({Term}): {Risks}; writes the partner acknowledged may be lost", s.Nqn, group, term, string.Join("; ", risks));
-            else
-                _log.LogWarning("{Nqn}: ANA group {Group} taken over{How} ({Term}): served here{From}{Kept}", s.Nqn, group,
-                    automatic ? $" automatically ({Config.Partner} silent on both channels, the witness granted it)" : granted ? " (the witness granted it)" : "", term,
-                    remote.Count > 0 ? $" from this node's replica of NSID {string.Join(", ", remote.Select(n => n.Nsid))}" : "",
-                    Keeps ? "" : " (no state directory: a restart of this node forgets it)");
-            result = new TakeoverResult(term, [.. remote.Select(n => n.Nsid)], risks);
         }
-        if (reconnect)
+        finally
         {
-            Service.CloseInbound(s, 0, $"ANA group {group} taken over at {result.Term}: the partner learns it as it reconnects");
-            Enqueue(() => link.Down($"ANA group {group} taken over at {result.Term}"));
+            // The partner's associations, refused from the check on, are closed whether the takeover then succeeded or
+            // not (refused, they are of no use to it any more: it connects again and learns the term there is).
+            // Only the associations refused (one made since read the new term) and this node's own association into the
+            // partner as it was at the check (one made since learned it too).
+            if (reconnect)
+            {
+                string what = served ? $"ANA group {group} taken over at {takenAt}" : $"the takeover of ANA group {group} at {takenAt} failed";
+                Service.CloseInboundMadeUntil(s, refusedUntil, $"{what}: the partner learns the group's term as it reconnects");
+                if (ownAssociation != null) Enqueue(() => { if (link.Association == ownAssociation) link.Down(what); });
+            }
         }
         return result;
     }
@@ -454,16 +481,17 @@ public sealed partial class PairNode : IDisposable
     private long LastAlive() => Membership.LastHeardTicks + 2 * (long)(Config.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
 
     /// <summary>
-    /// Whether the partner's interconnect association into this node carries its heartbeats: one arrived within the
-    /// heartbeat timeout (a live partner sends one every interval, and its link goes down when one goes unanswered for the
+    /// Whether the partner's interconnect association into this node carries its heartbeats: it has one, and one of its
+    /// heartbeats (or descriptor requests) arrived within the heartbeat timeout (a live partner sends one every interval, and its link goes down when one goes unanswered for the
     /// timeout). An association that carries nothing for that long does not count as the partner answering: after a
     /// power cut of the partner's machine (no FIN, no reset) it lives here until its keep-alive ends it — 4 × the
     /// heartbeat timeout — and a takeover held off by it would stall the partner's groups that much longer.
     /// </summary>
-    private bool PartnerAssociationAnswers(Subsystem s)
+    private bool PartnerAssociationAnswers(Subsystem s, InterconnectLink link)
     {
-        long now = Stopwatch.GetTimestamp(), timeout = (long)(Config.HeartbeatTimeout.TotalSeconds * Stopwatch.Frequency);
-        return s.Controllers.Any(c => c.IsInterconnect && !c.Destroyed && now - c.LastKeepAliveTicks <= timeout);
+        long heard = link.PartnerHeardTicks;
+        return heard != 0 && Stopwatch.GetTimestamp() - heard <= (long)(Config.HeartbeatTimeout.TotalSeconds * Stopwatch.Frequency)
+            && s.Controllers.Any(c => c.IsInterconnect && !c.Destroyed);
     }
 
     private sealed record TakeoverPlan(GroupOwnership Ownership, GroupTerm Term, List<Namespace> Remote, Dictionary<uint, long> Generations, List<string> Risks);
@@ -483,7 +511,7 @@ public sealed partial class PairNode : IDisposable
         string? answers = !checkPartner ? null
             : link.IsUp ? "its interconnect is up"
             : Membership.PartnerHeard ? "its heartbeat datagrams arrive"
-            : PartnerAssociationAnswers(s) ? "its interconnect association into this node carries its heartbeats"
+            : PartnerAssociationAnswers(s, link) ? "its interconnect association into this node carries its heartbeats"
             : null;
         if (answers != null)
             throw new InvalidOperationException($"partner {Config.Partner} answers ({answers}): a takeover is for a partner that is gone");
