@@ -610,7 +610,7 @@ public sealed class WitnessTests
             return Stopwatch.GetTimestamp();
         }
 
-        public string Problems() => $"{Pair.Problems()}\nwitness: {string.Join("\n", _witnessLogs.Lines)}";
+        public string Problems() => $"{Pair.Problems()}\nA, its last 80 lines:\n{string.Join("\n", Pair.LogsA.Lines.TakeLast(80))}\nB, its last 80 lines:\n{string.Join("\n", Pair.LogsB.Lines.TakeLast(80))}\nwitness: {string.Join("\n", _witnessLogs.Lines)}";
 
         public void Dispose()
         {

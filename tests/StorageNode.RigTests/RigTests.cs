@@ -372,7 +372,7 @@ public sealed class RigTests(ITestOutputHelper output) : IDisposable
             gaveBackWhileFioRan = !g.Signalled("fio-done");
         }, (GuestPort, portA), (GuestPortB, portB));
         foreach (string l in said) output.WriteLine(l);
-        foreach (string l in pair.Log('B').Split('\n').Where(l => l.Contains("resync", StringComparison.OrdinalIgnoreCase) || l.Contains("taken over") || l.Contains("given back")))
+        foreach (string l in pair.Log('B').Split('\n').Where(l => l.Contains("resync", StringComparison.OrdinalIgnoreCase) || l.Contains("copied in", StringComparison.Ordinal) || l.Contains("taken over") || l.Contains("given back")))
             output.WriteLine($"B| {l}");
         Assert.Equal(0, rc);
         Assert.Equal(3, said.Count);
