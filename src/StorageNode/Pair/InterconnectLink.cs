@@ -317,19 +317,17 @@ public sealed class InterconnectLink
     }
 
     /// <summary>
-    /// A takeover of one of the partner's groups: the partner's associations made until now answer no heartbeat and no
-    /// descriptor request from now on (they are closed; it reconnects and learns the new term). Returns
-    /// <see cref="PartnerHeardTicks"/> read after a full fence: every request of the partner's answered, now or later, is
-    /// counted in it.
+    /// A takeover of one of the partner's groups: the partner's associations made until now (<c>MadeUntil</c>, Stopwatch
+    /// ticks) answer no heartbeat and no descriptor request from now on (they are closed; it reconnects and learns the new
+    /// term). <c>Heard</c>: <see cref="PartnerHeardTicks"/> read after a full fence — every request of the partner's
+    /// answered, now or later, is counted in it.
     /// </summary>
-    internal long RefusePartnerAssociations()
+    internal (long MadeUntil, long Heard) RefusePartnerAssociations()
     {
-        Interlocked.Exchange(ref _refuseMadeUntil, Stopwatch.GetTimestamp());
-        return Volatile.Read(ref _partnerHeard);
+        long madeUntil = Stopwatch.GetTimestamp();
+        Interlocked.Exchange(ref _refuseMadeUntil, madeUntil);
+        return (madeUntil, Volatile.Read(ref _partnerHeard));
     }
-
-    /// <summary>Until when (Stopwatch ticks) the partner's associations made are refused (<see cref="RefusePartnerAssociations"/>).</summary>
-    internal long RefusedMadeUntil => Volatile.Read(ref _refuseMadeUntil);
 
     /// <summary>
     /// When (Stopwatch ticks, this node's clock) the last interconnect heartbeat the partner answered was sent (0: none):

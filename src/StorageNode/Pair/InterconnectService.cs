@@ -105,6 +105,19 @@ public sealed class InterconnectService : IInterconnectHandler
         foreach (Controller c in Inbound) c.Destroy(reason);
     }
 
+    /// <summary>
+    /// A request whose answer makes the partner hear this node (a heartbeat, the descriptor): noted
+    /// (<see cref="InterconnectLink.NotePartnerHeard"/>), or failed (true) on an association a takeover of one of the
+    /// partner's groups refused — the partner no longer hears this node there (its link goes down; it reconnects and
+    /// learns the new term).
+    /// </summary>
+    private bool RefusedAfterTakeover(NvmfRequest req, Controller association)
+    {
+        if (_pair.LinkFor(association.Subsystem) is not { } link || !link.NotePartnerHeard(association.CreatedTicks)) return false;
+        req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
+        return true;
+    }
+
     public void Execute(NvmfRequest req, Controller association)
     {
         switch (req.Sqe.Opcode)
@@ -136,12 +149,8 @@ public sealed class InterconnectService : IInterconnectHandler
                     return;
                 }
                 // Answered, the descriptor makes the partner hear this node (its self-fence counts from its request), as
-                // a heartbeat does: noted, or refused on an association a takeover has refused.
-                if (_pair.LinkFor(association.Subsystem) is { } link && link.NotePartnerHeard(association.CreatedTicks))
-                {
-                    req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
-                    return;
-                }
+                // a heartbeat does.
+                if (RefusedAfterTakeover(req, association)) return;
                 byte[] json = _pair.DescriptorFor(association.Subsystem).ToJson();
                 if (json.Length > req.Length) { req.Fail(NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid)); return; }
                 Span<byte> dest = req.DataSpan;
@@ -155,13 +164,7 @@ public sealed class InterconnectService : IInterconnectHandler
             case InterconnectOpcode.HeartbeatRenewing:
             {
                 association.TouchKeepAlive();
-                if (_pair.LinkFor(association.Subsystem) is { } heard && heard.NotePartnerHeard(association.CreatedTicks))
-                {
-                    // This node took a group of the partner's over: the partner no longer hears it here (its link goes
-                    // down; it reconnects and learns the new term).
-                    req.Fail(NvmeStatus.Generic(GenericStatus.CommandSequenceError));
-                    return;
-                }
+                if (RefusedAfterTakeover(req, association)) return;
                 if (req.Sqe.Opcode == InterconnectOpcode.HeartbeatRenewing && MirrorLease.TryRead(req.Sqe, out OwnerDeadline until))
                 {
                     // This node as a keeper: the owner renews the "in sync" words it lists, said on this association.

@@ -426,8 +426,8 @@ public sealed partial class PairNode : IDisposable
                 // the change-over's hold is released, it could be written through both nodes). A partner that connects from
                 // now on reads this node's descriptor under this lock: it learns the new term. (A partner whose association
                 // is silent — its machine lost power — is past that long ago, or nearly: no hold, or a short one.)
-                long heardThere = link.RefusePartnerAssociations(), heldFrom = Stopwatch.GetTimestamp();
-                refusedUntil = link.RefusedMadeUntil;
+                (refusedUntil, long heardThere) = link.RefusePartnerAssociations();
+                long heldFrom = Stopwatch.GetTimestamp();
                 ownAssociation = link.IsUp ? link.Association : null;
                 reconnect = link.IsUp || s.Controllers.Any(c => c.IsInterconnect);
                 takenAt = term;
@@ -482,8 +482,8 @@ public sealed partial class PairNode : IDisposable
 
     /// <summary>
     /// Whether the partner's interconnect association into this node carries its heartbeats: it has one, and one of its
-    /// heartbeats (or descriptor requests) arrived within the heartbeat timeout (a live partner sends one every interval, and its link goes down when one goes unanswered for the
-    /// timeout). An association that carries nothing for that long does not count as the partner answering: after a
+    /// heartbeats (or descriptor requests) arrived within the heartbeat timeout (a live partner sends one every interval,
+    /// and its link goes down when one goes unanswered for the timeout). An association that carries nothing for that long does not count as the partner answering: after a
     /// power cut of the partner's machine (no FIN, no reset) it lives here until its keep-alive ends it — 4 × the
     /// heartbeat timeout — and a takeover held off by it would stall the partner's groups that much longer.
     /// </summary>
