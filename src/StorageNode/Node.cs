@@ -19,9 +19,7 @@ namespace StorageNode;
 public sealed class Node : IDisposable
 {
     private readonly List<Reactor> _reactors = [];
-    private readonly Dictionary<string, Bdev> _bdevs = new(StringComparer.Ordinal);
-    // Bdevs whose namespace was removed and whose commands are still draining (run-time changes, under _bdevs).
-    private readonly HashSet<Bdev> _draining = [];
+    private readonly BdevRegistry _registry = new();
     // Replicas of the partner's namespaces (Cluster:Mirror), written only by the partner's mirrored writes.
     private readonly List<Bdev> _replicas = [];
     private ReservationStore? _store;
@@ -64,7 +62,7 @@ public sealed class Node : IDisposable
                 // A file about to be made holds none of the data a kept generation names: that record goes first, before
                 // the file exists (whatever stops this start later, the next one finds the file and no record: new data).
                 if (b.Type == "file" && !File.Exists(b.Path)) ForgetGenerations(config, b.Name);
-                _bdevs[b.Name] = CreateBdev(b);
+                _registry.Add(CreateBdev(b));
             }
             var subsystems = new List<(Subsystem S, SubsystemConfig C)>();
             var owners = new Dictionary<Subsystem, IReadOnlyDictionary<uint, string>>();
@@ -118,10 +116,10 @@ public sealed class Node : IDisposable
                     GroupOwnership? own = Pair?.OwnershipOf(s, nc.AnaGroup);
                     // (A replica in RAM started empty with this node: nothing to serve.)
                     bool fromReplica = nc.Bdev == null && own is { OwnedHere: true } && config.Cluster!.Mirror && nc.ReplicaBdev != null
-                                       && _bdevs[nc.ReplicaBdev] is FileBdev;
+                                       && _registry.Get(nc.ReplicaBdev) is FileBdev;
                     if (fromReplica)
                     {
-                        bdev = _bdevs[nc.ReplicaBdev!];
+                        bdev = _registry.Get(nc.ReplicaBdev!);
                         _log.LogWarning("{Nqn}: NSID {Nsid} is served from replica bdev {Bdev}: this node took ANA group {Group} over ({Owner})",
                             s.Nqn, nc.Nsid, nc.ReplicaBdev, nc.AnaGroup, own!.Current);
                     }
@@ -129,13 +127,13 @@ public sealed class Node : IDisposable
                     {
                         // The partner took this node's group over (a kept term): its data is this node's replica now, and
                         // what this node kept as its owner (its data's generation, its dirty-region record) no longer holds.
-                        bdev = new PartnerBdev($"partner:{nc.Nsid}", _bdevs[nc.Bdev].BlockSize, _bdevs[nc.Bdev].BlockCount, Pair!.LinkFor(s)!);
+                        bdev = new PartnerBdev($"partner:{nc.Nsid}", _registry.Get(nc.Bdev).BlockSize, _registry.Get(nc.Bdev).BlockCount, Pair!.LinkFor(s)!);
                         _log.LogWarning("{Nqn}: NSID {Nsid} is relayed to {Owner}, which took ANA group {Group} over; bdev {Bdev} keeps its replica",
                             s.Nqn, nc.Nsid, own.Current, nc.AnaGroup, nc.Bdev);
                     }
                     else if (nc.Bdev != null)
                     {
-                        bdev = _bdevs[nc.Bdev];
+                        bdev = _registry.Get(nc.Bdev);
                         string key = $"Subsystems:{i}:Namespaces";
                         if (nc.DeclaredBlockCount is ulong blocks && blocks * (nc.DeclaredBlockSize ?? bdev.BlockSize) != bdev.SizeBytes)
                             throw new ConfigException(key, $"NSID {nc.Nsid}: SizeMiB differs from bdev '{nc.Bdev}' ({bdev.SizeBytes >> 20} MiB)");
@@ -157,10 +155,10 @@ public sealed class Node : IDisposable
                     if (bdev is PartnerBdev && config.Cluster!.Mirror)
                     {
                         if (nc.Bdev != null)
-                            replica = _bdevs[nc.Bdev]; // this node's own data, kept as the replica (above)
+                            replica = _registry.Get(nc.Bdev); // this node's own data, kept as the replica (above)
                         else if (nc.ReplicaBdev != null)
                         {
-                            replica = _bdevs[nc.ReplicaBdev];
+                            replica = _registry.Get(nc.ReplicaBdev);
                             if (replica.BlockSize != bdev.BlockSize || replica.BlockCount != bdev.BlockCount)
                                 throw new ConfigException($"Subsystems:{subsystems.IndexOf((s, sc))}:Namespaces:{i}:ReplicaBdev",
                                     $"bdev '{nc.ReplicaBdev}' is {replica.BlockCount} blocks of {replica.BlockSize} bytes, the namespace {bdev.BlockCount} of {bdev.BlockSize}");
@@ -365,7 +363,7 @@ public sealed class Node : IDisposable
 
     public Bdev GetBdev(string name)
     {
-        lock (_bdevs) return _bdevs[name];
+        return _registry.Get(name);
     }
 
     /// <summary>The namespaces a bdev backs (it is claimed while there is one).</summary>
@@ -393,20 +391,9 @@ public sealed class Node : IDisposable
     /// <summary>Creates a RAM bdev (SPDK's <c>bdev_malloc_create</c>); its name (a free <c>MallocN</c> when none is given).</summary>
     public string CreateMallocBdev(string? name, uint blockSize, ulong blockCount)
     {
-        if (blockSize is < 512 or > 65536 || (blockSize & (blockSize - 1)) != 0)
-            throw new ArgumentException($"block_size {blockSize} must be a power of two in 512..65536");
-        if (blockCount == 0 || blockCount > (1UL << 40) / blockSize)
-            throw new ArgumentException($"num_blocks {blockCount} must be 1..{(1UL << 40) / blockSize} (at most 1 TiB)");
-        lock (_bdevs)
-        {
-            if (name == null)
-                for (int i = 0; name == null || _bdevs.ContainsKey(name); i++) name = $"Malloc{i}";
-            else if (name.Length == 0 || _bdevs.ContainsKey(name))
-                throw new InvalidOperationException(name.Length == 0 ? "name must not be empty" : $"bdev '{name}' already exists");
-            _bdevs[name] = new MallocBdev(name, blockSize, blockCount);
-            _log.LogInformation("bdev {Name} created: {Blocks} blocks of {BlockSize} bytes in RAM", name, blockCount, blockSize);
-            return name;
-        }
+        string made = _registry.CreateMalloc(name, blockSize, blockCount).Name;
+        _log.LogInformation("bdev {Name} created: {Blocks} blocks of {BlockSize} bytes in RAM", made, blockCount, blockSize);
+        return made;
     }
 
     /// <summary>
@@ -416,11 +403,11 @@ public sealed class Node : IDisposable
     public uint AddNamespace(Subsystem s, string bdevName, uint? nsid, byte[]? nguid, Guid? uuid, uint? anaGroup)
     {
         RefuseWhenPaired(s);
-        lock (_bdevs)
+        lock (_registry.SyncRoot)
         {
-            if (!_bdevs.TryGetValue(bdevName, out Bdev? bdev)) throw new KeyNotFoundException($"bdev '{bdevName}' not found");
+            if (!_registry.TryGet(bdevName, out Bdev? bdev)) throw new KeyNotFoundException($"bdev '{bdevName}' not found");
             if (ClaimOf(bdev) is string claim) throw new InvalidOperationException($"bdev '{bdevName}' is already {claim}");
-            if (_draining.Contains(bdev)) throw new InvalidOperationException($"bdev '{bdevName}' is still finishing the commands of its last namespace");
+            if (_registry.IsDraining(bdev)) throw new InvalidOperationException($"bdev '{bdevName}' is still finishing the commands of its last namespace");
             // Checked here as well as in Subsystem.AddNamespace: before any channel is opened for it.
             uint id = nsid ?? 0;
             if (id == 0)
@@ -451,17 +438,17 @@ public sealed class Node : IDisposable
     {
         RefuseWhenPaired(s);
         var drained = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        lock (_bdevs)
+        lock (_registry.SyncRoot)
         {
             Bdev bdev = s.GetNamespace(nsid)?.Bdev ?? throw new KeyNotFoundException($"{s.Nqn} has no namespace {nsid}");
-            _draining.Add(bdev);
+            _registry.Draining(bdev);
             if (Target.RemoveNamespace(s, nsid, () =>
                 {
-                    lock (_bdevs) _draining.Remove(bdev);
+                    _registry.Drained(bdev);
                     drained.TrySetResult();
                 }) == null)
             {
-                _draining.Remove(bdev);
+                _registry.Drained(bdev);
                 throw new KeyNotFoundException($"{s.Nqn} has no namespace {nsid}");
             }
         }
@@ -477,16 +464,7 @@ public sealed class Node : IDisposable
     /// </summary>
     public void DeleteMallocBdev(string name)
     {
-        Bdev bdev;
-        lock (_bdevs)
-        {
-            if (!_bdevs.TryGetValue(name, out Bdev? b)) throw new KeyNotFoundException($"bdev '{name}' not found");
-            if (b is not MallocBdev) throw new KeyNotFoundException($"bdev '{name}' is not a RAM (malloc) bdev");
-            if (ClaimOf(b) is string claim) throw new InvalidOperationException($"bdev '{name}' is {claim}: remove the namespace first");
-            if (_draining.Contains(b)) throw new InvalidOperationException($"bdev '{name}' is still finishing the commands of its last namespace");
-            _bdevs.Remove(name);
-            bdev = b;
-        }
+        Bdev bdev = _registry.RemoveMalloc(name, ClaimOf);
         bdev.Dispose();
         _log.LogInformation("bdev {Name} deleted", name);
     }
@@ -552,8 +530,7 @@ public sealed class Node : IDisposable
     {
         get
         {
-            List<Bdev> list;
-            lock (_bdevs) list = new List<Bdev>(_bdevs.Values);
+            List<Bdev> list = _registry.Snapshot();
             foreach (Subsystem s in Target.Subsystems)
                 foreach (Namespace ns in s.Namespaces)
                     if (ns.IsRemote && !list.Contains(ns.Bdev)) list.Add(ns.Bdev);
@@ -642,8 +619,7 @@ public sealed class Node : IDisposable
             foreach (Namespace ns in s.Namespaces) ns.CloseChannels();
         foreach (DirtyRegionLog l in _dirtyLogs) l.Dispose(); // its thread posts to reactors
         foreach (Reactor r in _reactors) r.Dispose();
-        foreach (Bdev b in _bdevs.Values) b.Dispose();
-        _bdevs.Clear();
+        _registry.Dispose();
         foreach (Bdev b in _replicas) b.Dispose();
     }
 }

@@ -8,12 +8,6 @@ using StorageNode.Nvme.Tcp;
 
 namespace StorageNode.Nvme.Host;
 
-/// <summary>Receives command completions from a <see cref="TcpHostQueue"/>.</summary>
-public interface IHostCompletion
-{
-    void OnHostComplete(long token, in CompletionQueueEntry cqe);
-}
-
 public sealed record HostQueueOptions
 {
     public bool HeaderDigest { get; init; }
