@@ -5,6 +5,7 @@ using StorageNode.Pair;
 using StorageNode.Config;
 using StorageNode.Interop;
 using StorageNode.Reactors;
+using StorageNode.Support;
 using StorageNode.Target;
 using StorageNode.Rdma;
 using StorageNode.Transport.Rdma;
@@ -194,7 +195,6 @@ public sealed class Node : IDisposable
                 Pair?.HoldUntilConfirmed(s);
                 Target.AddSubsystem(s);
             }
-            Metrics = new Control.NodeMetrics(this);
         }
         catch
         {
@@ -349,9 +349,6 @@ public sealed class Node : IDisposable
         return k;
     }
 
-
-    /// <summary>The node's metrics (meter <c>StorageNode</c>; docs/management.md).</summary>
-    public Control.NodeMetrics? Metrics { get; }
 
     private Bdev CreateBdev(BdevConfig b) => b.Type switch
     {
@@ -539,9 +536,6 @@ public sealed class Node : IDisposable
         }
     }
 
-    /// <summary>The management RPC server (null unless Control:RpcSocket is set).</summary>
-    public Control.RpcServer? Rpc { get; private set; }
-
     /// <summary>Starts reactors, then listeners. Returns the bound TCP endpoints.</summary>
     public void Start()
     {
@@ -557,9 +551,6 @@ public sealed class Node : IDisposable
         if (Config.Cluster?.InterconnectTransport == InterconnectTransport.Rdma && noRdma != null)
             throw new ConfigException("Cluster:InterconnectTransport", $"rdma, but RDMA is unavailable on this machine: {noRdma}");
         if (noRdma != null) _log.LogInformation("RDMA unavailable: {Reason}", noRdma);
-        // The management socket first: a path in use stops the node before anything else runs.
-        if (!string.IsNullOrEmpty(Config.RpcSocket))
-            Rpc = new Control.RpcServer(Config.RpcSocket, Control.NodeRpc.Methods(this), LoggerFactory.CreateLogger("rpc"));
         foreach (Reactor r in _reactors) r.Start();
         Target.Start();
         var eps = new List<IPEndPoint>();
@@ -594,8 +585,6 @@ public sealed class Node : IDisposable
             }
             Pair.Start();
         }
-        // Calls are answered once everything above runs (a restarted node's status shows its mirrors from the first call).
-        Rpc?.Serve();
         _log.LogInformation("node {Name} up: {Reactors} reactor(s), poll mode {Mode}, {Subsystems} subsystem(s), pools {Pools} MiB per reactor",
             Config.Name, _reactors.Count, Config.PollMode.ToString().ToLowerInvariant(), Config.Subsystems.Count,
             _reactors.Count > 0 ? _reactors[0].Pools.TotalBytes >> 20 : 0);
@@ -606,8 +595,6 @@ public sealed class Node : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        Metrics?.Dispose();
-        Rpc?.Dispose();
         Pair?.Dispose();
         Tcp?.Dispose();
         Rdma?.Dispose();

@@ -3,6 +3,7 @@ using Microsoft.Coyote;
 using Microsoft.Coyote.Actors;
 using Microsoft.Coyote.SystematicTesting;
 using StorageNode.Model.Tests.Model;
+using StorageNode.Support;
 
 namespace StorageNode.Model.Tests;
 

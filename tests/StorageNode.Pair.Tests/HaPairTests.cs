@@ -4,7 +4,6 @@ using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
 using StorageNode.Perf;
 using StorageNode.Target;
-
 namespace StorageNode.Pair.Tests;
 
 public class HaPairTests(ITestOutputHelper output)

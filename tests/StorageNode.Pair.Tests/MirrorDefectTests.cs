@@ -632,7 +632,7 @@ public sealed unsafe class MirrorDefectTests
         int interconnect = 0;
         var mirrorB = new Dictionary<string, string?>(Mirror) { ["Node:Reactors"] = "2" };
         using var pair = new TestPair(Mirror, mirrorB, reactors: 1, beforeStart: (_, b) => b.Target.PlaceConnection = l =>
-            l.Role == Config.ListenerRole.Interconnect ? (Interlocked.Increment(ref interconnect) % 2 == 1 ? 0 : 1) : 0);
+            l.Role == ListenerRole.Interconnect ? (Interlocked.Increment(ref interconnect) % 2 == 1 ? 0 : 1) : 0);
         pair.WaitHealthy();
         NamespaceMirror mirror = MirrorOf(pair.A, 1);
         TestPair.WaitUntil(() => mirror.IsInSync, "A's replica on B in sync", TimeSpan.FromSeconds(30));

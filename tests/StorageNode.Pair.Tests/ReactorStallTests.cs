@@ -105,7 +105,7 @@ public class ReactorStallTests(ITestOutputHelper output)
     {
         var fast = new Dictionary<string, string?> { ["Cluster:HeartbeatTimeoutMs"] = HeartbeatTimeoutMs.ToString() };
         // A's association into B lives on B's reactor 1, and nothing else accepted by B does.
-        using var pair = new TestPair(fast, fast, reactors: 2, beforeStart: (_, b) => b.Target.PlaceConnection = l => l.Role == Config.ListenerRole.Interconnect ? 1 : 0);
+        using var pair = new TestPair(fast, fast, reactors: 2, beforeStart: (_, b) => b.Target.PlaceConnection = l => l.Role == ListenerRole.Interconnect ? 1 : 0);
         pair.WaitHealthy();
         InterconnectLink linkA = pair.A.Pair!.Links[0];
         long connectsA = linkA.ConnectCount;

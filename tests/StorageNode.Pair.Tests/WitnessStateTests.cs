@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Configuration;
 using StorageNode.Config;
+using StorageNode.Support;
 using StorageNode.Witness;
 
 namespace StorageNode.Pair.Tests;

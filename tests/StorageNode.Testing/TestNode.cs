@@ -2,6 +2,7 @@ using System.Net;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
 using StorageNode.Config;
+using StorageNode.Hosting;
 using StorageNode.Nvme.Host;
 
 namespace StorageNode.Testing;
@@ -11,7 +12,9 @@ public sealed class TestNode : IDisposable
 {
     public const string Nqn = "nqn.2026-11.io.storagenode:test";
 
-    public Node Node { get; }
+    public Node Node => Host.Node;
+    /// <summary>The node with its management RPC and metrics.</summary>
+    public NodeHost Host { get; }
     public IPEndPoint Endpoint => Node.TcpEndpoints[0];
     public StringWriterLoggerProvider Logs { get; } = new();
     private readonly ILoggerFactory _loggerFactory;
@@ -59,14 +62,12 @@ public sealed class TestNode : IDisposable
         IConfiguration cfg = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
         _loggerFactory = LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Information));
         NodeConfig config = NodeConfig.Load(cfg);
-        Node = new Node(adjust == null ? config : adjust(config), _loggerFactory);
         try
         {
-            Node.Start();
+            Host = NodeHost.Start(adjust == null ? config : adjust(config), _loggerFactory);
         }
         catch
         {
-            Node.Dispose();
             _loggerFactory.Dispose();
             DeleteRpcDir();
             throw;
@@ -86,7 +87,7 @@ public sealed class TestNode : IDisposable
 
     public void Dispose()
     {
-        Node.Dispose();
+        Host.Dispose();
         _loggerFactory.Dispose();
         DeleteRpcDir();
     }

@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
+using StorageNode.Hosting;
 using StorageNode.Pair;
 using StorageNode.Config;
 using StorageNode.Nvme.Host;
@@ -21,6 +22,9 @@ public sealed class TestPair : IPairRig
     public const string Nqn = "nqn.2026-11.io.storagenode:pair-test";
     /// <summary>The second subsystem (with <c>subsystems: 2</c>): the same layout, its own bdev.</summary>
     public const string Nqn2 = "nqn.2026-11.io.storagenode:pair-test-2";
+
+    // The nodes with their management RPC (Control:RpcSocket) and metrics, once started here.
+    private NodeHost? _hostA, _hostB;
 
     public Node A { get; private set; }
     public Node B { get; private set; }
@@ -58,14 +62,18 @@ public sealed class TestPair : IPairRig
             if (!start) return;
             try
             {
-                A.Start();
-                B.Start();
+                _hostA = new NodeHost(A);
+                _hostA.Start();
+                _hostB = new NodeHost(B);
+                _hostB.Start();
                 return;
             }
             catch (SocketException e) when (attempt < 5 && e.Message.Contains("Address already in use", StringComparison.Ordinal))
             {
                 InterconnectAtoB.Dispose();
                 InterconnectBtoA.Dispose();
+                _hostA?.Dispose();
+                _hostB?.Dispose();
                 A.Dispose();
                 B.Dispose();
             }
@@ -193,16 +201,21 @@ public sealed class TestPair : IPairRig
         => NvmeHost.Connect(ep, nqn, (options ?? new NvmeHostOptions()) with { HostId = hostId });
 
     /// <summary>Stops node B (as if it died) and builds a fresh one with the same configuration (not started).</summary>
-    public void DisposeB() => B.Dispose();
+    public void DisposeB()
+    {
+        _hostB?.Dispose();
+        B.Dispose();
+    }
 
     /// <summary>Node B stops and starts again with the same configuration (a new incarnation, empty RAM bdevs).</summary>
     /// <summary>Stops B and starts it again with the same settings; <paramref name="whileDown"/> runs in between.</summary>
     public void RestartB(Action? whileDown = null)
     {
-        B.Dispose();
+        DisposeB();
         whileDown?.Invoke();
         B = new Node(NodeConfig.Load(new ConfigurationBuilder().AddInMemoryCollection(_cfgB).Build()), _lfB);
-        B.Start();
+        _hostB = new NodeHost(B);
+        _hostB.Start();
     }
 
     /// <summary>
@@ -255,6 +268,8 @@ public sealed class TestPair : IPairRig
     {
         InterconnectAtoB.Dispose();
         InterconnectBtoA.Dispose();
+        _hostA?.Dispose();
+        _hostB?.Dispose();
         A.Dispose();
         B.Dispose();
         _lfA.Dispose();

@@ -68,7 +68,7 @@ public sealed class IoStatsTests
         using var listener = new MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
-            if (instrument.Meter == node.Node.Metrics!.Meter) l.EnableMeasurementEvents(instrument);
+            if (instrument.Meter == node.Host.Metrics!.Meter) l.EnableMeasurementEvents(instrument);
         };
         void Record(Instrument instrument, long value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
             => seen[instrument.Name + string.Concat(tags.ToArray().Select(t => $"|{t.Key}={t.Value}"))] = value;

@@ -1,5 +1,6 @@
 using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Spec;
+using StorageNode.Support;
 using StorageNode.Target;
 
 namespace StorageNode.Tests;

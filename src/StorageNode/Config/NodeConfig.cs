@@ -6,7 +6,6 @@ using Microsoft.Extensions.Configuration;
 using StorageNode.Bdevs;
 using StorageNode.Reactors;
 using StorageNode.Target;
-
 namespace StorageNode.Config;
 
 /// <summary>A configuration problem: <see cref="Key"/> is the full configuration path (e.g. Subsystems:0:Nqn).</summary>
@@ -14,19 +13,6 @@ public sealed class ConfigException(string key, string problem) : Exception($"{k
 {
     public string Key { get; } = key;
     public string Problem { get; } = problem;
-}
-
-/// <summary>What a listener serves in a pair (docs/configuration.md, "Listeners").</summary>
-public enum ListenerRole
-{
-    /// <summary>Local ANA groups optimized, partner groups non-optimized through the proxy.</summary>
-    Combined,
-    /// <summary>Local ANA groups only; partner groups are inaccessible on this port.</summary>
-    Direct,
-    /// <summary>A proxy port: partner groups non-optimized through the proxy; local groups inaccessible here.</summary>
-    Proxy,
-    /// <summary>The cluster interconnect (internal; never in the discovery log).</summary>
-    Interconnect,
 }
 
 /// <summary>How the HA pair's interconnect runs (<c>Cluster:InterconnectTransport</c>).</summary>
@@ -283,7 +269,7 @@ public sealed record NodeConfig
             throw new ConfigException("Cluster:SelfFence", "is for a pair with a witness (Cluster:Witness)");
         if (witness != null)
             foreach ((string key, string value) in new[] { ("Cluster:Name", name), ("Cluster:Partner", partner), ("Node:Name", localNode) })
-                if (!StorageNode.Witness.WitnessProtocol.IsName(value))
+                if (!Support.WireName.IsWord(value))
                     throw new ConfigException(key, $"'{value}' has a space or a character that is not printable ASCII: the witness protocol carries it as one word");
         return new ClusterConfig
         {

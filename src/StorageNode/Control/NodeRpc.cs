@@ -6,7 +6,6 @@ using StorageNode.Config;
 using StorageNode.Nvme.Spec;
 using StorageNode.Reactors;
 using StorageNode.Target;
-
 namespace StorageNode.Control;
 
 /// <summary>

@@ -1,4 +1,5 @@
 using System.Globalization;
+using StorageNode.Support;
 
 namespace StorageNode.Pair;
 

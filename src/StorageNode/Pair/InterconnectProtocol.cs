@@ -239,9 +239,6 @@ public static class MirrorLease
         until = new OwnerDeadline(sqe.Cdw10);
         return (sqe.Cdw11 & Renews) != 0;
     }
-
-    /// <summary>The margin the owner adds to its lease before it no longer counts on the keeper's trust (rate drift between the clocks).</summary>
-    public static long MarginTicks(long leaseTicks) => leaseTicks / 20 + System.Diagnostics.Stopwatch.Frequency / 1000;
 }
 
 public static class ReservationNoticeFields

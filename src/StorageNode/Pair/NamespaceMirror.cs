@@ -381,7 +381,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             lock (_lock) sent = _leaseSent;
             // With a witness, the keeper may take the group over once the owner's lease there has run out: writes the
             // replica lacks complete only once the witness has recorded that this node serves the group alone.
-            if (nowTicks - sent > lease + MirrorLease.MarginTicks(lease) && _link.Pair.EnsureAlone(_link.Subsystem, _ns.AnaGroupId))
+            if (nowTicks - sent > lease + Support.LeaseMargin.Ticks(lease) && _link.Pair.EnsureAlone(_link.Subsystem, _ns.AnaGroupId))
                 PartnerNoLongerTrusts("the partner's lease expired");
             else TellPartnerOutOfSync();
             return;

@@ -4,6 +4,7 @@ using System.Text;
 using Microsoft.Extensions.Logging;
 using StorageNode.Config;
 using StorageNode.Nvme.Spec;
+using StorageNode.Support;
 using StorageNode.Target;
 using StorageNode.Transport.Rdma;
 using StorageNode.Witness;

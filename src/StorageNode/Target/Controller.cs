@@ -35,9 +35,9 @@ public sealed class Controller
     public Guid HostId { get; }
     public QueuePair AdminQueue { get; }
     /// <summary>Role of the listener the association was made through.</summary>
-    public Config.ListenerRole Role => AdminQueue.Listener.Role;
+    public ListenerRole Role => AdminQueue.Listener.Role;
     /// <summary>True for the partner's proxy association on the interconnect listener.</summary>
-    public bool IsInterconnect => Role == Config.ListenerRole.Interconnect;
+    public bool IsInterconnect => Role == ListenerRole.Interconnect;
 
     /// <summary>What the HA pair keeps for this association (opaque to the target; null on a standalone node).</summary>
     public object? PairState { get; set; }

@@ -12,7 +12,7 @@ internal static unsafe class DiscoveryLog
         NvmfTarget target = ctrl.Target;
         var listeners = new List<ListenerInfo>();
         foreach (ListenerInfo l in target.Listeners)
-            if (l.Role != Config.ListenerRole.Interconnect) listeners.Add(l);
+            if (l.Role != ListenerRole.Interconnect) listeners.Add(l);
         var entries = new List<(Subsystem? Sub, ListenerInfo L)>();
         foreach (ListenerInfo l in listeners)
         {

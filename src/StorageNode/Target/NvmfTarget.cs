@@ -44,7 +44,7 @@ public sealed record TargetOptions
 
 /// <summary>A listener as the discovery log advertises it.</summary>
 /// <remarks><see cref="RdmaAckTimeout"/>: NVMe/RDMA listeners, the local ACK timeout exponent of accepted QPs (0: rdma_cm's default).</remarks>
-public sealed record ListenerInfo(string Transport, string Address, int Port, ushort PortId, Config.ListenerRole Role = Config.ListenerRole.Combined,
+public sealed record ListenerInfo(string Transport, string Address, int Port, ushort PortId, ListenerRole Role = ListenerRole.Combined,
     int RdmaAckTimeout = 0)
 {
     public byte TrType => Transport == "rdma" ? Nvme.Spec.Discovery.TrTypeRdma : Nvme.Spec.Discovery.TrTypeTcp;

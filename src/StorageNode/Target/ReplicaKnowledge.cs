@@ -1,3 +1,5 @@
+using StorageNode.Support;
+
 namespace StorageNode.Target;
 
 /// <summary>The keeper's answer to an owner's word.</summary>

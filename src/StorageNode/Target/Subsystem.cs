@@ -1,6 +1,5 @@
 using System.Collections.Frozen;
 using StorageNode.Bdevs;
-using StorageNode.Config;
 using StorageNode.Nvme.Spec;
 using StorageNode.Reactors;
 

@@ -77,7 +77,7 @@ public sealed class WitnessClient : IDisposable
     public long MarginTicks(uint leaseMs)
     {
         long lease = leaseMs * Stopwatch.Frequency / 1000;
-        return MirrorLease.MarginTicks(lease) + (long)(_cfg.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
+        return Support.LeaseMargin.Ticks(lease) + (long)(_cfg.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
     }
 
     /// <summary>The lease this node holds on the group at <paramref name="term"/> now.</summary>

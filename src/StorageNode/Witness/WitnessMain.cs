@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
 using StorageNode.Config;
+using StorageNode.Support;
 
 namespace StorageNode.Witness;
 

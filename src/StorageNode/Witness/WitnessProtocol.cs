@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using StorageNode.Support;
 
 namespace StorageNode.Witness;
 
@@ -71,15 +72,6 @@ public static class WitnessProtocol
 
     public static (bool Force, long IntervalMs) ReadTakeArgument(ulong arg) => ((arg & 1) != 0, (long)Math.Min(arg >> 1, 600_000));
 
-    /// <summary>A name the protocol carries (cluster, node, NQN): printable ASCII, no spaces, 1-223 bytes.</summary>
-    public static bool IsName(string s)
-    {
-        if (s.Length is 0 or > 223) return false;
-        foreach (char c in s)
-            if (c <= ' ' || c > '~') return false;
-        return true;
-    }
-
     public static bool TryParseRequest(ReadOnlySpan<byte> datagram, out WitnessRequest request, out string error)
     {
         request = default;
@@ -97,7 +89,7 @@ public static class WitnessProtocol
             _ => null,
         };
         if (verb == null) { error = $"unknown verb '{f[2]}'"; return false; }
-        if (!IsName(f[3]) || !IsName(f[4]) || !IsName(f[5])) { error = "a cluster, node or subsystem name is empty, too long or not printable ASCII"; return false; }
+        if (!WireName.IsWord(f[3]) || !WireName.IsWord(f[4]) || !WireName.IsWord(f[5])) { error = "a cluster, node or subsystem name is empty, too long or not printable ASCII"; return false; }
         if (!uint.TryParse(f[6], NumberStyles.None, CultureInfo.InvariantCulture, out uint group) || group == 0) { error = $"bad ANA group '{f[6]}'"; return false; }
         if (!ulong.TryParse(f[7], NumberStyles.None, CultureInfo.InvariantCulture, out ulong term)) { error = $"bad term '{f[7]}'"; return false; }
         if (!ulong.TryParse(f[8], NumberStyles.None, CultureInfo.InvariantCulture, out ulong arg)) { error = $"bad argument '{f[8]}'"; return false; }

@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using StorageNode.Config;
+using StorageNode.Support;
 
 namespace StorageNode.Witness;
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using StorageNode.Support;
 
 namespace StorageNode.Witness;
 
@@ -190,7 +191,7 @@ public sealed class WitnessState
             string line = lines[i].Trim();
             if (line.Length == 0) continue;
             string[] f = line.Split(' ');
-            if (f.Length != 7 || !WitnessProtocol.IsName(f[0]) || !WitnessProtocol.IsName(f[1]) || !WitnessProtocol.IsName(f[4])
+            if (f.Length != 7 || !WireName.IsWord(f[0]) || !WireName.IsWord(f[1]) || !WireName.IsWord(f[4])
                 || !uint.TryParse(f[2], NumberStyles.None, CultureInfo.InvariantCulture, out uint group) || group == 0
                 || !ulong.TryParse(f[3], NumberStyles.None, CultureInfo.InvariantCulture, out ulong term)
                 || f[5] is not ("0" or "1")

@@ -505,7 +505,7 @@ public sealed class NodeModel
         if (_m == Leaving)
         {
             long lease = Timeout;
-            if (now - _leaseSent > lease + MirrorLease.MarginTicks(lease) && EnsureAlone())
+            if (now - _leaseSent > lease + Support.LeaseMargin.Ticks(lease) && EnsureAlone())
                 PartnerNoLongerTrusts("the partner's lease expired");
             else TellPartnerOutOfSync();
             return;
@@ -768,7 +768,7 @@ public sealed class NodeModel
         {
             // WitnessClient: from the send time, for the lease less the margin (rate drift and a heartbeat interval).
             long lease = P.Ms(a.LeaseMs);
-            long until = p.Sent + lease - (MirrorLease.MarginTicks(lease) + Interval);
+            long until = p.Sent + lease - (Support.LeaseMargin.Ticks(lease) + Interval);
             if (_lease.Term < r.Term || (_lease.Term == r.Term && until > _lease.Until)) _lease = (r.Term, until);
         }
         // PairNode.OnWitnessAnswer: a newer term naming the partner is learned; what the witness says of the alone record.

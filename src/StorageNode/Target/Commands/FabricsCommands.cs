@@ -75,7 +75,7 @@ internal static unsafe class FabricsCommands
             FailInvalidParameter(req, inData: true, offset: ConnectField.SubNqn);
             return;
         }
-        bool interconnect = qp.Listener.Role == Config.ListenerRole.Interconnect;
+        bool interconnect = qp.Listener.Role == ListenerRole.Interconnect;
         if (interconnect)
         {
             string? why = subsystem.IsDiscovery ? "no discovery on the interconnect"

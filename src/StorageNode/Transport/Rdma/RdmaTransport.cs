@@ -2,13 +2,11 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using Microsoft.Extensions.Logging;
-using StorageNode.Config;
 using StorageNode.Interop;
 using StorageNode.Nvme.Rdma;
 using StorageNode.Rdma;
 using StorageNode.Reactors;
 using StorageNode.Target;
-
 namespace StorageNode.Transport.Rdma;
 
 /// <summary>One reactor's buffer pools registered in one protection domain (once per device and reactor).</summary>

@@ -1,11 +1,9 @@
 using System.Diagnostics;
 using System.Net;
 using Microsoft.Extensions.Logging;
-using StorageNode.Config;
 using StorageNode.Interop;
 using StorageNode.Reactors;
 using StorageNode.Target;
-
 namespace StorageNode.Transport.Tcp;
 
 /// <summary>

@@ -1,6 +1,6 @@
 using StorageNode.Interop;
 
-namespace StorageNode;
+namespace StorageNode.Support;
 
 /// <summary>
 /// The small files a node keeps in its state directory (reservations, data generations, replica records): named after

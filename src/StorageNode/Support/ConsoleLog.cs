@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 
-namespace StorageNode;
+namespace StorageNode.Support;
 
 /// <summary>The log a node and a witness write: one line per entry on the console, with the time to the millisecond.</summary>
 internal static class ConsoleLog

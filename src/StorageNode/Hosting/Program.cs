@@ -1,7 +1,9 @@
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
+using StorageNode.Support;
 using StorageNode;
 using StorageNode.Config;
+using StorageNode.Hosting;
 
 // storagenode [--config FILE] [--Section:Key=value ...]
 // Configuration sources, later ones win: the JSON file, SN_* environment variables, the command line.
@@ -81,11 +83,10 @@ for (int i = 0; i < config.Listeners.Count; i++)
 
 using ILoggerFactory loggerFactory = ConsoleLog.Create();
 
-Node node;
+NodeHost host;
 try
 {
-    node = new Node(config, loggerFactory);
-    node.Start();
+    host = NodeHost.Start(config, loggerFactory);
 }
 catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or ConfigException or InvalidOperationException or StorageNode.Rdma.RdmaException)
 {
@@ -93,6 +94,7 @@ catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException
     return 1;
 }
 
+Node node = host.Node;
 using var stop = new ManualResetEventSlim();
 int exitCode = 0;
 if (node.Pair != null)
@@ -130,11 +132,11 @@ foreach (var s in config.Subsystems)
 if (config.Cluster is { } cl)
     Console.WriteLine($"[{config.Name}] cluster {cl.Name}: partner {cl.Partner}, interconnect {node.InterconnectEndpoint}" +
         $"{(node.InterconnectRdmaEndpoint != null ? " (NVMe/TCP and NVMe/RDMA)" : " (NVMe/TCP)")} -> {cl.PartnerInterconnect}, transport {cl.InterconnectTransport.ToString().ToLowerInvariant()}");
-if (node.Rpc != null)
-    Console.WriteLine($"[{config.Name}] management RPC on {node.Rpc.Path} (storagenode rpc -s {node.Rpc.Path} rpc_get_methods)");
+if (host.Rpc != null)
+    Console.WriteLine($"[{config.Name}] management RPC on {host.Rpc.Path} (storagenode rpc -s {host.Rpc.Path} rpc_get_methods)");
 Console.WriteLine($"[{config.Name}] ready. Ctrl-C stops.");
 stop.Wait();
 Console.WriteLine($"[{config.Name}] stopping");
-node.Dispose();
+host.Dispose();
 Console.WriteLine($"[{config.Name}] stopped");
 return exitCode;
