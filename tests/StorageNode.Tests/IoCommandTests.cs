@@ -141,6 +141,48 @@ public class IoCommandTests : IDisposable
         Assert.True(_q.Flush(1).IsSuccess);
     }
 
+    /// <summary>
+    /// The Commands Supported and Effects log follows the command tables: every opcode it lists is taken (answered with
+    /// anything but Invalid Opcode, here mostly a data length error for want of data), every other one is refused with
+    /// Invalid Opcode — on the admin queue and on an I/O queue. LBCC is set for exactly the commands that write.
+    /// </summary>
+    [Fact]
+    public void TheEffectsLogListsExactlyTheCommandsThatAreTaken()
+    {
+        byte[] effects = _host.GetLogPage(LogPageId.CommandEffects, 4096);
+        uint Entry(int offset, int op) => BitConverter.ToUInt32(effects, offset + op * 4);
+        var admin = new List<int>();
+        var io = new List<int>();
+        for (int op = 0; op < 256; op++)
+        {
+            SubmissionQueueEntry sqe = default;
+            sqe.Opcode = (byte)op;
+            // 7Fh is a Fabrics command on either queue; an Asynchronous Event Request stays outstanding until an event.
+            if (op != AdminOpcode.FabricsCommand && op != AdminOpcode.AsyncEventRequest)
+            {
+                bool taken = _host.AdminCommand(sqe, default, DataDirection.None).StatusField.Code != GenericStatus.InvalidOpcode;
+                Assert.True(taken == ((Entry(0, op) & 1) != 0), $"admin opcode {op:X2}: taken {taken}, listed {Entry(0, op):X}");
+                if (taken) admin.Add(op);
+            }
+            if (op != IoOpcode.FabricsCommand)
+            {
+                sqe.Nsid = 1;
+                bool taken = _q.Execute(sqe, default, DataDirection.None).StatusField.Code != GenericStatus.InvalidOpcode;
+                Assert.True(taken == ((Entry(1024, op) & 1) != 0), $"I/O opcode {op:X2}: taken {taken}, listed {Entry(1024, op):X}");
+                if (taken) io.Add(op);
+            }
+        }
+        Assert.Equal(1u, Entry(0, AdminOpcode.AsyncEventRequest));
+        Assert.Equal([AdminOpcode.GetLogPage, AdminOpcode.Identify, AdminOpcode.Abort, AdminOpcode.SetFeatures, AdminOpcode.GetFeatures,
+            AdminOpcode.KeepAlive], admin.Select(o => (byte)o));
+        Assert.Equal([IoOpcode.Flush, IoOpcode.Write, IoOpcode.Read, IoOpcode.Compare, IoOpcode.WriteZeroes, IoOpcode.DatasetManagement,
+            IoOpcode.Verify, IoOpcode.ReservationRegister, IoOpcode.ReservationReport, IoOpcode.ReservationAcquire, IoOpcode.ReservationRelease,
+            IoOpcode.Copy], io.Select(o => (byte)o));
+        byte[] writes = [IoOpcode.Flush, IoOpcode.Write, IoOpcode.WriteZeroes, IoOpcode.DatasetManagement, IoOpcode.Copy];
+        foreach (int op in io) Assert.Equal(writes.Contains((byte)op) ? 3u : 1u, Entry(1024, op));
+        Assert.True(_q.Flush(1).IsSuccess);
+    }
+
     [Fact]
     public void UnknownIoOpcodeIsInvalidOpcode()
     {

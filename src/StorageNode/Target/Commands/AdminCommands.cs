@@ -5,23 +5,54 @@ using StorageNode.Nvme.Spec;
 
 namespace StorageNode.Target;
 
+/// <summary>
+/// One admin command: its entry in the Commands Supported and Effects log, whether a discovery controller takes it, and
+/// what it does. A new command is one entry of <see cref="AdminCommands"/>' table.
+/// </summary>
+internal readonly unsafe struct AdminCommand
+{
+    public string Name { get; init; }
+    /// <summary>Its Commands Supported and Effects entry (<see cref="CommandEffects"/>).</summary>
+    public uint Effects { get; init; }
+    /// <summary>Taken by a discovery controller too.</summary>
+    public bool OnDiscovery { get; init; }
+    public delegate*<NvmfRequest, Controller, void> Run { get; init; }
+
+    public bool Exists => Run != null;
+}
+
 /// <summary>Admin command set of I/O and discovery controllers.</summary>
 internal static unsafe class AdminCommands
 {
     public const byte Aerl = Controller.MaxOutstandingAers - 1;
     public const byte ErrorLogPageEntries = 64;
 
+    /// <summary>The admin commands by opcode; an entry that does not <see cref="AdminCommand.Exists"/> is an invalid opcode.</summary>
+    private static readonly AdminCommand[] Table = BuildTable();
+
+    private static AdminCommand[] BuildTable()
+    {
+        const uint csupp = CommandEffects.Supported;
+        var t = new AdminCommand[256];
+        t[AdminOpcode.GetLogPage] = new() { Name = "Get Log Page", Effects = csupp, OnDiscovery = true, Run = &GetLogPage };
+        t[AdminOpcode.Identify] = new() { Name = "Identify", Effects = csupp, OnDiscovery = true, Run = &Identify };
+        t[AdminOpcode.Abort] = new() { Name = "Abort", Effects = csupp, Run = &Abort };
+        t[AdminOpcode.SetFeatures] = new() { Name = "Set Features", Effects = csupp, OnDiscovery = true, Run = &Features.Set };
+        t[AdminOpcode.GetFeatures] = new() { Name = "Get Features", Effects = csupp, OnDiscovery = true, Run = &Features.Get };
+        t[AdminOpcode.AsyncEventRequest] = new() { Name = "Asynchronous Event Request", Effects = csupp, OnDiscovery = true, Run = &AsyncEventRequest };
+        t[AdminOpcode.KeepAlive] = new() { Name = "Keep Alive", Effects = csupp, OnDiscovery = true, Run = &KeepAlive };
+        return t;
+    }
+
+    /// <summary>A vendor-specific command (C0h and up) of the pair's interconnect, from the partner on the interconnect.</summary>
+    private static bool IsInterconnectCommand(byte op, Controller ctrl)
+        => op >= 0xC0 && ctrl.IsInterconnect && ctrl.Target.Interconnect?.IsVendorCommand(op) == true;
+
     public static NvmeStatus Validate(NvmfRequest req, Controller ctrl)
     {
         byte op = req.Sqe.Opcode;
-        bool discovery = ctrl.Subsystem.IsDiscovery;
-        bool known = op switch
-        {
-            AdminOpcode.Identify or AdminOpcode.GetLogPage or AdminOpcode.SetFeatures or AdminOpcode.GetFeatures
-                or AdminOpcode.AsyncEventRequest or AdminOpcode.KeepAlive => true,
-            AdminOpcode.Abort => !discovery,
-            _ => ctrl.IsInterconnect && ctrl.Target.Interconnect?.IsVendorCommand(op) == true,
-        };
+        ref readonly AdminCommand cmd = ref Table[op];
+        bool known = cmd.Exists ? cmd.OnDiscovery || !ctrl.Subsystem.IsDiscovery : IsInterconnectCommand(op, ctrl);
         if (!known) return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
         // Everything but Fabrics commands needs an enabled controller.
         if (!ctrl.Enabled) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
@@ -30,30 +61,23 @@ internal static unsafe class AdminCommands
 
     public static void Execute(NvmfRequest req, Controller ctrl)
     {
-        switch (req.Sqe.Opcode)
-        {
-            case AdminOpcode.Identify: Identify(req, ctrl); break;
-            case AdminOpcode.GetLogPage: GetLogPage(req, ctrl); break;
-            case AdminOpcode.GetFeatures: Features.Get(req, ctrl); break;
-            case AdminOpcode.SetFeatures: Features.Set(req, ctrl); break;
-            case AdminOpcode.AsyncEventRequest:
-                if (!ctrl.TryQueueAer(req))
-                    req.Fail(NvmeStatus.CommandSpecific(CommandSpecificStatus.AsyncEventRequestLimitExceeded));
-                break;
-            case AdminOpcode.KeepAlive:
-                ctrl.TouchKeepAlive();
-                req.Complete();
-                break;
-            case >= 0xC0 when ctrl.IsInterconnect && ctrl.Target.Interconnect != null:
-                ctrl.Target.Interconnect.Execute(req, ctrl);
-                break;
-            case AdminOpcode.Abort:
-                Abort(req, ctrl);
-                break;
-            default:
-                req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode));
-                break;
-        }
+        byte op = req.Sqe.Opcode;
+        ref readonly AdminCommand cmd = ref Table[op];
+        if (cmd.Exists) cmd.Run(req, ctrl);
+        else if (IsInterconnectCommand(op, ctrl)) ctrl.Target.Interconnect!.Execute(req, ctrl);
+        else req.Fail(NvmeStatus.Generic(GenericStatus.InvalidOpcode));
+    }
+
+    private static void AsyncEventRequest(NvmfRequest req, Controller ctrl)
+    {
+        if (!ctrl.TryQueueAer(req))
+            req.Fail(NvmeStatus.CommandSpecific(CommandSpecificStatus.AsyncEventRequestLimitExceeded));
+    }
+
+    private static void KeepAlive(NvmfRequest req, Controller ctrl)
+    {
+        ctrl.TouchKeepAlive();
+        req.Complete();
     }
 
     // ---------------- Abort ----------------
@@ -390,24 +414,14 @@ internal static unsafe class AdminCommands
         return MemoryMarshal.AsBytes(new ReadOnlySpan<FirmwareSlotLog>(in log)).ToArray();
     }
 
+    /// <summary>Commands Supported and Effects (log 05h): the admin commands (ACS, from 0), then the I/O commands (IOCS, from 1024).</summary>
     private static byte[] BuildCommandEffects()
     {
         var log = new byte[4096];
-        const uint csupp = 1, lbcc = 1 << 1;
-        void Set(int offset, byte opcode, uint bits) => BinaryPrimitives.WriteUInt32LittleEndian(log.AsSpan(offset + opcode * 4), bits);
-        foreach (byte op in new[] { AdminOpcode.GetLogPage, AdminOpcode.Identify, AdminOpcode.Abort, AdminOpcode.SetFeatures,
-                     AdminOpcode.GetFeatures, AdminOpcode.AsyncEventRequest, AdminOpcode.KeepAlive })
-            Set(0, op, csupp);
-        Set(1024, IoOpcode.Flush, csupp | lbcc);
-        Set(1024, IoOpcode.Write, csupp | lbcc);
-        Set(1024, IoOpcode.Read, csupp);
-        Set(1024, IoOpcode.WriteZeroes, csupp | lbcc);
-        Set(1024, IoOpcode.DatasetManagement, csupp | lbcc);
-        Set(1024, IoOpcode.Compare, csupp);
-        Set(1024, IoOpcode.Verify, csupp);
-        Set(1024, IoOpcode.Copy, csupp | lbcc);
-        foreach (byte op in new[] { IoOpcode.ReservationRegister, IoOpcode.ReservationReport, IoOpcode.ReservationAcquire, IoOpcode.ReservationRelease })
-            Set(1024, op, csupp);
+        for (int op = 0; op < Table.Length; op++)
+            if (Table[op].Exists) BinaryPrimitives.WriteUInt32LittleEndian(log.AsSpan(op * 4), Table[op].Effects);
+        foreach ((byte op, uint effects) in IoCommands.Supported())
+            BinaryPrimitives.WriteUInt32LittleEndian(log.AsSpan(1024 + op * 4), effects);
         return log;
     }
 

@@ -12,8 +12,8 @@ internal static unsafe class MirrorCommands
 {
     public const byte Bit = 0xA0;
 
-    public static bool IsMirrorOpcode(byte op) => op is (Bit | IoOpcode.Write) or (Bit | IoOpcode.WriteZeroes)
-        or (Bit | IoOpcode.DatasetManagement) or (Bit | IoOpcode.Copy) or (Bit | IoOpcode.Flush);
+    /// <summary>The mirror form of a command that has a replica form in the I/O command table (<see cref="IoCommand.RunOnReplica"/>).</summary>
+    public static bool IsMirrorOpcode(byte op) => (op & Bit) == Bit && IoCommands.IsMirrored(Original(op));
 
     public static byte Original(byte op) => (byte)(op & ~Bit);
 
