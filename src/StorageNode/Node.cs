@@ -1,13 +1,14 @@
 using System.Net;
 using Microsoft.Extensions.Logging;
 using StorageNode.Bdevs;
-using StorageNode.Pair;
 using StorageNode.Config;
 using StorageNode.Interop;
+using StorageNode.Pair;
+using StorageNode.Rdma;
 using StorageNode.Reactors;
 using StorageNode.Support;
 using StorageNode.Target;
-using StorageNode.Rdma;
+using StorageNode.Transport;
 using StorageNode.Transport.Rdma;
 using StorageNode.Transport.Tcp;
 
@@ -53,9 +54,9 @@ public sealed class Node : IDisposable
             for (int i = 0; i < config.ReactorCount; i++)
                 _reactors.Add(new Reactor(i, $"{config.Name}-reactor{i}", config.PollMode, config.AdaptiveSpin, config.Pools, loggerFactory.CreateLogger($"reactor{i}")));
             Target = new NvmfTarget(config.Name, config.Target, _reactors, loggerFactory);
-            Tcp = new TcpTransport(Target);
+            Tcp = new TcpTransport(Target, config.Tcp);
             bool rdmaInterconnect = config.Cluster != null && config.Cluster.InterconnectTransport != InterconnectTransport.Tcp;
-            if (config.Listeners.Any(l => l.Transport == "rdma") || (rdmaInterconnect && RdmaDevices.UnavailableReason() == null))
+            if (config.Listeners.Any(l => l.Transport == RdmaTransport.TransportName) || (rdmaInterconnect && RdmaDevices.UnavailableReason() == null))
                 Rdma = new RdmaTransport(Target);
 
             foreach (BdevConfig b in config.Bdevs)
@@ -536,20 +537,32 @@ public sealed class Node : IDisposable
         }
     }
 
+    /// <summary>
+    /// A transport the configuration asks for that this machine cannot run (a listener's, or the interconnect's when it
+    /// must be NVMe/RDMA), as the configuration problem it is; null when every one can run. <see cref="Start"/> refuses
+    /// such a configuration; <c>storagenode</c> asks before it starts anything.
+    /// </summary>
+    public static ConfigException? UnavailableTransport(NodeConfig config)
+    {
+        for (int i = 0; i < config.Listeners.Count; i++)
+        {
+            string name = config.Listeners[i].Transport;
+            if (Transports.UnavailableReason(name) is string why)
+                return new ConfigException($"Listeners:{i}:Transport", $"{name}, but {name.ToUpperInvariant()} is unavailable on this machine: {why}");
+        }
+        if (config.Cluster?.InterconnectTransport == InterconnectTransport.Rdma && Transports.UnavailableReason(RdmaTransport.TransportName) is string no)
+            return new ConfigException("Cluster:InterconnectTransport", $"rdma, but RDMA is unavailable on this machine: {no}");
+        return null;
+    }
+
     /// <summary>Starts reactors, then listeners. Returns the bound TCP endpoints.</summary>
     public void Start()
     {
         if (_started) throw new InvalidOperationException("node already started");
         _started = true;
         if (!Shim.IsAvailable) _log.LogWarning("native shim unavailable: {Reason}", Shim.UnavailableReason);
+        if (UnavailableTransport(Config) is { } unavailable) throw unavailable;
         string? noRdma = RdmaDevices.UnavailableReason();
-        for (int i = 0; i < Config.Listeners.Count; i++)
-        {
-            if (Config.Listeners[i].Transport == "rdma" && noRdma != null)
-                throw new ConfigException($"Listeners:{i}:Transport", $"rdma, but RDMA is unavailable on this machine: {noRdma}");
-        }
-        if (Config.Cluster?.InterconnectTransport == InterconnectTransport.Rdma && noRdma != null)
-            throw new ConfigException("Cluster:InterconnectTransport", $"rdma, but RDMA is unavailable on this machine: {noRdma}");
         if (noRdma != null) _log.LogInformation("RDMA unavailable: {Reason}", noRdma);
         foreach (Reactor r in _reactors) r.Start();
         Target.Start();
@@ -557,8 +570,9 @@ public sealed class Node : IDisposable
         var rdmaEps = new List<IPEndPoint>();
         foreach (ListenerConfig l in Config.Listeners)
         {
-            if (l.Transport == "rdma") rdmaEps.Add(Rdma!.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role, l.RdmaAckTimeout));
-            else eps.Add(Tcp.Listen(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role));
+            INvmfTransport transport = l.Transport == RdmaTransport.TransportName ? Rdma! : Tcp;
+            IPEndPoint bound = transport.Listen(new ListenAddress(new IPEndPoint(l.Address, l.Port), l.PortId, l.AdvertiseAddress, l.Role, l.RdmaAckTimeout));
+            (transport == Tcp ? eps : rdmaEps).Add(bound);
         }
         TcpEndpoints = eps;
         RdmaEndpoints = rdmaEps;

@@ -160,18 +160,18 @@ public class LimitsTests(ITestOutputHelper output)
     {
         NodeConfig c = ConfigTests.Load(ConfigTests.Valid());
         Assert.Equal(1024, c.Target.MaxConnections);
-        Assert.Equal(30, c.Target.TcpKeepAliveSeconds);
+        Assert.Equal(30, c.Tcp.KeepAliveSeconds);
         var d = ConfigTests.Valid();
         d["Target:MaxConnections"] = "1";
         d["Target:TcpKeepAliveSeconds"] = "0";
         c = ConfigTests.Load(d);
         Assert.Equal(1, c.Target.MaxConnections);
-        Assert.Equal(0, c.Target.TcpKeepAliveSeconds);
+        Assert.Equal(0, c.Tcp.KeepAliveSeconds);
         d["Target:MaxConnections"] = "65536";
         d["Target:TcpKeepAliveSeconds"] = "7200";
         c = ConfigTests.Load(d);
         Assert.Equal(65536, c.Target.MaxConnections);
-        Assert.Equal(7200, c.Target.TcpKeepAliveSeconds);
+        Assert.Equal(7200, c.Tcp.KeepAliveSeconds);
     }
 
     // ------------------------------------------------------------------ helpers

@@ -6,6 +6,10 @@ using Microsoft.Extensions.Configuration;
 using StorageNode.Bdevs;
 using StorageNode.Reactors;
 using StorageNode.Target;
+using StorageNode.Transport;
+using StorageNode.Transport.Rdma;
+using StorageNode.Transport.Tcp;
+
 namespace StorageNode.Config;
 
 /// <summary>A configuration problem: <see cref="Key"/> is the full configuration path (e.g. Subsystems:0:Nqn).</summary>
@@ -120,6 +124,8 @@ public sealed record NodeConfig
     public TimeSpan AdaptiveSpin { get; init; } = TimeSpan.FromMicroseconds(200);
     public PoolOptions Pools { get; init; } = new();
     public TargetOptions Target { get; init; } = new();
+    /// <summary>The NVMe/TCP transport's options (keys under <c>Target:</c>).</summary>
+    public TcpTransportOptions Tcp { get; init; } = new();
     public IReadOnlyList<ListenerConfig> Listeners { get; init; } = [];
     public IReadOnlyList<BdevConfig> Bdevs { get; init; } = [];
     public IReadOnlyList<SubsystemConfig> Subsystems { get; init; } = [];
@@ -188,14 +194,19 @@ public sealed record NodeConfig
             MaxIoQueues = Int(target, "MaxIoQueues", td.MaxIoQueues, 1, 1024),
             MaxIoSize = (uint)Int(target, "MaxIoSize", (int)td.MaxIoSize, 4096, 64 << 20, powerOfTwo: true),
             InCapsuleDataSize = (uint)Int(target, "InCapsuleDataSize", (int)td.InCapsuleDataSize, 0, 1 << 20, multipleOf: 16),
-            MaxH2CDataSize = (uint)Int(target, "MaxH2CDataSize", (int)td.MaxH2CDataSize, 4096, 16 << 20, multipleOf: 4),
-            MaxR2TPerCommand = Int(target, "MaxR2TPerCommand", td.MaxR2TPerCommand, 1, 64),
-            MaxC2HDataSize = (uint)Int(target, "MaxC2HDataSize", (int)td.MaxC2HDataSize, 4096, 16 << 20),
-            C2HSuccess = Bool(target, "C2HSuccess", td.C2HSuccess),
             KeepAliveGranularityMs = (uint)Int(target, "KeepAliveGranularityMs", (int)td.KeepAliveGranularityMs, 100, 60000, multipleOf: 100),
-            ReceiveBufferSize = Int(target, "ReceiveBufferSize", td.ReceiveBufferSize, 16384, 64 << 20),
             MaxConnections = Int(target, "MaxConnections", td.MaxConnections, 1, 65536),
-            TcpKeepAliveSeconds = Int(target, "TcpKeepAliveSeconds", td.TcpKeepAliveSeconds, 0, 7200),
+        };
+        // The NVMe/TCP transport's own options, under Target: as before they were the transport's.
+        var tcpd = new TcpTransportOptions();
+        var tcpOptions = new TcpTransportOptions
+        {
+            MaxH2CDataSize = (uint)Int(target, "MaxH2CDataSize", (int)tcpd.MaxH2CDataSize, 4096, 16 << 20, multipleOf: 4),
+            MaxR2TPerCommand = Int(target, "MaxR2TPerCommand", tcpd.MaxR2TPerCommand, 1, 64),
+            MaxC2HDataSize = (uint)Int(target, "MaxC2HDataSize", (int)tcpd.MaxC2HDataSize, 4096, 16 << 20),
+            C2HSuccess = Bool(target, "C2HSuccess", tcpd.C2HSuccess),
+            ReceiveBufferSize = Int(target, "ReceiveBufferSize", tcpd.ReceiveBufferSize, 16384, 64 << 20),
+            KeepAliveSeconds = Int(target, "TcpKeepAliveSeconds", tcpd.KeepAliveSeconds, 0, 7200),
         };
         if (targetOptions.MaxIoSize > poolOptions.LargeBufferSize)
             throw new ConfigException("Target:MaxIoSize", $"{targetOptions.MaxIoSize} exceeds Node:Pools:LargeBufferSize ({poolOptions.LargeBufferSize})");
@@ -232,6 +243,7 @@ public sealed record NodeConfig
             AdaptiveSpin = TimeSpan.FromMicroseconds(Int(node, "AdaptiveSpinMicroseconds", 200, 0, 1_000_000)),
             Pools = poolOptions,
             Target = targetOptions,
+            Tcp = tcpOptions,
             Listeners = LoadListeners(root.GetSection("Listeners"), cluster),
             Bdevs = LoadBdevs(root.GetSection("Bdevs")),
         };
@@ -330,7 +342,8 @@ public sealed record NodeConfig
         {
             CheckKeys(l, l.Path, ListenerKeys);
             string transport = Str(l, "Transport", "tcp").ToLowerInvariant();
-            if (transport is not ("tcp" or "rdma")) throw new ConfigException($"{l.Path}:Transport", $"'{transport}' is not supported (supported: tcp, rdma)");
+            if (!Transports.Names.Contains(transport))
+                throw new ConfigException($"{l.Path}:Transport", $"'{transport}' is not supported (supported: {string.Join(", ", Transports.Names)})");
             string addrText = Required(l, "Address");
             if (!IPAddress.TryParse(addrText, out IPAddress? addr)) throw new ConfigException($"{l.Path}:Address", $"'{addrText}' is not an IP address");
             int port = Int(l, "Port", 4420, 0, 65535);
@@ -345,7 +358,7 @@ public sealed record NodeConfig
             if (cluster != null && addr.Equals(cluster.Interconnect.Address) && port == cluster.Interconnect.Port)
                 throw new ConfigException($"{l.Path}:Port", $"{addr}:{port} is the interconnect endpoint");
             int ackTimeout = Int(l, "RdmaAckTimeout", 0, 0, 31);
-            if (ackTimeout != 0 && transport != "rdma") throw new ConfigException($"{l.Path}:RdmaAckTimeout", $"is for rdma listeners (this one is {transport})");
+            if (ackTimeout != 0 && transport != RdmaTransport.TransportName) throw new ConfigException($"{l.Path}:RdmaAckTimeout", $"is for rdma listeners (this one is {transport})");
             list.Add(new ListenerConfig(transport, addr, port, string.IsNullOrEmpty(adv) ? null : adv, portId, role, ackTimeout));
         }
         return list;

@@ -316,7 +316,7 @@ public static class NodeRpc
 
     private static JsonObject AddressJson(ListenerInfo l) => new()
     {
-        ["trtype"] = l.Transport == "rdma" ? "RDMA" : "TCP",
+        ["trtype"] = l.Transport.Name.ToUpperInvariant(),
         ["adrfam"] = l.AdrFam == Discovery.AdrFamIpv6 ? "IPv6" : "IPv4",
         ["traddr"] = l.Address,
         ["trsvcid"] = l.Port.ToString(System.Globalization.CultureInfo.InvariantCulture),

@@ -71,13 +71,10 @@ catch (Exception e) when (e is FormatException or InvalidDataException or IOExce
     return 2;
 }
 
-// An rdma listener needs RDMA: say why it cannot be had, naming the setting, before anything starts.
-for (int i = 0; i < config.Listeners.Count; i++)
+// A transport this machine cannot run (RDMA without a device): say why, naming the setting, before anything starts.
+if (Node.UnavailableTransport(config) is { } unavailable)
 {
-    if (config.Listeners[i].Transport != "rdma") continue;
-    string? noRdma = StorageNode.Rdma.RdmaDevices.UnavailableReason();
-    if (noRdma == null) break;
-    Console.Error.WriteLine($"storagenode: invalid configuration: Listeners:{i}:Transport: rdma, but RDMA is unavailable on this machine: {noRdma}");
+    Console.Error.WriteLine($"storagenode: invalid configuration: {unavailable.Message}");
     return 2;
 }
 

@@ -512,7 +512,7 @@ public sealed class Controller
             e.ParameterErrorLocation = 0xFFFF;
             e.Lba = lba;
             e.Nsid = nsid;
-            e.TrType = Discovery.TrTypeTcp;
+            e.TrType = AdminQueue.Listener.TrType;
         }
     }
 

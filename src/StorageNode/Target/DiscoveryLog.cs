@@ -46,12 +46,7 @@ internal static unsafe class DiscoveryLog
             SpecText.WriteNulPadded(new Span<byte>(Unsafe.AsPointer(ref e.TrSvcId[0]), 32), l.Port.ToString(System.Globalization.CultureInfo.InvariantCulture));
             SpecText.WriteNulPadded(new Span<byte>(Unsafe.AsPointer(ref e.SubNqn[0]), 256), s?.Nqn ?? WellKnownNqn.Discovery);
             SpecText.WriteNulPadded(new Span<byte>(Unsafe.AsPointer(ref e.TrAddr[0]), 256), l.Address);
-            if (l.Transport == "rdma")
-            {
-                e.Tsas[0] = 1; // RDMA QP type: reliable connected
-                e.Tsas[1] = 1; // provider type: none
-                e.Tsas[2] = 1; // connection management: RDMA_CM
-            }
+            l.Transport.WriteTsas(new Span<byte>(Unsafe.AsPointer(ref e.Tsas[0]), 256));
         }
         return log;
     }

@@ -17,37 +17,23 @@ public sealed record TargetOptions
     public uint InCapsuleDataSize { get; init; } = 8192;
     /// <summary>In-capsule data accepted on the admin queue (Connect data is 1024 bytes).</summary>
     public uint AdminInCapsuleDataSize { get; init; } = 8192;
-    public uint MaxH2CDataSize { get; init; } = 128 * 1024;
-    /// <summary>Upper bound on R2Ts outstanding per command (the host's MAXR2T may lower it).</summary>
-    public int MaxR2TPerCommand { get; init; } = 4;
-    /// <summary>Largest C2HData PDU sent; a read is split into PDUs of at most this size.</summary>
-    public uint MaxC2HDataSize { get; init; } = 128 * 1024;
-    /// <summary>Send the last C2HData PDU of a read with the SUCCESS flag instead of a response capsule.</summary>
-    public bool C2HSuccess { get; init; } = true;
     /// <summary>Keep-alive granularity (KAS) in milliseconds; a multiple of 100.</summary>
     public uint KeepAliveGranularityMs { get; init; } = 1000;
-    /// <summary>Receive buffer per connection.</summary>
-    public int ReceiveBufferSize { get; init; } = 128 * 1024;
     /// <summary>
     /// Connections (queue pairs) the node keeps open at once, over every transport and listener (the interconnect's
     /// included); one more is closed (NVMe/RDMA: rejected) at once (<see cref="ConnectionLimit"/>).
     /// </summary>
     public int MaxConnections { get; init; } = 1024;
-    /// <summary>
-    /// NVMe/TCP: idle seconds before TCP keep-alive probes an accepted connection whose host went silent (0: off);
-    /// see <see cref="Transport.Tcp.TcpKeepAlive"/>.
-    /// </summary>
-    public int TcpKeepAliveSeconds { get; init; } = 30;
 
     public byte Mdts => (byte)System.Numerics.BitOperations.Log2(MaxIoSize / 4096);
 }
 
 /// <summary>A listener as the discovery log advertises it.</summary>
 /// <remarks><see cref="RdmaAckTimeout"/>: NVMe/RDMA listeners, the local ACK timeout exponent of accepted QPs (0: rdma_cm's default).</remarks>
-public sealed record ListenerInfo(string Transport, string Address, int Port, ushort PortId, ListenerRole Role = ListenerRole.Combined,
+public sealed record ListenerInfo(INvmfTransport Transport, string Address, int Port, ushort PortId, ListenerRole Role = ListenerRole.Combined,
     int RdmaAckTimeout = 0)
 {
-    public byte TrType => Transport == "rdma" ? Nvme.Spec.Discovery.TrTypeRdma : Nvme.Spec.Discovery.TrTypeTcp;
+    public byte TrType => Transport.TrType;
     public byte AdrFam => Address.Contains(':') ? Nvme.Spec.Discovery.AdrFamIpv6 : Nvme.Spec.Discovery.AdrFamIpv4;
 }
 

@@ -204,8 +204,7 @@ internal static unsafe class AdminCommands
         id.Aerl = Aerl;
         id.Elpe = ErrorLogPageEntries - 1;
         id.Sgls = IdentifyControllerBits.SglsSupported | IdentifyControllerBits.SglsOffset;
-        // NVMe/RDMA moves data with keyed SGL data blocks (a Linux host refuses a controller without them).
-        if (ctrl.AdminQueue.Listener.Transport == "rdma") id.Sgls |= IdentifyControllerBits.SglsKeyed;
+        id.Sgls |= ctrl.AdminQueue.Listener.Transport.SglSupport;
         SpecText.WriteNulPadded(new Span<byte>(Unsafe.AsPointer(ref id.Subnqn[0]), 256), s.Nqn);
         id.Msdbd = 1;
         id.Ioccsz = (64 + o.InCapsuleDataSize) / 16;

@@ -66,8 +66,25 @@ internal sealed unsafe class PoolRegistration : IDisposable
 /// and the queue pairs, handed to reactors round-robin. One protection domain per device; each reactor's
 /// buffer pools are registered in it once.
 /// </summary>
-public sealed class RdmaTransport : IDisposable
+public sealed class RdmaTransport : INvmfTransport
 {
+    public const string TransportName = "rdma";
+
+    public string Name => TransportName;
+    public byte TrType => Nvme.Spec.Discovery.TrTypeRdma;
+    /// <summary>Data moves with keyed SGL data blocks (RDMA READ and WRITE): a Linux host refuses a controller without them.</summary>
+    public uint SglSupport => Nvme.Spec.IdentifyControllerBits.SglsKeyed;
+
+    /// <summary>TSAS of NVMe/RDMA: reliable connected QPs, no provider type, RDMA_CM connection management.</summary>
+    public void WriteTsas(Span<byte> tsas)
+    {
+        tsas[0] = 1; // RDMA QP type: reliable connected
+        tsas[1] = 1; // provider type: none
+        tsas[2] = 1; // connection management: RDMA_CM
+    }
+
+    IPEndPoint INvmfTransport.Listen(ListenAddress a) => Listen(a.Endpoint, a.PortId, a.AdvertiseAddress, a.Role, a.RdmaAckTimeout);
+
     private readonly NvmfTarget _target;
     private readonly ILogger _log;
     private readonly List<RdmaListenerThread> _listeners = [];
@@ -104,7 +121,7 @@ public sealed class RdmaTransport : IDisposable
         if (why != null) throw new InvalidOperationException($"NVMe/RDMA listener {endpoint}: RDMA is unavailable: {why}");
         var listener = new RdmaListener(endpoint.Address.ToString(), endpoint.Port);
         var bound = new IPEndPoint(endpoint.Address, listener.Port);
-        var info = new ListenerInfo("rdma", advertiseAddress ?? bound.Address.ToString(), bound.Port, portId, role, ackTimeout);
+        var info = new ListenerInfo(this, advertiseAddress ?? bound.Address.ToString(), bound.Port, portId, role, ackTimeout);
         var t = new RdmaListenerThread(this, listener, bound, info);
         lock (_lock) _listeners.Add(t);
         _target.AddListener(info);

@@ -50,6 +50,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
 
     private readonly ILogger _log;
     private readonly TargetOptions _opt;
+    private readonly TcpTransportOptions _tcp;
     private readonly string _peer;
     private readonly TcpConnection _conn;
     // When each received byte arrived at the earliest (relay deadlines count from there).
@@ -84,18 +85,19 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
         _peer = peer;
         _log = log;
         _opt = target.Options;
+        _tcp = transport.Options;
         _arrival = new ArrivalClock(Stopwatch.GetTimestamp());
 
         int slots = Requests.Length;
-        int maxC2HPdus = (int)((_opt.MaxIoSize + _opt.MaxC2HDataSize - 1) / _opt.MaxC2HDataSize);
-        _c2hOffset = R2TOffsetInBlock + 32 * _opt.MaxR2TPerCommand;
+        int maxC2HPdus = (int)((_opt.MaxIoSize + _tcp.MaxC2HDataSize - 1) / _tcp.MaxC2HDataSize);
+        _c2hOffset = R2TOffsetInBlock + 32 * _tcp.MaxR2TPerCommand;
         _c2hDigestOffset = _c2hOffset + 32 * maxC2HPdus;
         _headerBlock = (_c2hDigestOffset + 4 * maxC2HPdus + 63) & ~63;
         _headerArea = (byte*)NativeMemory.AlignedAlloc((nuint)(_headerBlock * slots), 64);
         _icResp = (byte*)NativeMemory.AlignedAlloc(ICRespArea, 64);
         for (int i = 0; i < slots; i++) Requests[i].Headers = _headerArea + i * _headerBlock;
         // Per command at most: its C2HData PDUs (header, padding, data, digest each), its R2Ts and its response.
-        _conn = new TcpConnection(fd, this, _opt.ReceiveBufferSize, slots * (4 * maxC2HPdus + 2 + _opt.MaxR2TPerCommand) + 16);
+        _conn = new TcpConnection(fd, this, _tcp.ReceiveBufferSize, slots * (4 * maxC2HPdus + 2 + _tcp.MaxR2TPerCommand) + 16);
     }
 
     private static int Slots(TargetOptions o) => Math.Max(o.MaxQueueDepth, o.AdminQueueDepth);
@@ -239,14 +241,14 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
         _conn.HeaderDigest = (ic->Digest & DigestBits.Header) != 0;
         _conn.DataDigest = (ic->Digest & DigestBits.Data) != 0;
         _hostPduAlign = (ic->Hpda + 1) * 4;
-        _maxR2T = (int)Math.Min((ulong)ic->MaxR2T + 1, (ulong)_opt.MaxR2TPerCommand);
+        _maxR2T = (int)Math.Min((ulong)ic->MaxR2T + 1, (ulong)_tcp.MaxR2TPerCommand);
 
         ICRespPdu* resp = (ICRespPdu*)_icResp;
         *resp = default;
         resp->Pfv = 0;
         resp->Cpda = 0;
         resp->Digest = ic->Digest;
-        resp->MaxH2CData = _opt.MaxH2CDataSize;
+        resp->MaxH2CData = _tcp.MaxH2CDataSize;
         _conn.EnqueuePdu(_icResp, PduType.ICResp, 0, 1, null, 0, null, TcpConnection.NoTag, TcpConnection.NoTag);
         _icDone = true;
     }
@@ -373,7 +375,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
         while (req.R2TOutstanding > 0 && req.H2CReceived >= req.R2TOldestEnd)
         {
             req.R2TOutstanding--;
-            req.R2TOldestEnd = Math.Min(req.R2TOldestEnd + _opt.MaxH2CDataSize, req.Length);
+            req.R2TOldestEnd = Math.Min(req.R2TOldestEnd + _tcp.MaxH2CDataSize, req.Length);
         }
         if (req.H2CReceived == req.Length)
         {
@@ -418,9 +420,9 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
             return;
         }
         TcpRequest req = Requests[pdu->Ttag];
-        if (pdu->Datal > _opt.MaxH2CDataSize)
+        if (pdu->Datal > _tcp.MaxH2CDataSize)
         {
-            Fatal(TermReqFes.DataTransferLimitExceeded, PduField.H2CDataDatal, $"H2CData DATAL {pdu->Datal} exceeds MAXH2CDATA {_opt.MaxH2CDataSize}", (byte*)pdu);
+            Fatal(TermReqFes.DataTransferLimitExceeded, PduField.H2CDataDatal, $"H2CData DATAL {pdu->Datal} exceeds MAXH2CDATA {_tcp.MaxH2CDataSize}", (byte*)pdu);
             return;
         }
         if (pdu->Datao != req.H2CReceived)
@@ -444,7 +446,7 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
         if (req.Direction == DataDirection.HostToController)
         {
             req.State = RequestState.TransferringHostData;
-            req.R2TOldestEnd = Math.Min(_opt.MaxH2CDataSize, req.Length);
+            req.R2TOldestEnd = Math.Min(_tcp.MaxH2CDataSize, req.Length);
             SendR2Ts(req);
         }
         else
@@ -458,8 +460,8 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
     {
         while (req.R2TOutstanding < _maxR2T && req.R2TOffset < req.Length)
         {
-            uint len = Math.Min(req.Length - req.R2TOffset, _opt.MaxH2CDataSize);
-            byte* h = req.Headers + R2TOffsetInBlock + 32 * (req.R2TSequence % _opt.MaxR2TPerCommand);
+            uint len = Math.Min(req.Length - req.R2TOffset, _tcp.MaxH2CDataSize);
+            byte* h = req.Headers + R2TOffsetInBlock + 32 * (req.R2TSequence % _tcp.MaxR2TPerCommand);
             R2TPdu* r2t = (R2TPdu*)h;
             *r2t = default;
             r2t->Cccid = req.Sqe.Cid;
@@ -491,11 +493,11 @@ internal sealed unsafe class TcpQueuePair : QueuePair<TcpRequest>, ITcpConnectio
         if (req.Status.IsSuccess && req.Direction == DataDirection.ControllerToHost && req.Length > 0)
         {
             // The SUCCESS flag replaces the response capsule, so only when the CQE carries nothing else.
-            bool success = _opt.C2HSuccess && SqFlowControlDisabled && cqe.Dw0 == 0 && cqe.Dw1 == 0;
+            bool success = _tcp.C2HSuccess && SqFlowControlDisabled && cqe.Dw0 == 0 && cqe.Dw1 == 0;
             uint offset = 0;
             for (int i = 0; offset < req.Length; i++)
             {
-                uint len = Math.Min(req.Length - offset, _opt.MaxC2HDataSize);
+                uint len = Math.Min(req.Length - offset, _tcp.MaxC2HDataSize);
                 bool last = offset + len == req.Length;
                 byte* h = req.Headers + _c2hOffset + 32 * i;
                 C2HDataPdu* c2h = (C2HDataPdu*)h;

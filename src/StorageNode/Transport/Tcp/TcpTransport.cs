@@ -10,8 +10,10 @@ namespace StorageNode.Transport.Tcp;
 /// The NVMe/TCP transport: listeners (an accept thread each, control plane) and the queue pairs, which
 /// are handed to reactors round-robin and live there until they close.
 /// </summary>
-public sealed class TcpTransport : IDisposable
+public sealed class TcpTransport : INvmfTransport
 {
+    public const string TransportName = "tcp";
+
     private readonly NvmfTarget _target;
     private readonly ILogger _log;
     private readonly List<TcpListenerThread> _listeners = [];
@@ -23,20 +25,35 @@ public sealed class TcpTransport : IDisposable
     /// <summary>A connection that has not completed Connect within this time is closed.</summary>
     public TimeSpan ConnectTimeout { get => _queues.ConnectTimeout; init => _queues.ConnectTimeout = value; }
 
-    public TcpTransport(NvmfTarget target)
+    public TcpTransport(NvmfTarget target, TcpTransportOptions? options = null)
     {
         _target = target;
+        Options = options ?? new TcpTransportOptions();
         _log = target.LoggerFactory.CreateLogger("tcp");
         _queues = new QueuePairRegistry<TcpQueuePair>(target, TimeSpan.FromSeconds(10));
-        _keepAlive = TcpKeepAlive.For(target.Options.TcpKeepAliveSeconds);
+        _keepAlive = TcpKeepAlive.For(Options.KeepAliveSeconds);
     }
+
+    public TcpTransportOptions Options { get; }
+
+    public string Name => TransportName;
+    public byte TrType => Nvme.Spec.Discovery.TrTypeTcp;
+    /// <summary>Data in capsules and through R2T/H2CData: no keyed SGLs.</summary>
+    public uint SglSupport => 0;
+
+    /// <summary>TSAS of NVMe/TCP: SECTYPE 0 (no security).</summary>
+    public void WriteTsas(Span<byte> tsas)
+    {
+    }
+
+    IPEndPoint INvmfTransport.Listen(ListenAddress a) => Listen(a.Endpoint, a.PortId, a.AdvertiseAddress, a.Role);
 
     /// <summary>Binds and starts accepting; returns the bound endpoint (port 0 picks a free port).</summary>
     public IPEndPoint Listen(IPEndPoint endpoint, ushort portId, string? advertiseAddress = null, ListenerRole role = ListenerRole.Combined)
     {
         int fd = NativeSocket.CreateListener(endpoint);
         IPEndPoint bound = NativeSocket.LocalEndPoint(fd) ?? endpoint;
-        var info = new ListenerInfo("tcp", advertiseAddress ?? bound.Address.ToString(), bound.Port, portId, role);
+        var info = new ListenerInfo(this, advertiseAddress ?? bound.Address.ToString(), bound.Port, portId, role);
         var l = new TcpListenerThread(this, fd, bound, info);
         _listeners.Add(l);
         _target.AddListener(info);
