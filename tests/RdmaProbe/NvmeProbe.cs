@@ -6,6 +6,7 @@ using StorageNode.Nvme.Host;
 using StorageNode.Nvme.Rdma;
 using StorageNode.Nvme.Spec;
 using StorageNode.Rdma;
+using static Checks;
 
 /// <summary>
 /// RdmaProbe nvme ADDRESS PORT SUBNQN: an NVMe/RDMA target (StorageNode in the rig's guest a) through the managed
@@ -18,18 +19,11 @@ using StorageNode.Rdma;
 internal static unsafe class NvmeProbe
 {
     private static readonly TimeSpan T = TimeSpan.FromSeconds(30);
-    private static int _fails;
     private static string _addr = "";
     private static int _port;
     private static string _nqn = "";
     private static readonly string HostNqn = $"nqn.2014-08.org.nvmexpress:uuid:{Guid.NewGuid()}";
     private static readonly Guid HostId = Guid.NewGuid();
-
-    private static void Check(string name, bool ok, string detail = "")
-    {
-        Console.WriteLine($"CHECK {name}: {(ok ? "ok" : "FAIL")}{(detail.Length > 0 ? $" ({detail})" : "")}");
-        if (!ok) _fails++;
-    }
 
     private static string Status(in CompletionQueueEntry c) => c.StatusField.ToString();
 
@@ -41,22 +35,7 @@ internal static unsafe class NvmeProbe
         _addr = args[1];
         _port = int.Parse(args[2]);
         _nqn = args[3];
-        string? why = RdmaDevices.UnavailableReason();
-        Check("rdma-available", why == null, why ?? string.Join(",", RdmaDevices.List()));
-        if (why != null) return 1;
-        try
-        {
-            Probe();
-        }
-        catch (Exception e)
-        {
-            Check("no-exception", false, e.ToString());
-        }
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        Check("no-leaked-handles", RdmaHandle.Live == 0, $"{RdmaHandle.Live} live");
-        Console.WriteLine(_fails == 0 ? "ALL CHECKS PASSED" : $"{_fails} CHECK(S) FAILED");
-        return _fails == 0 ? 0 : 1;
+        return Checks.Run(Probe);
     }
 
     private static RdmaHostQueue ConnectWithRetry(ushort qid, RdmaHostQueueOptions o)
@@ -98,7 +77,7 @@ internal static unsafe class NvmeProbe
         int lbads = (int)((ns.Lbaf[ns.Flbas & 0xF] >> 16) & 0xFF);
         uint bs = 1u << lbads;
         Check("identify-namespace", c.StatusField.IsSuccess && ns.Nsze > 1024, $"{ns.Nsze} blocks of {bs} B");
-        if (_fails > 0) return; // nothing below means anything without these
+        if (Failed > 0) return; // nothing below means anything without these
 
         // 2. An I/O queue: keyed writes and reads (RDMA READ / WRITE), and in-capsule writes.
         using RdmaHostQueue io = ConnectWithRetry(1, new RdmaHostQueueOptions { Depth = 32, InCapsuleDataSize = icd });

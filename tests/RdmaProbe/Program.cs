@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using StorageNode.Interop;
 using StorageNode.Rdma;
+using static Checks;
 
 // RdmaProbe server|client ADDRESS PORT (and RdmaProbe nvme ADDRESS PORT SUBNQN: NvmeProbe.cs): exercises src/Rdma between two hosts (the rig's two guests, rxe):
 // send/receive, RDMA WRITE, RDMA READ, many queue pairs, completion errors after the peer disconnects, and
@@ -14,35 +15,16 @@ internal static unsafe class Probe
     private const int Size = 1 << 20;
     private const int Pings = 1000;
     private const int ManyQps = 16;
-    private static int _fails;
     private static readonly TimeSpan T = TimeSpan.FromSeconds(60);
-
-    private static void Check(string name, bool ok, string detail = "")
-    {
-        Console.WriteLine($"CHECK {name}: {(ok ? "ok" : "FAIL")}{(detail.Length > 0 ? $" ({detail})" : "")}");
-        if (!ok) _fails++;
-    }
 
     public static int Run(string[] args)
     {
         if (args.Length < 3) { Console.Error.WriteLine("usage: RdmaProbe server|client ADDRESS PORT"); return 2; }
-        string? why = RdmaDevices.UnavailableReason();
-        Check("rdma-available", why == null, why ?? string.Join(",", RdmaDevices.List()));
-        if (why != null) return 1;
-        try
+        return Checks.Run(() =>
         {
             if (args[0] == "server") Server(args[1], int.Parse(args[2]));
             else Client(args[1], int.Parse(args[2]));
-        }
-        catch (Exception e)
-        {
-            Check("no-exception", false, e.ToString());
-        }
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        Check("no-leaked-handles", RdmaHandle.Live == 0, $"{RdmaHandle.Live} live");
-        Console.WriteLine(_fails == 0 ? "ALL CHECKS PASSED" : $"{_fails} CHECK(S) FAILED");
-        return _fails == 0 ? 0 : 1;
+        });
     }
 
     private static byte* Alloc(int size)

@@ -108,28 +108,9 @@ public class ConfigTests
     [Fact]
     public void ExecutableStopsWithOneMessageNamingTheKey()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "sn-cfg-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(dir);
-        string file = Path.Combine(dir, "bad.json");
-        File.WriteAllText(file, """{ "Node": { "Name": "A", "Reactors": 99999 } }""");
-        try
-        {
-            string dll = Path.Combine(AppContext.BaseDirectory, "storagenode.dll");
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-            psi.ArgumentList.Add(dll);
-            psi.ArgumentList.Add("--config");
-            psi.ArgumentList.Add(file);
-            using Process p = ChildProcesses.Start(psi);
-            string err = p.StandardError.ReadToEnd();
-            string stdout = p.StandardOutput.ReadToEnd();
-            Assert.True(p.WaitForExit(60_000));
-            Assert.Equal(2, p.ExitCode);
-            Assert.Equal("storagenode: invalid configuration: Node:Reactors: 99999 is outside 1..64", err.Trim());
-            Assert.Equal("", stdout.Trim());
-        }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
+        (int exitCode, string stdout, string err) = NodeExecutable.RunWithConfig("""{ "Node": { "Name": "A", "Reactors": 99999 } }""");
+        Assert.Equal(2, exitCode);
+        Assert.Equal("storagenode: invalid configuration: Node:Reactors: 99999 is outside 1..64", err.Trim());
+        Assert.Equal("", stdout.Trim());
     }
 }

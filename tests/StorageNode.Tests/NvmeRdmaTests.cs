@@ -208,32 +208,14 @@ public class NvmeRdmaTests
     public void ExecutableExitsWith2WhenAnRdmaListenerCannotBeHad()
     {
         if (RdmaDevices.UnavailableReason() == null) return;
-        string dir = Path.Combine(Path.GetTempPath(), "sn-rdma-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(dir);
-        string file = Path.Combine(dir, "rdma.json");
-        File.WriteAllText(file, """
+        (int exitCode, string stdout, string err) = NodeExecutable.RunWithConfig("""
             { "Node": { "Name": "A" },
               "Listeners": [ { "Transport": "rdma", "Address": "127.0.0.1", "Port": 4420 } ],
               "Bdevs": [ { "Name": "Malloc0", "Type": "malloc", "SizeMiB": 8 } ],
               "Subsystems": [ { "Nqn": "nqn.2026-11.io.storagenode:cfg", "Namespaces": [ { "Bdev": "Malloc0" } ] } ] }
             """);
-        try
-        {
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-            psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "storagenode.dll"));
-            psi.ArgumentList.Add("--config");
-            psi.ArgumentList.Add(file);
-            using Process p = ChildProcesses.Start(psi);
-            string err = p.StandardError.ReadToEnd();
-            string stdout = p.StandardOutput.ReadToEnd();
-            Assert.True(p.WaitForExit(60_000));
-            Assert.Equal(2, p.ExitCode);
-            Assert.StartsWith("storagenode: invalid configuration: Listeners:0:Transport: rdma, but RDMA is unavailable on this machine: no RDMA device", err.Trim());
-            Assert.Equal("", stdout.Trim());
-        }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
+        Assert.Equal(2, exitCode);
+        Assert.StartsWith("storagenode: invalid configuration: Listeners:0:Transport: rdma, but RDMA is unavailable on this machine: no RDMA device", err.Trim());
+        Assert.Equal("", stdout.Trim());
     }
 }
