@@ -246,7 +246,7 @@ public sealed unsafe class NamespaceMirror : INamespaceMirror
             if (_state != Leaving) return false;
             // The slot stays allocated while held, even if the connection closes (a write whose copy went early and whose
             // local write is still on its way holds it by that, and is held once it completes: NvmfRequest.Complete).
-            if (done is NvmfRequest { MirrorPhase: not MirrorPhase.Early } req) req.PendingOps = 1;
+            if (done is NvmfRequest { Mirror.Phase: not MirrorPhase.Early } req) req.PendingOps = 1;
             _held.Add((reactorId, done, status));
             return true;
         }

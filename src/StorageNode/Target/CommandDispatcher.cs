@@ -62,7 +62,7 @@ public static class CommandDispatcher
                 status = NvmeStatus.Generic(GenericStatus.InvalidField);
         }
         if (status.IsSuccess) return true;
-        if (req.Fused != FusedRole.None) FusedCommands.Failed(req, status);
+        if (req.Fused.Role != FusedRole.None) FusedCommands.Failed(req, status);
         req.Status = status;
         return false;
     }

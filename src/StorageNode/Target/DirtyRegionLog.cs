@@ -284,9 +284,9 @@ public sealed unsafe class DirtyRegionLog : IDisposable
     /// </summary>
     public bool Enter(NvmfRequest req, int first, int last)
     {
-        req.DirtyFirst = first;
-        req.DirtyLast = last;
-        req.DirtyLogged = true;
+        req.Dirty.First = first;
+        req.Dirty.Last = last;
+        req.Dirty.Logged = true;
         bool marked = true;
         for (int r = first; r <= last; r++)
         {
@@ -308,8 +308,8 @@ public sealed unsafe class DirtyRegionLog : IDisposable
     /// <summary>The write completed (any thread): it no longer counts inside its regions.</summary>
     public void Leave(NvmfRequest req)
     {
-        req.DirtyLogged = false;
-        for (int r = req.DirtyFirst; r <= req.DirtyLast; r++) Interlocked.Decrement(ref _inside[r]);
+        req.Dirty.Logged = false;
+        for (int r = req.Dirty.First; r <= req.Dirty.Last; r++) Interlocked.Decrement(ref _inside[r]);
     }
 
     private void Run()
@@ -365,7 +365,7 @@ public sealed unsafe class DirtyRegionLog : IDisposable
         int n = _parked.Count;
         for (int i = 0; i < n && _parked.TryDequeue(out NvmfRequest? req); i++)
         {
-            int first = req.DirtyFirst, last = req.DirtyLast;
+            int first = req.Dirty.First, last = req.Dirty.Last;
             bool marked = true;
             for (int r = first; r <= last && marked; r++) marked = Volatile.Read(ref _state[r]) == Marked;
             if (marked)

@@ -37,34 +37,19 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     /// </summary>
     public long ArrivedAfter;
 
-    // Fused Compare and Write (FusedCommands) and range locks (RangeLocks).
-    internal FusedRole Fused;
-    internal NvmfRequest? FusedPartner;
-    internal bool FusedReady;
-    internal NvmeStatus FusedAbort;
-    internal FusedRelay? FusedRelay;
-    internal RangeLocks.Channel? RangeLockChannel;
-    internal int RangeLockEpoch;
-
-    // Mirroring (MirrorCommands): on the owner, where the write's copy to the replica is; on the partner, whether this
-    // command is such a copy (it runs on the namespace's replica).
-    internal MirrorPhase MirrorPhase;
+    /// <summary>The owner's copy of a write, for this node's replica (a mirror opcode on the interconnect, decoded).</summary>
     internal bool ForReplica;
-    /// <summary>Counted in its namespace's <see cref="WriteOrder"/> until it completes.</summary>
-    internal bool MirrorOrdered;
-    /// <summary>
-    /// It reached the bdev (<see cref="IoCommands"/>' Run): a command released after its connection closed completes
-    /// without running, and must not be mirrored.
-    /// </summary>
-    internal bool Ran;
-    /// <summary>
-    /// It ran while the replica was out of sync: it is marked missed as it completes, never mirrored, even if a resync
-    /// began meanwhile (its copy would not be ordered with the writes around it, and the resync would not repair it).
-    /// </summary>
-    internal bool RanUnmirrored;
-    /// <summary>Counted inside regions <see cref="DirtyFirst"/> to <see cref="DirtyLast"/> of its namespace's <see cref="DirtyRegionLog"/> until it completes.</summary>
-    internal bool DirtyLogged;
-    internal int DirtyFirst, DirtyLast;
+
+    // What the stages a command passes through keep of it, each reset whole with the slot (Reset). A command of a plain
+    // namespace leaves every one of them at its default.
+    /// <summary>Its part in a fused Compare and Write (<see cref="FusedCommands"/>).</summary>
+    internal FusedState Fused;
+    /// <summary>The Compare and Write range lock it counts against (<see cref="RangeLocks"/>).</summary>
+    internal RangeLockState RangeLock;
+    /// <summary>Its write's way to the replica, on the owner (<see cref="MirrorCommands"/>).</summary>
+    internal MirrorState Mirror;
+    /// <summary>The dirty regions it counts in (<see cref="DirtyRegionLog"/>).</summary>
+    internal DirtyState Dirty;
 
     public NvmfRequest(QueuePair qpair, ushort slot)
     {
@@ -92,18 +77,11 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         PendingOps = 0;
         FirstError = 0;
         Gate = default;
-        Fused = FusedRole.None;
-        FusedPartner = null;
-        FusedReady = false;
-        FusedAbort = default;
-        FusedRelay = null;
-        RangeLockChannel = null;
-        MirrorPhase = MirrorPhase.None;
         ForReplica = false;
-        MirrorOrdered = false;
-        Ran = false;
-        RanUnmirrored = false;
-        DirtyLogged = false;
+        Fused = default;
+        RangeLock = default;
+        Mirror = default;
+        Dirty = default;
     }
 
     /// <summary>Fails the command with a status (DNR per the status) and completes it.</summary>
@@ -117,7 +95,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     public void Complete()
     {
         // A write to a mirrored namespace completes once the replica has it too (OnMirrored completes it again).
-        switch (MirrorPhase)
+        switch (Mirror.Phase)
         {
             case MirrorPhase.Sending:
                 return; // already waiting for the replica
@@ -125,12 +103,12 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
                 // Done here, its copy still on its way: the slot and the data buffer (which the copy reads) stay allocated
                 // until the replica answers, even if the connection closes meanwhile.
                 MirrorCommands.LocalDone(this);
-                MirrorPhase = MirrorPhase.Sending;
+                Mirror.Phase = MirrorPhase.Sending;
                 PendingOps = 1;
                 return;
             case MirrorPhase.Answered:
                 MirrorCommands.LocalDone(this);
-                MirrorPhase = MirrorPhase.Done;
+                Mirror.Phase = MirrorPhase.Done;
                 break;
             case MirrorPhase.None:
                 if (MirrorCommands.Hold(this)) return;
@@ -139,11 +117,11 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
         // Its namespace's group moved to the partner while it ran (a takeover): what it did here is not the truth (a write
         // landed on what is now the partner's replica, which the partner resyncs): the host retries it on the owner.
         if (Status.IsSuccess && !ForReplica && Namespace is { MovedAway: true }) Status = NvmeStatus.Path(PathStatus.AnaInaccessible);
-        if (MirrorOrdered) Namespace!.WriteOrder.Finished(this);
-        if (DirtyLogged) Namespace!.DirtyLog!.Leave(this);
+        if (Mirror.Ordered) Namespace!.WriteOrder.Finished(this);
+        if (Dirty.Logged) Namespace!.DirtyLog!.Leave(this);
         // A fused command that ends on its own (the HA gate failed it while it was held): its partner cannot run alone.
-        if (FusedPartner != null) FusedCommands.Failed(this, Status);
-        if (RangeLockChannel != null) RangeLockChannel.Finished(this);
+        if (Fused.Partner != null) FusedCommands.Failed(this, Status);
+        RangeLock.Channel?.Finished(this);
         if (Gate.Path != null) Qpair.Target.IoGate!.Done(this);
         if (!Status.IsSuccess) Qpair.OnCommandFailed(this);
         if (Namespace != null) IoCommands.Count(this);
@@ -157,12 +135,12 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     /// </summary>
     public void OnMirrored(NvmeStatus status)
     {
-        if (MirrorPhase == MirrorPhase.Early)
+        if (Mirror.Phase == MirrorPhase.Early)
         {
-            MirrorPhase = MirrorPhase.Answered;
+            Mirror.Phase = MirrorPhase.Answered;
             return;
         }
-        MirrorPhase = MirrorPhase.Done;
+        Mirror.Phase = MirrorPhase.Done;
         PendingOps = 0; // held while the copy was on its way (MirrorCommands.Hold)
         Complete();
     }
@@ -177,7 +155,7 @@ public unsafe class NvmfRequest : IBdevCompletion, IMirrorCompletion
     {
         if (result != 0 && FirstError == 0) FirstError = result;
         if (--PendingOps > 0) return;
-        if (FusedRelay != null)
+        if (Fused.Relay != null)
         {
             FusedCommands.RelayCompleted(this, FirstError);
             return;

@@ -158,7 +158,7 @@ public abstract unsafe class QueuePair<TRequest> : QueuePair where TRequest : Nv
     {
         if (req.Gate.Path != null) Target.IoGate!.Done(req);
         // A write released without completing (a fused Write that waited for its Compare when the connection closed).
-        if (req.DirtyLogged) req.Namespace!.DirtyLog!.Leave(req);
+        if (req.Dirty.Logged) req.Namespace!.DirtyLog!.Leave(req);
         if (req.Data != null)
         {
             if (!req.DataBorrowed) Reactor.Pools.Return(req.Data);

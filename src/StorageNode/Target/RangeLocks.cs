@@ -40,15 +40,15 @@ public sealed class RangeLocks
         /// <summary>A command starts: it counts until <see cref="Finished"/>.</summary>
         internal void Started(NvmfRequest req)
         {
-            req.RangeLockChannel = this;
-            req.RangeLockEpoch = Epoch;
+            req.RangeLock.Channel = this;
+            req.RangeLock.Epoch = Epoch;
             Running[Epoch]++;
         }
 
         internal void Finished(NvmfRequest req)
         {
-            req.RangeLockChannel = null;
-            int e = req.RangeLockEpoch;
+            req.RangeLock.Channel = null;
+            int e = req.RangeLock.Epoch;
             if (--Running[e] == 0 && e != Epoch && Drained is { } d)
             {
                 Drained = null;

@@ -61,7 +61,7 @@ internal static unsafe class FusedCommands
         if (fuse == CommandFlags.FuseFirst)
         {
             if (sqe.Opcode != IoOpcode.Compare || sqe.BlockCount > MaxBlocks) return NvmeStatus.Generic(GenericStatus.InvalidField);
-            req.Fused = FusedRole.First;
+            req.Fused.Role = FusedRole.First;
             qp.FusedFirst = req;
             return NvmeStatus.Success;
         }
@@ -78,16 +78,16 @@ internal static unsafe class FusedCommands
             Abort(pending, NvmeStatus.Generic(GenericStatus.AbortedFailedFused));
             return NvmeStatus.Generic(GenericStatus.InvalidField);
         }
-        req.Fused = FusedRole.Second;
-        req.FusedPartner = pending;
-        pending.FusedPartner = req;
+        req.Fused.Role = FusedRole.Second;
+        req.Fused.Partner = pending;
+        pending.Fused.Partner = req;
         return NvmeStatus.Success;
     }
 
     /// <summary>Abort of a first command ready and waiting for its second: it completes with <paramref name="status"/>.</summary>
     public static bool TryAbortWaitingFirst(NvmfRequest req, NvmeStatus status)
     {
-        if (req.Fused != FusedRole.First || !req.FusedReady || req.FusedPartner != null || req.Qpair.FusedFirst != req) return false;
+        if (req.Fused.Role != FusedRole.First || !req.Fused.Ready || req.Fused.Partner != null || req.Qpair.FusedFirst != req) return false;
         req.Qpair.FusedFirst = null;
         Finish(req, status);
         return true;
@@ -105,10 +105,10 @@ internal static unsafe class FusedCommands
             req.Qpair.FusedFirst = null;
             req.Qpair.FusedFirstFailed = status;
         }
-        if (req.FusedPartner is { } p)
+        if (req.Fused.Partner is { } p)
         {
-            req.FusedPartner = null;
-            p.FusedPartner = null;
+            req.Fused.Partner = null;
+            p.Fused.Partner = null;
             Abort(p, PartnerOfFailed(status));
         }
     }
@@ -123,15 +123,15 @@ internal static unsafe class FusedCommands
     /// <summary>Fails a fused command now if it is waiting, or when it becomes ready.</summary>
     private static void Abort(NvmfRequest req, NvmeStatus status)
     {
-        req.FusedAbort = status;
-        req.FusedPartner = null;
-        if (req.FusedReady) Finish(req, status);
+        req.Fused.Abort = status;
+        req.Fused.Partner = null;
+        if (req.Fused.Ready) Finish(req, status);
     }
 
     private static void Finish(NvmfRequest req, NvmeStatus status)
     {
-        req.Fused = FusedRole.None;
-        req.FusedReady = false;
+        req.Fused.Role = FusedRole.None;
+        req.Fused.Ready = false;
         req.PendingOps = 0;
         if (status.IsSuccess) req.Complete();
         else req.Fail(status);
@@ -143,21 +143,21 @@ internal static unsafe class FusedCommands
     /// </summary>
     public static void Ready(NvmfRequest req)
     {
-        if (!req.FusedAbort.IsSuccess)
+        if (!req.Fused.Abort.IsSuccess)
         {
-            Finish(req, req.FusedAbort);
+            Finish(req, req.Fused.Abort);
             return;
         }
-        req.FusedReady = true;
-        NvmfRequest? partner = req.FusedPartner;
-        if (partner == null || !partner.FusedReady) return;
-        NvmfRequest first = req.Fused == FusedRole.First ? req : partner, second = req.Fused == FusedRole.First ? partner : req;
+        req.Fused.Ready = true;
+        NvmfRequest? partner = req.Fused.Partner;
+        if (partner == null || !partner.Fused.Ready) return;
+        NvmfRequest first = req.Fused.Role == FusedRole.First ? req : partner, second = req.Fused.Role == FusedRole.First ? partner : req;
         Namespace ns = first.Namespace!;
         if (ns.IsRemote)
         {
             // Relayed to the owner as one command (the owner runs it under its range lock).
             PrepareRelay(first, second);
-            first.Fused = FusedRole.None;
+            first.Fused.Role = FusedRole.None;
             second.PendingOps = 1; // the slot stays allocated until the owner answered, even if the connection closes
             ((ICommandChannel)first.Channel!).Submit(first);
         }
@@ -183,7 +183,7 @@ internal static unsafe class FusedCommands
         byte* buf = first.Qpair.Reactor.Pools.Borrow(total);
         Buffer.MemoryCopy(first.Data, buf, len, len);
         Buffer.MemoryCopy(second.Data, buf + len, len, len);
-        first.FusedRelay = new FusedRelay(second, first.Data, first.Length, first.Sqe);
+        first.Fused.Relay = new FusedRelay(second, first.Data, first.Length, first.Sqe);
         first.Data = buf;
         first.Length = total;
         first.Sqe.Opcode = RelayedOpcode;
@@ -194,8 +194,8 @@ internal static unsafe class FusedCommands
     /// <summary>The owner answered the relayed pair: both host commands complete as the owner decided.</summary>
     public static void RelayCompleted(NvmfRequest first, int result)
     {
-        FusedRelay r = first.FusedRelay!;
-        first.FusedRelay = null;
+        FusedRelay r = first.Fused.Relay!;
+        first.Fused.Relay = null;
         first.Qpair.Reactor.Pools.Release(first.Data);
         first.Data = r.Data;
         first.Length = r.Length;
@@ -209,8 +209,8 @@ internal static unsafe class FusedCommands
     /// <summary>Completes a pair: a failure before the compare matched is the Compare's (the Write is aborted); after, the Write's.</summary>
     internal static void Complete(NvmfRequest first, NvmfRequest second, NvmeStatus status, bool compareMatched)
     {
-        first.FusedPartner = null;
-        second.FusedPartner = null;
+        first.Fused.Partner = null;
+        second.Fused.Partner = null;
         if (status.IsSuccess)
         {
             Finish(first, status);
@@ -335,8 +335,8 @@ internal static unsafe class FusedCommands
         private void End(int result, bool compareMatched)
         {
             // The pair's Write is mirrored here, under the lock, or not at all: not again as it completes.
-            req.MirrorPhase = MirrorPhase.Done;
-            if (second != null) second.MirrorPhase = MirrorPhase.Done;
+            req.Mirror.Phase = MirrorPhase.Done;
+            if (second != null) second.Mirror.Phase = MirrorPhase.Done;
             if (_locked) _ns.Locks.Unlock();
             NvmeStatus st = _abandoned ?? BdevResult.ToStatus(result);
             if (second != null)
@@ -344,7 +344,7 @@ internal static unsafe class FusedCommands
                 Complete(req, second, st, compareMatched);
                 return;
             }
-            if (req.Fused == FusedRole.Relayed) req.Cqe.Dw0 = compareMatched ? CompareMatched : 0;
+            if (req.Fused.Role == FusedRole.Relayed) req.Cqe.Dw0 = compareMatched ? CompareMatched : 0;
             req.PendingOps = 0;
             if (st.IsSuccess) req.Complete();
             else req.Fail(st);

@@ -197,7 +197,7 @@ internal static unsafe class IoCommands
         NvmeStatus st = CheckBlocks(req, ns);
         if (!st.IsSuccess) return st;
         if (req.Sqe.BlockCount > FusedCommands.MaxBlocks) return NvmeStatus.Generic(GenericStatus.InvalidField);
-        req.Fused = FusedRole.Relayed;
+        req.Fused.Role = FusedRole.Relayed;
         return CheckDataLength(req, ((ulong)req.Sqe.BlockCount << ns.Bdev.BlockShift) * 2);
     }
 
@@ -241,7 +241,7 @@ internal static unsafe class IoCommands
         }
         if (req.Namespace!.IsRemote)
         {
-            if (req.Fused is FusedRole.First or FusedRole.Second) FusedCommands.Ready(req); // relayed as one, once both are here
+            if (req.Fused.Role is FusedRole.First or FusedRole.Second) FusedCommands.Ready(req); // relayed as one, once both are here
             else ((ICommandChannel)req.Channel!).Submit(req);
             return;
         }
@@ -273,7 +273,7 @@ internal static unsafe class IoCommands
             // from the relay) after the command arrived: nothing more of it runs. Read after the gate admitted it: the
             // gate lets an association go (HostGate's unproven count) only after it was destroyed.
             NvmeStatus st = NvmeStatus.Generic(GenericStatus.AbortedSqDeletion);
-            if (req.Fused != FusedRole.None) FusedCommands.Failed(req, st);
+            if (req.Fused.Role != FusedRole.None) FusedCommands.Failed(req, st);
             req.Fail(st);
             return;
         }
@@ -282,7 +282,7 @@ internal static unsafe class IoCommands
             // Taken out of the subsystem after this command arrived, or its group moved (or is moving) to the partner: it
             // does not reach the bdev (a moved one is retried by the host on the group's owner).
             NvmeStatus st = ns.Removed ? NvmeStatus.Generic(GenericStatus.InvalidNamespaceOrFormat) : NvmeStatus.Path(PathStatus.AnaInaccessible);
-            if (req.Fused != FusedRole.None) FusedCommands.Failed(req, st);
+            if (req.Fused.Role != FusedRole.None) FusedCommands.Failed(req, st);
             req.Fail(st);
             return;
         }
@@ -290,14 +290,14 @@ internal static unsafe class IoCommands
         // reservation command completed, however long it waited for a buffer or in the gate.
         if (ns.Reservations.Held && !cmd.IsReservation && !Allowed(req, ns))
         {
-            if (req.Fused != FusedRole.None) FusedCommands.Failed(req, NvmeStatus.Generic(GenericStatus.ReservationConflict));
+            if (req.Fused.Role != FusedRole.None) FusedCommands.Failed(req, NvmeStatus.Generic(GenericStatus.ReservationConflict));
             req.Fail(NvmeStatus.Generic(GenericStatus.ReservationConflict));
             return;
         }
         // A write to a mirrored namespace in a file starts only once its regions are marked in the dirty-region record
         // (docs/ha.md, "The dirty-region record"); it counts inside them until it completes.
-        if (ns.DirtyLog is { } log && !req.DirtyLogged && log.RegionsOf(req, ns.Bdev.BlockShift) is (int first, int last) && !log.Enter(req, first, last)) return;
-        if (req.Fused is FusedRole.First or FusedRole.Second)
+        if (ns.DirtyLog is { } log && !req.Dirty.Logged && log.RegionsOf(req, ns.Bdev.BlockShift) is (int first, int last) && !log.Enter(req, first, last)) return;
+        if (req.Fused.Role is FusedRole.First or FusedRole.Second)
         {
             FusedCommands.Ready(req); // runs once both are here, under a range lock
             return;
@@ -305,7 +305,7 @@ internal static unsafe class IoCommands
         // Whether the replica misses this write if it runs now (out of sync): decided once, so that a write is either
         // ordered and mirrored, or marked missed, whatever the mirror's state when it completes (docs/ha.md).
         bool unmirrored = ns.Mirror is { Active: false };
-        if (req.Fused != FusedRole.Relayed && !cmd.IsReservation)
+        if (req.Fused.Role != FusedRole.Relayed && !cmd.IsReservation)
         {
             // Nothing runs on blocks a Compare and Write has locked; what runs counts, so that a lock (and a namespace's
             // removal) waits for it. The relayed fused pair takes a lock of its own; reservation commands touch no
@@ -317,15 +317,15 @@ internal static unsafe class IoCommands
                 if (locks.MustWait(req, ranged ? sqe.Slba : 0, ranged ? sqe.BlockCount : ns.Bdev.BlockCount)) return;
             }
             // Mirrored: a write waits for the overlapping ones still on their way to the replica (docs/ha.md, "Mirroring").
-            if (ns.Mirror != null && !unmirrored && !req.MirrorOrdered && WriteOrder.Orders(sqe.Opcode))
+            if (ns.Mirror != null && !unmirrored && !req.Mirror.Ordered && WriteOrder.Orders(sqe.Opcode))
             {
                 (ulong start, ulong end) = WriteOrder.RangeOf(sqe);
                 if (ns.WriteOrder.MustWait(req, start, end)) return;
             }
             locks.Started(req);
         }
-        req.Ran = true; // from here it reaches the bdev: only such a write is mirrored (or marked missed)
-        req.RanUnmirrored = unmirrored && !req.MirrorOrdered;
+        req.Mirror.Ran = true; // from here it reaches the bdev: only such a write is mirrored (or marked missed)
+        req.Mirror.RanUnmirrored = unmirrored && !req.Mirror.Ordered;
         req.PendingOps = 1;
         // Its copy goes to the replica now, beside the local write (docs/ha.md, "Mirroring").
         if (!unmirrored && ns.Mirror is { } mirror) MirrorCommands.SendEarly(req, mirror);

@@ -53,7 +53,7 @@ internal static unsafe class MirrorCommands
         ref SubmissionQueueEntry sqe = ref req.Sqe;
         if (req.ForReplica || req.Qpair.Qid == 0 || sqe.Opcode is not (IoOpcode.Write or IoOpcode.WriteZeroes or IoOpcode.Flush)) return;
         // Set before the send: a copy that cannot go (the link is down) is answered at once.
-        req.MirrorPhase = MirrorPhase.Early;
+        req.Mirror.Phase = MirrorPhase.Early;
         bool data = sqe.Opcode == IoOpcode.Write;
         mirror.Send(req.Qpair.Reactor.Id, CopyOf(sqe, sqe.Opcode), data ? req.Data : null, data ? req.Length : 0, req);
     }
@@ -85,7 +85,7 @@ internal static unsafe class MirrorCommands
     /// </summary>
     public static bool Hold(NvmfRequest req)
     {
-        if (req.MirrorPhase != MirrorPhase.None || req.ForReplica || !req.Ran || req.Namespace is not { IsRemote: false, Mirror: { } mirror }
+        if (req.Mirror.Phase != MirrorPhase.None || req.ForReplica || !req.Mirror.Ran || req.Namespace is not { IsRemote: false, Mirror: { } mirror }
             || req.Qpair.Qid == 0)
             return false;
         if (req.Sqe.Opcode == IoOpcode.Flush)
@@ -99,10 +99,10 @@ internal static unsafe class MirrorCommands
                 // Leaving: the partner may still take the replica for whole, whose device this Flush never reached: held
                 // as a write the replica lacks is, until the partner no longer does.
                 if (!mirror.HoldWhileLeaving(req.Qpair.Reactor.Id, req, NvmeStatus.Success)) return false;
-                req.MirrorPhase = MirrorPhase.Sending; // completes again through OnMirrored
+                req.Mirror.Phase = MirrorPhase.Sending; // completes again through OnMirrored
                 return true;
             }
-            req.MirrorPhase = MirrorPhase.Sending;
+            req.Mirror.Phase = MirrorPhase.Sending;
             req.PendingOps = 1;
             mirror.Send(req.Qpair.Reactor.Id, CopyOf(req.Sqe, IoOpcode.Flush), null, 0, req);
             return true;
@@ -114,14 +114,14 @@ internal static unsafe class MirrorCommands
             LocalDone(req);
             return false;
         }
-        if (!mirror.Active || req.RanUnmirrored)
+        if (!mirror.Active || req.Mirror.RanUnmirrored)
         {
             // Out of sync (now, or when it ran): the write completes here alone, and its blocks are remembered for the
             // resync, which waits for it before it takes them; while the partner may still take the replica for whole,
             // not before it no longer does (docs/ha.md, "The keeper's knowledge").
             mirror.Missed(req.Sqe);
             if (!mirror.HoldWhileLeaving(req.Qpair.Reactor.Id, req, NvmeStatus.Success)) return false;
-            req.MirrorPhase = MirrorPhase.Sending; // completes again through OnMirrored
+            req.Mirror.Phase = MirrorPhase.Sending; // completes again through OnMirrored
             return true;
         }
         // Writes(): a Write, Write Zeroes, deallocate or Copy (a fused Compare and Write mirrors its Write under its range
@@ -134,7 +134,7 @@ internal static unsafe class MirrorCommands
             mirror.Missed(req.Sqe);
             return false;
         }
-        req.MirrorPhase = MirrorPhase.Sending;
+        req.Mirror.Phase = MirrorPhase.Sending;
         // The slot and its data buffer stay allocated while the copy is on its way, even if the connection closes
         // meanwhile: the copy reads the buffer, and its answer completes this command (NvmfRequest.OnMirrored).
         req.PendingOps = 1;
@@ -196,7 +196,7 @@ internal sealed class WriteOrder
                 return true;
             }
             _inflight.Add((start, end, req));
-            req.MirrorOrdered = true;
+            req.Mirror.Ordered = true;
             return false;
         }
     }
@@ -207,7 +207,7 @@ internal sealed class WriteOrder
         List<NvmfRequest>? run = null;
         lock (_lock)
         {
-            req.MirrorOrdered = false;
+            req.Mirror.Ordered = false;
             for (int i = 0; i < _inflight.Count; i++)
             {
                 if (_inflight[i].Req != req) continue;
@@ -221,7 +221,7 @@ internal sealed class WriteOrder
                 if (Overlaps(_inflight, _inflight.Count, start, end) || Overlaps(_parked, i, start, end)) continue;
                 _parked.RemoveAt(i--);
                 _inflight.Add((start, end, p));
-                p.MirrorOrdered = true;
+                p.Mirror.Ordered = true;
                 (run ??= []).Add(p);
             }
         }
