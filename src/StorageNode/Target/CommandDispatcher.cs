@@ -15,56 +15,57 @@ public static class CommandDispatcher
     /// </summary>
     public static bool Prepare(NvmfRequest req, uint sglLength)
     {
-        ref SubmissionQueueEntry sqe = ref req.Sqe;
-        QueuePair qp = req.Qpair;
         req.Length = sglLength;
-        NvmeStatus status;
-
-        // Fabrics requires SGLs for data (PSDT = 01b); the only fused operation is Compare and Write on I/O queues.
-        if (sqe.Psdt != 1)
-        {
-            status = NvmeStatus.Generic(GenericStatus.InvalidField);
-        }
-        else if (qp.Qid != 0 && sqe.Opcode != AdminOpcode.FabricsCommand && !(status = FusedCommands.OnCapsule(req)).IsSuccess)
-        {
-            req.Direction = Opcodes.Direction(sqe.Opcode);
-        }
-        else if (sqe.Fuse != 0 && qp.Qid == 0)
-        {
-            status = NvmeStatus.Generic(GenericStatus.InvalidField);
-        }
-        else if (sqe.Opcode == AdminOpcode.FabricsCommand)
-        {
-            req.Direction = Opcodes.Direction(sqe.FabricsType);
-            status = FabricsCommands.Validate(req);
-        }
-        else if (qp.Controller is not { } ctrl)
-        {
-            // Only Connect may come first on a queue.
-            status = NvmeStatus.Generic(GenericStatus.CommandSequenceError);
-        }
-        else if (qp.Qid == 0)
-        {
-            req.Direction = Opcodes.Direction(sqe.Opcode);
-            status = AdminCommands.Validate(req, ctrl);
-        }
-        else
-        {
-            req.Direction = Opcodes.Direction(sqe.Opcode);
-            status = IoCommands.Validate(req, ctrl);
-        }
-
+        NvmeStatus status = Validate(req);
         if (status.IsSuccess)
         {
             if (req.Direction == DataDirection.None && sglLength != 0)
                 status = NvmeStatus.Generic(GenericStatus.DataSglLengthInvalid);
-            else if (sglLength > qp.Target.Options.MaxIoSize)
+            else if (sglLength > req.Qpair.Target.Options.MaxIoSize)
                 status = NvmeStatus.Generic(GenericStatus.InvalidField);
         }
         if (status.IsSuccess) return true;
         if (req.Fused.Role != FusedRole.None) FusedCommands.Failed(req, status);
         req.Status = status;
         return false;
+    }
+
+    /// <summary>The command's checks by its command set, in order; sets its data direction where the set knows it.</summary>
+    private static NvmeStatus Validate(NvmfRequest req)
+    {
+        ref SubmissionQueueEntry sqe = ref req.Sqe;
+        QueuePair qp = req.Qpair;
+        // Fabrics requires SGLs for data (PSDT = 01b).
+        if (sqe.Psdt != 1) return NvmeStatus.Generic(GenericStatus.InvalidField);
+        // The only fused operation is Compare and Write, on I/O queues.
+        if (qp.Qid == 0 && sqe.Fuse != 0) return NvmeStatus.Generic(GenericStatus.InvalidField);
+        if (sqe.Opcode == AdminOpcode.FabricsCommand)
+        {
+            req.Direction = Opcodes.Direction(sqe.FabricsType);
+            return FabricsCommands.Validate(req);
+        }
+        if (qp.Qid != 0)
+        {
+            // On an I/O queue a fused command finds its partner as it arrives; one that cannot fails here (and so does a
+            // first command left without its second).
+            NvmeStatus fused = FusedCommands.OnCapsule(req);
+            if (!fused.IsSuccess)
+            {
+                req.Direction = Opcodes.Direction(sqe.Opcode);
+                return fused;
+            }
+        }
+        // Only Connect may come first on a queue.
+        if (qp.Controller is not { } ctrl) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
+        if (qp.Qid == 0)
+        {
+            req.Direction = Opcodes.Direction(sqe.Opcode);
+            return AdminCommands.Validate(req, ctrl);
+        }
+        // What only the partner sends on the interconnect is decoded first (a replica's copy of a write runs as the write).
+        if (ctrl.IsInterconnect) MirrorCommands.DecodeCopy(req);
+        req.Direction = Opcodes.Direction(sqe.Opcode);
+        return IoCommands.Validate(req, ctrl);
     }
 
     /// <summary>

@@ -122,14 +122,7 @@ internal static unsafe class IoCommands
     public static NvmeStatus Validate(NvmfRequest req, Controller ctrl)
     {
         ref SubmissionQueueEntry sqe = ref req.Sqe;
-        byte op = sqe.Opcode;
-        if (ctrl.IsInterconnect && MirrorCommands.IsMirrorOpcode(op))
-        {
-            // The owner's copy of a write, for this node's replica: validated as the write it is, run on the replica.
-            op = sqe.Opcode = MirrorCommands.Original(op);
-            req.ForReplica = true;
-        }
-        ref readonly IoCommand cmd = ref Table[op];
+        ref readonly IoCommand cmd = ref Table[sqe.Opcode];
         if (!cmd.Exists || (cmd.InterconnectOnly && !ctrl.IsInterconnect)) return NvmeStatus.Generic(GenericStatus.InvalidOpcode);
         if (!ctrl.Enabled) return NvmeStatus.Generic(GenericStatus.CommandSequenceError);
 

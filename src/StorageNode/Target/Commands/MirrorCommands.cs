@@ -18,6 +18,18 @@ internal static unsafe class MirrorCommands
     public static byte Original(byte op) => (byte)(op & ~Bit);
 
     /// <summary>
+    /// On the interconnect, before the command is validated: the owner's copy of a write, for this node's replica, becomes
+    /// the write it is (its opcode the original's), marked <see cref="NvmfRequest.ForReplica"/>: validated as that write,
+    /// run on the replica.
+    /// </summary>
+    public static void DecodeCopy(NvmfRequest req)
+    {
+        if (!IsMirrorOpcode(req.Sqe.Opcode)) return;
+        req.Sqe.Opcode = Original(req.Sqe.Opcode);
+        req.ForReplica = true;
+    }
+
+    /// <summary>
     /// A copy's mirror epoch (CDW2: copies are not relayed commands, which carry their handle there): the keeper refuses
     /// a copy older than its replica's epoch (<see cref="ReplicaKnowledge.AcceptsCopy"/>).
     /// </summary>
