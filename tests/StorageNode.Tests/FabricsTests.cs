@@ -150,11 +150,7 @@ public class FabricsTests
 
     private static unsafe CompletionQueueEntry RawConnect(TcpHostQueue q, Waiter w, ushort qid, ushort cntlid, string hostNqn, Guid hostId)
     {
-        ConnectData data = default;
-        hostId.TryWriteBytes(new Span<byte>(data.HostId, 16), bigEndian: true, out _);
-        data.Cntlid = cntlid;
-        SpecText.WriteNulPadded(new Span<byte>(data.SubNqn, 256), TestNode.Nqn);
-        SpecText.WriteNulPadded(new Span<byte>(data.HostNqn, 256), hostNqn);
+        ConnectData data = ConnectData.For(hostId, cntlid, TestNode.Nqn, hostNqn);
         ConnectCommand cmd = default;
         cmd.Opcode = AdminOpcode.FabricsCommand;
         cmd.FabricsType = FabricsCommandType.Connect;

@@ -137,12 +137,7 @@ public sealed unsafe class RawClient : IDisposable
 
     public byte[] ConnectData(ushort cntlid, string subnqn)
     {
-        ConnectData d = default;
-        HostId.TryWriteBytes(new Span<byte>(d.HostId, 16), bigEndian: true, out _);
-        d.Cntlid = cntlid;
-        SpecText.WriteNulPadded(new Span<byte>(d.SubNqn, 256), subnqn);
-        SpecText.WriteNulPadded(new Span<byte>(d.HostNqn, 256), HostNqn);
-        return Bytes(d);
+        return Bytes(Nvme.Spec.ConnectData.For(HostId, cntlid, subnqn, HostNqn));
     }
 
     public static SubmissionQueueEntry ConnectSqe(ushort cid, ushort qid, ushort sqsize, bool inCapsule)

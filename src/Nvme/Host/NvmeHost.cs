@@ -211,11 +211,7 @@ public sealed unsafe class NvmeHost : IDisposable
 
     private ushort FabricsConnect(IHostQueue q, SyncWaiter waiter, ushort qid, ushort sqsize, ushort cntlid, uint kato)
     {
-        ConnectData data = default;
-        Options.HostId.TryWriteBytes(new Span<byte>(data.HostId, 16), bigEndian: true, out _);
-        data.Cntlid = cntlid;
-        SpecText.WriteNulPadded(new Span<byte>(data.SubNqn, 256), SubsystemNqn);
-        SpecText.WriteNulPadded(new Span<byte>(data.HostNqn, 256), Options.EffectiveHostNqn);
+        ConnectData data = ConnectData.For(Options.HostId, cntlid, SubsystemNqn, Options.EffectiveHostNqn);
         ConnectCommand cmd = default;
         cmd.Opcode = AdminOpcode.FabricsCommand;
         cmd.FabricsType = FabricsCommandType.Connect;

@@ -550,12 +550,7 @@ public sealed unsafe class RdmaHostQueue : IHostQueue
     /// <summary>Fabrics Connect for this queue (Connect data through the scratch buffer); returns the CQE.</summary>
     public CompletionQueueEntry FabricsConnect(string subNqn, string hostNqn, Guid hostId, ushort cntlid, ushort sqSize, uint katoMs, TimeSpan timeout, ushort? qid = null)
     {
-        ConnectData* data = (ConnectData*)_scratch;
-        *data = default;
-        hostId.TryWriteBytes(new Span<byte>(data->HostId, 16), bigEndian: true, out _);
-        data->Cntlid = cntlid;
-        SpecText.WriteNulPadded(new Span<byte>(data->SubNqn, 256), subNqn);
-        SpecText.WriteNulPadded(new Span<byte>(data->HostNqn, 256), hostNqn);
+        *(ConnectData*)_scratch = ConnectData.For(hostId, cntlid, subNqn, hostNqn);
         ConnectCommand cmd = default;
         cmd.Opcode = AdminOpcode.FabricsCommand;
         cmd.FabricsType = FabricsCommandType.Connect;

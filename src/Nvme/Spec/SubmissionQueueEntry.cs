@@ -115,4 +115,15 @@ public unsafe struct ConnectData
     public fixed byte SubNqn[256];      // 256
     public fixed byte HostNqn[256];     // 512
     public fixed byte Reserved2[256];   // 768
+
+    /// <summary>The data of a Connect from host <paramref name="hostId"/> / <paramref name="hostNqn"/> to <paramref name="subNqn"/>.</summary>
+    public static ConnectData For(Guid hostId, ushort cntlid, string subNqn, string hostNqn)
+    {
+        ConnectData d = default;
+        hostId.TryWriteBytes(new Span<byte>(d.HostId, 16), bigEndian: true, out _);
+        d.Cntlid = cntlid;
+        SpecText.WriteNulPadded(new Span<byte>(d.SubNqn, 256), subNqn);
+        SpecText.WriteNulPadded(new Span<byte>(d.HostNqn, 256), hostNqn);
+        return d;
+    }
 }

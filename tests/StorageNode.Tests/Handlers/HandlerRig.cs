@@ -156,25 +156,9 @@ internal sealed unsafe class HandlerRig : IDisposable
     private static CompletionQueueEntry Check(string what, CompletionQueueEntry cqe)
         => cqe.StatusField.IsSuccess ? cqe : throw new InvalidOperationException($"{what}: {cqe.StatusField}");
 
-    private static SubmissionQueueEntry ConnectSqe(ushort qid, ushort sqsize)
-    {
-        ConnectCommand c = default;
-        c.Opcode = AdminOpcode.FabricsCommand;
-        c.FabricsType = FabricsCommandType.Connect;
-        c.Qid = qid;
-        c.SqSize = sqsize;
-        return Unsafe.As<ConnectCommand, SubmissionQueueEntry>(ref c);
-    }
+    private static SubmissionQueueEntry ConnectSqe(ushort qid, ushort sqsize) => RawClient.ConnectSqe(0, qid, sqsize, inCapsule: true);
 
-    private byte[] ConnectData(string nqn, ushort cntlid)
-    {
-        ConnectData d = default;
-        HostId.TryWriteBytes(new Span<byte>(d.HostId, 16), bigEndian: true, out _);
-        d.Cntlid = cntlid;
-        SpecText.WriteNulPadded(new Span<byte>(d.SubNqn, 256), nqn);
-        SpecText.WriteNulPadded(new Span<byte>(d.HostNqn, 256), HostNqn);
-        return new ReadOnlySpan<byte>(&d, sizeof(ConnectData)).ToArray();
-    }
+    private byte[] ConnectData(string nqn, ushort cntlid) => RawClient.Bytes(Nvme.Spec.ConnectData.For(HostId, cntlid, nqn, HostNqn));
 
     public void Dispose()
     {
