@@ -185,6 +185,21 @@ public sealed class RpcTests : IDisposable
         close(fd);
     }
 
+    /// <summary>
+    /// A node host starts once: a second start is refused and leaves the running node, its management socket and its
+    /// hosts alone (it used to fail on the socket in use and stop the node it was called on).
+    /// </summary>
+    [Fact]
+    public void ASecondStartOfARunningNodeIsRefusedAndTheNodeServesOn()
+    {
+        using var node = new TestNode(rpc: true);
+        Assert.Throws<InvalidOperationException>(node.Host.Start);
+        using RpcClient rpc = node.Rpc();
+        Assert.NotNull(rpc.Call("rpc_get_methods"));
+        using NvmeHost host = node.Connect();
+        Assert.True(host.IoQueues[0].Flush(1).IsSuccess);
+    }
+
     [Fact]
     public void ControlSettingsAreValidated()
     {

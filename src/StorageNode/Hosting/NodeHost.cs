@@ -10,7 +10,7 @@ namespace StorageNode.Hosting;
 /// </summary>
 public sealed class NodeHost(Node node) : IDisposable
 {
-    private bool _disposed;
+    private bool _started, _disposed;
 
     public Node Node { get; } = node;
     /// <summary>The management RPC server (null unless <c>Control:RpcSocket</c> is set, or before <see cref="Start()"/>).</summary>
@@ -29,21 +29,33 @@ public sealed class NodeHost(Node node) : IDisposable
     /// <summary>
     /// Starts the node. The management socket comes first: a path in use stops the node before anything else runs; calls
     /// are answered once the node runs (a restarted node's status shows its mirrors from the first call). Whatever
-    /// fails, nothing is left running.
+    /// fails, nothing is left running and the failure is what this throws. Once only.
     /// </summary>
     public void Start()
     {
+        if (_started) throw new InvalidOperationException("node host already started");
+        _started = true;
         try
         {
+            // A configuration this machine cannot run is refused as such before anything binds (Node.Start checks it too).
+            if (Node.UnavailableTransport(Node.Config) is { } unavailable) throw unavailable;
             if (!string.IsNullOrEmpty(Node.Config.RpcSocket))
                 Rpc = new RpcServer(Node.Config.RpcSocket, NodeRpc.Methods(Node), Node.LoggerFactory.CreateLogger("rpc"));
             Metrics = new NodeMetrics(Node);
             Node.Start();
             Rpc?.Serve();
         }
-        catch
+        catch (Exception startFailed)
         {
-            Dispose();
+            try
+            {
+                Dispose();
+            }
+            catch (Exception cleanup)
+            {
+                // What stopped the start is what the caller must see; the cleanup's own failure is logged.
+                Node.LoggerFactory.CreateLogger("node").LogWarning(cleanup, "stopping after a failed start ({Why}) failed too", startFailed.Message);
+            }
             throw;
         }
     }
